@@ -1,0 +1,358 @@
+// One object per (project, device): dedup, sessions by event time, live state, and an outbox
+// written in the same storage transaction as the event ids, flushed to the ingest queue by the alarm.
+import { DurableObject } from 'cloudflare:workers';
+import type { Env } from '../src/env';
+import { assignSessions, type Session } from '../src/device/sessions';
+import {
+  MAX_MESSAGE_BYTES,
+  sendMessages,
+  type EventRow,
+  type IngestMessage,
+  type PayloadRow,
+  type SessionRow,
+} from '../src/pipeline/messages';
+
+export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
+/** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
+const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
+const FLUSH_ROWS = 4000;
+const PARAMS_PER_STATEMENT = 90;
+
+export interface DeviceEvent {
+  dedupKey: string;
+  /** The ClickHouse row, without session_id and synced_at_ms (set later). */
+  row: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
+  payload: PayloadRow;
+}
+
+export interface DeviceIngest {
+  projectId: string;
+  deviceId: string;
+  gapMs: number;
+  events: DeviceEvent[];
+  /** Injectable clock for tests; defaults to Date.now(). */
+  nowMs?: number;
+}
+
+export interface DeviceIngestResult {
+  results: Array<{ status: 'accepted' | 'duplicate'; sessionId: string; eventId: string }>;
+}
+
+export interface DeviceState {
+  projectId: string;
+  deviceId: string;
+  lastSeenMs: number | null;
+  lastEvent: { id: string; type: string; name: string; createdAtMs: number; sessionId: string } | null;
+  lastPosition: { lat: number; lon: number; atMs: number } | null;
+  liveSessionId: string | null;
+  sessions: number;
+  pendingRows: number;
+}
+
+type SessionRecord = Session & { ended: number; version: number };
+
+export class DeviceObject extends DurableObject<Env> {
+  private readonly sql: SqlStorage;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, session_id TEXT NOT NULL, seen_at_ms INTEGER NOT NULL);
+      CREATE INDEX IF NOT EXISTS seen_at_idx ON seen (seen_at_ms);
+      CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+        event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
+      CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
+      CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
+        session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+      CREATE INDEX IF NOT EXISTS outbox_ref_idx ON outbox (kind, ref);
+      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    `);
+  }
+
+  private meta<T>(key: string): T | null {
+    const row = this.sql.exec<{ value: string }>('SELECT value FROM meta WHERE key = ?', key).toArray()[0];
+    return row ? (JSON.parse(row.value) as T) : null;
+  }
+
+  private setMeta(key: string, value: unknown): void {
+    this.sql.exec('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value', key, JSON.stringify(value));
+  }
+
+  /** Monotonic version for session rows: later changes always win in ClickHouse. */
+  private nextVersion(nowMs: number): number {
+    const last = this.meta<number>('version') ?? 0;
+    const next = Math.max(last + 1, nowMs * 1000);
+    this.setMeta('version', next);
+    return next;
+  }
+
+  private sessionRow(s: SessionRecord, mergedInto: string, nowMs: number): SessionRow {
+    const ident = this.meta<{ projectId: string; deviceId: string }>('ident')!;
+    return {
+      project_id: ident.projectId,
+      device_id: ident.deviceId,
+      id: s.id,
+      started_at_ms: s.startMs,
+      ended_at_ms: s.endMs,
+      event_count: s.eventCount,
+      ended: s.ended,
+      merged_into: mergedInto,
+      version: s.version,
+      updated_at_ms: nowMs,
+    };
+  }
+
+  /** Replaces any unsent row of the same session in the outbox: only the newest state matters. */
+  private enqueueSession(row: SessionRow): void {
+    this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
+    this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?)", row.id, JSON.stringify(row));
+  }
+
+  private loadSessions(fromMs: number, toMs: number): SessionRecord[] {
+    return this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number; version: number }>(
+        'SELECT id, start_ms, end_ms, event_count, ended, version FROM sessions WHERE merged_into IS NULL AND start_ms < ? AND end_ms > ?',
+        toMs,
+        fromMs,
+      )
+      .toArray()
+      .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
+  }
+
+  private seenKeys(keys: string[]): Map<string, { eventId: string; sessionId: string }> {
+    const found = new Map<string, { eventId: string; sessionId: string }>();
+    for (let i = 0; i < keys.length; i += PARAMS_PER_STATEMENT) {
+      const chunk = keys.slice(i, i + PARAMS_PER_STATEMENT);
+      const rows = this.sql.exec<{ key: string; event_id: string; session_id: string }>(
+        `SELECT s.key, s.event_id, COALESCE(x.merged_into, s.session_id) AS session_id
+           FROM seen s LEFT JOIN sessions x ON x.id = s.session_id
+          WHERE s.key IN (${chunk.map(() => '?').join(',')})`,
+        ...chunk,
+      );
+      for (const r of rows) found.set(r.key, { eventId: r.event_id, sessionId: r.session_id });
+    }
+    return found;
+  }
+
+  async ingest(input: DeviceIngest): Promise<DeviceIngestResult> {
+    const nowMs = input.nowMs ?? Date.now();
+    const results = this.ctx.storage.transactionSync(() => this.ingestSync(input, nowMs));
+    await this.scheduleAlarm(nowMs, true);
+    return { results };
+  }
+
+  private ingestSync(input: DeviceIngest, nowMs: number): DeviceIngestResult['results'] {
+    if (!this.meta('ident')) this.setMeta('ident', { projectId: input.projectId, deviceId: input.deviceId });
+    this.setMeta('gapMs', input.gapMs);
+    const gapMs = input.gapMs;
+
+    // Dedup against the window and within the request itself.
+    const seen = this.seenKeys([...new Set(input.events.map((e) => e.dedupKey))]);
+    const fresh: number[] = [];
+    const firstIndexOfKey = new Map<string, number>();
+    input.events.forEach((e, i) => {
+      if (seen.has(e.dedupKey) || firstIndexOfKey.has(e.dedupKey)) return;
+      firstIndexOfKey.set(e.dedupKey, i);
+      fresh.push(i);
+    });
+
+    // Sessions: only `track` events make or extend them.
+    const tracked = fresh.filter((i) => input.events[i]!.row.type === 'track');
+    const times = tracked.map((i) => input.events[i]!.row.created_at_ms);
+    const sessionOf = new Map<number, string>();
+    if (times.length) {
+      const minT = Math.min(...times);
+      const maxT = Math.max(...times);
+      const existing = this.loadSessions(minT - gapMs, maxT + gapMs);
+      const byId = new Map(existing.map((s) => [s.id, s]));
+      const assignment = assignSessions(existing, times, gapMs, () => crypto.randomUUID());
+      tracked.forEach((i, k) => sessionOf.set(i, assignment.sessionIds[k]!));
+
+      for (const [mergedId, survivorId] of assignment.merged) {
+        const old = byId.get(mergedId);
+        this.sql.exec('UPDATE sessions SET merged_into = ? WHERE id = ? OR merged_into = ?', survivorId, mergedId, mergedId);
+        this.sql.exec("UPDATE outbox SET session_id = ? WHERE kind = 'event' AND session_id = ?", survivorId, mergedId);
+        if (old) {
+          const version = this.nextVersion(nowMs);
+          this.sql.exec('UPDATE sessions SET version = ? WHERE id = ?', version, mergedId);
+          this.enqueueSession(this.sessionRow({ ...old, version }, survivorId, nowMs));
+        }
+      }
+      for (const s of assignment.changed.values()) {
+        const version = this.nextVersion(nowMs);
+        const ended = s.endMs + gapMs <= nowMs ? 1 : 0;
+        this.sql.exec(
+          `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?)
+           ON CONFLICT(id) DO UPDATE SET start_ms = excluded.start_ms, end_ms = excluded.end_ms,
+             event_count = excluded.event_count, ended = excluded.ended, version = excluded.version`,
+          s.id,
+          s.startMs,
+          s.endMs,
+          s.eventCount,
+          ended,
+          version,
+        );
+        this.enqueueSession(this.sessionRow({ ...s, ended, version }, '', nowMs));
+      }
+    }
+
+    // Record ids and write the outbox in the same transaction.
+    let last = this.meta<DeviceState['lastEvent']>('lastEvent');
+    let lastPosition = this.meta<DeviceState['lastPosition']>('lastPosition');
+    for (const i of fresh) {
+      const e = input.events[i]!;
+      const sessionId = sessionOf.get(i) ?? '';
+      this.sql.exec('INSERT INTO seen (key, event_id, session_id, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, sessionId, nowMs);
+      this.sql.exec("INSERT INTO outbox (kind, ref, session_id, body, payload) VALUES ('event', ?, ?, ?, ?)", e.row.id, sessionId, JSON.stringify(e.row), JSON.stringify(e.payload));
+      if (!last || e.row.created_at_ms >= last.createdAtMs) {
+        last = { id: e.row.id, type: e.row.type, name: e.row.name, createdAtMs: e.row.created_at_ms, sessionId };
+      }
+      const position = readPosition(e.row.properties);
+      if (position && (!lastPosition || e.row.created_at_ms >= lastPosition.atMs)) {
+        lastPosition = { ...position, atMs: e.row.created_at_ms };
+      }
+    }
+    if (fresh.length) {
+      this.setMeta('lastEvent', last);
+      this.setMeta('lastPosition', lastPosition);
+      this.setMeta('lastSeenMs', Math.max(this.meta<number>('lastSeenMs') ?? 0, nowMs));
+    }
+
+    const freshSet = new Set(fresh);
+    return input.events.map((e, i) => {
+      if (freshSet.has(i)) return { status: 'accepted' as const, sessionId: sessionOf.get(i) ?? '', eventId: e.row.id };
+      const prior = seen.get(e.dedupKey);
+      if (prior) return { status: 'duplicate' as const, sessionId: prior.sessionId, eventId: prior.eventId };
+      const first = firstIndexOfKey.get(e.dedupKey)!;
+      return { status: 'duplicate' as const, sessionId: sessionOf.get(first) ?? '', eventId: input.events[first]!.row.id };
+    });
+  }
+
+  /** The alarm: end idle sessions, prune old ids, flush the outbox, then plan the next run. */
+  override async alarm(): Promise<void> {
+    await this.maintain(Date.now());
+  }
+
+  async maintain(nowMs: number): Promise<{ ended: number; pruned: number; flushed: number }> {
+    const { ended, pruned } = this.ctx.storage.transactionSync(() => this.endAndPrune(nowMs));
+    let flushed = 0;
+    for (;;) {
+      const n = await this.flushOnce();
+      flushed += n;
+      if (n < FLUSH_ROWS) break;
+    }
+    await this.scheduleAlarm(nowMs, false);
+    return { ended, pruned, flushed };
+  }
+
+  private endAndPrune(nowMs: number): { ended: number; pruned: number } {
+    const gapMs = this.meta<number>('gapMs');
+    let ended = 0;
+    if (gapMs !== null && this.meta('ident')) {
+      const idle = this.sql
+        .exec<{ id: string; start_ms: number; end_ms: number; event_count: number }>(
+          'SELECT id, start_ms, end_ms, event_count FROM sessions WHERE ended = 0 AND merged_into IS NULL AND end_ms + ? <= ?',
+          gapMs,
+          nowMs,
+        )
+        .toArray();
+      for (const s of idle) {
+        const version = this.nextVersion(nowMs);
+        this.sql.exec('UPDATE sessions SET ended = 1, version = ? WHERE id = ?', version, s.id);
+        this.enqueueSession(
+          this.sessionRow({ id: s.id, startMs: s.start_ms, endMs: s.end_ms, eventCount: s.event_count, ended: 1, version }, '', nowMs),
+        );
+        ended++;
+      }
+    }
+    const prunedSeen = this.sql.exec('DELETE FROM seen WHERE seen_at_ms < ?', nowMs - DEDUP_WINDOW_MS).rowsWritten;
+    this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
+    this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
+    return { ended, pruned: prunedSeen };
+  }
+
+  /** Sends up to FLUSH_ROWS outbox rows; marks them attempted first so a resend is flagged. */
+  private async flushOnce(): Promise<number> {
+    const rows = this.sql
+      .exec<{ seq: number; kind: string; session_id: string; body: string; payload: string | null; attempts: number }>(
+        'SELECT seq, kind, session_id, body, payload, attempts FROM outbox ORDER BY seq LIMIT ?',
+        FLUSH_ROWS,
+      )
+      .toArray();
+    if (!rows.length) return 0;
+    const maxSeq = rows[rows.length - 1]!.seq;
+    this.sql.exec('UPDATE outbox SET attempts = attempts + 1 WHERE seq <= ?', maxSeq);
+
+    const messages: Array<{ body: IngestMessage; bytes: number }> = [];
+    let current: IngestMessage = { events: [], payloads: [], sessions: [] };
+    let bytes = 0;
+    const push = () => {
+      if (bytes > 0) messages.push({ body: current, bytes });
+      current = { events: [], payloads: [], sessions: [] };
+      bytes = 0;
+    };
+    for (const r of rows) {
+      const size = r.body.length + (r.payload?.length ?? 0) + 64;
+      if (bytes + size > MAX_MESSAGE_BYTES) push();
+      if (r.attempts > 0) current.redelivery = true;
+      if (r.kind === 'event') {
+        const row = JSON.parse(r.body) as EventRow;
+        row.session_id = r.session_id;
+        current.events.push(row);
+        if (r.payload) current.payloads.push(JSON.parse(r.payload) as PayloadRow);
+      } else {
+        current.sessions.push(JSON.parse(r.body) as SessionRow);
+      }
+      bytes += size;
+    }
+    push();
+    await sendMessages(this.env.INGEST_QUEUE, messages);
+    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
+    return rows.length;
+  }
+
+  private async scheduleAlarm(nowMs: number, soon: boolean): Promise<void> {
+    const pending = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
+    let next: number | null = pending > 0 || soon ? Date.now() : null;
+    const gapMs = this.meta<number>('gapMs');
+    if (next === null && gapMs !== null) {
+      const open = this.sql
+        .exec<{ t: number | null }>('SELECT min(end_ms) AS t FROM sessions WHERE ended = 0 AND merged_into IS NULL')
+        .one().t;
+      if (open !== null) next = Date.now() + Math.max(0, open + gapMs - nowMs);
+    }
+    if (next === null) {
+      const oldest = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
+      if (oldest !== null) next = Date.now() + Math.max(60_000, oldest + DEDUP_WINDOW_MS - nowMs);
+    }
+    const current = await this.ctx.storage.getAlarm();
+    if (next === null) return;
+    if (current === null || next < current || !soon) await this.ctx.storage.setAlarm(next);
+  }
+
+  /** Live state for GET /v1/devices/:deviceId. */
+  async state(nowMs = Date.now()): Promise<DeviceState | null> {
+    const ident = this.meta<{ projectId: string; deviceId: string }>('ident');
+    if (!ident) return null;
+    const gapMs = this.meta<number>('gapMs') ?? 0;
+    const live = this.sql
+      .exec<{ id: string }>('SELECT id FROM sessions WHERE merged_into IS NULL AND end_ms + ? > ? ORDER BY end_ms DESC LIMIT 1', gapMs, nowMs)
+      .toArray()[0];
+    return {
+      ...ident,
+      lastSeenMs: this.meta<number>('lastSeenMs'),
+      lastEvent: this.meta('lastEvent'),
+      lastPosition: this.meta('lastPosition'),
+      liveSessionId: live?.id ?? null,
+      sessions: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions WHERE merged_into IS NULL').one().n,
+      pendingRows: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n,
+    };
+  }
+}
+
+function readPosition(propertiesJson: string): { lat: number; lon: number } | null {
+  if (!propertiesJson.includes('"lat"')) return null;
+  const p = JSON.parse(propertiesJson) as { lat?: unknown; lon?: unknown };
+  return typeof p.lat === 'number' && typeof p.lon === 'number' ? { lat: p.lat, lon: p.lon } : null;
+}

@@ -1,0 +1,85 @@
+// Admin bearer tokens and project client credentials, both compared in constant time.
+import { eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import type { Context, MiddlewareHandler } from 'hono';
+import { getConfig } from './config';
+import { clients, projects } from './db/schema';
+import type { Env } from './env';
+import { ApiError } from './errors';
+import { sha256Hex } from './ingest/device-id';
+
+export interface ProjectAuth {
+  projectId: string;
+  clientId: string;
+  sessionGapMs: number;
+}
+
+export type AppEnv = { Bindings: Env; Variables: { project: ProjectAuth } };
+
+const encoder = new TextEncoder();
+
+/** Equal-length digests make the comparison independent of where the inputs differ. */
+export async function secretsEqual(a: string, b: string): Promise<boolean> {
+  const [da, db] = await Promise.all([
+    crypto.subtle.digest('SHA-256', encoder.encode(a)),
+    crypto.subtle.digest('SHA-256', encoder.encode(b)),
+  ]);
+  return crypto.subtle.timingSafeEqual(da, db);
+}
+
+export const requireAdmin: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const expected = getConfig(c.env).adminToken;
+  if (!expected) throw new ApiError(503, 'admin_disabled', 'ADMIN_TOKEN is not configured');
+  const header = c.req.header('authorization') ?? '';
+  const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+  if (!token || !(await secretsEqual(token, expected))) {
+    throw new ApiError(401, 'unauthorized', 'a valid admin bearer token is required');
+  }
+  await next();
+};
+
+const clientCache = new Map<string, { at: number; projectId: string; secretHash: string; sessionGapMs: number }>();
+const CLIENT_CACHE_MS = 30_000;
+
+async function lookupClient(env: Env, clientId: string) {
+  const hit = clientCache.get(clientId);
+  if (hit && Date.now() - hit.at < CLIENT_CACHE_MS) return hit;
+  const row = await drizzle(env.DB)
+    .select({ projectId: clients.projectId, secretHash: clients.secretHash, sessionGapMs: projects.sessionGapMs })
+    .from(clients)
+    .innerJoin(projects, eq(projects.id, clients.projectId))
+    .where(eq(clients.id, clientId))
+    .get();
+  if (!row) return null;
+  const entry = { at: Date.now(), ...row };
+  if (clientCache.size > 1000) clientCache.clear();
+  clientCache.set(clientId, entry);
+  return entry;
+}
+
+export async function authenticateClient(c: Context<AppEnv>): Promise<ProjectAuth> {
+  const clientId = c.req.header('openpanel-client-id') ?? '';
+  const secret = c.req.header('openpanel-client-secret') ?? '';
+  if (!clientId || !secret) {
+    throw new ApiError(401, 'unauthorized', 'openpanel-client-id and openpanel-client-secret headers are required');
+  }
+  const client = clientId.length <= 128 ? await lookupClient(c.env, clientId) : null;
+  const ok = client !== null && (await secretsEqual(await sha256Hex(secret), client.secretHash));
+  if (!client || !ok) throw new ApiError(401, 'unauthorized', 'unknown client or wrong secret');
+  return { projectId: client.projectId, clientId, sessionGapMs: client.sessionGapMs };
+}
+
+export const requireClient: MiddlewareHandler<AppEnv> = async (c, next) => {
+  c.set('project', await authenticateClient(c));
+  await next();
+};
+
+/** Spends one unit of the client's ingestion budget; 429 with Retry-After when it is gone. */
+export const ingestRateLimit: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const { clientId } = c.get('project');
+  const { success } = await c.env.INGEST_LIMITER.limit({ key: clientId });
+  if (!success) {
+    throw new ApiError(429, 'rate_limited', 'too many requests for this client; retry later', { retryAfterSec: 10 }, { 'Retry-After': '10' });
+  }
+  await next();
+};

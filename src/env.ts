@@ -1,0 +1,20 @@
+// The Worker's bindings, typed once.
+import type { DeviceObject } from '../durable-objects/device-object';
+import type { IngestMessage } from './pipeline/messages';
+
+export interface Env {
+  DEVICE: DurableObjectNamespace<DeviceObject>;
+  DB: D1Database;
+  ARCHIVE: R2Bucket;
+  INGEST_QUEUE: Queue<IngestMessage>;
+  JOBS_QUEUE: Queue<unknown>;
+  LEGACY_DB: Hyperdrive;
+  INGEST_LIMITER: RateLimit;
+  CLICKHOUSE_URL: string;
+  CLICKHOUSE_DATABASE?: string;
+  CLICKHOUSE_USER?: string;
+  CLICKHOUSE_PASSWORD?: string;
+  ADMIN_TOKEN?: string;
+  LEGACY_DATASETS?: string;
+  SESSION_GAP_MS?: string;
+}

@@ -1,0 +1,54 @@
+// Driftline: the Worker's entry. Routes, queue consumers and crons, wired once.
+import { Hono } from 'hono';
+import { ZodError } from 'zod';
+import type { AppEnv } from './auth';
+import type { Env } from './env';
+import { ApiError } from './errors';
+import type { IngestMessage } from './pipeline/messages';
+import { handleDeadLetters, handleIngestBatch } from './pipeline/writer';
+import { adminDeadLettersRoute } from './routes/admin-dead-letters';
+import { adminProjectsRoute } from './routes/admin-projects';
+import { healthRoute } from './routes/health';
+import { trackRoute } from './routes/track';
+import { trackBatchRoute } from './routes/track-batch';
+import { v1EventsRoute } from './routes/v1-events';
+import { v1SessionsRoute } from './routes/v1-sessions';
+
+export { DeviceObject } from '../durable-objects/device-object';
+
+export const app = new Hono<AppEnv>()
+  .route('/', healthRoute)
+  .route('/', trackRoute)
+  .route('/', trackBatchRoute)
+  .route('/', v1EventsRoute)
+  .route('/', v1SessionsRoute)
+  .route('/', adminProjectsRoute)
+  .route('/', adminDeadLettersRoute);
+
+app.notFound((c) => c.json({ error: { code: 'not_found', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
+
+app.onError((err, c) => {
+  if (err instanceof ApiError) {
+    for (const [k, v] of Object.entries(err.headers ?? {})) c.header(k, v);
+    return c.json(err.toJSON(), err.status);
+  }
+  if (err instanceof ZodError) {
+    return c.json({ error: { code: 'invalid_request', message: err.issues[0]?.message ?? 'invalid request' } }, 400);
+  }
+  console.error(JSON.stringify({ msg: 'unhandled error', path: c.req.path, error: String(err), stack: (err as Error).stack }));
+  return c.json({ error: { code: 'internal', message: 'internal error' } }, 500);
+});
+
+export const INGEST_QUEUE = 'driftline-ingest';
+export const INGEST_DLQ = 'driftline-ingest-dlq';
+
+export default {
+  fetch: app.fetch,
+  async queue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+    if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestMessage>, env);
+    if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestMessage>, env);
+    console.error(JSON.stringify({ msg: 'message for an unknown queue; retrying', queue: batch.queue }));
+    batch.retryAll({ delaySeconds: 60 });
+  },
+  async scheduled(_controller: ScheduledController, _env: Env, _ctx: ExecutionContext): Promise<void> {},
+} satisfies ExportedHandler<Env, unknown>;

@@ -1,0 +1,38 @@
+// What the edge knows about a request: when it arrived, from where, and the geo of `request.cf`.
+import type { Geo, RequestContext } from './normalize';
+
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
+
+function num(v: unknown): number | null {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && v !== '' ? Number(v) : NaN;
+  return Number.isFinite(n) ? n : null;
+}
+
+export function geoOf(request: Request): Geo {
+  const cf = (request as { cf?: Record<string, unknown> }).cf ?? {};
+  return {
+    country: str(cf.country),
+    region: str(cf.region),
+    city: str(cf.city),
+    timezone: str(cf.timezone),
+    latitude: num(cf.latitude),
+    longitude: num(cf.longitude),
+  };
+}
+
+export function clientIp(request: Request): string {
+  const h = request.headers;
+  return (h.get('cf-connecting-ip') ?? h.get('x-forwarded-for')?.split(',')[0] ?? h.get('x-real-ip') ?? '').trim();
+}
+
+export function requestContext(request: Request, sentAtMs?: number): RequestContext {
+  return {
+    receivedAtMs: Date.now(),
+    sentAtMs,
+    ip: clientIp(request),
+    userAgent: request.headers.get('user-agent') ?? '',
+    geo: geoOf(request),
+  };
+}

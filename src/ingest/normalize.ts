@@ -1,0 +1,155 @@
+// Pure core of the ingestion path: one wire row in, one normalised event or a per-row rejection out.
+import { hash128 } from '../lib/ids';
+import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
+
+export const MAX_FUTURE_MS = 60_000;
+export const MAX_AGE_MS = 5 * 24 * 60 * 60 * 1000;
+
+export interface Geo {
+  country: string;
+  region: string;
+  city: string;
+  timezone: string;
+  latitude: number | null;
+  longitude: number | null;
+}
+
+export const NO_GEO: Geo = { country: '', region: '', city: '', timezone: '', latitude: null, longitude: null };
+
+export interface RequestContext {
+  receivedAtMs: number;
+  /** Client clock when the batch was sent, for skew correction. */
+  sentAtMs?: number;
+  ip: string;
+  userAgent: string;
+  geo: Geo;
+}
+
+export interface NormalizedEvent {
+  type: EventType;
+  name: string;
+  profileId: string;
+  createdAtMs: number;
+  receivedAtMs: number;
+  /** Client-supplied device id; null when it must be derived from salt, IP and user agent. */
+  deviceId: string | null;
+  /** IP used for the device id and stored with the event. */
+  ip: string;
+  geo: Geo;
+  propertiesJson: string;
+  payloadJson: string;
+  dedupKey: string;
+  /** The parsed event's own properties (no reserved keys). */
+  properties: Record<string, unknown>;
+}
+
+export type RejectReason = 'validation' | 'too_old' | 'unsupported' | 'internal';
+
+export interface Rejection {
+  reason: RejectReason;
+  error: string;
+  retryable: boolean;
+}
+
+export type NormalizeResult = { ok: true; event: NormalizedEvent } | { ok: false; rejection: Rejection };
+
+const reject = (reason: RejectReason, error: string, retryable = false): NormalizeResult => ({
+  ok: false,
+  rejection: { reason, error, retryable },
+});
+
+function describeZodError(err: { issues: Array<{ path: PropertyKey[]; message: string }> }): string {
+  return err.issues
+    .slice(0, 3)
+    .map((i) => (i.path.length ? `${i.path.map(String).join('.')}: ${i.message}` : i.message))
+    .join('; ');
+}
+
+/** Event time from the client's timestamp, corrected for the sending clock's skew. */
+export function correctClockSkew(clientTimeMs: number | undefined, ctx: Pick<RequestContext, 'receivedAtMs' | 'sentAtMs'>): number {
+  if (clientTimeMs === undefined) return ctx.receivedAtMs;
+  if (ctx.sentAtMs === undefined) return clientTimeMs;
+  return ctx.receivedAtMs - (ctx.sentAtMs - clientTimeMs);
+}
+
+function eventName(event: WireEvent): string {
+  return event.type === 'track' ? event.payload.name : event.type;
+}
+
+/**
+ * `index` is the row's position in its request: without a client timestamp two identical rows of one
+ * request are still two events, while a replay of a timestamped row is recognised as the same one.
+ */
+export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): NormalizeResult {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return reject('validation', 'event must be an object');
+  const type = (raw as { type?: unknown }).type;
+  if (type === 'alias') return reject('unsupported', 'alias events are not supported');
+  const parsed = WireEvent.safeParse(raw);
+  if (!parsed.success) return reject('validation', describeZodError(parsed.error));
+  const event = parsed.data;
+  const allProps = (event.payload.properties ?? {}) as Record<string, unknown>;
+  const shapeError = checkPropertiesShape(allProps);
+  if (shapeError) return reject('validation', shapeError);
+
+  const reserved = ReservedProperties.safeParse(allProps);
+  if (!reserved.success) return reject('validation', describeZodError(reserved.error));
+  const { __timestamp, __deviceId, __ip, __eventId } = reserved.data;
+
+  const properties: Record<string, unknown> = {};
+  for (const key of Object.keys(allProps)) {
+    if (key === '__timestamp' || key === '__deviceId' || key === '__ip' || key === '__eventId') continue;
+    properties[key] = allProps[key];
+  }
+  if (event.type === 'identify') {
+    for (const key of ['firstName', 'lastName', 'email', 'avatar'] as const) {
+      if (event.payload[key] !== undefined) properties[key] = event.payload[key];
+    }
+  } else if (event.type === 'increment' || event.type === 'decrement') {
+    properties.property = event.payload.property;
+    properties.value = event.payload.value ?? 1;
+  } else if (event.type === 'group') {
+    Object.assign(properties, { groupId: event.payload.id, groupType: event.payload.type, groupName: event.payload.name });
+  } else if (event.type === 'assign_group') {
+    properties.groupIds = event.payload.groupIds;
+  } else if (event.payload.groups) {
+    properties.groups = event.payload.groups;
+  }
+
+  let clientTimeMs: number | undefined;
+  if (__timestamp !== undefined) {
+    clientTimeMs = typeof __timestamp === 'number' ? __timestamp : Date.parse(__timestamp);
+    if (!Number.isFinite(clientTimeMs)) return reject('validation', '__timestamp is not a valid time');
+  }
+  let createdAtMs = correctClockSkew(clientTimeMs, ctx);
+  if (createdAtMs > ctx.receivedAtMs + MAX_FUTURE_MS) createdAtMs = ctx.receivedAtMs;
+  if (ctx.receivedAtMs - createdAtMs > MAX_AGE_MS) {
+    return reject('too_old', 'event is older than 5 days; send older history through a backfill');
+  }
+
+  const propertiesJson = JSON.stringify(properties);
+  const payloadJson = JSON.stringify(raw);
+  if (payloadJson.length > MAX_EVENT_BYTES) return reject('validation', `event is larger than ${MAX_EVENT_BYTES} bytes`);
+  const name = eventName(event);
+  const profileId = 'profileId' in event.payload && event.payload.profileId !== undefined ? event.payload.profileId : '';
+  const dedupKey = __eventId
+    ? `e:${__eventId}`
+    : `h:${hash128(`${event.type}\u0000${name}\u0000${clientTimeMs ?? `r${ctx.receivedAtMs}:${index}`}\u0000${profileId}\u0000${propertiesJson}`)}`;
+
+  return {
+    ok: true,
+    event: {
+      type: event.type,
+      name,
+      profileId,
+      createdAtMs,
+      receivedAtMs: ctx.receivedAtMs,
+      deviceId: __deviceId ?? null,
+      ip: __ip ?? ctx.ip,
+      geo: __ip ? NO_GEO : ctx.geo,
+      propertiesJson,
+      payloadJson,
+      dedupKey,
+      properties,
+    },
+  };
+}

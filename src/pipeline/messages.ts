@@ -1,0 +1,73 @@
+// Rows as ClickHouse stores them, and the ingest-queue message that carries them.
+
+export interface EventRow {
+  id: string;
+  project_id: string;
+  device_id: string;
+  session_id: string;
+  profile_id: string;
+  type: string;
+  name: string;
+  created_at_ms: number;
+  received_at_ms: number;
+  synced_at_ms: number;
+  properties: string;
+  ref_id: string;
+  ip: string;
+  country: string;
+  region: string;
+  city: string;
+  timezone: string;
+  latitude: number | null;
+  longitude: number | null;
+}
+
+export interface PayloadRow {
+  id: string;
+  project_id: string;
+  created_at_ms: number;
+  received_at_ms: number;
+  payload: string;
+}
+
+export interface SessionRow {
+  project_id: string;
+  device_id: string;
+  id: string;
+  started_at_ms: number;
+  ended_at_ms: number;
+  event_count: number;
+  ended: number;
+  merged_into: string;
+  version: number;
+  updated_at_ms: number;
+}
+
+export interface IngestMessage {
+  events: EventRow[];
+  payloads: PayloadRow[];
+  sessions: SessionRow[];
+  /** Set when some rows may already be in ClickHouse (a resend after an unconfirmed send). */
+  redelivery?: boolean;
+}
+
+/** Queue limits: 128 KB per message, 256 KB and 100 messages per sendBatch. Keep headroom. */
+export const MAX_MESSAGE_BYTES = 100 * 1024;
+export const MAX_SEND_BATCH_BYTES = 220 * 1024;
+export const MAX_SEND_BATCH_MESSAGES = 100;
+
+/** Sends messages in as few sendBatch calls as the queue limits allow. */
+export async function sendMessages(queue: Queue<IngestMessage>, messages: Array<{ body: IngestMessage; bytes: number }>): Promise<void> {
+  let batch: MessageSendRequest<IngestMessage>[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    if (batch.length && (batch.length >= MAX_SEND_BATCH_MESSAGES || bytes + m.bytes > MAX_SEND_BATCH_BYTES)) {
+      await queue.sendBatch(batch, { delaySeconds: 0 });
+      batch = [];
+      bytes = 0;
+    }
+    batch.push({ body: m.body, contentType: 'json' });
+    bytes += m.bytes;
+  }
+  if (batch.length) await queue.sendBatch(batch);
+}

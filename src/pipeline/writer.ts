@@ -1,0 +1,87 @@
+// The ingest-queue consumer: rows of many devices become one ClickHouse insert per table.
+import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { getConfig } from '../config';
+import type { Env } from '../env';
+import type { EventRow, IngestMessage, PayloadRow, SessionRow } from './messages';
+
+const ID_CHECK_CHUNK = 1000;
+export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
+
+/** Delay before the n-th retry: 2, 4, 8 ... capped at 5 minutes. */
+export function retryDelaySeconds(attempts: number): number {
+  return Math.min(300, 2 ** Math.max(1, attempts));
+}
+
+/** Ids among `rows` that `table` already holds: a redelivered message must not add copies. */
+async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', rows: Array<{ id: string; project_id: string; created_at_ms: number }>): Promise<Set<string>> {
+  const found = new Set<string>();
+  for (let i = 0; i < rows.length; i += ID_CHECK_CHUNK) {
+    const chunk = rows.slice(i, i + ID_CHECK_CHUNK);
+    const times = chunk.map((r) => r.created_at_ms);
+    const hits = await ch.query<{ id: string }>(
+      `SELECT toString(id) AS id FROM ${table}
+        WHERE has({projects:Array(String)}, project_id)
+          AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
+          AND has({ids:Array(String)}, toString(id))`,
+      {
+        projects: [...new Set(chunk.map((r) => r.project_id))],
+        from: Math.min(...times),
+        to: Math.max(...times),
+        ids: chunk.map((r) => r.id),
+      },
+    );
+    for (const h of hits) found.add(h.id);
+  }
+  return found;
+}
+
+export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean): Promise<{ events: number; sessions: number }> {
+  const events: EventRow[] = [];
+  const payloads: PayloadRow[] = [];
+  const sessions: SessionRow[] = [];
+  for (const m of messages) {
+    for (const e of m.events) events.push({ ...e, synced_at_ms: syncedAtMs });
+    payloads.push(...m.payloads);
+    sessions.push(...m.sessions);
+  }
+  let newEvents = events;
+  let newPayloads = payloads;
+  if (mayBeRedelivery) {
+    const [haveEvents, havePayloads] = await Promise.all([existingIds(ch, 'events', events), existingIds(ch, 'event_payloads', payloads)]);
+    newEvents = events.filter((e) => !haveEvents.has(e.id));
+    newPayloads = payloads.filter((p) => !havePayloads.has(p.id));
+  }
+  // Within one delivery the same event can appear twice (an outbox resend batched with the original).
+  const dedupe = <T extends { id: string }>(rows: T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
+  await ch.insert('events', dedupe(newEvents));
+  await ch.insert('event_payloads', dedupe(newPayloads));
+  await ch.insert('sessions', sessions);
+  return { events: newEvents.length, sessions: sessions.length };
+}
+
+export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env: Env): Promise<void> {
+  const ch = clickhouse(getConfig(env).clickhouse);
+  const mayBeRedelivery = batch.messages.some((m) => m.attempts > 1 || m.body.redelivery === true);
+  try {
+    await writeRows(ch, batch.messages.map((m) => m.body), Date.now(), mayBeRedelivery);
+    batch.ackAll();
+  } catch (err) {
+    console.error(JSON.stringify({ msg: 'ingest write failed; retrying', messages: batch.messages.length, error: String(err) }));
+    for (const m of batch.messages) m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
+  }
+}
+
+/** Messages that exhausted their retries are parked in R2 until an operator re-drives them. */
+export async function handleDeadLetters(batch: MessageBatch<IngestMessage>, env: Env): Promise<void> {
+  for (const m of batch.messages) {
+    try {
+      await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-${m.id}.json`, JSON.stringify(m.body), {
+        httpMetadata: { contentType: 'application/json' },
+      });
+      m.ack();
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'dead letter could not be parked', id: m.id, error: String(err) }));
+      m.retry({ delaySeconds: 30 });
+    }
+  }
+}

@@ -1,0 +1,27 @@
+// POST /track/batch — up to 2000 events; each row is validated and accepted or rejected on its own.
+import { Hono } from 'hono';
+import { ingestRateLimit, requireClient, type AppEnv } from '../auth';
+import { ApiError } from '../errors';
+import { acceptEvents } from '../ingest/accept';
+import { readJsonBody } from '../ingest/body';
+import { requestContext } from '../ingest/context';
+import { BatchBody, MAX_BATCH_EVENTS, MAX_BODY_BYTES } from '../ingest/wire';
+
+export const trackBatchRoute = new Hono<AppEnv>().post('/track/batch', requireClient, ingestRateLimit, async (c) => {
+  const body = await readJsonBody(c.req.raw, MAX_BODY_BYTES);
+  const parsed = BatchBody.safeParse(body);
+  if (!parsed.success) {
+    throw new ApiError(400, 'invalid_batch', 'the body must be { "events": [...], "sentAt"?: ISO-8601 }', {
+      issues: parsed.error.issues.slice(0, 5).map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+    });
+  }
+  const { events, sentAt } = parsed.data;
+  if (events.length > MAX_BATCH_EVENTS) {
+    throw new ApiError(413, 'too_many_events', `a batch holds at most ${MAX_BATCH_EVENTS} events`, {
+      limitEvents: MAX_BATCH_EVENTS,
+      events: events.length,
+    });
+  }
+  const result = await acceptEvents(c.env, c.get('project'), events, requestContext(c.req.raw, sentAt ? Date.parse(sentAt) : undefined));
+  return c.json({ accepted: result.accepted, duplicates: result.duplicates, rejected: result.rejected }, 202);
+});

@@ -1,0 +1,64 @@
+// Starts a throwaway ClickHouse and Postgres on free ports (or uses CLICKHOUSE_URL / POSTGRES_URL),
+// applies the ClickHouse migrations, and hands the addresses to the Workers pool.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestProject } from 'vitest/node';
+import { migrateClickHouse } from '../scripts/lib/clickhouse-migrate.mjs';
+import { clickhouseAnswers, startClickHouse, startPostgres } from '../scripts/lib/services.mjs';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    clickhouseUrl: string;
+    clickhouseDatabase: string;
+    postgresUrl: string;
+  }
+}
+
+export default async function setup(project: TestProject) {
+  const dir = mkdtempSync(join(tmpdir(), 'driftline-test-'));
+  const stops: Array<() => Promise<void>> = [];
+  const teardown = async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    return await start(project, dir, stops, teardown);
+  } catch (err) {
+    await teardown();
+    throw err;
+  }
+}
+
+async function start(project: TestProject, dir: string, stops: Array<() => Promise<void>>, teardown: () => Promise<void>) {
+
+  let clickhouseUrl = process.env.CLICKHOUSE_URL;
+  if (clickhouseUrl && !(await clickhouseAnswers(clickhouseUrl))) {
+    throw new Error(`CLICKHOUSE_URL=${clickhouseUrl} does not answer /ping`);
+  }
+  if (!clickhouseUrl) {
+    const ch = await startClickHouse({ dir: join(dir, 'clickhouse') });
+    stops.push(() => ch.stop({ force: true }));
+    clickhouseUrl = ch.url;
+  }
+  // A fresh database per run keeps runs against a shared server apart.
+  const clickhouseDatabase = `driftline_test_${Date.now()}`;
+  const first = await migrateClickHouse({ url: clickhouseUrl, database: clickhouseDatabase });
+  const second = await migrateClickHouse({ url: clickhouseUrl, database: clickhouseDatabase });
+  if (first.length === 0 || second.length !== 0) {
+    throw new Error(`ClickHouse migrations are not idempotent: first run ${first.length}, second run ${second.length}`);
+  }
+
+  let postgresUrl = process.env.POSTGRES_URL;
+  if (!postgresUrl) {
+    const pg = await startPostgres({ dir: join(dir, 'postgres') });
+    stops.push(() => pg.stop());
+    postgresUrl = pg.url;
+  }
+
+  project.provide('clickhouseUrl', clickhouseUrl);
+  project.provide('clickhouseDatabase', clickhouseDatabase);
+  project.provide('postgresUrl', postgresUrl);
+
+  return teardown;
+}

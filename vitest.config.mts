@@ -1,0 +1,35 @@
+import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-workers';
+import { defineConfig } from 'vitest/config';
+
+export const TEST_ADMIN_TOKEN = 'test-admin-token';
+
+export default defineConfig(async () => {
+  const migrations = await readD1Migrations('./migrations/d1');
+  return {
+    plugins: [
+      cloudflareTest(({ inject }) => ({
+        main: './src/index.ts',
+        wrangler: { configPath: './wrangler.toml' },
+        miniflare: {
+          bindings: {
+            CLICKHOUSE_URL: inject<string>('clickhouseUrl'),
+            CLICKHOUSE_DATABASE: inject<string>('clickhouseDatabase'),
+            ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+            LEGACY_DATASETS: 'citylens,fleetone',
+            TEST_MIGRATIONS: migrations,
+            TEST_POSTGRES_URL: inject<string>('postgresUrl'),
+          },
+          hyperdrives: { LEGACY_DB: inject<string>('postgresUrl') },
+        },
+      })),
+    ],
+    test: {
+      globalSetup: ['./test/global-setup.ts'],
+      setupFiles: ['./test/apply-migrations.ts'],
+      include: ['test/**/*.test.ts'],
+      testTimeout: 120_000,
+      hookTimeout: 120_000,
+      fileParallelism: false,
+    },
+  };
+});
