@@ -27,3 +27,55 @@ export const salts = sqliteTable('salts', {
   salt: text('salt').notNull(),
   createdAt: integer('created_at').notNull(),
 });
+
+/**
+ * Operator jobs (backfills). `leaseVersion` is the fencing token: every chunk message carries the
+ * version it expects, and each claim, commit or watchdog re-kick is a compare-and-set on it, so two
+ * chunks of one job never run at once and stale or duplicate messages are no-ops.
+ */
+export const jobs = sqliteTable(
+  'jobs',
+  {
+    id: text('id').primaryKey(),
+    type: text('type').notNull(),
+    state: text('state').notNull(),
+    params: text('params').notNull(),
+    cursor: text('cursor'),
+    maxKey: text('max_key'),
+    rowsProcessed: integer('rows_processed').notNull().default(0),
+    rowsTotal: integer('rows_total'),
+    ratePerSec: integer('rate_per_sec'),
+    etaSec: integer('eta_sec'),
+    attempts: integer('attempts').notNull().default(0),
+    error: text('error'),
+    leaseVersion: integer('lease_version').notNull().default(0),
+    leaseUntil: integer('lease_until').notNull().default(0),
+    createdAt: integer('created_at').notNull(),
+    startedAt: integer('started_at'),
+    endedAt: integer('ended_at'),
+    lastUpdateAt: integer('last_update_at').notNull(),
+  },
+  (t) => [index('jobs_state_idx').on(t.state)],
+);
+
+/** Legacy datasets: the flag that releases their realtime events once the initial import is done. */
+export const legacyDatasets = sqliteTable('legacy_datasets', {
+  dataset: text('dataset').primaryKey(),
+  initialMigrationCompletedAt: integer('initial_migration_completed_at'),
+});
+
+/** Realtime events of a legacy dataset held until its initial import completes (accepted = durable). */
+export const heldEvents = sqliteTable(
+  'held_legacy_events',
+  {
+    seq: integer('seq').primaryKey({ autoIncrement: true }),
+    dataset: text('dataset').notNull(),
+    legacyId: text('legacy_id').notNull(),
+    projectId: text('project_id').notNull(),
+    deviceId: text('device_id').notNull(),
+    gapMs: integer('gap_ms').notNull(),
+    event: text('event').notNull(),
+    heldAt: integer('held_at').notNull(),
+  },
+  (t) => [index('held_legacy_events_dataset_idx').on(t.dataset, t.seq)],
+);
