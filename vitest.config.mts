@@ -14,17 +14,20 @@ export default defineConfig(async () => {
           bindings: {
             CLICKHOUSE_URL: inject<string>('clickhouseUrl'),
             CLICKHOUSE_DATABASE: inject<string>('clickhouseDatabase'),
+            TEST_CLICKHOUSE_FAULT_CONTROL: inject<string>('clickhouseFaultControl'),
             ADMIN_TOKEN: TEST_ADMIN_TOKEN,
             LEGACY_DATASETS: 'citylens,fleetone',
             TEST_MIGRATIONS: migrations,
             TEST_POSTGRES_URL: inject<string>('postgresUrl'),
           },
           hyperdrives: { LEGACY_DB: inject<string>('postgresUrl') },
+          // A small budget so the 429 path is reachable in a test; no other test sends this many.
+          ratelimits: { INGEST_LIMITER: { namespace_id: '1001', simple: { limit: 120, period: 60 } } },
         },
       })),
     ],
     test: {
-      globalSetup: ['./test/global-setup.ts'],
+      globalSetup: ['./test/global-setup.mjs'],
       setupFiles: ['./test/apply-migrations.ts'],
       include: ['test/**/*.test.ts'],
       testTimeout: 120_000,

@@ -84,12 +84,13 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return reject('validation', 'event must be an object');
   const type = (raw as { type?: unknown }).type;
   if (type === 'alias') return reject('unsupported', 'alias events are not supported');
+  // Checked on the raw value: a parsed copy would already have dropped an own `__proto__` key.
+  const shapeError = checkPropertiesShape((raw as { payload?: unknown }).payload);
+  if (shapeError) return reject('validation', shapeError);
   const parsed = WireEvent.safeParse(raw);
   if (!parsed.success) return reject('validation', describeZodError(parsed.error));
   const event = parsed.data;
   const allProps = (event.payload.properties ?? {}) as Record<string, unknown>;
-  const shapeError = checkPropertiesShape(allProps);
-  if (shapeError) return reject('validation', shapeError);
 
   const reserved = ReservedProperties.safeParse(allProps);
   if (!reserved.success) return reject('validation', describeZodError(reserved.error));

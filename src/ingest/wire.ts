@@ -13,7 +13,7 @@ export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEP
   while (stack.length) {
     const [v, depth] = stack.pop()!;
     if (v === null || typeof v !== 'object') continue;
-    if (depth >= maxDepth) return `properties nested deeper than ${maxDepth} levels`;
+    if (depth > maxDepth) return `properties nested deeper than ${maxDepth} levels`;
     if (Array.isArray(v)) {
       for (const item of v) stack.push([item, depth + 1]);
       continue;

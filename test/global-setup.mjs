@@ -3,21 +3,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestProject } from 'vitest/node';
 import { migrateClickHouse } from '../scripts/lib/clickhouse-migrate.mjs';
+import { startFaultProxy } from '../scripts/lib/fault-proxy.mjs';
 import { clickhouseAnswers, startClickHouse, startPostgres } from '../scripts/lib/services.mjs';
 
-declare module 'vitest' {
-  export interface ProvidedContext {
-    clickhouseUrl: string;
-    clickhouseDatabase: string;
-    postgresUrl: string;
-  }
-}
-
-export default async function setup(project: TestProject) {
+/** @param {import('vitest/node').TestProject} project */
+export default async function setup(project) {
   const dir = mkdtempSync(join(tmpdir(), 'driftline-test-'));
-  const stops: Array<() => Promise<void>> = [];
+  const stops = [];
   const teardown = async () => {
     for (const stop of stops.reverse()) await stop().catch(() => {});
     rmSync(dir, { recursive: true, force: true });
@@ -30,7 +23,7 @@ export default async function setup(project: TestProject) {
   }
 }
 
-async function start(project: TestProject, dir: string, stops: Array<() => Promise<void>>, teardown: () => Promise<void>) {
+async function start(project, dir, stops, teardown) {
 
   let clickhouseUrl = process.env.CLICKHOUSE_URL;
   if (clickhouseUrl && !(await clickhouseAnswers(clickhouseUrl))) {
@@ -56,7 +49,12 @@ async function start(project: TestProject, dir: string, stops: Array<() => Promi
     postgresUrl = pg.url;
   }
 
-  project.provide('clickhouseUrl', clickhouseUrl);
+  // The Worker reaches ClickHouse through a pass-through that tests can cut.
+  const target = new URL(clickhouseUrl);
+  const proxy = await startFaultProxy({ targetHost: target.hostname, targetPort: Number(target.port || 8123) });
+  stops.push(() => proxy.stop());
+  project.provide('clickhouseUrl', proxy.url);
+  project.provide('clickhouseFaultControl', proxy.controlUrl);
   project.provide('clickhouseDatabase', clickhouseDatabase);
   project.provide('postgresUrl', postgresUrl);
 

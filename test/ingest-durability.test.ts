@@ -1,0 +1,109 @@
+// Accepted means durable: ClickHouse outages, redeliveries and dead letters never lose or copy a row.
+import { createExecutionContext, createMessageBatch, env, getQueueResult, SELF } from 'cloudflare:test';
+import { afterEach, describe, expect, it } from 'vitest';
+import worker from '../src/index';
+import { hash128, uuidv7At } from '../src/lib/ids';
+import type { IngestMessage } from '../src/pipeline/messages';
+import { ADMIN_TOKEN, ch, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
+
+const setClickHouse = (state: 'up' | 'down') => fetch(`${env.TEST_CLICKHOUSE_FAULT_CONTROL}/${state}`).then((r) => r.json());
+
+afterEach(async () => {
+  await setClickHouse('up');
+});
+
+function events(deviceId: string, n: number, tag: string) {
+  const base = Date.now() - 20 * 60_000;
+  return Array.from({ length: n }, (_, i) => trackEvent(tag, { __deviceId: deviceId, __timestamp: base + i * 1000, i }));
+}
+
+const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+describe('durability', () => {
+  it('keeps every event accepted while ClickHouse is down and stores each exactly once after it returns', async () => {
+    const p = await createProject();
+    await setClickHouse('down');
+    const health = await SELF.fetch('http://gw/healthz');
+    expect(health.status).toBe(503);
+    expect(await health.json()).toEqual({ ok: false, clickhouse: 'down' });
+
+    let accepted = 0;
+    for (let b = 0; b < 4; b++) {
+      const res = await postBatch(p, { events: events(`outage-${b % 2}`, 250, `outage-${b}`) });
+      expect(res.status).toBe(202);
+      accepted += ((await res.json()) as { accepted: number }).accepted;
+    }
+    expect(accepted).toBe(1000);
+    // The consumer cannot write: the rows wait in queue retries, not in ClickHouse.
+    await new Promise((r) => setTimeout(r, 1500));
+    await setClickHouse('up');
+    expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
+
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1000, { timeoutMs: 90_000 });
+    expect(await countEvents(p.id)).toEqual({ rows: 1000, ids: 1000 });
+    const read = await getJson<{ events: Array<{ name: string }> }>(p, '/v1/events?deviceId=outage-0&limit=1000');
+    expect(read.body.events.filter((e) => e.name.startsWith('outage-'))).toHaveLength(500);
+  });
+
+  it('retries a delivery that fails and never adds a second copy when a delivered message comes again', async () => {
+    const p = await createProject();
+    const res = await postBatch(p, { events: events('redeliver-1', 20, 'redeliver') });
+    expect(((await res.json()) as { accepted: number }).accepted).toBe(20);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 20);
+    const rows = await getJson<{ events: Array<{ id: string; name: string }> }>(p, '/v1/events?deviceId=redeliver-1&limit=100');
+    expect(rows.body.events.filter((e) => e.name === 'redeliver')).toHaveLength(20);
+
+    // Hand the consumer the same rows again, as a redelivered message (attempt 2).
+    const stored = await ch().query<IngestMessage['events'][number]>(
+      `SELECT toString(id) AS id, project_id, device_id, session_id, profile_id, type, name, created_at_ms, received_at_ms,
+              synced_at_ms, properties, ref_id, ip, country, region, city, timezone, latitude, longitude
+         FROM events WHERE project_id = {p:String}`,
+      { p: p.id },
+    );
+    const message: IngestMessage = { events: stored, payloads: [], sessions: [] };
+    const ctx = createExecutionContext();
+
+    const down = createMessageBatch<IngestMessage>('driftline-ingest', [{ id: 'm1', timestamp: new Date(), attempts: 1, body: message }]);
+    await setClickHouse('down');
+    await worker.queue(down, env, ctx);
+    const failed = await getQueueResult(down, ctx);
+    expect(failed.retryMessages.map((m) => m.msgId)).toEqual(['m1']);
+    expect(failed.explicitAcks).toEqual([]);
+    await setClickHouse('up');
+
+    const again = createMessageBatch<IngestMessage>('driftline-ingest', [{ id: 'm1', timestamp: new Date(), attempts: 2, body: message }]);
+    await worker.queue(again, env, ctx);
+    const ok = await getQueueResult(again, ctx);
+    expect(ok.ackAll).toBe(true);
+    expect(await countEvents(p.id)).toEqual({ rows: 20, ids: 20 });
+  });
+
+  it('parks exhausted messages in R2 and re-drives them through the admin route exactly once', async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const id = uuidv7At(now - 1000, hash128(`${p.id}:parked`));
+    const row: IngestMessage['events'][number] = {
+      id, project_id: p.id, device_id: 'dlq-1', session_id: '', profile_id: '', type: 'track', name: 'parked',
+      created_at_ms: now - 1000, received_at_ms: now, synced_at_ms: 0, properties: '{}', ref_id: '', ip: '',
+      country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
+    };
+    const message: IngestMessage = { events: [row], payloads: [], sessions: [] };
+    const ctx = createExecutionContext();
+    const before = (await (await SELF.fetch('http://gw/admin/dead-letters', { headers: admin })).json()) as { count: number };
+    const dead = createMessageBatch<IngestMessage>('driftline-ingest-dlq', [{ id: 'dead-1', timestamp: new Date(), attempts: 1, body: message }]);
+    await worker.queue(dead, env, ctx);
+    expect((await getQueueResult(dead, ctx)).explicitAcks).toEqual(['dead-1']);
+    const listed = (await (await SELF.fetch('http://gw/admin/dead-letters', { headers: admin })).json()) as { count: number };
+    expect(listed.count).toBe(before.count + 1);
+    const health = (await (await SELF.fetch('http://gw/admin/health', { headers: admin })).json()) as { ingest: { deadLetters: number } };
+    expect(health.ingest.deadLetters).toBe(listed.count);
+
+    const replay = await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin });
+    expect(replay.status).toBe(200);
+    expect(((await replay.json()) as { replayed: number }).replayed).toBe(listed.count);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    const again = await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin });
+    expect(((await again.json()) as { replayed: number }).replayed).toBe(0);
+    expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
+  });
+});
