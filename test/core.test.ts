@@ -1,0 +1,84 @@
+// Pure cores: typed query parameters, skew correction, deterministic ids, property checks.
+import { describe, expect, it } from 'vitest';
+import { ch } from './helpers';
+import { parseVersion } from '../src/clickhouse/client';
+import { bindParams } from '../src/clickhouse/params';
+import { correctClockSkew, normalizeEvent, NO_GEO } from '../src/ingest/normalize';
+import { checkPropertiesShape } from '../src/ingest/wire';
+import { hash128, uuidv7At, uuidv7Time } from '../src/lib/ids';
+
+describe('typed query parameters', () => {
+  it('renders checked literals and refuses values of the wrong type', () => {
+    expect(bindParams('SELECT {a:String}, {n:Int64}, {xs:Array(String)}', { a: "it's\\", n: -5, xs: ['a', "b'"] })).toBe(
+      "SELECT 'it\\'s\\\\', -5, ['a','b\\'']",
+    );
+    expect(() => bindParams('SELECT {n:Int64}', { n: '1; DROP TABLE events' })).toThrow(/integer/);
+    expect(() => bindParams('SELECT {n:UInt32}', { n: -1 })).toThrow(/unsigned/);
+    expect(() => bindParams('SELECT {u:UUID}', { u: "x') OR 1=1 --" })).toThrow(/UUID/);
+    expect(() => bindParams('SELECT {missing:String}', {})).toThrow(/missing/);
+  });
+
+  it('round-trips hostile strings through the real server unchanged', async () => {
+    const hostile = "'; DROP TABLE events; --\\' \n\t\0 \u00e9\u{1F600}";
+    const [row] = await ch().query<{ v: string }>('SELECT {v:String} AS v', { v: hostile });
+    expect(row!.v).toBe(hostile);
+  });
+
+  it('knows which servers take native parameters', () => {
+    expect(parseVersion('18.16.1').nativeParams).toBe(false);
+    expect(parseVersion('24.8.4.13').nativeParams).toBe(true);
+    expect(parseVersion('24.8.4.13').lightweightDelete).toBe(true);
+  });
+});
+
+describe('event time', () => {
+  const ctx = { receivedAtMs: 1_700_000_000_000, ip: '203.0.113.1', userAgent: 'ua', geo: NO_GEO };
+
+  it('shifts client time by the batch clock skew', () => {
+    expect(correctClockSkew(undefined, ctx)).toBe(ctx.receivedAtMs);
+    expect(correctClockSkew(1000, { receivedAtMs: 5000 })).toBe(1000);
+    expect(correctClockSkew(10_000, { receivedAtMs: 20_000, sentAtMs: 15_000 })).toBe(15_000);
+  });
+
+  it('clamps more than a minute in the future and rejects older than five days', () => {
+    const future = normalizeEvent({ type: 'track', payload: { name: 'f', properties: { __timestamp: ctx.receivedAtMs + 61_000 } } }, ctx);
+    expect(future.ok && future.event.createdAtMs).toBe(ctx.receivedAtMs);
+    const nearFuture = normalizeEvent({ type: 'track', payload: { name: 'f', properties: { __timestamp: ctx.receivedAtMs + 59_000 } } }, ctx);
+    expect(nearFuture.ok && nearFuture.event.createdAtMs).toBe(ctx.receivedAtMs + 59_000);
+    const old = normalizeEvent({ type: 'track', payload: { name: 'o', properties: { __timestamp: ctx.receivedAtMs - 5 * 86_400_000 - 1 } } }, ctx);
+    expect(old.ok).toBe(false);
+    expect(!old.ok && old.rejection.reason).toBe('too_old');
+  });
+
+  it('keeps reserved properties out of the stored properties and dedups replays by content', () => {
+    const raw = { type: 'track', payload: { name: 'n', properties: { __timestamp: ctx.receivedAtMs - 1000, __deviceId: 'd', a: 1 } } };
+    const a = normalizeEvent(raw, ctx, 0);
+    const b = normalizeEvent(raw, { ...ctx, receivedAtMs: ctx.receivedAtMs + 5000 }, 3);
+    expect(a.ok && JSON.parse(a.event.propertiesJson)).toEqual({ a: 1 });
+    expect(a.ok && b.ok && a.event.dedupKey === b.event.dedupKey).toBe(true);
+    const untimed = { type: 'track', payload: { name: 'n', properties: { a: 1 } } };
+    const u1 = normalizeEvent(untimed, ctx, 0);
+    const u2 = normalizeEvent(untimed, ctx, 1);
+    expect(u1.ok && u2.ok && u1.event.dedupKey !== u2.event.dedupKey).toBe(true);
+  });
+});
+
+describe('ids and property shape', () => {
+  it('makes the same UUIDv7 from the same time and seed, carrying that time', () => {
+    const t = Date.UTC(2019, 4, 1, 12, 0, 0, 123);
+    const id = uuidv7At(t, hash128('citylens:42'));
+    expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(uuidv7At(t, hash128('citylens:42'))).toBe(id);
+    expect(uuidv7At(t, hash128('citylens:43'))).not.toBe(id);
+    expect(uuidv7Time(id)).toBe(t);
+  });
+
+  it('refuses prototype keys and deep nesting at any depth', () => {
+    expect(checkPropertiesShape(JSON.parse('{"a":{"b":[{"__proto__":1}]}}'))).toMatch(/__proto__/);
+    expect(checkPropertiesShape({ constructor: 1 })).toMatch(/constructor/);
+    let deep: unknown = 1;
+    for (let i = 0; i < 12; i++) deep = [deep];
+    expect(checkPropertiesShape({ deep })).toMatch(/nested/);
+    expect(checkPropertiesShape({ a: { b: { c: 1 } }, list: [1, 2, { x: 'y' }] })).toBeNull();
+  });
+});
