@@ -38,15 +38,24 @@ export interface DeviceIngestResult {
   results: Array<{ status: 'accepted' | 'duplicate'; sessionId: string; eventId: string }>;
 }
 
+type StoredLastEvent = { id: string; type: string; name: string; createdAtMs: number; sessionId: string };
+
 export interface DeviceState {
   projectId: string;
   deviceId: string;
+  /** Edge receipt time of the newest request that carried a new event. */
   lastSeenMs: number | null;
-  lastEvent: { id: string; type: string; name: string; createdAtMs: number; sessionId: string } | null;
+  /** The event with the latest event time. */
+  lastEvent: StoredLastEvent | null;
   lastPosition: { lat: number; lon: number; atMs: number } | null;
-  liveSessionId: string | null;
+  /** Profile of the latest event that named one. */
+  profileId: string | null;
+  /** The session that is still open (not idle for the gap yet), if any. */
+  liveSession: { id: string; startMs: number; endMs: number; eventCount: number; idleAtMs: number } | null;
   sessions: number;
+  seenIds: number;
   pendingRows: number;
+  storageBytes: number;
 }
 
 type SessionRecord = Session & { ended: number; version: number };
@@ -54,11 +63,27 @@ type SessionRecord = Session & { ended: number; version: number };
 export class DeviceObject extends DurableObject<Env> {
   private readonly sql: SqlStorage;
 
+  private schemaReady = false;
+  /** In-flight outbox flush: the alarm and a direct maintain() must not send the same rows twice. */
+  private flushing: Promise<number> | null = null;
+
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
+  }
+
+  /** Tables are created on first write, so probing an unknown device leaves no storage behind. */
+  private hasSchema(): boolean {
+    if (!this.schemaReady) {
+      this.schemaReady = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").toArray().length > 0;
+    }
+    return this.schemaReady;
+  }
+
+  private ensureSchema(): void {
+    if (this.hasSchema()) return;
     this.sql.exec(`
-      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, session_id TEXT NOT NULL, seen_at_ms INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, session_id TEXT NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
       CREATE INDEX IF NOT EXISTS seen_at_idx ON seen (seen_at_ms);
       CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
         event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
@@ -68,6 +93,7 @@ export class DeviceObject extends DurableObject<Env> {
       CREATE INDEX IF NOT EXISTS outbox_ref_idx ON outbox (kind, ref);
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
+    this.schemaReady = true;
   }
 
   private meta<T>(key: string): T | null {
@@ -143,6 +169,7 @@ export class DeviceObject extends DurableObject<Env> {
   }
 
   private ingestSync(input: DeviceIngest, nowMs: number): DeviceIngestResult['results'] {
+    this.ensureSchema();
     if (!this.meta('ident')) this.setMeta('ident', { projectId: input.projectId, deviceId: input.deviceId });
     this.setMeta('gapMs', input.gapMs);
     const gapMs = input.gapMs;
@@ -170,13 +197,23 @@ export class DeviceObject extends DurableObject<Env> {
       tracked.forEach((i, k) => sessionOf.set(i, assignment.sessionIds[k]!));
 
       for (const [mergedId, survivorId] of assignment.merged) {
-        const old = byId.get(mergedId);
-        this.sql.exec('UPDATE sessions SET merged_into = ? WHERE id = ? OR merged_into = ?', survivorId, mergedId, mergedId);
+        if (!byId.has(mergedId)) continue; // created and absorbed within this call: never stored
+        // Sessions merged earlier into `mergedId` now point straight at the survivor, here and in
+        // ClickHouse, so a reader never has to follow a chain of merges.
+        const absorbed = this.sql
+          .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number }>(
+            'SELECT id, start_ms, end_ms, event_count, ended FROM sessions WHERE id = ? OR merged_into = ?',
+            mergedId,
+            mergedId,
+          )
+          .toArray();
         this.sql.exec("UPDATE outbox SET session_id = ? WHERE kind = 'event' AND session_id = ?", survivorId, mergedId);
-        if (old) {
+        for (const a of absorbed) {
           const version = this.nextVersion(nowMs);
-          this.sql.exec('UPDATE sessions SET version = ? WHERE id = ?', version, mergedId);
-          this.enqueueSession(this.sessionRow({ ...old, version }, survivorId, nowMs));
+          this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
+          this.enqueueSession(
+            this.sessionRow({ id: a.id, startMs: a.start_ms, endMs: a.end_ms, eventCount: a.event_count, ended: a.ended, version }, survivorId, nowMs),
+          );
         }
       }
       for (const s of assignment.changed.values()) {
@@ -198,8 +235,9 @@ export class DeviceObject extends DurableObject<Env> {
     }
 
     // Record ids and write the outbox in the same transaction.
-    let last = this.meta<DeviceState['lastEvent']>('lastEvent');
+    let last = this.meta<StoredLastEvent>('lastEvent');
     let lastPosition = this.meta<DeviceState['lastPosition']>('lastPosition');
+    let lastProfile = this.meta<{ id: string; atMs: number }>('lastProfile');
     for (const i of fresh) {
       const e = input.events[i]!;
       const sessionId = sessionOf.get(i) ?? '';
@@ -212,10 +250,14 @@ export class DeviceObject extends DurableObject<Env> {
       if (position && (!lastPosition || e.row.created_at_ms >= lastPosition.atMs)) {
         lastPosition = { ...position, atMs: e.row.created_at_ms };
       }
+      if (e.row.profile_id && (!lastProfile || e.row.created_at_ms >= lastProfile.atMs)) {
+        lastProfile = { id: e.row.profile_id, atMs: e.row.created_at_ms };
+      }
     }
     if (fresh.length) {
       this.setMeta('lastEvent', last);
       this.setMeta('lastPosition', lastPosition);
+      this.setMeta('lastProfile', lastProfile);
       this.setMeta('lastSeenMs', Math.max(this.meta<number>('lastSeenMs') ?? 0, nowMs));
     }
 
@@ -235,15 +277,30 @@ export class DeviceObject extends DurableObject<Env> {
   }
 
   async maintain(nowMs: number): Promise<{ ended: number; pruned: number; flushed: number }> {
+    if (!this.hasSchema()) return { ended: 0, pruned: 0, flushed: 0 };
     const { ended, pruned } = this.ctx.storage.transactionSync(() => this.endAndPrune(nowMs));
-    let flushed = 0;
-    for (;;) {
-      const n = await this.flushOnce();
-      flushed += n;
-      if (n < FLUSH_ROWS) break;
-    }
+    const flushed = await this.flush();
     await this.scheduleAlarm(nowMs, false);
     return { ended, pruned, flushed };
+  }
+
+  /** Drains the outbox; a flush already under way is joined first, never run alongside. */
+  private async flush(): Promise<number> {
+    while (this.flushing) await this.flushing.catch(() => 0);
+    const run = (async () => {
+      let flushed = 0;
+      for (;;) {
+        const n = await this.flushOnce();
+        flushed += n;
+        if (n < FLUSH_ROWS) return flushed;
+      }
+    })();
+    this.flushing = run;
+    try {
+      return await run;
+    } finally {
+      if (this.flushing === run) this.flushing = null;
+    }
   }
 
   private endAndPrune(nowMs: number): { ended: number; pruned: number } {
@@ -323,31 +380,61 @@ export class DeviceObject extends DurableObject<Env> {
       if (open !== null) next = Date.now() + Math.max(0, open + gapMs - nowMs);
     }
     if (next === null) {
-      const oldest = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
-      if (oldest !== null) next = Date.now() + Math.max(60_000, oldest + DEDUP_WINDOW_MS - nowMs);
+      // Nothing live: wake up when the oldest id or session leaves its window, so state stays bounded.
+      const oldestSeen = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
+      const oldestSession = this.sql.exec<{ t: number | null }>('SELECT min(end_ms) AS t FROM sessions').one().t;
+      const due = [oldestSeen === null ? null : oldestSeen + DEDUP_WINDOW_MS, oldestSession === null ? null : oldestSession + SESSION_RETENTION_MS]
+        .filter((t): t is number => t !== null);
+      if (due.length) next = Date.now() + Math.max(60_000, Math.min(...due) - nowMs);
     }
     const current = await this.ctx.storage.getAlarm();
     if (next === null) return;
     if (current === null || next < current || !soon) await this.ctx.storage.setAlarm(next);
   }
 
-  /** Live state for GET /v1/devices/:deviceId. */
+  /** Live state for GET /v1/devices/:deviceId; null for a device that never sent an event. */
   async state(nowMs = Date.now()): Promise<DeviceState | null> {
+    if (!this.hasSchema()) return null;
     const ident = this.meta<{ projectId: string; deviceId: string }>('ident');
     if (!ident) return null;
     const gapMs = this.meta<number>('gapMs') ?? 0;
     const live = this.sql
-      .exec<{ id: string }>('SELECT id FROM sessions WHERE merged_into IS NULL AND end_ms + ? > ? ORDER BY end_ms DESC LIMIT 1', gapMs, nowMs)
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number }>(
+        'SELECT id, start_ms, end_ms, event_count FROM sessions WHERE merged_into IS NULL AND end_ms + ? > ? ORDER BY end_ms DESC LIMIT 1',
+        gapMs,
+        nowMs,
+      )
       .toArray()[0];
+    const last = this.meta<StoredLastEvent>('lastEvent');
+    // The last event's session may have been merged into another since it was recorded.
+    const lastSessionId = last?.sessionId
+      ? (this.sql.exec<{ m: string | null }>('SELECT merged_into AS m FROM sessions WHERE id = ?', last.sessionId).toArray()[0]?.m ?? last.sessionId)
+      : '';
     return {
       ...ident,
       lastSeenMs: this.meta<number>('lastSeenMs'),
-      lastEvent: this.meta('lastEvent'),
+      lastEvent: last ? { ...last, sessionId: lastSessionId } : null,
       lastPosition: this.meta('lastPosition'),
-      liveSessionId: live?.id ?? null,
+      profileId: this.meta<{ id: string }>('lastProfile')?.id ?? null,
+      liveSession: live
+        ? { id: live.id, startMs: live.start_ms, endMs: live.end_ms, eventCount: live.event_count, idleAtMs: live.end_ms + gapMs }
+        : null,
       sessions: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions WHERE merged_into IS NULL').one().n,
+      seenIds: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen').one().n,
       pendingRows: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n,
+      storageBytes: this.sql.databaseSize,
     };
+  }
+
+  /** Current (unmerged) sessions, oldest first: for tests and operators. */
+  async sessions(): Promise<Array<Session & { ended: boolean }>> {
+    if (!this.hasSchema()) return [];
+    return this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number }>(
+        'SELECT id, start_ms, end_ms, event_count, ended FROM sessions WHERE merged_into IS NULL ORDER BY start_ms',
+      )
+      .toArray()
+      .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended === 1 }));
   }
 }
 

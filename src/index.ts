@@ -11,7 +11,9 @@ import { adminProjectsRoute } from './routes/admin-projects';
 import { healthRoute } from './routes/health';
 import { trackRoute } from './routes/track';
 import { trackBatchRoute } from './routes/track-batch';
+import { v1DevicesRoute } from './routes/v1-devices';
 import { v1EventsRoute } from './routes/v1-events';
+import { v1ProfilesRoute } from './routes/v1-profiles';
 import { v1SessionsRoute } from './routes/v1-sessions';
 
 export { DeviceObject } from '../durable-objects/device-object';
@@ -22,6 +24,8 @@ export const app = new Hono<AppEnv>()
   .route('/', trackBatchRoute)
   .route('/', v1EventsRoute)
   .route('/', v1SessionsRoute)
+  .route('/', v1DevicesRoute)
+  .route('/', v1ProfilesRoute)
   .route('/', adminProjectsRoute)
   .route('/', adminDeadLettersRoute);
 

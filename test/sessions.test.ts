@@ -1,0 +1,379 @@
+// Device objects: sessions by event time whatever the arrival order, exactly one start and end,
+// offline history that leaves the live session alone, late data on ended sessions, bounded state.
+import { env, runInDurableObject } from 'cloudflare:test';
+import { describe, expect, it } from 'vitest';
+import type { DeviceEvent, DeviceObject } from '../durable-objects/device-object';
+import { DEDUP_WINDOW_MS } from '../durable-objects/device-object';
+import { sessionsOf } from '../src/device/sessions';
+import { deviceStub, toDeviceEvent } from '../src/ingest/accept';
+import { NO_GEO, normalizeEvent } from '../src/ingest/normalize';
+import { ch, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
+import { deliveryOrder, GAP_MS, generateHistory, rng, splitBatches } from './session-history';
+
+type SessionsBody = { sessions: Array<{ id: string; startedAt: string; endedAt: string | null; lastEventAt: string; eventCount: number; durationMs: number }> };
+type EventsBody = { events: Array<{ id: string; name: string; sessionId: string; createdAt: string; properties: Record<string, unknown> }> };
+type DeviceBody = {
+  deviceId: string;
+  lastEvent: { id: string; name: string; createdAt: string; sessionId: string | null } | null;
+  lastPosition: { lat: number; lon: number; at: string } | null;
+  liveSession: { id: string; startedAt: string; lastEventAt: string; eventCount: number; idleAt: string } | null;
+  profile: { id: string; properties: Record<string, unknown> } | null;
+};
+
+const MIN = 60_000;
+const HOUR = 60 * MIN;
+
+/** Wire events → what the route hands the object (normalised at `receivedAtMs`). */
+function toObjectEvents(projectId: string, deviceId: string, raws: unknown[], receivedAtMs: number): DeviceEvent[] {
+  return raws.map((raw, i) => {
+    const r = normalizeEvent(raw, { receivedAtMs, ip: '203.0.113.9', userAgent: 'test', geo: NO_GEO }, i);
+    if (!r.ok) throw new Error(`bad test event: ${r.rejection.error}`);
+    return toDeviceEvent(projectId, deviceId, r.event);
+  });
+}
+
+/** Hands events straight to the device object with an injected clock (`receivedAtMs` for normalising). */
+function ingest(projectId: string, deviceId: string, raws: unknown[], nowMs: number, receivedAtMs = nowMs) {
+  const events = toObjectEvents(projectId, deviceId, raws, receivedAtMs);
+  return deviceStub(env, projectId, deviceId).ingest({ projectId, deviceId, gapMs: GAP_MS, events, nowMs });
+}
+
+/** Track events at `times`; every third carries an __eventId, the rest dedup by content hash. */
+function historyEvents(deviceId: string, times: number[]) {
+  return times.map((t, i) =>
+    trackEvent('reading', { __deviceId: deviceId, __timestamp: t, seq: i, ...(i % 3 === 0 ? { __eventId: `${deviceId}-${i}` } : {}) }),
+  );
+}
+
+const shape = (s: { startMs: number; endMs: number; eventCount: number }) => ({ startMs: s.startMs, endMs: s.endMs, eventCount: s.eventCount });
+
+async function currentSessions(p: TestProject, deviceId: string, query = '') {
+  return getJson<SessionsBody>(p, `/v1/sessions?deviceId=${encodeURIComponent(deviceId)}${query}`);
+}
+
+/** Current rows of the ClickHouse sessions table for a device: argMax per id. */
+async function storedSessions(projectId: string, deviceId: string) {
+  return ch().query<{ id: string; merged: string; started: number; ended_at: number; n: number; ended: number }>(
+    `SELECT id, argMax(merged_into, version) AS merged, argMax(started_at_ms, version) AS started,
+            argMax(ended_at_ms, version) AS ended_at, argMax(event_count, version) AS n, argMax(ended, version) AS ended
+       FROM sessions WHERE project_id = {p:String} AND device_id = {d:String} GROUP BY id`,
+    { p: projectId, d: deviceId },
+  );
+}
+
+describe('arrival-order independence', () => {
+  const history = generateHistory(rng(42), Date.now() - 4 * 24 * HOUR, 500);
+  const expected = sessionsOf(history, GAP_MS);
+
+  it('builds a history with several sessions and gaps around 30 minutes', () => {
+    expect(history).toHaveLength(500);
+    expect(expected.length).toBeGreaterThanOrEqual(5);
+    const gaps = history.slice(1).map((t, i) => t - history[i]!);
+    expect(gaps).toContain(GAP_MS - 1);
+    expect(gaps.some((g) => g > GAP_MS && g <= GAP_MS + 60_000)).toBe(true);
+  });
+
+  it('10 random orders and batch splits with duplicates give the offline sessions (object)', async () => {
+    const nowMs = Date.now();
+    for (let order = 0; order < 10; order++) {
+      const rand = rng(1000 + order);
+      const projectId = `order-project-${order}-${nowMs}`;
+      const deviceId = `order-device-${order}`;
+      const events = historyEvents(deviceId, history);
+      const delivery = deliveryOrder(events, rand, 0.2);
+      const batches = splitBatches(delivery, rand, 1 + Math.floor(rand() * 150));
+      let accepted = 0;
+      let duplicates = 0;
+      // A few batches in flight at once, as a route under load would send them.
+      for (let i = 0; i < batches.length; i += 4) {
+        const results = await Promise.all(batches.slice(i, i + 4).map((b) => ingest(projectId, deviceId, b, nowMs)));
+        for (const r of results.flatMap((x) => x.results)) r.status === 'accepted' ? accepted++ : duplicates++;
+      }
+      expect(accepted, `order ${order}`).toBe(500);
+      expect(duplicates, `order ${order}`).toBe(delivery.length - 500);
+      const sessions = await deviceStub(env, projectId, deviceId).sessions();
+      expect(sessions.map(shape), `order ${order}`).toEqual(expected);
+    }
+  });
+
+  it('one shuffled delivery through POST /track/batch reads back the same sessions and markers', async () => {
+    const p = await createProject('order-http');
+    const deviceId = 'order-http-device';
+    const rand = rng(7);
+    const events = historyEvents(deviceId, history);
+    const delivery = deliveryOrder(events, rand, 0.2);
+    const batches = splitBatches(delivery, rand, 80);
+    let accepted = 0;
+    for (let i = 0; i < batches.length; i += 3) {
+      const responses = await Promise.all(batches.slice(i, i + 3).map((b) => postBatch(p, { events: b })));
+      for (const res of responses) {
+        expect(res.status).toBe(202);
+        accepted += ((await res.json()) as { accepted: number }).accepted;
+      }
+    }
+    expect(accepted).toBe(500);
+
+    const since = `&since=${history[0]! - HOUR}&limit=1000`;
+    const { body } = await waitUntil(
+      () => currentSessions(p, deviceId, since),
+      (r) => r.status === 200 && JSON.stringify(r.body.sessions.map((s) => s.eventCount).reverse()) === JSON.stringify(expected.map((s) => s.eventCount)),
+    );
+    const got = body.sessions
+      .map((s) => ({ startMs: Date.parse(s.startedAt), endMs: Date.parse(s.lastEventAt), eventCount: s.eventCount }))
+      .reverse();
+    expect(got).toEqual(expected);
+    // The history ended over a day ago: every session is ended, with its duration.
+    for (const s of body.sessions) {
+      expect(s.endedAt).toBe(s.lastEventAt);
+      expect(s.durationMs).toBe(Date.parse(s.lastEventAt) - Date.parse(s.startedAt));
+    }
+
+    const ids = new Set(body.sessions.map((s) => s.id));
+    const { body: ev } = await waitUntil(
+      () => getJson<EventsBody>(p, `/v1/events?deviceId=${deviceId}${since}`),
+      (r) => r.body.events.filter((e) => e.name === 'reading').length === 500,
+    );
+    const starts = ev.events.filter((e) => e.name === 'session_start');
+    const ends = ev.events.filter((e) => e.name === 'session_end');
+    expect(starts).toHaveLength(expected.length);
+    expect(ends).toHaveLength(expected.length);
+    expect(new Set(starts.map((e) => e.sessionId))).toEqual(ids);
+    expect(new Set(ends.map((e) => e.sessionId))).toEqual(ids);
+    // Each stored event resolves (through merges) to a current session that covers its time.
+    const perSession = new Map<string, number>();
+    for (const e of ev.events.filter((x) => x.name === 'reading')) {
+      expect(ids.has(e.sessionId)).toBe(true);
+      perSession.set(e.sessionId, (perSession.get(e.sessionId) ?? 0) + 1);
+    }
+    for (const s of body.sessions) expect(perSession.get(s.id)).toBe(s.eventCount);
+  });
+});
+
+describe('exactly one session_start', () => {
+  it('20 parallel requests carrying one session\'s events, shuffled in time, make one session', async () => {
+    const p = await createProject('parallel');
+    const deviceId = 'parallel-device';
+    const now = Date.now();
+    // 60 events 6 minutes apart (6 hours, one session); each request gets 3 events from anywhere in
+    // it, so requests arriving first open sessions that later ones bridge and merge.
+    const times = Array.from({ length: 60 }, (_, i) => now - 2 * MIN - (59 - i) * 6 * MIN);
+    const order = deliveryOrder(times, rng(99), 0);
+    const requests = Array.from({ length: 20 }, (_, r) =>
+      order.slice(r * 3, r * 3 + 3).map((t) => trackEvent('tick', { __deviceId: deviceId, __timestamp: t })),
+    );
+    const responses = await Promise.all(requests.map((events) => postBatch(p, { events })));
+    for (const res of responses) expect(await res.json()).toEqual({ accepted: 3, duplicates: 0, rejected: [] });
+
+    const { body } = await waitUntil(
+      () => getJson<EventsBody>(p, `/v1/events?deviceId=${deviceId}&limit=1000`),
+      (r) => r.body.events.filter((e) => e.name === 'tick').length === 60 && r.body.events.some((e) => e.name === 'session_start'),
+    );
+    const starts = body.events.filter((e) => e.name === 'session_start');
+    expect(starts).toHaveLength(1);
+    expect(new Set(body.events.map((e) => e.sessionId))).toEqual(new Set([starts[0]!.sessionId]));
+    expect(starts[0]!.createdAt).toBe(new Date(times[0]!).toISOString());
+
+    const stored = await waitUntil(
+      () => storedSessions(p.id, deviceId),
+      (rows) => rows.filter((r) => r.merged === '').length === 1 && rows.every((r) => r.merged === '' || r.merged === starts[0]!.sessionId),
+    );
+    const current = stored.filter((r) => r.merged === '');
+    expect(current).toHaveLength(1);
+    expect(Number(current[0]!.n)).toBe(60);
+    // Absorbed sessions point straight at the survivor.
+    for (const r of stored.filter((x) => x.merged !== '')) expect(r.merged).toBe(current[0]!.id);
+  });
+});
+
+describe('offline history and the live session', () => {
+  it('a 2-hour drive sent 6 hours late is one back-dated session; the live session is untouched', async () => {
+    const p = await createProject('offline');
+    const deviceId = 'truck-7';
+    const now = Date.now();
+    const live = Array.from({ length: 5 }, (_, i) => trackEvent('ping', { __deviceId: deviceId, __timestamp: now - (4 - i) * MIN }));
+    expect((await postBatch(p, { events: live })).status).toBe(202);
+    const before = (await getJson<DeviceBody>(p, `/v1/devices/${deviceId}`)).body;
+    expect(before.liveSession).not.toBeNull();
+    expect(before.liveSession!.eventCount).toBe(5);
+
+    const driveStart = now - 8 * HOUR;
+    const drive = Array.from({ length: 121 }, (_, i) =>
+      trackEvent('position', { __deviceId: deviceId, __timestamp: driveStart + i * MIN, lat: 52 + i / 1000, lon: 13 }),
+    );
+    const res = await postBatch(p, { events: drive });
+    expect(await res.json()).toEqual({ accepted: 121, duplicates: 0, rejected: [] });
+
+    const after = (await getJson<DeviceBody>(p, `/v1/devices/${deviceId}`)).body;
+    expect(after.liveSession).toEqual(before.liveSession);
+    // The idle timer (the object's alarm, once the outbox is flushed) still follows the live session.
+    const stub = deviceStub(env, p.id, deviceId);
+    const alarm = await waitUntil(
+      () =>
+        runInDurableObject(stub, async (instance, state) => ({
+          alarm: await state.storage.getAlarm(),
+          pending: (await (instance as unknown as DeviceObject).state())!.pendingRows,
+        })),
+      (a) => a.pending === 0 && a.alarm !== null && a.alarm > Date.now() + 60_000,
+    );
+    expect(Math.abs(alarm.alarm! - Date.parse(before.liveSession!.idleAt))).toBeLessThan(10_000);
+
+    const { body } = await waitUntil(
+      () => currentSessions(p, deviceId, `&since=${driveStart - HOUR}`),
+      (r) => r.body.sessions.length === 2 && r.body.sessions.reduce((n, s) => n + s.eventCount, 0) === 126,
+    );
+    const [liveSession, driveSession] = body.sessions;
+    expect(liveSession!.id).toBe(before.liveSession!.id);
+    expect(liveSession!.endedAt).toBeNull();
+    expect(driveSession).toMatchObject({
+      startedAt: new Date(driveStart).toISOString(),
+      endedAt: new Date(driveStart + 2 * HOUR).toISOString(),
+      eventCount: 121,
+      durationMs: 2 * HOUR,
+    });
+    // Live state: the last event is still the live ping; the last position is the drive's newest fix.
+    expect(after.lastEvent).toMatchObject({ name: 'ping', sessionId: before.liveSession!.id });
+    expect(after.lastPosition).toEqual({ lat: 52.12, lon: 13, at: new Date(driveStart + 2 * HOUR).toISOString() });
+  });
+});
+
+describe('session_end and late data', () => {
+  it('ends a session after the gap with its duration; a late event extends the ended session', async () => {
+    const p = await createProject('late');
+    const deviceId = 'late-device';
+    const t0 = Date.now();
+    const events = Array.from({ length: 5 }, (_, i) => trackEvent('step', { __deviceId: deviceId, __timestamp: t0 - 20 * MIN + i * 5 * MIN }));
+    await ingest(p.id, deviceId, events, t0);
+    const stub = deviceStub(env, p.id, deviceId);
+
+    expect((await stub.maintain(t0 + GAP_MS - 1)).ended).toBe(0);
+    expect((await stub.state(t0 + GAP_MS - 1))!.liveSession).not.toBeNull();
+    expect((await stub.maintain(t0 + GAP_MS)).ended).toBe(1);
+    expect((await stub.state(t0 + GAP_MS))!.liveSession).toBeNull();
+
+    const window = `&since=${t0 - HOUR}&until=${t0 + 2 * HOUR}&limit=1000`;
+    const ended = await waitUntil(
+      () => currentSessions(p, deviceId, window),
+      (r) => r.body.sessions.length === 1 && r.body.sessions[0]!.endedAt !== null,
+    );
+    expect(ended.body.sessions[0]).toMatchObject({
+      startedAt: new Date(t0 - 20 * MIN).toISOString(),
+      endedAt: new Date(t0).toISOString(),
+      eventCount: 5,
+      durationMs: 20 * MIN,
+    });
+
+    // Ten minutes after the last event, delivered 45 minutes after it.
+    const late = await ingest(p.id, deviceId, [trackEvent('step', { __deviceId: deviceId, __timestamp: t0 + 10 * MIN })], t0 + 45 * MIN);
+    expect(late.results[0]).toMatchObject({ status: 'accepted', sessionId: ended.body.sessions[0]!.id });
+    await stub.maintain(t0 + 45 * MIN);
+    const extended = await waitUntil(
+      () => currentSessions(p, deviceId, window),
+      (r) => r.body.sessions[0]?.eventCount === 6,
+    );
+    expect(extended.body.sessions).toHaveLength(1);
+    expect(extended.body.sessions[0]).toMatchObject({
+      id: ended.body.sessions[0]!.id,
+      endedAt: new Date(t0 + 10 * MIN).toISOString(),
+      eventCount: 6,
+      durationMs: 30 * MIN,
+    });
+    const { body } = await waitUntil(
+      () => getJson<EventsBody>(p, `/v1/events?deviceId=${deviceId}${window}`),
+      (r) => r.body.events.filter((e) => e.name === 'step').length === 6,
+    );
+    const markers = body.events.filter((e) => e.name.startsWith('session_'));
+    expect(markers.map((e) => [e.name, e.createdAt])).toEqual([
+      ['session_end', new Date(t0 + 10 * MIN).toISOString()],
+      ['session_start', new Date(t0 - 20 * MIN).toISOString()],
+    ]);
+    expect(markers[0]!.properties).toMatchObject({ durationMs: 30 * MIN, eventCount: 6 });
+  });
+
+  it('a historical session older than the gap is ended at once', async () => {
+    const projectId = `hist-${Date.now()}`;
+    const now = Date.now();
+    await ingest(projectId, 'hist', [trackEvent('x', { __deviceId: 'hist', __timestamp: now - 3 * HOUR })], now);
+    const [s] = await deviceStub(env, projectId, 'hist').sessions();
+    expect(s).toMatchObject({ startMs: now - 3 * HOUR, endMs: now - 3 * HOUR, eventCount: 1, ended: true });
+  });
+});
+
+describe('merges', () => {
+  it('chained merges leave every stored session pointing at the survivor, and the last event resolved', async () => {
+    const p = await createProject('chain');
+    const deviceId = 'chain-device';
+    const t0 = Date.now() - 3 * HOUR;
+    const at = (m: number) => [trackEvent('hop', { __deviceId: deviceId, __timestamp: t0 + m * MIN, m })];
+    const stub = deviceStub(env, p.id, deviceId);
+    const ids: string[] = [];
+    for (const m of [0, 40, 80]) ids.push((await ingest(p.id, deviceId, at(m), Date.now())).results[0]!.sessionId);
+    expect(new Set(ids).size).toBe(3);
+    await stub.maintain(Date.now()); // C, B and A are in ClickHouse as three sessions
+    await waitUntil(() => storedSessions(p.id, deviceId), (rows) => rows.length === 3);
+    // 60 bridges B and A (A into B); then 20 bridges C and B (B into C): a chain A → B → C.
+    expect((await ingest(p.id, deviceId, at(60), Date.now())).results[0]!.sessionId).toBe(ids[1]);
+    await stub.maintain(Date.now());
+    expect((await ingest(p.id, deviceId, at(20), Date.now())).results[0]!.sessionId).toBe(ids[0]);
+    await stub.maintain(Date.now());
+
+    const rows = await waitUntil(
+      () => storedSessions(p.id, deviceId),
+      (r) => r.filter((x) => x.merged === '').length === 1 && r.find((x) => x.id === ids[2])?.merged === ids[0],
+    );
+    expect(Object.fromEntries(rows.map((r) => [r.id, r.merged]))).toEqual({ [ids[0]!]: '', [ids[1]!]: ids[0], [ids[2]!]: ids[0] });
+    // The last event (at 80) was recorded in A; the device reports the session it now belongs to.
+    const device = (await getJson<DeviceBody>(p, `/v1/devices/${deviceId}`)).body;
+    expect(device.lastEvent).toMatchObject({ name: 'hop', createdAt: new Date(t0 + 80 * MIN).toISOString(), sessionId: ids[0] });
+    const { body } = await waitUntil(
+      () => getJson<EventsBody>(p, `/v1/events?deviceId=${deviceId}&since=${t0 - HOUR}`),
+      (r) => r.body.events.filter((e) => e.name === 'hop').length === 5,
+    );
+    expect(new Set(body.events.map((e) => e.sessionId))).toEqual(new Set([ids[0]]));
+  });
+});
+
+describe('bounded state', () => {
+  it('prunes dedup ids older than 7 days (injected clock); a replay after that is new again', async () => {
+    const projectId = `prune-${Date.now()}`;
+    const deviceId = 'prune-device';
+    const t0 = Date.now();
+    const events = Array.from({ length: 50 }, (_, i) => trackEvent('e', { __deviceId: deviceId, __timestamp: t0 - HOUR + i * MIN, __eventId: `p-${i}` }));
+    const stub = deviceStub(env, projectId, deviceId);
+    await ingest(projectId, deviceId, events, t0);
+    expect((await ingest(projectId, deviceId, events, t0 + DEDUP_WINDOW_MS - 1, t0)).results.every((r) => r.status === 'duplicate')).toBe(true);
+    expect((await stub.maintain(t0 + DEDUP_WINDOW_MS - 1)).pruned).toBe(0);
+    expect((await stub.state(t0 + DEDUP_WINDOW_MS))!.seenIds).toBe(50);
+    expect((await stub.maintain(t0 + DEDUP_WINDOW_MS + 1)).pruned).toBe(50);
+    expect((await stub.state(t0 + DEDUP_WINDOW_MS + 1))!.seenIds).toBe(0);
+    expect((await ingest(projectId, deviceId, events, t0 + DEDUP_WINDOW_MS + 2, t0)).results.every((r) => r.status === 'accepted')).toBe(true);
+  });
+
+  it('storage per device stays bounded over 14 simulated days of traffic', async () => {
+    const projectId = `bounded-${Date.now()}`;
+    const deviceId = 'bounded-device';
+    const stub = deviceStub(env, projectId, deviceId);
+    const day = 24 * HOUR;
+    const t0 = Date.now();
+    const perDay = 400;
+    const samples: Array<{ seen: number; sessions: number; bytes: number }> = [];
+    for (let d = 0; d < 14; d++) {
+      const nowMs = t0 + d * day;
+      const events = Array.from({ length: perDay }, (_, i) =>
+        trackEvent('beat', { __deviceId: deviceId, __timestamp: nowMs - 2 * HOUR + i * 10_000, d, i, payload: 'x'.repeat(64) }),
+      );
+      for (let i = 0; i < events.length; i += 200) await ingest(projectId, deviceId, events.slice(i, i + 200), nowMs);
+      await stub.maintain(nowMs);
+      const s = (await stub.state(nowMs))!;
+      samples.push({ seen: s.seenIds, sessions: s.sessions, bytes: s.storageBytes });
+    }
+    // Ids of the last 7 days (today's and the seven before, seen exactly 7 days ago), about a week of sessions.
+    for (const s of samples) {
+      expect(s.seen).toBeLessThanOrEqual(8 * perDay);
+      expect(s.sessions).toBeLessThanOrEqual(9);
+    }
+    expect(samples[13]!.seen).toBe(8 * perDay);
+    // Freed pages are reused: the second week needs no more room than the first.
+    console.log(JSON.stringify({ storageByDay: samples.map((s) => s.bytes) }));
+    expect(samples[13]!.bytes).toBeLessThanOrEqual(samples[7]!.bytes * 1.25);
+  });
+});
