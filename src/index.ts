@@ -43,8 +43,9 @@ app.onError((err, c) => {
   return c.json({ error: { code: 'internal', message: 'internal error' } }, 500);
 });
 
-export const INGEST_QUEUE = 'driftline-ingest';
-export const INGEST_DLQ = 'driftline-ingest-dlq';
+// Not exported: workerd treats every named export of the main module as an entrypoint.
+const INGEST_QUEUE = 'driftline-ingest';
+const INGEST_DLQ = 'driftline-ingest-dlq';
 
 export default {
   fetch: app.fetch,
