@@ -1,0 +1,321 @@
+// Brings up the local gateway: ClickHouse (found or started), migrations, `wrangler dev`, a demo
+// project and the cron schedule. Used by `npm start` and by the benchmarks.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { migrateClickHouse } from './clickhouse-migrate.mjs';
+import { clickhouseAnswers, freePort, startClickHouse } from './services.mjs';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const WRANGLER = join(ROOT, 'node_modules', 'wrangler', 'bin', 'wrangler.js');
+const D1_DATABASE = 'driftline';
+const HYPERDRIVE_ENV = 'CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_LEGACY_DB';
+
+/** Minimal dotenv reader for `.dev.vars` (KEY=VALUE, optional quotes, # comments). */
+export function parseDotVars(text) {
+  const out = {};
+  for (const line of text.split(/\r?\n/)) {
+    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line);
+    if (!m) continue;
+    let v = m[2];
+    if (/^(["']).*\1$/.test(v)) v = v.slice(1, -1);
+    else v = v.replace(/\s+#.*$/, '');
+    out[m[1]] = v;
+  }
+  return out;
+}
+
+const quoteVar = (v) => JSON.stringify(String(v));
+
+/** `[vars]` and `crons` of wrangler.toml, read just enough to know the defaults and the schedule. */
+export function readWranglerToml(file = join(ROOT, 'wrangler.toml')) {
+  const text = readFileSync(file, 'utf8');
+  const vars = {};
+  const varsBlock = /^\[vars\]\s*\n([\s\S]*?)(?=^\[|(?![\s\S]))/m.exec(text);
+  if (varsBlock) {
+    for (const m of varsBlock[1].matchAll(/^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"]*)"/gm)) vars[m[1]] = m[2];
+  }
+  const cronsLine = /^\s*crons\s*=\s*\[([^\]]*)\]/m.exec(text);
+  const crons = cronsLine ? [...cronsLine[1].matchAll(/"([^"]+)"/g)].map((m) => m[1]) : [];
+  return { vars, crons };
+}
+
+// --- cron schedule (standard five fields: minute hour day-of-month month day-of-week) ---
+function fieldMatches(field, value, min, max) {
+  return field.split(',').some((part) => {
+    const [range, stepText] = part.split('/');
+    const step = stepText ? Number(stepText) : 1;
+    let lo;
+    let hi;
+    if (range === '*') [lo, hi] = [min, max];
+    else if (range.includes('-')) [lo, hi] = range.split('-').map(Number);
+    else [lo, hi] = [Number(range), stepText ? max : Number(range)];
+    return value >= lo && value <= hi && (value - lo) % step === 0;
+  });
+}
+
+/** Whether a cron expression fires in the UTC minute of `date` (L/W/# and names are not handled). */
+export function cronMatches(expr, date) {
+  const f = expr.trim().split(/\s+/);
+  if (f.length !== 5) return false;
+  const dow = date.getUTCDay();
+  const domOk = fieldMatches(f[2], date.getUTCDate(), 1, 31);
+  const dowOk = fieldMatches(f[4], dow, 0, 7) || (dow === 0 && fieldMatches(f[4], 7, 0, 7));
+  const dayOk = f[2] !== '*' && f[4] !== '*' ? domOk || dowOk : domOk && dowOk;
+  return (
+    fieldMatches(f[0], date.getUTCMinutes(), 0, 59) &&
+    fieldMatches(f[1], date.getUTCHours(), 0, 23) &&
+    fieldMatches(f[3], date.getUTCMonth() + 1, 1, 12) &&
+    dayOk
+  );
+}
+
+function runToEnd(args, { env, cwd = ROOT }) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [WRANGLER, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b) => (out += b));
+    child.stderr.on('data', (b) => (out += b));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`wrangler ${args.slice(0, 3).join(' ')} exited with ${code}:\n${out.slice(-3000)}`))));
+  });
+}
+
+function adminTokenFromDevVars(devVarsPath) {
+  return existsSync(devVarsPath) ? parseDotVars(readFileSync(devVarsPath, 'utf8')).ADMIN_TOKEN || undefined : undefined;
+}
+
+async function ensureDemoProject({ url, adminToken, file }) {
+  if (existsSync(file)) {
+    try {
+      const saved = JSON.parse(readFileSync(file, 'utf8'));
+      const res = await fetch(`${url}/v1/events?limit=1`, {
+        headers: { 'openpanel-client-id': saved.clientId, 'openpanel-client-secret': saved.clientSecret },
+      });
+      await res.arrayBuffer();
+      if (res.ok) return { ...saved, reused: true };
+    } catch {
+      /* unreadable or stale: make a new one */
+    }
+  }
+  const res = await fetch(`${url}/admin/projects`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'demo' }),
+  });
+  const body = await res.text();
+  if (res.status !== 201) throw new Error(`POST /admin/projects answered ${res.status}: ${body.slice(0, 500)}`);
+  const project = JSON.parse(body);
+  writeFileSync(file, JSON.stringify({ id: project.id, clientId: project.clientId, clientSecret: project.clientSecret }, null, 2) + '\n', { mode: 0o600 });
+  return { ...project, reused: false };
+}
+
+/**
+ * Starts the whole local gateway. Options:
+ * - port: HTTP port (default PORT or 8787; 0 picks a free one)
+ * - dataDir: where ClickHouse data, wrangler state and the demo project live (default `.data`)
+ * - adminToken: otherwise ADMIN_TOKEN, then `.dev.vars`, then a random one written to `.dev.vars`
+ *   (only when `writeDevVars`, as `npm start` does)
+ * - quiet: keep wrangler's output to ourselves (shown only if it fails)
+ * - crons: fire the Cron Triggers of wrangler.toml on their schedule (default true)
+ * - clickhouseUrl, clickhouseDatabase: override CLICKHOUSE_URL / CLICKHOUSE_DATABASE
+ * - log: where progress lines go (default console.log)
+ * - signal: an AbortSignal that cancels a start in progress (what was started is stopped)
+ * Returns { url, adminToken, adminTokenSource, clickhouse: { url, started }, project, crons, exited, stop }.
+ */
+export async function startGateway(options = {}) {
+  const env = process.env;
+  const quiet = options.quiet ?? false;
+  const log = options.log ?? ((line) => console.log(line));
+  const dataDir = options.dataDir ?? join(ROOT, '.data');
+  const port = options.port === 0 ? await freePort() : Number(options.port ?? env.PORT ?? 8787);
+  const { vars: fileVars, crons } = readWranglerToml();
+  const devVarsPath = join(ROOT, '.dev.vars');
+  const devVars = existsSync(devVarsPath) ? parseDotVars(readFileSync(devVarsPath, 'utf8')) : {};
+  mkdirSync(dataDir, { recursive: true });
+
+  const cleanups = [];
+  const signal = options.signal;
+  const checkAborted = () => {
+    if (signal?.aborted) throw new Error('start cancelled');
+  };
+  const stopAll = async () => {
+    for (const fn of cleanups.splice(0).reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        log(`cleanup failed: ${err.message}`);
+      }
+    }
+  };
+
+  try {
+    // 1. ClickHouse: the configured one if it answers, else a private server with data under dataDir.
+    const wantedUrl = options.clickhouseUrl ?? env.CLICKHOUSE_URL ?? devVars.CLICKHOUSE_URL ?? fileVars.CLICKHOUSE_URL;
+    let clickhouseUrl;
+    let startedClickHouse = null;
+    if (wantedUrl && (await clickhouseAnswers(wantedUrl))) {
+      clickhouseUrl = wantedUrl.replace(/\/+$/, '');
+      log(`ClickHouse: using ${clickhouseUrl}`);
+    } else {
+      if (options.clickhouseUrl ?? env.CLICKHOUSE_URL) log(`ClickHouse: CLICKHOUSE_URL=${wantedUrl} does not answer; starting a local clickhouse-server`);
+      startedClickHouse = await startClickHouse({ dir: join(dataDir, 'clickhouse') });
+      cleanups.push(() => startedClickHouse.stop());
+      clickhouseUrl = startedClickHouse.url;
+      log(`ClickHouse: started clickhouse-server at ${clickhouseUrl} (data in ${join(dataDir, 'clickhouse')})`);
+    }
+    checkAborted();
+    const database = options.clickhouseDatabase || env.CLICKHOUSE_DATABASE || devVars.CLICKHOUSE_DATABASE || fileVars.CLICKHOUSE_DATABASE || 'driftline';
+    const applied = await migrateClickHouse({
+      url: clickhouseUrl,
+      database,
+      user: env.CLICKHOUSE_USER || devVars.CLICKHOUSE_USER || undefined,
+      password: env.CLICKHOUSE_PASSWORD || devVars.CLICKHOUSE_PASSWORD || undefined,
+    });
+    log(`ClickHouse: database ${database} migrated${applied.length ? ` (applied ${applied.join(', ')})` : ' (up to date)'}`);
+
+    // 2. Admin token: option, environment, .dev.vars, or a new random one.
+    let adminToken = options.adminToken ?? env.ADMIN_TOKEN;
+    let adminTokenSource = options.adminToken ? 'option' : env.ADMIN_TOKEN ? 'ADMIN_TOKEN' : null;
+    if (!adminToken) {
+      adminToken = adminTokenFromDevVars(devVarsPath);
+      if (adminToken) adminTokenSource = '.dev.vars';
+    }
+    if (!adminToken) {
+      adminToken = randomBytes(24).toString('base64url');
+      if (options.writeDevVars) {
+        const prefix = existsSync(devVarsPath) && !readFileSync(devVarsPath, 'utf8').endsWith('\n') ? '\n' : '';
+        appendFileSync(devVarsPath, `${prefix}ADMIN_TOKEN=${adminToken}\n`, { mode: 0o600 });
+        adminTokenSource = 'generated into .dev.vars';
+      } else {
+        adminTokenSource = 'generated';
+      }
+    }
+
+    // 3. Variables for the Worker: .dev.vars, overridden by the environment, written to one env file
+    //    that wrangler loads instead of .dev.vars (keeps the token off the command line).
+    const workerVars = { ...devVars, CLICKHOUSE_URL: clickhouseUrl, CLICKHOUSE_DATABASE: database, ADMIN_TOKEN: adminToken };
+    for (const key of ['CLICKHOUSE_USER', 'CLICKHOUSE_PASSWORD', 'LEGACY_DATASETS', 'SESSION_GAP_MS']) {
+      if (env[key] !== undefined) workerVars[key] = env[key];
+    }
+    Object.assign(workerVars, options.vars ?? {});
+    const wranglerDir = join(dataDir, 'wrangler');
+    mkdirSync(wranglerDir, { recursive: true });
+    const envFile = join(dataDir, 'worker.env');
+    writeFileSync(envFile, Object.entries(workerVars).map(([k, v]) => `${k}=${quoteVar(v)}`).join('\n') + '\n', { mode: 0o600 });
+    chmodSync(envFile, 0o600);
+
+    const childEnv = { ...env, CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1', FORCE_COLOR: '0' };
+    delete childEnv.NODE_OPTIONS;
+
+    // 4. D1 migrations into the same local state wrangler dev will use.
+    const d1Out = await runToEnd(['d1', 'migrations', 'apply', D1_DATABASE, '--local', '--persist-to', wranglerDir], { env: childEnv });
+    log(`D1: ${/No migrations to apply/i.test(d1Out) ? 'migrations up to date' : 'migrations applied'} (state in ${wranglerDir})`);
+
+    checkAborted();
+    // 5. wrangler dev, in its own process group so stopping it also stops workerd.
+    const inspectorPort = await freePort();
+    const args = [
+      WRANGLER, 'dev', '--local', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspectorPort),
+      '--persist-to', wranglerDir, '--env-file', envFile, '--show-interactive-dev-session=false',
+    ];
+    const wrangler = spawn(process.execPath, args, { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let tail = '';
+    const onOutput = (stream) => (b) => {
+      tail = (tail + b.toString()).slice(-8000);
+      if (!quiet) stream.write(b);
+    };
+    wrangler.stdout.on('data', onOutput(process.stdout));
+    wrangler.stderr.on('data', onOutput(process.stderr));
+    let exitCode;
+    const exited = new Promise((resolve) => wrangler.on('exit', (code, signal) => resolve((exitCode = code ?? signal))));
+    const killGroup = (signal) => {
+      try {
+        process.kill(-wrangler.pid, signal);
+      } catch {
+        /* already gone */
+      }
+    };
+    cleanups.push(async () => {
+      if (exitCode !== undefined) return killGroup('SIGKILL');
+      killGroup('SIGTERM');
+      const timer = setTimeout(() => killGroup('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+      killGroup('SIGKILL'); // stragglers of the group (workerd)
+    });
+
+    const url = `http://127.0.0.1:${port}`;
+    const deadline = Date.now() + 120_000;
+    let lastHealth = 'no answer';
+    for (;;) {
+      checkAborted();
+      if (exitCode !== undefined) throw new Error(`wrangler dev exited (${exitCode}) before the gateway came up:\n${tail.slice(-3000)}`);
+      if (Date.now() > deadline) throw new Error(`the gateway at ${url}/healthz did not become ready in 120 s (${lastHealth}):\n${tail.slice(-3000)}`);
+      try {
+        const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
+        lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
+        if (res.ok) break;
+      } catch (err) {
+        lastHealth = err.message;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    log(`Gateway: ${url} is up (/healthz ok)`);
+
+    // 6. Demo project (reused while its credentials still work).
+    const project = options.demoProject === false ? null : await ensureDemoProject({ url, adminToken, file: join(dataDir, 'demo-project.json') });
+
+    checkAborted();
+    // 7. Cron Triggers: wrangler dev never fires them; do it at the start of each matching minute.
+    const cronRuns = [];
+    let cronTimer = null;
+    if (options.crons !== false && crons.length) {
+      const fire = async () => {
+        const now = new Date();
+        for (const expr of crons.filter((c) => cronMatches(c, now))) {
+          try {
+            const res = await fetch(`${url}/cdn-cgi/handler/scheduled?cron=${encodeURIComponent(expr)}&time=${now.getTime()}`);
+            const text = await res.text();
+            cronRuns.push({ cron: expr, at: now.toISOString(), status: res.status });
+            if (!res.ok) log(`cron "${expr}": scheduled handler answered ${res.status} ${text.slice(0, 200)}`);
+            else if (!cronRuns.slice(0, -1).some((r) => r.cron === expr)) log(`cron "${expr}": fired at ${now.toISOString()} (${text.trim()}); fires on schedule from now on`);
+          } catch (err) {
+            log(`cron ${expr}: ${err.message}`);
+          }
+        }
+      };
+      const schedule = () => {
+        const now = Date.now();
+        cronTimer = setTimeout(() => {
+          schedule();
+          void fire();
+        }, 60_000 - (now % 60_000) + 50);
+        cronTimer.unref?.();
+      };
+      schedule();
+      cleanups.push(() => clearTimeout(cronTimer));
+    }
+
+    return {
+      url,
+      port,
+      adminToken,
+      adminTokenSource,
+      clickhouse: { url: clickhouseUrl, database, started: Boolean(startedClickHouse) },
+      hyperdriveLocal: env[HYPERDRIVE_ENV] ? 'from ' + HYPERDRIVE_ENV : 'wrangler.toml localConnectionString',
+      project,
+      crons,
+      cronRuns,
+      wranglerPid: wrangler.pid,
+      clickhousePid: startedClickHouse?.pid ?? null,
+      exited,
+      stop: stopAll,
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
