@@ -1,27 +1,35 @@
 // Deterministic ids: a fast 128-bit content hash and UUIDv7s whose time part is the event time.
 
-function mix32(str: string, seed: number): [number, number] {
-  let h1 = 0xdeadbeef ^ seed;
-  let h2 = 0x41c6ce57 ^ seed;
+const HEX_BYTE = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const hex8 = (n: number) => HEX_BYTE[n >>> 24]! + HEX_BYTE[(n >>> 16) & 255]! + HEX_BYTE[(n >>> 8) & 255]! + HEX_BYTE[n & 255]!;
+
+/**
+ * 128-bit non-cryptographic hash as 32 hex chars (dedup keys, id derivation; not for secrets): two
+ * 64-bit lanes (seeds 0 and 0x9e3779b9) computed in one pass. Its output is part of stored ids and
+ * must never change.
+ */
+export function hash128(str: string): string {
+  const seed = 0x9e3779b9;
+  let a1 = 0xdeadbeef;
+  let a2 = 0x41c6ce57;
+  let b1 = 0xdeadbeef ^ seed;
+  let b2 = 0x41c6ce57 ^ seed;
   for (let i = 0; i < str.length; i++) {
     const ch = str.charCodeAt(i);
-    h1 = Math.imul(h1 ^ ch, 2654435761);
-    h2 = Math.imul(h2 ^ ch, 1597334677);
+    a1 = Math.imul(a1 ^ ch, 2654435761);
+    a2 = Math.imul(a2 ^ ch, 1597334677);
+    b1 = Math.imul(b1 ^ ch, 2654435761);
+    b2 = Math.imul(b2 ^ ch, 1597334677);
   }
-  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507);
-  h1 ^= Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507);
-  h2 ^= Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-  return [h1 >>> 0, h2 >>> 0];
-}
-
-const hex8 = (n: number) => n.toString(16).padStart(8, '0');
-
-/** 128-bit non-cryptographic hash as 32 hex chars (dedup keys, id derivation; not for secrets). */
-export function hash128(str: string): string {
-  const [a, b] = mix32(str, 0);
-  const [c, d] = mix32(str, 0x9e3779b9);
-  return hex8(a) + hex8(b) + hex8(c) + hex8(d);
+  a1 = Math.imul(a1 ^ (a1 >>> 16), 2246822507);
+  a1 ^= Math.imul(a2 ^ (a2 >>> 13), 3266489909);
+  a2 = Math.imul(a2 ^ (a2 >>> 16), 2246822507);
+  a2 ^= Math.imul(a1 ^ (a1 >>> 13), 3266489909);
+  b1 = Math.imul(b1 ^ (b1 >>> 16), 2246822507);
+  b1 ^= Math.imul(b2 ^ (b2 >>> 13), 3266489909);
+  b2 = Math.imul(b2 ^ (b2 >>> 16), 2246822507);
+  b2 ^= Math.imul(b1 ^ (b1 >>> 13), 3266489909);
+  return hex8(a1 >>> 0) + hex8(a2 >>> 0) + hex8(b1 >>> 0) + hex8(b2 >>> 0);
 }
 
 /**
