@@ -6,6 +6,14 @@ export const TEST_ADMIN_TOKEN = 'test-admin-token';
 export default defineConfig(async () => {
   const migrations = await readD1Migrations('./migrations/d1');
   return {
+    // pg's CommonJS files must load the CommonJS builds of pg-protocol (brianc/node-postgres#3700)
+    // and of pg-cloudflare's workerd socket; the module runner would pick their ESM/empty entries.
+    resolve: {
+      alias: {
+        'pg-protocol': new URL('./node_modules/pg-protocol/dist/index.js', import.meta.url).pathname,
+        'pg-cloudflare': new URL('./node_modules/pg-cloudflare/dist/index.js', import.meta.url).pathname,
+      },
+    },
     plugins: [
       cloudflareTest(({ inject }) => ({
         main: './src/index.ts',

@@ -5,7 +5,11 @@ import type { AppEnv } from './auth';
 import type { Env } from './env';
 import { ApiError } from './errors';
 import type { IngestMessage } from './pipeline/messages';
+import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
+import { runWatchdog } from './jobs/watchdog';
 import { handleDeadLetters, handleIngestBatch } from './pipeline/writer';
+import { adminBackfillsRoute } from './routes/admin-backfills';
+import { adminDatasetsRoute } from './routes/admin-datasets';
 import { adminDeadLettersRoute } from './routes/admin-dead-letters';
 import { adminProjectsRoute } from './routes/admin-projects';
 import { healthRoute } from './routes/health';
@@ -27,7 +31,9 @@ export const app = new Hono<AppEnv>()
   .route('/', v1DevicesRoute)
   .route('/', v1ProfilesRoute)
   .route('/', adminProjectsRoute)
-  .route('/', adminDeadLettersRoute);
+  .route('/', adminDeadLettersRoute)
+  .route('/', adminBackfillsRoute)
+  .route('/', adminDatasetsRoute);
 
 app.notFound((c) => c.json({ error: { code: 'not_found', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
 
@@ -52,8 +58,11 @@ export default {
   async queue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
     if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestMessage>, env);
     if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestMessage>, env);
+    if (batch.queue === JOBS_QUEUE) return handleJobsBatch(batch, env);
     console.error(JSON.stringify({ msg: 'message for an unknown queue; retrying', queue: batch.queue }));
     batch.retryAll({ delaySeconds: 60 });
   },
-  async scheduled(_controller: ScheduledController, _env: Env, _ctx: ExecutionContext): Promise<void> {},
+  async scheduled(controller: ScheduledController, env: Env, _ctx: ExecutionContext): Promise<void> {
+    await runWatchdog(env, controller.scheduledTime);
+  },
 } satisfies ExportedHandler<Env, unknown>;

@@ -7,6 +7,7 @@ import { hash128, uuidv7At } from '../lib/ids';
 import { mapPool } from '../lib/pool';
 import { dailySalt, deriveDeviceId, utcDay } from './device-id';
 import { normalizeEvent, type NormalizedEvent, type Rejection, type RequestContext } from './normalize';
+import { divertLegacyEvents } from '../legacy/realtime';
 
 export const DEVICE_CALL_CONCURRENCY = 16;
 
@@ -86,7 +87,8 @@ export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonl
     list.push({ index, event: toDeviceEvent(project.projectId, deviceId, event) });
   }
 
-  let accepted = 0;
+  // Realtime events of legacy datasets: translated, or held until their import completes.
+  let accepted = await divertLegacyEvents(env, project, valid, byDevice, { rows, rejected });
   let duplicates = 0;
   await mapPool([...byDevice], DEVICE_CALL_CONCURRENCY, async ([deviceId, list]) => {
     try {

@@ -4,6 +4,7 @@ import { requireAdmin, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
+import { jobsHealth } from '../jobs/health';
 import { countDeadLetters } from './admin-dead-letters';
 
 async function clickhouseStatus(env: Env): Promise<'ok' | 'down'> {
@@ -27,12 +28,16 @@ export const healthRoute = new Hono<AppEnv>()
       errors.push(`dead letters: ${String(err)}`);
       return null;
     });
+    const jobs = await jobsHealth(c.env).catch((err: unknown) => {
+      errors.push(`jobs: ${String(err)}`);
+      return null;
+    });
     const ok = status === 'ok' && errors.length === 0;
     return c.json(
       {
         ok,
         clickhouse: status,
-        jobs: { running: [], failed: [] },
+        jobs: jobs ?? { running: null, failed: null },
         ingest: { deadLetters: deadLetters?.count ?? null, deadLettersTruncated: deadLetters?.truncated ?? null },
         ...(errors.length ? { errors } : {}),
       },

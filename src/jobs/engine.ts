@@ -1,0 +1,151 @@
+// The job engine's shell: a queue consumer that runs one chunk per message under a lease, and the
+// cron watchdog that re-kicks jobs whose chunk died or whose next message was lost.
+import type { Env } from '../env';
+import { legacyImportRunner } from '../legacy/import-job';
+import { LegacySourceUnavailable } from '../legacy/source';
+import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
+import type { JobRunner } from './runner';
+import { jobStore, type JobRow, type JobStore } from './store';
+
+export const JOBS_QUEUE = 'driftline-jobs';
+
+/** A chunk message: the job and the lease version it expects (stale copies are no-ops). */
+export interface ChunkMessage {
+  jobId: string;
+  version: number;
+}
+
+/** Longer than any chunk may take (its reads and writes time out well before). */
+export const LEASE_MS = 120_000;
+/** No lease and no progress for this long: the message for the next chunk was lost. */
+export const STALL_MS = 180_000;
+
+const runners: Record<string, JobRunner> = { legacy_import: legacyImportRunner };
+
+export function runnerFor(type: string): JobRunner {
+  const r = runners[type];
+  if (!r) throw new Error(`no runner for job type ${type}`);
+  return r;
+}
+
+export async function sendChunk(env: Env, jobId: string, version: number, delayMs = 0): Promise<void> {
+  const body: ChunkMessage = { jobId, version };
+  await env.JOBS_QUEUE.send(body, { contentType: 'json', delaySeconds: Math.min(Math.round(delayMs / 1000), 12 * 3600) });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function errorText(err: unknown): string {
+  return (err instanceof Error ? `${err.name}: ${err.message}` : String(err)).slice(0, 2000);
+}
+
+function chunkInput(job: JobRow) {
+  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed };
+}
+
+/** Settles a pause or cancel request once no chunk is running. */
+async function settleRequest(store: JobStore, job: JobRow, now: number): Promise<boolean> {
+  if (job.state === 'pausing') return (await store.settle(job.id, job.leaseVersion, 'paused', now)) !== null;
+  if (job.state === 'cancelling') return (await store.settle(job.id, job.leaseVersion, 'cancelled', now)) !== null;
+  return false;
+}
+
+export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<void> {
+  const store = jobStore(env.DB);
+  const job = await store.get(msg.jobId);
+  if (!job || job.leaseVersion !== msg.version) return;
+  const started = Date.now();
+  if (await settleRequest(store, job, started)) return;
+  const claimed = await store.claim(job.id, msg.version, started, started + LEASE_MS);
+  if (!claimed) return;
+  const token = claimed.leaseVersion;
+  const runner = runnerFor(claimed.type);
+  const input = chunkInput(claimed);
+  const pauseMs = runner.pauseMs(input.params);
+
+  let outcome;
+  try {
+    outcome = await runner.runChunk(env, input);
+  } catch (err) {
+    await chunkFailed(env, store, claimed, err);
+    return;
+  }
+
+  const now = Date.now();
+  const progress = advance(
+    { rowsProcessed: outcome.rowsBefore, rowsTotal: outcome.rowsTotal, ratePerSec: claimed.ratePerSec, etaSec: claimed.etaSec },
+    outcome.rows,
+    now - started + (outcome.done ? 0 : pauseMs),
+  );
+  const committed = await store.commit(job.id, token, { ...progress, cursor: outcome.cursor, maxKey: outcome.maxKey }, now);
+  if (!committed) return; // the watchdog fenced this chunk off; its writes were idempotent
+
+  if (outcome.done) {
+    try {
+      await runner.complete(env, input);
+    } catch (err) {
+      await chunkFailed(env, store, committed, err);
+      return;
+    }
+    const done = await store.settle(job.id, committed.leaseVersion, 'succeeded', Date.now(), { etaSec: 0 });
+    if (done && runner.afterSuccess) {
+      await runner.afterSuccess(env, input).catch((err: unknown) => console.error(JSON.stringify({ msg: 'after-success step failed; the watchdog will finish it', job: job.id, error: errorText(err) })));
+    }
+    return;
+  }
+  if (await settleRequest(store, committed, now)) return;
+
+  // Yield to readers before the next chunk: short pauses here, long ones as a queue delay.
+  if (pauseMs > 0 && pauseMs < 1000) await sleep(pauseMs);
+  await sendChunk(env, job.id, committed.leaseVersion, pauseMs >= 1000 ? pauseMs : 0);
+}
+
+async function chunkFailed(env: Env, store: JobStore, job: JobRow, err: unknown): Promise<void> {
+  const now = Date.now();
+  const attempts = job.attempts + 1;
+  const error = errorText(err);
+  console.error(JSON.stringify({ msg: 'job chunk failed', job: job.id, attempts, error }));
+  // An unreachable source fails fast: retrying blindly would only hide the outage.
+  if (err instanceof LegacySourceUnavailable || attempts >= MAX_CHUNK_ATTEMPTS) {
+    await store.settle(job.id, job.leaseVersion, 'failed', now, { attempts, error });
+    return;
+  }
+  const next = await store.release(job.id, job.leaseVersion, now, { attempts, error });
+  if (!next || (await settleRequest(store, next, now))) return;
+  await sendChunk(env, job.id, next.leaseVersion, chunkRetryDelaySec(attempts) * 1000);
+}
+
+export async function handleJobsBatch(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+  for (const m of batch.messages) {
+    const body = m.body as Partial<ChunkMessage>;
+    if (typeof body?.jobId !== 'string' || typeof body.version !== 'number') {
+      console.error(JSON.stringify({ msg: 'malformed job message dropped', body }));
+      m.ack();
+      continue;
+    }
+    try {
+      await runChunkMessage(env, body as ChunkMessage);
+      m.ack();
+    } catch (err) {
+      // Only bookkeeping (D1, the queue) can throw here; the lease keeps a replay safe.
+      console.error(JSON.stringify({ msg: 'job message failed; retrying', job: body.jobId, error: errorText(err) }));
+      m.retry({ delaySeconds: 5 });
+    }
+  }
+}
+
+/**
+ * The watchdog: fences off every stalled job (expired lease, or lost message) with a new lease
+ * version and sends it a fresh chunk message. `now` is the cron's scheduled time.
+ */
+export async function rekickStalledJobs(env: Env, now: number): Promise<string[]> {
+  const store = jobStore(env.DB);
+  const kicked: string[] = [];
+  for (const job of await store.stalled(now, STALL_MS)) {
+    const fresh = await store.release(job.id, job.leaseVersion, Date.now());
+    if (!fresh) continue;
+    await sendChunk(env, job.id, fresh.leaseVersion);
+    kicked.push(job.id);
+  }
+  return kicked;
+}

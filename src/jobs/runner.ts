@@ -1,0 +1,32 @@
+// What a job type provides to the engine.
+import type { Env } from '../env';
+
+export interface ChunkInput {
+  id: string;
+  params: unknown;
+  cursor: string | null;
+  maxKey: string | null;
+  /** Null until the job is planned (first chunk, or first chunk after a retry). */
+  rowsTotal: number | null;
+  rowsProcessed: number;
+}
+
+export interface ChunkOutcome {
+  cursor: string | null;
+  maxKey: string | null;
+  rowsTotal: number;
+  /** Rows done before this chunk (re-counted when the chunk planned the job). */
+  rowsBefore: number;
+  rows: number;
+  done: boolean;
+}
+
+export interface JobRunner {
+  pauseMs(params: unknown): number;
+  /** One bounded chunk after `cursor`. Must be idempotent: a chunk may run again after a crash. */
+  runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome>;
+  /** The job's last step before it is marked succeeded; must be idempotent too. */
+  complete(env: Env, job: ChunkInput): Promise<void>;
+  /** Follow-up work after success; a failure is logged and left to the watchdog. */
+  afterSuccess?(env: Env, job: ChunkInput): Promise<void>;
+}

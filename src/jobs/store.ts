@@ -1,0 +1,171 @@
+// Jobs in D1. Every write that races a chunk is a compare-and-set on `lease_version`.
+import { and, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { jobs } from '../db/schema';
+import type { JobState, Progress } from './states';
+
+export type JobRow = typeof jobs.$inferSelect;
+
+/** What the admin routes show of a job. */
+export interface JobView {
+  id: string;
+  type: string;
+  state: JobState;
+  rowsProcessed: number;
+  rowsTotal: number | null;
+  ratePerSec: number | null;
+  etaSec: number | null;
+  cursor: string | null;
+  attempts: number;
+  error: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
+  lastUpdateAt: string;
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export function toView(j: JobRow): JobView {
+  return {
+    id: j.id,
+    type: j.type,
+    state: j.state as JobState,
+    rowsProcessed: j.rowsProcessed,
+    rowsTotal: j.rowsTotal,
+    ratePerSec: j.ratePerSec,
+    etaSec: j.etaSec,
+    cursor: j.cursor,
+    attempts: j.attempts,
+    error: j.error,
+    createdAt: iso(j.createdAt)!,
+    startedAt: iso(j.startedAt),
+    endedAt: iso(j.endedAt),
+    lastUpdateAt: iso(j.lastUpdateAt)!,
+  };
+}
+
+export interface ChunkCommit extends Progress {
+  cursor: string | null;
+  maxKey: string | null;
+}
+
+export function jobStore(d1: D1Database) {
+  const db = drizzle(d1);
+  const byVersion = (id: string, version: number) => and(eq(jobs.id, id), eq(jobs.leaseVersion, version));
+
+  return {
+    async create(id: string, type: string, params: unknown, now: number): Promise<JobRow> {
+      const [row] = await db
+        .insert(jobs)
+        .values({ id, type, state: 'enqueued', params: JSON.stringify(params), createdAt: now, lastUpdateAt: now })
+        .returning();
+      return row!;
+    },
+
+    async get(id: string): Promise<JobRow | undefined> {
+      return db.select().from(jobs).where(eq(jobs.id, id)).get();
+    },
+
+    async list(limit = 100): Promise<JobRow[]> {
+      return db.select().from(jobs).orderBy(desc(jobs.createdAt)).limit(limit).all();
+    },
+
+    async inStates(states: readonly JobState[], limit = 100): Promise<JobRow[]> {
+      return db
+        .select()
+        .from(jobs)
+        .where(inArray(jobs.state, [...states]))
+        .orderBy(desc(jobs.lastUpdateAt))
+        .limit(limit)
+        .all();
+    },
+
+    /** Takes the lease for one chunk; null when another chunk owns the job or the message is stale. */
+    async claim(id: string, version: number, now: number, leaseUntil: number): Promise<JobRow | null> {
+      const [row] = await db
+        .update(jobs)
+        .set({
+          state: 'running',
+          leaseVersion: version + 1,
+          leaseUntil,
+          startedAt: sql`coalesce(${jobs.startedAt}, ${now})`,
+          lastUpdateAt: now,
+        })
+        .where(and(byVersion(id, version), inArray(jobs.state, ['enqueued', 'running']), lt(jobs.leaseUntil, now)))
+        .returning();
+      return row ?? null;
+    },
+
+    /** Records a finished chunk and frees the lease; null when the lease was lost meanwhile. */
+    async commit(id: string, version: number, c: ChunkCommit, now: number): Promise<JobRow | null> {
+      const [row] = await db
+        .update(jobs)
+        .set({ ...c, attempts: 0, leaseVersion: version + 1, leaseUntil: 0, lastUpdateAt: now })
+        .where(byVersion(id, version))
+        .returning();
+      return row ?? null;
+    },
+
+    /** Moves a job whose lease `version` is current into a state (no lease held afterwards). */
+    async settle(id: string, version: number, state: JobState, now: number, fields: Partial<JobRow> = {}): Promise<JobRow | null> {
+      const terminal = state === 'succeeded' || state === 'failed' || state === 'cancelled';
+      const [row] = await db
+        .update(jobs)
+        .set({ ...fields, state, leaseVersion: version + 1, leaseUntil: 0, lastUpdateAt: now, ...(terminal ? { endedAt: now } : {}) })
+        .where(byVersion(id, version))
+        .returning();
+      return row ?? null;
+    },
+
+    /** An operator action: compare-and-set on the state the route read. */
+    async transition(id: string, from: JobState, to: JobState, now: number, fields: Partial<JobRow> = {}, bumpVersion = false): Promise<JobRow | null> {
+      const terminal = to === 'succeeded' || to === 'failed' || to === 'cancelled';
+      const [row] = await db
+        .update(jobs)
+        .set({
+          ...fields,
+          state: to,
+          lastUpdateAt: now,
+          ...(terminal ? { endedAt: now } : {}),
+          ...(bumpVersion ? { leaseVersion: sql`${jobs.leaseVersion} + 1`, leaseUntil: 0 } : {}),
+        })
+        .where(and(eq(jobs.id, id), eq(jobs.state, from)))
+        .returning();
+      return row ?? null;
+    },
+
+    /**
+     * Jobs the watchdog must re-kick: a lease that expired (its chunk died), or no lease and no
+     * word for `stallMs` (the message for the next chunk was lost).
+     */
+    async stalled(now: number, stallMs: number): Promise<JobRow[]> {
+      return db
+        .select()
+        .from(jobs)
+        .where(
+          and(
+            inArray(jobs.state, ['enqueued', 'running', 'pausing', 'cancelling']),
+            or(and(sql`${jobs.leaseUntil} > 0`, lt(jobs.leaseUntil, now)), and(eq(jobs.leaseUntil, 0), lt(jobs.lastUpdateAt, now - stallMs))),
+          ),
+        )
+        .limit(100)
+        .all();
+    },
+
+    /**
+     * Frees the lease of `version` without touching the state (an operator's pause or cancel
+     * request stays), fencing off any chunk or message of that version.
+     */
+    async release(id: string, version: number, now: number, fields: Partial<JobRow> = {}): Promise<JobRow | null> {
+      const [row] = await db
+        .update(jobs)
+        .set({ ...fields, leaseVersion: version + 1, leaseUntil: 0, lastUpdateAt: now })
+        .where(byVersion(id, version))
+        .returning();
+      return row ?? null;
+    },
+  };
+}
+
+export type JobStore = ReturnType<typeof jobStore>;

@@ -1,0 +1,75 @@
+// The legacy Postgres behind the LEGACY_DB Hyperdrive binding: a bounded plan and keyset pages.
+import pg from 'pg';
+import type { LegacyImportParams } from './params';
+
+export type LegacyRow = Record<string, unknown>;
+
+/** The legacy database could not be reached: the job fails at once instead of retrying. */
+export class LegacySourceUnavailable extends Error {
+  constructor(cause: unknown) {
+    super(`legacy database unreachable: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'LegacySourceUnavailable';
+  }
+}
+
+export interface ImportPlan {
+  /** Largest key when the job started: rows inserted later cannot keep the loop going. */
+  maxKey: string | null;
+  rowsTotal: number;
+  /** Rows at or below the cursor (non-zero when a retried job continues). */
+  rowsDone: number;
+}
+
+const CONNECT_TIMEOUT_MS = 5000;
+const QUERY_TIMEOUT_MS = 30_000;
+
+export async function withLegacyDb<T>(connectionString: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS });
+  // A dropped connection emits 'error' on the client; the failing query reports it instead.
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    throw new LegacySourceUnavailable(err);
+  }
+  try {
+    return await fn(client);
+  } finally {
+    await endQuietly(client);
+  }
+}
+
+/**
+ * Closing a workerd socket cancels its reader; pg re-emits that as an 'error' on the client,
+ * which must have a listener or it surfaces as an unhandled rejection.
+ */
+export async function endQuietly(client: pg.Client): Promise<void> {
+  client.on('error', () => {});
+  await client.end().catch(() => {});
+}
+
+const ident = (name: string) => pg.escapeIdentifier(name);
+
+export async function planImport(c: pg.Client, s: LegacyImportParams['source'], cursor: string | null): Promise<ImportPlan> {
+  const key = ident(s.key);
+  // One statement, one snapshot: the total, the max key and the rows already done agree.
+  const done = cursor === null ? '0' : `count(*) FILTER (WHERE ${key} <= $1)`;
+  const { rows } = await c.query<{ max_key: string | null; total: string; done: string }>(
+    `SELECT max(${key})::text AS max_key, count(*) AS total, ${done} AS done FROM ${ident(s.table)}`,
+    cursor === null ? [] : [cursor],
+  );
+  const r = rows[0]!;
+  return { maxKey: r.max_key, rowsTotal: Number(r.total), rowsDone: Number(r.done) };
+}
+
+/** The next page after `cursor`, never past `maxKey`, in key order. */
+export async function readPage(c: pg.Client, s: LegacyImportParams['source'], cursor: string | null, maxKey: string, limit: number): Promise<LegacyRow[]> {
+  const key = ident(s.key);
+  const { rows } = await c.query<LegacyRow>(
+    cursor === null
+      ? `SELECT * FROM ${ident(s.table)} WHERE ${key} <= $1 ORDER BY ${key} LIMIT $2`
+      : `SELECT * FROM ${ident(s.table)} WHERE ${key} <= $1 AND ${key} > $3 ORDER BY ${key} LIMIT $2`,
+    cursor === null ? [maxKey, limit] : [maxKey, limit, cursor],
+  );
+  return rows;
+}
