@@ -1,8 +1,8 @@
 // End to end: events/s from HTTP 202 to rows visible in ClickHouse through a local gateway, and
 // its ratio to inserting the same rows straight into the same ClickHouse. Target: ≥ 0.5.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { importBundled, makeBatch } from './lib/batch.mjs';
@@ -46,6 +46,28 @@ async function chQuery(sql, body) {
   const text = await res.text();
   if (!res.ok) throw new Error(`ClickHouse ${res.status}: ${text.slice(0, 300)}`);
   return text;
+}
+
+/** CPU seconds (user + system) used so far by the processes of a process group, or by one pid (Linux). */
+function cpuSeconds({ pgid, pid }) {
+  let ticks = 0;
+  let pids;
+  try {
+    pids = pid ? [String(pid)] : readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return null;
+  }
+  for (const p of pids) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (pgid && Number(f[2]) !== pgid) continue;
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100;
 }
 
 async function pool(items, limit, fn) {
@@ -103,6 +125,7 @@ async function main() {
   let duplicates = 0;
   let rejected = 0;
   let lastAcceptedAt = 0;
+  const cpuBefore = { workerd: cpuSeconds({ pgid: gateway.wranglerPid }), clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
   const started = performance.now();
   let polling = true;
   let visibleAt = null;
@@ -136,6 +159,8 @@ async function main() {
   if (visibleAt === null) throw new Error(`only ${visible} of ${TOTAL} events visible after ${VISIBLE_TIMEOUT_MS} ms`);
   if (accepted !== TOTAL) throw new Error(`accepted ${accepted} of ${TOTAL} (duplicates ${duplicates}, rejected ${rejected})`);
   const gatewaySec = (visibleAt - started) / 1000;
+  const gatewayCpu = cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd;
+  const gatewayChCpu = cpuBefore.clickhouse === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore.clickhouse;
   const acceptSec = (lastAcceptedAt - started) / 1000;
   const distinct = Number((await chQuery(`SELECT uniqExact(id) FROM events WHERE project_id = '${project.id}' AND name IN ${NAMES}`)).trim());
 
@@ -161,9 +186,11 @@ async function main() {
       .map((row) => JSON.stringify({ ...row, session_id: randomUUID(), synced_at_ms: Date.now() }))
       .join('\n'),
   );
+  const directChCpuBefore = gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null;
   const directStarted = performance.now();
   await pool(directBodies, CONCURRENCY, (body) => chQuery('INSERT INTO events_direct FORMAT JSONEachRow', body));
   const directSec = (performance.now() - directStarted) / 1000;
+  const directChCpu = directChCpuBefore === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - directChCpuBefore;
   const directCount = Number((await chQuery('SELECT count() FROM events_direct')).trim());
   if (directCount !== TOTAL) throw new Error(`direct insert stored ${directCount} of ${TOTAL}`);
 
@@ -176,6 +203,9 @@ async function main() {
   console.log(`  gateway: all 202s after ${acceptSec.toFixed(2)} s (batch p50 ${latencies[latencies.length >> 1].toFixed(0)} ms, p95 ${latencies[Math.floor(latencies.length * 0.95)].toFixed(0)} ms); all rows visible after ${gatewaySec.toFixed(2)} s`);
   console.log(`  gateway → ClickHouse   ${Math.round(gatewayRate).toLocaleString('en-US')} events/s  (distinct ids stored ${distinct})`);
   console.log(`  direct JSONEachRow     ${Math.round(directRate).toLocaleString('en-US')} rows/s  (${BATCHES} inserts of ${BATCH_EVENTS} rows, ${CONCURRENCY} in flight, ${directSec.toFixed(2)} s)`);
+  const perEvent = (cpu) => `${((cpu * 1e6) / TOTAL).toFixed(0)} µs/event`;
+  console.log(`  CPU while ingesting    wrangler+workerd ${gatewayCpu.toFixed(1)} s (${perEvent(gatewayCpu)})${gatewayChCpu === null ? '' : `, clickhouse-server ${gatewayChCpu.toFixed(1)} s (${perEvent(gatewayChCpu)})`}; ${os.cpus().length} CPUs`);
+  if (directChCpu !== null) console.log(`  CPU of direct insert   clickhouse-server ${directChCpu.toFixed(1)} s (${perEvent(directChCpu)})`);
   console.log(`  ratio                  ${ratio.toFixed(3)}  (target ≥ ${TARGET_RATIO}) ${ratio >= TARGET_RATIO ? 'OK' : 'BELOW TARGET'}`);
   if (distinct !== TOTAL) throw new Error(`ClickHouse holds ${distinct} distinct events, expected ${TOTAL}`);
   if (process.env.BENCH_STRICT === '1' && ratio < TARGET_RATIO) process.exitCode = 1;

@@ -254,6 +254,11 @@ export async function startGateway(options = {}) {
       checkAborted();
       if (exitCode !== undefined) throw new Error(`wrangler dev exited (${exitCode}) before the gateway came up:\n${tail.slice(-3000)}`);
       if (Date.now() > deadline) throw new Error(`the gateway at ${url}/healthz did not become ready in 120 s (${lastHealth}):\n${tail.slice(-3000)}`);
+      // wrangler keeps watching after a failed build; a start cannot succeed until the source is fixed
+      const buildFailed = tail.lastIndexOf('Build failed');
+      if (buildFailed >= 0 && tail.lastIndexOf('Ready on') < buildFailed) {
+        throw new Error(`wrangler dev could not build the Worker:\n${tail.slice(buildFailed, buildFailed + 3000)}`);
+      }
       try {
         const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
         lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
@@ -310,6 +315,7 @@ export async function startGateway(options = {}) {
       crons,
       cronRuns,
       wranglerPid: wrangler.pid,
+      inspectorPort,
       clickhousePid: startedClickHouse?.pid ?? null,
       exited,
       stop: stopAll,
