@@ -332,14 +332,17 @@ export class DeviceObject extends DurableObject<Env> {
   /** Sends up to FLUSH_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(): Promise<number> {
     const rows = this.sql
-      .exec<{ seq: number; kind: string; session_id: string; body: string; payload: string | null; attempts: number }>(
-        'SELECT seq, kind, session_id, body, payload, attempts FROM outbox ORDER BY seq LIMIT ?',
+      .exec<{ seq: number; kind: string; session_id: string; body: string; payload: string | null }>(
+        'SELECT seq, kind, session_id, body, payload FROM outbox ORDER BY seq LIMIT ?',
         FLUSH_ROWS,
       )
       .toArray();
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
-    this.sql.exec('UPDATE outbox SET attempts = attempts + 1 WHERE seq <= ?', maxSeq);
+    // A watermark, not a per-row counter: rewriting thousands of large rows per flush would cost as
+    // much as writing them. Rows at or below it may already have reached the queue once.
+    const attemptedThrough = this.meta<number>('flushAttemptedThrough') ?? 0;
+    if (maxSeq > attemptedThrough) this.setMeta('flushAttemptedThrough', maxSeq);
 
     const messages: Array<{ body: IngestMessage; bytes: number }> = [];
     let current: IngestMessage = { events: [], payloads: [], sessions: [] };
@@ -352,7 +355,7 @@ export class DeviceObject extends DurableObject<Env> {
     for (const r of rows) {
       const size = r.body.length + (r.payload?.length ?? 0) + 64;
       if (bytes + size > MAX_MESSAGE_BYTES) push();
-      if (r.attempts > 0) current.redelivery = true;
+      if (r.seq <= attemptedThrough) current.redelivery = true;
       if (r.kind === 'event') {
         const row = JSON.parse(r.body) as EventRow;
         row.session_id = r.session_id;
