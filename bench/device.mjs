@@ -39,14 +39,14 @@ export class BenchDevice extends DeviceObject {
    * same shape and indexes that grow like the real ones; no dedup lookup, sessions or JSON work. */
   async floor(rows: Array<{ key: string; id: string; body: string; payload: string }>, nowMs: number): Promise<number> {
     const sql = this.ctx.storage.sql;
-    sql.exec(\`CREATE TABLE IF NOT EXISTS floor_seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, session_id TEXT NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+    sql.exec(\`CREATE TABLE IF NOT EXISTS floor_seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
       CREATE INDEX IF NOT EXISTS floor_seen_at_idx ON floor_seen (seen_at_ms);
       CREATE TABLE IF NOT EXISTS floor_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
         session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
       CREATE INDEX IF NOT EXISTS floor_outbox_ref_idx ON floor_outbox (kind, ref);\`);
     this.ctx.storage.transactionSync(() => {
       for (const r of rows) {
-        sql.exec('INSERT INTO floor_seen (key, event_id, session_id, seen_at_ms) VALUES (?, ?, ?, ?)', r.key, r.id, r.id, nowMs);
+        sql.exec('INSERT INTO floor_seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', r.key, r.id, nowMs, nowMs);
         sql.exec("INSERT INTO floor_outbox (kind, ref, session_id, body, payload) VALUES ('event', ?, ?, ?, ?)", r.id, r.id, r.body, r.payload);
       }
     });
@@ -82,7 +82,7 @@ export default {
       const prepared = [];
       for (let b = 0; b < batches; b++) prepared.push(makeEvents(deviceId, ${BATCH}, now - 3_600_000 + b * ${BATCH} * 10, 1, now, 'r' + b));
       const floorRows = prepared.map((batch: any[], b: number) =>
-        batch.map((e: any) => ({ key: e.dedupKey + '#' + b, id: e.row.id, body: JSON.stringify(e.row), payload: JSON.stringify(e.payload) })));
+        batch.map((e: any) => ({ key: e.dedupKey + '#' + b, id: e.row.id, body: JSON.stringify(e.row), payload: e.payload.payload })));
       // Warm both paths once.
       await stub.floor(floorRows[0].slice(0, 10).map((r: any) => ({ ...r, key: 'warm' + r.key })), now);
       await stub.ingest({ projectId: 'bench-project', deviceId, gapMs, events: makeEvents(deviceId, 10, now - 7_200_000, 1, now, 'warm') });

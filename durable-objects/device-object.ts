@@ -22,6 +22,7 @@ export interface DeviceEvent {
   dedupKey: string;
   /** The ClickHouse row, without session_id and synced_at_ms (set later). */
   row: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
+  /** The raw payload row; its id, project and times are the row's (the outbox keeps only `payload`). */
   payload: PayloadRow;
 }
 
@@ -83,7 +84,7 @@ export class DeviceObject extends DurableObject<Env> {
   private ensureSchema(): void {
     if (this.hasSchema()) return;
     this.sql.exec(`
-      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, session_id TEXT NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
       CREATE INDEX IF NOT EXISTS seen_at_idx ON seen (seen_at_ms);
       CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
         event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
@@ -146,19 +147,33 @@ export class DeviceObject extends DurableObject<Env> {
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
   }
 
-  private seenKeys(keys: string[]): Map<string, { eventId: string; sessionId: string }> {
-    const found = new Map<string, { eventId: string; sessionId: string }>();
+  /** Ids already seen, with the original event's id and time (its session is found from the time). */
+  private seenKeys(keys: string[]): Map<string, { eventId: string; createdAtMs: number }> {
+    const found = new Map<string, { eventId: string; createdAtMs: number }>();
     for (let i = 0; i < keys.length; i += PARAMS_PER_STATEMENT) {
       const chunk = keys.slice(i, i + PARAMS_PER_STATEMENT);
-      const rows = this.sql.exec<{ key: string; event_id: string; session_id: string }>(
-        `SELECT s.key, s.event_id, COALESCE(x.merged_into, s.session_id) AS session_id
-           FROM seen s LEFT JOIN sessions x ON x.id = s.session_id
-          WHERE s.key IN (${chunk.map(() => '?').join(',')})`,
+      const rows = this.sql.exec<{ key: string; event_id: string; created_at_ms: number }>(
+        `SELECT key, event_id, created_at_ms FROM seen WHERE key IN (${chunk.map(() => '?').join(',')})`,
         ...chunk,
       );
-      for (const r of rows) found.set(r.key, { eventId: r.event_id, sessionId: r.session_id });
+      for (const r of rows) found.set(r.key, { eventId: r.event_id, createdAtMs: r.created_at_ms });
     }
     return found;
+  }
+
+  /** The current session covering each time ('' when none): sessions are disjoint, so this is exact. */
+  private sessionsAt(times: number[]): Map<number, string> {
+    const out = new Map<number, string>();
+    if (!times.length) return out;
+    const sessions = this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number }>(
+        'SELECT id, start_ms, end_ms FROM sessions WHERE merged_into IS NULL AND start_ms <= ? AND end_ms >= ? ORDER BY start_ms',
+        Math.max(...times),
+        Math.min(...times),
+      )
+      .toArray();
+    for (const t of times) out.set(t, sessions.find((s) => s.start_ms <= t && t <= s.end_ms)?.id ?? '');
+    return out;
   }
 
   async ingest(input: DeviceIngest): Promise<DeviceIngestResult> {
@@ -241,8 +256,12 @@ export class DeviceObject extends DurableObject<Env> {
     for (const i of fresh) {
       const e = input.events[i]!;
       const sessionId = sessionOf.get(i) ?? '';
-      this.sql.exec('INSERT INTO seen (key, event_id, session_id, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, sessionId, nowMs);
-      this.sql.exec("INSERT INTO outbox (kind, ref, session_id, body, payload) VALUES ('event', ?, ?, ?, ?)", e.row.id, sessionId, JSON.stringify(e.row), JSON.stringify(e.payload));
+      const p = e.payload;
+      if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
+        throw new Error(`payload row of event ${e.row.id} does not match the event row`);
+      }
+      this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, e.row.created_at_ms, nowMs);
+      this.sql.exec("INSERT INTO outbox (kind, ref, session_id, body, payload) VALUES ('event', ?, ?, ?, ?)", e.row.id, sessionId, JSON.stringify(e.row), p.payload);
       if (!last || e.row.created_at_ms >= last.createdAtMs) {
         last = { id: e.row.id, type: e.row.type, name: e.row.name, createdAtMs: e.row.created_at_ms, sessionId };
       }
@@ -262,10 +281,16 @@ export class DeviceObject extends DurableObject<Env> {
     }
 
     const freshSet = new Set(fresh);
+    const priorSession = this.sessionsAt(
+      input.events.filter((e) => e.row.type === 'track' && seen.has(e.dedupKey)).map((e) => seen.get(e.dedupKey)!.createdAtMs),
+    );
     return input.events.map((e, i) => {
       if (freshSet.has(i)) return { status: 'accepted' as const, sessionId: sessionOf.get(i) ?? '', eventId: e.row.id };
       const prior = seen.get(e.dedupKey);
-      if (prior) return { status: 'duplicate' as const, sessionId: prior.sessionId, eventId: prior.eventId };
+      if (prior) {
+        const sessionId = e.row.type === 'track' ? (priorSession.get(prior.createdAtMs) ?? '') : '';
+        return { status: 'duplicate' as const, sessionId, eventId: prior.eventId };
+      }
       const first = firstIndexOfKey.get(e.dedupKey)!;
       return { status: 'duplicate' as const, sessionId: sessionOf.get(first) ?? '', eventId: input.events[first]!.row.id };
     });
@@ -353,14 +378,17 @@ export class DeviceObject extends DurableObject<Env> {
       bytes = 0;
     };
     for (const r of rows) {
-      const size = r.body.length + (r.payload?.length ?? 0) + 64;
+      // The payload row is rebuilt around the raw payload; allow for its fields and JSON escaping.
+      const size = r.body.length + Math.ceil((r.payload?.length ?? 0) * 1.25) + 256;
       if (bytes + size > MAX_MESSAGE_BYTES) push();
       if (r.seq <= attemptedThrough) current.redelivery = true;
       if (r.kind === 'event') {
         const row = JSON.parse(r.body) as EventRow;
         row.session_id = r.session_id;
         current.events.push(row);
-        if (r.payload) current.payloads.push(JSON.parse(r.payload) as PayloadRow);
+        if (r.payload !== null) {
+          current.payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: r.payload });
+        }
       } else {
         current.sessions.push(JSON.parse(r.body) as SessionRow);
       }

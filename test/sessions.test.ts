@@ -6,6 +6,7 @@ import type { DeviceEvent, DeviceObject } from '../durable-objects/device-object
 import { DEDUP_WINDOW_MS } from '../durable-objects/device-object';
 import { sessionsOf } from '../src/device/sessions';
 import { deviceStub, toDeviceEvent } from '../src/ingest/accept';
+import { writeRows } from '../src/pipeline/writer';
 import { NO_GEO, normalizeEvent } from '../src/ingest/normalize';
 import { ch, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
 import { deliveryOrder, GAP_MS, generateHistory, rng, splitBatches } from './session-history';
@@ -375,5 +376,27 @@ describe('bounded state', () => {
     // Freed pages are reused: the second week needs no more room than the first.
     console.log(JSON.stringify({ storageByDay: samples.map((s) => s.bytes) }));
     expect(samples[13]!.bytes).toBeLessThanOrEqual(samples[7]!.bytes * 1.25);
+  });
+});
+
+describe('the writer', () => {
+  it('never shows an event before its session: sessions are written first, a failed session write stores no events', async () => {
+    const p = await createProject('writer-order');
+    const t = Date.now() - HOUR;
+    const [e] = toObjectEvents(p.id, 'w-device', [trackEvent('x', { __deviceId: 'w-device', __timestamp: t })], Date.now());
+    const message = {
+      events: [{ ...e!.row, session_id: 's-1', synced_at_ms: 0 }],
+      payloads: [e!.payload],
+      sessions: [{ project_id: p.id, device_id: 'w-device', id: 's-1', started_at_ms: t, ended_at_ms: t, event_count: 1, ended: 1, merged_into: '', version: 1, updated_at_ms: t }],
+    };
+    const real = ch();
+    const failingSessions = { ...real, insert: (table: string, rows: readonly object[]) => (table === 'sessions' ? Promise.reject(new Error('sessions insert failed')) : real.insert(table, rows)) };
+    await expect(writeRows(failingSessions, [message], Date.now(), false)).rejects.toThrow('sessions insert failed');
+    const count = async () => Number((await real.query<{ n: number }>('SELECT count() AS n FROM events WHERE project_id = {p:String}', { p: p.id }))[0]!.n);
+    expect(await count()).toBe(0);
+    // The retry stores both; the read API then shows the event with its session_start.
+    await writeRows(real, [message], Date.now(), true);
+    const { body } = await getJson<EventsBody>(p, `/v1/events?deviceId=w-device&since=${t - HOUR}`);
+    expect(body.events.map((x) => x.name).sort()).toEqual(['session_end', 'session_start', 'x']);
   });
 });

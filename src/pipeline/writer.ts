@@ -53,9 +53,10 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   }
   // Within one delivery the same event can appear twice (an outbox resend batched with the original).
   const dedupe = <T extends { id: string }>(rows: T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
+  // Sessions first: once a reader sees an event, it also sees the session (and its start) it belongs to.
+  await ch.insert('sessions', sessions);
   await ch.insert('events', dedupe(newEvents));
   await ch.insert('event_payloads', dedupe(newPayloads));
-  await ch.insert('sessions', sessions);
   return { events: newEvents.length, sessions: sessions.length };
 }
 
