@@ -333,6 +333,24 @@ describe('merges', () => {
   });
 });
 
+describe('duplicates', () => {
+  it('a replayed event answers with its original id and the session it belongs to now, after a merge', async () => {
+    const projectId = `dups-${Date.now()}`;
+    const deviceId = 'dups-device';
+    const t0 = Date.now() - 3 * HOUR;
+    const ev = (m: number) => trackEvent('dup', { __deviceId: deviceId, __timestamp: t0 + m * MIN, __eventId: `dup-${m}` });
+    const first = await ingest(projectId, deviceId, [ev(0), ev(40)], Date.now());
+    const [a, b] = first.results;
+    expect(a!.sessionId).not.toBe(b!.sessionId);
+    await ingest(projectId, deviceId, [ev(20)], Date.now()); // bridges: b's session merges into a's
+    const replay = await ingest(projectId, deviceId, [ev(40), ev(40)], Date.now());
+    for (const r of replay.results) expect(r).toEqual({ status: 'duplicate', sessionId: a!.sessionId, eventId: b!.eventId });
+    const profileOp = { type: 'increment', payload: { profileId: 'u', property: 'n', properties: { __deviceId: deviceId, __timestamp: t0, __eventId: 'inc-1' } } };
+    await ingest(projectId, deviceId, [profileOp], Date.now());
+    expect((await ingest(projectId, deviceId, [profileOp], Date.now())).results[0]).toMatchObject({ status: 'duplicate', sessionId: '' });
+  });
+});
+
 describe('bounded state', () => {
   it('prunes dedup ids older than 7 days (injected clock); a replay after that is new again', async () => {
     const projectId = `prune-${Date.now()}`;
