@@ -19,7 +19,11 @@ describe('walking skeleton', () => {
     expect(res.status).toBe(202);
     expect(await res.json()).toEqual({ accepted: 5, duplicates: 0, rejected: [] });
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 5);
-    const { status, body } = await getJson<{ events: Array<{ name: string; deviceId: string }> }>(p, '/v1/events?deviceId=dev-1');
+    // Session rows are a separate insert from event rows: wait for the read API to show both.
+    const { status, body } = await waitUntil(
+      () => getJson<{ events: Array<{ name: string; deviceId: string }> }>(p, '/v1/events?deviceId=dev-1'),
+      (r) => r.body.events.some((e) => e.name === 'session_start'),
+    );
     expect(status).toBe(200);
     expect(body.events.filter((e) => e.name === 'ping')).toHaveLength(5);
     expect(body.events.filter((e) => e.name === 'session_start')).toHaveLength(1);
