@@ -233,8 +233,10 @@ describe('read API and admin', () => {
     expect(own(rb)).toHaveLength(2);
     const idsA = new Set(own(ra).map((e) => e.id));
     expect(own(rb).some((e) => idsA.has(e.id))).toBe(false);
-    const sa = await getJson<{ sessions: Array<{ id: string }> }>(a, '/v1/sessions?deviceId=shared-device');
-    const sb = await getJson<{ sessions: Array<{ id: string }> }>(b, '/v1/sessions?deviceId=shared-device');
+    const sessionsOf = (p: TestProject) =>
+      waitUntil(() => getJson<{ sessions: Array<{ id: string }> }>(p, '/v1/sessions?deviceId=shared-device'), (r) => r.body.sessions.length > 0);
+    const sa = await sessionsOf(a);
+    const sb = await sessionsOf(b);
     expect(sa.body.sessions).toHaveLength(1);
     expect(sb.body.sessions).toHaveLength(1);
     expect(sa.body.sessions[0]!.id).not.toBe(sb.body.sessions[0]!.id);
