@@ -150,6 +150,21 @@ describe('arrival-order independence', () => {
   });
 });
 
+describe('per-project session gap', () => {
+  it('uses the project\'s sessionGapMs: 5 minutes splits on a 6-minute gap, joins on a 4-minute one', async () => {
+    const p = await createProject('gap-5min', { sessionGapMs: 5 * MIN });
+    const now = Date.now();
+    const times = [now - 30 * MIN, now - 26 * MIN, now - 20 * MIN, now - 16 * MIN];
+    const res = await postBatch(p, { events: times.map((t) => trackEvent('g', { __deviceId: 'gap-device', __timestamp: t })) });
+    expect((await res.json()) as unknown).toEqual({ accepted: 4, duplicates: 0, rejected: [] });
+    const { body } = await waitUntil(() => currentSessions(p, 'gap-device'), (r) => r.body.sessions.length === 2);
+    expect(body.sessions.map((s) => [s.startedAt, s.lastEventAt, s.eventCount, s.endedAt !== null])).toEqual([
+      [new Date(times[2]!).toISOString(), new Date(times[3]!).toISOString(), 2, true],
+      [new Date(times[0]!).toISOString(), new Date(times[1]!).toISOString(), 2, true],
+    ]);
+  });
+});
+
 describe('exactly one session_start', () => {
   it('20 parallel requests carrying one session\'s events, shuffled in time, make one session', async () => {
     const p = await createProject('parallel');
