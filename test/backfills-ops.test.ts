@@ -103,6 +103,10 @@ describe('legacy import operations', () => {
     const paused = await waitJob(id, (j) => j.state === 'paused');
     expect((await admin('POST', `/admin/backfills/${id}/pause`)).status).toBe(409);
     expect((await admin('POST', `/admin/backfills/${id}/retry`)).status).toBe(409);
+    // One import of a dataset into a project at a time, paused ones included.
+    const twice = await admin('POST', '/admin/backfills', importBody(p.id, 'citylens', table));
+    expect(twice.status).toBe(409);
+    expect(twice.body.error).toMatchObject({ code: 'import_already_active', details: { id, state: 'paused' } });
     expect((await getJob(id)).rowsProcessed).toBe(paused.rowsProcessed);
 
     // A chunk that throws (its source table vanished) is retried from the same cursor.
@@ -180,5 +184,20 @@ describe('legacy import operations', () => {
     expect((await admin('POST', '/admin/backfills/00000000-0000-0000-0000-000000000000/pause')).status).toBe(404);
     expect((await admin('GET', '/admin/datasets/otherset')).status).toBe(404);
     expect((await SELF.fetch('http://gw/admin/backfills')).status).toBe(401);
+  });
+
+  it('reports a failure to read job state in /admin/health instead of swallowing it', async () => {
+    await env.DB.prepare('ALTER TABLE jobs RENAME TO jobs_unreadable').run();
+    try {
+      const r = await admin('GET', '/admin/health');
+      expect(r.status).toBe(503);
+      expect(r.body.ok).toBe(false);
+      expect(r.body.jobs).toEqual({ running: null, failed: null });
+      expect(r.body.errors.join(' ')).toMatch(/jobs: .*no such table: jobs/);
+    } finally {
+      await env.DB.prepare('ALTER TABLE jobs_unreadable RENAME TO jobs').run();
+    }
+    const ok = await admin('GET', '/admin/health');
+    expect(ok.body.jobs.running).toEqual(expect.any(Array));
   });
 });

@@ -50,6 +50,8 @@ export const jobs = sqliteTable(
     error: text('error'),
     leaseVersion: integer('lease_version').notNull().default(0),
     leaseUntil: integer('lease_until').notNull().default(0),
+    /** Set once a chunk may be replayed (crash, failure, retry, an earlier run): writes check what is there. */
+    verifyWrites: integer('verify_writes', { mode: 'boolean' }).notNull().default(false),
     createdAt: integer('created_at').notNull(),
     startedAt: integer('started_at'),
     endedAt: integer('ended_at'),

@@ -21,6 +21,8 @@ const RESET_PROGRESS: Partial<JobRow> = {
   error: null,
   startedAt: null,
   endedAt: null,
+  // A failed or cancelled run may have left part of a chunk behind.
+  verifyWrites: true,
 };
 
 export async function applyAction(env: Env, id: string, action: JobAction): Promise<JobRow> {

@@ -40,7 +40,7 @@ function errorText(err: unknown): string {
 }
 
 function chunkInput(job: JobRow) {
-  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed };
+  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed, verifyWrites: job.verifyWrites };
 }
 
 /** Settles a pause or cancel request once no chunk is running. */
@@ -77,7 +77,7 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<void
     outcome.rows,
     now - started + (outcome.done ? 0 : pauseMs),
   );
-  const committed = await store.commit(job.id, token, { ...progress, cursor: outcome.cursor, maxKey: outcome.maxKey }, now);
+  const committed = await store.commit(job.id, token, { ...progress, cursor: outcome.cursor, maxKey: outcome.maxKey, ...(outcome.verifyWrites ? { verifyWrites: true } : {}) }, now);
   if (!committed) return; // the watchdog fenced this chunk off; its writes were idempotent
 
   if (outcome.done) {
@@ -110,7 +110,7 @@ async function chunkFailed(env: Env, store: JobStore, job: JobRow, err: unknown)
     await store.settle(job.id, job.leaseVersion, 'failed', now, { attempts, error });
     return;
   }
-  const next = await store.release(job.id, job.leaseVersion, now, { attempts, error });
+  const next = await store.release(job.id, job.leaseVersion, now, { attempts, error, verifyWrites: true });
   if (!next || (await settleRequest(store, next, now))) return;
   await sendChunk(env, job.id, next.leaseVersion, chunkRetryDelaySec(attempts) * 1000);
 }
@@ -142,7 +142,8 @@ export async function rekickStalledJobs(env: Env, now: number): Promise<string[]
   const store = jobStore(env.DB);
   const kicked: string[] = [];
   for (const job of await store.stalled(now, STALL_MS)) {
-    const fresh = await store.release(job.id, job.leaseVersion, Date.now());
+    // The fenced-off chunk may have written part of its rows: the replay must check.
+    const fresh = await store.release(job.id, job.leaseVersion, Date.now(), { verifyWrites: true });
     if (!fresh) continue;
     await sendChunk(env, job.id, fresh.leaseVersion);
     kicked.push(job.id);

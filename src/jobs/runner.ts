@@ -9,6 +9,8 @@ export interface ChunkInput {
   /** Null until the job is planned (first chunk, or first chunk after a retry). */
   rowsTotal: number | null;
   rowsProcessed: number;
+  /** The chunk may have been written before: check what is there instead of assuming nothing. */
+  verifyWrites: boolean;
 }
 
 export interface ChunkOutcome {
@@ -19,6 +21,8 @@ export interface ChunkOutcome {
   rowsBefore: number;
   rows: number;
   done: boolean;
+  /** The chunk found the job may overlap earlier writes; later chunks verify too. */
+  verifyWrites?: boolean;
 }
 
 export interface JobRunner {

@@ -48,6 +48,7 @@ export function toView(j: JobRow): JobView {
 export interface ChunkCommit extends Progress {
   cursor: string | null;
   maxKey: string | null;
+  verifyWrites?: boolean;
 }
 
 export function jobStore(d1: D1Database) {
@@ -61,6 +62,17 @@ export function jobStore(d1: D1Database) {
         .values({ id, type, state: 'enqueued', params: JSON.stringify(params), createdAt: now, lastUpdateAt: now })
         .returning();
       return row!;
+    },
+
+    /** Other jobs of `type` whose params carry the same values (e.g. the same project and dataset). */
+    async others(id: string, type: string, match: Record<string, string>, states?: readonly JobState[]): Promise<JobRow[]> {
+      const conditions = Object.entries(match).map(([k, v]) => sql`json_extract(${jobs.params}, ${'$.' + k}) = ${v}`);
+      return db
+        .select()
+        .from(jobs)
+        .where(and(sql`${jobs.id} <> ${id}`, eq(jobs.type, type), ...conditions, ...(states ? [inArray(jobs.state, [...states])] : [])))
+        .limit(10)
+        .all();
     },
 
     async get(id: string): Promise<JobRow | undefined> {

@@ -3,7 +3,11 @@ import type { ClickHouse } from '../clickhouse/client';
 import type { EventRow } from '../pipeline/messages';
 import type { IdMapRow } from './translate';
 
-/** Ids per existence check: keeps the bound query far below ClickHouse's max_query_size. */
+/**
+ * Ids per existence check: keeps the bound query far below ClickHouse's max_query_size. The ids go
+ * through `IN (SELECT arrayJoin(...))`, a hashed set; `has(array, x)` scans the array per row
+ * (5000 ids over 200k rows: 8 s against 20 ms on 18.16).
+ */
 const ID_CHECK_BATCH = 2000;
 
 /** Ids among `rows` that the project already holds (a chunk written before a crash, or a re-run). */
@@ -24,7 +28,7 @@ async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonl
           WHERE project_id = {p:String}
             AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
             AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-            AND has({ids:Array(String)}, toString(id))`,
+            AND toString(id) IN (SELECT arrayJoin({ids:Array(String)}))`,
         {
           p: projectId,
           fromSec: Math.floor(from / 1000),
@@ -41,27 +45,37 @@ async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonl
 }
 
 /**
- * Writes one chunk of imported rows. Ids are deterministic, so rows already present are skipped:
- * a replayed chunk or a re-run adds nothing. The mapping goes first — an event is never visible
- * without its mapping — and a mapping row written twice collapses in its ReplacingMergeTree.
+ * Writes one chunk of imported rows. Ids are deterministic; when the chunk may have been written
+ * before (`verify`: a replay after a crash or failure, or an earlier import into the project),
+ * rows already present are skipped, so a replay or a re-run adds nothing. Mapping rows are written
+ * for the whole chunk every time — a copy collapses in the ReplacingMergeTree — so an event that
+ * landed in a failed attempt never leaves its mapping behind.
  */
-export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: ReadonlyArray<{ event: EventRow; map: IdMapRow }>): Promise<number> {
+export async function writeImportedChunk(
+  ch: ClickHouse,
+  projectId: string,
+  rows: ReadonlyArray<{ event: EventRow; map: IdMapRow }>,
+  verify: boolean,
+): Promise<number> {
   if (rows.length === 0) return 0;
-  const have = await existingEventIds(
-    ch,
-    projectId,
-    rows.map((r) => r.event),
-  );
+  const have = verify
+    ? await existingEventIds(
+        ch,
+        projectId,
+        rows.map((r) => r.event),
+      )
+    : new Set<string>();
   const fresh = rows.filter((r) => !have.has(r.event.id));
-  if (fresh.length === 0) return 0;
-  await ch.insert(
-    'legacy_id_map',
-    fresh.map((r) => r.map),
-  );
-  await ch.insert(
-    'events',
-    fresh.map((r) => r.event),
-  );
+  await Promise.all([
+    ch.insert(
+      'legacy_id_map',
+      rows.map((r) => r.map),
+    ),
+    ch.insert(
+      'events',
+      fresh.map((r) => r.event),
+    ),
+  ]);
   return fresh.length;
 }
 
@@ -71,7 +85,7 @@ export async function lookupNewIds(ch: ClickHouse, dataset: string, legacyIds: r
   for (let i = 0; i < legacyIds.length; i += ID_CHECK_BATCH) {
     const rows = await ch.query<{ legacy_id: string; new_id: string }>(
       `SELECT legacy_id, toString(new_id) AS new_id FROM legacy_id_map
-        WHERE dataset = {d:String} AND has({ids:Array(String)}, legacy_id)
+        WHERE dataset = {d:String} AND legacy_id IN (SELECT arrayJoin({ids:Array(String)}))
         LIMIT 1 BY legacy_id`,
       { d: dataset, ids: [...new Set(legacyIds.slice(i, i + ID_CHECK_BATCH))] },
     );

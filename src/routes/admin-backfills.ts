@@ -9,6 +9,7 @@ import { getConfig } from '../config';
 import { projects } from '../db/schema';
 import { ApiError } from '../errors';
 import { applyAction, startJob } from '../jobs/actions';
+import { ACTIVE } from '../jobs/states';
 import { jobStore, toView } from '../jobs/store';
 import { LegacyImportParams } from '../legacy/params';
 import { validationHook } from './validation';
@@ -27,6 +28,11 @@ export const adminBackfillsRoute = new Hono<AppEnv>()
     }
     const project = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
     if (!project) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
+    // Two imports of one dataset into one project at once would race each other's writes.
+    const active = await jobStore(c.env.DB).others('', body.type, { projectId: body.projectId, dataset: body.dataset }, [...ACTIVE, 'paused']);
+    if (active.length) {
+      throw new ApiError(409, 'import_already_active', `an import of ${body.dataset} into this project is already ${active[0]!.state}`, { id: active[0]!.id, state: active[0]!.state });
+    }
     const job = await startJob(c.env, body.type, body);
     return c.json({ id: job.id, state: job.state }, 202);
   })

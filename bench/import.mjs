@@ -1,0 +1,192 @@
+// Legacy import: rows/s from Postgres into ClickHouse through a local gateway (target ≥ 50k/s),
+// and the read API's p95 idle versus during an import (target ≤ 2×). Prints figures, asserts nothing.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { startGateway } from '../scripts/lib/gateway.mjs';
+import { startPostgres } from '../scripts/lib/services.mjs';
+import { makeBatch } from './lib/batch.mjs';
+
+const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
+const FAST_CHUNK = Number(process.env.BENCH_IMPORT_CHUNK ?? 25_000);
+const YIELD_CHUNK = Number(process.env.BENCH_IMPORT_YIELD_CHUNK ?? 5000);
+const YIELD_PAUSE_MS = Number(process.env.BENCH_IMPORT_YIELD_PAUSE_MS ?? 100);
+const READERS = Number(process.env.BENCH_IMPORT_READERS ?? 2);
+const IDLE_READS = 300;
+const IMPORT_TIMEOUT_MS = Number(process.env.BENCH_IMPORT_TIMEOUT_MS ?? 300_000);
+const TARGET_ROWS_PER_SEC = 50_000;
+const TARGET_P95_RATIO = 2;
+
+const dataDir = mkdtempSync(join(tmpdir(), 'driftline-import-bench-'));
+const database = `bench_import_${randomBytes(4).toString('hex')}`;
+let gateway = null;
+let postgres = null;
+let cleaning = null;
+
+async function cleanup() {
+  cleaning ??= (async () => {
+    if (gateway) {
+      await fetch(`${gateway.clickhouse.url}/?query=${encodeURIComponent(`DROP DATABASE IF EXISTS ${database}`)}`, { method: 'POST' }).catch(() => {});
+      await gateway.stop();
+    }
+    if (postgres) await postgres.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    stopping = true;
+    void cleanup().then(() => process.exit(130));
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const p95 = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(s.length * 0.95))];
+};
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const fmt = (n) => Math.round(n).toLocaleString('en-US');
+
+async function admin(method, path, body) {
+  const res = await fetch(`${gateway.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${gateway.adminToken}`, 'content-type': 'application/json' },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+async function seedLegacy(table, rows) {
+  const c = new pg.Client({ connectionString: postgres.url });
+  await c.connect();
+  await c.query(`CREATE TABLE ${table} (id bigint PRIMARY KEY, device_id text NOT NULL, created_at timestamptz NOT NULL,
+                  lat double precision, lon double precision, speed double precision, label text)`);
+  await c.query(
+    `INSERT INTO ${table}
+     SELECT g, 'veh-' || (g % 5000), timestamptz '2022-01-01 00:00:00+00' + g * interval '13 seconds',
+            48.8 + (g % 1000) / 10000.0, 2.3 + (g % 777) / 10000.0, (g % 130) / 3.0, 'trip ' || (g / 500)
+       FROM generate_series(1, $1::int) g`,
+    [rows],
+  );
+  await c.query(`ANALYZE ${table}`);
+  await c.end();
+}
+
+/** One reader: the read API for one device's recent events, sequentially, until `until()` is true. */
+async function readLoop(headers, until, out) {
+  let i = 0;
+  while (!until() && !stopping) {
+    const t = performance.now();
+    const res = await fetch(`${gateway.url}/v1/events?deviceId=live-${i++ % 20}&limit=100`, { headers });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`read API answered ${res.status}`);
+    out.push(performance.now() - t);
+  }
+}
+
+async function readFor(headers, count) {
+  const lat = [];
+  await Promise.all(Array.from({ length: READERS }, () => readLoop(headers, () => lat.length >= count, lat)));
+  return lat;
+}
+
+/** Runs one import; readers (if any) measure the read API until it ends. */
+async function runImport(label, body, headers) {
+  const lat = [];
+  let done = false;
+  const readers = headers ? Promise.all(Array.from({ length: READERS }, () => readLoop(headers, () => done, lat))) : Promise.resolve();
+  const wallStart = Date.now();
+  const { id } = await admin('POST', '/admin/backfills', body);
+  let job;
+  let lastPrint = 0;
+  try {
+    for (;;) {
+      job = await admin('GET', `/admin/backfills/${id}`);
+      if (['succeeded', 'failed', 'cancelled'].includes(job.state)) break;
+      if (Date.now() - lastPrint > 5000) {
+        lastPrint = Date.now();
+        console.log(`  ${label}: ${job.state} ${fmt(job.rowsProcessed)}/${fmt(job.rowsTotal ?? 0)} rows, ${fmt(job.ratePerSec ?? 0)} rows/s, ETA ${job.etaSec ?? '?'} s`);
+      }
+      if (Date.now() - wallStart > IMPORT_TIMEOUT_MS) throw new Error(`${label}: not done after ${IMPORT_TIMEOUT_MS / 1000} s: ${JSON.stringify(job)}`);
+      await sleep(100);
+    }
+  } finally {
+    done = true;
+  }
+  await readers;
+  const wallMs = Date.now() - wallStart;
+  if (job.state !== 'succeeded') throw new Error(`${label}: job ${job.state}: ${job.error}`);
+  const runMs = Date.parse(job.endedAt) - Date.parse(job.startedAt);
+  return { job, wallMs, runMs, rowsPerSec: (job.rowsProcessed * 1000) / runMs, lat };
+}
+
+try {
+  postgres = await startPostgres({ dir: join(dataDir, 'postgres') });
+  process.env.CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_LEGACY_DB = postgres.url;
+  console.log(`Postgres: ${postgres.url}; generating ${fmt(ROWS)} legacy rows in each of three tables`);
+  await Promise.all([seedLegacy('bench_alone', ROWS), seedLegacy('bench_fast', ROWS), seedLegacy('bench_yield', ROWS)]);
+
+  gateway = await startGateway({
+    port: 0,
+    dataDir,
+    quiet: true,
+    clickhouseDatabase: database,
+    adminToken: randomBytes(16).toString('hex'),
+    vars: { LEGACY_DATASETS: 'bench_alone,bench_fast,bench_yield' },
+    log: (line) => console.log(`  ${line}`),
+  });
+  const project = gateway.project;
+  const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret, 'content-type': 'application/json' };
+
+  // Live data for the read API: 2000 recent events on 20 devices.
+  const batch = makeBatch({ count: 2000, devices: 20, devicePrefix: 'live' });
+  const posted = await fetch(`${gateway.url}/track/batch`, { method: 'POST', headers, body: JSON.stringify(batch) });
+  if (posted.status !== 202) throw new Error(`seeding live events: ${posted.status} ${await posted.text()}`);
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${gateway.url}/v1/events?deviceId=live-0&limit=1000`, { headers }).then((x) => x.json());
+    if (r.events.filter((e) => e.name.startsWith('trip_point')).length >= 100) break;
+    if (i > 600) throw new Error('live events never became visible');
+    await sleep(100);
+  }
+
+  const source = (table) => ({ table, key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy_track' });
+  await readFor(headers, 50); // warm-up
+  const idle = await readFor(headers, IDLE_READS);
+
+  console.log(`\nimport 1: throughput alone (chunkSize ${fmt(FAST_CHUNK)}, pauseMs 0), no readers`);
+  const alone = await runImport('alone', { type: 'legacy_import', projectId: project.id, dataset: 'bench_alone', source: source('bench_alone'), chunkSize: FAST_CHUNK, pauseMs: 0 }, null);
+  console.log(`\nimport 2: no yield (chunkSize ${fmt(FAST_CHUNK)}, pauseMs 0), readers running`);
+  const fast = await runImport('no yield', { type: 'legacy_import', projectId: project.id, dataset: 'bench_fast', source: source('bench_fast'), chunkSize: FAST_CHUNK, pauseMs: 0 }, headers);
+  console.log(`\nimport 3: yielding (chunkSize ${fmt(YIELD_CHUNK)}, pauseMs ${YIELD_PAUSE_MS}), readers running`);
+  const gentle = await runImport('yielding', { type: 'legacy_import', projectId: project.id, dataset: 'bench_yield', source: source('bench_yield'), chunkSize: YIELD_CHUNK, pauseMs: YIELD_PAUSE_MS }, headers);
+  const idleAgain = await readFor(headers, IDLE_READS);
+
+  const [{ n }] = await fetch(`${gateway.clickhouse.url}/?database=${database}&query=${encodeURIComponent("SELECT count() AS n FROM events WHERE name = 'legacy_track' FORMAT JSONEachRow")}`, { method: 'POST' })
+    .then((r) => r.text())
+    .then((t) => t.trim().split('\n').map((l) => JSON.parse(l)));
+
+  const idleP95 = p95([...idle, ...idleAgain]);
+  console.log('\n--- legacy import ---');
+  console.log(`rows per import                      ${fmt(ROWS)} (ClickHouse holds ${fmt(Number(n))} imported rows for 3 imports)`);
+  for (const [label, r] of [['alone (no readers, no yield)', alone], ['no yield, readers running', fast], ['yielding, readers running', gentle]]) {
+    console.log(`${label.padEnd(36)} ${fmt(r.rowsPerSec)} rows/s (job ${(r.runMs / 1000).toFixed(1)} s, wall ${(r.wallMs / 1000).toFixed(1)} s; target ≥ ${fmt(TARGET_ROWS_PER_SEC)}: ${r.rowsPerSec >= TARGET_ROWS_PER_SEC ? 'met' : 'NOT met'})`);
+  }
+  console.log('\n--- read API /v1/events (one device, limit 100), ' + READERS + ' sequential readers ---');
+  console.log(`idle                                 p50 ${median([...idle, ...idleAgain]).toFixed(1)} ms, p95 ${idleP95.toFixed(1)} ms (${idle.length + idleAgain.length} reads)`);
+  for (const [label, r] of [['during import without yield', fast], ['during yielding import', gentle]]) {
+    const ratio = p95(r.lat) / idleP95;
+    console.log(`${label.padEnd(36)} p50 ${median(r.lat).toFixed(1)} ms, p95 ${p95(r.lat).toFixed(1)} ms (${r.lat.length} reads) → ${ratio.toFixed(2)}× idle (target ≤ ${TARGET_P95_RATIO}×: ${ratio <= TARGET_P95_RATIO ? 'met' : 'NOT met'})`);
+  }
+} catch (err) {
+  console.error(err);
+  process.exitCode = 1;
+} finally {
+  await cleanup();
+}

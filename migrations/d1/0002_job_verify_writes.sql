@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `verify_writes` integer DEFAULT false NOT NULL;

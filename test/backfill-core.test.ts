@@ -1,0 +1,95 @@
+// Pure cores of the backfill engine and the legacy import: transitions, progress, ids, row mapping.
+import { describe, expect, it } from 'vitest';
+import { advance, chunkRetryDelaySec, JOB_STATES, nextState, type JobAction } from '../src/jobs/states';
+import { LegacyImportParams } from '../src/legacy/params';
+import { legacyRef } from '../src/legacy/realtime';
+import { keyText, legacyEventId, translateRow } from '../src/legacy/translate';
+import { uuidv7Time } from '../src/lib/ids';
+
+describe('job transitions', () => {
+  it('allows exactly the documented operator actions', () => {
+    const table: Record<string, Partial<Record<JobAction, string>>> = {
+      enqueued: { pause: 'paused', cancel: 'cancelled' },
+      running: { pause: 'pausing', cancel: 'cancelling' },
+      pausing: { resume: 'running', cancel: 'cancelling' },
+      paused: { resume: 'enqueued', cancel: 'cancelled' },
+      cancelling: {},
+      cancelled: { retry: 'enqueued' },
+      succeeded: {},
+      failed: { retry: 'enqueued' },
+    };
+    for (const state of JOB_STATES) {
+      for (const action of ['pause', 'resume', 'cancel', 'retry'] as const) {
+        expect(nextState(state, action), `${action} on ${state}`).toBe(table[state]![action] ?? null);
+      }
+    }
+  });
+});
+
+describe('progress', () => {
+  it('adds rows up, smooths the rate and lets the ETA fall to zero', () => {
+    let p = { rowsProcessed: 0, rowsTotal: 10_000, ratePerSec: null as number | null, etaSec: null as number | null };
+    const etas: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      p = advance(p, 1000, 100);
+      etas.push(p.etaSec!);
+    }
+    expect(p.rowsProcessed).toBe(10_000);
+    expect(p.ratePerSec).toBe(10_000);
+    expect(etas.at(-1)).toBe(0);
+    for (let i = 1; i < etas.length; i++) expect(etas[i]!).toBeLessThanOrEqual(etas[i - 1]!);
+  });
+
+  it('backs off retries up to a minute', () => {
+    expect([1, 2, 3, 6, 10].map(chunkRetryDelaySec)).toEqual([2, 4, 8, 60, 60]);
+  });
+});
+
+describe('legacy rows', () => {
+  const params = LegacyImportParams.parse({
+    type: 'legacy_import',
+    projectId: 'p1',
+    dataset: 'citylens',
+    source: { table: 'tracks', key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy_track' },
+  });
+
+  it('defaults chunkSize and pauseMs and refuses non-identifiers', () => {
+    expect(params.chunkSize).toBe(5000);
+    expect(params.pauseMs).toBe(100);
+    for (const bad of ['tracks;drop', 'a b', '"x"', '1abc', 'a'.repeat(64)]) {
+      expect(LegacyImportParams.safeParse({ ...params, source: { ...params.source, table: bad } }).success, bad).toBe(false);
+    }
+  });
+
+  it('gives every run the same UUIDv7 carrying the legacy time, and keeps every other column as a property', () => {
+    const at = new Date('2021-06-01T12:00:00.123Z');
+    const row = { id: '9007199254740993', device_id: 42, created_at: at, speed: 12.5, seen: new Date('2021-06-02T00:00:00Z'), note: null };
+    const { event, map } = translateRow(params, row, 1);
+    expect(event.id).toBe(legacyEventId('citylens', '9007199254740993', at.getTime()));
+    expect(translateRow(params, row, 2).event.id).toBe(event.id);
+    expect(event.id[14]).toBe('7');
+    expect(uuidv7Time(event.id)).toBe(at.getTime());
+    expect(legacyEventId('fleetone', '9007199254740993', at.getTime())).not.toBe(event.id);
+    expect(event).toMatchObject({ project_id: 'p1', device_id: '42', name: 'legacy_track', created_at_ms: at.getTime(), ref_id: '' });
+    expect(JSON.parse(event.properties)).toEqual({ id: '9007199254740993', speed: 12.5, seen: '2021-06-02T00:00:00.000Z', note: null });
+    expect(map).toEqual({ dataset: 'citylens', legacy_id: '9007199254740993', new_id: event.id, project_id: 'p1', created_at_ms: at.getTime() });
+  });
+
+  it('refuses rows without a time or a device', () => {
+    expect(() => translateRow(params, { id: 1, device_id: 'd', created_at: null }, 0)).toThrow(/created_at/);
+    expect(() => translateRow(params, { id: 1, device_id: null, created_at: new Date() }, 0)).toThrow(/device_id/);
+  });
+
+  it('writes cursors the same way whatever the driver returned', () => {
+    expect(keyText(5)).toBe('5');
+    expect(keyText('5')).toBe('5');
+  });
+
+  it('recognises realtime events that carry a legacy reference', () => {
+    expect(legacyRef({ __dataset: 'citylens', __legacyId: 7 })).toEqual({ dataset: 'citylens', legacyId: '7' });
+    expect(legacyRef({ __dataset: 'citylens', __legacyId: 'abc' })).toEqual({ dataset: 'citylens', legacyId: 'abc' });
+    expect(legacyRef({ __dataset: 'citylens' })).toBeNull();
+    expect(legacyRef({ __legacyId: '1' })).toBeNull();
+    expect(legacyRef({ __dataset: '', __legacyId: '1' })).toBeNull();
+  });
+});
