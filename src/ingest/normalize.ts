@@ -1,4 +1,5 @@
 // Pure core of the ingestion path: one wire row in, one normalised event or a per-row rejection out.
+import { z } from 'zod';
 import { hash128 } from '../lib/ids';
 import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
 
@@ -76,6 +77,51 @@ function eventName(event: WireEvent): string {
   return event.type === 'track' ? event.payload.name : event.type;
 }
 
+// Fast paths for the common row (a `track` event without `__ip`): they accept only what the zod
+// schemas of wire.ts accept and build the same output, so any other row, and every error message,
+// still goes through zod. Keep them in step with TrackPayload and ReservedProperties.
+const isPlainObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+const IsoDateTime = z.iso.datetime({ offset: true });
+
+function fastTrack(raw: unknown): WireEvent | null {
+  const r = raw as { type?: unknown; payload?: unknown };
+  if (r.type !== 'track' || !isPlainObject(r.payload)) return null;
+  const p = r.payload;
+  if (typeof p.name !== 'string' || p.name.length < 1 || p.name.length > 256) return null;
+  if (p.properties !== undefined && !isPlainObject(p.properties)) return null;
+  let profileId: string | undefined;
+  if (p.profileId !== undefined) {
+    if (typeof p.profileId === 'string' && p.profileId.length >= 1 && p.profileId.length <= 256) profileId = p.profileId;
+    else if (typeof p.profileId === 'number' && Number.isFinite(p.profileId)) profileId = String(p.profileId);
+    else return null;
+  }
+  if (p.groups !== undefined) {
+    if (!Array.isArray(p.groups) || p.groups.length > 100 || !p.groups.every((g) => typeof g === 'string' && g.length <= 256)) return null;
+  }
+  const payload: Record<string, unknown> = { name: p.name };
+  if (p.properties !== undefined) payload.properties = p.properties;
+  if (profileId !== undefined) payload.profileId = profileId;
+  if (p.groups !== undefined) payload.groups = p.groups;
+  return { type: 'track', payload } as WireEvent;
+}
+
+type Reserved = { __timestamp?: string | number; __deviceId?: string; __ip?: string; __eventId?: string };
+
+function fastReserved(props: Record<string, unknown>): Reserved | null {
+  const { __timestamp: t, __deviceId: d, __ip: ip, __eventId: e } = props;
+  if (ip !== undefined) return null;
+  if (d !== undefined && (typeof d !== 'string' || d.length < 1 || d.length > 128)) return null;
+  if (e !== undefined && (typeof e !== 'string' || e.length < 1 || e.length > 128)) return null;
+  if (t !== undefined) {
+    if (typeof t === 'number') {
+      if (!Number.isSafeInteger(t) || t < 0) return null;
+    } else if (typeof t !== 'string' || !IsoDateTime.safeParse(t).success) {
+      return null;
+    }
+  }
+  return { __timestamp: t as string | number | undefined, __deviceId: d as string | undefined, __eventId: e as string | undefined };
+}
+
 /**
  * `index` is the row's position in its request: without a client timestamp two identical rows of one
  * request are still two events, while a replay of a timestamped row is recognised as the same one.
@@ -87,14 +133,21 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
   // Checked on the raw value: a parsed copy would already have dropped an own `__proto__` key.
   const shapeError = checkPropertiesShape((raw as { payload?: unknown }).payload);
   if (shapeError) return reject('validation', shapeError);
-  const parsed = WireEvent.safeParse(raw);
-  if (!parsed.success) return reject('validation', describeZodError(parsed.error));
-  const event = parsed.data;
+  let event: WireEvent | null = fastTrack(raw);
+  if (!event) {
+    const parsed = WireEvent.safeParse(raw);
+    if (!parsed.success) return reject('validation', describeZodError(parsed.error));
+    event = parsed.data;
+  }
   const allProps = (event.payload.properties ?? {}) as Record<string, unknown>;
 
-  const reserved = ReservedProperties.safeParse(allProps);
-  if (!reserved.success) return reject('validation', describeZodError(reserved.error));
-  const { __timestamp, __deviceId, __ip, __eventId } = reserved.data;
+  let reservedData = fastReserved(allProps);
+  if (!reservedData) {
+    const reserved = ReservedProperties.safeParse(allProps);
+    if (!reserved.success) return reject('validation', describeZodError(reserved.error));
+    reservedData = reserved.data;
+  }
+  const { __timestamp, __deviceId, __ip, __eventId } = reservedData;
 
   const properties: Record<string, unknown> = {};
   for (const key of Object.keys(allProps)) {
