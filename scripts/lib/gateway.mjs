@@ -316,6 +316,8 @@ export async function startGateway(options = {}) {
       cronRuns,
       wranglerPid: wrangler.pid,
       inspectorPort,
+      /** The last few KB of wrangler's output (useful when quiet). */
+      output: () => tail,
       clickhousePid: startedClickHouse?.pid ?? null,
       exited,
       stop: stopAll,
