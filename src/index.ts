@@ -55,7 +55,7 @@ const INGEST_DLQ = 'driftline-ingest-dlq';
 
 export default {
   fetch: app.fetch,
-  async queue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+  async queue(batch: MessageBatch<unknown>, env: Env, _ctx: ExecutionContext): Promise<void> {
     if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestMessage>, env);
     if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestMessage>, env);
     if (batch.queue === JOBS_QUEUE) return handleJobsBatch(batch, env);

@@ -112,11 +112,11 @@ describe('legacy import', () => {
     const held = (await store.get(id))!;
     const batch = createMessageBatch('driftline-jobs', [{ id: 'stale', timestamp: new Date(), attempts: 1, body: { jobId: id, version: held.leaseVersion - 1 } }]);
     const ctx = createExecutionContext();
-    await worker.queue!(batch, env);
+    await worker.queue!(batch, env, ctx);
     expect((await getQueueResult(batch, ctx)).explicitAcks).toEqual(['stale']);
     // So is a duplicate of the current one: the lease is live, the claim fails.
     const dup = createMessageBatch('driftline-jobs', [{ id: 'dup', timestamp: new Date(), attempts: 1, body: { jobId: id, version: held.leaseVersion } }]);
-    await worker.queue!(dup, env);
+    await worker.queue!(dup, env, ctx);
     expect((await store.get(id))!).toMatchObject({ leaseVersion: held.leaseVersion, leaseUntil: held.leaseUntil, rowsProcessed: paused.rowsProcessed });
 
     // The watchdog leaves a live lease alone...

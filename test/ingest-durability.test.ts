@@ -67,7 +67,7 @@ describe('durability', () => {
     await setClickHouse('down');
     await worker.queue(down, env, ctx);
     const failed = await getQueueResult(down, ctx);
-    expect(failed.retryMessages.map((m) => m.msgId)).toEqual(['m1']);
+    expect(failed.retryMessages.map((m: { msgId: string }) => m.msgId)).toEqual(['m1']);
     expect(failed.explicitAcks).toEqual([]);
     await setClickHouse('up');
 

@@ -17,7 +17,7 @@ describe('@openpanel/sdk', () => {
     globalThis.fetch = ((input: RequestInfo | URL, init?: RequestInit) => {
       const url = new URL(input instanceof Request ? input.url : String(input));
       if (url.host !== 'gateway.test') return realFetch(input, init);
-      const { keepalive: _keepalive, ...rest } = init ?? {};
+      const { keepalive: _keepalive, ...rest } = (init ?? {}) as RequestInit & { keepalive?: boolean };
       return SELF.fetch(url.toString(), rest);
     }) as typeof fetch;
 
@@ -42,7 +42,7 @@ describe('@openpanel/sdk', () => {
     const p = await createProject('sdk-bad');
     let status = 0;
     globalThis.fetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
-      const { keepalive: _keepalive, ...rest } = init ?? {};
+      const { keepalive: _keepalive, ...rest } = (init ?? {}) as RequestInit & { keepalive?: boolean };
       const res = await SELF.fetch(String(input), rest);
       status = res.status;
       return res;
