@@ -11,8 +11,8 @@ import { makeBatch } from './lib/batch.mjs';
 
 const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
 const FAST_CHUNK = Number(process.env.BENCH_IMPORT_CHUNK ?? 25_000);
-const YIELD_CHUNK = Number(process.env.BENCH_IMPORT_YIELD_CHUNK ?? 5000);
-const YIELD_PAUSE_MS = Number(process.env.BENCH_IMPORT_YIELD_PAUSE_MS ?? 100);
+const YIELD_CHUNK = Number(process.env.BENCH_IMPORT_YIELD_CHUNK ?? 2500);
+const YIELD_PAUSE_MS = Number(process.env.BENCH_IMPORT_YIELD_PAUSE_MS ?? 200);
 const READERS = Number(process.env.BENCH_IMPORT_READERS ?? 2);
 const IDLE_READS = 300;
 const IMPORT_TIMEOUT_MS = Number(process.env.BENCH_IMPORT_TIMEOUT_MS ?? 300_000);

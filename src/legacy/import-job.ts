@@ -1,5 +1,6 @@
 // The legacy_import job: plans over a max-key snapshot, then imports one keyset page per chunk.
-import { clickhouse } from '../clickhouse/client';
+import type pg from 'pg';
+import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import type { ChunkOutcome, JobRunner } from '../jobs/runner';
@@ -10,6 +11,35 @@ import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
 import { writeImportedChunk } from './store';
 import { keyText, translateRow } from './translate';
+
+/** Pages per chunk: the next page is read from Postgres while the previous one goes to ClickHouse. */
+const PAGES_PER_CHUNK = 2;
+
+/** One chunk (`chunkSize` rows at most) as a short pipeline of keyset pages. */
+async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams, from: string | null, maxKey: string, verify: boolean): Promise<{ cursor: string | null; rows: number }> {
+  const pageSize = Math.ceil(p.chunkSize / PAGES_PER_CHUNK);
+  let cursor = from;
+  let rows = 0;
+  let writing: Promise<unknown> | null = null;
+  // A write's failure is kept, not left unhandled, and thrown once the write is awaited.
+  const settle = async (w: Promise<unknown> | null) => {
+    const err = await w;
+    if (err) throw err;
+  };
+  while (rows < p.chunkSize) {
+    const page = await readPage(pg, p.source, cursor, maxKey, Math.min(pageSize, p.chunkSize - rows));
+    const now = Date.now();
+    const translated = page.map((row) => translateRow(p, row, now));
+    await settle(writing);
+    writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
+    rows += page.length;
+    const last = page.at(-1);
+    if (last) cursor = keyText(last[p.source.key]);
+    if (page.length < pageSize || cursor === maxKey) break;
+  }
+  await settle(writing);
+  return { cursor, rows };
+}
 
 export const legacyImportRunner: JobRunner = {
   pauseMs: (params) => LegacyImportParams.parse(params).pauseMs,
@@ -27,19 +57,14 @@ export const legacyImportRunner: JobRunner = {
         rowsProcessed = plan.rowsDone;
       }
       if (maxKey === null) return { cursor: job.cursor, maxKey, rowsTotal, rowsBefore: rowsProcessed, rows: 0, done: true, verifyWrites };
-      const page = await readPage(pg, p.source, job.cursor, maxKey, p.chunkSize);
-      const now = Date.now();
-      const translated = page.map((row) => translateRow(p, row, now));
-      await writeImportedChunk(clickhouse(getConfig(env).clickhouse), p.projectId, translated, verifyWrites);
-      const last = page.at(-1);
-      const cursor = last ? keyText(last[p.source.key]) : job.cursor;
+      const { cursor, rows } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, job.cursor, maxKey, verifyWrites);
       return {
         cursor,
         maxKey,
         rowsTotal,
         rowsBefore: rowsProcessed,
-        rows: page.length,
-        done: page.length < p.chunkSize || cursor === maxKey,
+        rows,
+        done: rows < p.chunkSize || cursor === maxKey,
         verifyWrites,
       };
     });
