@@ -10,7 +10,7 @@ import { startPostgres } from '../scripts/lib/services.mjs';
 import { makeBatch } from './lib/batch.mjs';
 
 const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
-const FAST_CHUNK = Number(process.env.BENCH_IMPORT_CHUNK ?? 25_000);
+const FAST_CHUNK = Number(process.env.BENCH_IMPORT_CHUNK ?? 50_000);
 const YIELD_CHUNK = Number(process.env.BENCH_IMPORT_YIELD_CHUNK ?? 2500);
 const YIELD_PAUSE_MS = Number(process.env.BENCH_IMPORT_YIELD_PAUSE_MS ?? 200);
 const READERS = Number(process.env.BENCH_IMPORT_READERS ?? 2);
