@@ -209,6 +209,8 @@ export async function startGateway(options = {}) {
 
     const childEnv = { ...env, CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1', FORCE_COLOR: '0' };
     delete childEnv.NODE_OPTIONS;
+    // wrangler's debug log (it can reach hundreds of MB under load) stays with the data it belongs to
+    childEnv.WRANGLER_LOG_PATH = env.WRANGLER_LOG_PATH || join(dataDir, 'logs');
 
     // 4. D1 migrations into the same local state wrangler dev will use.
     const d1Out = await runToEnd(['d1', 'migrations', 'apply', D1_DATABASE, '--local', '--persist-to', wranglerDir], { env: childEnv });
