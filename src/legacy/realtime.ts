@@ -15,6 +15,7 @@ import { lookupNewIds } from './store';
 
 /** D1 allows 100 bound parameters per statement; a held row binds 7. */
 const HELD_ROWS_PER_INSERT = 14;
+const HELD_BYTES_PER_INSERT = 60 * 1024;
 const RELEASE_PAGE = 500;
 
 export interface LegacyRef {
@@ -129,8 +130,20 @@ async function holdEvents(d1: D1Database, project: ProjectAuth, items: ReadonlyA
     event: JSON.stringify(h.event),
     heldAt: now,
   }));
+  // Statements stay under D1's 100 bound parameters and 100 KB each.
   const statements = [];
-  for (let i = 0; i < values.length; i += HELD_ROWS_PER_INSERT) statements.push(db.insert(heldEvents).values(values.slice(i, i + HELD_ROWS_PER_INSERT)));
+  let group: typeof values = [];
+  let bytes = 0;
+  for (const v of values) {
+    if (group.length && (group.length >= HELD_ROWS_PER_INSERT || bytes + v.event.length > HELD_BYTES_PER_INSERT)) {
+      statements.push(db.insert(heldEvents).values(group));
+      group = [];
+      bytes = 0;
+    }
+    group.push(v);
+    bytes += v.event.length;
+  }
+  if (group.length) statements.push(db.insert(heldEvents).values(group));
   // One batch is one transaction: all of them are held, or none (and the route says retry).
   await db.batch(statements as [(typeof statements)[0], ...typeof statements]);
 }
