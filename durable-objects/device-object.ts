@@ -15,7 +15,10 @@ import {
 export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 /** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
-const FLUSH_ROWS = 4000;
+/** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
+const FLUSH_OUTBOX_ROWS = 16;
+/** Event chunks stay well under the 2 MB row limit of Durable Object SQLite. */
+const OUTBOX_CHUNK_BYTES = 512 * 1024;
 const PARAMS_PER_STATEMENT = 90;
 
 export interface DeviceEvent {
@@ -61,10 +64,19 @@ export interface DeviceState {
 
 type SessionRecord = Session & { ended: number; version: number };
 
+/** One event in an outbox chunk: its session when written, its row, its raw payload. */
+interface OutboxEvent {
+  s: string;
+  r: DeviceEvent['row'];
+  p: string;
+}
+
 export class DeviceObject extends DurableObject<Env> {
   private readonly sql: SqlStorage;
 
   private schemaReady = false;
+  /** Meta values as committed: read once, then served from memory (the object is single-threaded). */
+  private readonly metaCache = new Map<string, unknown>();
   /** In-flight outbox flush: the alarm and a direct maintain() must not send the same rows twice. */
   private flushing: Promise<number> | null = null;
 
@@ -91,19 +103,35 @@ export class DeviceObject extends DurableObject<Env> {
       CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
       CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
         session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
-      CREATE INDEX IF NOT EXISTS outbox_ref_idx ON outbox (kind, ref);
+      CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
     this.schemaReady = true;
   }
 
   private meta<T>(key: string): T | null {
+    if (this.metaCache.has(key)) return this.metaCache.get(key) as T | null;
     const row = this.sql.exec<{ value: string }>('SELECT value FROM meta WHERE key = ?', key).toArray()[0];
-    return row ? (JSON.parse(row.value) as T) : null;
+    const value = row ? (JSON.parse(row.value) as T) : null;
+    this.metaCache.set(key, value);
+    return value;
   }
 
+  /** Written through to storage; the cache is dropped whenever a transaction rolls back. */
   private setMeta(key: string, value: unknown): void {
+    if (this.metaCache.has(key) && JSON.stringify(this.metaCache.get(key)) === JSON.stringify(value)) return;
     this.sql.exec('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value', key, JSON.stringify(value));
+    this.metaCache.set(key, value);
+  }
+
+  /** Runs `fn` in one storage transaction, keeping the meta cache true to what was committed. */
+  private transaction<T>(fn: () => T): T {
+    try {
+      return this.ctx.storage.transactionSync(fn);
+    } catch (err) {
+      this.metaCache.clear();
+      throw err;
+    }
   }
 
   /** Monotonic version for session rows: later changes always win in ClickHouse. */
@@ -178,7 +206,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   async ingest(input: DeviceIngest): Promise<DeviceIngestResult> {
     const nowMs = input.nowMs ?? Date.now();
-    const results = this.ctx.storage.transactionSync(() => this.ingestSync(input, nowMs));
+    const results = this.transaction(() => this.ingestSync(input, nowMs));
     await this.scheduleAlarm(nowMs, true);
     return { results };
   }
@@ -222,7 +250,6 @@ export class DeviceObject extends DurableObject<Env> {
             mergedId,
           )
           .toArray();
-        this.sql.exec("UPDATE outbox SET session_id = ? WHERE kind = 'event' AND session_id = ?", survivorId, mergedId);
         for (const a of absorbed) {
           const version = this.nextVersion(nowMs);
           this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
@@ -253,6 +280,16 @@ export class DeviceObject extends DurableObject<Env> {
     let last = this.meta<StoredLastEvent>('lastEvent');
     let lastPosition = this.meta<DeviceState['lastPosition']>('lastPosition');
     let lastProfile = this.meta<{ id: string; atMs: number }>('lastProfile');
+    // New events go to the outbox a chunk at a time: one row per chunk, not per event, keeps the
+    // object's writes close to the bytes it must store. Session ids are resolved again at flush.
+    let chunk: OutboxEvent[] = [];
+    let chunkBytes = 0;
+    const writeChunk = () => {
+      if (!chunk.length) return;
+      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('events', '', ?)", JSON.stringify(chunk));
+      chunk = [];
+      chunkBytes = 0;
+    };
     for (const i of fresh) {
       const e = input.events[i]!;
       const sessionId = sessionOf.get(i) ?? '';
@@ -261,7 +298,10 @@ export class DeviceObject extends DurableObject<Env> {
         throw new Error(`payload row of event ${e.row.id} does not match the event row`);
       }
       this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, e.row.created_at_ms, nowMs);
-      this.sql.exec("INSERT INTO outbox (kind, ref, session_id, body, payload) VALUES ('event', ?, ?, ?, ?)", e.row.id, sessionId, JSON.stringify(e.row), p.payload);
+      const bytes = e.row.properties.length + p.payload.length * 2 + 512;
+      if (chunkBytes + bytes > OUTBOX_CHUNK_BYTES) writeChunk();
+      chunk.push({ s: sessionId, r: e.row, p: p.payload });
+      chunkBytes += bytes;
       if (!last || e.row.created_at_ms >= last.createdAtMs) {
         last = { id: e.row.id, type: e.row.type, name: e.row.name, createdAtMs: e.row.created_at_ms, sessionId };
       }
@@ -273,6 +313,7 @@ export class DeviceObject extends DurableObject<Env> {
         lastProfile = { id: e.row.profile_id, atMs: e.row.created_at_ms };
       }
     }
+    writeChunk();
     if (fresh.length) {
       this.setMeta('lastEvent', last);
       this.setMeta('lastPosition', lastPosition);
@@ -303,7 +344,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   async maintain(nowMs: number): Promise<{ ended: number; pruned: number; flushed: number }> {
     if (!this.hasSchema()) return { ended: 0, pruned: 0, flushed: 0 };
-    const { ended, pruned } = this.ctx.storage.transactionSync(() => this.endAndPrune(nowMs));
+    const { ended, pruned } = this.transaction(() => this.endAndPrune(nowMs));
     const flushed = await this.flush();
     await this.scheduleAlarm(nowMs, false);
     return { ended, pruned, flushed };
@@ -317,7 +358,7 @@ export class DeviceObject extends DurableObject<Env> {
       for (;;) {
         const n = await this.flushOnce();
         flushed += n;
-        if (n < FLUSH_ROWS) return flushed;
+        if (n < FLUSH_OUTBOX_ROWS) return flushed;
       }
     })();
     this.flushing = run;
@@ -354,20 +395,25 @@ export class DeviceObject extends DurableObject<Env> {
     return { ended, pruned: prunedSeen };
   }
 
-  /** Sends up to FLUSH_ROWS outbox rows; marks them attempted first so a resend is flagged. */
+  /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(): Promise<number> {
     const rows = this.sql
-      .exec<{ seq: number; kind: string; session_id: string; body: string; payload: string | null }>(
-        'SELECT seq, kind, session_id, body, payload FROM outbox ORDER BY seq LIMIT ?',
-        FLUSH_ROWS,
-      )
+      .exec<{ seq: number; kind: string; body: string }>('SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
       .toArray();
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
-    // A watermark, not a per-row counter: rewriting thousands of large rows per flush would cost as
-    // much as writing them. Rows at or below it may already have reached the queue once.
+    // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
+    // writing them. Rows at or below it may already have reached the queue once.
     const attemptedThrough = this.meta<number>('flushAttemptedThrough') ?? 0;
     if (maxSeq > attemptedThrough) this.setMeta('flushAttemptedThrough', maxSeq);
+
+    // Events written before a merge still name the absorbed session: send the survivor instead.
+    const mergedInto = new Map(
+      this.sql
+        .exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')
+        .toArray()
+        .map((r) => [r.id, r.merged_into]),
+    );
 
     const messages: Array<{ body: IngestMessage; bytes: number }> = [];
     let current: IngestMessage = { events: [], payloads: [], sessions: [] };
@@ -377,22 +423,25 @@ export class DeviceObject extends DurableObject<Env> {
       current = { events: [], payloads: [], sessions: [] };
       bytes = 0;
     };
-    for (const r of rows) {
-      // The payload row is rebuilt around the raw payload; allow for its fields and JSON escaping.
-      const size = r.body.length + Math.ceil((r.payload?.length ?? 0) * 1.25) + 256;
+    const add = (size: number, redelivery: boolean) => {
       if (bytes + size > MAX_MESSAGE_BYTES) push();
-      if (r.seq <= attemptedThrough) current.redelivery = true;
-      if (r.kind === 'event') {
-        const row = JSON.parse(r.body) as EventRow;
-        row.session_id = r.session_id;
-        current.events.push(row);
-        if (r.payload !== null) {
-          current.payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: r.payload });
+      if (redelivery) current.redelivery = true;
+      bytes += size;
+    };
+    for (const r of rows) {
+      const redelivery = r.seq <= attemptedThrough;
+      if (r.kind === 'events') {
+        for (const entry of JSON.parse(r.body) as OutboxEvent[]) {
+          const row: EventRow = { ...entry.r, session_id: mergedInto.get(entry.s) ?? entry.s, synced_at_ms: 0 };
+          // The row, the payload rebuilt around the raw payload, and room for JSON escaping.
+          add(row.properties.length * 1.25 + entry.p.length * 1.25 + 768, redelivery);
+          current.events.push(row);
+          current.payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
         }
       } else {
+        add(r.body.length + 64, redelivery);
         current.sessions.push(JSON.parse(r.body) as SessionRow);
       }
-      bytes += size;
     }
     push();
     await sendMessages(this.env.INGEST_QUEUE, messages);

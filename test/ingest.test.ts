@@ -204,7 +204,7 @@ describe('POST /track', () => {
     const p = await createProject();
     let limited: Response | undefined;
     // Past the test budget (120 per minute per client; vitest.config.mts), in parallel waves.
-    for (let wave = 0; wave < 15 && !limited; wave++) {
+    for (let wave = 0; wave < 40 && !limited; wave++) {
       const responses = await Promise.all(Array.from({ length: 10 }, () => postBatch(p, { events: [] })));
       for (const res of responses) {
         if (res.status === 429) limited ??= res;

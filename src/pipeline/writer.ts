@@ -20,9 +20,9 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
     const times = chunk.map((r) => r.created_at_ms);
     const hits = await ch.query<{ id: string }>(
       `SELECT toString(id) AS id FROM ${table}
-        WHERE has({projects:Array(String)}, project_id)
+        WHERE project_id IN (SELECT arrayJoin({projects:Array(String)}))
           AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-          AND has({ids:Array(String)}, toString(id))`,
+          AND toString(id) IN (SELECT arrayJoin({ids:Array(String)}))`,
       {
         projects: [...new Set(chunk.map((r) => r.project_id))],
         from: Math.min(...times),
@@ -62,12 +62,22 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
 
 export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env: Env): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
+  const bodies = batch.messages.map((m) => m.body);
   const mayBeRedelivery = batch.messages.some((m) => m.attempts > 1 || m.body.redelivery === true);
   try {
-    await writeRows(ch, batch.messages.map((m) => m.body), Date.now(), mayBeRedelivery);
+    await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
+    batch.ackAll();
+    return;
+  } catch (err) {
+    // One immediate second try (a stale keep-alive connection after a ClickHouse restart fails once);
+    // part of the first try may have landed, so it checks for rows already there.
+    console.error(JSON.stringify({ msg: 'ingest write failed; trying once more', messages: batch.messages.length, error: String(err) }));
+  }
+  try {
+    await writeRows(ch, bodies, Date.now(), true);
     batch.ackAll();
   } catch (err) {
-    console.error(JSON.stringify({ msg: 'ingest write failed; retrying', messages: batch.messages.length, error: String(err) }));
+    console.error(JSON.stringify({ msg: 'ingest write failed; retrying later', messages: batch.messages.length, error: String(err) }));
     for (const m of batch.messages) m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
   }
 }
