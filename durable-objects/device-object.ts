@@ -8,6 +8,7 @@ import {
   sendMessages,
   type EventRow,
   type IngestMessage,
+  type OutboxEvent,
   type PayloadRow,
   type SessionRow,
 } from '../src/pipeline/messages';
@@ -16,9 +17,11 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 /** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 /** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
-const FLUSH_OUTBOX_ROWS = 16;
-/** Event chunks stay well under the 2 MB row limit of Durable Object SQLite. */
-const OUTBOX_CHUNK_BYTES = 512 * 1024;
+const FLUSH_OUTBOX_ROWS = 64;
+/** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
+const OUTBOX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 12 * 1024;
+/** Merge aliases travel with a chunk up to this size; beyond it the chunk is rewritten at flush. */
+const MAX_ALIAS_BYTES = 8 * 1024;
 const PARAMS_PER_STATEMENT = 90;
 
 export interface DeviceEvent {
@@ -33,7 +36,11 @@ export interface DeviceIngest {
   projectId: string;
   deviceId: string;
   gapMs: number;
-  events: DeviceEvent[];
+  /**
+   * The events, or the same array as a JSON string: one string crosses the RPC boundary far
+   * cheaper than a structured clone of thousands of objects, and the object is the serial part.
+   */
+  events: DeviceEvent[] | string;
   /** Injectable clock for tests; defaults to Date.now(). */
   nowMs?: number;
 }
@@ -64,12 +71,6 @@ export interface DeviceState {
 
 type SessionRecord = Session & { ended: number; version: number };
 
-/** One event in an outbox chunk: its session when written, its row, its raw payload. */
-interface OutboxEvent {
-  s: string;
-  r: DeviceEvent['row'];
-  p: string;
-}
 
 export class DeviceObject extends DurableObject<Env> {
   private readonly sql: SqlStorage;
@@ -204,14 +205,16 @@ export class DeviceObject extends DurableObject<Env> {
     return out;
   }
 
-  async ingest(input: DeviceIngest): Promise<DeviceIngestResult> {
-    const nowMs = input.nowMs ?? Date.now();
+  async ingest(request: DeviceIngest): Promise<DeviceIngestResult> {
+    const nowMs = request.nowMs ?? Date.now();
+    const events = typeof request.events === 'string' ? (JSON.parse(request.events) as DeviceEvent[]) : request.events;
+    const input = { ...request, events };
     const results = this.transaction(() => this.ingestSync(input, nowMs));
     await this.scheduleAlarm(nowMs, true);
     return { results };
   }
 
-  private ingestSync(input: DeviceIngest, nowMs: number): DeviceIngestResult['results'] {
+  private ingestSync(input: DeviceIngest & { events: DeviceEvent[] }, nowMs: number): DeviceIngestResult['results'] {
     this.ensureSchema();
     if (!this.meta('ident')) this.setMeta('ident', { projectId: input.projectId, deviceId: input.deviceId });
     this.setMeta('gapMs', input.gapMs);
@@ -298,7 +301,8 @@ export class DeviceObject extends DurableObject<Env> {
         throw new Error(`payload row of event ${e.row.id} does not match the event row`);
       }
       this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, e.row.created_at_ms, nowMs);
-      const bytes = e.row.properties.length + p.payload.length * 2 + 512;
+      // An upper bound of the entry's JSON: both strings may double when escaped once more.
+      const bytes = 2 * (e.row.properties.length + e.row.name.length + p.payload.length) + 640;
       if (chunkBytes + bytes > OUTBOX_CHUNK_BYTES) writeChunk();
       chunk.push({ s: sessionId, r: e.row, p: p.payload });
       chunkBytes += bytes;
@@ -407,13 +411,12 @@ export class DeviceObject extends DurableObject<Env> {
     const attemptedThrough = this.meta<number>('flushAttemptedThrough') ?? 0;
     if (maxSeq > attemptedThrough) this.setMeta('flushAttemptedThrough', maxSeq);
 
-    // Events written before a merge still name the absorbed session: send the survivor instead.
-    const mergedInto = new Map(
-      this.sql
-        .exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')
-        .toArray()
-        .map((r) => [r.id, r.merged_into]),
-    );
+    // Events written before a merge still name the absorbed session: the consumer maps them.
+    const aliases: Record<string, string> = {};
+    for (const r of this.sql.exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')) {
+      aliases[r.id] = r.merged_into;
+    }
+    const aliasBytes = JSON.stringify(aliases).length;
 
     const messages: Array<{ body: IngestMessage; bytes: number }> = [];
     let current: IngestMessage = { events: [], payloads: [], sessions: [] };
@@ -423,25 +426,27 @@ export class DeviceObject extends DurableObject<Env> {
       current = { events: [], payloads: [], sessions: [] };
       bytes = 0;
     };
-    const add = (size: number, redelivery: boolean) => {
-      if (bytes + size > MAX_MESSAGE_BYTES) push();
-      if (redelivery) current.redelivery = true;
-      bytes += size;
-    };
     for (const r of rows) {
       const redelivery = r.seq <= attemptedThrough;
       if (r.kind === 'events') {
-        for (const entry of JSON.parse(r.body) as OutboxEvent[]) {
-          const row: EventRow = { ...entry.r, session_id: mergedInto.get(entry.s) ?? entry.s, synced_at_ms: 0 };
-          // The row, the payload rebuilt around the raw payload, and room for JSON escaping.
-          add(row.properties.length * 1.25 + entry.p.length * 1.25 + 768, redelivery);
-          current.events.push(row);
-          current.payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
+        // A stored chunk is one message, sent as is; in the rare case of many merges the chunk's
+        // session ids are rewritten here instead, so the message stays within its size limit.
+        let chunk = r.body;
+        if (aliasBytes > MAX_ALIAS_BYTES) {
+          chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
         }
-      } else {
-        add(r.body.length + 64, redelivery);
-        current.sessions.push(JSON.parse(r.body) as SessionRow);
+        const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
+        messages.push({
+          body: { events: [], payloads: [], sessions: [], chunk, ...(withAliases ? { aliases } : {}), ...(redelivery ? { redelivery } : {}) },
+          bytes: chunk.length + (withAliases ? aliasBytes : 0) + 128,
+        });
+        continue;
       }
+      const size = r.body.length + 64;
+      if (bytes + size > MAX_MESSAGE_BYTES) push();
+      if (redelivery) current.redelivery = true;
+      current.sessions.push(JSON.parse(r.body) as SessionRow);
+      bytes += size;
     }
     push();
     await sendMessages(this.env.INGEST_QUEUE, messages);

@@ -96,7 +96,7 @@ export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonl
         projectId: project.projectId,
         deviceId,
         gapMs: project.sessionGapMs,
-        events: list.map((l) => l.event),
+        events: JSON.stringify(list.map((l) => l.event)),
       });
       results.forEach((r, k) => {
         const index = list[k]!.index;

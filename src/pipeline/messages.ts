@@ -43,12 +43,41 @@ export interface SessionRow {
   updated_at_ms: number;
 }
 
+/** One event as a device object's outbox keeps it: its session when written, its row, its raw payload. */
+export interface OutboxEvent {
+  s: string;
+  r: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
+  p: string;
+}
+
 export interface IngestMessage {
   events: EventRow[];
   payloads: PayloadRow[];
   sessions: SessionRow[];
+  /**
+   * Events exactly as a device object's outbox stored them (a JSON array of OutboxEvent): the object
+   * sends its stored chunk as is and the consumer expands it, so flushing costs the object no JSON work.
+   */
+  chunk?: string;
+  /** Sessions absorbed by a merge since `chunk` was written, mapped to their survivor. */
+  aliases?: Record<string, string>;
   /** Set when some rows may already be in ClickHouse (a resend after an unconfirmed send). */
   redelivery?: boolean;
+}
+
+/** The rows a message carries, with `chunk` expanded and merged sessions resolved. */
+export function expandMessage(m: IngestMessage, syncedAtMs: number): { events: EventRow[]; payloads: PayloadRow[]; sessions: SessionRow[] } {
+  const events = m.events.map((e) => ({ ...e, synced_at_ms: syncedAtMs }));
+  const payloads = [...m.payloads];
+  if (m.chunk) {
+    const aliases = m.aliases ?? {};
+    for (const entry of JSON.parse(m.chunk) as OutboxEvent[]) {
+      const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
+      events.push(row);
+      payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
+    }
+  }
+  return { events, payloads, sessions: m.sessions };
 }
 
 /** Queue limits: 128 KB per message, 256 KB and 100 messages per sendBatch. Keep headroom. */

@@ -2,7 +2,7 @@
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import type { EventRow, IngestMessage, PayloadRow, SessionRow } from './messages';
+import { expandMessage, type EventRow, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 1000;
 export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
@@ -40,9 +40,10 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   const payloads: PayloadRow[] = [];
   const sessions: SessionRow[] = [];
   for (const m of messages) {
-    for (const e of m.events) events.push({ ...e, synced_at_ms: syncedAtMs });
-    payloads.push(...m.payloads);
-    sessions.push(...m.sessions);
+    const rows = expandMessage(m, syncedAtMs);
+    events.push(...rows.events);
+    payloads.push(...rows.payloads);
+    sessions.push(...rows.sessions);
   }
   let newEvents = events;
   let newPayloads = payloads;
