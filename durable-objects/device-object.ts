@@ -436,10 +436,16 @@ export class DeviceObject extends DurableObject<Env> {
           chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
         }
         const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
+        const size = chunk.length + (withAliases ? aliasBytes : 0) + 128;
+        // The session rows written just before this chunk ride in the same message when they fit:
+        // half the messages, and the writer still inserts them before the events.
+        if (bytes + size > MAX_MESSAGE_BYTES) push();
         messages.push({
-          body: { events: [], payloads: [], sessions: [], chunk, ...(withAliases ? { aliases } : {}), ...(redelivery ? { redelivery } : {}) },
-          bytes: chunk.length + (withAliases ? aliasBytes : 0) + 128,
+          body: { ...current, chunk, ...(withAliases ? { aliases } : {}), ...(redelivery || current.redelivery ? { redelivery: true } : {}) },
+          bytes: bytes + size,
         });
+        current = { events: [], payloads: [], sessions: [] };
+        bytes = 0;
         continue;
       }
       const size = r.body.length + 64;
