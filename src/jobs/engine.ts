@@ -57,7 +57,13 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<void
   const started = Date.now();
   if (await settleRequest(store, job, started)) return;
   const claimed = await store.claim(job.id, msg.version, started, started + LEASE_MS);
-  if (!claimed) return;
+  if (!claimed) {
+    // A pause or cancel that landed between the read above and the claim makes the claim fail;
+    // this message is then the job's only one, so it settles the request instead of dropping it.
+    const again = await store.get(job.id);
+    if (again && again.leaseVersion === msg.version) await settleRequest(store, again, Date.now());
+    return;
+  }
   const token = claimed.leaseVersion;
   const runner = runnerFor(claimed.type);
   const input = chunkInput(claimed);
