@@ -16,6 +16,7 @@ import {
 export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 /** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
+const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 /** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
 const FLUSH_OUTBOX_ROWS = 64;
 /** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
@@ -98,7 +99,6 @@ export class DeviceObject extends DurableObject<Env> {
     if (this.hasSchema()) return;
     this.sql.exec(`
       CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
-      CREATE INDEX IF NOT EXISTS seen_at_idx ON seen (seen_at_ms);
       CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
         event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
       CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
@@ -301,6 +301,7 @@ export class DeviceObject extends DurableObject<Env> {
         throw new Error(`payload row of event ${e.row.id} does not match the event row`);
       }
       this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, e.row.created_at_ms, nowMs);
+      if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
       // An upper bound of the entry's JSON: both strings may double when escaped once more.
       const bytes = 2 * (e.row.properties.length + e.row.name.length + p.payload.length) + 640;
       if (chunkBytes + bytes > OUTBOX_CHUNK_BYTES) writeChunk();
@@ -393,7 +394,15 @@ export class DeviceObject extends DurableObject<Env> {
         ended++;
       }
     }
-    const prunedSeen = this.sql.exec('DELETE FROM seen WHERE seen_at_ms < ?', nowMs - DEDUP_WINDOW_MS).rowsWritten;
+    // `seen` has no time index (one less B-tree write per event): it is swept by a scan when its
+    // oldest id leaves the window, at most once an hour.
+    let prunedSeen = 0;
+    const sweepAt = this.meta<number>('nextSeenSweepMs');
+    if (sweepAt !== null && nowMs >= sweepAt) {
+      prunedSeen = this.sql.exec('DELETE FROM seen WHERE seen_at_ms < ?', nowMs - DEDUP_WINDOW_MS).rowsWritten;
+      const oldest = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
+      this.setMeta('nextSeenSweepMs', oldest === null ? null : Math.max(oldest + DEDUP_WINDOW_MS, nowMs + SEEN_SWEEP_INTERVAL_MS));
+    }
     this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     return { ended, pruned: prunedSeen };
@@ -472,9 +481,9 @@ export class DeviceObject extends DurableObject<Env> {
     }
     if (next === null) {
       // Nothing live: wake up when the oldest id or session leaves its window, so state stays bounded.
-      const oldestSeen = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
+      const seenSweep = this.meta<number>('nextSeenSweepMs');
       const oldestSession = this.sql.exec<{ t: number | null }>('SELECT min(end_ms) AS t FROM sessions').one().t;
-      const due = [oldestSeen === null ? null : oldestSeen + DEDUP_WINDOW_MS, oldestSession === null ? null : oldestSession + SESSION_RETENTION_MS]
+      const due = [seenSweep, oldestSession === null ? null : oldestSession + SESSION_RETENTION_MS]
         .filter((t): t is number => t !== null);
       if (due.length) next = Date.now() + Math.max(60_000, Math.min(...due) - nowMs);
     }
