@@ -16,6 +16,7 @@ const STORAGE_EVENTS = 100_000;
 const entry = `
 import { DeviceObject } from './durable-objects/device-object';
 import { toDeviceEvent } from './src/ingest/accept';
+import { packEvent } from './src/device/packed';
 import { NO_GEO, normalizeEvent } from './src/ingest/normalize';
 
 export class BenchDevice extends DeviceObject {
@@ -95,8 +96,8 @@ export default {
       // (RPC and the storage commit that gates the reply included).
       for (let b = 0; b < batches; b++) {
         let t = performance.now();
-        // Serialised as the route does it: one JSON string crosses the RPC boundary.
-        const res = await stub.ingest({ projectId: 'bench-project', deviceId, gapMs, events: JSON.stringify(prepared[b]) });
+        // Packed and serialised as the route does it: one JSON string crosses the RPC boundary.
+        const res = await stub.ingest({ projectId: 'bench-project', deviceId, gapMs, events: JSON.stringify(prepared[b].map(packEvent)) });
         const ms = performance.now() - t;
         ingestMs.push(ms);
         ingestTotal += ms;

@@ -2,6 +2,7 @@
 // written in the same storage transaction as the event ids, flushed to the ingest queue by the alarm.
 import { DurableObject } from 'cloudflare:workers';
 import type { Env } from '../src/env';
+import { packEvent, type PackedEvent } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
 import {
   MAX_MESSAGE_BYTES,
@@ -38,8 +39,8 @@ export interface DeviceIngest {
   deviceId: string;
   gapMs: number;
   /**
-   * The events, or the same array as a JSON string: one string crosses the RPC boundary far
-   * cheaper than a structured clone of thousands of objects, and the object is the serial part.
+   * The events, or a JSON string of them packed (`packEvent`): one string crosses the RPC boundary
+   * far cheaper than a structured clone of thousands of objects, and the object is the serial part.
    */
   events: DeviceEvent[] | string;
   /** Injectable clock for tests; defaults to Date.now(). */
@@ -207,32 +208,32 @@ export class DeviceObject extends DurableObject<Env> {
 
   async ingest(request: DeviceIngest): Promise<DeviceIngestResult> {
     const nowMs = request.nowMs ?? Date.now();
-    const events = typeof request.events === 'string' ? (JSON.parse(request.events) as DeviceEvent[]) : request.events;
+    const events = typeof request.events === 'string' ? (JSON.parse(request.events) as PackedEvent[]) : request.events.map(packEvent);
     const input = { ...request, events };
     const results = this.transaction(() => this.ingestSync(input, nowMs));
     await this.scheduleAlarm(nowMs, true);
     return { results };
   }
 
-  private ingestSync(input: DeviceIngest & { events: DeviceEvent[] }, nowMs: number): DeviceIngestResult['results'] {
+  private ingestSync(input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[] }, nowMs: number): DeviceIngestResult['results'] {
     this.ensureSchema();
     if (!this.meta('ident')) this.setMeta('ident', { projectId: input.projectId, deviceId: input.deviceId });
     this.setMeta('gapMs', input.gapMs);
     const gapMs = input.gapMs;
 
     // Dedup against the window and within the request itself.
-    const seen = this.seenKeys([...new Set(input.events.map((e) => e.dedupKey))]);
+    const seen = this.seenKeys([...new Set(input.events.map((e) => e.k))]);
     const fresh: number[] = [];
     const firstIndexOfKey = new Map<string, number>();
     input.events.forEach((e, i) => {
-      if (seen.has(e.dedupKey) || firstIndexOfKey.has(e.dedupKey)) return;
-      firstIndexOfKey.set(e.dedupKey, i);
+      if (seen.has(e.k) || firstIndexOfKey.has(e.k)) return;
+      firstIndexOfKey.set(e.k, i);
       fresh.push(i);
     });
 
     // Sessions: only `track` events make or extend them.
-    const tracked = fresh.filter((i) => input.events[i]!.row.type === 'track');
-    const times = tracked.map((i) => input.events[i]!.row.created_at_ms);
+    const tracked = fresh.filter((i) => input.events[i]!.t === 'track');
+    const times = tracked.map((i) => input.events[i]!.c);
     const sessionOf = new Map<number, string>();
     if (times.length) {
       const minT = Math.min(...times);
@@ -285,37 +286,32 @@ export class DeviceObject extends DurableObject<Env> {
     let lastProfile = this.meta<{ id: string; atMs: number }>('lastProfile');
     // New events go to the outbox a chunk at a time: one row per chunk, not per event, keeps the
     // object's writes close to the bytes it must store. Session ids are resolved again at flush.
-    let chunk: OutboxEvent[] = [];
+    let chunk: string[] = [];
     let chunkBytes = 0;
     const writeChunk = () => {
       if (!chunk.length) return;
-      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('events', '', ?)", JSON.stringify(chunk));
+      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('events', '', ?)", `[${chunk.join(',')}]`);
       chunk = [];
       chunkBytes = 0;
     };
     for (const i of fresh) {
       const e = input.events[i]!;
       const sessionId = sessionOf.get(i) ?? '';
-      const p = e.payload;
-      if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
-        throw new Error(`payload row of event ${e.row.id} does not match the event row`);
-      }
-      this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.dedupKey, e.row.id, e.row.created_at_ms, nowMs);
+      this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.k, e.id, e.c, nowMs);
       if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
-      // An upper bound of the entry's JSON: both strings may double when escaped once more.
-      const bytes = 2 * (e.row.properties.length + e.row.name.length + p.payload.length) + 640;
-      if (chunkBytes + bytes > OUTBOX_CHUNK_BYTES) writeChunk();
-      chunk.push({ s: sessionId, r: e.row, p: p.payload });
-      chunkBytes += bytes;
-      if (!last || e.row.created_at_ms >= last.createdAtMs) {
-        last = { id: e.row.id, type: e.row.type, name: e.row.name, createdAtMs: e.row.created_at_ms, sessionId };
+      // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
+      const entry = `{"s":${JSON.stringify(sessionId)},${e.rp}}`;
+      if (chunkBytes + entry.length + 1 > OUTBOX_CHUNK_BYTES) writeChunk();
+      chunk.push(entry);
+      chunkBytes += entry.length + 1;
+      if (!last || e.c >= last.createdAtMs) {
+        last = { id: e.id, type: e.t, name: e.n, createdAtMs: e.c, sessionId };
       }
-      const position = readPosition(e.row.properties);
-      if (position && (!lastPosition || e.row.created_at_ms >= lastPosition.atMs)) {
-        lastPosition = { ...position, atMs: e.row.created_at_ms };
+      if (e.pos && (!lastPosition || e.c >= lastPosition.atMs)) {
+        lastPosition = { lat: e.pos[0], lon: e.pos[1], atMs: e.c };
       }
-      if (e.row.profile_id && (!lastProfile || e.row.created_at_ms >= lastProfile.atMs)) {
-        lastProfile = { id: e.row.profile_id, atMs: e.row.created_at_ms };
+      if (e.pr && (!lastProfile || e.c >= lastProfile.atMs)) {
+        lastProfile = { id: e.pr, atMs: e.c };
       }
     }
     writeChunk();
@@ -328,17 +324,17 @@ export class DeviceObject extends DurableObject<Env> {
 
     const freshSet = new Set(fresh);
     const priorSession = this.sessionsAt(
-      input.events.filter((e) => e.row.type === 'track' && seen.has(e.dedupKey)).map((e) => seen.get(e.dedupKey)!.createdAtMs),
+      input.events.filter((e) => e.t === 'track' && seen.has(e.k)).map((e) => seen.get(e.k)!.createdAtMs),
     );
     return input.events.map((e, i) => {
-      if (freshSet.has(i)) return { status: 'accepted' as const, sessionId: sessionOf.get(i) ?? '', eventId: e.row.id };
-      const prior = seen.get(e.dedupKey);
+      if (freshSet.has(i)) return { status: 'accepted' as const, sessionId: sessionOf.get(i) ?? '', eventId: e.id };
+      const prior = seen.get(e.k);
       if (prior) {
-        const sessionId = e.row.type === 'track' ? (priorSession.get(prior.createdAtMs) ?? '') : '';
+        const sessionId = e.t === 'track' ? (priorSession.get(prior.createdAtMs) ?? '') : '';
         return { status: 'duplicate' as const, sessionId, eventId: prior.eventId };
       }
-      const first = firstIndexOfKey.get(e.dedupKey)!;
-      return { status: 'duplicate' as const, sessionId: sessionOf.get(first) ?? '', eventId: input.events[first]!.row.id };
+      const first = firstIndexOfKey.get(e.k)!;
+      return { status: 'duplicate' as const, sessionId: sessionOf.get(first) ?? '', eventId: input.events[first]!.id };
     });
   }
 
@@ -536,10 +532,4 @@ export class DeviceObject extends DurableObject<Env> {
       .toArray()
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended === 1 }));
   }
-}
-
-function readPosition(propertiesJson: string): { lat: number; lon: number } | null {
-  if (!propertiesJson.includes('"lat"')) return null;
-  const p = JSON.parse(propertiesJson) as { lat?: unknown; lon?: unknown };
-  return typeof p.lat === 'number' && typeof p.lon === 'number' ? { lat: p.lat, lon: p.lon } : null;
 }

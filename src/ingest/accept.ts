@@ -1,6 +1,7 @@
 // Validate → enrich → hand each device's rows to its object. A row counts as accepted only once
 // its device object has written it to the outbox.
 import type { DeviceEvent } from '../../durable-objects/device-object';
+import { packEvent } from '../device/packed';
 import type { ProjectAuth } from '../auth';
 import type { Env } from '../env';
 import { hash128, uuidv7At } from '../lib/ids';
@@ -96,7 +97,7 @@ export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonl
         projectId: project.projectId,
         deviceId,
         gapMs: project.sessionGapMs,
-        events: JSON.stringify(list.map((l) => l.event)),
+        events: JSON.stringify(list.map((l) => packEvent(l.event))),
       });
       results.forEach((r, k) => {
         const index = list[k]!.index;
