@@ -5,6 +5,7 @@ import type { Env } from '../src/env';
 import { packEvent, type PackedEvent } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
 import {
+  jsonStringBytes,
   MAX_MESSAGE_BYTES,
   sendMessages,
   type EventRow,
@@ -18,6 +19,7 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 /** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
+const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
 /** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
 const FLUSH_OUTBOX_ROWS = 64;
 /** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
@@ -132,6 +134,7 @@ export class DeviceObject extends DurableObject<Env> {
       return this.ctx.storage.transactionSync(fn);
     } catch (err) {
       this.metaCache.clear();
+      this.schemaReady = false; // the tables of a first, rolled-back write are gone too
       throw err;
     }
   }
@@ -211,7 +214,11 @@ export class DeviceObject extends DurableObject<Env> {
     const events = typeof request.events === 'string' ? (JSON.parse(request.events) as PackedEvent[]) : request.events.map(packEvent);
     const input = { ...request, events };
     const results = this.transaction(() => this.ingestSync(input, nowMs));
-    await this.scheduleAlarm(nowMs, true);
+    // The rows are committed: a failure to set the alarm must not make the caller resend them
+    // (the next call or alarm schedules it again).
+    await this.scheduleAlarm(nowMs, true).catch((err: unknown) =>
+      console.error(JSON.stringify({ msg: 'device alarm could not be set', error: String(err) })),
+    );
     return { results };
   }
 
@@ -301,9 +308,10 @@ export class DeviceObject extends DurableObject<Env> {
       if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
       // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
       const entry = `{"s":${JSON.stringify(sessionId)},${e.rp}}`;
-      if (chunkBytes + entry.length + 1 > OUTBOX_CHUNK_BYTES) writeChunk();
+      const size = (e.b ?? jsonStringBytes(entry)) + 1;
+      if (chunkBytes + size > OUTBOX_CHUNK_BYTES) writeChunk();
       chunk.push(entry);
-      chunkBytes += entry.length + 1;
+      chunkBytes += size;
       if (!last || e.c >= last.createdAtMs) {
         last = { id: e.id, type: e.t, name: e.n, createdAtMs: e.c, sessionId };
       }
@@ -346,7 +354,20 @@ export class DeviceObject extends DurableObject<Env> {
   async maintain(nowMs: number): Promise<{ ended: number; pruned: number; flushed: number }> {
     if (!this.hasSchema()) return { ended: 0, pruned: 0, flushed: 0 };
     const { ended, pruned } = this.transaction(() => this.endAndPrune(nowMs));
-    const flushed = await this.flush();
+    let flushed: number;
+    try {
+      flushed = await this.flush();
+    } catch (err) {
+      // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
+      // try again for as long as it takes.
+      const failures = (this.meta<number>('flushFailures') ?? 0) + 1;
+      this.setMeta('flushFailures', failures);
+      const delayMs = Math.min(FLUSH_RETRY_MAX_MS, 1000 * 2 ** Math.min(failures, 16));
+      console.error(JSON.stringify({ msg: 'outbox flush failed; retrying', failures, delayMs, error: String(err) }));
+      await this.ctx.storage.setAlarm(Date.now() + delayMs);
+      return { ended, pruned, flushed: 0 };
+    }
+    if (this.meta<number>('flushFailures')) this.setMeta('flushFailures', 0);
     await this.scheduleAlarm(nowMs, false);
     return { ended, pruned, flushed };
   }
@@ -441,7 +462,13 @@ export class DeviceObject extends DurableObject<Env> {
           chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
         }
         const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
-        const size = chunk.length + (withAliases ? aliasBytes : 0) + 128;
+        const size = jsonStringBytes(chunk) + (withAliases ? aliasBytes : 0) + 128;
+        if (size > MAX_MESSAGE_BYTES) {
+          // Rare (one event near the size limit, heavy escaping): its rows go out one per message.
+          push();
+          for (const m of splitChunk(chunk, aliases, redelivery)) messages.push(m);
+          continue;
+        }
         // The session rows written just before this chunk ride in the same message when they fit:
         // half the messages, and the writer still inserts them before the events.
         if (bytes + size > MAX_MESSAGE_BYTES) push();
@@ -453,7 +480,7 @@ export class DeviceObject extends DurableObject<Env> {
         bytes = 0;
         continue;
       }
-      const size = r.body.length + 64;
+      const size = jsonStringBytes(r.body) + 64;
       if (bytes + size > MAX_MESSAGE_BYTES) push();
       if (redelivery) current.redelivery = true;
       current.sessions.push(JSON.parse(r.body) as SessionRow);
@@ -532,4 +559,18 @@ export class DeviceObject extends DurableObject<Env> {
       .toArray()
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended === 1 }));
   }
+}
+
+/** One message per row of an oversized chunk: each event row, then its payload row, as objects. */
+function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestMessage; bytes: number }> {
+  const out: Array<{ body: IngestMessage; bytes: number }> = [];
+  const flag = redelivery ? { redelivery } : {};
+  for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
+    const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
+    const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
+    for (const body of [{ events: [row], payloads: [], sessions: [], ...flag }, { events: [], payloads: [payload], sessions: [], ...flag }]) {
+      out.push({ body, bytes: jsonStringBytes(JSON.stringify(body)) });
+    }
+  }
+  return out;
 }

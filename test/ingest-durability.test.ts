@@ -107,3 +107,72 @@ describe('durability', () => {
     expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
   });
 });
+
+describe('hostile content never blocks accepted rows', () => {
+  it('flushes events whose text escapes or encodes large (quotes, CJK) within the queue message limit', async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const quoted = Array.from({ length: 20 }, (_, i) => trackEvent('quoted', { __deviceId: 'wide-1', __timestamp: now - 60_000 + i, v: '"'.repeat(3000) }));
+    const cjk = Array.from({ length: 20 }, (_, i) => trackEvent('cjk', { __deviceId: 'wide-1', __timestamp: now - 30_000 + i, v: '中'.repeat(7000) }));
+    for (const events of [quoted, cjk]) {
+      const res = await postBatch(p, { events });
+      expect(((await res.json()) as { accepted: number }).accepted).toBe(20);
+    }
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 40, { timeoutMs: 60_000 });
+    const [row] = await ch().query<{ n: number }>(
+      "SELECT count() AS n FROM event_payloads WHERE project_id = {p:String}",
+      { p: p.id },
+    );
+    expect(Number(row!.n)).toBe(40);
+    const device = await getJson<{ lastEvent: { name: string } }>(p, '/v1/devices/wide-1');
+    expect(device.body.lastEvent.name).toBe('cjk');
+  });
+
+  it('rejects a row with an unpaired surrogate on its own and stores the rest', async () => {
+    const p = await createProject();
+    const res = await postBatch(
+      p,
+      '{"events":[{"type":"track","payload":{"name":"bad\\ud800","properties":{"__deviceId":"ls-1"}}},' +
+        '{"type":"track","payload":{"name":"ok","properties":{"__deviceId":"ls-1","k\\udc00":1}}},' +
+        '{"type":"track","payload":{"name":"fine \\ud83d\\ude00","properties":{"__deviceId":"ls-1","literal":"\\\\ud800"}}}]}',
+    );
+    const body = (await res.json()) as { accepted: number; rejected: Array<{ index: number; reason: string }> };
+    expect(body.rejected.map((r) => [r.index, r.reason])).toEqual([
+      [0, 'validation'],
+      [1, 'validation'],
+    ]);
+    expect(body.accepted).toBe(1);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+  });
+
+  it('writes the good messages of a delivery when ClickHouse refuses one of them', async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const row = (name: string): IngestMessage['events'][number] => ({
+      id: uuidv7At(now, hash128(`${p.id}:${name}`)), project_id: p.id, device_id: 'mixed-1', session_id: '', profile_id: '', type: 'track',
+      name, created_at_ms: now, received_at_ms: now, synced_at_ms: 0, properties: '{}', ref_id: '', ip: '',
+      country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
+    });
+    const poison = row('poison\ud800'); // reached the queue by some other path: ClickHouse refuses it
+    const batch = createMessageBatch<IngestMessage>('driftline-ingest', [
+      { id: 'good', timestamp: new Date(), attempts: 1, body: { events: [row('good')], payloads: [], sessions: [] } },
+      { id: 'bad', timestamp: new Date(), attempts: 1, body: { events: [poison], payloads: [], sessions: [] } },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, env, ctx);
+    const result = await getQueueResult(batch, ctx);
+    expect(result.explicitAcks).toEqual(['good']);
+    expect(result.retryMessages.map((m: { msgId: string }) => m.msgId)).toEqual(['bad']);
+    expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
+  });
+
+  it('reads with bounds far in the future', async () => {
+    const p = await createProject();
+    await postBatch(p, { events: [trackEvent('far', { __deviceId: 'far-1' })] });
+    const r = await waitUntil(
+      () => getJson<{ events: Array<{ name: string }> }>(p, '/v1/events?deviceId=far-1&since=0&until=999999999999999'),
+      (x) => x.body.events.some((e) => e.name === 'far'),
+    );
+    expect(r.status).toBe(200);
+  });
+});

@@ -1,5 +1,6 @@
 // The hand-off from the route to a device object: each event packed once, at the edge.
 import type { DeviceEvent } from '../../durable-objects/device-object';
+import { jsonStringBytes } from '../pipeline/messages';
 
 /**
  * A device event packed for the hand-off: the few fields the object reads, and the row and payload
@@ -14,6 +15,8 @@ export interface PackedEvent {
   pr: string;
   pos: [number, number] | null;
   rp: string;
+  /** Upper bound of the bytes this event's outbox entry takes inside a queue message. */
+  b: number;
 }
 
 export function packEvent(e: DeviceEvent): PackedEvent {
@@ -21,6 +24,7 @@ export function packEvent(e: DeviceEvent): PackedEvent {
   if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
     throw new Error(`payload row of event ${e.row.id} does not match the event row`);
   }
+  const rp = `"r":${JSON.stringify(e.row)},"p":${JSON.stringify(p.payload)}`;
   return {
     k: e.dedupKey,
     id: e.row.id,
@@ -29,7 +33,9 @@ export function packEvent(e: DeviceEvent): PackedEvent {
     c: e.row.created_at_ms,
     pr: e.row.profile_id,
     pos: readPosition(e.row.properties),
-    rp: `"r":${JSON.stringify(e.row)},"p":${JSON.stringify(p.payload)}`,
+    rp,
+    // The entry is `{"s":"<session id>",` + rp + `}`, escaped once more inside the message.
+    b: jsonStringBytes(rp) + 64,
   };
 }
 

@@ -4,6 +4,8 @@ import { hash128 } from '../lib/ids';
 import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
 
 export const MAX_FUTURE_MS = 60_000;
+/** An unescaped `\ud800`–`\udfff` escape in JSON.stringify output: an unpaired surrogate. */
+const LONE_SURROGATE_ESCAPE = /(?<!\\)(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
 export const MAX_AGE_MS = 5 * 24 * 60 * 60 * 1000;
 
 export interface Geo {
@@ -183,6 +185,11 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
   const propertiesJson = JSON.stringify(properties);
   const payloadJson = JSON.stringify(raw);
   if (payloadJson.length > MAX_EVENT_BYTES) return reject('validation', `event is larger than ${MAX_EVENT_BYTES} bytes`);
+  // JSON.stringify writes a lone surrogate as a \udXXX escape (a well-formed pair comes out as is);
+  // ClickHouse refuses such text, and one such row would hold up a whole insert.
+  if (payloadJson.includes('\\ud') && LONE_SURROGATE_ESCAPE.test(payloadJson)) {
+    return reject('validation', 'text contains an unpaired UTF-16 surrogate (invalid Unicode)');
+  }
   const name = eventName(event);
   const profileId = 'profileId' in event.payload && event.payload.profileId !== undefined ? event.payload.profileId : '';
   const dedupKey = __eventId

@@ -85,6 +85,23 @@ export const MAX_MESSAGE_BYTES = 100 * 1024;
 export const MAX_SEND_BATCH_BYTES = 220 * 1024;
 export const MAX_SEND_BATCH_MESSAGES = 100;
 
+/**
+ * An upper bound of the bytes `s` takes once written as a JSON string inside a message: quotes,
+ * backslashes and control characters escaped, everything sized in UTF-8 (the queue's unit).
+ */
+export function jsonStringBytes(s: string): number {
+  let n = 2;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 34 || c === 92) n += 2;
+    else if (c < 0x20) n += 6;
+    else if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else n += 3;
+  }
+  return n;
+}
+
 /** Sends messages in as few sendBatch calls as the queue limits allow. */
 export async function sendMessages(queue: Queue<IngestMessage>, messages: Array<{ body: IngestMessage; bytes: number }>): Promise<void> {
   let batch: MessageSendRequest<IngestMessage>[] = [];

@@ -77,9 +77,19 @@ export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env:
   try {
     await writeRows(ch, bodies, Date.now(), true);
     batch.ackAll();
+    return;
   } catch (err) {
-    console.error(JSON.stringify({ msg: 'ingest write failed; retrying later', messages: batch.messages.length, error: String(err) }));
-    for (const m of batch.messages) m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
+    console.error(JSON.stringify({ msg: 'ingest write failed twice; writing messages one by one', messages: batch.messages.length, error: String(err) }));
+  }
+  // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
+  for (const m of batch.messages) {
+    try {
+      await writeRows(ch, [m.body], Date.now(), true);
+      m.ack();
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
+      m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
+    }
   }
 }
 

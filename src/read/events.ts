@@ -33,6 +33,7 @@ interface EventRowOut {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
+const MAX_DATETIME_SEC = 4_294_967_295;
 
 export async function listEvents(
   ch: ClickHouse,
@@ -43,8 +44,9 @@ export async function listEvents(
     ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}),
     since: q.sinceMs,
     until: q.untilMs,
-    sinceSec: Math.floor(q.sinceMs / 1000),
-    untilSec: Math.ceil(q.untilMs / 1000),
+    // DateTime is 32-bit unsigned seconds: clamp, so far-off bounds still prune partitions correctly.
+    sinceSec: Math.min(MAX_DATETIME_SEC, Math.max(0, Math.floor(q.sinceMs / 1000))),
+    untilSec: Math.min(MAX_DATETIME_SEC, Math.max(0, Math.ceil(q.untilMs / 1000))),
     limit: q.limit,
   };
   const [rows, sessions] = await Promise.all([
