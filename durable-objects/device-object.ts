@@ -20,6 +20,13 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
+const SEEN_ROWS_PER_INSERT = 24;
+const seenValuesCache = new Map<number, string>();
+function seenValues(n: number): string {
+  let v = seenValuesCache.get(n);
+  if (!v) seenValuesCache.set(n, (v = Array.from({ length: n }, () => '(?, ?, ?, ?)').join(', ')));
+  return v;
+}
 /** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
 const FLUSH_OUTBOX_ROWS = 64;
 /** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
@@ -180,6 +187,18 @@ export class DeviceObject extends DurableObject<Env> {
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
   }
 
+  /** Records new dedup keys, many rows per statement (within the 100 bound parameters). */
+  private recordSeen(events: PackedEvent[], nowMs: number): void {
+    if (!events.length) return;
+    if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
+    for (let i = 0; i < events.length; i += SEEN_ROWS_PER_INSERT) {
+      const rows = events.slice(i, i + SEEN_ROWS_PER_INSERT);
+      const params: Array<string | number> = [];
+      for (const e of rows) params.push(e.k, e.id, e.c, nowMs);
+      this.sql.exec(`INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES ${seenValues(rows.length)}`, ...params);
+    }
+  }
+
   /** Ids already seen, with the original event's id and time (its session is found from the time). */
   private seenKeys(keys: string[]): Map<string, { eventId: string; createdAtMs: number }> {
     const found = new Map<string, { eventId: string; createdAtMs: number }>();
@@ -301,11 +320,10 @@ export class DeviceObject extends DurableObject<Env> {
       chunk = [];
       chunkBytes = 0;
     };
+    this.recordSeen(fresh.map((i) => input.events[i]!), nowMs);
     for (const i of fresh) {
       const e = input.events[i]!;
       const sessionId = sessionOf.get(i) ?? '';
-      this.sql.exec('INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES (?, ?, ?, ?)', e.k, e.id, e.c, nowMs);
-      if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
       // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
       const entry = `{"s":${JSON.stringify(sessionId)},${e.rp}}`;
       const size = (e.b ?? jsonStringBytes(entry)) + 1;
