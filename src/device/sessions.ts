@@ -40,7 +40,7 @@ export function assignSessions(existing: readonly Session[], times: readonly num
   const sorted = existing.map((s) => ({ ...s })).sort((a, b) => a.startMs - b.startMs);
   const changed = new Map<string, Session>();
   const merged = new Map<string, string>();
-  const order = times.map((t, i) => i).sort((a, b) => times[a]! - times[b]!);
+  const order = times.map((_, i) => i).sort((a, b) => times[a]! - times[b]!);
   const raw: string[] = new Array(times.length);
 
   for (const i of order) {
