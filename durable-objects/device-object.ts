@@ -4,6 +4,7 @@ import { DurableObject } from 'cloudflare:workers';
 import type { Env } from '../src/env';
 import { packEvent, type PackedEvent } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
+import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 import {
   jsonStringBytes,
   MAX_MESSAGE_BYTES,
@@ -20,13 +21,12 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
-const SEEN_ROWS_PER_INSERT = 24;
-const seenValuesCache = new Map<number, string>();
-function seenValues(n: number): string {
-  let v = seenValuesCache.get(n);
-  if (!v) seenValuesCache.set(n, (v = Array.from({ length: n }, () => '(?, ?, ?, ?)').join(', ')));
-  return v;
-}
+/** Dedup keys are stored a chunk per call (at most this many keys a row, far under SQLite's 2 MB). */
+const SEEN_CHUNK_KEYS = 2000;
+/** Chunks smaller than this are merged by the alarm (per hour of receipt) once enough pile up. */
+const SMALL_SEEN_CHUNK = 256;
+const SMALL_SEEN_CHUNKS_BEFORE_COMPACTION = 128;
+const HOUR_MS = 60 * 60 * 1000;
 /** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
 const FLUSH_OUTBOX_ROWS = 64;
 /** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
@@ -80,7 +80,22 @@ export interface DeviceState {
   storageBytes: number;
 }
 
+/** The object's tables; every statement is idempotent, so it also completes an older layout. */
+const SCHEMA_SQL = `
+  CREATE TABLE IF NOT EXISTS seen_chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, seen_at_ms INTEGER NOT NULL, n INTEGER NOT NULL,
+    fps BLOB NOT NULL, entries TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+    event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
+  CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
+  CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
+    session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+  CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+`;
+
 type SessionRecord = Session & { ended: number; version: number };
+/** One dedup key in a stored chunk: the key, the first event's id and its event time. */
+type SeenEntry = [key: string, eventId: string, createdAtMs: number];
 
 
 export class DeviceObject extends DurableObject<Env> {
@@ -91,32 +106,34 @@ export class DeviceObject extends DurableObject<Env> {
   private readonly metaCache = new Map<string, unknown>();
   /** In-flight outbox flush: the alarm and a direct maintain() must not send the same rows twice. */
   private flushing: Promise<number> | null = null;
+  private seenIndex: SeenIndex | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
   }
 
-  /** Tables are created on first write, so probing an unknown device leaves no storage behind. */
+  /**
+   * Tables are created on first write, so probing an unknown device leaves no storage behind. The
+   * first check of an object's life also brings older layouts up to date.
+   */
   private hasSchema(): boolean {
     if (!this.schemaReady) {
-      this.schemaReady = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").toArray().length > 0;
+      const exists = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").toArray().length > 0;
+      if (exists) this.transaction(() => this.upgradeSchema());
+      this.schemaReady = exists;
     }
     return this.schemaReady;
   }
 
+  private upgradeSchema(): void {
+    this.sql.exec(SCHEMA_SQL);
+    this.migrateSeenRows();
+  }
+
   private ensureSchema(): void {
     if (this.hasSchema()) return;
-    this.sql.exec(`
-      CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;
-      CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
-        event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
-      CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
-      CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
-        session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
-      CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
-      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    `);
+    this.sql.exec(SCHEMA_SQL);
     this.schemaReady = true;
   }
 
@@ -141,6 +158,7 @@ export class DeviceObject extends DurableObject<Env> {
       return this.ctx.storage.transactionSync(fn);
     } catch (err) {
       this.metaCache.clear();
+      this.seenIndex = null;
       this.schemaReady = false; // the tables of a first, rolled-back write are gone too
       throw err;
     }
@@ -187,30 +205,127 @@ export class DeviceObject extends DurableObject<Env> {
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
   }
 
-  /** Records new dedup keys, many rows per statement (within the 100 bound parameters). */
+  /**
+   * The dedup index, loaded on first use from the chunks' fingerprint blobs (4 bytes a key, no key
+   * text read). It lives as long as the object stays in memory and is dropped with any rollback.
+   */
+  private index(): SeenIndex {
+    if (this.seenIndex) return this.seenIndex;
+    const index = new SeenIndex();
+    for (const r of this.sql.exec<{ id: number; fps: ArrayBuffer }>('SELECT id, fps FROM seen_chunks')) {
+      index.addChunk(r.id, decodeFingerprints(r.fps));
+    }
+    return (this.seenIndex = index);
+  }
+
+  /**
+   * Records new dedup keys as one chunk row per call instead of a row per key: a B-tree insert of a
+   * random key per event was most of the object's time. Each key's 31-bit fingerprint goes into the
+   * in-memory index.
+   */
   private recordSeen(events: PackedEvent[], nowMs: number): void {
     if (!events.length) return;
     if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
-    for (let i = 0; i < events.length; i += SEEN_ROWS_PER_INSERT) {
-      const rows = events.slice(i, i + SEEN_ROWS_PER_INSERT);
-      const params: Array<string | number> = [];
-      for (const e of rows) params.push(e.k, e.id, e.c, nowMs);
-      this.sql.exec(`INSERT INTO seen (key, event_id, created_at_ms, seen_at_ms) VALUES ${seenValues(rows.length)}`, ...params);
+    const index = this.index();
+    for (let i = 0; i < events.length; i += SEEN_CHUNK_KEYS) {
+      const part = events.slice(i, i + SEEN_CHUNK_KEYS);
+      const fps = part.map((e) => fingerprint(e.k));
+      const entries: SeenEntry[] = part.map((e) => [e.k, e.id, e.c]);
+      const chunk = this.insertSeenChunk(nowMs, fps, entries);
+      index.addChunk(chunk, fps);
     }
+  }
+
+  private insertSeenChunk(seenAtMs: number, fps: number[], entries: SeenEntry[]): number {
+    if (fps.length < SMALL_SEEN_CHUNK) this.setMeta('smallSeenChunks', (this.meta<number>('smallSeenChunks') ?? 0) + 1);
+    return this.sql
+      .exec<{ id: number }>(
+        'INSERT INTO seen_chunks (seen_at_ms, n, fps, entries) VALUES (?, ?, ?, ?) RETURNING id',
+        seenAtMs,
+        fps.length,
+        encodeFingerprints(fps),
+        JSON.stringify(entries),
+      )
+      .one().id;
   }
 
   /** Ids already seen, with the original event's id and time (its session is found from the time). */
   private seenKeys(keys: string[]): Map<string, { eventId: string; createdAtMs: number }> {
     const found = new Map<string, { eventId: string; createdAtMs: number }>();
-    for (let i = 0; i < keys.length; i += PARAMS_PER_STATEMENT) {
-      const chunk = keys.slice(i, i + PARAMS_PER_STATEMENT);
-      const rows = this.sql.exec<{ key: string; event_id: string; created_at_ms: number }>(
-        `SELECT key, event_id, created_at_ms FROM seen WHERE key IN (${chunk.map(() => '?').join(',')})`,
-        ...chunk,
-      );
-      for (const r of rows) found.set(r.key, { eventId: r.event_id, createdAtMs: r.created_at_ms });
+    const index = this.index();
+    // A fingerprint hit is only a candidate: the chunks it names are read and the keys compared.
+    const wanted = new Set<number>();
+    for (const k of keys) for (const c of index.candidates(fingerprint(k))) wanted.add(c);
+    if (!wanted.size) return found;
+    const keySet = new Set(keys);
+    const ids = [...wanted];
+    for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT) {
+      const part = ids.slice(i, i + PARAMS_PER_STATEMENT);
+      const rows = this.sql.exec<{ entries: string }>(`SELECT entries FROM seen_chunks WHERE id IN (${part.map(() => '?').join(',')})`, ...part);
+      for (const r of rows) {
+        for (const [k, eventId, createdAtMs] of JSON.parse(r.entries) as SeenEntry[]) {
+          if (keySet.has(k)) found.set(k, { eventId, createdAtMs });
+        }
+      }
     }
     return found;
+  }
+
+  /** Merges the small chunks of each hour of receipt (single-event requests make one chunk each). */
+  private compactSeen(): void {
+    if ((this.meta<number>('smallSeenChunks') ?? 0) < SMALL_SEEN_CHUNKS_BEFORE_COMPACTION) return;
+    const small = this.sql
+      .exec<{ id: number; seen_at_ms: number; fps: ArrayBuffer; entries: string }>(
+        'SELECT id, seen_at_ms, fps, entries FROM seen_chunks WHERE n < ? ORDER BY id',
+        SMALL_SEEN_CHUNK,
+      )
+      .toArray();
+    const groups = new Map<number, typeof small>();
+    for (const r of small) {
+      const hour = Math.floor(r.seen_at_ms / HOUR_MS);
+      groups.set(hour, [...(groups.get(hour) ?? []), r]);
+    }
+    const index = this.seenIndex;
+    this.setMeta('smallSeenChunks', 0);
+    for (const group of groups.values()) {
+      // Chunks of one hour become one, kept as long as its newest key must be (pruning is per chunk).
+      for (let i = 0; i < group.length; ) {
+        const merged: typeof small = [];
+        let keys = 0;
+        while (i < group.length && (merged.length === 0 || keys + decodeFingerprints(group[i]!.fps).length <= SEEN_CHUNK_KEYS)) {
+          keys += decodeFingerprints(group[i]!.fps).length;
+          merged.push(group[i++]!);
+        }
+        if (merged.length < 2) continue;
+        const fps = merged.flatMap((r) => Array.from(decodeFingerprints(r.fps)));
+        const entries = merged.flatMap((r) => JSON.parse(r.entries) as SeenEntry[]);
+        const chunk = this.insertSeenChunk(Math.max(...merged.map((r) => r.seen_at_ms)), fps, entries);
+        for (const r of merged) {
+          this.sql.exec('DELETE FROM seen_chunks WHERE id = ?', r.id);
+          index?.removeChunk(r.id, decodeFingerprints(r.fps));
+        }
+        index?.addChunk(chunk, fps);
+      }
+    }
+  }
+
+  /** Objects written before chunked dedup keep one `seen` row per key: moved into chunks once. */
+  private migrateSeenRows(): void {
+    const legacy = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'").toArray().length > 0;
+    if (!legacy) return;
+    const rows = this.sql
+      .exec<{ key: string; event_id: string; created_at_ms: number; seen_at_ms: number }>(
+        'SELECT key, event_id, created_at_ms, seen_at_ms FROM seen ORDER BY seen_at_ms',
+      )
+      .toArray();
+    for (let i = 0; i < rows.length; ) {
+      const seenAtMs = rows[i]!.seen_at_ms;
+      const part: typeof rows = [];
+      while (i < rows.length && rows[i]!.seen_at_ms === seenAtMs && part.length < SEEN_CHUNK_KEYS) part.push(rows[i++]!);
+      this.insertSeenChunk(seenAtMs, part.map((r) => fingerprint(r.key)), part.map((r) => [r.key, r.event_id, r.created_at_ms]));
+    }
+    this.sql.exec('DROP TABLE seen');
+    this.seenIndex = null;
   }
 
   /** The current session covering each time ('' when none): sessions are disjoint, so this is exact. */
@@ -232,6 +347,7 @@ export class DeviceObject extends DurableObject<Env> {
     const nowMs = request.nowMs ?? Date.now();
     const events = typeof request.events === 'string' ? (JSON.parse(request.events) as PackedEvent[]) : request.events.map(packEvent);
     const input = { ...request, events };
+    this.hasSchema(); // outside the ingest transaction: an older layout is upgraded in its own
     const results = this.transaction(() => this.ingestSync(input, nowMs));
     // The rows are committed: a failure to set the alarm must not make the caller resend them
     // (the next call or alarm schedules it again).
@@ -429,15 +545,22 @@ export class DeviceObject extends DurableObject<Env> {
         ended++;
       }
     }
-    // `seen` has no time index (one less B-tree write per event): it is swept by a scan when its
-    // oldest id leaves the window, at most once an hour.
+    // Dedup chunks are swept whole when their ids leave the window, at most once an hour.
     let prunedSeen = 0;
     const sweepAt = this.meta<number>('nextSeenSweepMs');
     if (sweepAt !== null && nowMs >= sweepAt) {
-      prunedSeen = this.sql.exec('DELETE FROM seen WHERE seen_at_ms < ?', nowMs - DEDUP_WINDOW_MS).rowsWritten;
-      const oldest = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen').one().t;
+      const expired = this.sql
+        .exec<{ id: number; n: number; fps: ArrayBuffer }>('SELECT id, n, fps FROM seen_chunks WHERE seen_at_ms < ?', nowMs - DEDUP_WINDOW_MS)
+        .toArray();
+      for (const c of expired) {
+        this.sql.exec('DELETE FROM seen_chunks WHERE id = ?', c.id);
+        this.seenIndex?.removeChunk(c.id, decodeFingerprints(c.fps));
+        prunedSeen += c.n;
+      }
+      const oldest = this.sql.exec<{ t: number | null }>('SELECT min(seen_at_ms) AS t FROM seen_chunks').one().t;
       this.setMeta('nextSeenSweepMs', oldest === null ? null : Math.max(oldest + DEDUP_WINDOW_MS, nowMs + SEEN_SWEEP_INTERVAL_MS));
     }
+    this.compactSeen();
     this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     return { ended, pruned: prunedSeen };
@@ -561,7 +684,7 @@ export class DeviceObject extends DurableObject<Env> {
         ? { id: live.id, startMs: live.start_ms, endMs: live.end_ms, eventCount: live.event_count, idleAtMs: live.end_ms + gapMs }
         : null,
       sessions: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions WHERE merged_into IS NULL').one().n,
-      seenIds: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen').one().n,
+      seenIds: this.sql.exec<{ n: number }>('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks').one().n,
       pendingRows: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n,
       storageBytes: this.sql.databaseSize,
     };

@@ -1,11 +1,12 @@
-// Pure cores: typed query parameters, skew correction, deterministic ids, property checks.
+// Pure cores: typed query parameters, skew correction, deterministic ids, property checks, the dedup index.
 import { describe, expect, it } from 'vitest';
-import { ch } from './helpers';
+import { ch, collidingKeys } from './helpers';
 import { parseVersion } from '../src/clickhouse/client';
 import { bindParams } from '../src/clickhouse/params';
 import { correctClockSkew, normalizeEvent, NO_GEO } from '../src/ingest/normalize';
 import { checkPropertiesShape } from '../src/ingest/wire';
 import { hash128, uuidv7At, uuidv7Time } from '../src/lib/ids';
+import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 
 describe('typed query parameters', () => {
   it('renders checked literals and refuses values of the wrong type', () => {
@@ -80,5 +81,36 @@ describe('ids and property shape', () => {
     for (let i = 0; i < 12; i++) deep = [deep];
     expect(checkPropertiesShape({ deep })).toMatch(/nested/);
     expect(checkPropertiesShape({ a: { b: { c: 1 } }, list: [1, 2, { x: 'y' }] })).toBeNull();
+  });
+});
+
+describe('dedup index', () => {
+  it('fingerprints are small non-negative integers, stable across calls', () => {
+    for (const k of ['', 'e:a', 'h:0123456789abcdef', 'e:\u{1F600}\u00e9']) {
+      const fp = fingerprint(k);
+      expect(fp).toBe(fingerprint(k));
+      expect(Number.isInteger(fp) && fp >= 0 && fp <= 0x7fffffff).toBe(true);
+    }
+    expect(fingerprint('e:a')).not.toBe(fingerprint('e:b'));
+    expect(Array.from(decodeFingerprints(encodeFingerprints([0, 1, 0x7fffffff])))).toEqual([0, 1, 0x7fffffff]);
+  });
+
+  it('keeps every chunk a colliding fingerprint names, and forgets only the chunk removed', () => {
+    const [a, b] = collidingKeys('k');
+    expect(a).not.toBe(b);
+    const fp = fingerprint(a);
+    expect(fingerprint(b)).toBe(fp);
+    const index = new SeenIndex();
+    expect(index.candidates(fp)).toEqual([]);
+    index.addChunk(1, [fp, fingerprint('other')]);
+    index.addChunk(2, [fp]);
+    index.add(fp, 2); // the same chunk twice is one candidate
+    expect(index.candidates(fp)).toEqual([1, 2]);
+    index.removeChunk(1, [fp, fingerprint('other')]);
+    expect(index.candidates(fp)).toEqual([2]);
+    expect(index.candidates(fingerprint('other'))).toEqual([]);
+    index.removeChunk(2, [fp]);
+    expect(index.candidates(fp)).toEqual([]);
+    expect(index.fingerprints).toBe(0);
   });
 });

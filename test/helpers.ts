@@ -2,6 +2,7 @@
 import { env, SELF } from 'cloudflare:test';
 import { clickhouse } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
+import { fingerprint } from '../src/device/seen-index';
 
 export const ADMIN_TOKEN = 'test-admin-token';
 
@@ -64,4 +65,16 @@ export async function countEvents(projectId: string): Promise<{ rows: number; id
 
 export function trackEvent(name: string, properties: Record<string, unknown> = {}) {
   return { type: 'track', payload: { name, properties } };
+}
+
+/** Two different keys with the same 31-bit fingerprint (a birthday search: about 2^16 tries). */
+export function collidingKeys(prefix: string): [string, string] {
+  const byFp = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const key = `${prefix}${i}`;
+    const fp = fingerprint(key);
+    const other = byFp.get(fp);
+    if (other !== undefined) return [other, key];
+    byFp.set(fp, key);
+  }
 }

@@ -2,13 +2,13 @@
 // offline history that leaves the live session alone, late data on ended sessions, bounded state.
 import { env, runInDurableObject } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import type { DeviceEvent, DeviceObject } from '../durable-objects/device-object';
-import { DEDUP_WINDOW_MS } from '../durable-objects/device-object';
+import type { DeviceEvent } from '../durable-objects/device-object';
+import { DEDUP_WINDOW_MS, DeviceObject } from '../durable-objects/device-object';
 import { sessionsOf } from '../src/device/sessions';
 import { deviceStub, toDeviceEvent } from '../src/ingest/accept';
 import { writeRows } from '../src/pipeline/writer';
 import { NO_GEO, normalizeEvent } from '../src/ingest/normalize';
-import { ch, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
+import { ch, collidingKeys, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
 import { deliveryOrder, GAP_MS, generateHistory, rng, splitBatches } from './session-history';
 
 type SessionsBody = { sessions: Array<{ id: string; startedAt: string; endedAt: string | null; lastEventAt: string; eventCount: number; durationMs: number }> };
@@ -409,6 +409,82 @@ describe('bounded state', () => {
     // Freed pages are reused: the second week needs no more room than the first.
     console.log(JSON.stringify({ storageByDay: samples.map((s) => s.bytes) }));
     expect(samples[13]!.bytes).toBeLessThanOrEqual(samples[7]!.bytes * 1.25);
+  });
+});
+
+describe('dedup index', () => {
+  const seenChunks = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen_chunks').one().n);
+
+  it('never takes a new id for a duplicate because its fingerprint collides with a stored one', async () => {
+    const projectId = `collide-${Date.now()}`;
+    const deviceId = 'collide-device';
+    const [a, b] = collidingKeys('e:c-').map((k) => k.slice('e:'.length));
+    const ev = (id: string, m: number) => trackEvent('c', { __deviceId: deviceId, __timestamp: Date.now() - HOUR + m * MIN, __eventId: id });
+    const first = await ingest(projectId, deviceId, [ev(a!, 0)], Date.now());
+    expect(first.results[0]!.status).toBe('accepted');
+    const second = await ingest(projectId, deviceId, [ev(b!, 1)], Date.now());
+    expect(second.results[0]!.status).toBe('accepted');
+    const replay = await ingest(projectId, deviceId, [ev(b!, 1), ev(a!, 0)], Date.now());
+    expect(replay.results.map((r) => [r.status, r.eventId])).toEqual([
+      ['duplicate', second.results[0]!.eventId],
+      ['duplicate', first.results[0]!.eventId],
+    ]);
+  });
+
+  it('rebuilds the index from storage when the object starts again', async () => {
+    const projectId = `rebuild-${Date.now()}`;
+    const deviceId = 'rebuild-device';
+    const events = Array.from({ length: 30 }, (_, i) => trackEvent('r', { __deviceId: deviceId, __timestamp: Date.now() - HOUR + i * MIN, i }));
+    const accepted = await ingest(projectId, deviceId, events, Date.now());
+    const stub = deviceStub(env, projectId, deviceId);
+    const replayed = await runInDurableObject(stub, (_o, state) => {
+      const restarted = new DeviceObject(state, env); // a new instance: nothing in memory
+      return restarted.ingest({ projectId, deviceId, gapMs: GAP_MS, events: toObjectEvents(projectId, deviceId, events, Date.now()), nowMs: Date.now() });
+    });
+    expect(replayed.results.map((r) => [r.status, r.eventId])).toEqual(accepted.results.map((r) => ['duplicate', r.eventId]));
+  });
+
+  it('moves the per-key rows of an older object into chunks and keeps deduplicating them', async () => {
+    const projectId = `legacy-seen-${Date.now()}`;
+    const deviceId = 'legacy-seen-device';
+    const t = Date.now() - HOUR;
+    const stub = deviceStub(env, projectId, deviceId);
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;`);
+      state.storage.sql.exec('INSERT INTO seen VALUES (?, ?, ?, ?), (?, ?, ?, ?)', 'e:old-1', 'evt-old-1', t, t, 'e:old-2', 'evt-old-2', t + 1, t + 5);
+    });
+    const ev = (id: string, at: number) => trackEvent('o', { __deviceId: deviceId, __timestamp: at, __eventId: id });
+    const res = await ingest(projectId, deviceId, [ev('old-1', t), ev('old-2', t + 1), ev('new-1', t + 2)], Date.now());
+    expect(res.results.map((r) => [r.status, r.eventId])).toEqual([
+      ['duplicate', 'evt-old-1'],
+      ['duplicate', 'evt-old-2'],
+      ['accepted', res.results[2]!.eventId],
+    ]);
+    const tables = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'seen%'").toArray().map((r) => r.name),
+    );
+    expect(tables).toEqual(['seen_chunks']);
+    expect((await stub.state())!.seenIds).toBe(3);
+  });
+
+  it('merges the chunks of single-event requests and still recognises every id', async () => {
+    const projectId = `compact-${Date.now()}`;
+    const deviceId = 'compact-device';
+    const stub = deviceStub(env, projectId, deviceId);
+    const t0 = Math.floor(Date.now() / HOUR) * HOUR; // one hour of receipt
+    const events = Array.from({ length: 140 }, (_, i) => trackEvent('one', { __deviceId: deviceId, __timestamp: t0 - HOUR + i * 1000, __eventId: `one-${i}` }));
+    for (let i = 0; i < events.length; i++) await ingest(projectId, deviceId, [events[i]!], t0 + i);
+    await stub.maintain(t0 + 200); // the alarm may have merged some already
+    expect(await seenChunks(stub)).toBeLessThanOrEqual(140 - 127);
+    expect((await stub.state(t0 + 200))!.seenIds).toBe(140);
+    const replay = await ingest(projectId, deviceId, events, t0 + 300);
+    expect(replay.results.every((r) => r.status === 'duplicate')).toBe(true);
+    // A merged chunk is kept for the window of its newest id, then pruned whole.
+    expect((await stub.maintain(t0 + DEDUP_WINDOW_MS - 1)).pruned).toBe(0);
+    expect((await stub.maintain(t0 + 140 + DEDUP_WINDOW_MS)).pruned).toBe(140);
+    expect(await seenChunks(stub)).toBe(0);
   });
 });
 
