@@ -6,11 +6,11 @@ import { packEvent, type PackedEvent } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
 import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 import {
-  jsonStringBytes,
   MAX_MESSAGE_BYTES,
   sendMessages,
+  utf8Bytes,
   type EventRow,
-  type IngestMessage,
+  type IngestBody,
   type OutboxEvent,
   type PayloadRow,
   type SessionRow,
@@ -442,7 +442,7 @@ export class DeviceObject extends DurableObject<Env> {
       const sessionId = sessionOf.get(i) ?? '';
       // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
       const entry = `{"s":${JSON.stringify(sessionId)},${e.rp}}`;
-      const size = (e.b ?? jsonStringBytes(entry)) + 1;
+      const size = (e.b ?? utf8Bytes(entry)) + 1;
       if (chunkBytes + size > OUTBOX_CHUNK_BYTES) writeChunk();
       chunk.push(entry);
       chunkBytes += size;
@@ -583,51 +583,54 @@ export class DeviceObject extends DurableObject<Env> {
     for (const r of this.sql.exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')) {
       aliases[r.id] = r.merged_into;
     }
-    const aliasBytes = JSON.stringify(aliases).length;
+    const aliasJson = JSON.stringify(aliases);
+    const aliasBytes = utf8Bytes(aliasJson);
 
-    const messages: Array<{ body: IngestMessage; bytes: number }> = [];
-    let current: IngestMessage = { events: [], payloads: [], sessions: [] };
-    let bytes = 0;
-    const push = () => {
-      if (bytes > 0) messages.push({ body: current, bytes });
-      current = { events: [], payloads: [], sessions: [] };
-      bytes = 0;
+    const messages: Array<{ body: IngestBody; bytes: number }> = [];
+    let sessions: string[] = [];
+    let sessionBytes = 0;
+    let sessionsRedelivery = false;
+    const pushSessions = () => {
+      if (sessions.length) messages.push({ body: `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${sessionsRedelivery ? ',"redelivery":true' : ''}}`, bytes: sessionBytes + 128 });
+      sessions = [];
+      sessionBytes = 0;
+      sessionsRedelivery = false;
     };
     for (const r of rows) {
       const redelivery = r.seq <= attemptedThrough;
       if (r.kind === 'events') {
-        // A stored chunk is one message, sent as is; in the rare case of many merges the chunk's
-        // session ids are rewritten here instead, so the message stays within its size limit.
+        // A stored chunk is spliced into a text message as it is; in the rare case of many merges the
+        // chunk's session ids are rewritten here instead, so the message stays within its size limit.
         let chunk = r.body;
         if (aliasBytes > MAX_ALIAS_BYTES) {
           chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
         }
         const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
-        const size = jsonStringBytes(chunk) + (withAliases ? aliasBytes : 0) + 128;
+        const size = utf8Bytes(chunk) + (withAliases ? aliasBytes : 0) + 128;
         if (size > MAX_MESSAGE_BYTES) {
-          // Rare (one event near the size limit, heavy escaping): its rows go out one per message.
-          push();
+          // Rare (one event near the size limit): its rows go out one per message.
+          pushSessions();
           for (const m of splitChunk(chunk, aliases, redelivery)) messages.push(m);
           continue;
         }
         // The session rows written just before this chunk ride in the same message when they fit:
         // half the messages, and the writer still inserts them before the events.
-        if (bytes + size > MAX_MESSAGE_BYTES) push();
-        messages.push({
-          body: { ...current, chunk, ...(withAliases ? { aliases } : {}), ...(redelivery || current.redelivery ? { redelivery: true } : {}) },
-          bytes: bytes + size,
-        });
-        current = { events: [], payloads: [], sessions: [] };
-        bytes = 0;
+        if (sessionBytes + size > MAX_MESSAGE_BYTES) pushSessions();
+        const flag = redelivery || sessionsRedelivery ? ',"redelivery":true' : '';
+        const body = `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${withAliases ? `,"aliases":${aliasJson}` : ''}${flag},"entries":${chunk}}`;
+        messages.push({ body, bytes: sessionBytes + size });
+        sessions = [];
+        sessionBytes = 0;
+        sessionsRedelivery = false;
         continue;
       }
-      const size = jsonStringBytes(r.body) + 64;
-      if (bytes + size > MAX_MESSAGE_BYTES) push();
-      if (redelivery) current.redelivery = true;
-      current.sessions.push(JSON.parse(r.body) as SessionRow);
-      bytes += size;
+      const size = utf8Bytes(r.body) + 1;
+      if (sessionBytes + size + 128 > MAX_MESSAGE_BYTES) pushSessions();
+      if (redelivery) sessionsRedelivery = true;
+      sessions.push(r.body);
+      sessionBytes += size;
     }
-    push();
+    pushSessions();
     await sendMessages(this.env.INGEST_QUEUE, messages);
     this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
     return rows.length;
@@ -703,14 +706,14 @@ export class DeviceObject extends DurableObject<Env> {
 }
 
 /** One message per row of an oversized chunk: each event row, then its payload row, as objects. */
-function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestMessage; bytes: number }> {
-  const out: Array<{ body: IngestMessage; bytes: number }> = [];
+function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
+  const out: Array<{ body: IngestBody; bytes: number }> = [];
   const flag = redelivery ? { redelivery } : {};
   for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
     const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
     const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
     for (const body of [{ events: [row], payloads: [], sessions: [], ...flag }, { events: [], payloads: [payload], sessions: [], ...flag }]) {
-      out.push({ body, bytes: jsonStringBytes(JSON.stringify(body)) });
+      out.push({ body, bytes: utf8Bytes(JSON.stringify(body)) });
     }
   }
   return out;

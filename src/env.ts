@@ -1,12 +1,12 @@
 // The Worker's bindings, typed once.
 import type { DeviceObject } from '../durable-objects/device-object';
-import type { IngestMessage } from './pipeline/messages';
+import type { IngestBody } from './pipeline/messages';
 
 export interface Env {
   DEVICE: DurableObjectNamespace<DeviceObject>;
   DB: D1Database;
   ARCHIVE: R2Bucket;
-  INGEST_QUEUE: Queue<IngestMessage>;
+  INGEST_QUEUE: Queue<IngestBody>;
   JOBS_QUEUE: Queue<unknown>;
   LEGACY_DB: Hyperdrive;
   INGEST_LIMITER: RateLimit;

@@ -4,7 +4,7 @@ import { ZodError } from 'zod';
 import type { AppEnv } from './auth';
 import type { Env } from './env';
 import { ApiError } from './errors';
-import type { IngestMessage } from './pipeline/messages';
+import type { IngestBody } from './pipeline/messages';
 import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
 import { handleDeadLetters, handleIngestBatch } from './pipeline/writer';
@@ -56,8 +56,8 @@ const INGEST_DLQ = 'driftline-ingest-dlq';
 export default {
   fetch: app.fetch,
   async queue(batch: MessageBatch<unknown>, env: Env, _ctx: ExecutionContext): Promise<void> {
-    if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestMessage>, env);
-    if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestMessage>, env);
+    if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestBody>, env);
+    if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestBody>, env);
     if (batch.queue === JOBS_QUEUE) return handleJobsBatch(batch, env);
     console.error(JSON.stringify({ msg: 'message for an unknown queue; retrying', queue: batch.queue }));
     batch.retryAll({ delaySeconds: 60 });

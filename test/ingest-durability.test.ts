@@ -3,7 +3,7 @@ import { createExecutionContext, createMessageBatch, env, getQueueResult, SELF }
 import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { hash128, uuidv7At } from '../src/lib/ids';
-import type { IngestMessage } from '../src/pipeline/messages';
+import type { IngestBody, IngestMessage, OutboxEvent } from '../src/pipeline/messages';
 import { ADMIN_TOKEN, ch, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
 
 const setClickHouse = (state: 'up' | 'down') => fetch(`${env.TEST_CLICKHOUSE_FAULT_CONTROL}/${state}`).then((r) => r.json());
@@ -87,10 +87,12 @@ describe('durability', () => {
       created_at_ms: now - 1000, received_at_ms: now, synced_at_ms: 0, properties: '{}', ref_id: '', ip: '',
       country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
     };
-    const message: IngestMessage = { events: [row], payloads: [], sessions: [] };
+    // As a device object sends it: JSON text with its outbox entries spliced in.
+    const { session_id: _s, synced_at_ms: _t, ...r } = row;
+    const message = JSON.stringify({ events: [], payloads: [], sessions: [], entries: [{ s: '', r, p: '{"type":"track"}' }] });
     const ctx = createExecutionContext();
     const before = (await (await SELF.fetch('http://gw/admin/dead-letters', { headers: admin })).json()) as { count: number };
-    const dead = createMessageBatch<IngestMessage>('driftline-ingest-dlq', [{ id: 'dead-1', timestamp: new Date(), attempts: 1, body: message }]);
+    const dead = createMessageBatch<IngestBody>('driftline-ingest-dlq', [{ id: 'dead-1', timestamp: new Date(), attempts: 1, body: message }]);
     await worker.queue(dead, env, ctx);
     expect((await getQueueResult(dead, ctx)).explicitAcks).toEqual(['dead-1']);
     const listed = (await (await SELF.fetch('http://gw/admin/dead-letters', { headers: admin })).json()) as { count: number };
@@ -105,6 +107,41 @@ describe('durability', () => {
     const again = await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin });
     expect(((await again.json()) as { replayed: number }).replayed).toBe(0);
     expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
+    const [payload] = await ch().query<{ payload: string }>('SELECT payload FROM event_payloads WHERE project_id = {p:String}', { p: p.id });
+    expect(payload!.payload).toBe('{"type":"track"}');
+  });
+
+  it('writes both message forms in one delivery: text with entries, and json with a chunk string', async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const entry = (name: string): OutboxEvent => ({
+      s: '',
+      r: {
+        id: uuidv7At(now, hash128(`${p.id}:${name}`)), project_id: p.id, device_id: 'forms-1', profile_id: '', type: 'track', name,
+        created_at_ms: now, received_at_ms: now, properties: '{}', ref_id: '', ip: '', country: '', region: '', city: '',
+        timezone: '', latitude: null, longitude: null,
+      },
+      p: `{"name":"${name}"}`,
+    });
+    // The json form with `chunk` is what objects sent before text messages; some may be in flight.
+    const legacy: IngestMessage = { events: [], payloads: [], sessions: [], chunk: JSON.stringify([entry('as-json')]) };
+    const text = JSON.stringify({ events: [], payloads: [], sessions: [], entries: [entry('as-text')] });
+    const batch = createMessageBatch<IngestBody>('driftline-ingest', [
+      { id: 'text', timestamp: new Date(), attempts: 1, body: text },
+      { id: 'json', timestamp: new Date(), attempts: 1, body: legacy },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, env, ctx);
+    expect((await getQueueResult(batch, ctx)).ackAll).toBe(true);
+    const rows = await ch().query<{ name: string; payload: string }>(
+      `SELECT e.name AS name, p.payload AS payload FROM events AS e ANY INNER JOIN (SELECT id, payload FROM event_payloads WHERE project_id = {p:String}) AS p USING id
+        WHERE e.project_id = {p:String} ORDER BY name`,
+      { p: p.id },
+    );
+    expect(rows.map((r) => [r.name, r.payload])).toEqual([
+      ['as-json', '{"name":"as-json"}'],
+      ['as-text', '{"name":"as-text"}'],
+    ]);
   });
 });
 

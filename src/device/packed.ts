@@ -1,6 +1,6 @@
 // The hand-off from the route to a device object: each event packed once, at the edge.
 import type { DeviceEvent } from '../../durable-objects/device-object';
-import { jsonStringBytes } from '../pipeline/messages';
+import { utf8Bytes } from '../pipeline/messages';
 
 /**
  * A device event packed for the hand-off: the few fields the object reads, and the row and payload
@@ -15,7 +15,7 @@ export interface PackedEvent {
   pr: string;
   pos: [number, number] | null;
   rp: string;
-  /** Upper bound of the bytes this event's outbox entry takes inside a queue message. */
+  /** Upper bound of the bytes this event's outbox entry takes inside a queue message (UTF-8). */
   b: number;
 }
 
@@ -34,8 +34,8 @@ export function packEvent(e: DeviceEvent): PackedEvent {
     pr: e.row.profile_id,
     pos: readPosition(e.row.properties),
     rp,
-    // The entry is `{"s":"<session id>",` + rp + `}`, escaped once more inside the message.
-    b: jsonStringBytes(rp) + 64,
+    // The entry is `{"s":"<session id>",` + rp + `}`, spliced into the message as it is.
+    b: utf8Bytes(rp) + 64,
   };
 }
 

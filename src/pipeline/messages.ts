@@ -59,23 +59,36 @@ export interface IngestMessage {
    * sends its stored chunk as is and the consumer expands it, so flushing costs the object no JSON work.
    */
   chunk?: string;
+  /** Events as a device object's outbox stored them, spliced into a text message (see IngestBody). */
+  entries?: OutboxEvent[];
   /** Sessions absorbed by a merge since `chunk` was written, mapped to their survivor. */
   aliases?: Record<string, string>;
   /** Set when some rows may already be in ClickHouse (a resend after an unconfirmed send). */
   redelivery?: boolean;
 }
 
-/** The rows a message carries, with `chunk` expanded and merged sessions resolved. */
+/**
+ * An ingest-queue message body: an IngestMessage (content type `json`), or its JSON text (content
+ * type `text`). Device objects send text with their stored outbox chunk spliced in as `entries`, so
+ * a flush neither parses nor escapes the chunk, and the consumer parses each event once.
+ */
+export type IngestBody = IngestMessage | string;
+
+export function decodeMessage(body: IngestBody): IngestMessage {
+  return typeof body === 'string' ? (JSON.parse(body) as IngestMessage) : body;
+}
+
+/** The rows a message carries, with its outbox entries expanded and merged sessions resolved. */
 export function expandMessage(m: IngestMessage, syncedAtMs: number): { events: EventRow[]; payloads: PayloadRow[]; sessions: SessionRow[] } {
   const events = m.events.map((e) => ({ ...e, synced_at_ms: syncedAtMs }));
   const payloads = [...m.payloads];
-  if (m.chunk) {
-    const aliases = m.aliases ?? {};
-    for (const entry of JSON.parse(m.chunk) as OutboxEvent[]) {
-      const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
-      events.push(row);
-      payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
-    }
+  const aliases = m.aliases ?? {};
+  // `chunk` is the earlier form of `entries` (a JSON string inside a json message); both may be in flight.
+  const entries = m.entries ?? (m.chunk ? (JSON.parse(m.chunk) as OutboxEvent[]) : []);
+  for (const entry of entries) {
+    const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
+    events.push(row);
+    payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
   }
   return { events, payloads, sessions: m.sessions };
 }
@@ -85,26 +98,17 @@ export const MAX_MESSAGE_BYTES = 100 * 1024;
 export const MAX_SEND_BATCH_BYTES = 220 * 1024;
 export const MAX_SEND_BATCH_MESSAGES = 100;
 
-/**
- * An upper bound of the bytes `s` takes once written as a JSON string inside a message: quotes,
- * backslashes and control characters escaped, everything sized in UTF-8 (the queue's unit).
- */
-export function jsonStringBytes(s: string): number {
-  let n = 2;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 34 || c === 92) n += 2;
-    else if (c < 0x20) n += 6;
-    else if (c < 0x80) n += 1;
-    else if (c < 0x800) n += 2;
-    else n += 3;
-  }
-  return n;
+const utf8 = new TextEncoder();
+const scratch = new Uint8Array(512 * 1024);
+
+/** The UTF-8 size of `s` (the queue's unit); strings of a message's size reuse one buffer. */
+export function utf8Bytes(s: string): number {
+  return s.length * 3 <= scratch.length ? utf8.encodeInto(s, scratch).written : utf8.encode(s).byteLength;
 }
 
 /** Sends messages in as few sendBatch calls as the queue limits allow. */
-export async function sendMessages(queue: Queue<IngestMessage>, messages: Array<{ body: IngestMessage; bytes: number }>): Promise<void> {
-  let batch: MessageSendRequest<IngestMessage>[] = [];
+export async function sendMessages(queue: Queue<IngestBody>, messages: Array<{ body: IngestBody; bytes: number }>): Promise<void> {
+  let batch: MessageSendRequest<IngestBody>[] = [];
   let bytes = 0;
   for (const m of messages) {
     if (batch.length && (batch.length >= MAX_SEND_BATCH_MESSAGES || bytes + m.bytes > MAX_SEND_BATCH_BYTES)) {
@@ -112,7 +116,7 @@ export async function sendMessages(queue: Queue<IngestMessage>, messages: Array<
       batch = [];
       bytes = 0;
     }
-    batch.push({ body: m.body, contentType: 'json' });
+    batch.push({ body: m.body, contentType: typeof m.body === 'string' ? 'text' : 'json' });
     bytes += m.bytes;
   }
   if (batch.length) await queue.sendBatch(batch);

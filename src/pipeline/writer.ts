@@ -2,7 +2,7 @@
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import { expandMessage, type EventRow, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
+import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 1000;
 export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
@@ -61,10 +61,10 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   return { events: newEvents.length, sessions: sessions.length };
 }
 
-export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env: Env): Promise<void> {
+export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
-  const bodies = batch.messages.map((m) => m.body);
-  const mayBeRedelivery = batch.messages.some((m) => m.attempts > 1 || m.body.redelivery === true);
+  const bodies = batch.messages.map((m) => decodeMessage(m.body));
+  const mayBeRedelivery = batch.messages.some((m, i) => m.attempts > 1 || bodies[i]!.redelivery === true);
   try {
     await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
     batch.ackAll();
@@ -82,9 +82,9 @@ export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env:
     console.error(JSON.stringify({ msg: 'ingest write failed twice; writing messages one by one', messages: batch.messages.length, error: String(err) }));
   }
   // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
-  for (const m of batch.messages) {
+  for (const [i, m] of batch.messages.entries()) {
     try {
-      await writeRows(ch, [m.body], Date.now(), true);
+      await writeRows(ch, [bodies[i]!], Date.now(), true);
       m.ack();
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
@@ -94,10 +94,11 @@ export async function handleIngestBatch(batch: MessageBatch<IngestMessage>, env:
 }
 
 /** Messages that exhausted their retries are parked in R2 until an operator re-drives them. */
-export async function handleDeadLetters(batch: MessageBatch<IngestMessage>, env: Env): Promise<void> {
+export async function handleDeadLetters(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
   for (const m of batch.messages) {
     try {
-      await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-${m.id}.json`, JSON.stringify(m.body), {
+      const json = typeof m.body === 'string' ? m.body : JSON.stringify(m.body);
+      await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-${m.id}.json`, json, {
         httpMetadata: { contentType: 'application/json' },
       });
       m.ack();
