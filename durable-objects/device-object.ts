@@ -21,8 +21,16 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
-/** Dedup keys are stored a chunk per call (at most this many keys a row, far under SQLite's 2 MB). */
+/** Dedup keys are stored a chunk per call: at most this many keys, and this many bytes, a row. */
 const SEEN_CHUNK_KEYS = 2000;
+const SEEN_CHUNK_BYTES = 1024 * 1024;
+/** A key's entry as stored, at worst: every character escaped to six bytes, plus its id and time. */
+const seenEntryBytes = (key: string) => key.length * 6 + 64;
+/** Past this many ids in the window the index is not held in memory: lookups scan the blobs. */
+const MAX_INDEXED_KEYS = 1_000_000;
+/** Rows of an older object's per-key table moved into chunks per call, and small chunks merged per alarm. */
+const SEEN_MIGRATE_ROWS = 10_000;
+const SEEN_COMPACT_CHUNKS = 2_000;
 /** Chunks smaller than this are merged by the alarm (per hour of receipt) once enough pile up. */
 const SMALL_SEEN_CHUNK = 256;
 const SMALL_SEEN_CHUNKS_BEFORE_COMPACTION = 128;
@@ -107,6 +115,11 @@ export class DeviceObject extends DurableObject<Env> {
   /** In-flight outbox flush: the alarm and a direct maintain() must not send the same rows twice. */
   private flushing: Promise<number> | null = null;
   private seenIndex: SeenIndex | null = null;
+  /** The per-key `seen` table of an older layout still holds rows (moved into chunks a batch a call). */
+  private legacySeen = false;
+  /** Bounds that tests lower to reach the fallbacks without millions of rows. */
+  maxIndexedKeys = MAX_INDEXED_KEYS;
+  seenMigrateRows = SEEN_MIGRATE_ROWS;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -128,7 +141,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   private upgradeSchema(): void {
     this.sql.exec(SCHEMA_SQL);
-    this.migrateSeenRows();
+    this.legacySeen = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'").toArray().length > 0;
   }
 
   private ensureSchema(): void {
@@ -208,9 +221,12 @@ export class DeviceObject extends DurableObject<Env> {
   /**
    * The dedup index, loaded on first use from the chunks' fingerprint blobs (4 bytes a key, no key
    * text read). It lives as long as the object stays in memory and is dropped with any rollback.
+   * null when the window holds more ids than memory should: lookups then scan the blobs instead.
    */
-  private index(): SeenIndex {
+  private index(): SeenIndex | null {
     if (this.seenIndex) return this.seenIndex;
+    const total = this.sql.exec<{ n: number }>('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks').one().n;
+    if (total > this.maxIndexedKeys) return null;
     const index = new SeenIndex();
     for (const r of this.sql.exec<{ id: number; fps: ArrayBuffer }>('SELECT id, fps FROM seen_chunks')) {
       index.addChunk(r.id, decodeFingerprints(r.fps));
@@ -227,13 +243,19 @@ export class DeviceObject extends DurableObject<Env> {
     if (!events.length) return;
     if (this.meta<number>('nextSeenSweepMs') === null) this.setMeta('nextSeenSweepMs', nowMs + DEDUP_WINDOW_MS);
     const index = this.index();
-    for (let i = 0; i < events.length; i += SEEN_CHUNK_KEYS) {
-      const part = events.slice(i, i + SEEN_CHUNK_KEYS);
+    for (let start = 0; start < events.length; ) {
+      let end = start;
+      for (let bytes = 0; end < events.length && end - start < SEEN_CHUNK_KEYS; end++) {
+        bytes += seenEntryBytes(events[end]!.k);
+        if (end > start && bytes > SEEN_CHUNK_BYTES) break;
+      }
+      const part = events.slice(start, end);
       const fps = part.map((e) => fingerprint(e.k));
-      const entries: SeenEntry[] = part.map((e) => [e.k, e.id, e.c]);
-      const chunk = this.insertSeenChunk(nowMs, fps, entries);
-      index.addChunk(chunk, fps);
+      const chunk = this.insertSeenChunk(nowMs, fps, part.map((e): SeenEntry => [e.k, e.id, e.c]));
+      index?.addChunk(chunk, fps);
+      start = end;
     }
+    if (index && index.fingerprints > this.maxIndexedKeys) this.seenIndex = null;
   }
 
   private insertSeenChunk(seenAtMs: number, fps: number[], entries: SeenEntry[]): number {
@@ -252,11 +274,23 @@ export class DeviceObject extends DurableObject<Env> {
   /** Ids already seen, with the original event's id and time (its session is found from the time). */
   private seenKeys(keys: string[]): Map<string, { eventId: string; createdAtMs: number }> {
     const found = new Map<string, { eventId: string; createdAtMs: number }>();
-    const index = this.index();
     // A fingerprint hit is only a candidate: the chunks it names are read and the keys compared.
     const wanted = new Set<number>();
-    for (const k of keys) for (const c of index.candidates(fingerprint(k))) wanted.add(c);
-    if (!wanted.size) return found;
+    const index = this.index();
+    if (index) {
+      for (const k of keys) for (const c of index.candidates(fingerprint(k))) wanted.add(c);
+    } else {
+      const fps = new Set(keys.map(fingerprint));
+      for (const r of this.sql.exec<{ id: number; fps: ArrayBuffer }>('SELECT id, fps FROM seen_chunks')) {
+        const stored = decodeFingerprints(r.fps);
+        for (let i = 0; i < stored.length; i++) {
+          if (fps.has(stored[i]!)) {
+            wanted.add(r.id);
+            break;
+          }
+        }
+      }
+    }
     const keySet = new Set(keys);
     const ids = [...wanted];
     for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT) {
@@ -268,33 +302,52 @@ export class DeviceObject extends DurableObject<Env> {
         }
       }
     }
+    if (this.legacySeen) {
+      for (let i = 0; i < keys.length; i += PARAMS_PER_STATEMENT) {
+        const part = keys.slice(i, i + PARAMS_PER_STATEMENT);
+        const rows = this.sql.exec<{ key: string; event_id: string; created_at_ms: number }>(
+          `SELECT key, event_id, created_at_ms FROM seen WHERE key IN (${part.map(() => '?').join(',')})`,
+          ...part,
+        );
+        for (const r of rows) found.set(r.key, { eventId: r.event_id, createdAtMs: r.created_at_ms });
+      }
+    }
     return found;
   }
 
   /** Merges the small chunks of each hour of receipt (single-event requests make one chunk each). */
   private compactSeen(): void {
-    if ((this.meta<number>('smallSeenChunks') ?? 0) < SMALL_SEEN_CHUNKS_BEFORE_COMPACTION) return;
+    const pending = this.meta<number>('smallSeenChunks') ?? 0;
+    if (pending < SMALL_SEEN_CHUNKS_BEFORE_COMPACTION) return;
     const small = this.sql
-      .exec<{ id: number; seen_at_ms: number; fps: ArrayBuffer; entries: string }>(
-        'SELECT id, seen_at_ms, fps, entries FROM seen_chunks WHERE n < ? ORDER BY id',
+      .exec<{ id: number; seen_at_ms: number; n: number; fps: ArrayBuffer; entries: string }>(
+        'SELECT id, seen_at_ms, n, fps, entries FROM seen_chunks WHERE n < ? ORDER BY id LIMIT ?',
         SMALL_SEEN_CHUNK,
+        SEEN_COMPACT_CHUNKS,
       )
       .toArray();
     const groups = new Map<number, typeof small>();
     for (const r of small) {
       const hour = Math.floor(r.seen_at_ms / HOUR_MS);
-      groups.set(hour, [...(groups.get(hour) ?? []), r]);
+      let group = groups.get(hour);
+      if (!group) groups.set(hour, (group = []));
+      group.push(r);
     }
     const index = this.seenIndex;
-    this.setMeta('smallSeenChunks', 0);
+    // A full batch leaves the count as it is, so the next alarm goes on where this one stopped.
+    if (small.length < SEEN_COMPACT_CHUNKS) this.setMeta('smallSeenChunks', 0);
     for (const group of groups.values()) {
       // Chunks of one hour become one, kept as long as its newest key must be (pruning is per chunk).
       for (let i = 0; i < group.length; ) {
         const merged: typeof small = [];
         let keys = 0;
-        while (i < group.length && (merged.length === 0 || keys + decodeFingerprints(group[i]!.fps).length <= SEEN_CHUNK_KEYS)) {
-          keys += decodeFingerprints(group[i]!.fps).length;
-          merged.push(group[i++]!);
+        let bytes = 0;
+        for (; i < group.length; i++) {
+          const r = group[i]!;
+          if (merged.length && (keys + r.n > SEEN_CHUNK_KEYS || bytes + r.entries.length * 3 > SEEN_CHUNK_BYTES)) break;
+          merged.push(r);
+          keys += r.n;
+          bytes += r.entries.length * 3;
         }
         if (merged.length < 2) continue;
         const fps = merged.flatMap((r) => Array.from(decodeFingerprints(r.fps)));
@@ -309,23 +362,47 @@ export class DeviceObject extends DurableObject<Env> {
     }
   }
 
-  /** Objects written before chunked dedup keep one `seen` row per key: moved into chunks once. */
+  /**
+   * Objects written before chunked dedup keep one `seen` row per key: moved into chunks a bounded
+   * batch per call (oldest first), looked up in place until the table is empty and dropped.
+   */
   private migrateSeenRows(): void {
-    const legacy = this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'").toArray().length > 0;
-    if (!legacy) return;
+    if (!this.legacySeen) return;
     const rows = this.sql
       .exec<{ key: string; event_id: string; created_at_ms: number; seen_at_ms: number }>(
-        'SELECT key, event_id, created_at_ms, seen_at_ms FROM seen ORDER BY seen_at_ms',
+        'SELECT key, event_id, created_at_ms, seen_at_ms FROM seen ORDER BY seen_at_ms, key LIMIT ?',
+        this.seenMigrateRows,
       )
       .toArray();
+    if (!rows.length) {
+      this.sql.exec('DROP TABLE seen');
+      this.legacySeen = false;
+      return;
+    }
+    const index = this.seenIndex;
     for (let i = 0; i < rows.length; ) {
       const seenAtMs = rows[i]!.seen_at_ms;
       const part: typeof rows = [];
-      while (i < rows.length && rows[i]!.seen_at_ms === seenAtMs && part.length < SEEN_CHUNK_KEYS) part.push(rows[i++]!);
-      this.insertSeenChunk(seenAtMs, part.map((r) => fingerprint(r.key)), part.map((r) => [r.key, r.event_id, r.created_at_ms]));
+      let bytes = 0;
+      while (
+        i < rows.length &&
+        rows[i]!.seen_at_ms === seenAtMs &&
+        part.length < SEEN_CHUNK_KEYS &&
+        (part.length === 0 || bytes + seenEntryBytes(rows[i]!.key) <= SEEN_CHUNK_BYTES)
+      ) {
+        bytes += seenEntryBytes(rows[i]!.key);
+        part.push(rows[i++]!);
+      }
+      const fps = part.map((r) => fingerprint(r.key));
+      const chunk = this.insertSeenChunk(seenAtMs, fps, part.map((r): SeenEntry => [r.key, r.event_id, r.created_at_ms]));
+      index?.addChunk(chunk, fps);
     }
-    this.sql.exec('DROP TABLE seen');
-    this.seenIndex = null;
+    const last = rows[rows.length - 1]!;
+    this.sql.exec('DELETE FROM seen WHERE seen_at_ms < ? OR (seen_at_ms = ? AND key <= ?)', last.seen_at_ms, last.seen_at_ms, last.key);
+    if (rows.length < this.seenMigrateRows) {
+      this.sql.exec('DROP TABLE seen');
+      this.legacySeen = false;
+    }
   }
 
   /** The current session covering each time ('' when none): sessions are disjoint, so this is exact. */
@@ -347,7 +424,8 @@ export class DeviceObject extends DurableObject<Env> {
     const nowMs = request.nowMs ?? Date.now();
     const events = typeof request.events === 'string' ? (JSON.parse(request.events) as PackedEvent[]) : request.events.map(packEvent);
     const input = { ...request, events };
-    this.hasSchema(); // outside the ingest transaction: an older layout is upgraded in its own
+    // Outside the ingest transaction: an older layout is upgraded in its own.
+    if (this.hasSchema() && this.legacySeen) this.transaction(() => this.migrateSeenRows());
     const results = this.transaction(() => this.ingestSync(input, nowMs));
     // The rows are committed: a failure to set the alarm must not make the caller resend them
     // (the next call or alarm schedules it again).
@@ -487,7 +565,15 @@ export class DeviceObject extends DurableObject<Env> {
 
   async maintain(nowMs: number): Promise<{ ended: number; pruned: number; flushed: number }> {
     if (!this.hasSchema()) return { ended: 0, pruned: 0, flushed: 0 };
-    const { ended, pruned } = this.transaction(() => this.endAndPrune(nowMs));
+    let ended = 0;
+    let pruned = 0;
+    try {
+      if (this.legacySeen) this.transaction(() => this.migrateSeenRows());
+      ({ ended, pruned } = this.transaction(() => this.endAndPrune(nowMs)));
+    } catch (err) {
+      // Housekeeping must never hold up the outbox: flush anyway, and try again on the next alarm.
+      console.error(JSON.stringify({ msg: 'device housekeeping failed; flushing anyway', error: String(err) }));
+    }
     let flushed: number;
     try {
       flushed = await this.flush();
@@ -687,7 +773,9 @@ export class DeviceObject extends DurableObject<Env> {
         ? { id: live.id, startMs: live.start_ms, endMs: live.end_ms, eventCount: live.event_count, idleAtMs: live.end_ms + gapMs }
         : null,
       sessions: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions WHERE merged_into IS NULL').one().n,
-      seenIds: this.sql.exec<{ n: number }>('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks').one().n,
+      seenIds:
+        this.sql.exec<{ n: number }>('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks').one().n +
+        (this.legacySeen ? this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen').one().n : 0),
       pendingRows: this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n,
       storageBytes: this.sql.databaseSize,
     };

@@ -469,6 +469,53 @@ describe('dedup index', () => {
     expect((await stub.state())!.seenIds).toBe(3);
   });
 
+  it('past its memory bound the object scans the fingerprint blobs and still deduplicates exactly', async () => {
+    const projectId = `scan-${Date.now()}`;
+    const deviceId = 'scan-device';
+    const stub = deviceStub(env, projectId, deviceId);
+    await runInDurableObject(stub, (o) => {
+      (o as DeviceObject).maxIndexedKeys = 10;
+    });
+    const ev = (i: number) => trackEvent('s', { __deviceId: deviceId, __timestamp: Date.now() - HOUR + i * 1000, __eventId: `s-${i}` });
+    const first = await ingest(projectId, deviceId, Array.from({ length: 30 }, (_, i) => ev(i)), Date.now());
+    expect(first.results.every((r) => r.status === 'accepted')).toBe(true);
+    const mixed = await ingest(projectId, deviceId, [ev(3), ev(30), ev(29)], Date.now());
+    expect(mixed.results.map((r) => [r.status, r.eventId])).toEqual([
+      ['duplicate', first.results[3]!.eventId],
+      ['accepted', mixed.results[1]!.eventId],
+      ['duplicate', first.results[29]!.eventId],
+    ]);
+    expect((await stub.state())!.seenIds).toBe(31);
+  });
+
+  it('moves a large older table into chunks a batch per call, deduplicating throughout', async () => {
+    const projectId = `legacy-batches-${Date.now()}`;
+    const deviceId = 'legacy-batches-device';
+    const t = Date.now() - HOUR;
+    const stub = deviceStub(env, projectId, deviceId);
+    await runInDurableObject(stub, (o, state) => {
+      (o as DeviceObject).seenMigrateRows = 100;
+      state.storage.sql.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;`);
+      for (let i = 0; i < 250; i++) state.storage.sql.exec('INSERT INTO seen VALUES (?, ?, ?, ?)', `e:lb-${i}`, `evt-lb-${i}`, t + i, t + (i % 7));
+    });
+    const ev = (i: number) => trackEvent('lb', { __deviceId: deviceId, __timestamp: t + i, __eventId: `lb-${i}` });
+    const tables = () =>
+      runInDurableObject(stub, (_o, state) =>
+        state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'seen%' ORDER BY name").toArray().map((r) => r.name),
+      );
+    // Each call moves 100 rows; ids not moved yet are still found in the older table.
+    for (const i of [249, 0, 120]) {
+      const r = await ingest(projectId, deviceId, [ev(i)], Date.now());
+      expect([r.results[0]!.status, r.results[0]!.eventId]).toEqual(['duplicate', `evt-lb-${i}`]);
+      expect((await stub.state())!.seenIds).toBe(250);
+    }
+    expect(await tables()).toEqual(['seen_chunks']);
+    const all = await ingest(projectId, deviceId, Array.from({ length: 251 }, (_, i) => ev(i)), Date.now());
+    expect(all.results.slice(0, 250).every((r, i) => r.status === 'duplicate' && r.eventId === `evt-lb-${i}`)).toBe(true);
+    expect(all.results[250]!.status).toBe('accepted');
+  });
+
   it('merges the chunks of single-event requests and still recognises every id', async () => {
     const projectId = `compact-${Date.now()}`;
     const deviceId = 'compact-device';

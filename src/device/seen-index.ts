@@ -38,7 +38,8 @@ export class SeenIndex {
       if (at === chunk) this.chunksOf.delete(fp);
       else if (Array.isArray(at)) {
         const rest = at.filter((c) => c !== chunk);
-        this.chunksOf.set(fp, rest.length === 1 ? rest[0]! : rest);
+        if (rest.length === 0) this.chunksOf.delete(fp);
+        else this.chunksOf.set(fp, rest.length === 1 ? rest[0]! : rest);
       }
     }
   }
