@@ -111,6 +111,28 @@ describe('durability', () => {
     expect(payload!.payload).toBe('{"type":"track"}');
   });
 
+  it('retries a message that does not decode on its own and writes the rest of the delivery', async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const r = {
+      id: uuidv7At(now, hash128(`${p.id}:decodes`)), project_id: p.id, device_id: 'decode-1', profile_id: '', type: 'track', name: 'decodes',
+      created_at_ms: now, received_at_ms: now, properties: '{}', ref_id: '', ip: '', country: '', region: '', city: '',
+      timezone: '', latitude: null, longitude: null,
+    };
+    const good = JSON.stringify({ events: [], payloads: [], sessions: [], entries: [{ s: '', r, p: '{}' }] });
+    const batch = createMessageBatch<IngestBody>('driftline-ingest', [
+      { id: 'truncated', timestamp: new Date(), attempts: 1, body: good.slice(0, 40) },
+      { id: 'not-a-message', timestamp: new Date(), attempts: 1, body: 'null' },
+      { id: 'good', timestamp: new Date(), attempts: 1, body: good },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, env, ctx);
+    const result = await getQueueResult(batch, ctx);
+    expect(result.explicitAcks).toEqual(['good']);
+    expect(result.retryMessages.map((m: { msgId: string }) => m.msgId).sort()).toEqual(['not-a-message', 'truncated']);
+    expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
+  });
+
   it('writes both message forms in one delivery: text with entries, and json with a chunk string', async () => {
     const p = await createProject();
     const now = Date.now();

@@ -75,7 +75,9 @@ export interface IngestMessage {
 export type IngestBody = IngestMessage | string;
 
 export function decodeMessage(body: IngestBody): IngestMessage {
-  return typeof body === 'string' ? (JSON.parse(body) as IngestMessage) : body;
+  const m: unknown = typeof body === 'string' ? JSON.parse(body) : body;
+  if (typeof m !== 'object' || m === null || !Array.isArray((m as IngestMessage).sessions)) throw new Error('not an ingest message');
+  return m as IngestMessage;
 }
 
 /** The rows a message carries, with its outbox entries expanded and merged sessions resolved. */

@@ -63,11 +63,23 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
 
 export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
-  const bodies = batch.messages.map((m) => decodeMessage(m.body));
-  const mayBeRedelivery = batch.messages.some((m, i) => m.attempts > 1 || bodies[i]!.redelivery === true);
+  // A body that does not decode is retried alone (and parked as it is in the end); the rest go on.
+  const decoded: Array<{ m: Message<IngestBody>; body: IngestMessage }> = [];
+  for (const m of batch.messages) {
+    try {
+      decoded.push({ m, body: decodeMessage(m.body) });
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'ingest message could not be decoded; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
+      m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
+    }
+  }
+  if (!decoded.length) return;
+  const bodies = decoded.map((d) => d.body);
+  const ackAll = () => (decoded.length === batch.messages.length ? batch.ackAll() : decoded.forEach((d) => d.m.ack()));
+  const mayBeRedelivery = decoded.some((d) => d.m.attempts > 1 || d.body.redelivery === true);
   try {
     await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
-    batch.ackAll();
+    ackAll();
     return;
   } catch (err) {
     // One immediate second try (a stale keep-alive connection after a ClickHouse restart fails once);
@@ -76,15 +88,15 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   }
   try {
     await writeRows(ch, bodies, Date.now(), true);
-    batch.ackAll();
+    ackAll();
     return;
   } catch (err) {
     console.error(JSON.stringify({ msg: 'ingest write failed twice; writing messages one by one', messages: batch.messages.length, error: String(err) }));
   }
   // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
-  for (const [i, m] of batch.messages.entries()) {
+  for (const { m, body } of decoded) {
     try {
-      await writeRows(ch, [bodies[i]!], Date.now(), true);
+      await writeRows(ch, [body], Date.now(), true);
       m.ack();
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
