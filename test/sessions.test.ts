@@ -412,6 +412,12 @@ describe('bounded state', () => {
   });
 });
 
+/** The tables of an object written before chunked dedup: one `seen` row per key. */
+function createOlderLayout(state: DurableObjectState) {
+  state.storage.sql.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;`);
+}
+
 describe('dedup index', () => {
   const seenChunks = (stub: DurableObjectStub<DeviceObject>) =>
     runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen_chunks').one().n);
@@ -451,8 +457,7 @@ describe('dedup index', () => {
     const t = Date.now() - HOUR;
     const stub = deviceStub(env, projectId, deviceId);
     await runInDurableObject(stub, (_o, state) => {
-      state.storage.sql.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;`);
+      createOlderLayout(state);
       state.storage.sql.exec('INSERT INTO seen VALUES (?, ?, ?, ?), (?, ?, ?, ?)', 'e:old-1', 'evt-old-1', t, t, 'e:old-2', 'evt-old-2', t + 1, t + 5);
     });
     const ev = (id: string, at: number) => trackEvent('o', { __deviceId: deviceId, __timestamp: at, __eventId: id });
@@ -495,8 +500,7 @@ describe('dedup index', () => {
     const stub = deviceStub(env, projectId, deviceId);
     await runInDurableObject(stub, (o, state) => {
       (o as DeviceObject).seenMigrateRows = 100;
-      state.storage.sql.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE seen (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, seen_at_ms INTEGER NOT NULL) WITHOUT ROWID;`);
+      createOlderLayout(state);
       for (let i = 0; i < 250; i++) state.storage.sql.exec('INSERT INTO seen VALUES (?, ?, ?, ?)', `e:lb-${i}`, `evt-lb-${i}`, t + i, t + (i % 7));
     });
     const ev = (i: number) => trackEvent('lb', { __deviceId: deviceId, __timestamp: t + i, __eventId: `lb-${i}` });
