@@ -2,6 +2,7 @@
 import { createExecutionContext, createMessageBatch, env, getQueueResult, SELF } from 'cloudflare:test';
 import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
+import { writeRows } from '../src/pipeline/writer';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { IngestBody, IngestMessage, OutboxEvent } from '../src/pipeline/messages';
 import { ADMIN_TOKEN, ch, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
@@ -223,6 +224,22 @@ describe('hostile content never blocks accepted rows', () => {
     expect(result.explicitAcks).toEqual(['good']);
     expect(result.retryMessages.map((m: { msgId: string }) => m.msgId)).toEqual(['bad']);
     expect(await countEvents(p.id)).toEqual({ rows: 1, ids: 1 });
+  });
+
+  it('never shows an event whose raw payload was not stored', async () => {
+    // Readers (and the CJK test above, under load) look up an event's payload as soon as they see
+    // the event: the payload insert must land first, so a refused payload leaves no event behind.
+    const p = await createProject();
+    const now = Date.now();
+    const id = uuidv7At(now, hash128(`${p.id}:orphan`));
+    const event: IngestMessage['events'][number] = {
+      id, project_id: p.id, device_id: 'order-1', session_id: '', profile_id: '', type: 'track',
+      name: 'orphan', created_at_ms: now, received_at_ms: now, synced_at_ms: 0, properties: '{}', ref_id: '', ip: '',
+      country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
+    };
+    const refused = { id, project_id: p.id, created_at_ms: now, received_at_ms: now, payload: 'refused\ud800' };
+    await expect(writeRows(ch(), [{ events: [event], payloads: [refused], sessions: [] }], now, false)).rejects.toThrow();
+    expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
   });
 
   it('reads with bounds far in the future', async () => {

@@ -54,10 +54,10 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   }
   // Within one delivery the same event can appear twice (an outbox resend batched with the original).
   const dedupe = <T extends { id: string }>(rows: T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
-  // Sessions first: once a reader sees an event, it also sees the session (and its start) it belongs to.
-  await ch.insert('sessions', sessions);
+  // Sessions and payloads first: once a reader sees an event, it also sees the session (and its
+  // start) it belongs to and its raw payload.
+  await Promise.all([ch.insert('sessions', sessions), ch.insert('event_payloads', dedupe(newPayloads))]);
   await ch.insert('events', dedupe(newEvents));
-  await ch.insert('event_payloads', dedupe(newPayloads));
   return { events: newEvents.length, sessions: sessions.length };
 }
 
