@@ -1,10 +1,17 @@
 // The one module that talks to ClickHouse: version detection, typed parameters, JSONEachRow I/O.
 import { createClient, type ClickHouseClient } from '@clickhouse/client-web';
 import type { Config } from '../config';
-import { bindParams, type QueryParams } from './params';
+import { bindParams, formatParam, type QueryParams } from './params';
+
+/**
+ * Value lists sent in the request body as external tables (ClickHouse's "external data"), one
+ * `String` column named `value` each: thousands of ids never go into a URL. In SQL: `x IN (SELECT
+ * value FROM <name>)`.
+ */
+export type ValueLists = Record<string, readonly string[]>;
 
 export interface ClickHouse {
-  query<T>(sql: string, params?: QueryParams): Promise<T[]>;
+  query<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<T[]>;
   command(sql: string, params?: QueryParams): Promise<void>;
   insert(table: string, rows: readonly object[]): Promise<void>;
   ping(): Promise<boolean>;
@@ -62,13 +69,48 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
 
   const prepare = async (sql: string, params?: QueryParams) => {
     if (!params || Object.keys(params).length === 0) return { query: sql };
+    assertShortParams(params);
     const v = await version();
     return v.nativeParams ? { query: sql, query_params: params } : { query: bindParams(sql, params) };
   };
 
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  // The client has no external data: a multipart request of our own, the (short) query in the URL.
+  const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> => {
+    const v = await version();
+    const url = new URL(config.url);
+    const form = new FormData();
+    for (const [name, values] of Object.entries(lists)) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`list name ${name} is not an identifier`);
+      url.searchParams.set(`${name}_structure`, 'value String');
+      url.searchParams.set(`${name}_format`, 'TabSeparated');
+      form.append(name, new Blob([values.map(tsvEscape).join('\n') + (values.length ? '\n' : '')]), name);
+    }
+    const scalar = params ?? {};
+    assertShortParams(scalar);
+    if (v.nativeParams) {
+      for (const [k, value] of Object.entries(scalar)) url.searchParams.set(`param_${k}`, formatParam(value));
+      url.searchParams.set('query', `${sql}\nFORMAT JSONEachRow`);
+    } else {
+      url.searchParams.set('query', `${Object.keys(scalar).length ? bindParams(sql, scalar) : sql}\nFORMAT JSONEachRow`);
+    }
+    url.searchParams.set('database', config.database);
+    for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
+    const res = await fetch(url, {
+      method: 'POST',
+      body: form,
+      headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${text.slice(0, 1000)}`);
+    return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
+  };
+
   return {
     version,
-    async query<T>(sql: string, params?: QueryParams) {
+    async query<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
+      if (lists && Object.keys(lists).length) return queryWithLists<T>(sql, params, lists);
       const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSONEachRow' });
       return rs.json<T>();
     },
@@ -85,3 +127,17 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     },
   };
 }
+
+/** Query parameters travel in the URL: a list longer than a handful belongs in a ValueLists body. */
+export const MAX_URL_LIST = 100;
+function assertShortParams(params: QueryParams) {
+  for (const [k, v] of Object.entries(params)) {
+    if (Array.isArray(v) && v.length > MAX_URL_LIST) throw new TypeError(`parameter ${k} has ${v.length} values: pass long lists as ValueLists, never in the URL`);
+  }
+}
+
+/** A value as one TabSeparated field. */
+function tsvEscape(value: string): string {
+  return value.replace(/[\\\t\n\r\0]/g, (c) => TSV_ESCAPES[c]!);
+}
+const TSV_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r', '\0': '\\0' };

@@ -50,3 +50,13 @@ export function bindParams(sql: string, params: QueryParams): string {
     return renderLiteral(type, params[name]!, name);
   });
 }
+
+/** A value in the text form of a `param_<name>` URL parameter (what the HTTP interface parses). */
+export function formatParam(value: ParamValue): string {
+  if (value === null) return '\\N';
+  if (Array.isArray(value)) return `[${value.map((v) => (typeof v === 'string' ? quoteString(v) : v === null ? 'NULL' : formatParam(v))).join(',')}]`;
+  if (typeof value === 'boolean') return value ? '1' : '0';
+  if (typeof value === 'string') return value.replace(/[\\\t\n\r']/g, (c) => PARAM_ESCAPES[c]!);
+  return String(value);
+}
+const PARAM_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r', "'": "\\'" };

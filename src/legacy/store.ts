@@ -28,15 +28,9 @@ async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonl
           WHERE project_id = {p:String}
             AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
             AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-            AND toString(id) IN (SELECT arrayJoin({ids:Array(String)}))`,
-        {
-          p: projectId,
-          fromSec: Math.floor(from / 1000),
-          toSec: Math.ceil(to / 1000),
-          from,
-          to,
-          ids: batch.map((r) => r.id),
-        },
+            AND toString(id) IN (SELECT value FROM ids)`,
+        { p: projectId, fromSec: Math.floor(from / 1000), toSec: Math.ceil(to / 1000), from, to },
+        { ids: batch.map((r) => r.id) },
       );
       for (const h of hits) found.add(h.id);
     }),
@@ -85,9 +79,10 @@ export async function lookupNewIds(ch: ClickHouse, dataset: string, legacyIds: r
   for (let i = 0; i < legacyIds.length; i += ID_CHECK_BATCH) {
     const rows = await ch.query<{ legacy_id: string; new_id: string }>(
       `SELECT legacy_id, toString(new_id) AS new_id FROM legacy_id_map
-        WHERE dataset = {d:String} AND legacy_id IN (SELECT arrayJoin({ids:Array(String)}))
+        WHERE dataset = {d:String} AND legacy_id IN (SELECT value FROM ids)
         LIMIT 1 BY legacy_id`,
-      { d: dataset, ids: [...new Set(legacyIds.slice(i, i + ID_CHECK_BATCH))] },
+      { d: dataset },
+      { ids: [...new Set(legacyIds.slice(i, i + ID_CHECK_BATCH))] },
     );
     for (const r of rows) out.set(r.legacy_id, r.new_id);
   }

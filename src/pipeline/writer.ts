@@ -4,7 +4,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
-const ID_CHECK_CHUNK = 1000;
+const ID_CHECK_CHUNK = 5000;
 export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
 
 /** Delay before the n-th retry: 2, 4, 8 ... capped at 5 minutes. */
@@ -20,15 +20,11 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
     const times = chunk.map((r) => r.created_at_ms);
     const hits = await ch.query<{ id: string }>(
       `SELECT toString(id) AS id FROM ${table}
-        WHERE project_id IN (SELECT arrayJoin({projects:Array(String)}))
+        WHERE project_id IN (SELECT value FROM projects)
           AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-          AND toString(id) IN (SELECT arrayJoin({ids:Array(String)}))`,
-      {
-        projects: [...new Set(chunk.map((r) => r.project_id))],
-        from: Math.min(...times),
-        to: Math.max(...times),
-        ids: chunk.map((r) => r.id),
-      },
+          AND toString(id) IN (SELECT value FROM ids)`,
+      { from: Math.min(...times), to: Math.max(...times) },
+      { projects: [...new Set(chunk.map((r) => r.project_id))], ids: chunk.map((r) => r.id) },
     );
     for (const h of hits) found.add(h.id);
   }

@@ -53,9 +53,10 @@ export async function resolveMergedSessions(ch: ClickHouse, projectId: string, i
   for (let hop = 0; hop < 8 && frontier.length; hop++) {
     const rows = await ch.query<{ id: string; merged: string }>(
       `SELECT id, argMax(merged_into, version) AS merged FROM sessions
-        WHERE project_id = {projectId:String} AND id IN (SELECT arrayJoin({ids:Array(String)}))
+        WHERE project_id = {projectId:String} AND id IN (SELECT value FROM ids)
         GROUP BY id HAVING merged != ''`,
-      { projectId, ids: frontier },
+      { projectId },
+      { ids: frontier },
     );
     frontier = [];
     for (const r of rows) {
