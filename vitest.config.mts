@@ -3,6 +3,9 @@ import { defineConfig } from 'vitest/config';
 
 export const TEST_ADMIN_TOKEN = 'test-admin-token';
 
+// Two projects: `workers` runs inside workerd against the ClickHouse generation chosen by
+// DRIFTLINE_TEST_CLICKHOUSE (see scripts/test.mjs); `node` covers the local tooling (the chDB
+// HTTP server, `npm start` supervision) as plain Node tests.
 export default defineConfig(async () => {
   const migrations = await readD1Migrations('./migrations/d1');
   return {
@@ -14,33 +17,52 @@ export default defineConfig(async () => {
         'pg-cloudflare': new URL('./node_modules/pg-cloudflare/dist/index.js', import.meta.url).pathname,
       },
     },
-    plugins: [
-      cloudflareTest(({ inject }) => ({
-        main: './src/index.ts',
-        wrangler: { configPath: './wrangler.toml' },
-        miniflare: {
-          bindings: {
-            CLICKHOUSE_URL: inject<string>('clickhouseUrl'),
-            CLICKHOUSE_DATABASE: inject<string>('clickhouseDatabase'),
-            TEST_CLICKHOUSE_FAULT_CONTROL: inject<string>('clickhouseFaultControl'),
-            ADMIN_TOKEN: TEST_ADMIN_TOKEN,
-            LEGACY_DATASETS: 'citylens,fleetone',
-            TEST_MIGRATIONS: migrations,
-            TEST_POSTGRES_URL: inject<string>('postgresUrl'),
-          },
-          hyperdrives: { LEGACY_DB: inject<string>('postgresUrl') },
-          // A small budget so the 429 path is reachable in a test; no other test sends this many.
-          ratelimits: { INGEST_LIMITER: { namespace_id: '1001', simple: { limit: 120, period: 60 } } },
-        },
-      })),
-    ],
     test: {
-      globalSetup: ['./test/global-setup.mjs'],
-      setupFiles: ['./test/apply-migrations.ts'],
-      include: ['test/**/*.test.ts'],
-      testTimeout: 120_000,
-      hookTimeout: 120_000,
-      fileParallelism: false,
+      projects: [
+        {
+          extends: true,
+          plugins: [
+            cloudflareTest(({ inject }) => ({
+              main: './src/index.ts',
+              wrangler: { configPath: './wrangler.toml' },
+              miniflare: {
+                bindings: {
+                  CLICKHOUSE_URL: inject<string>('clickhouseUrl'),
+                  CLICKHOUSE_DATABASE: inject<string>('clickhouseDatabase'),
+                  TEST_CLICKHOUSE_FAULT_CONTROL: inject<string>('clickhouseFaultControl'),
+                  TEST_CLICKHOUSE_GENERATION: inject<string>('clickhouseGeneration'),
+                  ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+                  LEGACY_DATASETS: 'citylens,fleetone',
+                  TEST_MIGRATIONS: migrations,
+                  TEST_POSTGRES_URL: inject<string>('postgresUrl'),
+                },
+                hyperdrives: { LEGACY_DB: inject<string>('postgresUrl') },
+                // A small budget so the 429 path is reachable in a test; no other test sends this many.
+                ratelimits: { INGEST_LIMITER: { namespace_id: '1001', simple: { limit: 120, period: 60 } } },
+              },
+            })),
+          ],
+          test: {
+            name: 'workers',
+            globalSetup: ['./test/global-setup.mjs'],
+            setupFiles: ['./test/apply-migrations.ts'],
+            include: ['test/**/*.test.ts'],
+            testTimeout: 120_000,
+            hookTimeout: 120_000,
+            fileParallelism: false,
+          },
+        },
+        {
+          test: {
+            name: 'node',
+            environment: 'node',
+            include: ['test/node/**/*.test.mjs'],
+            testTimeout: 180_000,
+            hookTimeout: 180_000,
+            fileParallelism: false,
+          },
+        },
+      ],
     },
   };
 });

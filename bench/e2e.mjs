@@ -93,7 +93,7 @@ function batchBody(b, nowMs) {
 async function main() {
   console.log(`e2e: starting a gateway (own data dir, ClickHouse database ${database})...`);
   const t = Date.now();
-  gateway = await startGateway({ port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
+  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
   console.log(`  gateway ${gateway.url} up in ${((Date.now() - t) / 1000).toFixed(1)} s; ClickHouse ${gateway.clickhouse.url}${gateway.clickhouse.started ? ' (started for this run)' : ''}`);
   const { project } = gateway;
   const headers = {

@@ -134,6 +134,8 @@ try {
   await Promise.all([seedLegacy('bench_alone', ROWS), seedLegacy('bench_fast', ROWS), seedLegacy('bench_yield', ROWS)]);
 
   gateway = await startGateway({
+    // a ClickHouse process of its own, so its CPU is measured apart (LOCAL_CLICKHOUSE=chdb for 26.x)
+    localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
     port: 0,
     dataDir,
     quiet: true,

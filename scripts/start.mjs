@@ -20,7 +20,7 @@ async function shutdown(signal, code = 0) {
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => void shutdown(signal));
 
 try {
-  gateway = await startGateway({ writeDevVars: true, signal: starting.signal });
+  gateway = await startGateway({ writeDevVars: true, signal: starting.signal, supervise: true });
 } catch (err) {
   if (stopping) {
     console.log('stopped.');
@@ -37,7 +37,7 @@ const sample = JSON.stringify({
 console.log(`
 Driftline is running at ${url}
 
-  ClickHouse   ${clickhouse.url} (database ${clickhouse.database}${clickhouse.started ? ', started by npm start' : ''})
+  ClickHouse   ${clickhouse.url} (database ${clickhouse.database}${clickhouse.started ? `, ${clickhouse.kind} started by npm start` : ''})
   Admin token  ${adminToken}   (${adminTokenSource})
   Crons        ${crons.length ? crons.map((c) => `"${c}"`).join(', ') + ' fired on schedule' : 'none'}
   Legacy DB    ${gateway.hyperdriveLocal}
@@ -62,8 +62,8 @@ OpenPanel SDK: new OpenPanel({ clientId: '${project.clientId}', clientSecret: '<
 Ctrl-C stops everything.
 `);
 
-const code = await gateway.exited;
+const why = await gateway.exited;
 if (!stopping) {
-  console.error(`wrangler dev exited unexpectedly (${code}); stopping.`);
+  console.error(`The gateway is down for good (${why}); stopping.`);
   await shutdown('exit', 1);
 }

@@ -7,6 +7,8 @@ declare global {
       TEST_MIGRATIONS: D1Migration[];
       TEST_POSTGRES_URL: string;
       TEST_CLICKHOUSE_FAULT_CONTROL: string;
+      /** `version()` of the ClickHouse the suite runs against. */
+      TEST_CLICKHOUSE_GENERATION: string;
     }
   }
 }
@@ -16,6 +18,7 @@ declare module 'vitest' {
     clickhouseUrl: string;
     clickhouseFaultControl: string;
     clickhouseDatabase: string;
+    clickhouseGeneration: string;
     postgresUrl: string;
   }
 }

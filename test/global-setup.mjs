@@ -1,11 +1,11 @@
 // Starts a throwaway ClickHouse and Postgres on free ports (or uses CLICKHOUSE_URL / POSTGRES_URL),
 // applies the ClickHouse migrations, and hands the addresses to the Workers pool.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { migrateClickHouse } from '../scripts/lib/clickhouse-migrate.mjs';
 import { startFaultProxy } from '../scripts/lib/fault-proxy.mjs';
-import { clickhouseAnswers, startClickHouse, startPostgres } from '../scripts/lib/services.mjs';
+import { clickhouseAnswers, clickhouseServerInstalled, clickhouseVersion, startClickHouse, startPostgres } from '../scripts/lib/services.mjs';
 
 /** @param {import('vitest/node').TestProject} project */
 export default async function setup(project) {
@@ -30,10 +30,19 @@ async function start(project, dir, stops, teardown) {
     throw new Error(`CLICKHOUSE_URL=${clickhouseUrl} does not answer /ping`);
   }
   if (!clickhouseUrl) {
-    const ch = await startClickHouse({ dir: join(dir, 'clickhouse') });
+    // `server`: Debian's clickhouse-server (18.16); `chdb`: ClickHouse 26 in-process behind the HTTP shim.
+    const kind = process.env.DRIFTLINE_TEST_CLICKHOUSE || (clickhouseServerInstalled() ? 'server' : 'chdb');
+    if (kind !== 'server' && kind !== 'chdb') throw new Error(`DRIFTLINE_TEST_CLICKHOUSE must be server or chdb, not ${kind}`);
+    const ch =
+      kind === 'server'
+        ? await startClickHouse({ dir: join(dir, 'clickhouse') })
+        : await (await import('../scripts/lib/chdb-server.mjs')).startChdbServer({ dir: join(dir, 'chdb') });
     stops.push(() => ch.stop({ force: true }));
     clickhouseUrl = ch.url;
   }
+  const version = await clickhouseVersion(clickhouseUrl);
+  console.log(`ClickHouse under test: ${version} at ${clickhouseUrl}`);
+  if (process.env.DRIFTLINE_TEST_VERSION_FILE) writeFileSync(process.env.DRIFTLINE_TEST_VERSION_FILE, version);
   // A fresh database per run keeps runs against a shared server apart.
   const clickhouseDatabase = `driftline_test_${Date.now()}`;
   const first = await migrateClickHouse({ url: clickhouseUrl, database: clickhouseDatabase });
@@ -56,6 +65,7 @@ async function start(project, dir, stops, teardown) {
   project.provide('clickhouseUrl', proxy.url);
   project.provide('clickhouseFaultControl', proxy.controlUrl);
   project.provide('clickhouseDatabase', clickhouseDatabase);
+  project.provide('clickhouseGeneration', version);
   project.provide('postgresUrl', postgresUrl);
 
   return teardown;

@@ -1,5 +1,6 @@
-// Brings up the local gateway: ClickHouse (found or started), migrations, `wrangler dev`, a demo
-// project and the cron schedule. Used by `npm start` and by the benchmarks.
+// Brings up the local gateway: ClickHouse (found, or started: embedded chDB by default), migrations,
+// `wrangler dev` (optionally supervised), a demo project and the cron schedule. Used by `npm start`
+// and by the benchmarks.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
@@ -112,6 +113,104 @@ async function ensureDemoProject({ url, adminToken, file }) {
   return { ...project, reused: false };
 }
 
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 10 * 60_000;
+
+/** `wrangler dev` in its own process group (so stopping it also stops workerd), output kept in a tail. */
+function spawnWrangler(args, env, quiet) {
+  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let tail = '';
+  let crashes = 0;
+  const onOutput = (stream) => (b) => {
+    const text = b.toString();
+    if (/runtime crashed unexpectedly/i.test(text)) crashes += 1;
+    tail = (tail + text).slice(-8000);
+    if (!quiet) stream.write(b);
+  };
+  child.stdout.on('data', onOutput(process.stdout));
+  child.stderr.on('data', onOutput(process.stderr));
+  let exitCode;
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve((exitCode = code ?? signal))));
+  const killGroup = (signal) => {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      /* already gone */
+    }
+  };
+  return {
+    pid: child.pid,
+    exited,
+    exitCode: () => exitCode,
+    tail: () => tail,
+    /** How often wrangler said the Workers runtime crashed (it restarts it itself). */
+    crashes: () => crashes,
+    async stop() {
+      if (exitCode !== undefined) return killGroup('SIGKILL'); // stragglers of the group (workerd)
+      killGroup('SIGTERM');
+      const timer = setTimeout(() => killGroup('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+      killGroup('SIGKILL');
+    },
+  };
+}
+
+/** Waits for /healthz to answer 200 (or for wrangler to fail: exit, a build error, 120 s). */
+async function waitUntilServing(url, wrangler, checkAborted) {
+  const deadline = Date.now() + 120_000;
+  let lastHealth = 'no answer';
+  for (;;) {
+    checkAborted();
+    const tail = wrangler.tail();
+    if (wrangler.exitCode() !== undefined) throw new Error(`wrangler dev exited (${wrangler.exitCode()}) before the gateway came up:\n${tail.slice(-3000)}`);
+    if (Date.now() > deadline) throw new Error(`the gateway at ${url}/healthz did not become ready in 120 s (${lastHealth}):\n${tail.slice(-3000)}`);
+    // wrangler keeps watching after a failed build; a start cannot succeed until the source is fixed
+    const buildFailed = tail.lastIndexOf('Build failed');
+    if (buildFailed >= 0 && tail.lastIndexOf('Ready on') < buildFailed) {
+      throw new Error(`wrangler dev could not build the Worker:\n${tail.slice(buildFailed, buildFailed + 3000)}`);
+    }
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
+      lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
+      if (res.ok) return;
+    } catch (err) {
+      lastHealth = err.message;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/**
+ * Resolves with a reason once /healthz has given no HTTP answer (any status counts as one: a 503
+ * while ClickHouse is down is the gateway answering) `failures` times in a row. wrangler restarts a
+ * crashed workerd by itself, but the restarted runtime can stop answering, so after wrangler reports
+ * a crash the checks come every few seconds; otherwise one every `idleMs` (each shows in its log).
+ */
+async function stopsAnswering(url, wrangler, stopped, log, { idleMs = 30_000, afterCrashMs = 3000, timeoutMs = 5000, failures = 3 } = {}) {
+  let misses = 0;
+  let seenCrashes = wrangler.crashes();
+  while (!stopped() && wrangler.exitCode() === undefined) {
+    const due = Date.now() + (misses > 0 ? afterCrashMs : idleMs);
+    while (Date.now() < due && wrangler.crashes() === seenCrashes && !stopped()) await new Promise((r) => setTimeout(r, 250));
+    if (wrangler.crashes() !== seenCrashes) {
+      seenCrashes = wrangler.crashes();
+      log('Gateway: wrangler dev reports that the Workers runtime crashed and restarts it; checking that the gateway answers');
+      await new Promise((r) => setTimeout(r, afterCrashMs)); // give its own restart a chance first
+    }
+    if (stopped()) break;
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+      await res.arrayBuffer();
+      misses = 0;
+    } catch (err) {
+      misses += 1;
+      if (misses >= failures) return `the gateway stopped answering ${url}/healthz (${misses} checks in a row: ${err.message})`;
+    }
+  }
+  return new Promise(() => {}); // exited or stopping: the other side of the race decides
+}
+
 /**
  * Starts the whole local gateway. Options:
  * - port: HTTP port (default PORT or 8787; 0 picks a free one)
@@ -123,6 +222,8 @@ async function ensureDemoProject({ url, adminToken, file }) {
  * - clickhouseUrl, clickhouseDatabase: override CLICKHOUSE_URL / CLICKHOUSE_DATABASE
  * - log: where progress lines go (default console.log)
  * - signal: an AbortSignal that cancels a start in progress (what was started is stopped)
+ * - supervise: restart wrangler dev when it exits or stops answering (as `npm start` does)
+ * - localClickHouse: `chdb` (embedded, default) or `server` when no configured ClickHouse answers
  * Returns { url, adminToken, adminTokenSource, clickhouse: { url, started }, project, crons, exited, stop }.
  */
 export async function startGateway(options = {}) {
@@ -152,19 +253,27 @@ export async function startGateway(options = {}) {
   };
 
   try {
-    // 1. ClickHouse: the configured one if it answers, else a private server with data under dataDir.
+    // 1. ClickHouse: the configured one if it answers, else a local one with data under dataDir:
+    //    embedded chDB (ClickHouse 26, nothing to install) or, when asked, Debian's clickhouse-server.
     const wantedUrl = options.clickhouseUrl ?? env.CLICKHOUSE_URL ?? devVars.CLICKHOUSE_URL ?? fileVars.CLICKHOUSE_URL;
+    const localKind = options.localClickHouse ?? (env.LOCAL_CLICKHOUSE || devVars.LOCAL_CLICKHOUSE || 'chdb');
+    if (localKind !== 'chdb' && localKind !== 'server') throw new Error(`LOCAL_CLICKHOUSE must be chdb or server, not ${localKind}`);
     let clickhouseUrl;
     let startedClickHouse = null;
     if (wantedUrl && (await clickhouseAnswers(wantedUrl))) {
       clickhouseUrl = wantedUrl.replace(/\/+$/, '');
       log(`ClickHouse: using ${clickhouseUrl}`);
     } else {
-      if (options.clickhouseUrl ?? env.CLICKHOUSE_URL) log(`ClickHouse: CLICKHOUSE_URL=${wantedUrl} does not answer; starting a local clickhouse-server`);
-      startedClickHouse = await startClickHouse({ dir: join(dataDir, 'clickhouse') });
+      const what = localKind === 'server' ? 'clickhouse-server' : 'the embedded ClickHouse (chDB)';
+      if (options.clickhouseUrl ?? env.CLICKHOUSE_URL) log(`ClickHouse: CLICKHOUSE_URL=${wantedUrl} does not answer; starting ${what}`);
+      const dir = join(dataDir, localKind === 'server' ? 'clickhouse' : 'chdb');
+      startedClickHouse =
+        localKind === 'server'
+          ? await startClickHouse({ dir })
+          : await (await import('./chdb-server.mjs')).startChdbServer({ dir });
       cleanups.push(() => startedClickHouse.stop());
       clickhouseUrl = startedClickHouse.url;
-      log(`ClickHouse: started clickhouse-server at ${clickhouseUrl} (data in ${join(dataDir, 'clickhouse')})`);
+      log(`ClickHouse: started ${what} at ${clickhouseUrl} (data in ${dir})`);
     }
     checkAborted();
     const database = options.clickhouseDatabase || env.CLICKHOUSE_DATABASE || devVars.CLICKHOUSE_DATABASE || fileVars.CLICKHOUSE_DATABASE || 'driftline';
@@ -197,8 +306,9 @@ export async function startGateway(options = {}) {
     // 3. Variables for the Worker: .dev.vars, overridden by the environment, written to one env file
     //    that wrangler loads instead of .dev.vars (keeps the token off the command line).
     const workerVars = { ...devVars, CLICKHOUSE_URL: clickhouseUrl, CLICKHOUSE_DATABASE: database, ADMIN_TOKEN: adminToken };
-    for (const key of ['CLICKHOUSE_USER', 'CLICKHOUSE_PASSWORD', 'LEGACY_DATASETS', 'SESSION_GAP_MS']) {
-      if (env[key] !== undefined) workerVars[key] = env[key];
+    // Every setting wrangler.toml declares (and the secrets) may come from the environment.
+    for (const key of new Set([...Object.keys(fileVars), 'CLICKHOUSE_USER', 'CLICKHOUSE_PASSWORD', 'LEGACY_DATASETS', 'SESSION_GAP_MS'])) {
+      if (key !== 'CLICKHOUSE_URL' && key !== 'CLICKHOUSE_DATABASE' && env[key] !== undefined) workerVars[key] = env[key];
     }
     Object.assign(workerVars, options.vars ?? {});
     const wranglerDir = join(dataDir, 'wrangler');
@@ -223,54 +333,55 @@ export async function startGateway(options = {}) {
       WRANGLER, 'dev', '--local', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspectorPort),
       '--persist-to', wranglerDir, '--env-file', envFile, '--show-interactive-dev-session=false',
     ];
-    const wrangler = spawn(process.execPath, args, { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let tail = '';
-    const onOutput = (stream) => (b) => {
-      tail = (tail + b.toString()).slice(-8000);
-      if (!quiet) stream.write(b);
-    };
-    wrangler.stdout.on('data', onOutput(process.stdout));
-    wrangler.stderr.on('data', onOutput(process.stderr));
-    let exitCode;
-    const exited = new Promise((resolve) => wrangler.on('exit', (code, signal) => resolve((exitCode = code ?? signal))));
-    const killGroup = (signal) => {
-      try {
-        process.kill(-wrangler.pid, signal);
-      } catch {
-        /* already gone */
-      }
-    };
-    cleanups.push(async () => {
-      if (exitCode !== undefined) return killGroup('SIGKILL');
-      killGroup('SIGTERM');
-      const timer = setTimeout(() => killGroup('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-      killGroup('SIGKILL'); // stragglers of the group (workerd)
-    });
-
     const url = `http://127.0.0.1:${port}`;
-    const deadline = Date.now() + 120_000;
-    let lastHealth = 'no answer';
-    for (;;) {
-      checkAborted();
-      if (exitCode !== undefined) throw new Error(`wrangler dev exited (${exitCode}) before the gateway came up:\n${tail.slice(-3000)}`);
-      if (Date.now() > deadline) throw new Error(`the gateway at ${url}/healthz did not become ready in 120 s (${lastHealth}):\n${tail.slice(-3000)}`);
-      // wrangler keeps watching after a failed build; a start cannot succeed until the source is fixed
-      const buildFailed = tail.lastIndexOf('Build failed');
-      if (buildFailed >= 0 && tail.lastIndexOf('Ready on') < buildFailed) {
-        throw new Error(`wrangler dev could not build the Worker:\n${tail.slice(buildFailed, buildFailed + 3000)}`);
-      }
-      try {
-        const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
-        lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
-        if (res.ok) break;
-      } catch (err) {
-        lastHealth = err.message;
-      }
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    let wrangler = spawnWrangler(args, childEnv, quiet);
+    cleanups.push(() => wrangler.stop());
+    await waitUntilServing(url, wrangler, checkAborted);
     log(`Gateway: ${url} is up (/healthz ok)`);
+
+    // The gateway answers again after wrangler or workerd dies: restart wrangler dev (never the
+    // ClickHouse we own), at most MAX_RESTARTS times in RESTART_WINDOW_MS, then give up.
+    let stopping = false;
+    cleanups.push(() => {
+      stopping = true; // runs before wrangler is stopped (cleanups run in reverse)
+    });
+    let resolveExited;
+    const exited = new Promise((resolve) => (resolveExited = resolve));
+    if (options.supervise) {
+      const restarts = [];
+      void (async () => {
+        for (;;) {
+          const why = await Promise.race([
+            wrangler.exited.then((code) => `wrangler dev exited (${code})`),
+            stopsAnswering(url, wrangler, () => stopping, log, options.healthCheck),
+          ]);
+          if (stopping) return;
+          const now = Date.now();
+          while (restarts.length && now - restarts[0] > RESTART_WINDOW_MS) restarts.shift();
+          const lastLines = wrangler.tail().trim().split('\n').slice(-12).join('\n');
+          log(`Gateway: ${why}. Last output of wrangler dev:\n${lastLines}`);
+          if (restarts.length >= MAX_RESTARTS) {
+            log(`Gateway: ${restarts.length} restarts within ${RESTART_WINDOW_MS / 60_000} minutes; giving up.`);
+            await wrangler.stop();
+            return resolveExited(why);
+          }
+          restarts.push(now);
+          await wrangler.stop();
+          await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** (restarts.length - 1))));
+          if (stopping) return;
+          log(`Gateway: restarting wrangler dev (restart ${restarts.length} of at most ${MAX_RESTARTS} in ${RESTART_WINDOW_MS / 60_000} minutes; ClickHouse keeps running)`);
+          wrangler = spawnWrangler(args, childEnv, quiet);
+          try {
+            await waitUntilServing(url, wrangler, () => {});
+            log(`Gateway: ${url} answers again`);
+          } catch (err) {
+            log(`Gateway: the restarted wrangler dev did not come up: ${err.message.split('\n')[0]}`);
+          }
+        }
+      })();
+    } else {
+      void wrangler.exited.then((code) => resolveExited(`wrangler dev exited (${code})`));
+    }
 
     // 6. Demo project (reused while its credentials still work).
     const project = options.demoProject === false ? null : await ensureDemoProject({ url, adminToken, file: join(dataDir, 'demo-project.json') });
@@ -311,16 +422,19 @@ export async function startGateway(options = {}) {
       port,
       adminToken,
       adminTokenSource,
-      clickhouse: { url: clickhouseUrl, database, started: Boolean(startedClickHouse) },
+      clickhouse: { url: clickhouseUrl, database, started: Boolean(startedClickHouse), kind: startedClickHouse ? (localKind === 'server' ? 'clickhouse-server' : 'embedded chDB') : 'external' },
       hyperdriveLocal: env[HYPERDRIVE_ENV] ? 'from ' + HYPERDRIVE_ENV : 'wrangler.toml localConnectionString',
       project,
       crons,
       cronRuns,
-      wranglerPid: wrangler.pid,
+      get wranglerPid() {
+        return wrangler.pid;
+      },
       inspectorPort,
       /** The last few KB of wrangler's output (useful when quiet). */
-      output: () => tail,
+      output: () => wrangler.tail(),
       clickhousePid: startedClickHouse?.pid ?? null,
+      /** Resolves with the reason once the gateway is down for good (unsupervised: when wrangler exits). */
       exited,
       stop: stopAll,
     };

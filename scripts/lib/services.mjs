@@ -47,6 +47,18 @@ export async function clickhouseAnswers(url) {
   }
 }
 
+/** The server's `version()`, e.g. `18.16.1` or `26.7.2.1`. */
+export async function clickhouseVersion(url) {
+  const res = await fetch(new URL('/?query=' + encodeURIComponent('SELECT version()'), url), { signal: AbortSignal.timeout(10_000) });
+  const text = (await res.text()).trim();
+  if (!res.ok) throw new Error(`ClickHouse at ${url} answered ${res.status}: ${text.slice(0, 300)}`);
+  return text;
+}
+
+export function clickhouseServerInstalled() {
+  return which('clickhouse-server', ['/usr/sbin', '/usr/bin']) !== null;
+}
+
 export const CLICKHOUSE_INSTALL_HINT =
   'clickhouse-server is not installed. Install it with: sudo apt-get update && sudo apt-get install -y clickhouse-server ' +
   '(or point CLICKHOUSE_URL at a running ClickHouse).';
