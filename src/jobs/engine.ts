@@ -2,9 +2,8 @@
 // cron watchdog that re-kicks jobs whose chunk died or whose next message was lost.
 import type { Env } from '../env';
 import { legacyImportRunner } from '../legacy/import-job';
-import { LegacySourceUnavailable } from '../legacy/source';
 import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
-import type { JobRunner } from './runner';
+import { PermanentChunkError, type JobRunner } from './runner';
 import { jobStore, type JobRow, type JobStore } from './store';
 
 export const JOBS_QUEUE = 'driftline-jobs';
@@ -111,8 +110,8 @@ async function chunkFailed(env: Env, store: JobStore, job: JobRow, err: unknown)
   const attempts = job.attempts + 1;
   const error = errorText(err);
   console.error(JSON.stringify({ msg: 'job chunk failed', job: job.id, attempts, error }));
-  // An unreachable source fails fast: retrying blindly would only hide the outage.
-  if (err instanceof LegacySourceUnavailable || attempts >= MAX_CHUNK_ATTEMPTS) {
+  // An unreachable or wrong source fails fast: retrying blindly would only hide the problem.
+  if (err instanceof PermanentChunkError || attempts >= MAX_CHUNK_ATTEMPTS) {
     await store.settle(job.id, job.leaseVersion, 'failed', now, { attempts, error });
     return;
   }

@@ -1,6 +1,11 @@
 // What a job type provides to the engine.
 import type { Env } from '../env';
 
+/** A chunk failure that a retry cannot mend (a source that is gone or wrong): the job fails at once. */
+export class PermanentChunkError extends Error {
+  override name = 'PermanentChunkError';
+}
+
 export interface ChunkInput {
   id: string;
   params: unknown;

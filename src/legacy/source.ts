@@ -1,14 +1,37 @@
 // The legacy Postgres behind the LEGACY_DB Hyperdrive binding: a bounded plan and keyset pages.
 import pg from 'pg';
+import { PermanentChunkError } from '../jobs/runner';
 import type { LegacyImportParams } from './params';
 
 export type LegacyRow = Record<string, unknown>;
 
 /** The legacy database could not be reached: the job fails at once instead of retrying. */
-export class LegacySourceUnavailable extends Error {
+export class LegacySourceUnavailable extends PermanentChunkError {
   constructor(cause: unknown) {
     super(`legacy database unreachable: ${cause instanceof Error ? cause.message : String(cause)}`);
     this.name = 'LegacySourceUnavailable';
+  }
+}
+
+/**
+ * The source table or a column does not exist, or may not be read (SQLSTATE class 42: syntax error
+ * or access rule violation): no retry can mend that, so the job fails at once with the database's
+ * own message.
+ */
+export class LegacySourceInvalid extends PermanentChunkError {
+  constructor(cause: Error) {
+    super(cause.message);
+    this.name = 'LegacySourceInvalid';
+  }
+}
+
+async function sourceQuery<R extends pg.QueryResultRow>(c: pg.Client, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+  try {
+    return await c.query<R>(text, values);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (err instanceof Error && typeof code === 'string' && code.startsWith('42')) throw new LegacySourceInvalid(err);
+    throw err;
   }
 }
 
@@ -54,7 +77,8 @@ export async function planImport(c: pg.Client, s: LegacyImportParams['source'], 
   const key = ident(s.key);
   // One statement, one snapshot: the total, the max key and the rows already done agree.
   const done = cursor === null ? '0' : `count(*) FILTER (WHERE ${key} <= $1)`;
-  const { rows } = await c.query<{ max_key: string | null; total: string; done: string }>(
+  const { rows } = await sourceQuery<{ max_key: string | null; total: string; done: string }>(
+    c,
     `SELECT max(${key})::text AS max_key, count(*) AS total, ${done} AS done FROM ${ident(s.table)}`,
     cursor === null ? [] : [cursor],
   );
@@ -65,7 +89,8 @@ export async function planImport(c: pg.Client, s: LegacyImportParams['source'], 
 /** The next page after `cursor`, never past `maxKey`, in key order. */
 export async function readPage(c: pg.Client, s: LegacyImportParams['source'], cursor: string | null, maxKey: string, limit: number): Promise<LegacyRow[]> {
   const key = ident(s.key);
-  const { rows } = await c.query<LegacyRow>(
+  const { rows } = await sourceQuery<LegacyRow>(
+    c,
     cursor === null
       ? `SELECT * FROM ${ident(s.table)} WHERE ${key} <= $1 ORDER BY ${key} LIMIT $2`
       : `SELECT * FROM ${ident(s.table)} WHERE ${key} <= $1 AND ${key} > $3 ORDER BY ${key} LIMIT $2`,
