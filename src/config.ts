@@ -16,6 +16,25 @@ const ConfigSchema = z.object({
 
 export type Config = z.infer<typeof ConfigSchema>;
 
+/** A setting of the deployment is invalid: the operator's fault, never the client's. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(readonly settings: string[], detail: string) {
+    super(`invalid settings: ${settings.join(', ')} (${detail})`);
+  }
+}
+
+/** The environment variable behind each config path, for messages an operator can act on. */
+const SETTING_NAMES: Record<string, string> = {
+  'clickhouse.url': 'CLICKHOUSE_URL',
+  'clickhouse.database': 'CLICKHOUSE_DATABASE',
+  'clickhouse.username': 'CLICKHOUSE_USER',
+  'clickhouse.password': 'CLICKHOUSE_PASSWORD',
+  adminToken: 'ADMIN_TOKEN',
+  legacyDatasets: 'LEGACY_DATASETS',
+  sessionGapMs: 'SESSION_GAP_MS',
+};
+
 export const DEFAULT_SESSION_GAP_MS = 30 * 60 * 1000;
 
 const cache = new WeakMap<object, Config>();
@@ -23,7 +42,7 @@ const cache = new WeakMap<object, Config>();
 export function getConfig(env: Env): Config {
   const hit = cache.get(env);
   if (hit) return hit;
-  const config = ConfigSchema.parse({
+  const parsed = ConfigSchema.safeParse({
     clickhouse: {
       url: env.CLICKHOUSE_URL,
       database: env.CLICKHOUSE_DATABASE || 'driftline',
@@ -37,6 +56,12 @@ export function getConfig(env: Env): Config {
       .filter(Boolean),
     sessionGapMs: env.SESSION_GAP_MS ? Number(env.SESSION_GAP_MS) : DEFAULT_SESSION_GAP_MS,
   });
+  if (!parsed.success) {
+    const paths = [...new Set(parsed.error.issues.map((i) => i.path.map(String).join('.')))];
+    const names = paths.map((p) => SETTING_NAMES[p] ?? SETTING_NAMES[p.split('.')[0]!] ?? p);
+    throw new ConfigError(names, parsed.error.issues.map((i) => i.message).join('; '));
+  }
+  const config = parsed.data;
   cache.set(env, config);
   return config;
 }

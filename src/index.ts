@@ -1,7 +1,10 @@
 // Driftline: the Worker's entry. Routes, queue consumers and crons, wired once.
 import { Hono } from 'hono';
+import { HTTPException } from 'hono/http-exception';
 import { ZodError } from 'zod';
 import type { AppEnv } from './auth';
+import { ClickHouseUnavailable } from './clickhouse/client';
+import { ConfigError } from './config';
 import type { Env } from './env';
 import { ApiError } from './errors';
 import type { IngestBody } from './pipeline/messages';
@@ -37,10 +40,28 @@ export const app = new Hono<AppEnv>()
 
 app.notFound((c) => c.json({ error: { code: 'not_found', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
 
+/** Codes for the statuses Hono's own HTTPException carries (malformed JSON in a validator: 400). */
+const HTTP_CODES: Record<number, string> = { 400: 'invalid_request', 401: 'unauthorized', 404: 'not_found', 405: 'method_not_allowed', 413: 'payload_too_large', 415: 'unsupported_media_type', 429: 'rate_limited' };
+
 app.onError((err, c) => {
   if (err instanceof ApiError) {
     for (const [k, v] of Object.entries(err.headers ?? {})) c.header(k, v);
     return c.json(err.toJSON(), err.status);
+  }
+  if (err instanceof ClickHouseUnavailable) {
+    console.error(JSON.stringify({ msg: 'ClickHouse unavailable', path: c.req.path, error: err.message }));
+    c.header('Retry-After', '5');
+    return c.json({ error: { code: 'storage_unavailable', message: 'the event store is unavailable; retry later' } }, 503);
+  }
+  if (err instanceof ConfigError) {
+    // The deployment's fault: the client learns only that; the log and /admin/health name the setting.
+    console.error(JSON.stringify({ msg: 'misconfigured', path: c.req.path, settings: err.settings, error: err.message }));
+    c.header('Retry-After', '60');
+    return c.json({ error: { code: 'misconfigured', message: 'the gateway is misconfigured; its operator has been told' } }, 503);
+  }
+  if (err instanceof HTTPException && err.status < 500) {
+    const malformed = /malformed json/i.test(err.message);
+    return c.json({ error: { code: malformed ? 'invalid_json' : (HTTP_CODES[err.status] ?? 'invalid_request'), message: err.message || 'invalid request' } }, err.status);
   }
   if (err instanceof ZodError) {
     return c.json({ error: { code: 'invalid_request', message: err.issues[0]?.message ?? 'invalid request' } }, 400);

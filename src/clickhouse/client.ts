@@ -10,6 +10,39 @@ import { bindParams, formatParam, type QueryParams } from './params';
  */
 export type ValueLists = Record<string, readonly string[]>;
 
+/**
+ * ClickHouse gave no answer of its own (refused or lost connection, timeout, a proxy's error page):
+ * a read answers 503 `storage_unavailable`, never a 500. An error ClickHouse itself reported (`Code:
+ * N`) is not this: that is a fault of the query.
+ */
+export class ClickHouseUnavailable extends Error {
+  override name = 'ClickHouseUnavailable';
+  constructor(cause: unknown) {
+    super(`ClickHouse is unreachable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** Whether ClickHouse itself answered with this error (client-web's ClickHouseError, or our `Code: N`). */
+function isServerError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  return (typeof code === 'string' && /^\d+$/.test(code)) || /\bCode: \d+\. DB::Exception/.test(err.message);
+}
+
+/** Runs a read; a dead connection (a stale keep-alive after a restart) is tried once more. */
+async function read<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (first) {
+    if (isServerError(first) || (first instanceof TypeError && /parameter|list name/.test(first.message))) throw first;
+    try {
+      return await run();
+    } catch (err) {
+      throw isServerError(err) ? err : new ClickHouseUnavailable(err);
+    }
+  }
+}
+
 export interface ClickHouse {
   query<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<T[]>;
   command(sql: string, params?: QueryParams): Promise<void>;
@@ -110,9 +143,11 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
   return {
     version,
     async query<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
-      if (lists && Object.keys(lists).length) return queryWithLists<T>(sql, params, lists);
-      const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSONEachRow' });
-      return rs.json<T>();
+      if (lists && Object.keys(lists).length) return read(() => queryWithLists<T>(sql, params, lists));
+      return read(async () => {
+        const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSONEachRow' });
+        return rs.json<T>();
+      });
     },
     async command(sql: string, params?: QueryParams) {
       await client.command(await prepare(sql, params));

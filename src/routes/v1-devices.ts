@@ -17,9 +17,8 @@ export const v1DevicesRoute = new Hono<AppEnv>().get('/v1/devices/:deviceId', re
   if (!state) throw new ApiError(404, 'device_not_found', `no events have been received for device ${deviceId}`);
   let profile = null;
   if (state.profileId) {
-    const p = await readProfile(clickhouse(getConfig(c.env).clickhouse), projectId, state.profileId).catch((err: unknown) => {
-      throw new ApiError(503, 'unavailable', 'the profile store is unavailable; retry', { retryable: true, cause: String(err) }, { 'Retry-After': '1' });
-    });
+    // ClickHouse being down answers 503 storage_unavailable (app.onError), never its error text.
+    const p = await readProfile(clickhouse(getConfig(c.env).clickhouse), projectId, state.profileId);
     profile = { id: state.profileId, properties: p?.properties ?? {}, updatedAt: p ? iso(p.lastUpdatedMs) : null };
   }
   return c.json({

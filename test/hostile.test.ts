@@ -1,0 +1,182 @@
+// Hostile and broken requests on every route: each answer is a coded 4xx (or a coded 503 that is the
+// deployment's fault), nothing is stored, and no 5xx comes from the input.
+import { createExecutionContext, env, SELF } from 'cloudflare:test';
+import { afterEach, describe, expect, it } from 'vitest';
+import worker from '../src/index';
+import { ADMIN_TOKEN, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
+
+interface ErrorBody {
+  error: { code: string; message: string };
+}
+interface BatchResult {
+  accepted: number;
+  duplicates: number;
+  rejected: Array<{ index: number; reason: string; error: string; retryable: boolean }>;
+}
+
+const admin = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
+const setClickHouse = (state: 'up' | 'down') => fetch(`${env.TEST_CLICKHOUSE_FAULT_CONTROL}/${state}`).then((r) => r.json());
+
+afterEach(async () => {
+  await setClickHouse('up');
+});
+
+async function expectCoded(res: Response, status: number, code?: string): Promise<ErrorBody> {
+  const text = await res.text();
+  expect(res.status, text).toBe(status);
+  const body = JSON.parse(text) as ErrorBody;
+  expect(typeof body.error.code).toBe('string');
+  expect(body.error.code.length).toBeGreaterThan(0);
+  if (code) expect(body.error.code).toBe(code);
+  return body;
+}
+
+/** Every JSON-taking route with its credentials. */
+function jsonRoutes(p: TestProject): Array<{ method: string; path: string; headers: Record<string, string> }> {
+  return [
+    { method: 'POST', path: '/track', headers: p.headers },
+    { method: 'POST', path: '/track/batch', headers: p.headers },
+    { method: 'POST', path: '/admin/projects', headers: admin },
+    { method: 'POST', path: '/admin/backfills', headers: admin },
+  ];
+}
+
+describe('hostile requests', () => {
+  it('answers malformed JSON on every JSON route with a coded 400', async () => {
+    const p = await createProject();
+    for (const body of ['{"name":', '{bad json}', '', '\u0000\u0001', '[1,2', '"just a string"', 'null']) {
+      for (const route of jsonRoutes(p)) {
+        const res = await SELF.fetch(`http://gw${route.path}`, { method: route.method, headers: route.headers, body });
+        const text = await res.text();
+        expect(res.status, `${route.path} ${JSON.stringify(body)}: ${text}`).toBeGreaterThanOrEqual(400);
+        expect(res.status, `${route.path} ${JSON.stringify(body)}: ${text}`).toBeLessThan(500);
+        expect((JSON.parse(text) as ErrorBody).error.code).toMatch(/^[a-z_]+$/);
+      }
+    }
+    expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
+  });
+
+  it('answers wrong types with a coded 400 on admin routes', async () => {
+    const p = await createProject();
+    await expectCoded(await SELF.fetch('http://gw/admin/projects', { method: 'POST', headers: admin, body: JSON.stringify({ name: 42 }) }), 400, 'invalid_request');
+    await expectCoded(await SELF.fetch('http://gw/admin/projects', { method: 'POST', headers: admin, body: JSON.stringify({ name: 'x', __proto__: { sessionGapMs: 1 }, sessionGapMs: 'soon' }) }), 400, 'invalid_request');
+    const backfill = await SELF.fetch('http://gw/admin/backfills', {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({ type: 'legacy_import', projectId: p.id, dataset: ['citylens'], source: 'tracks' }),
+    });
+    await expectCoded(backfill, 400, 'invalid_request');
+    await expectCoded(await SELF.fetch('http://gw/admin/backfills/not-a-job/pause', { method: 'POST', headers: admin }), 404);
+  });
+
+  it('counts the 32 KB event limit in UTF-8 bytes in batches, as /track does', async () => {
+    const p = await createProject();
+    // 12 000 CJK characters: 12 000 UTF-16 units (under the limit) but 36 000 UTF-8 bytes (over it).
+    const wide = trackEvent('wide', { __deviceId: 'utf8-1', text: '中'.repeat(12_000) });
+    const narrow = trackEvent('narrow', { __deviceId: 'utf8-1', text: 'a'.repeat(12_000) });
+    const res = await postBatch(p, { events: [wide, narrow] });
+    const body = (await res.json()) as BatchResult;
+    expect(body.accepted).toBe(1);
+    expect(body.rejected).toEqual([{ index: 0, reason: 'validation', error: expect.stringContaining('UTF-8'), retryable: false }]);
+    const single = await SELF.fetch('http://gw/track', { method: 'POST', headers: p.headers, body: JSON.stringify(wide) });
+    expect([400, 413]).toContain(single.status);
+    await expectCoded(single, single.status);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+  });
+
+  it('refuses client rows named session_* per row, on /track and in batches', async () => {
+    const p = await createProject();
+    const res = await postBatch(p, {
+      events: [trackEvent('session_start', { __deviceId: 'forge-1' }), trackEvent('session_end', { __deviceId: 'forge-1' }), trackEvent('session_whatever'), trackEvent('real', { __deviceId: 'forge-1' })],
+    });
+    const body = (await res.json()) as BatchResult;
+    expect(body.accepted).toBe(1);
+    expect(body.rejected.map((r) => [r.index, r.reason])).toEqual([
+      [0, 'validation'],
+      [1, 'validation'],
+      [2, 'validation'],
+    ]);
+    await expectCoded(await SELF.fetch('http://gw/track', { method: 'POST', headers: p.headers, body: JSON.stringify(trackEvent('session_start')) }), 400, 'invalid_event');
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    const events = await getJson<{ events: Array<{ name: string }> }>(p, '/v1/events?deviceId=forge-1');
+    // The one real event plus its derived session start: never a forged one.
+    expect(events.body.events.filter((e) => e.name === 'session_start')).toHaveLength(1);
+    expect(events.body.events.filter((e) => e.name === 'session_end')).toHaveLength(0);
+  });
+
+  it('refuses a 50 MB body without reading it all, and forged reserved properties per row', async () => {
+    const p = await createProject();
+    const huge = new Uint8Array(50 * 1024 * 1024).fill(0x20);
+    huge.set(new TextEncoder().encode('{"events":['), 0);
+    await expectCoded(await postBatch(p, huge), 413, 'payload_too_large');
+    await expectCoded(await SELF.fetch('http://gw/track', { method: 'POST', headers: p.headers, body: huge }), 413);
+    const forged = await postBatch(p, {
+      events: [
+        trackEvent('t', { __timestamp: 'yesterday' }),
+        trackEvent('t', { __deviceId: { $ne: null } }),
+        trackEvent('t', { __eventId: 'x'.repeat(10_000) }),
+        trackEvent('t', { __ip: 12 }),
+        { type: 'track', payload: { name: 'x'.repeat(300) } },
+        { type: 'track', payload: { name: 'p', properties: JSON.parse('{"constructor":{"prototype":{"polluted":true}}}') } },
+      ],
+    });
+    const body = (await forged.json()) as BatchResult;
+    expect(body.accepted).toBe(0);
+    expect(body.rejected.map((r) => r.reason)).toEqual(Array(6).fill('validation'));
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
+  });
+
+  it('clamps far-future times to receipt and refuses the year 3000 as nothing else', async () => {
+    const p = await createProject();
+    const before = Date.now();
+    const res = await postBatch(p, { events: [trackEvent('future', { __deviceId: 'future-1', __timestamp: '3000-01-01T00:00:00Z' })] });
+    expect(((await res.json()) as BatchResult).accepted).toBe(1);
+    const events = await waitUntil(
+      () => getJson<{ events: Array<{ name: string; createdAt: string }> }>(p, '/v1/events?deviceId=future-1'),
+      (r) => r.body.events.some((e) => e.name === 'future'),
+    );
+    const stored = Date.parse(events.body.events.find((e) => e.name === 'future')!.createdAt);
+    expect(stored).toBeGreaterThanOrEqual(before);
+    expect(stored).toBeLessThanOrEqual(Date.now());
+  });
+});
+
+describe('failures that are not the client\'s', () => {
+  it('answers reads 503 storage_unavailable with Retry-After while ClickHouse is down, and at once after it is back', async () => {
+    const p = await createProject();
+    const ok = await postBatch(p, { events: [{ type: 'identify', payload: { profileId: 'prof-1', firstName: 'A', properties: { __deviceId: 'down-1' } } }] });
+    expect(((await ok.json()) as BatchResult).accepted).toBe(1);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    // A pooled keep-alive connection exists now; cutting ClickHouse kills it.
+    expect((await getJson(p, '/v1/events')).status).toBe(200);
+    await setClickHouse('down');
+    for (const path of ['/v1/events', '/v1/sessions', '/v1/profiles/prof-1', '/v1/devices/down-1']) {
+      const res = await SELF.fetch(`http://gw${path}`, { headers: p.headers });
+      const text = await res.text();
+      expect(res.status, `${path}: ${text}`).toBe(503);
+      expect(res.headers.get('retry-after'), path).toMatch(/^\d+$/);
+      expect((JSON.parse(text) as ErrorBody).error.code, path).toBe('storage_unavailable');
+      // No text of ClickHouse's or of the connection reaches the client.
+      expect(text, path).not.toMatch(/clickhouse|network|connection|127\.0\.0\.1/i);
+    }
+    await setClickHouse('up');
+    // The first read after the outage meets the dead pooled connection and is retried once.
+    for (const path of ['/v1/events', '/v1/sessions', '/v1/profiles/prof-1', '/v1/devices/down-1']) {
+      expect((await getJson(p, path)).status, path).toBe(200);
+    }
+  });
+
+  it('answers 503 misconfigured for a bad setting, naming it only in the log', async () => {
+    const p = await createProject();
+    const badEnv = { ...env, CLICKHOUSE_URL: 'not a url', SESSION_GAP_MS: 'soon' };
+    const res = await worker.fetch(
+      new Request('http://gw/track/batch', { method: 'POST', headers: p.headers, body: JSON.stringify({ events: [trackEvent('x')] }) }),
+      badEnv,
+      createExecutionContext(),
+    );
+    const body = await expectCoded(res, 503, 'misconfigured');
+    expect(res.headers.get('retry-after')).toMatch(/^\d+$/);
+    expect(body.error.message).not.toMatch(/CLICKHOUSE_URL|not a url/);
+  });
+});
