@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { hash128 } from '../lib/ids';
 import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
+import { utf8Bytes } from '../pipeline/messages';
 
 export const MAX_FUTURE_MS = 60_000;
 /** An unescaped `\ud800`–`\udfff` escape in JSON.stringify output: an unpaired surrogate. */
@@ -75,6 +76,9 @@ export function correctClockSkew(clientTimeMs: number | undefined, ctx: Pick<Req
   return ctx.receivedAtMs - (ctx.sentAtMs - clientTimeMs);
 }
 
+/** `session_start` / `session_end` are derived per session; a client row of that name would double them. */
+const RESERVED_NAME_PREFIX = 'session_';
+
 function eventName(event: WireEvent): string {
   return event.type === 'track' ? event.payload.name : event.type;
 }
@@ -141,6 +145,9 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
     if (!parsed.success) return reject('validation', describeZodError(parsed.error));
     event = parsed.data;
   }
+  if (event.type === 'track' && event.payload.name.startsWith(RESERVED_NAME_PREFIX)) {
+    return reject('validation', `event names beginning with ${RESERVED_NAME_PREFIX} are reserved for the sessions Driftline derives`);
+  }
   const allProps = (event.payload.properties ?? {}) as Record<string, unknown>;
 
   let reservedData = fastReserved(allProps);
@@ -184,7 +191,11 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
 
   const propertiesJson = JSON.stringify(properties);
   const payloadJson = JSON.stringify(raw);
-  if (payloadJson.length > MAX_EVENT_BYTES) return reject('validation', `event is larger than ${MAX_EVENT_BYTES} bytes`);
+  // UTF-8 bytes, as /track counts its body: never fewer than UTF-16 units, so the length alone
+  // settles most rows.
+  if (payloadJson.length > MAX_EVENT_BYTES || (payloadJson.length * 3 > MAX_EVENT_BYTES && utf8Bytes(payloadJson) > MAX_EVENT_BYTES)) {
+    return reject('validation', `event is larger than ${MAX_EVENT_BYTES} bytes (UTF-8)`);
+  }
   // JSON.stringify writes a lone surrogate as a \udXXX escape (a well-formed pair comes out as is);
   // ClickHouse refuses such text, and one such row would hold up a whole insert.
   if (payloadJson.includes('\\ud') && LONE_SURROGATE_ESCAPE.test(payloadJson)) {
