@@ -5,7 +5,6 @@ import type { Env } from '../env';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
-export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
 
 /** Delay before the n-th retry: 2, 4, 8 ... capped at 5 minutes. */
 export function retryDelaySeconds(attempts: number): number {
@@ -15,15 +14,19 @@ export function retryDelaySeconds(attempts: number): number {
 /** Ids among `rows` that `table` already holds: a redelivered message must not add copies. */
 async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', rows: Array<{ id: string; project_id: string; created_at_ms: number }>): Promise<Set<string>> {
   const found = new Set<string>();
-  for (let i = 0; i < rows.length; i += ID_CHECK_CHUNK) {
-    const chunk = rows.slice(i, i + ID_CHECK_CHUNK);
-    const times = chunk.map((r) => r.created_at_ms);
+  // In event-time order, so each check reads only the monthly partitions its chunk's times span.
+  const byTime = [...rows].sort((a, b) => a.created_at_ms - b.created_at_ms);
+  for (let i = 0; i < byTime.length; i += ID_CHECK_CHUNK) {
+    const chunk = byTime.slice(i, i + ID_CHECK_CHUNK);
+    const from = chunk[0]!.created_at_ms;
+    const to = chunk.at(-1)!.created_at_ms;
     const hits = await ch.query<{ id: string }>(
       `SELECT toString(id) AS id FROM ${table}
         WHERE project_id IN (SELECT value FROM projects)
+          AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
           AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
           AND toString(id) IN (SELECT value FROM ids)`,
-      { from: Math.min(...times), to: Math.max(...times) },
+      { fromSec: Math.floor(from / 1000), toSec: Math.ceil(to / 1000), from, to },
       { projects: [...new Set(chunk.map((r) => r.project_id))], ids: chunk.map((r) => r.id) },
     );
     for (const h of hits) found.add(h.id);
@@ -59,7 +62,8 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
 
 export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
-  // A body that does not decode is retried alone (and parked as it is in the end); the rest go on.
+  // A body that does not decode is retried alone (parked as it is in the end, then quarantined by the
+  // re-drive: see dead-letters.ts); the rest go on.
   const decoded: Array<{ m: Message<IngestBody>; body: IngestMessage }> = [];
   for (const m of batch.messages) {
     try {
@@ -97,22 +101,6 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
       m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
-    }
-  }
-}
-
-/** Messages that exhausted their retries are parked in R2 until an operator re-drives them. */
-export async function handleDeadLetters(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
-  for (const m of batch.messages) {
-    try {
-      const json = typeof m.body === 'string' ? m.body : JSON.stringify(m.body);
-      await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-${m.id}.json`, json, {
-        httpMetadata: { contentType: 'application/json' },
-      });
-      m.ack();
-    } catch (err) {
-      console.error(JSON.stringify({ msg: 'dead letter could not be parked', id: m.id, error: String(err) }));
-      m.retry({ delaySeconds: 30 });
     }
   }
 }
