@@ -11,9 +11,21 @@ import { ROOT } from './lib/gateway.mjs';
 
 const args = process.argv.slice(2);
 const VITEST = join(ROOT, 'node_modules', 'vitest', 'vitest.mjs');
+// File filters among the arguments (an option's value, as in `-t name`, is not one).
+const fileFilters = [];
+for (let i = 0; i < args.length; i++) {
+  if (args[i].startsWith('-')) {
+    if (!args[i].includes('=') && /^(-t|--testNamePattern|--project|--reporter|--outputFile|--shard|--bail|--retry)$/.test(args[i])) i++;
+    continue;
+  }
+  fileFilters.push(args[i]);
+}
+const onlyNode = fileFilters.length > 0 && fileFilters.every((f) => f.includes('test/node'));
 
 const runs = [];
-if (process.env.CLICKHOUSE_URL) {
+if (onlyNode) {
+  /* the Workers suite is not asked for */
+} else if (process.env.CLICKHOUSE_URL) {
   runs.push({ label: `ClickHouse at CLICKHOUSE_URL`, project: 'workers', env: {} });
 } else {
   const wanted = (process.env.DRIFTLINE_TEST_CLICKHOUSE || 'server,chdb').split(',').map((s) => s.trim()).filter(Boolean);
@@ -31,25 +43,32 @@ if (process.env.CLICKHOUSE_URL) {
   }
 }
 // The Node tests of the local tooling need no ClickHouse generation of their own.
-const nodeFilter = args.filter((a) => !a.startsWith('-'));
-if (!nodeFilter.length || nodeFilter.some((a) => a.includes('test/node'))) runs.push({ label: 'Node tooling tests', project: 'node', env: {} });
+if (!fileFilters.length || fileFilters.some((a) => a.includes('test/node'))) runs.push({ label: 'Node tooling tests', project: 'node', env: {} });
 
 const outDir = mkdtempSync(join(tmpdir(), 'driftline-vitest-'));
 const results = [];
+let child = null;
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  // vitest's global setup stops the servers it started when it is told to stop
+  process.on(signal, () => (child ? child.kill(signal) : process.exit(130)));
+}
 for (const [i, run] of runs.entries()) {
   console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
   const report = join(outDir, `run-${i}.json`);
   const versionFile = join(outDir, `run-${i}.version`);
   const started = Date.now();
   const code = await new Promise((resolve) => {
-    const child = spawn(
+    // A filtered run may match nothing in one project; an unfiltered one that runs no test fails.
+    const passWithNoTests = args.length ? ['--passWithNoTests'] : [];
+    child = spawn(
       process.execPath,
-      [VITEST, 'run', '--project', run.project, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, '--passWithNoTests', ...args],
+      [VITEST, 'run', '--project', run.project, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...passWithNoTests, ...args],
       { cwd: ROOT, stdio: 'inherit', env: { ...process.env, ...run.env, DRIFTLINE_TEST_VERSION_FILE: versionFile } },
     );
     child.on('exit', (c, s) => resolve(c ?? (s ? 1 : 0)));
     child.on('error', () => resolve(1));
   });
+  child = null;
   let counts = { passed: 0, failed: 0, skipped: 0 };
   try {
     const json = JSON.parse(readFileSync(report, 'utf8'));

@@ -84,9 +84,12 @@ export async function startChdbServer({ dir, port = 0, host = '127.0.0.1', log =
     const database = params.get('database');
     const bound = {};
     const settings = [];
+    // `<table>_structure|_types|_format` describe the external tables sent, not settings; a real
+    // setting that merely ends that way (date_time_input_format) still applies.
+    const tableFields = new Set(tables.flatMap(({ name }) => ['structure', 'types', 'format'].map((f) => `${name}_${f}`)));
     for (const [key, value] of params) {
       if (key.startsWith('param_')) bound[key.slice(6)] = value;
-      else if (NOT_SETTINGS.has(key) || (multipart && /_(format|types|structure)$/.test(key))) continue;
+      else if (NOT_SETTINGS.has(key) || tableFields.has(key)) continue;
       else if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) settings.push(`${key} = ${literal(value)}`);
       else throw chError(115, 'UNKNOWN_SETTING', `Unknown setting '${key}'`);
     }
@@ -240,7 +243,9 @@ export async function startChdbServer({ dir, port = 0, host = '127.0.0.1', log =
       log(`chdb-server: stopped (${path})`);
     })());
 
-  return { url, port: actualPort, version, stop };
+  /** Requests received and not yet answered (tests wait on it instead of sleeping). */
+  const pending = () => inflight.size;
+  return { url, port: actualPort, version, stop, pending };
 }
 
 /** A value in the escaped text form a `param_*` URL parameter arrives in. */

@@ -113,6 +113,18 @@ async function ensureDemoProject({ url, adminToken, file }) {
   return { ...project, reused: false };
 }
 
+/** chDB comes with the dev dependencies for linux-x64; elsewhere say what to use instead. */
+async function loadChdbServer() {
+  try {
+    return await import('./chdb-server.mjs');
+  } catch (err) {
+    throw new Error(
+      `the embedded ClickHouse (chDB) cannot be loaded here (${err.message.split('\n')[0]}). ` +
+        'Set CLICKHOUSE_URL to a running ClickHouse, or LOCAL_CLICKHOUSE=server to start Debian\'s clickhouse-server.',
+    );
+  }
+}
+
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 10 * 60_000;
 
@@ -156,8 +168,11 @@ function spawnWrangler(args, env, quiet) {
   };
 }
 
-/** Waits for /healthz to answer 200 (or for wrangler to fail: exit, a build error, 120 s). */
-async function waitUntilServing(url, wrangler, checkAborted) {
+/**
+ * Waits for /healthz to answer 200 (or for wrangler to fail: exit, a build error, 120 s). After a
+ * restart (`anyAnswer`) the gateway's own 503 counts too: ClickHouse may be down, the gateway is up.
+ */
+async function waitUntilServing(url, wrangler, checkAborted, { anyAnswer = false } = {}) {
   const deadline = Date.now() + 120_000;
   let lastHealth = 'no answer';
   for (;;) {
@@ -170,19 +185,42 @@ async function waitUntilServing(url, wrangler, checkAborted) {
     if (buildFailed >= 0 && tail.lastIndexOf('Ready on') < buildFailed) {
       throw new Error(`wrangler dev could not build the Worker:\n${tail.slice(buildFailed, buildFailed + 3000)}`);
     }
-    try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
-      lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
-      if (res.ok) return;
-    } catch (err) {
-      lastHealth = err.message;
+    if (anyAnswer) {
+      const answer = await gatewayAnswers(url, 2000);
+      if (answer === true) return;
+      lastHealth = answer;
+    } else {
+      try {
+        const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
+        lastHealth = `${res.status} ${(await res.text()).slice(0, 200)}`;
+        if (res.ok) return;
+      } catch (err) {
+        lastHealth = err.message;
+      }
     }
     await new Promise((r) => setTimeout(r, 250));
   }
 }
 
 /**
- * Resolves with a reason once /healthz has given no HTTP answer (any status counts as one: a 503
+ * True when the gateway itself answers /healthz: its JSON (`ok`, `clickhouse`), with 200 or with 503
+ * while ClickHouse is down. wrangler's proxy in front of a dead runtime answers too (a 500, a text
+ * 503), so any other answer is a miss; the reason otherwise.
+ */
+async function gatewayAnswers(url, timeoutMs) {
+  try {
+    const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+    const text = await res.text();
+    if (res.status !== 200 && res.status !== 503) return `${res.status} ${text.slice(0, 100)}`;
+    const body = JSON.parse(text);
+    return typeof body.ok === 'boolean' && typeof body.clickhouse === 'string' ? true : `not the gateway's answer: ${text.slice(0, 100)}`;
+  } catch (err) {
+    return err.message;
+  }
+}
+
+/**
+ * Resolves with a reason once /healthz has not given the gateway's own answer (any status counts as one: a 503
  * while ClickHouse is down is the gateway answering) `failures` times in a row. wrangler restarts a
  * crashed workerd by itself, but the restarted runtime can stop answering, so after wrangler reports
  * a crash the checks come every few seconds; otherwise one every `idleMs` (each shows in its log).
@@ -199,13 +237,12 @@ async function stopsAnswering(url, wrangler, stopped, log, { idleMs = 30_000, af
       await new Promise((r) => setTimeout(r, afterCrashMs)); // give its own restart a chance first
     }
     if (stopped()) break;
-    try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-      await res.arrayBuffer();
+    const answer = await gatewayAnswers(url, timeoutMs);
+    if (answer === true) {
       misses = 0;
-    } catch (err) {
+    } else {
       misses += 1;
-      if (misses >= failures) return `the gateway stopped answering ${url}/healthz (${misses} checks in a row: ${err.message})`;
+      if (misses >= failures) return `the gateway stopped answering ${url}/healthz (${misses} checks in a row: ${answer})`;
     }
   }
   return new Promise(() => {}); // exited or stopping: the other side of the race decides
@@ -267,10 +304,7 @@ export async function startGateway(options = {}) {
       const what = localKind === 'server' ? 'clickhouse-server' : 'the embedded ClickHouse (chDB)';
       if (options.clickhouseUrl ?? env.CLICKHOUSE_URL) log(`ClickHouse: CLICKHOUSE_URL=${wantedUrl} does not answer; starting ${what}`);
       const dir = join(dataDir, localKind === 'server' ? 'clickhouse' : 'chdb');
-      startedClickHouse =
-        localKind === 'server'
-          ? await startClickHouse({ dir })
-          : await (await import('./chdb-server.mjs')).startChdbServer({ dir });
+      startedClickHouse = localKind === 'server' ? await startClickHouse({ dir }) : await (await loadChdbServer()).startChdbServer({ dir });
       cleanups.push(() => startedClickHouse.stop());
       clickhouseUrl = startedClickHouse.url;
       log(`ClickHouse: started ${what} at ${clickhouseUrl} (data in ${dir})`);
@@ -367,12 +401,12 @@ export async function startGateway(options = {}) {
           }
           restarts.push(now);
           await wrangler.stop();
-          await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** (restarts.length - 1))));
+          await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** (restarts.length - 1))).unref());
           if (stopping) return;
           log(`Gateway: restarting wrangler dev (restart ${restarts.length} of at most ${MAX_RESTARTS} in ${RESTART_WINDOW_MS / 60_000} minutes; ClickHouse keeps running)`);
           wrangler = spawnWrangler(args, childEnv, quiet);
           try {
-            await waitUntilServing(url, wrangler, () => {});
+            await waitUntilServing(url, wrangler, () => {}, { anyAnswer: true });
             log(`Gateway: ${url} answers again`);
           } catch (err) {
             log(`Gateway: the restarted wrangler dev did not come up: ${err.message.split('\n')[0]}`);

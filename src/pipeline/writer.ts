@@ -55,7 +55,9 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   const dedupe = <T extends { id: string }>(rows: T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
   // Sessions and payloads first: once a reader sees an event, it also sees the session (and its
   // start) it belongs to and its raw payload.
-  await Promise.all([ch.insert('sessions', sessions), ch.insert('event_payloads', dedupe(newPayloads))]);
+  // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
+  const settled = await Promise.allSettled([ch.insert('sessions', sessions), ch.insert('event_payloads', dedupe(newPayloads))]);
+  for (const s of settled) if (s.status === 'rejected') throw s.reason;
   await ch.insert('events', dedupe(newEvents));
   return { events: newEvents.length, sessions: sessions.length };
 }

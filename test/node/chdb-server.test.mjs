@@ -352,7 +352,7 @@ describe('chdb-server', () => {
     // A slow query holds the queue while five more wait behind it.
     const slow = rows('SELECT sleep(0.3) AS s');
     const queued = Array.from({ length: 5 }, (_, i) => rows('SELECT {i:UInt8} AS i', { query_params: { i } }));
-    await new Promise((r) => setTimeout(r, 100)); // let the requests reach the server
+    while (server.pending() < 6) await new Promise((r) => setTimeout(r, 10)); // all six reached the server
     await server.stop();
     expect(await slow).toEqual([{ s: 0 }]);
     expect(await Promise.all(queued)).toEqual([0, 1, 2, 3, 4].map((i) => [{ i }]));
@@ -369,7 +369,7 @@ describe('chdb-server', () => {
     const child = spawn(process.execPath, [SERVER_SCRIPT, '--dir', join(dir, 'cli'), '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
-    const url = await new Promise((resolve, reject) => {
+    const listening = new Promise((resolve, reject) => {
       let out = '';
       child.stdout.on('data', (d) => {
         out += d;
@@ -378,12 +378,17 @@ describe('chdb-server', () => {
       });
       child.on('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
     });
-    const cli = createClient({ url });
-    expect(await (await cli.query({ query: 'SELECT 40 + 2 AS x', format: 'JSONEachRow' })).json()).toEqual([{ x: 42 }]);
-    await cli.close();
-    const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-    child.kill('SIGTERM');
-    expect(await exited).toEqual({ code: 0, signal: null });
-    expect(stderr).toContain('stopped');
+    try {
+      const url = await listening;
+      const cli = createClient({ url });
+      expect(await (await cli.query({ query: 'SELECT 40 + 2 AS x', format: 'JSONEachRow' })).json()).toEqual([{ x: 42 }]);
+      await cli.close();
+      const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+      child.kill('SIGTERM');
+      expect(await exited).toEqual({ code: 0, signal: null });
+      expect(stderr).toContain('stopped');
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
   });
 });
