@@ -7,9 +7,13 @@ export interface Env {
   DB: D1Database;
   ARCHIVE: R2Bucket;
   INGEST_QUEUE: Queue<IngestBody>;
+  /** The ingest queue's dead-letter queue: its consumer re-queues a message R2 refused to park. */
+  INGEST_DLQ: Queue<unknown>;
   JOBS_QUEUE: Queue<unknown>;
   LEGACY_DB: Hyperdrive;
   INGEST_LIMITER: RateLimit;
+  /** Per-project budget of the read routes. */
+  READ_LIMITER: RateLimit;
   CLICKHOUSE_URL: string;
   CLICKHOUSE_DATABASE?: string;
   CLICKHOUSE_USER?: string;

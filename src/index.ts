@@ -10,7 +10,8 @@ import { ApiError } from './errors';
 import type { IngestBody } from './pipeline/messages';
 import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
-import { handleDeadLetters, handleIngestBatch } from './pipeline/writer';
+import { handleDeadLetters } from './pipeline/dead-letters';
+import { handleIngestBatch } from './pipeline/writer';
 import { adminBackfillsRoute } from './routes/admin-backfills';
 import { adminDatasetsRoute } from './routes/admin-datasets';
 import { adminDeadLettersRoute } from './routes/admin-dead-letters';
@@ -78,7 +79,7 @@ export default {
   fetch: app.fetch,
   async queue(batch: MessageBatch<unknown>, env: Env, _ctx: ExecutionContext): Promise<void> {
     if (batch.queue === INGEST_QUEUE) return handleIngestBatch(batch as MessageBatch<IngestBody>, env);
-    if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch as MessageBatch<IngestBody>, env);
+    if (batch.queue === INGEST_DLQ) return handleDeadLetters(batch, env);
     if (batch.queue === JOBS_QUEUE) return handleJobsBatch(batch, env);
     console.error(JSON.stringify({ msg: 'message for an unknown queue; retrying', queue: batch.queue }));
     batch.retryAll({ delaySeconds: 60 });

@@ -1,10 +1,12 @@
-// The cron watchdog: re-kicks stalled jobs and lets held legacy events of completed datasets flow.
+// The cron watchdog: re-kicks stalled jobs, lets held legacy events of completed datasets flow, and
+// re-drives parked dead letters once ClickHouse answers.
 import type { Env } from '../env';
 import { completedDatasets } from '../legacy/datasets';
+import { redriveDeadLetters, type RedriveResult } from '../pipeline/dead-letters';
 import { datasetsWithHeldEvents, releaseHeldEvents } from '../legacy/realtime';
 import { rekickStalledJobs } from './engine';
 
-export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: string[]; released: number }> {
+export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: string[]; released: number; redriven: number; quarantined: number }> {
   const failures: string[] = [];
   const rekicked = await rekickStalledJobs(env, nowMs).catch((err: unknown) => {
     failures.push(`re-kick: ${String(err)}`);
@@ -19,8 +21,15 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
   } catch (err) {
     failures.push(`release held events: ${String(err)}`);
   }
-  if (rekicked.length || released) console.log(JSON.stringify({ msg: 'watchdog', rekicked, released }));
+  const redrive = await redriveDeadLetters(env, nowMs).catch((err: unknown): RedriveResult | null => {
+    failures.push(`re-drive dead letters: ${String(err)}`);
+    return null;
+  });
+  const redriven = redrive?.redriven ?? 0;
+  const quarantined = redrive?.quarantined ?? 0;
+  if (rekicked.length || released || redriven || quarantined) console.log(JSON.stringify({ msg: 'watchdog', rekicked, released, redriven, quarantined }));
+  if (redrive?.failed) failures.push(`re-drive dead letters: ${redrive.failed} stayed parked`);
   // A failing watchdog must show up as a failed cron run, not vanish.
   if (failures.length) throw new Error(`watchdog: ${failures.join('; ')}`);
-  return { rekicked, released };
+  return { rekicked, released, redriven, quarantined };
 }

@@ -5,7 +5,7 @@ import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { jobsHealth } from '../jobs/health';
-import { countDeadLetters } from './admin-dead-letters';
+import { deadLetterStats } from '../pipeline/dead-letters';
 
 async function clickhouseStatus(env: Env): Promise<'ok' | 'down'> {
   try {
@@ -24,7 +24,7 @@ export const healthRoute = new Hono<AppEnv>()
   .get('/admin/health', requireAdmin, async (c) => {
     const status = await clickhouseStatus(c.env);
     const errors: string[] = [];
-    const deadLetters = await countDeadLetters(c.env.ARCHIVE).catch((err: unknown) => {
+    const deadLetters = await deadLetterStats(c.env.ARCHIVE, Date.now()).catch((err: unknown) => {
       errors.push(`dead letters: ${String(err)}`);
       return null;
     });
@@ -38,7 +38,9 @@ export const healthRoute = new Hono<AppEnv>()
         ok,
         clickhouse: status,
         jobs: jobs ?? { running: null, failed: null },
-        ingest: { deadLetters: deadLetters?.count ?? null, deadLettersTruncated: deadLetters?.truncated ?? null },
+        ingest: { deadLetters: deadLetters?.parked ?? null, deadLettersTruncated: deadLetters?.truncated ?? null },
+        // Parked messages wait for the cron's re-drive; quarantined ones for an operator.
+        deadLetters: deadLetters ?? { parked: null, oldestAgeSec: null, quarantined: null, truncated: null },
         ...(errors.length ? { errors } : {}),
       },
       ok ? 200 : 503,

@@ -1,0 +1,275 @@
+// Dead letters: ingest messages that outlived their queue retries. They are parked in R2 and sent back
+// by the cron once ClickHouse answers; queue machinery never deletes one, an unreadable one is quarantined.
+import { clickhouse } from '../clickhouse/client';
+import { getConfig } from '../config';
+import type { Env } from '../env';
+import { mapPool } from '../lib/pool';
+import { decodeMessage, expandMessage, MAX_SEND_BATCH_BYTES, MAX_SEND_BATCH_MESSAGES, utf8Bytes, type IngestMessage } from './messages';
+
+export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
+export const QUARANTINE_PREFIX = 'dead-letters/quarantine/';
+
+/** A fresh copy of a message R2 refused comes back after this long. */
+const PARK_RETRY_DELAY_SEC = 30;
+/** Objects per page and per cron run: bounded, so a run after a long outage ends well inside a minute. */
+const REDRIVE_PAGE = 100;
+export const REDRIVE_MAX_PER_RUN = 500;
+/** The queue takes 128 KB per message; a re-driven body adds a few fields to what it carried before. */
+const MAX_REDRIVE_BYTES = 127 * 1024;
+const STATS_MAX_PAGES = 10;
+
+/** A parked message carries, beyond its rows, how long it has been waiting across re-drives. */
+interface ParkedMessage extends IngestMessage {
+  /** When it was first parked: a message that fails again after a re-drive keeps its age. */
+  parkedAtMs?: number;
+  /** How many times the cron has sent it back. */
+  redrives?: number;
+}
+
+function parkedKey(parkedAtMs: number, id: string): string {
+  return `${DEAD_LETTER_PREFIX}${String(parkedAtMs).padStart(13, '0')}-${id}.json`;
+}
+
+/** The first-parked time in a key (keys sort by it, so the first listed is the oldest). */
+function parkedAtOf(key: string): number | null {
+  const ms = Number(key.slice(DEAD_LETTER_PREFIX.length).split('-')[0]);
+  return Number.isSafeInteger(ms) && ms > 0 ? ms : null;
+}
+
+function firstParkedAt(body: unknown): number | null {
+  try {
+    const m = (typeof body === 'string' ? JSON.parse(body) : body) as Partial<ParkedMessage> | null;
+    const at = m?.parkedAtMs;
+    return typeof at === 'number' && Number.isSafeInteger(at) && at > 0 ? at : null;
+  } catch {
+    return null;
+  }
+}
+
+async function park(bucket: R2Bucket, m: Message<unknown>, nowMs: number): Promise<void> {
+  const body = m.body;
+  // Stored as it came: text as is, bytes as bytes, anything else as JSON. Decoding is the cron's job.
+  const data = typeof body === 'string' || body instanceof ArrayBuffer || ArrayBuffer.isView(body) ? body : (JSON.stringify(body) ?? 'null');
+  await bucket.put(parkedKey(firstParkedAt(body) ?? nowMs, m.id), data, { httpMetadata: { contentType: 'application/json' } });
+}
+
+/**
+ * The dead-letter queue's consumer: every message ends parked in R2. When R2 refuses, a fresh copy
+ * goes back into this queue (its attempts start over) rather than spending this consumer's own
+ * retries, after which the platform would delete it: this queue has no dead-letter queue of its own.
+ */
+export async function handleDeadLetters(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+  for (const m of batch.messages) {
+    try {
+      await park(env.ARCHIVE, m, Date.now());
+      m.ack();
+      continue;
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'dead letter could not be parked; sending it round again', id: m.id, attempts: m.attempts, error: String(err) }));
+    }
+    try {
+      const body = m.body;
+      const contentType = typeof body === 'string' ? 'text' : body instanceof ArrayBuffer || ArrayBuffer.isView(body) ? 'bytes' : 'json';
+      await env.INGEST_DLQ.send(body, { contentType, delaySeconds: PARK_RETRY_DELAY_SEC });
+      m.ack();
+    } catch (err) {
+      // Neither R2 nor the queue took it: the platform's retries (max_retries in wrangler.toml) remain.
+      console.error(JSON.stringify({ msg: 'dead letter could not be parked nor re-queued; retrying', id: m.id, attempts: m.attempts, error: String(err) }));
+      m.retry({ delaySeconds: PARK_RETRY_DELAY_SEC });
+    }
+  }
+}
+
+async function clickhouseAnswers(env: Env): Promise<boolean> {
+  try {
+    return await clickhouse(getConfig(env).clickhouse, { timeoutMs: 5000 }).ping();
+  } catch {
+    return false;
+  }
+}
+
+/** A parked object as the ingest queue takes it back, or why it cannot go back. */
+function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number } | { reason: string } {
+  let message: ParkedMessage;
+  try {
+    message = decodeMessage(new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes)) as ParkedMessage;
+    // The consumer must be able to expand it too, or it would come back here every 9 minutes.
+    expandMessage(message, 0);
+  } catch (err) {
+    return { reason: `does not decode: ${String(err)}`.slice(0, 500) };
+  }
+  const { parkedAtMs, redrives, redelivery: _flag, ...rows } = message;
+  // Flagged as a redelivery: the writer skips rows ClickHouse already holds, so a copy adds nothing.
+  const body = JSON.stringify({ ...rows, redelivery: true, parkedAtMs: parkedAtMs ?? parkedAtOf(key) ?? undefined, redrives: (redrives ?? 0) + 1 });
+  const size = utf8Bytes(body);
+  return size > MAX_REDRIVE_BYTES ? { reason: `too large to re-send: ${size} bytes` } : { body, bytes: size };
+}
+
+/** Moves an object that cannot be re-driven aside, byte for byte, with the reason; re-running is harmless. */
+async function quarantine(bucket: R2Bucket, key: string, bytes: ArrayBuffer, reason: string, nowMs: number): Promise<void> {
+  await bucket.put(`${QUARANTINE_PREFIX}${key.slice(DEAD_LETTER_PREFIX.length)}`, bytes, {
+    httpMetadata: { contentType: 'application/json' },
+    customMetadata: { reason, parkedKey: key, quarantinedAt: new Date(nowMs).toISOString() },
+  });
+  await bucket.delete(key);
+  console.error(JSON.stringify({ msg: 'dead letter quarantined', key, reason }));
+}
+
+export interface RedriveResult {
+  redriven: number;
+  quarantined: number;
+  /** Objects that stay parked for the next run (the queue refused them). */
+  failed: number;
+  /** More parked objects than this run took. */
+  remaining: boolean;
+  /** Set when nothing was tried because ClickHouse does not answer. */
+  skipped?: 'clickhouse_down';
+}
+
+async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omit<RedriveResult, 'remaining'>> {
+  const result = { redriven: 0, quarantined: 0, failed: 0 };
+  const loaded = await mapPool(keys, 8, async (key) => {
+    const obj = await env.ARCHIVE.get(key);
+    return obj ? { key, bytes: await obj.arrayBuffer() } : null; // null: a concurrent run took it
+  });
+  const ready: Array<{ key: string; body: string; bytes: number }> = [];
+  for (const item of loaded) {
+    if (!item) continue;
+    const prepared = redriveBody(item.key, item.bytes);
+    if ('body' in prepared) {
+      ready.push({ key: item.key, ...prepared });
+      continue;
+    }
+    try {
+      await quarantine(env.ARCHIVE, item.key, item.bytes, prepared.reason, nowMs);
+      result.quarantined++;
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'dead letter could not be quarantined', key: item.key, error: String(err) }));
+      result.failed++;
+    }
+  }
+  const groups: Array<typeof ready> = [];
+  let bytes = 0;
+  for (const r of ready) {
+    const last = groups.at(-1);
+    if (last && last.length < MAX_SEND_BATCH_MESSAGES && bytes + r.bytes <= MAX_SEND_BATCH_BYTES) {
+      last.push(r);
+      bytes += r.bytes;
+    } else {
+      groups.push([r]);
+      bytes = r.bytes;
+    }
+  }
+  for (const group of groups) {
+    let sent = group;
+    try {
+      await env.INGEST_QUEUE.sendBatch(group.map((r) => ({ body: r.body, contentType: 'text' as const })));
+    } catch (err) {
+      // One message the queue refuses must not keep the rest of its group parked.
+      console.error(JSON.stringify({ msg: 'dead-letter re-drive batch refused; sending one by one', messages: group.length, error: String(err) }));
+      sent = [];
+      for (const r of group) {
+        try {
+          await env.INGEST_QUEUE.send(r.body, { contentType: 'text' });
+          sent.push(r);
+        } catch (e) {
+          console.error(JSON.stringify({ msg: 'dead letter could not be re-driven; stays parked', key: r.key, error: String(e) }));
+          result.failed++;
+        }
+      }
+    }
+    // Deleted only once sent: a crash in between sends it again next run, which the writer absorbs.
+    if (sent.length) await env.ARCHIVE.delete(sent.map((r) => r.key));
+    result.redriven += sent.length;
+  }
+  return result;
+}
+
+/**
+ * Sends parked messages back to the ingest queue, at most `maxObjects` per call, oldest first. With
+ * `requireClickHouse` (the cron) nothing moves until ClickHouse answers, so an outage does not churn.
+ */
+export async function redriveDeadLetters(
+  env: Env,
+  nowMs: number,
+  { maxObjects = REDRIVE_MAX_PER_RUN, requireClickHouse = true }: { maxObjects?: number; requireClickHouse?: boolean } = {},
+): Promise<RedriveResult> {
+  const result: RedriveResult = { redriven: 0, quarantined: 0, failed: 0, remaining: false };
+  let cursor: string | undefined;
+  let checked = !requireClickHouse;
+  let taken = 0;
+  for (let page = 0; taken < maxObjects && page < maxObjects; page++) {
+    const listing = await env.ARCHIVE.list({ prefix: DEAD_LETTER_PREFIX, limit: Math.min(REDRIVE_PAGE, maxObjects - taken), ...(cursor ? { cursor } : {}) });
+    result.remaining = listing.truncated;
+    if (listing.objects.length) {
+      if (!checked) {
+        if (!(await clickhouseAnswers(env))) return { ...result, remaining: true, skipped: 'clickhouse_down' };
+        checked = true;
+      }
+      taken += listing.objects.length;
+      const page = await redrivePage(env, listing.objects.map((o) => o.key), nowMs);
+      result.redriven += page.redriven;
+      result.quarantined += page.quarantined;
+      result.failed += page.failed;
+    }
+    if (!listing.truncated) break;
+    cursor = listing.cursor;
+  }
+  return result;
+}
+
+async function countPrefix(bucket: R2Bucket, prefix: string): Promise<{ count: number; first: R2Object | null; truncated: boolean }> {
+  let count = 0;
+  let first: R2Object | null = null;
+  let cursor: string | undefined;
+  for (let page = 0; page < STATS_MAX_PAGES; page++) {
+    const listing = await bucket.list({ prefix, limit: 1000, ...(cursor ? { cursor } : {}) });
+    first ??= listing.objects[0] ?? null;
+    count += listing.objects.length;
+    if (!listing.truncated) return { count, first, truncated: false };
+    cursor = listing.cursor;
+  }
+  return { count, first, truncated: true };
+}
+
+export interface DeadLetterStats {
+  /** Messages parked and waiting for a re-drive. */
+  parked: number;
+  /** Seconds since the oldest of them was first parked; null when none waits. */
+  oldestAgeSec: number | null;
+  /** Parked objects that could not be re-driven, kept under `dead-letters/quarantine/`. */
+  quarantined: number;
+  /** More than 10 000 objects under a prefix: the counts are lower bounds. */
+  truncated: boolean;
+}
+
+export async function deadLetterStats(bucket: R2Bucket, nowMs: number): Promise<DeadLetterStats> {
+  const [parked, quarantined] = await Promise.all([countPrefix(bucket, DEAD_LETTER_PREFIX), countPrefix(bucket, QUARANTINE_PREFIX)]);
+  const oldestMs = parked.first ? (parkedAtOf(parked.first.key) ?? parked.first.uploaded.getTime()) : null;
+  return {
+    parked: parked.count,
+    oldestAgeSec: oldestMs === null ? null : Math.max(0, Math.floor((nowMs - oldestMs) / 1000)),
+    quarantined: quarantined.count,
+    truncated: parked.truncated || quarantined.truncated,
+  };
+}
+
+export interface QuarantinedLetter {
+  key: string;
+  parkedKey: string | null;
+  reason: string | null;
+  quarantinedAt: string | null;
+  size: number;
+}
+
+/** The first `limit` quarantined objects, with why each could not be re-driven. */
+export async function listQuarantine(bucket: R2Bucket, limit = 100): Promise<QuarantinedLetter[]> {
+  const listing = await bucket.list({ prefix: QUARANTINE_PREFIX, limit, include: ['customMetadata'] });
+  return listing.objects.map((o) => ({
+    key: o.key,
+    parkedKey: o.customMetadata?.parkedKey ?? null,
+    reason: o.customMetadata?.reason ?? null,
+    quarantinedAt: o.customMetadata?.quarantinedAt ?? null,
+    size: o.size,
+  }));
+}
