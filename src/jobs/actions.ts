@@ -5,11 +5,23 @@ import { sendChunk } from './engine';
 import { nextState, type JobAction, type JobState } from './states';
 import { jobStore, type JobRow } from './store';
 
+/**
+ * The first chunk message is sent before the job's row is written, so a start either fails whole
+ * (nothing created: the client may simply retry) or leaves a job with its message on the way.
+ */
 export async function startJob(env: Env, type: string, params: unknown): Promise<JobRow> {
-  const job = await jobStore(env.DB).create(crypto.randomUUID(), type, params, Date.now());
-  await sendChunk(env, job.id, job.leaseVersion);
-  return job;
+  const id = crypto.randomUUID();
+  try {
+    await sendChunk(env, id, FIRST_LEASE_VERSION);
+  } catch (err) {
+    console.error(JSON.stringify({ msg: 'job could not be enqueued', type, error: String(err) }));
+    throw new ApiError(503, 'queue_unavailable', 'the job queue is unavailable; nothing was started, retry', { retryable: true }, { 'Retry-After': '5' });
+  }
+  return jobStore(env.DB).create(id, type, params, Date.now());
 }
+
+/** The lease version a new job's row starts at (the schema's default). */
+const FIRST_LEASE_VERSION = 0;
 
 /** Progress a retry starts from: nothing counted until the job re-plans over its cursor. */
 const RESET_PROGRESS: Partial<JobRow> = {

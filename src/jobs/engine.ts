@@ -14,7 +14,7 @@ export interface ChunkMessage {
   version: number;
 }
 
-/** Longer than any chunk may take (its reads and writes time out well before). */
+/** A chunk's lease, renewed every third of it while the chunk runs: only a dead chunk loses it. */
 export const LEASE_MS = 120_000;
 /** No lease and no progress for this long: the message for the next chunk was lost. */
 export const STALL_MS = 180_000;
@@ -49,10 +49,26 @@ async function settleRequest(store: JobStore, job: JobRow, now: number): Promise
   return false;
 }
 
-export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<void> {
+/**
+ * Renews a running chunk's lease every `leaseMs / 3`, so a slow but live chunk is never fenced off
+ * and run twice at once; a chunk that dies stops renewing and the watchdog takes over.
+ */
+export function keepLease(store: JobStore, id: string, version: number, leaseMs = LEASE_MS): { stop(): void } {
+  const timer = setInterval(() => {
+    store.renew(id, version, Date.now() + leaseMs).then(
+      (held) => held || clearInterval(timer),
+      (err: unknown) => console.error(JSON.stringify({ msg: 'lease renewal failed', job: id, error: errorText(err) })),
+    );
+  }, leaseMs / 3);
+  return { stop: () => clearInterval(timer) };
+}
+
+/** 'missing': no job has this id (yet: its row is written just after its first message is sent). */
+export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<'missing' | void> {
   const store = jobStore(env.DB);
   const job = await store.get(msg.jobId);
-  if (!job || job.leaseVersion !== msg.version) return;
+  if (!job) return 'missing';
+  if (job.leaseVersion !== msg.version) return;
   const started = Date.now();
   if (await settleRequest(store, job, started)) return;
   const claimed = await store.claim(job.id, msg.version, started, started + LEASE_MS);
@@ -69,11 +85,14 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<void
   const pauseMs = runner.pauseMs(input.params);
 
   let outcome;
+  const renewal = keepLease(store, job.id, token);
   try {
     outcome = await runner.runChunk(env, input);
   } catch (err) {
     await chunkFailed(env, store, claimed, err);
     return;
+  } finally {
+    renewal.stop();
   }
 
   const now = Date.now();
@@ -120,6 +139,8 @@ async function chunkFailed(env: Env, store: JobStore, job: JobRow, err: unknown)
   await sendChunk(env, job.id, next.leaseVersion, chunkRetryDelaySec(attempts) * 1000);
 }
 
+const MISSING_JOB_ATTEMPTS = 5;
+
 export async function handleJobsBatch(batch: MessageBatch<unknown>, env: Env): Promise<void> {
   for (const m of batch.messages) {
     const body = m.body as Partial<ChunkMessage>;
@@ -129,8 +150,11 @@ export async function handleJobsBatch(batch: MessageBatch<unknown>, env: Env): P
       continue;
     }
     try {
-      await runChunkMessage(env, body as ChunkMessage);
-      m.ack();
+      const result = await runChunkMessage(env, body as ChunkMessage);
+      // A job's first message is sent before its row is written: wait for the row a little, then
+      // drop the message (the row was never written: its creation failed and was reported).
+      if (result === 'missing' && m.attempts < MISSING_JOB_ATTEMPTS) m.retry({ delaySeconds: 2 });
+      else m.ack();
     } catch (err) {
       // Only bookkeeping (D1, the queue) can throw here; the lease keeps a replay safe.
       console.error(JSON.stringify({ msg: 'job message failed; retrying', job: body.jobId, error: errorText(err) }));

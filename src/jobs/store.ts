@@ -110,6 +110,12 @@ export function jobStore(d1: D1Database) {
     },
 
     /** Records a finished chunk and frees the lease; null when the lease was lost meanwhile. */
+    /** Extends the lease of a running chunk; false once the watchdog fenced it off. */
+    async renew(id: string, version: number, leaseUntil: number): Promise<boolean> {
+      const [row] = await db.update(jobs).set({ leaseUntil }).where(byVersion(id, version)).returning({ id: jobs.id });
+      return row !== undefined;
+    },
+
     async commit(id: string, version: number, c: ChunkCommit, now: number): Promise<JobRow | null> {
       const [row] = await db
         .update(jobs)
