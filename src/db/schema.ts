@@ -1,5 +1,5 @@
 // Control plane in D1. drizzle-kit generates migrations/d1 from this file.
-import { sqliteTable, text, integer, index } from 'drizzle-orm/sqlite-core';
+import { sqliteTable, text, integer, index, primaryKey } from 'drizzle-orm/sqlite-core';
 
 export const projects = sqliteTable('projects', {
   id: text('id').primaryKey(),
@@ -80,4 +80,27 @@ export const heldEvents = sqliteTable(
     heldAt: integer('held_at').notNull(),
   },
   (t) => [index('held_legacy_events_dataset_idx').on(t.dataset, t.seq)],
+);
+
+/**
+ * Ingest requests sent with an `Idempotency-Key`: a retry with the same key and body is answered as
+ * the first one was. `status` is null while the first request runs (or after it failed in a way a
+ * retry should redo); `receivedAtMs` is reused by such a retry so rows without a client timestamp
+ * get the same dedup keys and are recognised as duplicates.
+ */
+export const idempotencyKeys = sqliteTable(
+  'idempotency_keys',
+  {
+    projectId: text('project_id').notNull(),
+    key: text('key').notNull(),
+    route: text('route').notNull(),
+    bodySha256: text('body_sha256').notNull(),
+    receivedAtMs: integer('received_at_ms').notNull(),
+    status: integer('status'),
+    response: text('response'),
+    createdAt: integer('created_at').notNull(),
+    /** When the request now holding the key took it; 0 once released. */
+    heldAt: integer('held_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.key] }), index('idempotency_keys_created_idx').on(t.createdAt)],
 );

@@ -2,6 +2,11 @@
 import { ApiError } from '../errors';
 
 export async function readJsonBody(request: Request, maxBytes: number): Promise<unknown> {
+  return (await readJsonBodyBytes(request, maxBytes)).json;
+}
+
+/** The parsed body and its (decompressed) bytes, which an Idempotency-Key is checked against. */
+export async function readJsonBodyBytes(request: Request, maxBytes: number): Promise<{ json: unknown; bytes: Uint8Array }> {
   const contentType = (request.headers.get('content-type') ?? 'application/json').toLowerCase();
   if (!contentType.startsWith('application/json') && !contentType.startsWith('text/plain')) {
     throw new ApiError(415, 'unsupported_media_type', 'the body must be application/json');
@@ -49,7 +54,7 @@ export async function readJsonBody(request: Request, maxBytes: number): Promise<
     throw new ApiError(400, 'invalid_json', 'the body is not valid UTF-8');
   }
   try {
-    return JSON.parse(text);
+    return { json: JSON.parse(text) as unknown, bytes };
   } catch (err) {
     const message = err instanceof RangeError ? 'the body is nested too deeply' : 'the body is not valid JSON';
     throw new ApiError(400, 'invalid_json', message);

@@ -27,9 +27,10 @@ export function clientIp(request: Request): string {
   return (h.get('cf-connecting-ip') ?? h.get('x-forwarded-for')?.split(',')[0] ?? h.get('x-real-ip') ?? '').trim();
 }
 
-export function requestContext(request: Request, sentAtMs?: number): RequestContext {
+/** `receivedAtMs`: a retried idempotent request keeps the first one's receipt time. */
+export function requestContext(request: Request, sentAtMs?: number, receivedAtMs = Date.now()): RequestContext {
   return {
-    receivedAtMs: Date.now(),
+    receivedAtMs,
     sentAtMs,
     ip: clientIp(request),
     userAgent: request.headers.get('user-agent') ?? '',

@@ -1,6 +1,7 @@
-// The cron watchdog: re-kicks stalled jobs, lets held legacy events of completed datasets flow, and
-// re-drives parked dead letters once ClickHouse answers.
+// The cron watchdog: re-kicks stalled jobs, lets held legacy events of completed datasets flow,
+// re-drives parked dead letters once ClickHouse answers, and forgets expired idempotency keys.
 import type { Env } from '../env';
+import { pruneIdempotencyKeys } from '../ingest/idempotency';
 import { completedDatasets } from '../legacy/datasets';
 import { redriveDeadLetters, type RedriveResult } from '../pipeline/dead-letters';
 import { datasetsWithHeldEvents, releaseHeldEvents } from '../legacy/realtime';
@@ -25,6 +26,7 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
     failures.push(`re-drive dead letters: ${String(err)}`);
     return null;
   });
+  await pruneIdempotencyKeys(env.DB, nowMs).catch((err: unknown) => failures.push(`prune idempotency keys: ${String(err)}`));
   const redriven = redrive?.redriven ?? 0;
   const quarantined = redrive?.quarantined ?? 0;
   if (rekicked.length || released || redriven || quarantined) console.log(JSON.stringify({ msg: 'watchdog', rekicked, released, redriven, quarantined }));
