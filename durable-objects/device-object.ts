@@ -2,7 +2,7 @@
 // written in the same storage transaction as the event ids, flushed to the ingest queue by the alarm.
 import { DurableObject } from 'cloudflare:workers';
 import type { Env } from '../src/env';
-import { packEvent, type PackedEvent } from '../src/device/packed';
+import { packEvent, unpackEvents, type PackedEvent, type PackedEvents } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
 import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 import {
@@ -56,10 +56,10 @@ export interface DeviceIngest {
   deviceId: string;
   gapMs: number;
   /**
-   * The events, or a JSON string of them packed (`packEvent`): one string crosses the RPC boundary
-   * far cheaper than a structured clone of thousands of objects, and the object is the serial part.
+   * The events, or packed (`packDeviceEvents`): a few strings cross the RPC boundary far cheaper
+   * than a structured clone of thousands of objects, and the object is the serial part.
    */
-  events: DeviceEvent[] | string;
+  events: DeviceEvent[] | PackedEvents;
   /** Injectable clock for tests; defaults to Date.now(). */
   nowMs?: number;
 }
@@ -422,7 +422,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   async ingest(request: DeviceIngest): Promise<DeviceIngestResult> {
     const nowMs = request.nowMs ?? Date.now();
-    const events = typeof request.events === 'string' ? (JSON.parse(request.events) as PackedEvent[]) : request.events.map(packEvent);
+    const events = Array.isArray(request.events) ? request.events.map(packEvent) : unpackEvents(request.events);
     const input = { ...request, events };
     // Outside the ingest transaction: an older layout is upgraded in its own.
     if (this.hasSchema() && this.legacySeen) this.transaction(() => this.migrateSeenRows());

@@ -1,4 +1,5 @@
-// The hand-off from the route to a device object: each event packed once, at the edge.
+// The hand-off from the route to a device object: each event packed once, at the edge, and a
+// device's events cut into calls that stay far below the RPC size limit.
 import type { DeviceEvent } from '../../durable-objects/device-object';
 import { utf8Bytes } from '../pipeline/messages';
 
@@ -19,6 +20,23 @@ export interface PackedEvent {
   b: number;
 }
 
+/**
+ * One call's worth of packed events as it crosses the RPC boundary: the small fields of every event
+ * as one JSON array, and each event's `rp` as a string of its own. `rp` is already JSON: nested in
+ * another JSON string it was escaped a second time (a property's quote became four characters),
+ * which took a 10 MB batch past the 32 MiB RPC limit.
+ */
+export interface PackedEvents {
+  fields: string;
+  rp: string[];
+}
+
+/**
+ * What one call may carry, counted as V8 serialises strings at worst (two bytes per UTF-16 unit):
+ * a quarter of the 32 MiB RPC limit, and room for 2000 small events (~2 KB counted) in one call.
+ */
+export const MAX_HANDOFF_BYTES = 8 * 1024 * 1024;
+
 export function packEvent(e: DeviceEvent): PackedEvent {
   const p = e.payload;
   if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
@@ -37,6 +55,41 @@ export function packEvent(e: DeviceEvent): PackedEvent {
     // The entry is `{"s":"<session id>",` + rp + `}`, spliced into the message as it is.
     b: utf8Bytes(rp) + 64,
   };
+}
+
+/**
+ * A device's events, in order, as calls of at most `maxBytes` each (an event larger than that goes
+ * alone). The caller makes them one after another, so each call sees the ids and sessions the
+ * earlier ones stored, as a single call would.
+ */
+export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_HANDOFF_BYTES): PackedEvents[] {
+  const calls: PackedEvents[] = [];
+  let fields: string[] = [];
+  let rp: string[] = [];
+  let bytes = 0;
+  for (const e of events) {
+    const { rp: json, ...rest } = packEvent(e);
+    const f = JSON.stringify(rest);
+    const size = 2 * (f.length + json.length) + 16;
+    if (rp.length && bytes + size > maxBytes) {
+      calls.push({ fields: `[${fields.join(',')}]`, rp });
+      fields = [];
+      rp = [];
+      bytes = 0;
+    }
+    fields.push(f);
+    rp.push(json);
+    bytes += size;
+  }
+  if (rp.length) calls.push({ fields: `[${fields.join(',')}]`, rp });
+  return calls;
+}
+
+export function unpackEvents(packed: PackedEvents): PackedEvent[] {
+  const events = JSON.parse(packed.fields) as PackedEvent[];
+  if (events.length !== packed.rp.length) throw new Error(`packed events: ${events.length} fields for ${packed.rp.length} rows`);
+  events.forEach((e, i) => (e.rp = packed.rp[i]!));
+  return events;
 }
 
 function readPosition(propertiesJson: string): [number, number] | null {

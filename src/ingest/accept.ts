@@ -1,7 +1,7 @@
 // Validate → enrich → hand each device's rows to its object. A row counts as accepted only once
 // its device object has written it to the outbox.
 import type { DeviceEvent } from '../../durable-objects/device-object';
-import { packEvent } from '../device/packed';
+import { packDeviceEvents } from '../device/packed';
 import type { ProjectAuth } from '../auth';
 import type { Env } from '../env';
 import { hash128, uuidv7At } from '../lib/ids';
@@ -92,22 +92,23 @@ export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonl
   let accepted = await divertLegacyEvents(env, project, valid, byDevice, { rows, rejected });
   let duplicates = 0;
   await mapPool([...byDevice], DEVICE_CALL_CONCURRENCY, async ([deviceId, list]) => {
+    const stub = deviceStub(env, project.projectId, deviceId);
+    let done = 0;
     try {
-      const { results } = await deviceStub(env, project.projectId, deviceId).ingest({
-        projectId: project.projectId,
-        deviceId,
-        gapMs: project.sessionGapMs,
-        events: JSON.stringify(list.map((l) => packEvent(l.event))),
-      });
-      results.forEach((r, k) => {
-        const index = list[k]!.index;
-        rows[index] = { deviceId, sessionId: r.sessionId, eventId: r.eventId, duplicate: r.status === 'duplicate' };
-        if (r.status === 'accepted') accepted++;
-        else duplicates++;
-      });
+      // A large batch takes several calls, in order: each one's rows are durable once it answers.
+      for (const events of packDeviceEvents(list.map((l) => l.event))) {
+        const { results } = await stub.ingest({ projectId: project.projectId, deviceId, gapMs: project.sessionGapMs, events });
+        results.forEach((r, k) => {
+          const index = list[done + k]!.index;
+          rows[index] = { deviceId, sessionId: r.sessionId, eventId: r.eventId, duplicate: r.status === 'duplicate' };
+          if (r.status === 'accepted') accepted++;
+          else duplicates++;
+        });
+        done += events.rp.length;
+      }
     } catch (err) {
       console.error(JSON.stringify({ msg: 'device ingest failed', deviceId, error: String(err) }));
-      for (const { index } of list) {
+      for (const { index } of list.slice(done)) {
         rejected.push({ index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
       }
     }

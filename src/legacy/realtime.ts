@@ -7,6 +7,7 @@ import type { ProjectAuth } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { heldEvents } from '../db/schema';
+import { packDeviceEvents } from '../device/packed';
 import type { Env } from '../env';
 import type { AcceptResult, RowRejection } from '../ingest/accept';
 import type { NormalizedEvent } from '../ingest/normalize';
@@ -189,12 +190,10 @@ export async function releaseHeldEvents(env: Env, dataset: string, { maxMs = 20_
       g.seqs.push(h.seq);
     }
     for (const g of groups.values()) {
-      await env.DEVICE.get(env.DEVICE.idFromName(`${g.projectId}:${g.deviceId}`)).ingest({
-        projectId: g.projectId,
-        deviceId: g.deviceId,
-        gapMs: g.gapMs,
-        events: g.events,
-      });
+      const stub = env.DEVICE.get(env.DEVICE.idFromName(`${g.projectId}:${g.deviceId}`));
+      for (const events of packDeviceEvents(g.events)) {
+        await stub.ingest({ projectId: g.projectId, deviceId: g.deviceId, gapMs: g.gapMs, events });
+      }
       for (let i = 0; i < g.seqs.length; i += 90) {
         await db.delete(heldEvents).where(and(eq(heldEvents.dataset, dataset), inArray(heldEvents.seq, g.seqs.slice(i, i + 90))));
       }
