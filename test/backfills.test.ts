@@ -102,6 +102,7 @@ describe('legacy import', () => {
       maxKey: row.maxKey,
       rowsTotal: row.rowsTotal,
       rowsProcessed: row.rowsProcessed,
+      rowsSkipped: row.rowsSkipped,
       verifyWrites: row.verifyWrites,
     });
     expect(dead.rows).toBe(5000);

@@ -44,6 +44,7 @@ export const jobs = sqliteTable(
     maxKey: text('max_key'),
     rowsProcessed: integer('rows_processed').notNull().default(0),
     rowsTotal: integer('rows_total'),
+    rowsSkipped: integer('rows_skipped').notNull().default(0),
     ratePerSec: integer('rate_per_sec'),
     etaSec: integer('eta_sec'),
     attempts: integer('attempts').notNull().default(0),

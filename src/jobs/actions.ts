@@ -27,6 +27,7 @@ const FIRST_LEASE_VERSION = 0;
 const RESET_PROGRESS: Partial<JobRow> = {
   rowsProcessed: 0,
   rowsTotal: null,
+  rowsSkipped: 0,
   ratePerSec: null,
   etaSec: null,
   attempts: 0,

@@ -39,7 +39,7 @@ function errorText(err: unknown): string {
 }
 
 function chunkInput(job: JobRow) {
-  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed, verifyWrites: job.verifyWrites };
+  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed, rowsSkipped: job.rowsSkipped, verifyWrites: job.verifyWrites };
 }
 
 /** Settles a pause or cancel request once no chunk is running. */
@@ -101,7 +101,12 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<'mis
     outcome.rows,
     now - started + (outcome.done ? 0 : pauseMs),
   );
-  const committed = await store.commit(job.id, token, { ...progress, cursor: outcome.cursor, maxKey: outcome.maxKey, ...(outcome.verifyWrites ? { verifyWrites: true } : {}) }, now);
+  const committed = await store.commit(
+    job.id,
+    token,
+    { ...progress, rowsSkipped: outcome.skippedBefore + outcome.skipped, cursor: outcome.cursor, maxKey: outcome.maxKey, ...(outcome.verifyWrites ? { verifyWrites: true } : {}) },
+    now,
+  );
   if (!committed) return; // the watchdog fenced this chunk off; its writes were idempotent
 
   if (outcome.done) {

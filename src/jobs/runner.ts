@@ -14,6 +14,8 @@ export interface ChunkInput {
   /** Null until the job is planned (first chunk, or first chunk after a retry). */
   rowsTotal: number | null;
   rowsProcessed: number;
+  /** Rows read that could not be used (skipped), up to the cursor. */
+  rowsSkipped: number;
   /** The chunk may have been written before: check what is there instead of assuming nothing. */
   verifyWrites: boolean;
 }
@@ -25,6 +27,9 @@ export interface ChunkOutcome {
   /** Rows done before this chunk (re-counted when the chunk planned the job). */
   rowsBefore: number;
   rows: number;
+  /** Rows skipped before this chunk (re-counted when the chunk planned the job), and in it. */
+  skippedBefore: number;
+  skipped: number;
   done: boolean;
   /** The chunk found the job may overlap earlier writes; later chunks verify too. */
   verifyWrites?: boolean;

@@ -13,6 +13,8 @@ export interface JobView {
   state: JobState;
   rowsProcessed: number;
   rowsTotal: number | null;
+  /** Source rows that could not become events (no key, device or time): counted in rowsProcessed too. */
+  rowsSkipped: number;
   ratePerSec: number | null;
   etaSec: number | null;
   cursor: string | null;
@@ -33,6 +35,7 @@ export function toView(j: JobRow): JobView {
     state: j.state as JobState,
     rowsProcessed: j.rowsProcessed,
     rowsTotal: j.rowsTotal,
+    rowsSkipped: j.rowsSkipped,
     ratePerSec: j.ratePerSec,
     etaSec: j.etaSec,
     cursor: j.cursor,
@@ -46,6 +49,7 @@ export function toView(j: JobRow): JobView {
 }
 
 export interface ChunkCommit extends Progress {
+  rowsSkipped: number;
   cursor: string | null;
   maxKey: string | null;
   verifyWrites?: boolean;

@@ -10,16 +10,18 @@ import { LegacyImportParams } from './params';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
 import { writeImportedChunk } from './store';
-import { keyText, translateRow } from './translate';
+import { keyText, translateRow, UnusableLegacyRow, type IdMapRow } from './translate';
+import type { EventRow } from '../pipeline/messages';
 
 /** Pages per chunk: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
 
 /** One chunk (`chunkSize` rows at most) as a short pipeline of keyset pages. */
-async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams, from: string | null, maxKey: string, verify: boolean): Promise<{ cursor: string | null; rows: number }> {
+async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams, from: string | null, maxKey: string, verify: boolean): Promise<{ cursor: string | null; rows: number; skipped: number }> {
   const pageSize = Math.ceil(p.chunkSize / PAGES_PER_CHUNK);
   let cursor = from;
   let rows = 0;
+  let skipped = 0;
   let writing: Promise<unknown> | null = null;
   // A write's failure is kept, not left unhandled, and thrown once the write is awaited.
   const settle = async (w: Promise<unknown> | null) => {
@@ -29,7 +31,16 @@ async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams,
   while (rows < p.chunkSize) {
     const page = await readPage(pg, p.source, cursor, maxKey, Math.min(pageSize, p.chunkSize - rows));
     const now = Date.now();
-    const translated = page.map((row) => translateRow(p, row, now));
+    const translated: Array<{ event: EventRow; map: IdMapRow }> = [];
+    for (const row of page) {
+      try {
+        translated.push(translateRow(p, row, now));
+      } catch (err) {
+        // A row the source cannot supply (no device or time) is counted, never a reason to stop.
+        if (!(err instanceof UnusableLegacyRow)) throw err;
+        skipped += 1;
+      }
+    }
     await settle(writing);
     writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
     rows += page.length;
@@ -38,7 +49,7 @@ async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams,
     if (page.length < pageSize || cursor === maxKey) break;
   }
   await settle(writing);
-  return { cursor, rows };
+  return { cursor, rows, skipped };
 }
 
 export const legacyImportRunner: JobRunner = {
@@ -47,7 +58,7 @@ export const legacyImportRunner: JobRunner = {
   async runChunk(env: Env, job): Promise<ChunkOutcome> {
     const p = LegacyImportParams.parse(job.params);
     return withLegacyDb(env.LEGACY_DB.connectionString, async (pg) => {
-      let { maxKey, rowsTotal, rowsProcessed, verifyWrites } = job;
+      let { maxKey, rowsTotal, rowsProcessed, rowsSkipped, verifyWrites } = job;
       if (rowsTotal === null) {
         // An earlier import into the same project may have written any of these rows.
         verifyWrites ||= (await jobStore(env.DB).others(job.id, 'legacy_import', { projectId: p.projectId, dataset: p.dataset })).length > 0;
@@ -55,15 +66,18 @@ export const legacyImportRunner: JobRunner = {
         maxKey = plan.maxKey;
         rowsTotal = plan.rowsTotal;
         rowsProcessed = plan.rowsDone;
+        rowsSkipped = plan.rowsSkipped;
       }
-      if (maxKey === null) return { cursor: job.cursor, maxKey, rowsTotal, rowsBefore: rowsProcessed, rows: 0, done: true, verifyWrites };
-      const { cursor, rows } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, job.cursor, maxKey, verifyWrites);
+      if (maxKey === null) return { cursor: job.cursor, maxKey, rowsTotal, rowsBefore: rowsProcessed, rows: 0, skippedBefore: rowsSkipped, skipped: 0, done: true, verifyWrites };
+      const { cursor, rows, skipped } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, job.cursor, maxKey, verifyWrites);
       return {
         cursor,
         maxKey,
         rowsTotal,
         rowsBefore: rowsProcessed,
         rows,
+        skippedBefore: rowsSkipped,
+        skipped,
         done: rows < p.chunkSize || cursor === maxKey,
         verifyWrites,
       };

@@ -2,6 +2,7 @@
 import pg from 'pg';
 import { PermanentChunkError } from '../jobs/runner';
 import type { LegacyImportParams } from './params';
+import { parsePgTimestamp } from './translate';
 
 export type LegacyRow = Record<string, unknown>;
 
@@ -39,15 +40,25 @@ export interface ImportPlan {
   /** Largest key when the job started: rows inserted later cannot keep the loop going. */
   maxKey: string | null;
   rowsTotal: number;
-  /** Rows at or below the cursor (non-zero when a retried job continues). */
+  /** Rows at or below the cursor (non-zero when a retried job continues), and rows without a key. */
   rowsDone: number;
+  /** Rows counted in rowsDone that cannot become events: no key, or at or below the cursor without a device or a time. */
+  rowsSkipped: number;
 }
 
 const CONNECT_TIMEOUT_MS = 5000;
 const QUERY_TIMEOUT_MS = 30_000;
 
+const TIMESTAMP_OIDS = new Set([1114, 1184]); // timestamp, timestamptz
+
+/** Timestamps as LegacyTimestamp: a JS Date would drop their microseconds. */
+const types = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    TIMESTAMP_OIDS.has(oid) && format !== 'binary' ? (text: string) => parsePgTimestamp(text) ?? text : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+};
+
 export async function withLegacyDb<T>(connectionString: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS });
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS, types });
   // A dropped connection emits 'error' on the client; the failing query reports it instead.
   client.on('error', () => {});
   try {
@@ -75,15 +86,21 @@ const ident = (name: string) => pg.escapeIdentifier(name);
 
 export async function planImport(c: pg.Client, s: LegacyImportParams['source'], cursor: string | null): Promise<ImportPlan> {
   const key = ident(s.key);
-  // One statement, one snapshot: the total, the max key and the rows already done agree.
+  const unusable = `(${ident(s.deviceId)} IS NULL OR ${ident(s.deviceId)}::text = '' OR ${ident(s.createdAt)} IS NULL)`;
+  // One statement, one snapshot: the total, the max key and the rows already done agree. Rows
+  // without a key are never reached by keyset pages: they count as done and skipped from the start.
   const done = cursor === null ? '0' : `count(*) FILTER (WHERE ${key} <= $1)`;
-  const { rows } = await sourceQuery<{ max_key: string | null; total: string; done: string }>(
+  const skippedDone = cursor === null ? '0' : `count(*) FILTER (WHERE ${key} <= $1 AND ${unusable})`;
+  const { rows } = await sourceQuery<{ max_key: string | null; total: string; done: string; no_key: string; skipped_done: string }>(
     c,
-    `SELECT max(${key})::text AS max_key, count(*) AS total, ${done} AS done FROM ${ident(s.table)}`,
+    `SELECT max(${key})::text AS max_key, count(*) AS total, ${done} AS done, count(*) - count(${key}) AS no_key,
+            ${skippedDone} AS skipped_done
+       FROM ${ident(s.table)}`,
     cursor === null ? [] : [cursor],
   );
   const r = rows[0]!;
-  return { maxKey: r.max_key, rowsTotal: Number(r.total), rowsDone: Number(r.done) };
+  const noKey = Number(r.no_key);
+  return { maxKey: r.max_key, rowsTotal: Number(r.total), rowsDone: Number(r.done) + noKey, rowsSkipped: noKey + Number(r.skipped_done) };
 }
 
 /** The next page after `cursor`, never past `maxKey`, in key order. */

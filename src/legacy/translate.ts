@@ -17,13 +17,45 @@ export function legacyEventId(dataset: string, legacyKey: string, createdAtMs: n
   return uuidv7At(createdAtMs, hash128(`${dataset}\u0000${legacyKey}`));
 }
 
+/**
+ * A Postgres `timestamp`/`timestamptz` as read (the driver hands us its text, see source.ts):
+ * milliseconds for event times, and ISO 8601 text that keeps the microseconds, so two rows 1 µs
+ * apart stay two keys, two ids and two cursor positions.
+ */
+export class LegacyTimestamp {
+  constructor(
+    readonly ms: number,
+    readonly iso: string,
+  ) {}
+  toJSON(): string {
+    return this.iso;
+  }
+}
+
+const PG_TIMESTAMP = /^(\d{4,})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(?:([+-])(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?)?$/;
+
+/** Postgres' text output of a timestamp (without a zone it is taken as UTC); null for infinity or BC. */
+export function parsePgTimestamp(text: string): LegacyTimestamp | null {
+  const m = PG_TIMESTAMP.exec(text.trim());
+  if (!m) return null;
+  const [, y, mo, d, h, mi, s, frac = '', sign, oh = '0', om = '0', os = '0'] = m;
+  const offsetSec = sign ? (sign === '-' ? -1 : 1) * (Number(oh) * 3600 + Number(om) * 60 + Number(os)) : 0;
+  const wholeMs = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s)) - offsetSec * 1000;
+  const digits = frac.length > 3 ? frac.padEnd(6, '0') : frac.padEnd(3, '0');
+  const ms = wholeMs + Number(digits.slice(0, 3));
+  if (!Number.isFinite(ms)) return null;
+  return new LegacyTimestamp(ms, `${new Date(wholeMs).toISOString().slice(0, 19)}.${digits}Z`);
+}
+
 /** A cursor and an id seed must not depend on how the driver typed the key. */
 export function keyText(value: unknown): string {
+  if (value instanceof LegacyTimestamp) return value.iso;
   if (value instanceof Date) return value.toISOString();
   return String(value);
 }
 
 export function toEpochMs(value: unknown, column: string, key: string): number {
+  if (value instanceof LegacyTimestamp) return value.ms;
   if (value instanceof Date && !Number.isNaN(value.getTime())) return value.getTime();
   if (typeof value === 'number' && Number.isFinite(value)) return value;
   if (typeof value === 'string') {
@@ -35,18 +67,31 @@ export function toEpochMs(value: unknown, column: string, key: string): number {
 }
 
 function propertyValue(v: unknown): unknown {
+  if (v instanceof LegacyTimestamp) return v.iso;
   if (v instanceof Date) return v.toISOString();
   if (v instanceof Uint8Array) return [...v].map((b) => b.toString(16).padStart(2, '0')).join('');
   if (typeof v === 'bigint') return v.toString();
   return v;
 }
 
+/** Why a legacy row cannot become an event: it is skipped and counted, never a reason to stop. */
+export class UnusableLegacyRow extends Error {
+  override name = 'UnusableLegacyRow';
+}
+
 export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): { event: EventRow; map: IdMapRow } {
   const s = p.source;
-  const legacyId = keyText(row[s.key]);
-  const createdAtMs = toEpochMs(row[s.createdAt], s.createdAt, legacyId);
+  const key = row[s.key];
+  if (key === null || key === undefined) throw new UnusableLegacyRow(`legacy row without a key (${s.key} is NULL)`);
+  const legacyId = keyText(key);
+  let createdAtMs: number;
+  try {
+    createdAtMs = toEpochMs(row[s.createdAt], s.createdAt, legacyId);
+  } catch (err) {
+    throw new UnusableLegacyRow((err as Error).message);
+  }
   const device = row[s.deviceId];
-  if (device === null || device === undefined || device === '') throw new Error(`legacy row ${legacyId}: column ${s.deviceId} is empty`);
+  if (device === null || device === undefined || device === '') throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.deviceId} is empty`);
   const properties: Record<string, unknown> = {};
   for (const [col, v] of Object.entries(row)) {
     if (col !== s.createdAt && col !== s.deviceId) properties[col] = propertyValue(v);

@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `rows_skipped` integer DEFAULT 0 NOT NULL;
