@@ -37,8 +37,12 @@ export default defineConfig(async () => {
                   TEST_POSTGRES_URL: inject<string>('postgresUrl'),
                 },
                 hyperdrives: { LEGACY_DB: inject<string>('postgresUrl') },
-                // A small budget so the 429 path is reachable in a test; no other test sends this many.
-                ratelimits: { INGEST_LIMITER: { namespace_id: '1001', simple: { limit: 120, period: 60 } } },
+                // Budgets small enough that a test reaches the 429 path, above what any other test sends
+                // (READ_LIMITER: polling reads a project at most ~300 times a minute).
+                ratelimits: {
+                  INGEST_LIMITER: { namespace_id: '1001', simple: { limit: 120, period: 60 } },
+                  READ_LIMITER: { namespace_id: '1002', simple: { limit: 2000, period: 60 } },
+                },
               },
             })),
           ],

@@ -83,3 +83,15 @@ export const ingestRateLimit: MiddlewareHandler<AppEnv> = async (c, next) => {
   }
   await next();
 };
+
+/**
+ * Spends one unit of the project's read budget (every client of a project shares it); 429 with
+ * Retry-After when it is gone. Runs before validation, so malformed reads spend it too.
+ */
+export const readRateLimit: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const { success } = await c.env.READ_LIMITER.limit({ key: c.get('project').projectId });
+  if (!success) {
+    throw new ApiError(429, 'rate_limited', 'too many reads for this project; retry later', { retryAfterSec: 10 }, { 'Retry-After': '10' });
+  }
+  await next();
+};

@@ -40,3 +40,52 @@ export function foldProfile(ops: readonly ProfileOp[]): Profile | null {
     operations: seen.size,
   };
 }
+
+// The same fold in parts, so that ClickHouse does the bulk: counters are summed where they are
+// stored, and only identify operations (which set whole property sets) are read.
+
+export interface IdentifiedValue {
+  value: unknown;
+  /** Fold position of the identify operation that set it. */
+  atMs: number;
+  id: string;
+}
+
+export interface CounterSum {
+  count: number;
+  sum: number;
+}
+
+/** The latest identified value of each property, from identify operations newest first. */
+export function latestIdentified(newestFirst: readonly Omit<ProfileOp, 'type'>[]): Map<string, IdentifiedValue> {
+  const latest = new Map<string, IdentifiedValue>();
+  for (const op of newestFirst) {
+    for (const [k, value] of Object.entries(op.properties)) if (!latest.has(k)) latest.set(k, { value, atMs: op.createdAtMs, id: op.id });
+  }
+  return latest;
+}
+
+/**
+ * Properties as foldProfile gives them: a counter counts from the identify that last set its
+ * property (from that value when it is a number, else from 0) or, never identified, from 0.
+ * `counters` holds every counter's increments and decrements summed; `sinceIdentify` those after
+ * the identify that last set the property (a counter missing there had none after it).
+ */
+export function assembleProperties(
+  identified: ReadonlyMap<string, IdentifiedValue>,
+  counters: ReadonlyMap<string, CounterSum>,
+  sinceIdentify: ReadonlyMap<string, CounterSum>,
+): Record<string, unknown> {
+  const properties: Record<string, unknown> = {};
+  for (const [k, v] of identified) properties[k] = v.value;
+  for (const [k, all] of counters) {
+    const base = identified.get(k);
+    if (!base) {
+      if (all.count > 0) properties[k] = all.sum;
+      continue;
+    }
+    const after = sinceIdentify.get(k);
+    if (after && after.count > 0) properties[k] = (typeof base.value === 'number' ? base.value : 0) + after.sum;
+  }
+  return properties;
+}

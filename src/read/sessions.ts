@@ -1,5 +1,8 @@
-// Current state of sessions from the versioned sessions table: argMax per id, no FINAL.
+// Current state of sessions from the versioned sessions table: argMax per id, no FINAL, and only
+// the sessions that can overlap the read's window are grouped.
 import type { ClickHouse } from '../clickhouse/client';
+import type { QueryParams } from '../clickhouse/params';
+import type { ReadWindow, SessionPosition } from './cursor';
 
 export interface SessionView {
   id: string;
@@ -10,7 +13,7 @@ export interface SessionView {
   ended: boolean;
 }
 
-interface SessionRowOut {
+export interface SessionRowOut {
   id: string;
   s_device: string;
   s_started: number;
@@ -19,31 +22,76 @@ interface SessionRowOut {
   s_ended: number;
 }
 
-export async function listSessions(
-  ch: ClickHouse,
-  q: { projectId: string; deviceId?: string; sinceMs: number; untilMs: number; limit: number },
-): Promise<SessionView[]> {
-  const rows = await ch.query<SessionRowOut>(
-    `SELECT id, any(device_id) AS s_device,
+export const toSessionView = (r: SessionRowOut): SessionView => ({
+  id: r.id,
+  deviceId: r.s_device,
+  startedAtMs: Number(r.s_started),
+  endedAtMs: Number(r.s_ended_at),
+  eventCount: Number(r.s_count),
+  ended: Number(r.s_ended) === 1,
+});
+
+/**
+ * SQL over the current state of the sessions that overlap `[{since}, {scanUntil}]`, grouped per id
+ * (columns s_device, s_started, s_ended_at, s_count, s_ended, s_merged). `extraColumns`,
+ * `having`, `orderBy` and `limit` finish the statement; callers bind projectId, deviceId (when the
+ * window names one), since and scanUntil.
+ *
+ * The inner WHERE bounds the scan on the raw rows: a session is a candidate when any of its versions
+ * overlaps the window. Its current (highest) version is one of those rows, so a session whose current
+ * state overlaps is never dropped, wherever older versions lay; the outer query then groups every
+ * version of the candidates, so argMax sees the current one even when the bounds have since moved
+ * out of the window, and HAVING decides on the current state alone (merged sessions included).
+ */
+export function currentSessionsSql(window: ReadWindow, parts: { extraColumns?: string; having: string; orderBy: string; limit: string }): string {
+  const device = window.deviceId !== undefined ? 'AND device_id = {deviceId:String}' : '';
+  return `SELECT id, any(device_id) AS s_device,
             argMax(started_at_ms, version) AS s_started, argMax(ended_at_ms, version) AS s_ended_at,
             argMax(event_count, version) AS s_count, argMax(ended, version) AS s_ended,
-            argMax(merged_into, version) AS s_merged
+            argMax(merged_into, version) AS s_merged${parts.extraColumns ? `,\n            ${parts.extraColumns}` : ''}
        FROM sessions
-      WHERE project_id = {projectId:String} ${q.deviceId !== undefined ? 'AND device_id = {deviceId:String}' : ''}
+      WHERE project_id = {projectId:String} ${device}
+        AND id IN (SELECT id FROM sessions
+                    WHERE project_id = {projectId:String} ${device}
+                      AND started_at_ms <= {scanUntil:Int64} AND ended_at_ms >= {since:Int64})
       GROUP BY id
-     HAVING s_merged = '' AND s_started <= {until:Int64} AND s_ended_at >= {since:Int64}
-      ORDER BY s_started DESC
-      LIMIT {limit:UInt32}`,
-    { projectId: q.projectId, ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), since: q.sinceMs, until: q.untilMs, limit: q.limit },
+     HAVING s_merged = '' AND (${parts.having})
+      ORDER BY ${parts.orderBy}
+      LIMIT ${parts.limit}`;
+}
+
+export const windowParams = (projectId: string, window: ReadWindow): QueryParams => ({
+  projectId,
+  ...(window.deviceId !== undefined ? { deviceId: window.deviceId } : {}),
+  since: window.sinceMs,
+  until: window.untilMs,
+});
+
+/** Sessions overlapping the window, newest start first, the `limit` after position `after`. */
+export async function listSessions(
+  ch: ClickHouse,
+  q: { projectId: string; window: ReadWindow; after: SessionPosition | null; limit: number },
+): Promise<{ sessions: SessionView[]; next: SessionPosition | null }> {
+  // Without a cursor the page starts past the window's end: every session there comes after it.
+  const at = q.after?.startedAtMs ?? q.window.untilMs + 1;
+  const rows = await ch.query<SessionRowOut>(
+    currentSessionsSql(q.window, {
+      having: `s_started <= {until:Int64} AND s_ended_at >= {since:Int64}
+               AND (s_started < {at:Int64} OR (s_started = {at:Int64} AND id < {key:String}))`,
+      orderBy: 's_started DESC, id DESC',
+      limit: '{take:UInt32}',
+    }),
+    {
+      ...windowParams(q.projectId, q.window),
+      scanUntil: Math.min(q.window.untilMs, at),
+      at,
+      key: q.after?.id ?? '',
+      take: q.limit + 1,
+    },
   );
-  return rows.map((r) => ({
-    id: r.id,
-    deviceId: r.s_device,
-    startedAtMs: Number(r.s_started),
-    endedAtMs: Number(r.s_ended_at),
-    eventCount: Number(r.s_count),
-    ended: Number(r.s_ended) === 1,
-  }));
+  const sessions = rows.slice(0, q.limit).map(toSessionView);
+  const last = sessions[sessions.length - 1];
+  return { sessions, next: rows.length > q.limit && last ? { startedAtMs: last.startedAtMs, id: last.id } : null };
 }
 
 /** Maps session ids to the session that absorbed them (following chains of merges). */

@@ -1,5 +1,7 @@
-// Query-string schema shared by the read routes.
+// Query-string schema shared by the paginated read routes, and the window a request reads.
 import { z } from 'zod';
+import { ApiError } from '../errors';
+import { invalidCursor, type Page, type ReadWindow } from '../read/cursor';
 
 const Instant = z.union([
   z.string().regex(/^\d{1,15}$/).transform(Number),
@@ -7,16 +9,34 @@ const Instant = z.union([
 ]);
 
 export const DEFAULT_LOOKBACK_MS = 7 * 24 * 60 * 60 * 1000;
+/** `until` left out: now, plus the minute of clock skew ingestion tolerates. */
+const DEFAULT_UNTIL_AHEAD_MS = 60_000;
 
-export const ReadQuery = z
-  .object({
-    deviceId: z.string().min(1).max(128).optional(),
-    since: Instant.optional(),
-    until: Instant.optional(),
-    limit: z.coerce.number().int().min(1).max(1000).default(100),
-  })
-  .transform((q) => {
-    const untilMs = q.until ?? Date.now() + 60_000;
-    return { deviceId: q.deviceId, sinceMs: q.since ?? untilMs - DEFAULT_LOOKBACK_MS, untilMs, limit: q.limit };
-  })
-  .refine((q) => q.sinceMs <= q.untilMs, { message: 'since must not be after until' });
+export const ReadQuery = z.object({
+  deviceId: z.string().min(1).max(128).optional(),
+  since: Instant.optional(),
+  until: Instant.optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z.string().min(1).max(2048).optional(),
+});
+export type ReadQuery = z.infer<typeof ReadQuery>;
+
+/**
+ * The window and start position of a page. The first page's window (defaults included) travels in
+ * its cursor, so following pages read the same window however much later they come; a parameter
+ * repeated next to a cursor must name the same window.
+ */
+export function readPage<P>(q: ReadQuery, decode: (cursor: string) => Page<P>, nowMs = Date.now()): { window: ReadWindow; after: P | null } {
+  if (q.cursor !== undefined) {
+    const page = decode(q.cursor);
+    const w = page.window;
+    if (q.deviceId !== undefined && q.deviceId !== w.deviceId) throw invalidCursor('it was issued for another deviceId');
+    if (q.since !== undefined && q.since !== w.sinceMs) throw invalidCursor('it was issued for another since');
+    if (q.until !== undefined && q.until !== w.untilMs) throw invalidCursor('it was issued for another until');
+    return page;
+  }
+  const untilMs = q.until ?? nowMs + DEFAULT_UNTIL_AHEAD_MS;
+  const sinceMs = q.since ?? untilMs - DEFAULT_LOOKBACK_MS;
+  if (sinceMs > untilMs) throw new ApiError(400, 'invalid_request', 'since must not be after until');
+  return { window: { ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), sinceMs, untilMs }, after: null };
+}

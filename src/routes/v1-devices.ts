@@ -1,6 +1,6 @@
 // GET /v1/devices/:deviceId — a device's live state from its object, with its profile.
 import { Hono } from 'hono';
-import { requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireClient, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
@@ -9,7 +9,7 @@ import { readProfile } from '../read/profiles';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
-export const v1DevicesRoute = new Hono<AppEnv>().get('/v1/devices/:deviceId', requireClient, async (c) => {
+export const v1DevicesRoute = new Hono<AppEnv>().get('/v1/devices/:deviceId', requireClient, readRateLimit, async (c) => {
   const deviceId = c.req.param('deviceId');
   if (deviceId.length < 1 || deviceId.length > 128) throw new ApiError(400, 'invalid_request', 'deviceId must be 1 to 128 characters');
   const projectId = c.get('project').projectId;

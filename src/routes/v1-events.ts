@@ -1,15 +1,17 @@
-// GET /v1/events — a project's events, newest first.
+// GET /v1/events — a project's events and session markers, newest first, a page at a time.
 import { zValidator } from '@hono/zod-validator';
 import { Hono } from 'hono';
-import { requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireClient, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
+import { decodeEventsCursor, encodeEventsCursor } from '../read/cursor';
 import { listEvents } from '../read/events';
-import { ReadQuery } from './read-query';
+import { ReadQuery, readPage } from './read-query';
 import { validationHook } from './validation';
 
-export const v1EventsRoute = new Hono<AppEnv>().get('/v1/events', requireClient, zValidator('query', ReadQuery, validationHook), async (c) => {
+export const v1EventsRoute = new Hono<AppEnv>().get('/v1/events', requireClient, readRateLimit, zValidator('query', ReadQuery, validationHook), async (c) => {
   const q = c.req.valid('query');
-  const events = await listEvents(clickhouse(getConfig(c.env).clickhouse), { projectId: c.get('project').projectId, ...q });
-  return c.json({ events });
+  const { window, after } = readPage(q, decodeEventsCursor);
+  const page = await listEvents(clickhouse(getConfig(c.env).clickhouse), { projectId: c.get('project').projectId, window, after, limit: q.limit });
+  return c.json({ events: page.events, nextCursor: page.next ? encodeEventsCursor(window, page.next) : null });
 });
