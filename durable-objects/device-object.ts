@@ -742,6 +742,9 @@ export class DeviceObject extends DurableObject<Env> {
     }
     const current = await this.ctx.storage.getAlarm();
     if (next === null) return;
+    // While flushes fail, the back-off alarm stands: new rows wait for it rather than pulling it
+    // earlier on every call (which would send a retry per request into the outage).
+    if (soon && current !== null && (this.meta<number>('flushFailures') ?? 0) > 0) return;
     if (current === null || next < current || !soon) await this.ctx.storage.setAlarm(next);
   }
 
