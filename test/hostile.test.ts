@@ -178,5 +178,11 @@ describe('failures that are not the client\'s', () => {
     const body = await expectCoded(res, 503, 'misconfigured');
     expect(res.headers.get('retry-after')).toMatch(/^\d+$/);
     expect(body.error.message).not.toMatch(/CLICKHOUSE_URL|not a url/);
+    // The operator learns which settings: /admin/health names them.
+    const health = await worker.fetch(new Request('http://gw/admin/health', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }), badEnv, createExecutionContext());
+    expect(health.status).toBe(503);
+    const report = (await health.json()) as { ok: boolean; misconfigured: string[]; errors: string[] };
+    expect(report.ok).toBe(false);
+    expect(report.misconfigured).toEqual(['CLICKHOUSE_URL', 'SESSION_GAP_MS']);
   });
 });
