@@ -118,7 +118,9 @@ describe('npm start', () => {
     const before = gateway.wranglerPid;
     const seen = logs.length;
     process.kill(-before, 'SIGKILL'); // wrangler and its runtimes, as an OOM kill or a crash would
-    await eventually(async () => gateway.wranglerPid !== before && (await answers()), { timeoutMs: 60_000 });
+    // The supervisor says so once its own check sees the new wrangler serve.
+    await eventually(async () => logs.slice(seen).some((l) => /answers again/.test(l)) && (await answers()), { timeoutMs: 60_000 });
+    expect(gateway.wranglerPid).not.toBe(before);
     const said = logs.slice(seen).join('\n');
     expect(said).toMatch(/Gateway: wrangler dev exited \(SIGKILL\)/);
     expect(said).toMatch(/Gateway: restarting wrangler dev \(restart \d of at most 5 in 10 minutes; ClickHouse keeps running\)/);
