@@ -2,7 +2,8 @@
 // generations; the version-specific branches of src/clickhouse are the ones under test.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { MAX_URL_LIST, parseVersion } from '../src/clickhouse/client';
+import { clickhouse, MAX_URL_LIST, parseVersion } from '../src/clickhouse/client';
+import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
 import { writeImportedChunk, lookupNewIds } from '../src/legacy/store';
 import { translateRow } from '../src/legacy/translate';
@@ -66,6 +67,20 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(await countEvents(p.id)).toEqual({ rows: N + 10, ids: N + 10 });
     const [pl] = await ch().query<{ n: string }>('SELECT toString(count()) AS n FROM event_payloads WHERE project_id = {p:String}', { p: p.id });
     expect(pl!.n).toBe(String(N));
+  });
+
+  it('bounds the redelivery check by the partitions of its rows (force_index_by_date)', async () => {
+    // With force_index_by_date, ClickHouse refuses a query whose WHERE cannot prune monthly partitions.
+    const strict = clickhouse(getConfig(env).clickhouse, { settings: { force_index_by_date: 1 } });
+    await expect(strict.query('SELECT count() AS n FROM events WHERE created_at_ms > 0')).rejects.toThrow(/force_index_by_date|[Ii]ndex by date/);
+    const p = await createProject();
+    const months = [Date.UTC(2026, 0, 15), Date.now() - 3_600_000];
+    const events = months.flatMap((t, m) => Array.from({ length: 50 }, (_, i) => eventRow(p.id, m * 100 + i, t + i)));
+    const payloads: PayloadRow[] = events.map((e) => ({ id: e.id, project_id: p.id, created_at_ms: e.created_at_ms, received_at_ms: e.received_at_ms, payload: '{}' }));
+    await writeRows(strict, [{ events, payloads, sessions: [] }], Date.now(), false);
+    const again = await writeRows(strict, [{ events, payloads, sessions: [] }], Date.now(), true);
+    expect(again.events).toBe(0);
+    expect(await countEvents(p.id)).toEqual({ rows: 100, ids: 100 });
   });
 
   it(`checks and maps ${N} imported legacy ids`, async () => {

@@ -72,11 +72,13 @@ export function parseVersion(text: string): ServerVersion {
 
 const versions = new Map<string, Promise<ServerVersion>>();
 
-const settings = {
+const defaultSettings = {
   output_format_json_quote_64bit_integers: 0,
 } as const;
 
-export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: number } = {}): ClickHouse {
+/** `settings`: ClickHouse settings for every query of this client (e.g. `force_index_by_date`). */
+export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: number; settings?: Record<string, string | number> } = {}): ClickHouse {
+  const settings = { ...defaultSettings, ...opts.settings };
   const client: ClickHouseClient = createClient({
     url: config.url,
     username: config.username,
