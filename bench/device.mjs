@@ -162,8 +162,10 @@ const built = await esbuild.build({
 const { existsSync } = await import('node:fs');
 const wranglerMiniflare = join(ROOT, 'node_modules', 'wrangler', 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
 const miniflarePath = existsSync(wranglerMiniflare) ? wranglerMiniflare : join(ROOT, 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
-const { Miniflare } = await import(pathToFileURL(miniflarePath).href);
-const mf = new Miniflare({
+const { Miniflare, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
+// Miniflare 5 takes a new options shape; it converts the long-standing (v4) one.
+const miniflareOptions = (options) => (convertV4MiniflareOptions ? convertV4MiniflareOptions(options) : options);
+const mf = new Miniflare(miniflareOptions({
   workers: [
     {
       name: 'bench-device',
@@ -177,7 +179,7 @@ const mf = new Miniflare({
       bindings: { CLICKHOUSE_URL: 'http://127.0.0.1:9' },
     },
   ],
-});
+}));
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
