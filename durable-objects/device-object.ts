@@ -62,6 +62,12 @@ export interface DeviceIngest {
   events: DeviceEvent[] | PackedEvents;
   /** Injectable clock for tests; defaults to Date.now(). */
   nowMs?: number;
+  /**
+   * Sessions as ClickHouse holds them around the events, for events older than the object keeps
+   * sessions (held legacy events released late): each one the object has no row of is taken in,
+   * so the events join the session they belong to instead of opening a second one.
+   */
+  knownSessions?: Array<Session & { ended: number; version: number }>;
 }
 
 export interface DeviceIngestResult {
@@ -440,6 +446,17 @@ export class DeviceObject extends DurableObject<Env> {
     if (!this.meta('ident')) this.setMeta('ident', { projectId: input.projectId, deviceId: input.deviceId });
     this.setMeta('gapMs', input.gapMs);
     const gapMs = input.gapMs;
+    for (const k of input.knownSessions ?? []) {
+      this.sql.exec(
+        'INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO NOTHING',
+        k.id,
+        k.startMs,
+        k.endMs,
+        k.eventCount,
+        k.ended,
+        k.version,
+      );
+    }
 
     // Dedup against the window and within the request itself.
     const seen = this.seenKeys([...new Set(input.events.map((e) => e.k))]);

@@ -11,6 +11,8 @@ const ConfigSchema = z.object({
   }),
   adminToken: z.string().optional(),
   legacyDatasets: z.array(z.string().min(1)),
+  /** Realtime events held per (project, dataset) while its initial import runs; more are refused, retryable. */
+  legacyMaxHeld: z.number().int().positive(),
   sessionGapMs: z.number().int().positive(),
 });
 
@@ -32,10 +34,12 @@ const SETTING_NAMES: Record<string, string> = {
   'clickhouse.password': 'CLICKHOUSE_PASSWORD',
   adminToken: 'ADMIN_TOKEN',
   legacyDatasets: 'LEGACY_DATASETS',
+  legacyMaxHeld: 'LEGACY_MAX_HELD',
   sessionGapMs: 'SESSION_GAP_MS',
 };
 
 export const DEFAULT_SESSION_GAP_MS = 30 * 60 * 1000;
+export const DEFAULT_LEGACY_MAX_HELD = 100_000;
 
 const cache = new WeakMap<object, Config>();
 
@@ -54,6 +58,7 @@ export function getConfig(env: Env): Config {
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean),
+    legacyMaxHeld: env.LEGACY_MAX_HELD ? Number(env.LEGACY_MAX_HELD) : DEFAULT_LEGACY_MAX_HELD,
     sessionGapMs: env.SESSION_GAP_MS ? Number(env.SESSION_GAP_MS) : DEFAULT_SESSION_GAP_MS,
   });
   if (!parsed.success) {

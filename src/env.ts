@@ -20,5 +20,7 @@ export interface Env {
   CLICKHOUSE_PASSWORD?: string;
   ADMIN_TOKEN?: string;
   LEGACY_DATASETS?: string;
+  /** Realtime events held per (project, legacy dataset) until its initial import completes (default 100000). */
+  LEGACY_MAX_HELD?: string;
   SESSION_GAP_MS?: string;
 }

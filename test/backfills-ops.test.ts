@@ -40,7 +40,7 @@ describe('legacy import operations', () => {
     );
     expect(await (await postBatch(p, { events: blobs })).json()).toEqual({ accepted: 30, duplicates: 0, rejected: [] });
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
-    expect((await admin('GET', '/admin/datasets/fleetone')).body).toEqual({ dataset: 'fleetone', initialMigrationCompletedAt: null, mapped: 0, held: 33 });
+    expect((await admin('GET', `/admin/datasets/fleetone?projectId=${p.id}`)).body).toEqual({ dataset: 'fleetone', projectId: p.id, initialMigrationCompletedAt: null, mapped: 0, held: 33 });
 
     await setLegacyReachable(false);
     let id: string;
@@ -57,7 +57,7 @@ describe('legacy import operations', () => {
     const health = await admin('GET', '/admin/health');
     expect(health.body.jobs.failed).toContainEqual(expect.objectContaining({ id, state: 'failed', error: expect.stringMatching(/legacy database unreachable/) }));
     expect(health.body.jobs.running.map((j: JobView) => j.id)).not.toContain(id);
-    expect((await admin('GET', '/admin/datasets/fleetone')).body).toMatchObject({ initialMigrationCompletedAt: null, held: 33 });
+    expect((await admin('GET', `/admin/datasets/fleetone?projectId=${p.id}`)).body).toMatchObject({ initialMigrationCompletedAt: null, held: 33 });
     expect((await countEvents(p.id)).ids).toBe(1);
 
     const retried = await admin('POST', `/admin/backfills/${id}/retry`);
@@ -73,7 +73,7 @@ describe('legacy import operations', () => {
     const updates = body.events.filter((e) => e.name === 'trip_update');
     expect(updates).toHaveLength(3);
     for (const e of updates) expect(e.refId).toBe(legacyEventId('fleetone', e.properties.__legacyId!, legacyMs(Number(e.properties.__legacyId))));
-    expect((await admin('GET', '/admin/datasets/fleetone')).body).toMatchObject({ mapped: 3000, held: 0, initialMigrationCompletedAt: expect.any(String) });
+    expect((await admin('GET', `/admin/datasets/fleetone?projectId=${p.id}`)).body).toMatchObject({ mapped: 3000, held: 0, initialMigrationCompletedAt: expect.any(String) });
 
     // Once the flag is set, new realtime events are translated on the way in.
     const live = await postBatch(p, { events: [trackEvent('trip_update', { __dataset: 'fleetone', __legacyId: 7, __deviceId: 'veh-7', __eventId: 'rt-live' })] });

@@ -23,7 +23,7 @@ describe('legacy import', () => {
   it(`imports ${ROWS} legacy rows: one event each, UUIDv7 ids carrying the legacy time, mapping complete, flag set last`, async () => {
     await createLegacyTable(TABLE, ROWS);
     const p = await createProject('legacy-clean');
-    const before = await admin('GET', '/admin/datasets/citylens');
+    const before = await admin('GET', `/admin/datasets/citylens?projectId=${p.id}`);
     expect(before.body.initialMigrationCompletedAt).toBeNull();
 
     const start = await admin('POST', '/admin/backfills', importBody(p.id, 'citylens', TABLE, { chunkSize: 10_000 }));
@@ -68,14 +68,15 @@ describe('legacy import', () => {
     expect(seen.size).toBe(ROWS);
 
     // Mapping complete, and the flag was set after the last row landed and before the job ended.
-    const ds = await admin('GET', '/admin/datasets/citylens');
-    expect(ds.body).toMatchObject({ dataset: 'citylens', mapped: ROWS, held: 0 });
+    const ds = await admin('GET', `/admin/datasets/citylens?projectId=${p.id}`);
+    expect(ds.body).toMatchObject({ dataset: 'citylens', projectId: p.id, mapped: ROWS, held: 0 });
     const flagAt = Date.parse(ds.body.initialMigrationCompletedAt);
     const [last] = await ch().query<{ at: number }>('SELECT max(received_at_ms) AS at FROM events WHERE project_id = {p:String}', { p: p.id });
     expect(flagAt).toBeGreaterThanOrEqual(Number(last!.at));
     expect(flagAt).toBeLessThanOrEqual(Date.parse(job.endedAt!));
     const map = await ch().query<{ legacy_id: string; new_id: string }>(
-      `SELECT legacy_id, toString(new_id) AS new_id FROM legacy_id_map WHERE dataset = 'citylens' LIMIT 1 BY legacy_id`,
+      `SELECT legacy_id, toString(new_id) AS new_id FROM legacy_id_map WHERE project_id = {p:String} AND dataset = 'citylens' LIMIT 1 BY legacy_id`,
+      { p: p.id },
     );
     expect(map).toHaveLength(ROWS);
     for (const m of map) expect(m.new_id).toBe(legacyEventId('citylens', m.legacy_id, Number(byKey.get(m.legacy_id)!.ms)));
@@ -134,7 +135,7 @@ describe('legacy import', () => {
     const again = await startImport(importBody(p.id, 'citylens', TABLE, { chunkSize: 20_000 }));
     expect(await waitJob(again, (j) => j.state === 'succeeded' || j.state === 'failed')).toMatchObject({ state: 'succeeded', rowsProcessed: ROWS });
     expect(await eventsChecksum(p.id)).toEqual(clean);
-    expect((await admin('GET', '/admin/datasets/citylens')).body.mapped).toBe(ROWS);
+    expect((await admin('GET', `/admin/datasets/citylens?projectId=${p.id}`)).body.mapped).toBe(ROWS);
     expect((await getJob(id)).state).toBe('succeeded');
   });
 });

@@ -95,7 +95,7 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     // A replay of the same chunk checks all N ids and writes no event twice.
     expect(await writeImportedChunk(ch(), p.id, rows, true)).toBe(0);
     expect(await countEvents(p.id)).toEqual({ rows: N, ids: N });
-    const mapped = await lookupNewIds(ch(), dataset, rows.map((r) => r.map.legacy_id));
+    const mapped = await lookupNewIds(ch(), { projectId: p.id, dataset }, rows.map((r) => r.map.legacy_id));
     expect(mapped.size).toBe(N);
     expect(mapped.get('legacy-123')).toBe(rows[123]!.event.id);
   });

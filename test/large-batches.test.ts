@@ -121,11 +121,12 @@ describe('batches at the limits', { timeout: 400_000 }, () => {
     for (let i = 0; i < held.length; i += 100) {
       expect(await post(p, held.slice(i, i + 100))).toEqual({ accepted: 100, duplicates: 0, rejected: [] });
     }
-    expect(await countHeld(env.DB, 'fleetone')).toBe(300);
+    const dataset = { projectId: p.id, dataset: 'fleetone' };
+    expect(await countHeld(env.DB, dataset)).toBe(300);
 
-    await markInitialMigrationCompleted(env.DB, 'fleetone', Date.now());
-    expect(await releaseHeldEvents(env, 'fleetone', { maxMs: 600_000 })).toBe(300);
-    expect(await countHeld(env.DB, 'fleetone')).toBe(0);
+    await markInitialMigrationCompleted(env.DB, dataset, Date.now());
+    expect(await releaseHeldEvents(env, dataset, { maxMs: 600_000 })).toBe(300);
+    expect(await countHeld(env.DB, dataset)).toBe(0);
     await expectStoredOnce(p.id, 300);
   });
 });

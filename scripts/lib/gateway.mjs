@@ -341,7 +341,7 @@ export async function startGateway(options = {}) {
     //    that wrangler loads instead of .dev.vars (keeps the token off the command line).
     const workerVars = { ...devVars, CLICKHOUSE_URL: clickhouseUrl, CLICKHOUSE_DATABASE: database, ADMIN_TOKEN: adminToken };
     // Every setting wrangler.toml declares (and the secrets) may come from the environment.
-    for (const key of new Set([...Object.keys(fileVars), 'CLICKHOUSE_USER', 'CLICKHOUSE_PASSWORD', 'LEGACY_DATASETS', 'SESSION_GAP_MS'])) {
+    for (const key of new Set([...Object.keys(fileVars), 'CLICKHOUSE_USER', 'CLICKHOUSE_PASSWORD', 'LEGACY_DATASETS', 'LEGACY_MAX_HELD', 'SESSION_GAP_MS'])) {
       if (key !== 'CLICKHOUSE_URL' && key !== 'CLICKHOUSE_DATABASE' && env[key] !== undefined) workerVars[key] = env[key];
     }
     Object.assign(workerVars, options.vars ?? {});

@@ -61,11 +61,22 @@ export const jobs = sqliteTable(
   (t) => [index('jobs_state_idx').on(t.state)],
 );
 
-/** Legacy datasets: the flag that releases their realtime events once the initial import is done. */
-export const legacyDatasets = sqliteTable('legacy_datasets', {
-  dataset: text('dataset').primaryKey(),
-  initialMigrationCompletedAt: integer('initial_migration_completed_at'),
-});
+/**
+ * Legacy datasets, one row per (project, dataset): the same name in two projects is two datasets.
+ * `initialMigrationCompletedAt` releases the project's realtime events of the dataset; `held`
+ * counts those waiting in `held_legacy_events`, written in the same transaction as they are, so
+ * the cap and the watchdog read one row instead of counting.
+ */
+export const legacyDatasets = sqliteTable(
+  'legacy_datasets',
+  {
+    projectId: text('project_id').notNull(),
+    dataset: text('dataset').notNull(),
+    initialMigrationCompletedAt: integer('initial_migration_completed_at'),
+    held: integer('held').notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.dataset] })],
+);
 
 /** Realtime events of a legacy dataset held until its initial import completes (accepted = durable). */
 export const heldEvents = sqliteTable(
@@ -80,7 +91,7 @@ export const heldEvents = sqliteTable(
     event: text('event').notNull(),
     heldAt: integer('held_at').notNull(),
   },
-  (t) => [index('held_legacy_events_dataset_idx').on(t.dataset, t.seq)],
+  (t) => [index('held_legacy_events_project_dataset_idx').on(t.projectId, t.dataset, t.seq)],
 );
 
 /**

@@ -2,9 +2,9 @@
 // re-drives parked dead letters once ClickHouse answers, and forgets expired idempotency keys.
 import type { Env } from '../env';
 import { pruneIdempotencyKeys } from '../ingest/idempotency';
-import { completedDatasets } from '../legacy/datasets';
+import { releasableDatasets } from '../legacy/datasets';
 import { redriveDeadLetters, type RedriveResult } from '../pipeline/dead-letters';
-import { datasetsWithHeldEvents, releaseHeldEvents } from '../legacy/realtime';
+import { releaseHeldEvents } from '../legacy/realtime';
 import { rekickStalledJobs } from './engine';
 
 export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: string[]; released: number; redriven: number; quarantined: number }> {
@@ -15,10 +15,7 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
   });
   let released = 0;
   try {
-    const done = new Set(await completedDatasets(env.DB));
-    for (const dataset of await datasetsWithHeldEvents(env.DB)) {
-      if (done.has(dataset)) released += await releaseHeldEvents(env, dataset);
-    }
+    for (const key of await releasableDatasets(env.DB)) released += await releaseHeldEvents(env, key);
   } catch (err) {
     failures.push(`release held events: ${String(err)}`);
   }

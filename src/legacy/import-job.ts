@@ -87,12 +87,12 @@ export const legacyImportRunner: JobRunner = {
   /** The flag is the very last write of the import: everything it promises is in place. */
   async complete(env: Env, job) {
     const p = LegacyImportParams.parse(job.params);
-    await markInitialMigrationCompleted(env.DB, p.dataset, Date.now());
+    await markInitialMigrationCompleted(env.DB, { projectId: p.projectId, dataset: p.dataset }, Date.now());
   },
 
-  /** Held realtime events flow now; the watchdog finishes the release if this one is cut short. */
+  /** The project's held realtime events flow now; the watchdog finishes the release if this one is cut short. */
   async afterSuccess(env: Env, job) {
     const p = LegacyImportParams.parse(job.params);
-    await releaseHeldEvents(env, p.dataset);
+    await releaseHeldEvents(env, { projectId: p.projectId, dataset: p.dataset });
   },
 };

@@ -1,17 +1,20 @@
-// Realtime events of legacy datasets: translated through the id map once the dataset's initial
-// import is complete, held durably in D1 until then, and released by the import or the watchdog.
+// Realtime events of legacy datasets, per (project, dataset): translated through the project's id map
+// once its initial import is complete, held durably in D1 until then (up to a cap), and released by
+// the import or the watchdog.
 import { and, asc, eq, inArray, sql } from 'drizzle-orm';
+import type { BatchItem } from 'drizzle-orm/batch';
 import { drizzle } from 'drizzle-orm/d1';
-import type { DeviceEvent } from '../../durable-objects/device-object';
+import type { DeviceEvent, DeviceIngest } from '../../durable-objects/device-object';
 import type { ProjectAuth } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { heldEvents } from '../db/schema';
+import { heldEvents, legacyDatasets } from '../db/schema';
 import { packDeviceEvents } from '../device/packed';
 import type { Env } from '../env';
 import type { AcceptResult, RowRejection } from '../ingest/accept';
 import type { NormalizedEvent } from '../ingest/normalize';
-import { initialMigrationCompletedAt } from './datasets';
+import { currentSessionsOfDevices } from '../read/sessions';
+import { initialMigrationCompletedAt, type DatasetKey } from './datasets';
 import { lookupNewIds } from './store';
 
 /** D1 allows 100 bound parameters per statement; a held row binds 7. */
@@ -36,9 +39,10 @@ export function legacyRef(properties: Record<string, unknown>): LegacyRef | null
 type DeviceLists = Map<string, Array<{ index: number; event: DeviceEvent }>>;
 
 /**
- * The ingest hook: takes events of enabled legacy datasets out of `byDevice`. Those of a completed
- * dataset go back in with `ref_id` set; the others are held, and counted accepted once held.
- * Returns how many were held.
+ * The ingest hook: takes events of enabled legacy datasets out of `byDevice`. Those of a dataset
+ * the project has completed go back in with `ref_id` set; the others are held, and counted accepted
+ * once held. Beyond the dataset's cap of held events they are refused, retryable: the import will
+ * complete and release the backlog, and a retry then goes through. Returns how many were held.
  */
 export async function divertLegacyEvents(
   env: Env,
@@ -47,7 +51,8 @@ export async function divertLegacyEvents(
   byDevice: DeviceLists,
   result: Pick<AcceptResult, 'rows'> & { rejected: RowRejection[] },
 ): Promise<number> {
-  const enabled = getConfig(env).legacyDatasets;
+  const config = getConfig(env);
+  const enabled = config.legacyDatasets;
   if (enabled.length === 0) return 0;
   const refs = new Map<number, LegacyRef>();
   for (const v of valid) {
@@ -55,13 +60,15 @@ export async function divertLegacyEvents(
     if (ref && enabled.includes(ref.dataset)) refs.set(v.index, ref);
   }
   if (refs.size === 0) return 0;
+  const keyOf = (dataset: string): DatasetKey => ({ projectId: project.projectId, dataset });
 
-  const toHold: Array<{ index: number; deviceId: string; event: DeviceEvent; ref: LegacyRef }> = [];
+  const toHold: HeldItem[] = [];
   const toTranslate = new Map<string, Array<{ event: DeviceEvent; ref: LegacyRef }>>();
+  const heldBefore = new Map<string, number>();
   try {
     const completed = new Map<string, boolean>();
     for (const dataset of new Set([...refs.values()].map((r) => r.dataset))) {
-      completed.set(dataset, (await initialMigrationCompletedAt(env.DB, dataset)) !== null);
+      completed.set(dataset, (await initialMigrationCompletedAt(env.DB, keyOf(dataset))) !== null);
     }
     for (const [deviceId, list] of byDevice) {
       for (const item of list) {
@@ -75,7 +82,8 @@ export async function divertLegacyEvents(
         }
       }
     }
-    if (toTranslate.size) await translate(env, toTranslate);
+    for (const dataset of new Set(toHold.map((h) => h.ref.dataset))) heldBefore.set(dataset, await countHeld(env.DB, keyOf(dataset)));
+    if (toTranslate.size) await translate(env, project.projectId, toTranslate);
   } catch (err) {
     // Neither held nor translated: the client must send these again rather than lose them.
     console.error(JSON.stringify({ msg: 'legacy events could not be routed', error: String(err) }));
@@ -84,18 +92,39 @@ export async function divertLegacyEvents(
     return 0;
   }
   removeFrom(byDevice, new Set(toHold.map((h) => h.index)));
-
   if (toHold.length === 0) return 0;
+
+  // The cap, per dataset, in request order: the rows past it are refused and nothing of them kept.
+  // It is read before holding, so requests racing each other can pass it by their own rows at most.
+  const room = new Map([...heldBefore].map(([dataset, n]) => [dataset, Math.max(0, config.legacyMaxHeld - n)]));
+  const holding: HeldItem[] = [];
+  for (const h of toHold.sort((a, b) => a.index - b.index)) {
+    const left = room.get(h.ref.dataset)!;
+    if (left > 0) {
+      room.set(h.ref.dataset, left - 1);
+      holding.push(h);
+      continue;
+    }
+    result.rejected.push({
+      index: h.index,
+      reason: 'internal',
+      error: `the held backlog of dataset ${h.ref.dataset} is full (${heldBefore.get(h.ref.dataset)} events wait for its initial import, LEGACY_MAX_HELD is ${config.legacyMaxHeld}); retry once the import has completed`,
+      retryable: true,
+    });
+  }
+  if (holding.length === 0) return 0;
   try {
-    await holdEvents(env.DB, project, toHold);
+    await holdEvents(env.DB, project, holding);
   } catch (err) {
     console.error(JSON.stringify({ msg: 'legacy events could not be held', error: String(err) }));
-    for (const h of toHold) result.rejected.push({ index: h.index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
+    for (const h of holding) result.rejected.push({ index: h.index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
     return 0;
   }
-  for (const h of toHold) result.rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.event.row.id, duplicate: false };
-  return toHold.length;
+  for (const h of holding) result.rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.event.row.id, duplicate: false };
+  return holding.length;
 }
+
+type HeldItem = { index: number; deviceId: string; event: DeviceEvent; ref: LegacyRef };
 
 function removeFrom(byDevice: DeviceLists, indexes: ReadonlySet<number>): void {
   if (indexes.size === 0) return;
@@ -106,20 +135,20 @@ function removeFrom(byDevice: DeviceLists, indexes: ReadonlySet<number>): void {
   }
 }
 
-/** Sets `ref_id` to the new id of each event's legacy row (left empty when the row was never imported). */
-async function translate(env: Env, byDataset: Map<string, Array<{ event: DeviceEvent; ref: LegacyRef }>>): Promise<void> {
+/** Sets `ref_id` to the new id of each event's legacy row in the project (left empty when the row was never imported). */
+async function translate(env: Env, projectId: string, byDataset: Map<string, Array<{ event: DeviceEvent; ref: LegacyRef }>>): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
   for (const [dataset, list] of byDataset) {
     const ids = await lookupNewIds(
       ch,
-      dataset,
+      { projectId, dataset },
       list.map((l) => l.ref.legacyId),
     );
     for (const l of list) l.event.row.ref_id = ids.get(l.ref.legacyId) ?? '';
   }
 }
 
-async function holdEvents(d1: D1Database, project: ProjectAuth, items: ReadonlyArray<{ deviceId: string; event: DeviceEvent; ref: LegacyRef }>): Promise<void> {
+async function holdEvents(d1: D1Database, project: ProjectAuth, items: readonly HeldItem[]): Promise<void> {
   const db = drizzle(d1);
   const now = Date.now();
   const values = items.map((h) => ({
@@ -132,7 +161,7 @@ async function holdEvents(d1: D1Database, project: ProjectAuth, items: ReadonlyA
     heldAt: now,
   }));
   // Statements stay under D1's 100 bound parameters and 100 KB each.
-  const statements = [];
+  const statements: BatchItem<'sqlite'>[] = [];
   let group: typeof values = [];
   let bytes = 0;
   for (const v of values) {
@@ -145,60 +174,122 @@ async function holdEvents(d1: D1Database, project: ProjectAuth, items: ReadonlyA
     bytes += v.event.length;
   }
   if (group.length) statements.push(db.insert(heldEvents).values(group));
-  // One batch is one transaction: all of them are held, or none (and the route says retry).
-  await db.batch(statements as [(typeof statements)[0], ...typeof statements]);
+  // The dataset's count moves with its rows.
+  const perDataset = new Map<string, number>();
+  for (const v of values) perDataset.set(v.dataset, (perDataset.get(v.dataset) ?? 0) + 1);
+  for (const [dataset, n] of perDataset) {
+    statements.push(
+      db
+        .insert(legacyDatasets)
+        .values({ projectId: project.projectId, dataset, held: n })
+        .onConflictDoUpdate({ target: [legacyDatasets.projectId, legacyDatasets.dataset], set: { held: sql`${legacyDatasets.held} + ${n}` } }),
+    );
+  }
+  // One batch is one transaction: all of them are held and counted, or none (and the route says retry).
+  await db.batch(statements as [BatchItem<'sqlite'>, ...BatchItem<'sqlite'>[]]);
 }
 
-export async function countHeld(d1: D1Database, dataset: string): Promise<number> {
-  const row = await drizzle(d1).select({ n: sql<number>`count(*)` }).from(heldEvents).where(eq(heldEvents.dataset, dataset)).get();
-  return Number(row?.n ?? 0);
-}
-
-/** Datasets with events waiting. */
-export async function datasetsWithHeldEvents(d1: D1Database): Promise<string[]> {
-  const rows = await drizzle(d1).selectDistinct({ dataset: heldEvents.dataset }).from(heldEvents).all();
-  return rows.map((r) => r.dataset);
+/** Realtime events of a project's dataset waiting for its initial import. */
+export async function countHeld(d1: D1Database, key: DatasetKey): Promise<number> {
+  const row = await drizzle(d1)
+    .select({ held: legacyDatasets.held })
+    .from(legacyDatasets)
+    .where(and(eq(legacyDatasets.projectId, key.projectId), eq(legacyDatasets.dataset, key.dataset)))
+    .get();
+  return row?.held ?? 0;
 }
 
 /**
  * Sends a completed dataset's held events, translated, through their device objects, oldest
  * first, and only then forgets them. A crash in between replays them; the device objects' dedup
- * keeps each event once.
+ * keeps each event once. Held events may be older than their device object keeps sessions (8 days
+ * after they end), so each call brings the sessions ClickHouse has around them: an event joins the
+ * session it belongs to, however late it is released, instead of opening a second one.
  */
-export async function releaseHeldEvents(env: Env, dataset: string, { maxMs = 20_000 } = {}): Promise<number> {
-  if ((await initialMigrationCompletedAt(env.DB, dataset)) === null) return 0;
+export async function releaseHeldEvents(env: Env, key: DatasetKey, { maxMs = 20_000 } = {}): Promise<number> {
+  if ((await initialMigrationCompletedAt(env.DB, key)) === null) return 0;
   const db = drizzle(env.DB);
   const ch = clickhouse(getConfig(env).clickhouse);
+  const ofDataset = and(eq(heldEvents.projectId, key.projectId), eq(heldEvents.dataset, key.dataset));
   const started = Date.now();
   let released = 0;
   while (Date.now() - started < maxMs) {
-    const page = await db.select().from(heldEvents).where(eq(heldEvents.dataset, dataset)).orderBy(asc(heldEvents.seq)).limit(RELEASE_PAGE).all();
-    if (page.length === 0) break;
+    const page = await db.select().from(heldEvents).where(ofDataset).orderBy(asc(heldEvents.seq)).limit(RELEASE_PAGE).all();
+    if (page.length === 0) {
+      // Nothing waits: the count says so too, whatever a cut-short release left in it.
+      await db
+        .update(legacyDatasets)
+        .set({ held: sql`(SELECT count(*) FROM ${heldEvents} WHERE ${ofDataset})` })
+        .where(and(eq(legacyDatasets.projectId, key.projectId), eq(legacyDatasets.dataset, key.dataset)));
+      break;
+    }
     const ids = await lookupNewIds(
       ch,
-      dataset,
+      key,
       page.map((h) => h.legacyId),
     );
-    const groups = new Map<string, { projectId: string; deviceId: string; gapMs: number; events: DeviceEvent[]; seqs: number[] }>();
+    const groups = new Map<string, { deviceId: string; gapMs: number; events: DeviceEvent[]; seqs: number[] }>();
     for (const h of page) {
       const event = JSON.parse(h.event) as DeviceEvent;
       event.row.ref_id = ids.get(h.legacyId) ?? '';
-      const k = `${h.projectId}\u0000${h.deviceId}`;
-      let g = groups.get(k);
-      if (!g) groups.set(k, (g = { projectId: h.projectId, deviceId: h.deviceId, gapMs: h.gapMs, events: [], seqs: [] }));
+      let g = groups.get(h.deviceId);
+      if (!g) groups.set(h.deviceId, (g = { deviceId: h.deviceId, gapMs: h.gapMs, events: [], seqs: [] }));
       g.events.push(event);
       g.seqs.push(h.seq);
     }
+    const known = await sessionsAround(ch, key.projectId, [...groups.values()]);
     for (const g of groups.values()) {
-      const stub = env.DEVICE.get(env.DEVICE.idFromName(`${g.projectId}:${g.deviceId}`));
+      const stub = env.DEVICE.get(env.DEVICE.idFromName(`${key.projectId}:${g.deviceId}`));
+      const knownSessions = known.get(g.deviceId) ?? [];
       for (const events of packDeviceEvents(g.events)) {
-        await stub.ingest({ projectId: g.projectId, deviceId: g.deviceId, gapMs: g.gapMs, events });
+        await stub.ingest({ projectId: key.projectId, deviceId: g.deviceId, gapMs: g.gapMs, events, knownSessions });
       }
       for (let i = 0; i < g.seqs.length; i += 90) {
-        await db.delete(heldEvents).where(and(eq(heldEvents.dataset, dataset), inArray(heldEvents.seq, g.seqs.slice(i, i + 90))));
+        const gone = await db
+          .delete(heldEvents)
+          .where(and(ofDataset, inArray(heldEvents.seq, g.seqs.slice(i, i + 90))))
+          .returning({ seq: heldEvents.seq });
+        // Only what this call removed: a release running alongside never counts a row twice.
+        if (gone.length) {
+          await db
+            .update(legacyDatasets)
+            .set({ held: sql`max(0, ${legacyDatasets.held} - ${gone.length})` })
+            .where(and(eq(legacyDatasets.projectId, key.projectId), eq(legacyDatasets.dataset, key.dataset)));
+        }
       }
       released += g.events.length;
     }
   }
   return released;
+}
+
+/** The sessions ClickHouse holds within a session gap of each device's released `track` events. */
+async function sessionsAround(
+  ch: ReturnType<typeof clickhouse>,
+  projectId: string,
+  groups: ReadonlyArray<{ deviceId: string; gapMs: number; events: readonly DeviceEvent[] }>,
+): Promise<Map<string, NonNullable<DeviceIngest['knownSessions']>>> {
+  const windows = new Map<string, { from: number; to: number }>();
+  for (const g of groups) {
+    const times = g.events.filter((e) => e.row.type === 'track').map((e) => e.row.created_at_ms);
+    if (times.length) windows.set(g.deviceId, { from: Math.min(...times) - g.gapMs, to: Math.max(...times) + g.gapMs });
+  }
+  const out = new Map<string, NonNullable<DeviceIngest['knownSessions']>>();
+  if (windows.size === 0) return out;
+  const all = [...windows.values()];
+  const stored = await currentSessionsOfDevices(
+    ch,
+    projectId,
+    [...windows.keys()],
+    Math.min(...all.map((w) => w.from)),
+    Math.max(...all.map((w) => w.to)),
+  );
+  for (const s of stored) {
+    const w = windows.get(s.deviceId);
+    if (!w || s.startMs > w.to || s.endMs < w.from) continue;
+    let l = out.get(s.deviceId);
+    if (!l) out.set(s.deviceId, (l = []));
+    l.push({ id: s.id, startMs: s.startMs, endMs: s.endMs, eventCount: s.eventCount, ended: s.ended, version: s.version });
+  }
+  return out;
 }

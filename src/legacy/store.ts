@@ -1,6 +1,7 @@
 // Where imported history lands: ClickHouse `events` and `legacy_id_map`, written exactly once per row.
 import type { ClickHouse } from '../clickhouse/client';
 import type { EventRow } from '../pipeline/messages';
+import type { DatasetKey } from './datasets';
 import type { IdMapRow } from './translate';
 
 /**
@@ -73,15 +74,15 @@ export async function writeImportedChunk(
   return fresh.length;
 }
 
-/** New ids of legacy rows of a dataset. */
-export async function lookupNewIds(ch: ClickHouse, dataset: string, legacyIds: readonly string[]): Promise<Map<string, string>> {
+/** New ids of a project's legacy rows of a dataset (the same name in another project is another dataset). */
+export async function lookupNewIds(ch: ClickHouse, key: DatasetKey, legacyIds: readonly string[]): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (let i = 0; i < legacyIds.length; i += ID_CHECK_BATCH) {
     const rows = await ch.query<{ legacy_id: string; new_id: string }>(
       `SELECT legacy_id, toString(new_id) AS new_id FROM legacy_id_map
-        WHERE dataset = {d:String} AND legacy_id IN (SELECT value FROM ids)
+        WHERE project_id = {p:String} AND dataset = {d:String} AND legacy_id IN (SELECT value FROM ids)
         LIMIT 1 BY legacy_id`,
-      { d: dataset },
+      { p: key.projectId, d: key.dataset },
       { ids: [...new Set(legacyIds.slice(i, i + ID_CHECK_BATCH))] },
     );
     for (const r of rows) out.set(r.legacy_id, r.new_id);
@@ -89,8 +90,11 @@ export async function lookupNewIds(ch: ClickHouse, dataset: string, legacyIds: r
   return out;
 }
 
-/** Legacy rows of a dataset that have a mapping. */
-export async function countMapped(ch: ClickHouse, dataset: string): Promise<number> {
-  const [r] = await ch.query<{ n: number | string }>('SELECT uniqExact(legacy_id) AS n FROM legacy_id_map WHERE dataset = {d:String}', { d: dataset });
+/** Legacy rows of a project's dataset that have a mapping. */
+export async function countMapped(ch: ClickHouse, key: DatasetKey): Promise<number> {
+  const [r] = await ch.query<{ n: number | string }>(
+    'SELECT uniqExact(legacy_id) AS n FROM legacy_id_map WHERE project_id = {p:String} AND dataset = {d:String}',
+    { p: key.projectId, d: key.dataset },
+  );
   return Number(r?.n ?? 0);
 }

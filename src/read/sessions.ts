@@ -115,3 +115,42 @@ export async function resolveMergedSessions(ch: ClickHouse, projectId: string, i
   }
   return resolved;
 }
+
+export interface StoredSession {
+  id: string;
+  deviceId: string;
+  startMs: number;
+  endMs: number;
+  eventCount: number;
+  ended: number;
+  version: number;
+}
+
+/** The current (unmerged) sessions of some of a project's devices that overlap `[fromMs, toMs]`. */
+export async function currentSessionsOfDevices(ch: ClickHouse, projectId: string, deviceIds: readonly string[], fromMs: number, toMs: number): Promise<StoredSession[]> {
+  if (deviceIds.length === 0) return [];
+  const rows = await ch.query<SessionRowOut & { s_version: number }>(
+    `SELECT id, any(device_id) AS s_device,
+            argMax(started_at_ms, version) AS s_started, argMax(ended_at_ms, version) AS s_ended_at,
+            argMax(event_count, version) AS s_count, argMax(ended, version) AS s_ended,
+            argMax(merged_into, version) AS s_merged, max(version) AS s_version
+       FROM sessions
+      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+        AND id IN (SELECT id FROM sessions
+                    WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+                      AND started_at_ms <= {to:Int64} AND ended_at_ms >= {from:Int64})
+      GROUP BY id
+     HAVING s_merged = '' AND s_started <= {to:Int64} AND s_ended_at >= {from:Int64}`,
+    { p: projectId, from: fromMs, to: toMs },
+    { devices: [...new Set(deviceIds)] },
+  );
+  return rows.map((r) => ({
+    id: r.id,
+    deviceId: r.s_device,
+    startMs: Number(r.s_started),
+    endMs: Number(r.s_ended_at),
+    eventCount: Number(r.s_count),
+    ended: Number(r.s_ended),
+    version: Number(r.s_version),
+  }));
+}
