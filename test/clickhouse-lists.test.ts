@@ -2,7 +2,7 @@
 // generations; the version-specific branches of src/clickhouse are the ones under test.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { clickhouse, MAX_URL_LIST, parseVersion } from '../src/clickhouse/client';
+import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseVersion } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
 import { writeImportedChunk, lookupNewIds } from '../src/legacy/store';
@@ -114,5 +114,26 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(resolved.get('s-0')).toBe('survivor-0');
     expect(resolved.get('s-19999')).toBe('survivor-9');
     expect(resolved.has('survivor-1')).toBe(false);
+  });
+});
+
+describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION} errors`, () => {
+  it('tells a refused query from an unreachable server', async () => {
+    const err = await ch().query('SELECT no_such_column FROM events').then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    // ClickHouse answered (Code: 47): a fault of the query, not a 503 storage_unavailable.
+    expect(err).not.toBeInstanceOf(ClickHouseUnavailable);
+    // client-web parses the code out (26.x); 18.16's older text keeps it in the message.
+    expect(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`).toMatch(/^47 |Code: 47/);
+    const listed = await ch().query('SELECT no_such_column FROM events WHERE id IN (SELECT value FROM ids)', {}, { ids: ['x'] }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(listed).not.toBeInstanceOf(ClickHouseUnavailable);
+    const unreachable = clickhouse({ ...getConfig(env).clickhouse, url: 'http://127.0.0.1:9' }, { timeoutMs: 2000 });
+    await expect(unreachable.query('SELECT 1')).rejects.toBeInstanceOf(ClickHouseUnavailable);
   });
 });

@@ -71,3 +71,24 @@ describe('legacy rows', () => {
     expect(readings!.n).toBe(String(ROWS));
   });
 });
+
+describe('legacy source columns', () => {
+  it('fails an import at once, with the database message, when the device or time column does not exist', async () => {
+    const table = `legacy_cols_${suffix()}`;
+    await withPg(async (c) => {
+      await c.query(`CREATE TABLE ${table} (id bigint PRIMARY KEY, device_id text, created_at timestamptz)`);
+      await c.query(`INSERT INTO ${table} SELECT g, 'veh', now() - interval '1 day' FROM generate_series(1, 20) g`);
+    });
+    const p = await createProject('cols');
+    for (const source of [
+      { table, key: 'id', createdAt: 'created_at', deviceId: 'vehicle', name: 'x' },
+      { table, key: 'id', createdAt: 'recorded', deviceId: 'device_id', name: 'x' },
+    ]) {
+      const body = { ...importBody(p.id, 'citylens', table), source };
+      const job = await waitJob(await startImport(body), finished, 60_000);
+      expect(job).toMatchObject({ state: 'failed', attempts: 1, rowsSkipped: 0 });
+      expect(job.error).toMatch(/column "(vehicle|recorded)" does not exist/);
+    }
+    expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
+  });
+});

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { IngestBody, OutboxEvent } from '../src/pipeline/messages';
+import { MAX_REDRIVES } from '../src/pipeline/dead-letters';
 import { ADMIN_TOKEN, ch, countEvents, createProject, waitUntil } from './helpers';
 
 /** Deliveries the ingest queue makes before dead-lettering: the first and `max_retries = 8` (wrangler.toml). */
@@ -142,6 +143,20 @@ describe('outages longer than the retry budget', () => {
     await runCron();
     expect(await deadLetters()).toMatchObject({ parked: 0, quarantined: before.quarantined + 2 });
     expect(await countEvents(p.id)).toEqual({ rows: 20, ids: 20 });
+  });
+
+  it('quarantines a message ClickHouse keeps refusing after its re-drives, instead of cycling it forever', async () => {
+    const p = await createProject('refused');
+    const now = Date.now();
+    const before = await deadLetters();
+    // Back from its fifth re-drive and parked again: ClickHouse answered every time and refused it.
+    const refused = JSON.stringify({ ...JSON.parse(deviceMessage(p.id, 'r-1', 'refused', 2, now)), redrives: MAX_REDRIVES, parkedAtMs: now - 3_600_000 });
+    const key = `${now - 3_600_000}-refused.json`;
+    await env.ARCHIVE.put(`dead-letters/ingest/${key}`, refused);
+    await runCron();
+    expect(await deadLetters()).toMatchObject({ parked: before.parked, quarantined: before.quarantined + 1 });
+    expect(await (await env.ARCHIVE.get(`dead-letters/quarantine/${key}`))!.text()).toBe(refused);
+    expect(await env.ARCHIVE.head(`dead-letters/ingest/${key}`)).toBeNull();
   });
 
   it('never drops a dead letter R2 refuses: a fresh copy goes round the dead-letter queue again', async () => {

@@ -26,7 +26,8 @@ export class ClickHouseUnavailable extends Error {
 function isServerError(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
-  return (typeof code === 'string' && /^\d+$/.test(code)) || /\bCode: \d+\. DB::Exception/.test(err.message);
+  // `Code: N. DB::Exception` (current servers), `Code: N, e.displayText() = DB::Exception` (18.16)
+  return (typeof code === 'string' && /^\d+$/.test(code)) || /\bCode: \d+[.,].*DB::Exception/s.test(err.message);
 }
 
 /** Runs a read; a dead connection (a stale keep-alive after a restart) is tried once more. */

@@ -99,6 +99,9 @@ export async function planImport(c: pg.Client, s: LegacyImportParams['source'], 
     cursor === null ? [] : [cursor],
   );
   const r = rows[0]!;
+  // Name every column the import reads, so one that does not exist fails the job with Postgres'
+  // message instead of turning every row into a skipped one.
+  await sourceQuery(c, `SELECT ${key}, ${ident(s.deviceId)}, ${ident(s.createdAt)} FROM ${ident(s.table)} LIMIT 0`, []);
   const noKey = Number(r.no_key);
   return { maxKey: r.max_key, rowsTotal: Number(r.total), rowsDone: Number(r.done) + noKey, rowsSkipped: noKey + Number(r.skipped_done) };
 }

@@ -16,6 +16,8 @@ const REDRIVE_PAGE = 100;
 export const REDRIVE_MAX_PER_RUN = 500;
 /** The queue takes 128 KB per message; a re-driven body adds a few fields to what it carried before. */
 const MAX_REDRIVE_BYTES = 127 * 1024;
+/** Re-drives of one message before it is quarantined (each follows a full retry budget). */
+export const MAX_REDRIVES = 5;
 const STATS_MAX_PAGES = 10;
 
 /** A parked message carries, beyond its rows, how long it has been waiting across re-drives. */
@@ -99,6 +101,8 @@ function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: nu
     return { reason: `does not decode: ${String(err)}`.slice(0, 500) };
   }
   const { parkedAtMs, redrives, redelivery: _flag, ...rows } = message;
+  // ClickHouse answered and still refused it this often: an operator must look, not the cron loop.
+  if ((redrives ?? 0) >= MAX_REDRIVES) return { reason: `refused by ClickHouse after ${redrives} re-drives while it answered` };
   // Flagged as a redelivery: the writer skips rows ClickHouse already holds, so a copy adds nothing.
   const body = JSON.stringify({ ...rows, redelivery: true, parkedAtMs: parkedAtMs ?? parkedAtOf(key) ?? undefined, redrives: (redrives ?? 0) + 1 });
   const size = utf8Bytes(body);

@@ -1,5 +1,6 @@
 // The ingest-queue consumer: rows of many devices become one ClickHouse insert per table.
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
@@ -26,7 +27,7 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
           AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
           AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
           AND toString(id) IN (SELECT value FROM ids)`,
-      { fromSec: Math.floor(from / 1000), toSec: Math.ceil(to / 1000), from, to },
+      { ...dateTimeBounds(from, to), from, to },
       { projects: [...new Set(chunk.map((r) => r.project_id))], ids: chunk.map((r) => r.id) },
     );
     for (const h of hits) found.add(h.id);
