@@ -1,5 +1,7 @@
 // Configuration read and validated once per env object, never scattered `env.X ?? default`.
 import { z } from 'zod';
+import { DEFAULT_ARCHIVE_CHUNK_ROWS } from './archive/chunk';
+import { DEFAULT_ARCHIVE_LAG_MONTHS } from './archive/month';
 import type { Env } from './env';
 
 const ConfigSchema = z.object({
@@ -14,6 +16,14 @@ const ConfigSchema = z.object({
   /** Realtime events held per (project, dataset) while its initial import runs; more are refused, retryable. */
   legacyMaxHeld: z.number().int().positive(),
   sessionGapMs: z.number().int().positive(),
+  archive: z.object({
+    /** The Cron sweep archives closed months by itself; the admin routes work either way. */
+    rawPayloads: z.boolean(),
+    /** Whole months a month must lie behind the current one before the sweep archives it. */
+    lagMonths: z.number().int().min(0).max(1200),
+    /** Rows per chunk (one R2 object). */
+    chunkRows: z.number().int().min(1).max(1_000_000),
+  }),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -36,10 +46,20 @@ const SETTING_NAMES: Record<string, string> = {
   legacyDatasets: 'LEGACY_DATASETS',
   legacyMaxHeld: 'LEGACY_MAX_HELD',
   sessionGapMs: 'SESSION_GAP_MS',
+  'archive.rawPayloads': 'ARCHIVE_RAW_PAYLOADS',
+  'archive.lagMonths': 'ARCHIVE_LAG_MONTHS',
+  'archive.chunkRows': 'ARCHIVE_CHUNK_ROWS',
 };
 
 export const DEFAULT_SESSION_GAP_MS = 30 * 60 * 1000;
 export const DEFAULT_LEGACY_MAX_HELD = 100_000;
+
+/** `true`/`false` (any case), empty or unset → the default; anything else is left for zod to refuse. */
+function flag(value: string | undefined, fallback: boolean): unknown {
+  if (value === undefined || value.trim() === '') return fallback;
+  const v = value.trim().toLowerCase();
+  return v === 'true' ? true : v === 'false' ? false : value;
+}
 
 const cache = new WeakMap<object, Config>();
 
@@ -60,6 +80,11 @@ export function getConfig(env: Env): Config {
       .filter(Boolean),
     legacyMaxHeld: env.LEGACY_MAX_HELD ? Number(env.LEGACY_MAX_HELD) : DEFAULT_LEGACY_MAX_HELD,
     sessionGapMs: env.SESSION_GAP_MS ? Number(env.SESSION_GAP_MS) : DEFAULT_SESSION_GAP_MS,
+    archive: {
+      rawPayloads: flag(env.ARCHIVE_RAW_PAYLOADS, false),
+      lagMonths: env.ARCHIVE_LAG_MONTHS ? Number(env.ARCHIVE_LAG_MONTHS) : DEFAULT_ARCHIVE_LAG_MONTHS,
+      chunkRows: env.ARCHIVE_CHUNK_ROWS ? Number(env.ARCHIVE_CHUNK_ROWS) : DEFAULT_ARCHIVE_CHUNK_ROWS,
+    },
   });
   if (!parsed.success) {
     const paths = [...new Set(parsed.error.issues.map((i) => i.path.map(String).join('.')))];

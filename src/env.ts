@@ -23,4 +23,10 @@ export interface Env {
   /** Realtime events held per (project, legacy dataset) until its initial import completes (default 100000). */
   LEGACY_MAX_HELD?: string;
   SESSION_GAP_MS?: string;
+  /** `true`: the Cron sweep archives closed months of raw payloads to R2 (default false). */
+  ARCHIVE_RAW_PAYLOADS?: string;
+  /** Whole months behind the current one before the sweep archives a month (default 2). */
+  ARCHIVE_LAG_MONTHS?: string;
+  /** Rows per archive chunk (default 50000). */
+  ARCHIVE_CHUNK_ROWS?: string;
 }

@@ -46,7 +46,8 @@ async function read<T>(run: () => Promise<T>): Promise<T> {
 
 export interface ClickHouse {
   query<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<T[]>;
-  command(sql: string, params?: QueryParams): Promise<void>;
+  /** `settings`: ClickHouse settings for this statement only (e.g. `lightweight_deletes_sync`). */
+  command(sql: string, params?: QueryParams, settings?: Record<string, string | number>): Promise<void>;
   insert(table: string, rows: readonly object[]): Promise<void>;
   ping(): Promise<boolean>;
   version(): Promise<ServerVersion>;
@@ -152,8 +153,8 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
         return rs.json<T>();
       });
     },
-    async command(sql: string, params?: QueryParams) {
-      await client.command(await prepare(sql, params));
+    async command(sql: string, params?: QueryParams, settings?: Record<string, string | number>) {
+      await client.command({ ...(await prepare(sql, params)), ...(settings ? { clickhouse_settings: settings } : {}) });
     },
     async insert(table: string, rows: readonly object[]) {
       if (rows.length === 0) return;

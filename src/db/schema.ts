@@ -116,3 +116,33 @@ export const idempotencyKeys = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.projectId, t.key] }), index('idempotency_keys_created_idx').on(t.createdAt)],
 );
+
+/**
+ * The archive manifest: one row per R2 chunk of a (project, month)'s raw payloads. A row is written
+ * after its object was uploaded (create-only) and before anything is cleared; `verifiedAt` is set
+ * once the object was read back and proved to be this chunk, and only then may its payloads leave
+ * ClickHouse (`clearedAt`). `restoredAt` is set when a restore wrote them back (the chunk stays).
+ */
+export const archiveChunks = sqliteTable(
+  'archive_chunks',
+  {
+    projectId: text('project_id').notNull(),
+    month: text('month').notNull(),
+    number: integer('number').notNull(),
+    key: text('key').notNull(),
+    rowCount: integer('row_count').notNull(),
+    rawBytes: integer('raw_bytes').notNull(),
+    compressedBytes: integer('compressed_bytes').notNull(),
+    sha256: text('sha256').notNull(),
+    idsChecksum: text('ids_checksum').notNull(),
+    firstCreatedAtMs: integer('first_created_at_ms').notNull(),
+    lastCreatedAtMs: integer('last_created_at_ms').notNull(),
+    /** The job that wrote the chunk (an archive run, or an erasure's rewrite). */
+    jobId: text('job_id').notNull(),
+    createdAt: integer('created_at').notNull(),
+    verifiedAt: integer('verified_at'),
+    clearedAt: integer('cleared_at'),
+    restoredAt: integer('restored_at'),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.month, t.number] }), index('archive_chunks_key_idx').on(t.key)],
+);
