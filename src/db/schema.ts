@@ -53,6 +53,8 @@ export const jobs = sqliteTable(
     leaseUntil: integer('lease_until').notNull().default(0),
     /** Set once a chunk may be replayed (crash, failure, retry, an earlier run): writes check what is there. */
     verifyWrites: integer('verify_writes', { mode: 'boolean' }).notNull().default(false),
+    /** What a finished job did, by type (JSON), e.g. an erasure's counts per store; null until then. */
+    result: text('result'),
     createdAt: integer('created_at').notNull(),
     startedAt: integer('started_at'),
     endedAt: integer('ended_at'),

@@ -32,6 +32,7 @@ const RESET_PROGRESS: Partial<JobRow> = {
   etaSec: null,
   attempts: 0,
   error: null,
+  result: null,
   startedAt: null,
   endedAt: null,
   // A failed or cancelled run may have left part of a chunk behind.

@@ -110,13 +110,14 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<'mis
   if (!committed) return; // the watchdog fenced this chunk off; its writes were idempotent
 
   if (outcome.done) {
+    let result: unknown;
     try {
-      await runner.complete(env, input);
+      result = await runner.complete(env, input);
     } catch (err) {
       await chunkFailed(env, store, committed, err);
       return;
     }
-    const done = await store.settle(job.id, committed.leaseVersion, 'succeeded', Date.now(), { etaSec: 0 });
+    const done = await store.settle(job.id, committed.leaseVersion, 'succeeded', Date.now(), { etaSec: 0, result: result === undefined ? null : JSON.stringify(result) });
     if (done && runner.afterSuccess) {
       await runner.afterSuccess(env, input).catch((err: unknown) => console.error(JSON.stringify({ msg: 'after-success step failed; the watchdog will finish it', job: job.id, error: errorText(err) })));
     }

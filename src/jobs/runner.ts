@@ -39,8 +39,11 @@ export interface JobRunner {
   pauseMs(params: unknown): number;
   /** One bounded chunk after `cursor`. Must be idempotent: a chunk may run again after a crash. */
   runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome>;
-  /** The job's last step before it is marked succeeded; must be idempotent too. */
-  complete(env: Env, job: ChunkInput): Promise<void>;
+  /**
+   * The job's last step before it is marked succeeded; must be idempotent too. What it returns
+   * (a JSON value) becomes the job's `result`.
+   */
+  complete(env: Env, job: ChunkInput): Promise<unknown>;
   /** Follow-up work after success; a failure is logged and left to the watchdog. */
   afterSuccess?(env: Env, job: ChunkInput): Promise<void>;
 }

@@ -20,6 +20,8 @@ export interface JobView {
   cursor: string | null;
   attempts: number;
   error: string | null;
+  /** What a finished job did, by type (an erasure: what it removed from each store); null until then. */
+  result: unknown;
   createdAt: string;
   startedAt: string | null;
   endedAt: string | null;
@@ -41,6 +43,7 @@ export function toView(j: JobRow): JobView {
     cursor: j.cursor,
     attempts: j.attempts,
     error: j.error,
+    result: j.result === null ? null : (JSON.parse(j.result) as unknown),
     createdAt: iso(j.createdAt)!,
     startedAt: iso(j.startedAt),
     endedAt: iso(j.endedAt),
