@@ -100,4 +100,38 @@ describe('Idempotency-Key', () => {
     const left = await env.DB.prepare('SELECT count(*) AS n FROM idempotency_keys WHERE project_id = ?1').bind(p.id).first<{ n: number }>();
     expect(left!.n).toBe(0);
   });
+
+  it('takes over a key past its TTL that the cron has not pruned yet, as a new key', async () => {
+    const p = await createProject();
+    expect((await postBatch(p, untimed('idem-expired', 1), { 'idempotency-key': 'expired' })).status).toBe(202);
+    await env.DB.prepare('UPDATE idempotency_keys SET created_at = ?3 WHERE project_id = ?1 AND key = ?2').bind(p.id, 'expired', Date.now() - IDEMPOTENCY_TTL_MS - 1000).run();
+    // Another body under the forgotten key is new data, not a reuse.
+    const next = await postBatch(p, untimed('idem-expired', 3), { 'idempotency-key': 'expired' });
+    expect(next.status).toBe(202);
+    expect(((await next.json()) as BatchResult).accepted).toBe(3);
+    const again = await postBatch(p, untimed('idem-expired', 3), { 'idempotency-key': 'expired' });
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
+  });
+
+  it('answers 503 idempotency_unavailable and stores nothing when the key store fails', async () => {
+    const p = await createProject();
+    await env.DB.exec('ALTER TABLE idempotency_keys RENAME TO idempotency_keys_away');
+    let res: Response;
+    try {
+      res = await postBatch(p, untimed('idem-d1', 4), { 'idempotency-key': 'd1-down' });
+    } finally {
+      await env.DB.exec('ALTER TABLE idempotency_keys_away RENAME TO idempotency_keys');
+    }
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toMatch(/^\d+$/);
+    const body = (await res.json()) as { error: { code: string; details: { retryable: boolean } } };
+    expect(body.error.code).toBe('idempotency_unavailable');
+    expect(body.error.details.retryable).toBe(true);
+    // The retry goes through; the failed attempt left nothing behind (only the retry's 4 rows).
+    const retry = await postBatch(p, untimed('idem-d1', 4), { 'idempotency-key': 'd1-down' });
+    expect(((await retry.json()) as BatchResult).accepted).toBe(4);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
+    expect(await countEvents(p.id)).toEqual({ rows: 4, ids: 4 });
+  });
 });

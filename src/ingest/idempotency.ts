@@ -34,39 +34,57 @@ export async function startIdempotent(d1: D1Database, request: Request, projectI
   const parsed = KeyHeader.safeParse(header);
   if (!parsed.success) throw new ApiError(400, 'invalid_idempotency_key', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
   const key = parsed.data;
-  const db = drizzle(d1);
   const bodySha256 = await digestHex(body);
-  const where = and(eq(idempotencyKeys.projectId, projectId), eq(idempotencyKeys.key, key));
+  try {
+    return await claim(d1, projectId, key, route, bodySha256, nowMs);
+  } catch (err) {
+    if (err instanceof ApiError) throw err;
+    // The key cannot be checked, so the request cannot be run safely: nothing was stored, retry.
+    console.error(JSON.stringify({ msg: 'idempotency keys unavailable', error: String(err) }));
+    throw new ApiError(503, 'idempotency_unavailable', 'the Idempotency-Key store is unavailable; nothing was stored, retry', { retryable: true }, { 'Retry-After': '2' });
+  }
+}
 
-  // A forgotten key (past the TTL) is a new one.
-  await db.delete(idempotencyKeys).where(and(where, lt(idempotencyKeys.createdAt, nowMs - IDEMPOTENCY_TTL_MS)));
+const inProgress = () =>
+  new ApiError(409, 'idempotency_in_progress', 'a request with this Idempotency-Key is being processed; retry', { retryable: true }, { 'Retry-After': '1' });
+
+async function claim(d1: D1Database, projectId: string, key: string, route: string, bodySha256: string, nowMs: number): Promise<IdempotencyStart> {
+  const db = drizzle(d1);
+  const where = and(eq(idempotencyKeys.projectId, projectId), eq(idempotencyKeys.key, key));
   const inserted = await db
     .insert(idempotencyKeys)
     .values({ projectId, key, route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs })
     .onConflictDoNothing()
     .returning({ key: idempotencyKeys.key });
   let receivedAtMs = nowMs;
-  let heldAt = nowMs;
   if (inserted.length === 0) {
     const row = await db.select().from(idempotencyKeys).where(where).get();
-    if (!row) throw new ApiError(409, 'idempotency_in_progress', 'a request with this Idempotency-Key is being processed; retry', { retryable: true }, { 'Retry-After': '1' });
-    if (row.route !== route || row.bodySha256 !== bodySha256) {
-      throw new ApiError(422, 'idempotency_key_reused', 'this Idempotency-Key was used for a different request; use a new key for new data', { key });
+    if (!row) throw inProgress();
+    if (row.createdAt < nowMs - IDEMPOTENCY_TTL_MS) {
+      // A forgotten key (past the TTL, not pruned yet) is a new one: take the row over as such.
+      const renewed = await db
+        .update(idempotencyKeys)
+        .set({ route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs, status: null, response: null })
+        .where(and(where, eq(idempotencyKeys.createdAt, row.createdAt)))
+        .returning({ key: idempotencyKeys.key });
+      if (renewed.length === 0) throw inProgress();
+    } else {
+      if (row.route !== route || row.bodySha256 !== bodySha256) {
+        throw new ApiError(422, 'idempotency_key_reused', 'this Idempotency-Key was used for a different request; use a new key for new data', { key });
+      }
+      if (row.status !== null) return { kind: 'replay', status: row.status, body: JSON.parse(row.response ?? 'null') as unknown };
+      if (row.heldAt > nowMs - HOLD_MS) throw inProgress();
+      // Released, or its holder died: take it over, compare-and-set on the holder's time.
+      const taken = await db
+        .update(idempotencyKeys)
+        .set({ heldAt: nowMs })
+        .where(and(where, eq(idempotencyKeys.heldAt, row.heldAt), sql`${idempotencyKeys.status} IS NULL`))
+        .returning({ key: idempotencyKeys.key });
+      if (taken.length === 0) throw inProgress();
+      receivedAtMs = row.receivedAtMs;
     }
-    if (row.status !== null) return { kind: 'replay', status: row.status, body: JSON.parse(row.response ?? 'null') as unknown };
-    if (row.heldAt > nowMs - HOLD_MS) {
-      throw new ApiError(409, 'idempotency_in_progress', 'a request with this Idempotency-Key is being processed; retry', { retryable: true }, { 'Retry-After': '1' });
-    }
-    // Released, or its holder died: take it over, compare-and-set on the holder's time.
-    const taken = await db
-      .update(idempotencyKeys)
-      .set({ heldAt: nowMs })
-      .where(and(where, eq(idempotencyKeys.heldAt, row.heldAt), sql`${idempotencyKeys.status} IS NULL`))
-      .returning({ key: idempotencyKeys.key });
-    if (taken.length === 0) throw new ApiError(409, 'idempotency_in_progress', 'a request with this Idempotency-Key is being processed; retry', { retryable: true }, { 'Retry-After': '1' });
-    receivedAtMs = row.receivedAtMs;
-    heldAt = nowMs;
   }
+  const heldAt = nowMs;
   return {
     kind: 'first',
     receivedAtMs,
@@ -95,14 +113,25 @@ export async function withIdempotency(
   if (start.kind === 'replay') return Response.json(start.body, { status: start.status, headers: { 'Idempotent-Replayed': 'true' } });
   try {
     const answer = await handle(start.kind === 'first' ? start.receivedAtMs : nowMs);
-    if (start.kind === 'first') await start.finish(answer.status, answer.body, answer.final);
+    // The rows are accepted whatever happens to the stored answer: a failure to store it must not
+    // turn this answer into an error. The key stays held; a retry after HOLD_MS redoes the request
+    // with the first receipt time, so every accepted row comes back as a duplicate.
+    if (start.kind === 'first') await finishQuietly(start, answer.status, answer.body, answer.final);
     return Response.json(answer.body, { status: answer.status });
   } catch (err) {
     if (start.kind === 'first') {
       const clientFault = err instanceof ApiError && err.status < 500;
-      await start.finish(clientFault ? err.status : 0, clientFault ? err.toJSON() : null, clientFault);
+      await finishQuietly(start, clientFault ? err.status : 0, clientFault ? err.toJSON() : null, clientFault);
     }
     throw err;
+  }
+}
+
+async function finishQuietly(start: Extract<IdempotencyStart, { kind: 'first' }>, status: number, body: unknown, final: boolean): Promise<void> {
+  try {
+    await start.finish(status, body, final);
+  } catch (err) {
+    console.error(JSON.stringify({ msg: 'idempotent answer not stored; a retry will redo the request as a duplicate', error: String(err) }));
   }
 }
 
