@@ -246,6 +246,15 @@ describe('read API and admin', () => {
     const p = await createProject();
     expect((await getJson(p, '/v1/events?limit=0')).status).toBe(400);
     expect((await getJson(p, '/v1/events?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z')).status).toBe(400);
+    // Across all devices a window spans at most 92 days; one device's may be as wide as it likes.
+    for (const route of ['events', 'sessions']) {
+      const wide = await getJson<{ error: { code: string; details: { maxWindowMs: number } } }>(p, `/v1/${route}?since=2025-01-01T00:00:00Z&until=2026-01-01T00:00:00Z`);
+      expect(wide.status).toBe(400);
+      expect(wide.body.error.code).toBe('window_too_large');
+      expect(wide.body.error.details.maxWindowMs).toBe(92 * 24 * 3600 * 1000);
+      expect((await getJson(p, `/v1/${route}?since=2025-10-01T00:00:00Z&until=2026-01-01T00:00:00Z`)).status).toBe(200);
+      expect((await getJson(p, `/v1/${route}?deviceId=d1&since=2020-01-01T00:00:00Z&until=2026-01-01T00:00:00Z`)).status).toBe(200);
+    }
     const noToken = await SELF.fetch('http://gw/admin/projects', { method: 'POST', body: '{"name":"x"}' });
     expect(noToken.status).toBe(401);
     const wrongToken = await SELF.fetch('http://gw/admin/projects', {

@@ -9,6 +9,11 @@ const Instant = z.union([
 ]);
 
 export const DEFAULT_LOOKBACK_MS = 7 * 24 * 60 * 60 * 1000;
+/**
+ * The widest window a read across all of a project's devices may span: such a read scans every
+ * device's rows of the window. With a `deviceId` the sorting key bounds the read, so any window goes.
+ */
+export const MAX_PROJECT_WINDOW_MS = 92 * 24 * 60 * 60 * 1000;
 /** `until` left out: now, plus the minute of clock skew ingestion tolerates. */
 const DEFAULT_UNTIL_AHEAD_MS = 60_000;
 
@@ -38,5 +43,11 @@ export function readPage<P>(q: ReadQuery, decode: (cursor: string) => Page<P>, n
   const untilMs = q.until ?? nowMs + DEFAULT_UNTIL_AHEAD_MS;
   const sinceMs = q.since ?? untilMs - DEFAULT_LOOKBACK_MS;
   if (sinceMs > untilMs) throw new ApiError(400, 'invalid_request', 'since must not be after until');
+  if (q.deviceId === undefined && untilMs - sinceMs > MAX_PROJECT_WINDOW_MS) {
+    throw new ApiError(400, 'window_too_large', 'a read across all devices spans at most 92 days: narrow since/until, or name a deviceId', {
+      maxWindowMs: MAX_PROJECT_WINDOW_MS,
+      windowMs: untilMs - sinceMs,
+    });
+  }
   return { window: { ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), sinceMs, untilMs }, after: null };
 }
