@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { IngestBody, OutboxEvent } from '../src/pipeline/messages';
-import { MAX_REDRIVES } from '../src/pipeline/dead-letters';
+import { MAX_REDRIVES, redriveDeadLetters, REDRIVE_LOCK_KEY } from '../src/pipeline/dead-letters';
 import { ADMIN_TOKEN, ch, countEvents, createProject, waitUntil } from './helpers';
 
 /** Deliveries the ingest queue makes before dead-lettering: the first and `max_retries = 8` (wrangler.toml). */
@@ -193,5 +193,26 @@ describe('outages longer than the retry budget', () => {
     const stuckResult = await getQueueResult(stuck, ctx2);
     expect(stuckResult.explicitAcks).toEqual([]);
     expect(stuckResult.retryMessages.map((m) => m.msgId)).toEqual(['stuck']);
+  });
+
+  it('never runs two re-drives at once: the cron and a replay racing send each parked message once', async () => {
+    const p = await createProject('redrive-race');
+    const now = Date.now();
+    for (let i = 0; i < 6; i++) await env.ARCHIVE.put(`dead-letters/ingest/${now - 60_000 + i}-race-${i}.json`, deviceMessage(p.id, `race-${i}`, 'race', 2, now - 60_000 + i * 10));
+    const [a, b] = await Promise.all([redriveDeadLetters(env, now, { requireClickHouse: false }), redriveDeadLetters(env, now, { requireClickHouse: false })]);
+    expect([a.skipped, b.skipped].filter((s) => s === 'busy')).toHaveLength(1);
+    expect(a.redriven + b.redriven).toBe(6);
+    expect(await env.ARCHIVE.head(REDRIVE_LOCK_KEY)).toBeNull();
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 12);
+    expect(await countEvents(p.id)).toEqual({ rows: 12, ids: 12 });
+
+    // An operator's replay while the lock is held is told so; a lock left by a dead run goes stale.
+    await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'someone', { customMetadata: { takenAt: String(Date.now()) } });
+    const busy = await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin });
+    expect(busy.status).toBe(409);
+    expect(((await busy.json()) as { error: { code: string } }).error.code).toBe('redrive_in_progress');
+    await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'dead run', { customMetadata: { takenAt: String(Date.now() - 10 * 60_000) } });
+    expect((await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin })).status).toBe(200);
+    expect(await env.ARCHIVE.head(REDRIVE_LOCK_KEY)).toBeNull();
   });
 });

@@ -126,8 +126,37 @@ export interface RedriveResult {
   failed: number;
   /** More parked objects than this run took. */
   remaining: boolean;
-  /** Set when nothing was tried because ClickHouse does not answer. */
-  skipped?: 'clickhouse_down';
+  /** Set when nothing was tried: ClickHouse does not answer, or another re-drive is running. */
+  skipped?: 'clickhouse_down' | 'busy';
+}
+
+/** The re-drive lock: one R2 object created only if absent, outside the parked prefix. */
+export const REDRIVE_LOCK_KEY = 'dead-letters/redrive.lock';
+/** A lock older than this was left by a run that died: the next run removes it. */
+const REDRIVE_LOCK_STALE_MS = 5 * 60_000;
+
+/**
+ * Takes the re-drive lock, so the cron and an operator's replay never send the same parked message
+ * twice at once (a copy would be absorbed by the writer, but would also be parked twice if it
+ * failed again). Returns the release function, or null while another run holds it.
+ */
+async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<(() => Promise<void>) | null> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const token = crypto.randomUUID();
+    const put = await bucket.put(REDRIVE_LOCK_KEY, token, { onlyIf: { etagDoesNotMatch: '*' }, customMetadata: { takenAt: String(nowMs) } });
+    if (put !== null) {
+      return async () => {
+        // Only our own lock: a run that outlived the stale bound must not remove its successor's.
+        const held = await bucket.get(REDRIVE_LOCK_KEY);
+        if (held && (await held.text()) === token) await bucket.delete(REDRIVE_LOCK_KEY);
+      };
+    }
+    const head = await bucket.head(REDRIVE_LOCK_KEY);
+    const takenAt = Number(head?.customMetadata?.takenAt ?? head?.uploaded.getTime() ?? nowMs);
+    if (head && nowMs - takenAt < REDRIVE_LOCK_STALE_MS) return null;
+    await bucket.delete(REDRIVE_LOCK_KEY);
+  }
+  return null;
 }
 
 async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omit<RedriveResult, 'remaining'>> {
@@ -199,6 +228,16 @@ export async function redriveDeadLetters(
   { maxObjects = REDRIVE_MAX_PER_RUN, requireClickHouse = true }: { maxObjects?: number; requireClickHouse?: boolean } = {},
 ): Promise<RedriveResult> {
   const result: RedriveResult = { redriven: 0, quarantined: 0, failed: 0, remaining: false };
+  const release = await takeRedriveLock(env.ARCHIVE, nowMs);
+  if (!release) return { ...result, remaining: true, skipped: 'busy' };
+  try {
+    return await redriveLocked(env, nowMs, maxObjects, requireClickHouse, result);
+  } finally {
+    await release().catch((err: unknown) => console.error(JSON.stringify({ msg: 're-drive lock not released; the next run takes it once stale', error: String(err) })));
+  }
+}
+
+async function redriveLocked(env: Env, nowMs: number, maxObjects: number, requireClickHouse: boolean, result: RedriveResult): Promise<RedriveResult> {
   let cursor: string | undefined;
   let checked = !requireClickHouse;
   let taken = 0;

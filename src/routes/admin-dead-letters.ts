@@ -1,6 +1,7 @@
 // GET /admin/dead-letters and POST /admin/dead-letters/replay — parked ingest messages back into the queue.
 import { Hono } from 'hono';
 import { requireAdmin, type AppEnv } from '../auth';
+import { ApiError } from '../errors';
 import { deadLetterStats, listQuarantine, redriveDeadLetters } from '../pipeline/dead-letters';
 
 const REPLAY_PAGE = 100;
@@ -14,5 +15,8 @@ export const adminDeadLettersRoute = new Hono<AppEnv>()
   .post('/admin/dead-letters/replay', requireAdmin, async (c) => {
     // The cron does this by itself once ClickHouse answers; an operator may do it at any time.
     const r = await redriveDeadLetters(c.env, Date.now(), { maxObjects: REPLAY_PAGE, requireClickHouse: false });
+    if (r.skipped === 'busy') {
+      throw new ApiError(409, 'redrive_in_progress', 'another re-drive (the cron, or another replay) is running; retry shortly', { retryable: true }, { 'Retry-After': '5' });
+    }
     return c.json({ replayed: r.redriven, quarantined: r.quarantined, failed: r.failed, remaining: r.remaining });
   });
