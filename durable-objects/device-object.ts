@@ -1,6 +1,9 @@
 // One object per (project, device): dedup, sessions by event time, live state, and an outbox
 // written in the same storage transaction as the event ids, flushed to the ingest queue by the alarm.
 import { DurableObject } from 'cloudflare:workers';
+import { and, eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { stalledOutboxes } from '../src/db/schema';
 import type { Env } from '../src/env';
 import { packEvent, unpackEvents, type PackedEvent, type PackedEvents } from '../src/device/packed';
 import { assignSessions, type Session } from '../src/device/sessions';
@@ -21,6 +24,8 @@ export const DEDUP_WINDOW_MS = 7 * 24 * 60 * 60 * 1000;
 const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 const SEEN_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
+/** A reported stall that D1 would not take back is tried again this soon. */
+const STALL_CLEAR_RETRY_MS = 60 * 1000;
 /** Dedup keys are stored a chunk per call: at most this many keys, and this many bytes, a row. */
 const SEEN_CHUNK_KEYS = 2000;
 const SEEN_CHUNK_BYTES = 1024 * 1024;
@@ -602,11 +607,62 @@ export class DeviceObject extends DurableObject<Env> {
       const delayMs = Math.min(FLUSH_RETRY_MAX_MS, 1000 * 2 ** Math.min(failures, 16));
       console.error(JSON.stringify({ msg: 'outbox flush failed; retrying', failures, delayMs, error: String(err) }));
       await this.ctx.storage.setAlarm(Date.now() + delayMs);
+      await this.reportStall(failures, err);
       return { ended, pruned, flushed: 0 };
     }
     if (this.meta<number>('flushFailures')) this.setMeta('flushFailures', 0);
+    // A stall was reported: the first flush that succeeds takes it back (the only D1 write of a
+    // healthy object, once per recovery).
+    const cleared = this.meta<number>('stalledSinceMs') === null || (await this.clearStall());
     await this.scheduleAlarm(nowMs, false);
+    // Should D1 refuse, the row stays visible until an alarm soon takes it back.
+    if (!cleared) await this.ctx.storage.setAlarm(Math.min((await this.ctx.storage.getAlarm()) ?? Infinity, Date.now() + STALL_CLEAR_RETRY_MS));
     return { ended, pruned, flushed };
+  }
+
+  /**
+   * Tells operators (`/admin/health`, through D1) that this outbox cannot reach the ingest queue:
+   * one upsert per failed flush, which the back-off spaces out. Its own failure is only logged.
+   */
+  private async reportStall(failures: number, err: unknown): Promise<void> {
+    const ident = this.meta<{ projectId: string; deviceId: string }>('ident');
+    if (!ident) return;
+    const now = Date.now();
+    try {
+      let since = this.meta<number>('stalledSinceMs');
+      if (since === null) this.setMeta('stalledSinceMs', (since = now));
+      // Events (each chunk is a JSON array of them) and session rows waiting.
+      const pendingRows = this.sql
+        .exec<{ n: number }>("SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) ELSE 1 END), 0) AS n FROM outbox")
+        .one().n;
+      const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
+      await drizzle(this.env.DB)
+        .insert(stalledOutboxes)
+        .values(row)
+        .onConflictDoUpdate({
+          target: [stalledOutboxes.projectId, stalledOutboxes.deviceId],
+          set: { pendingRows, since, failures, lastError: row.lastError, updatedAt: now },
+        });
+    } catch (e) {
+      console.error(JSON.stringify({ msg: 'stalled outbox could not be reported', error: String(e) }));
+    }
+  }
+
+  /** Takes back the stall this object reported; false when D1 refused (tried again soon). */
+  private async clearStall(): Promise<boolean> {
+    const ident = this.meta<{ projectId: string; deviceId: string }>('ident');
+    try {
+      if (ident) {
+        await drizzle(this.env.DB)
+          .delete(stalledOutboxes)
+          .where(and(eq(stalledOutboxes.projectId, ident.projectId), eq(stalledOutboxes.deviceId, ident.deviceId)));
+      }
+      this.setMeta('stalledSinceMs', null);
+      return true;
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'stalled outbox could not be cleared; retrying', error: String(err) }));
+      return false;
+    }
   }
 
   /** Drains the outbox; a flush already under way is joined first, never run alongside. */

@@ -148,3 +148,23 @@ export const archiveChunks = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.projectId, t.month, t.number] }), index('archive_chunks_key_idx').on(t.key)],
 );
+
+/**
+ * Device outboxes that cannot reach the ingest queue: one row per device, upserted by its object at
+ * each failed flush and deleted by the first flush that succeeds again (never written while flushes
+ * succeed). `/admin/health` reads the ingest backlog from here. `pendingRows`: events waiting in the
+ * outbox (plus session rows) when it last failed; `since`: the first failure of this stall.
+ */
+export const stalledOutboxes = sqliteTable(
+  'stalled_outboxes',
+  {
+    projectId: text('project_id').notNull(),
+    deviceId: text('device_id').notNull(),
+    pendingRows: integer('pending_rows').notNull(),
+    since: integer('since').notNull(),
+    failures: integer('failures').notNull(),
+    lastError: text('last_error').notNull(),
+    updatedAt: integer('updated_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.deviceId] }), index('stalled_outboxes_since_idx').on(t.since)],
+);

@@ -5,11 +5,8 @@ import { sendChunk } from './engine';
 import { nextState, type JobAction, type JobState } from './states';
 import { jobStore, type JobRow } from './store';
 
-/**
- * The first chunk message is sent before the job's row is written, so a start either fails whole
- * (nothing created: the client may simply retry) or leaves a job with its message on the way.
- */
-export async function startJob(env: Env, type: string, params: unknown): Promise<JobRow> {
+/** Sends a new job's first chunk message; its id, or 503 when the queue refuses (nothing created). */
+async function sendFirstChunk(env: Env, type: string): Promise<string> {
   const id = crypto.randomUUID();
   try {
     await sendChunk(env, id, FIRST_LEASE_VERSION);
@@ -17,7 +14,29 @@ export async function startJob(env: Env, type: string, params: unknown): Promise
     console.error(JSON.stringify({ msg: 'job could not be enqueued', type, error: String(err) }));
     throw new ApiError(503, 'queue_unavailable', 'the job queue is unavailable; nothing was started, retry', { retryable: true }, { 'Retry-After': '5' });
   }
+  return id;
+}
+
+/**
+ * The first chunk message is sent before the job's row is written, so a start either fails whole
+ * (nothing created: the client may simply retry) or leaves a job with its message on the way.
+ */
+export async function startJob(env: Env, type: string, params: unknown): Promise<JobRow> {
+  const id = await sendFirstChunk(env, type);
   return jobStore(env.DB).create(id, type, params, Date.now());
+}
+
+/**
+ * Starts a job unless another job of `type` whose params carry `match` is in a `blocking` state;
+ * null when one is. The row is written by one conditional statement, so of concurrent starts
+ * exactly one is created. A losing start's message is already sent: it finds no row and the
+ * engine drops it after a few attempts (`handleJobsBatch`).
+ */
+export async function startExclusiveJob(env: Env, type: string, params: unknown, match: Record<string, string>, blocking: readonly JobState[]): Promise<JobRow | null> {
+  const id = await sendFirstChunk(env, type);
+  const row = await jobStore(env.DB).createUnlessActive(id, type, params, Date.now(), match, blocking);
+  if (!row) console.log(JSON.stringify({ msg: 'job not started: another one is active; its first message will be dropped', id, type }));
+  return row;
 }
 
 /** The lease version a new job's row starts at (the schema's default). */

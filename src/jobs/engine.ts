@@ -16,6 +16,8 @@ export interface ChunkMessage {
 
 /** A chunk's lease, renewed every third of it while the chunk runs: only a dead chunk loses it. */
 export const LEASE_MS = 120_000;
+/** The longest a chunk may hold its lease, renewals included (a queue consumer's own wall-time limit). */
+export const MAX_CHUNK_MS = 15 * 60_000;
 /** No lease and no progress for this long: the message for the next chunk was lost. */
 export const STALL_MS = 180_000;
 
@@ -51,11 +53,19 @@ async function settleRequest(store: JobStore, job: JobRow, now: number): Promise
 
 /**
  * Renews a running chunk's lease every `leaseMs / 3`, so a slow but live chunk is never fenced off
- * and run twice at once; a chunk that dies stops renewing and the watchdog takes over.
+ * and run twice at once; a chunk that dies stops renewing and the watchdog takes over. A chunk that
+ * hangs (a live isolate stuck on an await) must not hold its job forever: the lease never reaches
+ * past `maxHoldMs` after renewal began, so the watchdog fences such a chunk off then.
  */
-export function keepLease(store: JobStore, id: string, version: number, leaseMs = LEASE_MS): { stop(): void } {
+export function keepLease(store: JobStore, id: string, version: number, leaseMs = LEASE_MS, maxHoldMs = MAX_CHUNK_MS): { stop(): void } {
+  const ceiling = Date.now() + maxHoldMs;
   const timer = setInterval(() => {
-    store.renew(id, version, Date.now() + leaseMs).then(
+    const until = Math.min(Date.now() + leaseMs, ceiling);
+    if (until >= ceiling) {
+      clearInterval(timer);
+      console.error(JSON.stringify({ msg: 'chunk reached its lease ceiling; the watchdog may fence it off', job: id, maxHoldMs }));
+    }
+    store.renew(id, version, until).then(
       (held) => held || clearInterval(timer),
       (err: unknown) => console.error(JSON.stringify({ msg: 'lease renewal failed', job: id, error: errorText(err) })),
     );

@@ -71,6 +71,22 @@ export function jobStore(d1: D1Database) {
       return row!;
     },
 
+    /**
+     * Creates the job unless another job of `type` whose params carry the same values is in one of
+     * `blocking` states — one statement, so of two concurrent starts exactly one is written.
+     * null when one blocks it.
+     */
+    async createUnlessActive(id: string, type: string, params: unknown, now: number, match: Record<string, string>, blocking: readonly JobState[]): Promise<JobRow | null> {
+      const conditions = Object.entries(match).map(([k, v]) => sql`json_extract(${jobs.params}, ${'$.' + k}) = ${v}`);
+      const blocked = and(eq(jobs.type, type), ...conditions, inArray(jobs.state, [...blocking]));
+      const inserted = await db.all<{ id: string }>(sql`
+        INSERT INTO ${jobs} (id, type, state, params, created_at, last_update_at)
+        SELECT ${id}, ${type}, 'enqueued', ${JSON.stringify(params)}, ${now}, ${now}
+        WHERE NOT EXISTS (SELECT 1 FROM ${jobs} WHERE ${blocked})
+        RETURNING id`);
+      return inserted.length ? ((await db.select().from(jobs).where(eq(jobs.id, id)).get()) ?? null) : null;
+    },
+
     /** Other jobs of `type` whose params carry the same values (e.g. the same project and dataset). */
     async others(id: string, type: string, match: Record<string, string>, states?: readonly JobState[]): Promise<JobRow[]> {
       const conditions = Object.entries(match).map(([k, v]) => sql`json_extract(${jobs.params}, ${'$.' + k}) = ${v}`);
@@ -116,13 +132,13 @@ export function jobStore(d1: D1Database) {
       return row ?? null;
     },
 
-    /** Records a finished chunk and frees the lease; null when the lease was lost meanwhile. */
     /** Extends the lease of a running chunk; false once the watchdog fenced it off. */
     async renew(id: string, version: number, leaseUntil: number): Promise<boolean> {
       const [row] = await db.update(jobs).set({ leaseUntil }).where(byVersion(id, version)).returning({ id: jobs.id });
       return row !== undefined;
     },
 
+    /** Records a finished chunk and frees the lease; null when the lease was lost meanwhile. */
     async commit(id: string, version: number, c: ChunkCommit, now: number): Promise<JobRow | null> {
       const [row] = await db
         .update(jobs)

@@ -1,7 +1,7 @@
 // Realtime events of legacy datasets, per (project, dataset): translated through the project's id map
 // once its initial import is complete, held durably in D1 until then (up to a cap), and released by
 // the import or the watchdog.
-import { and, asc, eq, inArray, sql } from 'drizzle-orm';
+import { and, asc, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { BatchItem } from 'drizzle-orm/batch';
 import { drizzle } from 'drizzle-orm/d1';
 import type { DeviceEvent, DeviceIngest } from '../../durable-objects/device-object';
@@ -17,10 +17,21 @@ import { currentSessionsOfDevices } from '../read/sessions';
 import { initialMigrationCompletedAt, type DatasetKey } from './datasets';
 import { lookupNewIds } from './store';
 
-/** D1 allows 100 bound parameters per statement; a held row binds 7. */
+/*
+ * D1's documented limits (developers.cloudflare.com/d1/platform/limits): 100 bound parameters and
+ * 100 KB of SQL text per statement (values are bound, not part of the text), 2 MB per value or
+ * row, 30 s per query, 50 MB per result, 1000 queries per invocation (50 on the free plan). It
+ * documents no size for a batch, so held rows are written in transactions of bounded bytes.
+ */
+/** A held row binds 7 parameters. */
 const HELD_ROWS_PER_INSERT = 14;
-const HELD_BYTES_PER_INSERT = 60 * 1024;
-const RELEASE_PAGE = 500;
+/** Bound event text per insert statement (a held event is at most a few hundred KB as stored). */
+const HELD_BYTES_PER_INSERT = 512 * 1024;
+/** Event text per hold transaction: a 10 MB batch (about twice that as stored) takes about a dozen. */
+const HOLD_TRANSACTION_BYTES = 2 * 1024 * 1024;
+/** Held events read and released per page: bounded in rows and in bytes of stored event text. */
+const RELEASE_PAGE_ROWS = 500;
+const RELEASE_PAGE_BYTES = 2 * 1024 * 1024;
 
 export interface LegacyRef {
   dataset: string;
@@ -113,15 +124,12 @@ export async function divertLegacyEvents(
     });
   }
   if (holding.length === 0) return 0;
-  try {
-    await holdEvents(env.DB, project, holding);
-  } catch (err) {
-    console.error(JSON.stringify({ msg: 'legacy events could not be held', error: String(err) }));
-    for (const h of holding) result.rejected.push({ index: h.index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
-    return 0;
-  }
-  for (const h of holding) result.rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.event.row.id, duplicate: false };
-  return holding.length;
+  // Held in order, a transaction at a time: those of a transaction that failed (and after it) are
+  // refused, retryable; the others are held and counted, so accepted is exactly what was held.
+  const held = await holdEvents(env.DB, project, holding);
+  for (const h of holding.slice(0, held)) result.rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.event.row.id, duplicate: false };
+  for (const h of holding.slice(held)) result.rejected.push({ index: h.index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
+  return held;
 }
 
 type HeldItem = { index: number; deviceId: string; event: DeviceEvent; ref: LegacyRef };
@@ -148,7 +156,12 @@ async function translate(env: Env, projectId: string, byDataset: Map<string, Arr
   }
 }
 
-async function holdEvents(d1: D1Database, project: ProjectAuth, items: readonly HeldItem[]): Promise<void> {
+/**
+ * Holds `items` in order, in transactions of at most HOLD_TRANSACTION_BYTES of event text, each
+ * with its rows and the datasets' counts: all of a transaction or none of it. Returns how many of
+ * the first items are held; it stops at the first transaction D1 refused.
+ */
+async function holdEvents(d1: D1Database, project: ProjectAuth, items: readonly HeldItem[]): Promise<number> {
   const db = drizzle(d1);
   const now = Date.now();
   const values = items.map((h) => ({
@@ -160,33 +173,47 @@ async function holdEvents(d1: D1Database, project: ProjectAuth, items: readonly 
     event: JSON.stringify(h.event),
     heldAt: now,
   }));
-  // Statements stay under D1's 100 bound parameters and 100 KB each.
-  const statements: BatchItem<'sqlite'>[] = [];
-  let group: typeof values = [];
+  let held = 0;
+  for (const part of splitByBytes(values, HOLD_TRANSACTION_BYTES, Infinity)) {
+    const statements: BatchItem<'sqlite'>[] = splitByBytes(part, HELD_BYTES_PER_INSERT, HELD_ROWS_PER_INSERT).map((rows) => db.insert(heldEvents).values(rows));
+    // The dataset's count moves with its rows.
+    const perDataset = new Map<string, number>();
+    for (const v of part) perDataset.set(v.dataset, (perDataset.get(v.dataset) ?? 0) + 1);
+    for (const [dataset, n] of perDataset) {
+      statements.push(
+        db
+          .insert(legacyDatasets)
+          .values({ projectId: project.projectId, dataset, held: n })
+          .onConflictDoUpdate({ target: [legacyDatasets.projectId, legacyDatasets.dataset], set: { held: sql`${legacyDatasets.held} + ${n}` } }),
+      );
+    }
+    try {
+      await db.batch(statements as [BatchItem<'sqlite'>, ...BatchItem<'sqlite'>[]]);
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'legacy events could not be held', held, refused: values.length - held, error: String(err) }));
+      break;
+    }
+    held += part.length;
+  }
+  return held;
+}
+
+/** Consecutive runs of `rows`, each within `maxBytes` of event text (one row may exceed it alone) and `maxRows`. */
+function splitByBytes<T extends { event: string }>(rows: readonly T[], maxBytes: number, maxRows: number): T[][] {
+  const out: T[][] = [];
+  let group: T[] = [];
   let bytes = 0;
-  for (const v of values) {
-    if (group.length && (group.length >= HELD_ROWS_PER_INSERT || bytes + v.event.length > HELD_BYTES_PER_INSERT)) {
-      statements.push(db.insert(heldEvents).values(group));
+  for (const r of rows) {
+    if (group.length && (group.length >= maxRows || bytes + r.event.length > maxBytes)) {
+      out.push(group);
       group = [];
       bytes = 0;
     }
-    group.push(v);
-    bytes += v.event.length;
+    group.push(r);
+    bytes += r.event.length;
   }
-  if (group.length) statements.push(db.insert(heldEvents).values(group));
-  // The dataset's count moves with its rows.
-  const perDataset = new Map<string, number>();
-  for (const v of values) perDataset.set(v.dataset, (perDataset.get(v.dataset) ?? 0) + 1);
-  for (const [dataset, n] of perDataset) {
-    statements.push(
-      db
-        .insert(legacyDatasets)
-        .values({ projectId: project.projectId, dataset, held: n })
-        .onConflictDoUpdate({ target: [legacyDatasets.projectId, legacyDatasets.dataset], set: { held: sql`${legacyDatasets.held} + ${n}` } }),
-    );
-  }
-  // One batch is one transaction: all of them are held and counted, or none (and the route says retry).
-  await db.batch(statements as [BatchItem<'sqlite'>, ...BatchItem<'sqlite'>[]]);
+  if (group.length) out.push(group);
+  return out;
 }
 
 /** Realtime events of a project's dataset waiting for its initial import. */
@@ -214,7 +241,18 @@ export async function releaseHeldEvents(env: Env, key: DatasetKey, { maxMs = 20_
   const started = Date.now();
   let released = 0;
   while (Date.now() - started < maxMs) {
-    const page = await db.select().from(heldEvents).where(ofDataset).orderBy(asc(heldEvents.seq)).limit(RELEASE_PAGE).all();
+    // A page is bounded in bytes too: held events may be 32 KB each (more as stored), and a page is
+    // one D1 read and one call per device object.
+    const sizes = await db
+      .select({ seq: heldEvents.seq, bytes: sql<number>`length(CAST(${heldEvents.event} AS BLOB))` })
+      .from(heldEvents)
+      .where(ofDataset)
+      .orderBy(asc(heldEvents.seq))
+      .limit(RELEASE_PAGE_ROWS)
+      .all();
+    const last = releasePageEnd(sizes, RELEASE_PAGE_BYTES);
+    const page = last === null ? [] : await db.select().from(heldEvents).where(and(ofDataset, lte(heldEvents.seq, last))).orderBy(asc(heldEvents.seq)).limit(RELEASE_PAGE_ROWS).all();
+    if (last !== null && page.length === 0) continue; // a release running alongside took them
     if (page.length === 0) {
       // Nothing waits: the count says so too, whatever a cut-short release left in it.
       await db
@@ -261,6 +299,21 @@ export async function releaseHeldEvents(env: Env, key: DatasetKey, { maxMs = 20_
     }
   }
   return released;
+}
+
+/**
+ * The last seq of a release page over `rows` (oldest first): as many as fit `maxBytes`, and always
+ * the first, however large, so a page never stalls the release. null when nothing is held.
+ */
+export function releasePageEnd(rows: ReadonlyArray<{ seq: number; bytes: number }>, maxBytes: number): number | null {
+  let end: number | null = null;
+  let total = 0;
+  for (const r of rows) {
+    if (end !== null && total + r.bytes > maxBytes) break;
+    total += r.bytes;
+    end = r.seq;
+  }
+  return end;
 }
 
 /** The sessions ClickHouse holds within a session gap of each device's released `track` events. */

@@ -8,13 +8,16 @@ import { requireAdmin, type AppEnv } from '../auth';
 import { getConfig } from '../config';
 import { projects } from '../db/schema';
 import { ApiError } from '../errors';
-import { applyAction, startJob } from '../jobs/actions';
-import { ACTIVE } from '../jobs/states';
-import { jobStore, toView } from '../jobs/store';
+import { applyAction, startExclusiveJob } from '../jobs/actions';
+import { ACTIVE, type JobState } from '../jobs/states';
+import { jobStore, toView, type JobRow } from '../jobs/store';
 import { LegacyImportParams } from '../legacy/params';
 import { validationHook } from './validation';
 
 export const BackfillRequest = z.discriminatedUnion('type', [LegacyImportParams]);
+
+/** An import of a (project, dataset) blocks another while it is in one of these states. */
+const BLOCKING_IMPORT: readonly JobState[] = [...ACTIVE, 'paused'];
 
 const IdParam = z.object({ id: z.string().min(1).max(64) });
 const ActionParam = IdParam.extend({ action: z.enum(['pause', 'resume', 'cancel', 'retry']) });
@@ -29,11 +32,15 @@ export const adminBackfillsRoute = new Hono<AppEnv>()
     const project = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
     if (!project) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
     // Two imports of one dataset into one project at once would race each other's writes.
-    const active = await jobStore(c.env.DB).others('', body.type, { projectId: body.projectId, dataset: body.dataset }, [...ACTIVE, 'paused']);
-    if (active.length) {
-      throw new ApiError(409, 'import_already_active', `an import of ${body.dataset} into this project is already ${active[0]!.state}`, { id: active[0]!.id, state: active[0]!.state });
-    }
-    const job = await startJob(c.env, body.type, body);
+    const store = jobStore(c.env.DB);
+    const match = { projectId: body.projectId, dataset: body.dataset };
+    const alreadyActive = (active: JobRow | undefined) =>
+      new ApiError(409, 'import_already_active', `an import of ${body.dataset} into this project is already ${active?.state ?? 'active'}`, active ? { id: active.id, state: active.state } : undefined);
+    // Read first so the common refusal sends no message; the conditional write decides a race.
+    const [active] = await store.others('', body.type, match, BLOCKING_IMPORT);
+    if (active) throw alreadyActive(active);
+    const job = await startExclusiveJob(c.env, body.type, body, match, BLOCKING_IMPORT);
+    if (!job) throw alreadyActive((await store.others('', body.type, match, BLOCKING_IMPORT))[0]);
     return c.json({ id: job.id, state: job.state }, 202);
   })
   .get('/admin/backfills', requireAdmin, async (c) => {

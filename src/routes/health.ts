@@ -1,11 +1,23 @@
 // GET /healthz (public) and GET /admin/health (operators): failures are reported, never swallowed.
+import { asc, sql } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
 import { Hono } from 'hono';
 import { requireAdmin, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { ConfigError, getConfig } from '../config';
+import { stalledOutboxes } from '../db/schema';
 import type { Env } from '../env';
 import { jobsHealth } from '../jobs/health';
 import { deadLetterStats } from '../pipeline/dead-letters';
+
+/**
+ * A device outbox that has not reached the ingest queue for this long makes `/admin/health` not ok.
+ * Shorter stalls are shown but are no alarm: the object's back-off (1 s doubling) rides out a
+ * queue hiccup by itself within a few minutes.
+ */
+export const STALLED_OUTBOX_ALERT_SEC = 5 * 60;
+/** Stalled outboxes listed by name (the oldest first); the counts cover all of them. */
+const STALLED_LISTED = 10;
 
 async function clickhouseStatus(env: Env): Promise<'ok' | 'down'> {
   try {
@@ -27,6 +39,72 @@ function misconfigured(env: Env): string[] {
   }
 }
 
+/**
+ * ClickHouse as it is, whatever else is misconfigured: only invalid ClickHouse settings leave
+ * nothing to reach ('down'). Other invalid settings are left at their defaults for the ping.
+ */
+async function clickhouseStatusDespite(env: Env, invalid: readonly string[]): Promise<'ok' | 'down'> {
+  if (invalid.some((s) => /^clickhouse/i.test(s))) return 'down';
+  if (!invalid.length) return clickhouseStatus(env);
+  const withDefaults = { ...env, ...Object.fromEntries(invalid.map((s) => [s, undefined])) } as Env;
+  return clickhouseStatus(withDefaults).catch(() => 'down' as const);
+}
+
+export interface StalledOutbox {
+  projectId: string;
+  deviceId: string;
+  pendingRows: number;
+  since: string;
+  failures: number;
+  lastError: string;
+  updatedAt: string;
+}
+
+export interface IngestBacklog {
+  /** Device objects whose outbox flush to the ingest queue fails (reported by each object). */
+  stalledDevices: number;
+  /** Events (and session rows) waiting in those outboxes, as of each one's last attempt. */
+  pendingRows: number;
+  /** Since when the oldest stall has lasted; null when none. */
+  oldestStalledAgeSec: number | null;
+  stalled: StalledOutbox[];
+}
+
+async function ingestBacklog(d1: D1Database, nowMs: number): Promise<IngestBacklog> {
+  const db = drizzle(d1);
+  try {
+    const [totals, oldest] = await Promise.all([
+      db
+        .select({
+          devices: sql<number>`count(*)`,
+          rows: sql<number>`coalesce(sum(${stalledOutboxes.pendingRows}), 0)`,
+          since: sql<number | null>`min(${stalledOutboxes.since})`,
+        })
+        .from(stalledOutboxes)
+        .get(),
+      db.select().from(stalledOutboxes).orderBy(asc(stalledOutboxes.since)).limit(STALLED_LISTED).all(),
+    ]);
+    const since = totals?.since ?? null;
+    return {
+      stalledDevices: totals?.devices ?? 0,
+      pendingRows: totals?.rows ?? 0,
+      oldestStalledAgeSec: since === null ? null : Math.max(0, Math.floor((nowMs - since) / 1000)),
+      stalled: oldest.map((s) => ({
+        projectId: s.projectId,
+        deviceId: s.deviceId,
+        pendingRows: s.pendingRows,
+        since: new Date(s.since).toISOString(),
+        failures: s.failures,
+        lastError: s.lastError,
+        updatedAt: new Date(s.updatedAt).toISOString(),
+      })),
+    };
+  } catch (err) {
+    const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : String(err);
+    throw new Error(`cannot read stalled outboxes from D1: ${cause}`);
+  }
+}
+
 export const healthRoute = new Hono<AppEnv>()
   .get('/healthz', async (c) => {
     const status = await clickhouseStatus(c.env);
@@ -35,24 +113,45 @@ export const healthRoute = new Hono<AppEnv>()
   })
   .get('/admin/health', requireAdmin, async (c) => {
     const errors: string[] = [];
+    const now = Date.now();
     const invalid = misconfigured(c.env);
     if (invalid.length) errors.push(`misconfigured: invalid settings ${invalid.join(', ')}`);
-    const status = invalid.length ? 'down' : await clickhouseStatus(c.env);
-    const deadLetters = await deadLetterStats(c.env.ARCHIVE, Date.now()).catch((err: unknown) => {
-      errors.push(`dead letters: ${String(err)}`);
-      return null;
-    });
-    const jobs = await jobsHealth(c.env).catch((err: unknown) => {
-      errors.push(`jobs: ${String(err)}`);
-      return null;
-    });
+    const [status, deadLetters, jobs, backlog] = await Promise.all([
+      clickhouseStatusDespite(c.env, invalid),
+      deadLetterStats(c.env.ARCHIVE, now).catch((err: unknown) => {
+        errors.push(`dead letters: ${String(err)}`);
+        return null;
+      }),
+      jobsHealth(c.env).catch((err: unknown) => {
+        errors.push(`jobs: ${String(err)}`);
+        return null;
+      }),
+      ingestBacklog(c.env.DB, now).catch((err: unknown) => {
+        errors.push(`ingest backlog: ${String(err)}`);
+        return null;
+      }),
+    ]);
+    // Quarantined dead letters never go back by themselves: an operator must act.
+    if (deadLetters?.quarantined) {
+      errors.push(`dead letters: ${deadLetters.quarantined} quarantined message(s) wait for an operator (GET /admin/dead-letters)`);
+    }
+    if (backlog && (backlog.oldestStalledAgeSec ?? 0) >= STALLED_OUTBOX_ALERT_SEC) {
+      const oldest = backlog.stalled[0];
+      errors.push(
+        `ingest: ${backlog.stalledDevices} device outbox(es) cannot reach the ingest queue (${backlog.pendingRows} rows wait), the oldest for ${backlog.oldestStalledAgeSec} s${oldest ? `: ${oldest.lastError}` : ''}`,
+      );
+    }
     const ok = status === 'ok' && errors.length === 0;
     return c.json(
       {
         ok,
         clickhouse: status,
         jobs: jobs ?? { running: null, failed: null },
-        ingest: { deadLetters: deadLetters?.parked ?? null, deadLettersTruncated: deadLetters?.truncated ?? null },
+        ingest: {
+          deadLetters: deadLetters?.parked ?? null,
+          deadLettersTruncated: deadLetters?.truncated ?? null,
+          ...(backlog ?? { stalledDevices: null, pendingRows: null, oldestStalledAgeSec: null, stalled: null }),
+        },
         // Parked messages wait for the cron's re-drive; quarantined ones for an operator.
         deadLetters: deadLetters ?? { parked: null, oldestAgeSec: null, quarantined: null, truncated: null },
         ...(invalid.length ? { misconfigured: invalid } : {}),
