@@ -4,7 +4,7 @@ import { createExecutionContext, createScheduledController, env, SELF } from 'cl
 import { describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { IDEMPOTENCY_TTL_MS } from '../src/ingest/idempotency';
-import { countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
+import { ch, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
 
 interface BatchResult {
   accepted: number;
@@ -133,5 +133,21 @@ describe('Idempotency-Key', () => {
     expect(((await retry.json()) as BatchResult).accepted).toBe(4);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
     expect(await countEvents(p.id)).toEqual({ rows: 4, ids: 4 });
+  });
+
+  it('redoes a retry from another network as the first request: same cookieless device, rows counted as duplicates', async () => {
+    const p = await createProject();
+    // No __deviceId: the device id is derived from the client's address and user agent.
+    const body = JSON.stringify({ events: Array.from({ length: 4 }, (_, i) => trackEvent('tap', { i })) });
+    const wifi = { 'idempotency-key': 'moved', 'cf-connecting-ip': '198.51.100.7', 'user-agent': 'app/1.0' };
+    const first = await postBatch(p, body, wifi);
+    expect(((await first.json()) as BatchResult).accepted).toBe(4);
+    // The first request died before its answer was stored; the phone retries from cellular.
+    await env.DB.prepare('UPDATE idempotency_keys SET status = NULL, response = NULL, held_at = ?3 WHERE project_id = ?1 AND key = ?2').bind(p.id, 'moved', Date.now() - 120_000).run();
+    const retry = await postBatch(p, body, { ...wifi, 'cf-connecting-ip': '203.0.113.99' });
+    expect(await retry.json()).toEqual({ accepted: 0, duplicates: 4, rejected: [] });
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
+    const devices = await ch().query<{ d: string }>('SELECT DISTINCT device_id AS d FROM events WHERE project_id = {p:String}', { p: p.id });
+    expect(devices).toHaveLength(1);
   });
 });

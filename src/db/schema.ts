@@ -115,6 +115,12 @@ export const idempotencyKeys = sqliteTable(
     createdAt: integer('created_at').notNull(),
     /** When the request now holding the key took it; 0 once released. */
     heldAt: integer('held_at').notNull(),
+    /**
+     * The first request's client address and user agent: a retry from another network (a phone
+     * moving from Wi-Fi to cellular) derives the same cookieless device ids. Forgotten with the key.
+     */
+    clientIp: text('client_ip').notNull().default(''),
+    userAgent: text('user_agent').notNull().default(''),
   },
   (t) => [primaryKey({ columns: [t.projectId, t.key] }), index('idempotency_keys_created_idx').on(t.createdAt)],
 );

@@ -27,13 +27,16 @@ export function clientIp(request: Request): string {
   return (h.get('cf-connecting-ip') ?? h.get('x-forwarded-for')?.split(',')[0] ?? h.get('x-real-ip') ?? '').trim();
 }
 
-/** `receivedAtMs`: a retried idempotent request keeps the first one's receipt time. */
-export function requestContext(request: Request, sentAtMs?: number, receivedAtMs = Date.now()): RequestContext {
+/**
+ * `receivedAtMs` and `client`: a retried idempotent request keeps the first one's receipt time and
+ * client identity, so rows without ids of their own get the same dedup keys and device ids.
+ */
+export function requestContext(request: Request, sentAtMs?: number, receivedAtMs = Date.now(), client?: { ip: string; userAgent: string }): RequestContext {
   return {
     receivedAtMs,
     sentAtMs,
-    ip: clientIp(request),
-    userAgent: request.headers.get('user-agent') ?? '',
+    ip: client?.ip ?? clientIp(request),
+    userAgent: client?.userAgent ?? request.headers.get('user-agent') ?? '',
     geo: geoOf(request),
   };
 }

@@ -5,6 +5,7 @@ import { drizzle } from 'drizzle-orm/d1';
 import { z } from 'zod';
 import { idempotencyKeys } from '../db/schema';
 import { ApiError } from '../errors';
+import { clientIp } from './context';
 
 /** How long a key is remembered. */
 export const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
@@ -13,8 +14,14 @@ const HOLD_MS = 60_000;
 
 const KeyHeader = z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/);
 
+/** Who sent a request, as the cookieless device id is derived from it. */
+export interface ClientIdentity {
+  ip: string;
+  userAgent: string;
+}
+
 export type IdempotencyStart =
-  | { kind: 'first'; receivedAtMs: number; finish(status: number, body: unknown, final: boolean): Promise<void> }
+  | { kind: 'first'; receivedAtMs: number; client: ClientIdentity; finish(status: number, body: unknown, final: boolean): Promise<void> }
   | { kind: 'replay'; status: number; body: unknown }
   | { kind: 'none' };
 
@@ -35,8 +42,9 @@ export async function startIdempotent(d1: D1Database, request: Request, projectI
   if (!parsed.success) throw new ApiError(400, 'invalid_idempotency_key', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
   const key = parsed.data;
   const bodySha256 = await digestHex(body);
+  const client = { ip: clientIp(request), userAgent: request.headers.get('user-agent') ?? '' };
   try {
-    return await claim(d1, projectId, key, route, bodySha256, nowMs);
+    return await claim(d1, projectId, key, route, bodySha256, nowMs, client);
   } catch (err) {
     if (err instanceof ApiError) throw err;
     // The key cannot be checked, so the request cannot be run safely: nothing was stored, retry.
@@ -48,15 +56,16 @@ export async function startIdempotent(d1: D1Database, request: Request, projectI
 const inProgress = () =>
   new ApiError(409, 'idempotency_in_progress', 'a request with this Idempotency-Key is being processed; retry', { retryable: true }, { 'Retry-After': '1' });
 
-async function claim(d1: D1Database, projectId: string, key: string, route: string, bodySha256: string, nowMs: number): Promise<IdempotencyStart> {
+async function claim(d1: D1Database, projectId: string, key: string, route: string, bodySha256: string, nowMs: number, client: ClientIdentity): Promise<IdempotencyStart> {
   const db = drizzle(d1);
   const where = and(eq(idempotencyKeys.projectId, projectId), eq(idempotencyKeys.key, key));
   const inserted = await db
     .insert(idempotencyKeys)
-    .values({ projectId, key, route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs })
+    .values({ projectId, key, route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs, clientIp: client.ip, userAgent: client.userAgent })
     .onConflictDoNothing()
     .returning({ key: idempotencyKeys.key });
   let receivedAtMs = nowMs;
+  let first = client;
   if (inserted.length === 0) {
     const row = await db.select().from(idempotencyKeys).where(where).get();
     if (!row) throw inProgress();
@@ -64,7 +73,7 @@ async function claim(d1: D1Database, projectId: string, key: string, route: stri
       // A forgotten key (past the TTL, not pruned yet) is a new one: take the row over as such.
       const renewed = await db
         .update(idempotencyKeys)
-        .set({ route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs, status: null, response: null })
+        .set({ route, bodySha256, receivedAtMs: nowMs, createdAt: nowMs, heldAt: nowMs, status: null, response: null, clientIp: client.ip, userAgent: client.userAgent })
         .where(and(where, eq(idempotencyKeys.createdAt, row.createdAt)))
         .returning({ key: idempotencyKeys.key });
       if (renewed.length === 0) throw inProgress();
@@ -81,13 +90,16 @@ async function claim(d1: D1Database, projectId: string, key: string, route: stri
         .where(and(where, eq(idempotencyKeys.heldAt, row.heldAt), sql`${idempotencyKeys.status} IS NULL`))
         .returning({ key: idempotencyKeys.key });
       if (taken.length === 0) throw inProgress();
+      // The retry is the first request again: same receipt time, same client identity.
       receivedAtMs = row.receivedAtMs;
+      first = { ip: row.clientIp, userAgent: row.userAgent };
     }
   }
   const heldAt = nowMs;
   return {
     kind: 'first',
     receivedAtMs,
+    client: first,
     async finish(status, responseBody, final) {
       const mine = and(where, eq(idempotencyKeys.heldAt, heldAt));
       if (final) await db.update(idempotencyKeys).set({ status, response: JSON.stringify(responseBody), heldAt: 0 }).where(mine);
@@ -106,13 +118,13 @@ export async function withIdempotency(
   projectId: string,
   route: string,
   body: Uint8Array,
-  handle: (receivedAtMs: number) => Promise<{ status: number; body: unknown; final: boolean }>,
+  handle: (receivedAtMs: number, client?: ClientIdentity) => Promise<{ status: number; body: unknown; final: boolean }>,
 ): Promise<Response> {
   const nowMs = Date.now();
   const start = await startIdempotent(d1, request, projectId, route, body, nowMs);
   if (start.kind === 'replay') return Response.json(start.body, { status: start.status, headers: { 'Idempotent-Replayed': 'true' } });
   try {
-    const answer = await handle(start.kind === 'first' ? start.receivedAtMs : nowMs);
+    const answer = start.kind === 'first' ? await handle(start.receivedAtMs, start.client) : await handle(nowMs);
     // The rows are accepted whatever happens to the stored answer: a failure to store it must not
     // turn this answer into an error. The key stays held; a retry after HOLD_MS redoes the request
     // with the first receipt time, so every accepted row comes back as a duplicate.

@@ -10,7 +10,7 @@ import { BatchBody, MAX_BATCH_EVENTS, MAX_BODY_BYTES } from '../ingest/wire';
 
 export const trackBatchRoute = new Hono<AppEnv>().post('/track/batch', requireClient, ingestRateLimit, async (c) => {
   const { json: body, bytes } = await readJsonBodyBytes(c.req.raw, MAX_BODY_BYTES);
-  return withIdempotency(c.env.DB, c.req.raw, c.get('project').projectId, 'track/batch', bytes, async (receivedAtMs) => {
+  return withIdempotency(c.env.DB, c.req.raw, c.get('project').projectId, 'track/batch', bytes, async (receivedAtMs, client) => {
     const parsed = BatchBody.safeParse(body);
     if (!parsed.success) {
       throw new ApiError(400, 'invalid_batch', 'the body must be { "events": [...], "sentAt"?: ISO-8601 }', {
@@ -24,7 +24,7 @@ export const trackBatchRoute = new Hono<AppEnv>().post('/track/batch', requireCl
         events: events.length,
       });
     }
-    const context = requestContext(c.req.raw, sentAt ? Date.parse(sentAt) : undefined, receivedAtMs);
+    const context = requestContext(c.req.raw, sentAt ? Date.parse(sentAt) : undefined, receivedAtMs, client);
     const result = await acceptEvents(c.env, c.get('project'), events, context);
     return {
       status: 202,

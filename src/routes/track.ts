@@ -10,8 +10,8 @@ import { MAX_EVENT_BYTES } from '../ingest/wire';
 
 export const trackRoute = new Hono<AppEnv>().post('/track', requireClient, ingestRateLimit, async (c) => {
   const { json: body, bytes } = await readJsonBodyBytes(c.req.raw, MAX_EVENT_BYTES);
-  return withIdempotency(c.env.DB, c.req.raw, c.get('project').projectId, 'track', bytes, async (receivedAtMs) => {
-    const result = await acceptEvents(c.env, c.get('project'), [body], requestContext(c.req.raw, undefined, receivedAtMs));
+  return withIdempotency(c.env.DB, c.req.raw, c.get('project').projectId, 'track', bytes, async (receivedAtMs, client) => {
+    const result = await acceptEvents(c.env, c.get('project'), [body], requestContext(c.req.raw, undefined, receivedAtMs, client));
     const rejection = result.rejected[0];
     if (rejection) {
       if (rejection.reason === 'internal') {
