@@ -1,0 +1,863 @@
+// Pure fleet core: fix validation, filters, trips, mileage across local midnight, incremental
+// recompute and live status. Inputs come from seeded generators, so every run sees the same data.
+import { describe, expect, it } from 'vitest';
+import { EARTH_RADIUS_M, haversineM, isValidLatLon, simplifyTrack, type LatLon } from '../src/fleet/geo';
+import { EMPTY_HISTORY, planRecompute, planTrackRead, recomputeHistory, type FleetHistory } from '../src/fleet/incremental';
+import {
+  assertTimeZone,
+  dailyMileage,
+  InvalidDateError,
+  InvalidTimeZoneError,
+  localMidnights,
+  mileageBuckets,
+  type MileageDay,
+} from '../src/fleet/mileage';
+import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
+import { DEFAULT_FLEET_RULES, resolveFleetRules, type FleetRules } from '../src/fleet/rules';
+import { advanceLive, liveFromAccepted, liveStatus, newerFix, type LivePosition } from '../src/fleet/status';
+import { analyse, canonicalFixes, type Trip } from '../src/fleet/trips';
+
+const RULES: FleetRules = { ...DEFAULT_FLEET_RULES };
+const DAY = Date.UTC(2024, 5, 15); // 2024-06-15T00:00Z
+const MIN = 60_000;
+const HOUR = 3_600_000;
+
+// ---------------------------------------------------------------------------------------------
+// Seeded generators
+
+/** mulberry32: a small seeded PRNG, so every failing case can be replayed. */
+function prng(seed: number) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    next,
+    between: (lo: number, hi: number) => lo + (hi - lo) * next(),
+    int: (lo: number, hi: number) => Math.floor(lo + (hi - lo + 1) * next()),
+    chance: (p: number) => next() < p,
+    shuffle<T>(xs: T[]): T[] {
+      for (let i = xs.length - 1; i > 0; i--) {
+        const j = Math.floor(next() * (i + 1));
+        [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+      }
+      return xs;
+    },
+  };
+}
+type Rng = ReturnType<typeof prng>;
+
+const RAD = Math.PI / 180;
+
+/** The point `distM` from `p` along the great circle leaving at `bearingDeg`. */
+function destination(p: LatLon, bearingDeg: number, distM: number): LatLon {
+  const d = distM / EARTH_RADIUS_M;
+  const th = bearingDeg * RAD;
+  const f1 = p.lat * RAD;
+  const f2 = Math.asin(Math.sin(f1) * Math.cos(d) + Math.cos(f1) * Math.sin(d) * Math.cos(th));
+  const l2 = p.lon * RAD + Math.atan2(Math.sin(th) * Math.sin(d) * Math.cos(f1), Math.cos(d) - Math.sin(f1) * Math.sin(f2));
+  return { lat: f2 / RAD, lon: l2 / RAD };
+}
+
+/** A point moved by a random offset between minM and maxM metres. */
+function jitter(rng: Rng, p: LatLon, minM: number, maxM: number): LatLon {
+  return destination(p, rng.between(0, 360), rng.between(minM, maxM));
+}
+
+interface Route {
+  vertices: LatLon[];
+  cumulative: number[];
+  lengthM: number;
+}
+
+function makeRoute(start: LatLon, legs: Array<[bearingDeg: number, lengthM: number]>): Route {
+  const vertices = [start];
+  for (const [b, l] of legs) vertices.push(destination(vertices[vertices.length - 1]!, b, l));
+  const cumulative = [0];
+  for (let i = 1; i < vertices.length; i++) cumulative.push(cumulative[i - 1]! + haversineM(vertices[i - 1]!, vertices[i]!));
+  return { vertices, cumulative, lengthM: cumulative[cumulative.length - 1]! };
+}
+
+function pointAlong(r: Route, s: number): LatLon {
+  let i = 1;
+  while (i < r.cumulative.length - 1 && r.cumulative[i]! < s) i++;
+  const a = r.vertices[i - 1]!;
+  const b = r.vertices[i]!;
+  const leg = r.cumulative[i]! - r.cumulative[i - 1]!;
+  const t = leg === 0 ? 0 : Math.min(1, Math.max(0, (s - r.cumulative[i - 1]!) / leg));
+  return { lat: a.lat + (b.lat - a.lat) * t, lon: a.lon + (b.lon - a.lon) * t };
+}
+
+type Phase = { kind: 'move'; from: number; dist: number; durS: number; vmax: number } | { kind: 'wait'; at: number; durS: number };
+const ACCEL = 1.5; // m/s²
+
+function movePhase(from: number, dist: number, vmax: number): Phase {
+  const v = Math.min(vmax, Math.sqrt(dist * ACCEL)); // triangular profile when the cruise speed is out of reach
+  return { kind: 'move', from, dist, durS: dist / v + v / ACCEL, vmax: v };
+}
+
+/** Position along the route and speed (m/s) at `t` seconds into a phase. */
+function phaseState(p: Phase, t: number): { s: number; v: number } {
+  if (p.kind === 'wait') return { s: p.at, v: 0 };
+  const ta = p.vmax / ACCEL;
+  const da = 0.5 * ACCEL * ta * ta;
+  if (t <= ta) return { s: p.from + 0.5 * ACCEL * t * t, v: ACCEL * t };
+  if (t <= p.durS - ta) return { s: p.from + da + p.vmax * (t - ta), v: p.vmax };
+  const r = Math.max(0, p.durS - t);
+  return { s: p.from + p.dist - 0.5 * ACCEL * r * r, v: ACCEL * r };
+}
+
+class FixLog {
+  readonly fixes: Fix[] = [];
+  private seq = 0;
+  constructor(readonly rng: Rng, readonly prefix = 'f') {}
+
+  add(fix: Omit<Fix, 'id'>): Fix {
+    const f = { id: `${this.prefix}${String(this.seq++).padStart(6, '0')}`, ...fix };
+    this.fixes.push(f);
+    return f;
+  }
+
+  /** Parked at `at` with 3–5 m of GPS jitter, a fix every `intervalMs` in [fromMs, toMs). */
+  park(at: LatLon, fromMs: number, toMs: number, opts: { intervalMs?: number; ignition?: boolean; speed?: boolean } = {}) {
+    for (let t = fromMs; t < toMs; t += opts.intervalMs ?? MIN) {
+      const p = jitter(this.rng, at, 3, 5);
+      this.add({
+        atMs: t,
+        ...p,
+        ...(opts.speed === false || this.rng.chance(0.2) ? {} : { speedKmh: this.rng.between(0, 1) }),
+        ...(this.rng.chance(0.3) ? {} : { accuracyM: this.rng.between(4, 12) }),
+        ...(opts.ignition === undefined ? {} : { ignition: opts.ignition }),
+      });
+    }
+  }
+
+  /**
+   * Drives `route` from `startMs` (stopped at both ends; optional waits at route positions), a fix
+   * every `intervalMs` and one at arrival. Returns the arrival time.
+   */
+  drive(route: Route, startMs: number, opts: { intervalMs?: number; cruiseKmh?: number; waits?: Array<[atM: number, durS: number]>; speed?: boolean; ignition?: boolean; noiseM?: number } = {}): number {
+    const vmax = (opts.cruiseKmh ?? 50) / 3.6;
+    const phases: Phase[] = [];
+    let s = 0;
+    for (const [at, dur] of opts.waits ?? []) {
+      phases.push(movePhase(s, at - s, vmax), { kind: 'wait', at, durS: dur });
+      s = at;
+    }
+    phases.push(movePhase(s, route.lengthM - s, vmax));
+    const totalS = phases.reduce((sum, p) => sum + p.durS, 0);
+    const stateAt = (t: number) => {
+      let rest = t;
+      for (const p of phases) {
+        if (rest <= p.durS) return phaseState(p, rest);
+        rest -= p.durS;
+      }
+      return { s: route.lengthM, v: 0 };
+    };
+    const intervalMs = opts.intervalMs ?? 5000;
+    const endMs = startMs + Math.round(totalS * 1000);
+    const sample = (atMs: number) => {
+      const { s: pos, v } = stateAt((atMs - startMs) / 1000);
+      const p = jitter(this.rng, pointAlong(route, pos), 0, opts.noiseM ?? 1.5);
+      this.add({
+        atMs,
+        ...p,
+        ...(opts.speed === false ? {} : { speedKmh: Math.max(0, v * 3.6 + (v > 0 ? this.rng.between(-1, 1) : 0)) }),
+        accuracyM: this.rng.between(3, 8),
+        ...(opts.ignition === undefined ? {} : { ignition: opts.ignition }),
+      });
+    };
+    for (let t = startMs; t < endMs; t += intervalMs) sample(t);
+    sample(endMs);
+    return endMs;
+  }
+}
+
+const HOME: LatLon = { lat: 52.52, lon: 13.405 };
+
+interface SyntheticDay {
+  fixes: Fix[];
+  routes: Route[];
+  /** The fixes of each parked period (teleports and low-accuracy fixes left out). */
+  parkedPeriods: Fix[][];
+}
+
+/**
+ * One vehicle's day: parked hours with 3–5 m jitter, three trips along known routes (one with a
+ * 60 s wait at a light, one reporting ignition), two teleport fixes and some low-accuracy fixes.
+ */
+function syntheticDay(seed: number): SyntheticDay {
+  const rng = prng(seed);
+  const log = new FixLog(rng);
+  const routeA = makeRoute(HOME, [[80, 2600], [110, 3100], [60, 2400], [95, 2200], [130, 1800]]);
+  const routeB = makeRoute(routeA.vertices[routeA.vertices.length - 1]!, [[200, 2500], [170, 2200], [215, 1900], [190, 2300]]);
+  const routeC = makeRoute(routeB.vertices[routeB.vertices.length - 1]!, [[300, 3500], [330, 3000], [285, 2800], [320, 3200], [300, 2600]]);
+  const endOf = (r: Route) => r.vertices[r.vertices.length - 1]!;
+  const parked: Array<[LatLon, number, number]> = [];
+  const park = (at: LatLon, from: number, to: number, opts?: Parameters<FixLog['park']>[3]) => {
+    parked.push([at, from, to]);
+    log.park(at, from, to, opts);
+  };
+
+  park(HOME, DAY, DAY + 7 * HOUR);
+  const aEnd = log.drive(routeA, DAY + 7 * HOUR);
+  park(endOf(routeA), aEnd + MIN, DAY + 9.5 * HOUR);
+  const bEnd = log.drive(routeB, DAY + 9.5 * HOUR, { waits: [[4200, 60]] });
+  park(endOf(routeB), bEnd + MIN, DAY + 12 * HOUR);
+  const cStart = DAY + 12 * HOUR;
+  const cEnd = log.drive(routeC, cStart, { ignition: true, cruiseKmh: 70 });
+  park(endOf(routeC), cEnd + MIN, DAY + 24 * HOUR, { ignition: false });
+
+  const parkedCount = log.fixes.length;
+  // Two teleports: one while parked at home, one in the middle of trip C.
+  log.add({ atMs: DAY + 3 * HOUR + 30_500, ...destination(HOME, 45, 8000), speedKmh: 0, accuracyM: 6 });
+  const mid = cStart + Math.round((cEnd - cStart) / 2 / 5000) * 5000 + 2500;
+  log.add({ atMs: mid, ...destination(pointAlong(routeC, routeC.lengthM / 2), 250, 30_000), speedKmh: 70, accuracyM: 5, ignition: true });
+  // Low-accuracy fixes, far off, spread over the day.
+  for (let k = 0; k < 8; k++) {
+    const atMs = DAY + Math.round(rng.between(0.5, 23.5) * HOUR) + 1;
+    log.add({ atMs, ...jitter(rng, HOME, 300, 2000), speedKmh: rng.between(0, 40), accuracyM: rng.between(150, 900) });
+  }
+  const generated = log.fixes.slice(0, parkedCount);
+  const parkedPeriods = parked.map(([, from, to]) => generated.filter((f) => f.atMs >= from && f.atMs < to));
+  return { fixes: log.fixes, routes: [routeA, routeB, routeC], parkedPeriods };
+}
+
+/** The same set delivered shuffled, with every fifth fix sent again (some twice). */
+function shuffledWithDuplicates(fixes: readonly Fix[], seed: number): Fix[] {
+  const rng = prng(seed);
+  const out = fixes.map((f) => ({ ...f }));
+  for (let i = 0; i < fixes.length; i += 5) out.push({ ...fixes[i]! });
+  for (let i = 0; i < fixes.length; i += 17) out.push({ ...fixes[i]! });
+  return rng.shuffle(out);
+}
+
+function totalDistance(trips: readonly Trip[]) {
+  return trips.reduce((s, t) => s + t.distanceM, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('a synthetic day', () => {
+  const day = syntheticDay(20240615);
+
+  it('finds exactly three trips, each within 1 % of its route, from a shuffled and duplicated delivery', () => {
+    const inOrder = analyse(day.fixes, RULES);
+    const shuffled = analyse(shuffledWithDuplicates(day.fixes, 7), RULES);
+    expect(shuffled).toEqual(inOrder);
+
+    expect(inOrder.trips).toHaveLength(3);
+    inOrder.trips.forEach((trip, k) => {
+      const route = day.routes[k]!;
+      expect(Math.abs(trip.distanceM - route.lengthM) / route.lengthM, `trip ${k}: ${trip.distanceM} m vs route ${route.lengthM} m`).toBeLessThan(0.01);
+      expect(trip.endReason).toBe(k === 2 ? 'ignition' : 'stop');
+      expect(trip.avgSpeedKmh).toBeCloseTo((trip.distanceM / trip.durationMs) * 3600, 9);
+      expect(trip.maxSpeedKmh).toBeGreaterThan(k === 2 ? 60 : 45);
+      expect(trip.maxSpeedKmh).toBeLessThan(k === 2 ? 75 : 55);
+    });
+    // Starts at the first moving fix (5 s after departure), ends where the vehicle stopped.
+    expect(inOrder.trips[0]!.startAt).toBe(DAY + 7 * HOUR + 5000);
+    expect(haversineM(inOrder.trips[0]!.end, day.routes[0]!.vertices.at(-1)!)).toBeLessThan(30);
+    expect(haversineM(inOrder.trips[2]!.end, day.routes[2]!.vertices.at(-1)!)).toBeLessThan(30);
+
+    // Both teleports and all eight low-accuracy fixes are out of the track.
+    expect(inOrder.ignored).toEqual({ invalid: 0, samePosition: 0, accuracy: 8, outlier: 2 });
+    expect(inOrder.accepted).toHaveLength(day.fixes.length - 10);
+
+    const [utc] = dailyMileage(inOrder.trips, 'UTC', '2024-06-15', '2024-06-15');
+    expect(utc!.trips).toBe(3);
+    expect(utc!.distanceM).toBeCloseTo(totalDistance(inOrder.trips), 6);
+    expect(utc!.movingMs).toBe(inOrder.trips.reduce((s, t) => s + t.durationMs, 0));
+  });
+
+  it('adds at most 50 m for all the parked hours of 3–5 m jitter', () => {
+    expect(day.parkedPeriods.reduce((n, p) => n + p.length, 0)).toBeGreaterThan(1000); // ~20 parked hours
+    let countedM = 0;
+    for (const period of day.parkedPeriods) {
+      const parked = analyse(shuffledWithDuplicates(period, 3), RULES);
+      expect(parked.trips).toEqual([]);
+      expect(parked.droppedTrips).toBe(0);
+      countedM += parked.stretches.reduce((s, x) => s + x.countedM, 0);
+      expect(dailyMileage(parked.trips, 'Europe/Berlin', '2024-06-15', '2024-06-15')).toEqual([{ date: '2024-06-15', distanceM: 0, movingMs: 0, trips: 0 }]);
+    }
+    expect(countedM).toBeLessThanOrEqual(50);
+  });
+});
+
+describe('canonical order and dedup', () => {
+  const base = { lat: 10, lon: 20 };
+
+  it('keeps one fix per id and per (time, coordinates), whatever the order', () => {
+    const a: Fix = { id: 'a', atMs: 1000, ...base, speedKmh: 5 };
+    const aChanged: Fix = { id: 'a', atMs: 1000, ...base, speedKmh: 4 };
+    const b: Fix = { id: 'b', atMs: 1000, ...base };
+    const c: Fix = { id: 'c', atMs: 500, lat: 10.001, lon: 20 };
+    const one = canonicalFixes([a, aChanged, b, c, a]);
+    const two = canonicalFixes([c, b, a, a, aChanged]);
+    expect(one).toEqual(two);
+    // id "a": the copy with the smallest content wins; (1000, 10, 20): the smallest id ("a") wins.
+    expect(one.fixes).toEqual([c, aChanged]);
+    expect(one.samePosition).toBe(1);
+  });
+
+  it('gives an empty analysis for no fixes', () => {
+    expect(analyse([], RULES)).toEqual({ accepted: [], trips: [], droppedTrips: 0, ignored: { invalid: 0, samePosition: 0, accuracy: 0, outlier: 0 }, stretches: [] });
+  });
+
+  it('counts invalid fixes and leaves them out', () => {
+    const bad = [
+      { id: 'x1', atMs: Number.NaN, ...base },
+      { id: 'x2', atMs: 1, lat: 91, lon: 0 },
+      { id: 'x3', atMs: 1, lat: 0, lon: -181 },
+      { id: 'x4', atMs: 1, ...base, speedKmh: -1 },
+      { id: 'x5', atMs: 1, ...base, ignition: 'yes' as unknown as boolean },
+    ] as Fix[];
+    const r = analyse([...bad, { id: 'ok', atMs: 1, ...base }], RULES);
+    expect(r.ignored.invalid).toBe(5);
+    expect(r.accepted.map((f) => f.id)).toEqual(['ok']);
+  });
+});
+
+/** A straight drive east at `kmh`, one fix every `intervalS`, from `fromMs`. */
+function straightDrive(log: FixLog, start: LatLon, fromMs: number, count: number, kmh: number, intervalS = 5, extra: Partial<Fix> = {}): LatLon {
+  let p = start;
+  for (let i = 0; i < count; i++) {
+    if (i > 0) p = destination(p, 90, (kmh / 3.6) * intervalS);
+    log.add({ atMs: fromMs + i * intervalS * 1000, ...p, speedKmh: kmh, ...extra });
+  }
+  return p; // where the last fix is
+}
+
+describe('outliers', () => {
+  it('ignores a single spike and keeps the fix after it', () => {
+    const log = new FixLog(prng(1));
+    straightDrive(log, HOME, DAY, 40, 50);
+    const spike = log.add({ atMs: DAY + 100_000 + 2500, ...destination(HOME, 0, 20_000), speedKmh: 50 });
+    const r = analyse(log.fixes, RULES);
+    expect(r.ignored.outlier).toBe(1);
+    expect(r.accepted.find((f) => f.id === spike.id)).toBeUndefined();
+    expect(r.accepted).toHaveLength(40);
+    expect(r.trips[0]!.distanceM).toBeCloseTo((50 / 3.6) * 5 * 39, 0);
+  });
+
+  it('ignores a teleport pair without taking the correct fix after it for an outlier', () => {
+    const log = new FixLog(prng(2));
+    straightDrive(log, HOME, DAY, 40, 50);
+    const far = destination(HOME, 180, 15_000);
+    log.add({ atMs: DAY + 100_000 + 1000, ...far, speedKmh: 50 });
+    log.add({ atMs: DAY + 100_000 + 3000, ...destination(far, 90, 30), speedKmh: 50 });
+    const r = analyse(log.fixes, RULES);
+    expect(r.ignored.outlier).toBe(2);
+    expect(r.accepted).toHaveLength(40);
+    expect(r.trips).toHaveLength(1);
+    expect(r.trips[0]!.distanceM).toBeCloseTo((50 / 3.6) * 5 * 39, 0);
+  });
+
+  it('accepts a genuine jump after more than noDataS without data, and not after less', () => {
+    const log = new FixLog(prng(3));
+    log.park(HOME, DAY, DAY + 10 * MIN);
+    const far = destination(HOME, 90, 300_000); // 300 km
+    log.park(far, DAY + 10 * MIN + RULES.noDataS * 1000 + 1000, DAY + 2 * HOUR);
+    const r = analyse(log.fixes, RULES);
+    expect(r.ignored.outlier).toBe(0);
+    expect(r.stretches.map((s) => s.end)).toContain('no_data');
+    expect(r.trips).toEqual([]); // a jump is no trip: nothing was seen moving
+
+    const soon = new FixLog(prng(3));
+    soon.park(HOME, DAY, DAY + 10 * MIN);
+    soon.add({ atMs: DAY + 40 * MIN, ...far }); // 300 km in 30 min: 600 km/h
+    soon.park(HOME, DAY + 41 * MIN, DAY + 50 * MIN);
+    const s = analyse(soon.fixes, RULES);
+    expect(s.ignored.outlier).toBe(1);
+  });
+
+  it('recovers when the first fix of a stretch is the teleport', () => {
+    const log = new FixLog(prng(4));
+    log.add({ atMs: DAY, ...destination(HOME, 0, 50_000), speedKmh: 0 });
+    log.park(HOME, DAY + 10_000, DAY + 30 * MIN);
+    const r = analyse(log.fixes, RULES);
+    expect(r.ignored.outlier).toBe(1);
+    expect(r.accepted[0]!.id).toBe(log.fixes[1]!.id);
+    expect(r.trips).toEqual([]);
+    expect(analyse(prng(9).shuffle([...log.fixes]), RULES)).toEqual(r);
+  });
+
+  it('ignores fixes with an accuracy worse than maxAccuracyM, per project', () => {
+    const fixes: Fix[] = [
+      { id: 'a', atMs: DAY, ...HOME, accuracyM: 100 },
+      { id: 'b', atMs: DAY + 1000, ...HOME, accuracyM: 100.5 },
+    ];
+    expect(analyse(fixes, RULES).ignored.accuracy).toBe(1);
+    expect(analyse(fixes, resolveFleetRules({ maxAccuracyM: 200 })).ignored.accuracy).toBe(0);
+  });
+});
+
+describe('trip ends', () => {
+  it('keeps a trip through a stop shorter than stopS and ends it at the stop that lasts', () => {
+    const log = new FixLog(prng(5));
+    let p = straightDrive(log, HOME, DAY, 60, 40);
+    log.park(p, DAY + 300_000, DAY + 300_000 + 200_000, { intervalMs: 10_000 }); // 200 s at a light
+    p = straightDrive(log, p, DAY + 500_000, 60, 40);
+    const stopAt = DAY + 800_000;
+    log.park(p, stopAt, stopAt + 20 * MIN, { intervalMs: 30_000 });
+    const r = analyse(log.fixes, RULES);
+    expect(r.trips).toHaveLength(1);
+    expect(r.trips[0]!.startAt).toBe(DAY);
+    expect(r.trips[0]!.endAt).toBe(stopAt); // the fix where it stopped, not when the 300 s ran out
+    expect(r.trips[0]!.endReason).toBe('stop');
+  });
+
+  it('ends a trip at ignition off, only once ignition was seen on', () => {
+    const log = new FixLog(prng(6));
+    let p = straightDrive(log, HOME, DAY, 60, 40, 5, { ignition: true });
+    const offAt = DAY + 300_000;
+    log.add({ atMs: offAt, ...p, speedKmh: 0, ignition: false });
+    p = straightDrive(log, destination(p, 90, 20), offAt + 30_000, 60, 40, 5, { ignition: true });
+    const r = analyse(log.fixes, RULES);
+    expect(r.trips.map((t) => [t.endAt, t.endReason])).toEqual([
+      [offAt, 'ignition'],
+      [offAt + 30_000 + 59 * 5000, 'open'],
+    ]);
+
+    // A device that always reports ignition off (no ignition wire) still has trips.
+    const wireless = new FixLog(prng(6));
+    straightDrive(wireless, HOME, DAY, 60, 40, 5, { ignition: false });
+    expect(analyse(wireless.fixes, RULES).trips).toHaveLength(1);
+  });
+
+  it('ends a trip after noDataS without data, and drops trips shorter than minTripM', () => {
+    const log = new FixLog(prng(7));
+    const p = straightDrive(log, HOME, DAY, 60, 40);
+    straightDrive(log, destination(p, 90, 1000), DAY + 300_000 + RULES.noDataS * 1000, 60, 40);
+    const r = analyse(log.fixes, RULES);
+    expect(r.trips.map((t) => t.endReason)).toEqual(['no_data', 'open']);
+
+    const short = new FixLog(prng(7));
+    const q = straightDrive(short, HOME, DAY, 10, 40); // 9 steps of 55.6 m = 500 m
+    short.park(q, DAY + 50_000, DAY + 20 * MIN);
+    expect(analyse(short.fixes, RULES).trips).toHaveLength(1);
+    const strict = analyse(short.fixes, resolveFleetRules({ minTripM: 600 }));
+    expect(strict.trips).toEqual([]);
+    expect(strict.droppedTrips).toBe(1);
+  });
+
+  it('counts slow movement only beyond the drift threshold (trackers without speed)', () => {
+    const log = new FixLog(prng(8));
+    // 20 m steps every 60 s, no speed: below driftM each, so only every second step counts: the
+    // trip starts at 40 m (the first fix beyond driftM) and counts 40 m steps up to 760 m.
+    let p = HOME;
+    for (let i = 0; i < 40; i++) {
+      log.add({ atMs: DAY + i * MIN, ...p });
+      p = destination(p, 90, 20);
+    }
+    const r = analyse(log.fixes, RULES);
+    expect(r.trips).toHaveLength(1);
+    expect(r.trips[0]!.startAt).toBe(DAY + 2 * MIN);
+    expect(r.trips[0]!.distanceM).toBeCloseTo(720, 6);
+  });
+});
+
+describe('mileage per local calendar day', () => {
+  /** A drive at constant speed through [fromMs, toMs], analysed into trips. */
+  function driveThrough(fromMs: number, toMs: number): Trip[] {
+    const log = new FixLog(prng(11));
+    const count = (toMs - fromMs) / 10_000 + 1;
+    const p = straightDrive(log, { lat: 35.68, lon: 139.76 }, fromMs, count, 60, 10);
+    log.park(p, toMs + 10_000, toMs + 30 * MIN);
+    return analyse(log.fixes, RULES).trips;
+  }
+
+  it('splits a drive across local midnight in Asia/Tokyo at that midnight, and not in UTC', () => {
+    // 14:40–15:20 UTC is 23:40–00:20 in Tokyo (UTC+9).
+    const trips = driveThrough(Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20));
+    expect(trips).toHaveLength(1);
+    const trip = trips[0]!;
+    const midnight = Date.UTC(2024, 5, 15, 15, 0);
+    expect(localMidnights('Asia/Tokyo', '2024-06-16', '2024-06-16')[0]!.startMs).toBe(midnight);
+
+    const before = trip.segments.reduce((s, seg) => s + seg.distanceM * Math.max(0, Math.min(1, (midnight - seg.startMs) / (seg.endMs - seg.startMs))), 0);
+    const tokyo = dailyMileage(trips, 'Asia/Tokyo', '2024-06-15', '2024-06-17');
+    expect(tokyo.map((d) => d.date)).toEqual(['2024-06-15', '2024-06-16', '2024-06-17']);
+    expect(tokyo[0]!.distanceM).toBeCloseTo(before, 6);
+    expect(tokyo[1]!.distanceM).toBeCloseTo(trip.distanceM - before, 6);
+    expect(tokyo[0]!.distanceM / trip.distanceM).toBeCloseTo(0.5, 1);
+    expect(tokyo[0]!.movingMs).toBe(midnight - trip.startAt);
+    expect(tokyo[1]!.movingMs).toBe(trip.endAt - midnight);
+    expect(tokyo.map((d) => d.trips)).toEqual([1, 0, 0]);
+    expect(tokyo[2]).toEqual({ date: '2024-06-17', distanceM: 0, movingMs: 0, trips: 0 });
+
+    const utc = dailyMileage(trips, 'UTC', '2024-06-15', '2024-06-16');
+    expect(utc[0]!.distanceM).toBeCloseTo(trip.distanceM, 6);
+    expect(utc[0]!.movingMs).toBe(trip.durationMs);
+    expect(utc[1]!.distanceM).toBe(0);
+  });
+
+  it('has 23- and 25-hour days across the America/New_York DST changes', () => {
+    const spring = localMidnights('America/New_York', '2024-03-09', '2024-03-11');
+    expect(spring.map((d) => (d.endMs - d.startMs) / HOUR)).toEqual([24, 23, 24]);
+    expect(spring[1]!.startMs).toBe(Date.UTC(2024, 2, 10, 5));
+    expect(spring[2]!.startMs).toBe(Date.UTC(2024, 2, 11, 4));
+    const autumn = localMidnights('America/New_York', '2024-11-02', '2024-11-04');
+    expect(autumn.map((d) => (d.endMs - d.startMs) / HOUR)).toEqual([24, 25, 24]);
+    expect(autumn[2]!.startMs).toBe(Date.UTC(2024, 10, 4, 5));
+
+    // A drive over local midnight after the autumn change splits at 05:00 UTC, not at 04:00.
+    const trips = driveThrough(Date.UTC(2024, 10, 4, 4, 30), Date.UTC(2024, 10, 4, 5, 30));
+    const days = dailyMileage(trips, 'America/New_York', '2024-11-03', '2024-11-04');
+    expect(trips[0]!.startAt).toBe(Date.UTC(2024, 10, 4, 4, 30));
+    expect(days[0]!.movingMs).toBe(30 * MIN);
+    expect(days[1]!.movingMs).toBe(trips[0]!.endAt - Date.UTC(2024, 10, 4, 5));
+    // A zone whose midnight is skipped (Santiago springs forward at 00:00): the day starts at 01:00.
+    expect(localMidnights('America/Santiago', '2024-09-08', '2024-09-08')[0]!.startMs).toBe(Date.UTC(2024, 8, 8, 4));
+  });
+
+  it('gives the same days from 15-minute buckets as from the trips, in any zone', () => {
+    const trips = [...driveThrough(Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20)), ...driveThrough(Date.UTC(2024, 5, 16, 18, 7), Date.UTC(2024, 5, 16, 18, 52))];
+    const buckets = mileageBuckets(trips);
+    for (const tz of ['Asia/Tokyo', 'America/New_York', 'Asia/Kathmandu', 'UTC']) {
+      const fromTrips = dailyMileage(trips, tz, '2024-06-14', '2024-06-17');
+      const fromBuckets = dailyMileage(buckets, tz, '2024-06-14', '2024-06-17');
+      const round = (days: MileageDay[]) => days.map((d) => ({ ...d, distanceM: Math.round(d.distanceM * 1e6) / 1e6 }));
+      expect(round(fromBuckets), tz).toEqual(round(fromTrips));
+    }
+  });
+
+  it('refuses unknown time zones and malformed dates with typed errors', () => {
+    expect(() => dailyMileage([], 'Mars/Olympus_Mons', '2024-06-15', '2024-06-15')).toThrow(InvalidTimeZoneError);
+    expect(() => assertTimeZone('')).toThrow(/unknown time zone/);
+    expect(() => assertTimeZone(42)).toThrow(InvalidTimeZoneError);
+    expect(assertTimeZone('Asia/Tokyo')).toBe('Asia/Tokyo');
+    try {
+      dailyMileage([], 'Not/AZone', '2024-06-15', '2024-06-15');
+    } catch (e) {
+      expect((e as InvalidTimeZoneError).code).toBe('invalid_time_zone');
+    }
+    for (const bad of ['2024-02-30', '2024-2-01', '20240201', '2024-13-01', '', '0999-01-01']) {
+      expect(() => dailyMileage([], 'UTC', bad, '2024-06-15'), bad).toThrow(InvalidDateError);
+    }
+    expect(() => dailyMileage([], 'UTC', '2024-06-16', '2024-06-15')).toThrow(/after/);
+    expect(() => dailyMileage([], 'UTC', '2000-01-01', '2024-06-15')).toThrow(/at most/);
+    expect(dailyMileage([], 'UTC', '2024-02-28', '2024-03-01').map((d) => d.date)).toEqual(['2024-02-28', '2024-02-29', '2024-03-01']);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Incremental recompute
+
+/** A random history: parking, drives with and without speed or ignition, waits, gaps, spikes, noise. */
+function randomHistory(seed: number): Fix[] {
+  const rng = prng(seed);
+  const log = new FixLog(rng, `s${seed}-`);
+  let at = HOME;
+  let t = DAY + rng.int(0, 3600) * 1000;
+  const withSpeed = rng.chance(0.7);
+  const withIgnition = rng.chance(0.4);
+  const phases = rng.int(6, 12);
+  for (let k = 0; k < phases; k++) {
+    const roll = rng.next();
+    if (roll < 0.4) {
+      const end = t + rng.int(2, 80) * MIN;
+      log.park(at, t, end, { intervalMs: rng.int(20, 150) * 1000, speed: withSpeed, ...(withIgnition ? { ignition: rng.chance(0.3) } : {}) });
+      t = end;
+    } else if (roll < 0.85) {
+      const legs: Array<[number, number]> = [];
+      for (let l = rng.int(1, 4); l > 0; l--) legs.push([rng.between(0, 360), rng.between(100, 3000)]);
+      const route = makeRoute(at, legs);
+      const waits: Array<[number, number]> = rng.chance(0.4) ? [[route.lengthM * rng.between(0.3, 0.7), rng.int(20, 400)]] : [];
+      t = log.drive(route, t, { intervalMs: rng.int(2, 20) * 1000, speed: withSpeed, waits, cruiseKmh: rng.between(20, 110), ...(withIgnition ? { ignition: true } : {}) });
+      at = route.vertices[route.vertices.length - 1]!;
+      if (withIgnition && rng.chance(0.6)) log.add({ atMs: (t += 1000), ...at, ignition: false });
+      t += rng.int(10, 120) * 1000;
+    } else {
+      t += rng.int(20, 200) * MIN; // sometimes past noDataS, sometimes not
+    }
+  }
+  // Spikes, low-accuracy fixes and fixes sharing a time with another.
+  const real = [...log.fixes];
+  for (const f of real) {
+    if (rng.chance(0.015)) log.add({ atMs: f.atMs + rng.int(1, 999), ...destination(f, rng.between(0, 360), rng.between(5000, 80_000)) });
+    if (rng.chance(0.02)) log.add({ atMs: f.atMs + 1, ...jitter(rng, f, 200, 1500), accuracyM: rng.between(120, 2000) });
+    if (rng.chance(0.01)) log.add({ atMs: f.atMs, ...jitter(rng, f, 1, 10), speedKmh: f.speedKmh ?? 0 });
+    if (rng.chance(0.01)) log.add({ atMs: f.atMs, lat: f.lat, lon: f.lon, speedKmh: 3 }); // same fix, another id
+  }
+  return log.fixes;
+}
+
+/** Batches in which a device's fixes reach the gateway: mostly live, some buffered offline for hours, some resent. */
+function arrivalBatches(fixes: readonly Fix[], rng: Rng, mode: 'live' | 'shuffled'): Fix[][] {
+  let order: Fix[];
+  if (mode === 'shuffled') order = rng.shuffle([...fixes]);
+  else {
+    const arrival = fixes.map((f) => ({ f, at: f.atMs + (rng.chance(0.25) ? rng.int(1, 6 * 3600) * 1000 : rng.int(0, 20) * 1000) }));
+    for (const f of fixes) if (rng.chance(0.05)) arrival.push({ f: { ...f }, at: f.atMs + rng.int(1, 8 * 3600) * 1000 });
+    order = arrival.sort((a, b) => a.at - b.at).map((x) => x.f);
+  }
+  const batches: Fix[][] = [];
+  for (let i = 0; i < order.length; ) {
+    const n = rng.int(1, 30);
+    batches.push(order.slice(i, i + n));
+    i += n;
+  }
+  return batches;
+}
+
+/** Feeds batches through the incremental recompute over an in-memory fix store, checking against a full analysis. */
+async function replay(batches: Fix[][], rules: FleetRules, rng: Rng, check: 'each' | 'end') {
+  const store = new Map<string, Fix>();
+  let history: FleetHistory = EMPTY_HISTORY;
+  let fixesRead = 0;
+  let reads = 0;
+  for (const batch of batches) {
+    for (const f of batch) if (!store.has(f.id)) store.set(f.id, f);
+    const result = await recomputeHistory(history, batch, (fromMs, toMs) => {
+      const window = rng.shuffle([...store.values()].filter((f) => f.atMs >= fromMs && f.atMs <= toMs));
+      fixesRead += window.length;
+      return window;
+    }, rules);
+    history = result.history;
+    reads += result.reads;
+    if (check === 'each') {
+      const full = analyse([...store.values()], rules);
+      expect(history.trips).toEqual(full.trips);
+      expect(history.stretches).toEqual(full.stretches);
+    }
+  }
+  const full = analyse([...store.values()], rules);
+  expect(history).toEqual({ stretches: full.stretches, trips: full.trips });
+  return { fixesRead, reads, total: store.size, trips: full.trips.length };
+}
+
+describe('incremental recompute', () => {
+  it('equals the full analysis after every batch, for random histories and arrival orders', async () => {
+    let trips = 0;
+    for (let seed = 1; seed <= 24; seed++) {
+      const fixes = randomHistory(seed);
+      const rng = prng(seed * 7919);
+      const r = await replay(arrivalBatches(fixes, rng, seed % 4 === 0 ? 'shuffled' : 'live'), RULES, rng, 'each');
+      trips += r.trips;
+    }
+    expect(trips).toBeGreaterThan(40); // the histories do have trips to get right
+  });
+
+  it('holds with other rules too (short stops, long gaps, strict outliers)', async () => {
+    const rules = resolveFleetRules({ stopS: 60, noDataS: 900, maxSpeedKmh: 130, driftM: 10, minTripM: 100 });
+    for (let seed = 101; seed <= 110; seed++) {
+      const rng = prng(seed);
+      await replay(arrivalBatches(randomHistory(seed), rng, 'live'), rules, rng, 'each');
+    }
+  });
+
+  it('re-reads only the affected stretches of a live device', async () => {
+    const day = syntheticDay(42);
+    const rng = prng(42);
+    const inOrder = [...day.fixes].sort((a, b) => a.atMs - b.atMs);
+    const batches: Fix[][] = [];
+    for (let i = 0; i < inOrder.length; i += 10) batches.push(inOrder.slice(i, i + 10));
+    const r = await replay(batches, RULES, rng, 'end');
+    expect(r.trips).toBe(3);
+    // Each batch re-reads its own stretch, not the day: ~1 h of parking or one trip at most.
+    expect(r.fixesRead / batches.length).toBeLessThan(300);
+    expect(r.reads).toBeLessThan(batches.length * 1.2);
+
+    // One late fix in the middle of the day re-reads the stretch around it only.
+    const full = analyse(day.fixes, RULES);
+    const late = { id: 'late', atMs: DAY + 10 * HOUR + 7, lat: 52.4, lon: 13.5, accuracyM: 500 };
+    const range = planRecompute(full.stretches, [late.atMs])!;
+    expect(range.toMs - range.fromMs).toBeLessThan(2 * HOUR);
+    expect(range.fromMs).toBeLessThanOrEqual(late.atMs);
+    expect(range.toMs).toBeGreaterThanOrEqual(late.atMs);
+  });
+
+  it('re-reads one window for a late fix in the middle of the day, and widens when a stop turns out shorter', async () => {
+    const day = syntheticDay(43);
+    const read = (store: Fix[]) => (fromMs: number, toMs: number) => store.filter((f) => f.atMs >= fromMs && f.atMs <= toMs);
+    const before = analyse(day.fixes, RULES);
+    const history: FleetHistory = { stretches: before.stretches, trips: before.trips };
+    // A late fix during trip B (10:00 UTC) that the rules accept.
+    const tripB = before.trips[1]!;
+    const near = before.accepted.find((f) => f.atMs > tripB.startAt + 10 * MIN)!;
+    const late: Fix = { id: 'late-1', atMs: near.atMs + 1500, lat: near.lat, lon: near.lon, speedKmh: 50 };
+    const store = [...day.fixes, late];
+    const r = await recomputeHistory(history, [late], read(store), RULES);
+    expect(r.reads).toBe(1);
+    expect(r.range!.fromMs).toBe(before.stretches.find((s) => s.startMs <= tripB.startAt && s.endMs >= tripB.startAt)!.startMs);
+    expect(r.range!.toMs).toBeLessThan(DAY + 12 * HOUR);
+    const after = analyse(store, RULES);
+    expect(r.history).toEqual({ stretches: after.stretches, trips: after.trips });
+
+    // Two drives with an 8-minute stop between (stopped from t0 + 1 min); late fixes show the
+    // vehicle crept on until t0 + 4.5 min, so the stop lasted under stopS: the trips merge and the
+    // recompute runs on into the stretch after the old stop.
+    const log = new FixLog(prng(44));
+    const stopAt = straightDrive(log, HOME, DAY, 80, 40);
+    const t0 = DAY + 79 * 5000;
+    log.park(stopAt, t0 + MIN, t0 + 9 * MIN, { intervalMs: MIN });
+    straightDrive(log, destination(stopAt, 90, 5), t0 + 9 * MIN, 80, 40);
+    log.park(destination(stopAt, 90, 5 + (40 / 3.6) * 5 * 79), t0 + 9 * MIN + 80 * 5000, t0 + 40 * MIN);
+    const first = analyse(log.fixes, RULES);
+    expect(first.trips).toHaveLength(2);
+    const creep: Fix[] = [1.5, 2.5, 3.5, 4.5].map((m, k) => ({ id: `creep-${k}`, atMs: t0 + m * MIN, ...destination(stopAt, 90, 2), speedKmh: 6 }));
+    const all = [...log.fixes, ...creep];
+    const merged = await recomputeHistory({ stretches: first.stretches, trips: first.trips }, creep, read(all), RULES);
+    expect(merged.reads).toBe(2);
+    const truth = analyse(all, RULES);
+    expect(truth.trips).toHaveLength(1);
+    expect(merged.history).toEqual({ stretches: truth.stretches, trips: truth.trips });
+  });
+
+  it('plans a track read over whole stretches', () => {
+    const full = analyse(syntheticDay(5).fixes, RULES);
+    const since = DAY + 7 * HOUR + 5 * MIN;
+    const until = DAY + 7 * HOUR + 10 * MIN;
+    const read = planTrackRead(full.stretches, since, until);
+    expect(read.fromMs).toBeLessThanOrEqual(since);
+    expect(read.toMs).toBeGreaterThanOrEqual(until);
+    expect(full.stretches.some((s) => s.startMs === read.fromMs)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('live position and status', () => {
+  const fix = (id: string, atMs: number, extra: Partial<Fix> = {}): Fix => ({ id, atMs, ...HOME, ...extra });
+
+  it('never lets a late fix replace a newer live position', () => {
+    const newer = fix('b', DAY + 10_000);
+    const late = fix('z', DAY + 5_000);
+    expect(newerFix(newer, late)).toBe(newer);
+    expect(newerFix(late, newer)).toBe(newer);
+    expect(newerFix(null, late)).toBe(late);
+    // Equal times: the larger id, whichever arrives first.
+    const tie = fix('c', DAY + 10_000);
+    expect(newerFix(newer, tie)).toBe(tie);
+    expect(newerFix(tie, newer)).toBe(tie);
+
+    let live = advanceLive(null, newer, RULES).live;
+    const update = advanceLive(live, late, RULES);
+    expect(update).toMatchObject({ changed: false, ignored: 'older' });
+    expect(update.live!.fix).toBe(newer);
+    live = update.live;
+    // Fixes the rules ignore never become the live position.
+    expect(advanceLive(live, fix('d', DAY + 20_000, { accuracyM: 500 }), RULES).ignored).toBe('accuracy');
+    expect(advanceLive(live, fix('e', DAY + 20_000, destination(HOME, 0, 50_000)), RULES).ignored).toBe('outlier');
+    // After noDataS a jump is plausible.
+    expect(advanceLive(live, fix('f', DAY + 10_000 + RULES.noDataS * 1000, destination(HOME, 0, 50_000)), RULES).changed).toBe(true);
+  });
+
+  it('takes the live position from an analysis: its newest accepted fix, never an ignored one', () => {
+    const day = syntheticDay(20240615);
+    const late = { id: 'zz-late', atMs: DAY + 6 * HOUR, ...HOME };
+    const spike = { id: 'zz-spike', atMs: DAY + 24 * HOUR - 1000, ...destination(HOME, 0, 90_000) };
+    const r = analyse([...day.fixes, late, spike], RULES);
+    const live = liveFromAccepted(r.accepted, RULES)!;
+    expect(live.fix).toEqual(r.accepted[r.accepted.length - 1]);
+    expect(live.fix.id).not.toBe(spike.id);
+    expect(live.fix.atMs).toBeGreaterThan(DAY + 23 * HOUR);
+    expect(liveStatus(live, live.fix.atMs + MIN, RULES)).toBe('parked');
+  });
+
+  it('reports offline, moving, idle and parked', () => {
+    const now = DAY + 2 * HOUR;
+    const at = (f: Fix, prev?: LivePosition | null) => advanceLive(prev ?? null, f, RULES).live;
+    expect(liveStatus(null, now, RULES)).toBe('offline');
+    expect(liveStatus(at(fix('a', now - RULES.offlineAfterS * 1000, { speedKmh: 80 })), now, RULES)).toBe('offline');
+    expect(liveStatus(at(fix('a', now - 1000, { speedKmh: 80 })), now, RULES)).toBe('moving');
+    expect(liveStatus(at(fix('a', now - 1000, { speedKmh: 1, ignition: true })), now, RULES)).toBe('idle');
+    expect(liveStatus(at(fix('a', now - 1000, { speedKmh: 0, ignition: false })), now, RULES)).toBe('parked');
+    expect(liveStatus(at(fix('a', now - 1000)), now, RULES)).toBe('parked');
+
+    // Without speed: moving by the drift rule, not by jitter.
+    const first = at(fix('a', now - 60_000));
+    const jittered = at({ id: 'b', atMs: now - 30_000, ...destination(HOME, 90, 4) }, first);
+    expect(liveStatus(jittered, now, RULES)).toBe('parked');
+    const moved = at({ id: 'c', atMs: now - 1000, ...destination(HOME, 90, 120) }, jittered);
+    expect(liveStatus(moved, now, RULES)).toBe('moving');
+  });
+});
+
+describe('validation', () => {
+  it('accepts a position and maps it to a fix', () => {
+    const check = checkPositionProperties({ lat: 52.5, lon: 13.4, speed: 30, heading: 360, accuracy: 0, altitude: -12, ignition: true, battery: 80 });
+    expect(check.ok).toBe(true);
+    if (!check.ok) return;
+    expect(check.properties.battery).toBe(80);
+    expect(fixFromPosition('e1', 5, check.properties)).toEqual({ id: 'e1', atMs: 5, lat: 52.5, lon: 13.4, speedKmh: 30, heading: 360, accuracyM: 0, altitudeM: -12, ignition: true });
+  });
+
+  it('refuses out-of-range coordinates and wrong types with a message per field', () => {
+    const cases: Array<[unknown, RegExp[]]> = [
+      [{ lat: 91, lon: 0 }, [/lat must be between -90 and 90/]],
+      [{ lat: 0, lon: -180.5 }, [/lon must be between -180 and 180/]],
+      [{ lat: '52.5', lon: 13 }, [/lat must be a finite number/]],
+      [{ lon: 13 }, [/lat is required/]],
+      [{ lat: Number.NaN, lon: Number.POSITIVE_INFINITY }, [/lat must be a finite number/, /lon must be a finite number/]],
+      [{ lat: 1, lon: 1, speed: -3, heading: 400, accuracy: -1, altitude: 'high', ignition: 'yes' }, [/speed must be ≥ 0/, /heading must be between 0 and 360/, /accuracy must be ≥ 0/, /altitude must be a finite number/, /ignition must be true or false/]],
+      ['52.5,13.4', [/position properties must be an object/]],
+      [null, [/position properties must be an object/]],
+    ];
+    for (const [input, messages] of cases) {
+      const check = checkPositionProperties(input);
+      expect(check.ok, JSON.stringify(input)).toBe(false);
+      if (check.ok) continue;
+      for (const m of messages) expect(check.message).toMatch(m);
+      expect(check.issues).toHaveLength(messages.length);
+    }
+  });
+
+  it('bounds per-project rule overrides', () => {
+    expect(resolveFleetRules()).toEqual(DEFAULT_FLEET_RULES);
+    expect(resolveFleetRules({ stopS: 120, minTripM: 0 })).toEqual({ ...DEFAULT_FLEET_RULES, stopS: 120, minTripM: 0 });
+    expect(() => resolveFleetRules({ driftM: -1 })).toThrow(/driftM must be > 0/);
+    expect(() => resolveFleetRules({ maxSpeedKmh: 0 })).toThrow(/maxSpeedKmh must be > 0/);
+    expect(() => resolveFleetRules({ stopS: 10 * 86_400 })).toThrow(/stopS must be ≤ 86400/);
+    expect(() => resolveFleetRules({ noDataS: '3600' })).toThrow(/noDataS must be a number/);
+    expect(() => resolveFleetRules({ minTripM: -5 })).toThrow(/minTripM must be ≥ 0/);
+    expect(() => resolveFleetRules({ stopSeconds: 300 })).toThrow(/stopSeconds/);
+  });
+});
+
+describe('geometry', () => {
+  it('measures great-circle distance on the WGS84 mean sphere', () => {
+    expect(haversineM({ lat: 0, lon: 0 }, { lat: 1, lon: 0 })).toBeCloseTo((EARTH_RADIUS_M * Math.PI) / 180, 6);
+    expect(haversineM(HOME, HOME)).toBe(0);
+    expect(haversineM({ lat: 0, lon: 179.9999 }, { lat: 0, lon: -179.9999 })).toBeCloseTo(22.24, 1);
+    expect(isValidLatLon({ lat: 90, lon: -180 })).toBe(true);
+    expect(isValidLatLon({ lat: 90.0001, lon: 0 })).toBe(false);
+    expect(isValidLatLon({ lat: Number.NaN, lon: 0 })).toBe(false);
+  });
+
+  it('simplifies with Douglas–Peucker: endpoints kept, points within tolerance dropped, a corner beyond kept', () => {
+    // East for 1 km with points wobbling ±2 m, then a corner, then north for 1 km.
+    const rng = prng(12);
+    const pts: Array<LatLon & { i: number }> = [];
+    for (let k = 0; k <= 20; k++) pts.push({ i: pts.length, ...destination(destination(HOME, 90, k * 50), 0, rng.between(-2, 2)) });
+    const corner = pts[pts.length - 1]!;
+    for (let k = 1; k <= 20; k++) pts.push({ i: pts.length, ...destination(destination(corner, 0, k * 50), 90, rng.between(-2, 2)) });
+    const out = simplifyTrack(pts, 5);
+    expect(out[0]).toBe(pts[0]);
+    expect(out[out.length - 1]).toBe(pts[pts.length - 1]);
+    expect(out.map((p) => p.i)).toEqual([0, 20, 40]);
+    // A tolerance wider than the corner's offset (~707 m from the diagonal) drops it too.
+    expect(simplifyTrack(pts, 800).map((p) => p.i)).toEqual([0, 40]);
+    expect(simplifyTrack(pts, 0.5).length).toBeGreaterThan(3);
+    expect(simplifyTrack(pts.slice(0, 2), 5)).toHaveLength(2);
+    expect(() => simplifyTrack(pts, -1)).toThrow(RangeError);
+  });
+
+  it('simplifies 100k points without recursion', () => {
+    const n = 100_000;
+    const pts: LatLon[] = [];
+    for (let k = 0; k < n; k++) {
+      const a = (k / n) * Math.PI;
+      pts.push({ lat: 48 + 0.05 * Math.sin(a), lon: 11 + 0.05 * Math.cos(a) + k * 1e-9 });
+    }
+    const out = simplifyTrack(pts, 0.001);
+    expect(out[0]).toBe(pts[0]);
+    expect(out[out.length - 1]).toBe(pts[n - 1]);
+    expect(out.length).toBeGreaterThan(1000);
+  });
+});
