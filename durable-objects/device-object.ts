@@ -867,6 +867,119 @@ export class DeviceObject extends DurableObject<Env> {
       .toArray()
       .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended === 1 }));
   }
+
+  /**
+   * Erasure (the `erasure` and `project_deletion` jobs). Without `profile`: deletes all this object
+   * holds, storage and alarm. With one: removes what it holds of that profile — its events still in
+   * the outbox, the dedup entries of its events (`eventIds`), the sessions made only of its events
+   * (`sessionIds`), and the last event, position and profile when they are its (`eventTimesMs`) —
+   * then the whole object too when nothing of anyone else is left. A flush under way ends first, so
+   * nothing it was sending reaches ClickHouse after the caller's deletion. `held`: whether there was
+   * anything to remove. Idempotent.
+   */
+  async erase(profile?: { profileId: string; eventIds: string[]; eventTimesMs: number[]; sessionIds: string[] }): Promise<{
+    held: boolean;
+    whole: boolean;
+    outboxEvents: number;
+    seenIds: number;
+    sessions: number;
+  }> {
+    while (this.flushing) await this.flushing.catch(() => 0);
+    if (!this.hasSchema()) {
+      await this.ctx.storage.deleteAlarm();
+      return { held: false, whole: true, outboxEvents: 0, seenIds: 0, sessions: 0 };
+    }
+    let partial: ReturnType<DeviceObject['eraseProfile']> | null = null;
+    if (profile) {
+      partial = this.transaction(() => this.eraseProfile(profile));
+      if (partial.othersRemain) return { held: partial.held, whole: false, ...partial.removed };
+    }
+    const count = (q: string) => this.sql.exec<{ n: number }>(q).one().n;
+    const removed = partial?.removed ?? {
+      outboxEvents: count("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events'"),
+      seenIds: count('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks') + (this.legacySeen ? count('SELECT count(*) AS n FROM seen') : 0),
+      sessions: count('SELECT count(*) AS n FROM sessions'),
+    };
+    await this.ctx.storage.deleteAll();
+    await this.ctx.storage.deleteAlarm();
+    this.metaCache.clear();
+    this.seenIndex = null;
+    this.legacySeen = false;
+    this.schemaReady = false;
+    return { held: partial ? partial.held : true, whole: true, ...removed };
+  }
+
+  /** erase()'s profile part, in one transaction: what it removed, and whether anything of others is left. */
+  private eraseProfile(p: { profileId: string; eventIds: string[]; eventTimesMs: number[]; sessionIds: string[] }) {
+    const ids = new Set(p.eventIds.map((id) => id.toLowerCase()));
+    const times = new Set(p.eventTimesMs);
+    let outboxEvents = 0;
+    for (const r of this.sql.exec<{ seq: number; body: string }>("SELECT seq, body FROM outbox WHERE kind = 'events'").toArray()) {
+      const entries = JSON.parse(r.body) as OutboxEvent[];
+      const keep = entries.filter((e) => e.r.profile_id !== p.profileId);
+      if (keep.length === entries.length) continue;
+      for (const e of entries) {
+        if (e.r.profile_id !== p.profileId) continue;
+        ids.add(e.r.id);
+        times.add(e.r.created_at_ms);
+      }
+      outboxEvents += entries.length - keep.length;
+      if (keep.length) this.sql.exec('UPDATE outbox SET body = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
+      else this.sql.exec('DELETE FROM outbox WHERE seq = ?', r.seq);
+    }
+    let seenIds = 0;
+    if (ids.size) {
+      for (const c of this.sql.exec<{ id: number; entries: string }>('SELECT id, entries FROM seen_chunks').toArray()) {
+        const entries = JSON.parse(c.entries) as SeenEntry[];
+        const keep = entries.filter((e) => !ids.has(e[1]));
+        if (keep.length === entries.length) continue;
+        seenIds += entries.length - keep.length;
+        if (!keep.length) this.sql.exec('DELETE FROM seen_chunks WHERE id = ?', c.id);
+        else this.sql.exec('UPDATE seen_chunks SET n = ?, fps = ?, entries = ? WHERE id = ?', keep.length, encodeFingerprints(keep.map((e) => fingerprint(e[0]))), JSON.stringify(keep), c.id);
+      }
+      const idList = [...ids];
+      for (let i = 0; this.legacySeen && i < idList.length; i += PARAMS_PER_STATEMENT) {
+        const part = idList.slice(i, i + PARAMS_PER_STATEMENT);
+        const cursor = this.sql.exec(`DELETE FROM seen WHERE event_id IN (${part.map(() => '?').join(',')})`, ...part);
+        cursor.toArray();
+        seenIds += cursor.rowsWritten;
+      }
+      this.seenIndex = null; // rebuilt from the rewritten chunks on next use
+    }
+    let sessions = 0;
+    const sessionIds = [...new Set(p.sessionIds)];
+    for (let i = 0; i < sessionIds.length; i += PARAMS_PER_STATEMENT / 2) {
+      const part = sessionIds.slice(i, i + PARAMS_PER_STATEMENT / 2);
+      const marks = part.map(() => '?').join(',');
+      const cursor = this.sql.exec(`DELETE FROM sessions WHERE id IN (${marks}) OR merged_into IN (${marks})`, ...part, ...part);
+      cursor.toArray();
+      sessions += cursor.rowsWritten;
+      this.sql.exec(`DELETE FROM outbox WHERE kind = 'session' AND ref IN (${marks})`, ...part);
+    }
+    const lastProfile = this.meta<{ id: string; atMs: number }>('lastProfile');
+    const ofProfile = lastProfile?.id === p.profileId;
+    // The newest event naming a profile was this one's: an event or fix at that very time was it.
+    const itsTime = (atMs: number) => times.has(atMs) || (ofProfile && atMs === lastProfile!.atMs);
+    const last = this.meta<StoredLastEvent>('lastEvent');
+    const position = this.meta<DeviceState['lastPosition']>('lastPosition');
+    const lastCleared = last !== null && (ids.has(last.id) || itsTime(last.createdAtMs));
+    const positionCleared = position !== null && itsTime(position.atMs);
+    if (ofProfile) this.setMeta('lastProfile', null);
+    if (lastCleared) this.setMeta('lastEvent', null);
+    if (positionCleared) this.setMeta('lastPosition', null);
+    const any = (q: string) => this.sql.exec<{ n: number }>(q).one().n > 0;
+    const othersRemain =
+      any('SELECT count(*) AS n FROM seen_chunks') ||
+      any('SELECT count(*) AS n FROM sessions') ||
+      any('SELECT count(*) AS n FROM outbox') ||
+      (this.legacySeen && any('SELECT count(*) AS n FROM seen')) ||
+      this.meta('lastEvent') !== null;
+    return {
+      held: outboxEvents + seenIds + sessions > 0 || ofProfile || lastCleared || positionCleared,
+      othersRemain,
+      removed: { outboxEvents, seenIds, sessions },
+    };
+  }
 }
 
 /** One message per row of an oversized chunk: each event row, then its payload row, as objects. */

@@ -12,9 +12,11 @@ import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
 import { handleDeadLetters } from './pipeline/dead-letters';
 import { handleIngestBatch } from './pipeline/writer';
+import { adminArchivesRoute } from './routes/admin-archives';
 import { adminBackfillsRoute } from './routes/admin-backfills';
 import { adminDatasetsRoute } from './routes/admin-datasets';
 import { adminDeadLettersRoute } from './routes/admin-dead-letters';
+import { adminErasuresRoute } from './routes/admin-erasures';
 import { adminProjectsRoute } from './routes/admin-projects';
 import { healthRoute } from './routes/health';
 import { trackRoute } from './routes/track';
@@ -37,6 +39,8 @@ export const app = new Hono<AppEnv>()
   .route('/', adminProjectsRoute)
   .route('/', adminDeadLettersRoute)
   .route('/', adminBackfillsRoute)
+  .route('/', adminArchivesRoute)
+  .route('/', adminErasuresRoute)
   .route('/', adminDatasetsRoute);
 
 app.notFound((c) => c.json({ error: { code: 'not_found', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));

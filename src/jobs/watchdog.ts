@@ -1,5 +1,7 @@
 // The cron watchdog: re-kicks stalled jobs, lets held legacy events of completed datasets flow,
-// re-drives parked dead letters once ClickHouse answers, and forgets expired idempotency keys.
+// re-drives parked dead letters once ClickHouse answers, forgets expired idempotency keys, and
+// (hourly, when ARCHIVE_RAW_PAYLOADS is on) sweeps closed months into archive jobs.
+import { maybeSweepArchives } from '../archive/sweep';
 import type { Env } from '../env';
 import { pruneIdempotencyKeys } from '../ingest/idempotency';
 import { releasableDatasets } from '../legacy/datasets';
@@ -24,6 +26,7 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
     return null;
   });
   await pruneIdempotencyKeys(env.DB, nowMs).catch((err: unknown) => failures.push(`prune idempotency keys: ${String(err)}`));
+  await maybeSweepArchives(env, nowMs).catch((err: unknown) => failures.push(`archive sweep: ${String(err)}`));
   const redriven = redrive?.redriven ?? 0;
   const quarantined = redrive?.quarantined ?? 0;
   if (rekicked.length || released || redriven || quarantined) console.log(JSON.stringify({ msg: 'watchdog', rekicked, released, redriven, quarantined }));

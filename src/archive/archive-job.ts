@@ -1,0 +1,485 @@
+// The `archive` job: one (project, month) of raw payloads into append-only R2 chunks. A payload
+// leaves ClickHouse only after its chunk was read back and proved to hold exactly the rows it was
+// made from; every step may be cut short and run again, and a re-run converges.
+import { z } from 'zod';
+import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { deleteRows } from '../clickhouse/mutations';
+import { dateTimeBounds } from '../clickhouse/time';
+import { getConfig } from '../config';
+import type { Env } from '../env';
+import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
+import { jobStore } from '../jobs/store';
+import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, idsChecksum, parseChunkKey, sha256Hex, type ArchiveRow } from './chunk';
+import { archiveState, ERASURE_JOB_TYPES, monthJobs, MONTH_JOB_TYPES } from './listing';
+import { manifestStore, toChunkManifest, type ManifestRow, type ManifestStore } from './manifest';
+import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
+import { putChunkCreateOnly, readObject } from './r2';
+
+/** Where the test-only crash seam can stop a chunk: each is a point a real crash may hit. */
+export const ARCHIVE_FAULT_POINTS = ['afterUpload', 'afterManifest', 'afterVerify', 'midClear'] as const;
+
+/**
+ * TEST-ONLY crash seam, accepted in job params but never from the admin route: the job stops at
+ * `at` while writing chunk `chunk` (default: the first it writes), leaving R2, D1 and ClickHouse
+ * exactly as a crash there would. `midClear` deletes the first half of the chunk's payloads, then
+ * stops. It fires on a job's first attempt only (before any retry): `fail` fails the job at once
+ * (re-run it with a new job or a retry), `retry` throws an ordinary error the engine retries.
+ */
+export const ArchiveFaults = z.object({
+  at: z.enum(ARCHIVE_FAULT_POINTS),
+  chunk: z.number().int().min(1).optional(),
+  mode: z.enum(['fail', 'retry']).default('fail'),
+});
+
+export const ArchiveParams = z.object({
+  projectId: z.string().min(1).max(128),
+  month: z.string().refine(isValidMonth, 'not a month (YYYY-MM)'),
+  /** Rows per chunk for this job; ARCHIVE_CHUNK_ROWS when left out. */
+  chunkRows: z.number().int().min(1).max(1_000_000).optional(),
+  /**
+   * An operator's decision after a verification failure: a chunk that was never verified and whose
+   * object fails verification is deleted (object and manifest row; nothing was cleared relying on
+   * it) and its payloads, still in ClickHouse, go into a new chunk. Without it such a chunk fails the job.
+   */
+  discardUnverified: z.boolean().optional(),
+  startedBy: z.enum(['operator', 'sweep']).optional(),
+  faults: ArchiveFaults.optional(),
+});
+export type ArchiveParams = z.infer<typeof ArchiveParams>;
+
+/** What a finished archive job reports (its `result`). */
+export interface ArchiveResult {
+  projectId: string;
+  month: string;
+  /** Chunks this job wrote, their events and bytes. */
+  chunks: number;
+  rows: number;
+  rawBytes: number;
+  compressedBytes: number;
+  /** Every chunk of the month now, and its state once the job ended. */
+  monthChunks: number;
+  state: ReturnType<typeof archiveState>;
+  /** Payloads of the month in ClickHouse when the job ended (late data that arrived meanwhile). */
+  pendingRows: number;
+}
+
+/** The yield between two chunks: each one ends in a ClickHouse delete, let readers through. */
+export const ARCHIVE_PAUSE_MS = 200;
+
+/**
+ * `reconcile`: finishing what earlier runs left (chunk numbers after `after`); `archive`: new
+ * chunks of the rows after (afterMs, afterId), in (createdAt, id) order.
+ */
+type Cursor = { phase: 'reconcile'; after: number } | { phase: 'archive'; afterMs: number; afterId: string };
+
+interface Run {
+  env: Env;
+  jobId: string;
+  p: ArchiveParams;
+  bucket: R2Bucket;
+  ch: ClickHouse;
+  manifests: ManifestStore;
+  chunkRows: number;
+  startMs: number;
+  endMs: number;
+  /** The job ran (part of) a chunk before: the seam never fires twice. */
+  retried: boolean;
+}
+
+const log = (msg: string, fields: Record<string, unknown>) => console.log(JSON.stringify({ msg, ...fields }));
+
+function parseCursor(text: string | null): Cursor | null {
+  if (!text) return null;
+  try {
+    const c = JSON.parse(text) as Cursor;
+    if (c.phase === 'reconcile' && Number.isInteger(c.after)) return c;
+    if (c.phase === 'archive' && Number.isSafeInteger(c.afterMs) && typeof c.afterId === 'string') return c;
+  } catch {
+    /* an unreadable cursor re-plans */
+  }
+  return null;
+}
+
+function crashPoint(run: Run, at: (typeof ARCHIVE_FAULT_POINTS)[number], number: number): string | null {
+  const f = run.p.faults;
+  if (!f || f.at !== at || run.retried || (f.chunk !== undefined && f.chunk !== number)) return null;
+  return `injected crash (test seam) ${at} of chunk ${number}`;
+}
+
+function crash(run: Run, message: string): never {
+  throw run.p.faults?.mode === 'retry' ? new Error(message) : new PermanentChunkError(message);
+}
+
+function maybeCrash(run: Run, at: (typeof ARCHIVE_FAULT_POINTS)[number], number: number): void {
+  const message = crashPoint(run, at, number);
+  if (message) crash(run, message);
+}
+
+/** Partition bounds plus exact event-time bounds `[fromMs, toMs]` within the project. */
+function timeWhere(fromMs: number, toMs: number) {
+  return {
+    sql: `project_id = {p:String}
+        AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
+        AND created_at_ms >= {fromMs:Int64} AND created_at_ms <= {toMs:Int64}`,
+    params: { ...dateTimeBounds(fromMs, toMs), fromMs, toMs },
+  };
+}
+
+/** Distinct payload ids of the month still in ClickHouse. */
+async function countPending(run: Run, fromMs = run.startMs, toMs = run.endMs - 1): Promise<number> {
+  const w = timeWhere(fromMs, toMs);
+  const [r] = await run.ch.query<{ n: number }>(`SELECT uniqExact(id) AS n FROM event_payloads WHERE ${w.sql}`, { p: run.p.projectId, ...w.params });
+  return Number(r?.n ?? 0);
+}
+
+/** Which of `ids` (events of `[fromMs, toMs]`) still have a payload in ClickHouse. */
+async function idsInClickHouse(run: Run, ids: readonly string[], fromMs: number, toMs: number): Promise<string[]> {
+  if (!ids.length) return [];
+  const w = timeWhere(fromMs, toMs);
+  const rows = await run.ch.query<{ id: string }>(
+    `SELECT DISTINCT toString(id) AS id FROM event_payloads WHERE ${w.sql} AND toString(id) IN (SELECT value FROM ids)`,
+    { p: run.p.projectId, ...w.params },
+    { ids },
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Deletes exactly `ids` (events of `[fromMs, toMs]`) from event_payloads: the ids go to the
+ * `archive_ids` scratch table first, since a mutation cannot read the request's external data, and
+ * the delete checks that none is left. Deleting an id that is already gone is a no-op.
+ */
+async function clearIds(run: Run, number: number, ids: readonly string[], fromMs: number, toMs: number): Promise<void> {
+  if (!ids.length) return;
+  const batch = `${run.p.projectId}/${run.p.month}/${number}`;
+  // A cut-short clear of this chunk may have left its batch: start from nothing, never from a leftover.
+  await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: batch });
+  await run.ch.insert(
+    'archive_ids',
+    ids.map((id) => ({ batch, id })),
+  );
+  const w = timeWhere(fromMs, toMs);
+  await deleteRows(run.ch, 'event_payloads', `${w.sql} AND id IN (SELECT id FROM archive_ids WHERE batch = {b:String})`, { p: run.p.projectId, ...w.params, b: batch });
+  await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: batch });
+  const left = await idsInClickHouse(run, ids, fromMs, toMs);
+  if (left.length) throw new Error(`${left.length} payloads of chunk ${batch} are still in ClickHouse after their delete; the retry clears them`);
+}
+
+function verificationFailed(key: string, err: ArchiveChunkError, when: string): PermanentChunkError {
+  return new PermanentChunkError(`archive chunk ${key} failed verification ${when} (${err.code}): ${err.message}. Nothing of it was cleared from ClickHouse`);
+}
+
+/** Reads a recorded chunk back and proves it is the one its manifest row describes. */
+async function readChunk(run: Run, row: ManifestRow, when: string): Promise<ArchiveRow[] | 'missing'> {
+  const body = await readObject(run.bucket, row.key);
+  if (!body) return 'missing';
+  try {
+    return await decodeChunk(body, { ...toChunkManifest(row), month: run.p.month, key: row.key });
+  } catch (err) {
+    if (err instanceof ArchiveChunkError) throw verificationFailed(row.key, err, when);
+    throw err;
+  }
+}
+
+/**
+ * Finishes one recorded chunk: proves its object (if not yet verified, or when its ids are needed),
+ * clears whatever of its payloads is in ClickHouse (a cut-short clear, or a restore), marks it.
+ * A never-verified chunk whose object is gone is forgotten (nothing was cleared relying on it).
+ */
+async function settleChunk(run: Run, row: ManifestRow): Promise<'settled' | 'forgotten' | 'discarded'> {
+  let rows: ArchiveRow[] | 'missing';
+  try {
+    rows = await readChunk(run, row, 'when it was read back');
+  } catch (err) {
+    if (err instanceof PermanentChunkError && row.verifiedAt === null && run.p.discardUnverified) {
+      await run.bucket.delete(row.key);
+      await run.manifests.remove(row.projectId, row.month, row.number);
+      log('archive chunk discarded: it failed verification and was never verified', { job: run.jobId, key: row.key, error: err.message });
+      return 'discarded';
+    }
+    throw err;
+  }
+  if (rows === 'missing') {
+    if (row.verifiedAt === null) {
+      await run.manifests.remove(row.projectId, row.month, row.number);
+      log('archive chunk forgotten: never verified and its object is gone', { job: run.jobId, key: row.key });
+      return 'forgotten';
+    }
+    throw new PermanentChunkError(`archive chunk ${row.key} was verified but its object is missing from R2: its payloads cannot be checked or cleared again; see the README (archives: a missing chunk)`);
+  }
+  if (row.verifiedAt === null) await run.manifests.markVerified(row.projectId, row.month, row.number, Date.now());
+  const present = await idsInClickHouse(
+    run,
+    rows.map((r) => r.id),
+    row.firstCreatedAtMs,
+    row.lastCreatedAtMs,
+  );
+  await clearIds(run, row.number, present, row.firstCreatedAtMs, row.lastCreatedAtMs);
+  if (row.clearedAt === null || row.restoredAt !== null) await run.manifests.markCleared(row.projectId, row.month, row.number, Date.now());
+  if (present.length) log('archive chunk re-cleared', { job: run.jobId, key: row.key, rows: present.length });
+  return 'settled';
+}
+
+/**
+ * Objects under the month's prefix that no manifest row names were uploaded by a run cut short
+ * before it recorded them: nothing was cleared relying on them (clearing needs a verified row), so
+ * they are deleted. The manifest is read again just before each delete.
+ */
+async function removeOrphans(run: Run): Promise<number> {
+  const known = new Set((await run.manifests.list(run.p.projectId, run.p.month)).map((r) => r.key));
+  const prefix = chunkKeyPrefix(run.p.projectId, run.p.month);
+  let removed = 0;
+  let cursor: string | undefined;
+  do {
+    const page = await run.bucket.list({ prefix, ...(cursor ? { cursor } : {}) });
+    for (const obj of page.objects) {
+      if (known.has(obj.key)) continue;
+      const parsed = parseChunkKey(obj.key);
+      if (!parsed || parsed.projectId !== run.p.projectId || parsed.month !== run.p.month) {
+        log('archive: an object under a month prefix that is not a chunk key is left alone', { job: run.jobId, key: obj.key });
+        continue;
+      }
+      if (await run.manifests.get(run.p.projectId, run.p.month, parsed.number)) continue;
+      await run.bucket.delete(obj.key);
+      removed += 1;
+      log('archive: unrecorded chunk object removed', { job: run.jobId, key: obj.key, bytes: obj.size });
+    }
+    cursor = page.truncated ? page.cursor : undefined;
+  } while (cursor);
+  return removed;
+}
+
+/**
+ * Settles the month's chunks after number `after` that need it, until about `chunkRows` rows were
+ * read back; returns the last number settled when there is more, else null. A verified, cleared
+ * chunk is read only when ClickHouse holds rows within its time range again.
+ */
+async function reconcileSlice(run: Run, after: number): Promise<number | null> {
+  const chunks = (await run.manifests.list(run.p.projectId, run.p.month)).filter((c) => c.number > after);
+  if (!chunks.length) return null;
+  const monthPending = await countPending(run);
+  let readRows = 0;
+  for (const c of chunks) {
+    const finished = c.verifiedAt !== null && c.clearedAt !== null && c.restoredAt === null;
+    if (finished && (monthPending === 0 || (await countPending(run, c.firstCreatedAtMs, c.lastCreatedAtMs)) === 0)) continue;
+    await settleChunk(run, c);
+    readRows += c.rowCount;
+    if (readRows >= run.chunkRows && c !== chunks.at(-1)) return c.number;
+  }
+  return null;
+}
+
+/**
+ * Up to `limit` payload rows of the month after the cursor, in (createdAt, id) order, with their
+ * device. The order is found on ids and times alone; only the chosen rows' payloads are read.
+ */
+async function readRows(run: Run, afterMs: number, afterId: string, limit: number): Promise<ArchiveRow[]> {
+  const w = timeWhere(run.startMs, run.endMs - 1);
+  const keys = await run.ch.query<{ id: string; created_at_ms: number }>(
+    `SELECT toString(id) AS id, created_at_ms
+       FROM event_payloads
+      WHERE ${w.sql}
+        AND (created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))
+      ORDER BY created_at_ms, id
+      LIMIT 1 BY id
+      LIMIT {limit:UInt32}`,
+    { p: run.p.projectId, ...w.params, afterMs, afterId, limit },
+  );
+  if (!keys.length) return [];
+  const ids = keys.map((k) => k.id);
+  const rw = timeWhere(Number(keys[0]!.created_at_ms), Number(keys.at(-1)!.created_at_ms));
+  const [payloads, devices] = await Promise.all([
+    run.ch.query<{ id: string; received_at_ms: number; payload: string }>(
+      `SELECT toString(id) AS id, received_at_ms, payload FROM event_payloads WHERE ${rw.sql} AND toString(id) IN (SELECT value FROM ids) LIMIT 1 BY id`,
+      { p: run.p.projectId, ...rw.params },
+      { ids },
+    ),
+    run.ch.query<{ id: string; device_id: string }>(
+      `SELECT toString(id) AS id, device_id FROM events WHERE ${rw.sql} AND toString(id) IN (SELECT value FROM ids) LIMIT 1 BY id`,
+      { p: run.p.projectId, ...rw.params },
+      { ids },
+    ),
+  ]);
+  const payloadOf = new Map(payloads.map((r) => [r.id, r]));
+  const deviceOf = new Map(devices.map((d) => [d.id, d.device_id]));
+  return keys.map((k) => {
+    const p = payloadOf.get(k.id);
+    if (!p) throw new Error(`the payload of event ${k.id} vanished between two reads (deleted meanwhile); the retry reads the month again`);
+    return {
+      id: k.id,
+      // A payload whose event row is missing is archived all the same, without a device.
+      deviceId: deviceOf.get(k.id) ?? '',
+      createdAtMs: Number(k.created_at_ms),
+      receivedAtMs: Number(p.received_at_ms),
+      payload: p.payload,
+    };
+  });
+}
+
+/** Proves a freshly written chunk: its object decodes to exactly the rows it was made from. */
+async function verifyNewChunk(run: Run, row: ManifestRow, source: readonly ArchiveRow[]): Promise<void> {
+  const decoded = await readChunk(run, row, 'right after its upload');
+  if (decoded === 'missing') throw new PermanentChunkError(`archive chunk ${row.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
+  const sourceChecksum = await idsChecksum(source.map((r) => r.id));
+  if (sourceChecksum !== row.idsChecksum) {
+    throw new PermanentChunkError(`archive chunk ${row.key} failed verification: its ids checksum ${row.idsChecksum} does not match the ${source.length} rows it was made from (${sourceChecksum}). Nothing of it was cleared from ClickHouse`);
+  }
+  for (let i = 0; i < source.length; i++) {
+    const a = decoded[i]!;
+    const b = source[i]!;
+    if (a.id !== b.id || a.deviceId !== b.deviceId || a.createdAtMs !== b.createdAtMs || a.receivedAtMs !== b.receivedAtMs || a.payload !== b.payload) {
+      throw new PermanentChunkError(`archive chunk ${row.key} failed verification: line ${i + 1} (event ${b.id}) is not the row it was made from. Nothing of it was cleared from ClickHouse`);
+    }
+  }
+  await run.manifests.markVerified(row.projectId, row.month, row.number, Date.now());
+}
+
+/** One new chunk: read, encode, upload create-only, record, read back and prove, clear, mark. */
+async function writeChunk(run: Run, rows: ArchiveRow[]): Promise<void> {
+  const number = await run.manifests.nextNumber(run.p.projectId, run.p.month);
+  let encoded;
+  try {
+    encoded = await encodeChunk({ projectId: run.p.projectId, month: run.p.month, number, rows });
+  } catch (err) {
+    if (err instanceof ArchiveChunkError) throw new PermanentChunkError(`chunk ${number} of ${run.p.month} cannot be written (${err.code}): ${err.message}`);
+    throw err;
+  }
+  const { manifest } = encoded;
+  if ((await putChunkCreateOnly(run.bucket, encoded)) === 'exists') {
+    // Never overwritten: an object already there is reused only when it is this very chunk.
+    const there = await readObject(run.bucket, manifest.key);
+    if (!there || (await sha256Hex(there)) !== manifest.sha256Hex) {
+      throw new Error(`chunk key ${manifest.key} already holds an object that is not this chunk (an unrecorded upload of a cut-short run); the retry removes it`);
+    }
+  }
+  maybeCrash(run, 'afterUpload', number);
+  await run.manifests.insert(manifest, run.jobId, Date.now());
+  const row = await run.manifests.get(run.p.projectId, run.p.month, number);
+  if (!row || row.sha256 !== manifest.sha256Hex) throw new Error(`chunk ${manifest.key} was recorded by another writer meanwhile; the retry starts over`);
+  maybeCrash(run, 'afterManifest', number);
+  await verifyNewChunk(run, row, rows);
+  maybeCrash(run, 'afterVerify', number);
+  const ids = rows.map((r) => r.id);
+  const midClear = crashPoint(run, 'midClear', number);
+  if (midClear) {
+    await clearIds(run, number, ids.slice(0, Math.ceil(ids.length / 2)), manifest.firstCreatedAtMs, manifest.lastCreatedAtMs);
+    crash(run, midClear);
+  }
+  await clearIds(run, number, ids, manifest.firstCreatedAtMs, manifest.lastCreatedAtMs);
+  await run.manifests.markCleared(run.p.projectId, run.p.month, number, Date.now());
+}
+
+/**
+ * Jobs of one (project, month) run one at a time, and never beside an erasure of the project: of
+ * two archive or restore jobs holding the month, the older goes on and the newer fails at once.
+ */
+async function assertSoleWriter(env: Env, jobId: string, p: ArchiveParams): Promise<void> {
+  const mine = await jobStore(env.DB).get(jobId);
+  const holders = await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId: p.projectId, month: p.month, holdingOnly: true });
+  const older = holders.find((j) => j.id !== jobId && (!mine || j.createdAt < mine.createdAt || (j.createdAt === mine.createdAt && j.id < jobId)));
+  if (older) throw new PermanentChunkError(`another ${older.type} job (${older.id}, ${older.state}) holds ${p.projectId} ${p.month}: one job per month at a time`);
+  const erasing = await monthJobs(env.DB, { types: ERASURE_JOB_TYPES, projectId: p.projectId, holdingOnly: true });
+  if (erasing.length) throw new PermanentChunkError(`a ${erasing[0]!.type} job (${erasing[0]!.id}) of project ${p.projectId} is ${erasing[0]!.state}: archive the month once it has finished`);
+}
+
+/** Rows of the chunks this job wrote and cleared (a retried job's earlier attempts included). */
+async function rowsArchivedByJob(run: Run): Promise<number> {
+  const chunks = await run.manifests.list(run.p.projectId, run.p.month);
+  return chunks.filter((c) => c.jobId === run.jobId && c.clearedAt !== null).reduce((s, c) => s + c.rowCount, 0);
+}
+
+function parseParams(params: unknown): ArchiveParams {
+  const parsed = ArchiveParams.safeParse(params);
+  if (!parsed.success) throw new PermanentChunkError(`invalid archive job params: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return parsed.data;
+}
+
+function openRun(env: Env, job: ChunkInput, p: ArchiveParams): Run {
+  const bucket = (env as Partial<Env>).ARCHIVE;
+  if (!bucket) throw new PermanentChunkError('no R2 bucket is bound (ARCHIVE): archives are unavailable');
+  const config = getConfig(env);
+  const { startMs, endMs } = monthBoundsMs(p.month);
+  return {
+    env,
+    jobId: job.id,
+    p,
+    bucket,
+    ch: clickhouse(config.clickhouse),
+    manifests: manifestStore(env.DB),
+    chunkRows: p.chunkRows ?? config.archive.chunkRows,
+    startMs,
+    endMs,
+    retried: job.verifyWrites,
+  };
+}
+
+export const archiveRunner: JobRunner = {
+  pauseMs: () => ARCHIVE_PAUSE_MS,
+
+  async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
+    const p = parseParams(job.params);
+    // The route refuses these; a job started some other way must not archive a month still filling.
+    const refusal = manualArchiveRefusal(p.month, Date.now());
+    if (refusal) throw new PermanentChunkError(`${p.month} cannot be archived yet (${refusal}): only months before the current UTC month`);
+    const run = openRun(env, job, p);
+    await assertSoleWriter(env, job.id, p);
+
+    const planning = job.rowsTotal === null;
+    let cursor: Cursor = (planning ? null : parseCursor(job.cursor)) ?? { phase: 'reconcile', after: 0 };
+    // Progress counts the rows of this job's chunks, read from the manifest: exact whatever step was cut short.
+    const outcome = (c: Cursor, before: number, rows: number, total: number, done: boolean): ChunkOutcome => ({
+      cursor: JSON.stringify(c),
+      maxKey: null,
+      rowsTotal: Math.max(total, before + rows),
+      rowsBefore: before,
+      rows,
+      skippedBefore: 0,
+      skipped: 0,
+      done,
+    });
+
+    // A cut-short step may have left an object it never recorded.
+    if (planning || job.verifyWrites) await removeOrphans(run);
+
+    if (cursor.phase === 'reconcile') {
+      const next = await reconcileSlice(run, cursor.after);
+      const before = await rowsArchivedByJob(run);
+      if (next !== null) return outcome({ phase: 'reconcile', after: next }, before, 0, job.rowsTotal ?? before + (await countPending(run)), false);
+      // Every earlier chunk is settled: what is left in ClickHouse belongs to no chunk.
+      const total = before + (await countPending(run));
+      return outcome({ phase: 'archive', afterMs: run.startMs - 1, afterId: '' }, before, 0, total, total === before);
+    }
+
+    if (job.verifyWrites) {
+      // The chunk a cut-short step of this job was writing (recorded, not yet cleared).
+      for (const c of await run.manifests.list(p.projectId, p.month)) if (c.clearedAt === null) await settleChunk(run, c);
+    }
+    const before = await rowsArchivedByJob(run);
+    const total = job.rowsTotal ?? before;
+    const rows = await readRows(run, cursor.afterMs, cursor.afterId, run.chunkRows);
+    if (!rows.length) return outcome(cursor, before, 0, total, true);
+    await writeChunk(run, rows);
+    const last = rows.at(-1)!;
+    cursor = { phase: 'archive', afterMs: last.createdAtMs, afterId: last.id };
+    return outcome(cursor, before, rows.length, total, rows.length < run.chunkRows);
+  },
+
+  async complete(env: Env, job: ChunkInput): Promise<ArchiveResult> {
+    const p = parseParams(job.params);
+    const run = openRun(env, job, p);
+    const chunks = await run.manifests.list(p.projectId, p.month);
+    const mine = chunks.filter((c) => c.jobId === job.id);
+    const pendingRows = await countPending(run);
+    return {
+      projectId: p.projectId,
+      month: p.month,
+      chunks: mine.length,
+      rows: mine.reduce((s, c) => s + c.rowCount, 0),
+      rawBytes: mine.reduce((s, c) => s + c.rawBytes, 0),
+      compressedBytes: mine.reduce((s, c) => s + c.compressedBytes, 0),
+      monthChunks: chunks.length,
+      state: archiveState(chunks, pendingRows),
+      pendingRows,
+    };
+  },
+};

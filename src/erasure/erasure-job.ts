@@ -1,0 +1,217 @@
+// The `erasure` job (one device or profile of a project) and the `project_deletion` job, as steps
+// recorded in the job's cursor. Order is what makes a cut-short run converge: the archive first,
+// then device objects, then ClickHouse — rows are found through `events`, which goes last.
+import { and, eq, sql } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { manifestStore, type ManifestRow } from '../archive/manifest';
+import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { getConfig } from '../config';
+import { heldEvents, legacyDatasets, stalledOutboxes } from '../db/schema';
+import type { Env } from '../env';
+import { deviceStub } from '../ingest/accept';
+import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
+import { mapPool } from '../lib/pool';
+import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
+import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
+import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
+import { addArchiveCounts, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { addCounts, countSubject, deleteSubject, profileOnDevice, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
+
+type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'count' | 'clickhouse' | 'verify' | 'done';
+
+interface ErasureCursor {
+  step: ErasureStep;
+  /** UTC months of the subject's events. */
+  months: string[];
+  /** Devices of the subject's events. */
+  devices: string[];
+  /** The last manifest row examined, in (month, number) order. */
+  at: { month: string; number: number } | null;
+  /** An old chunk whose replacement is in place, to retire before anything else. */
+  retire: Retirement | null;
+  deviceAt: number;
+  progress: Progress;
+  result: ErasureResult;
+}
+
+/** Archive chunks whose range is checked per step, device objects cleared per step. */
+const CHUNKS_PER_STEP = 25;
+const DEVICES_PER_STEP = 25;
+const DEVICE_CALL_CONCURRENCY = 8;
+
+/** Which rows of an archive chunk are the subject's: a device's by their line, a profile's through `events`. */
+function subjectRowsOf(ch: ClickHouse, s: Subject): SubjectRows {
+  if (s.kind === 'device') return async () => (row) => row.deviceId === s.deviceId;
+  return async (_rows, fromMs, toMs) => {
+    const ids = await subjectIdsBetween(ch, s, fromMs, toMs);
+    return (row) => ids.has(row.id);
+  };
+}
+
+/** The manifest rows after `at` in (month, number) order, of the given months, not written by this job. */
+function chunksAfter(rows: readonly ManifestRow[], months: ReadonlySet<string>, at: ErasureCursor['at'], jobId: string): ManifestRow[] {
+  return rows.filter(
+    (r) => months.has(r.month) && r.jobId !== jobId && (at === null || r.month > at.month || (r.month === at.month && r.number > at.number)),
+  );
+}
+
+/** The subject's held realtime legacy events (D1), with the datasets' held counts recomputed in the same transaction. */
+async function deleteHeldEvents(d1: D1Database, s: Subject): Promise<void> {
+  const db = drizzle(d1);
+  const ofSubject =
+    s.kind === 'device'
+      ? and(eq(heldEvents.projectId, s.projectId), eq(heldEvents.deviceId, s.deviceId))
+      : and(eq(heldEvents.projectId, s.projectId), sql`json_extract(${heldEvents.event}, '$.row.profile_id') = ${s.profileId}`);
+  await db.batch([
+    db.delete(heldEvents).where(ofSubject),
+    db
+      .update(legacyDatasets)
+      // Qualified by hand: drizzle names an UPDATE's own columns bare, which the subquery would take as its own.
+      .set({ held: sql`(SELECT count(*) FROM held_legacy_events h WHERE h.project_id = legacy_datasets.project_id AND h.dataset = legacy_datasets.dataset)` })
+      .where(eq(legacyDatasets.projectId, s.projectId)),
+  ]);
+}
+
+async function eraseDevices(env: Env, ch: ClickHouse, s: Subject, devices: readonly string[]): Promise<number> {
+  const now = Date.now();
+  const held = await mapPool(devices, DEVICE_CALL_CONCURRENCY, async (deviceId) => {
+    const stub = deviceStub(env, s.projectId, deviceId);
+    const r = s.kind === 'device' ? await stub.erase() : await stub.erase(await profileOnDevice(ch, s, deviceId, now));
+    return r.held;
+  });
+  return held.filter(Boolean).length;
+}
+
+async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: CrashPoint) => void, c: ErasureCursor, units: { n: number }): Promise<StepEnd> {
+  const ch = clickhouse(getConfig(env).clickhouse);
+  const store = manifestStore(env.DB);
+  const archive: ArchiveContext = { bucket: env.ARCHIVE, store, projectId: s.projectId, jobId: job.id, crash };
+  const subjectRows = subjectRowsOf(ch, s);
+  switch (c.step) {
+    case 'plan': {
+      c.months = await subjectMonths(ch, s);
+      c.devices = await subjectDevices(ch, s);
+      const months = new Set(c.months);
+      const chunks = (await store.list(s.projectId)).filter((r) => months.has(r.month)).length;
+      c.progress.total = chunks + c.devices.length + 2;
+      c.step = 'archive';
+      return 'continue';
+    }
+    case 'archive': {
+      if (c.retire) {
+        const r = c.retire;
+        await retireChunk(archive, r.month, r.number);
+        c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.replacement === null ? 0 : 1, objectsDeleted: 1, rows: r.rows });
+        c.retire = null;
+        return 'continue';
+      }
+      const next = chunksAfter(await store.list(s.projectId), new Set(c.months), c.at, job.id).slice(0, CHUNKS_PER_STEP);
+      if (!next.length) {
+        c.step = 'orphans';
+        return 'continue';
+      }
+      for (const chunk of next) {
+        c.at = { month: chunk.month, number: chunk.number };
+        units.n += 1;
+        // `events` says cheaply which chunks may hold the subject: only those are read.
+        if (!(await subjectHasEventsBetween(ch, s, chunk.firstCreatedAtMs, chunk.lastCreatedAtMs))) continue;
+        const outcome = await rewriteChunk(archive, chunk, subjectRows);
+        if (outcome === 'missing') {
+          console.error(JSON.stringify({ msg: 'archive chunk has no object; nothing of it to erase', job: job.id, key: chunk.key }));
+          continue;
+        }
+        if (outcome === 'clean') continue;
+        // The old chunk goes only once this intent is committed: a re-run then retires it even
+        // when its object is already gone, instead of rewriting it a second time.
+        c.retire = outcome;
+        return 'commit';
+      }
+      return 'continue';
+    }
+    case 'orphans': {
+      for (const month of c.months) c.result.r2 = addArchiveCounts(c.result.r2, await deleteOrphansHoldingSubject(archive, month, subjectRows));
+      c.step = 'devices';
+      return 'continue';
+    }
+    case 'devices': {
+      const batch = c.devices.slice(c.deviceAt, c.deviceAt + DEVICES_PER_STEP);
+      if (batch.length) {
+        c.result.deviceObjects += await eraseDevices(env, ch, s, batch);
+        crash('devices.afterErase');
+        c.deviceAt += batch.length;
+        units.n += batch.length;
+        return 'commit';
+      }
+      await deleteHeldEvents(env.DB, s);
+      if (s.kind === 'device') {
+        // The object that reported a stalled outbox is gone with it.
+        await drizzle(env.DB)
+          .delete(stalledOutboxes)
+          .where(and(eq(stalledOutboxes.projectId, s.projectId), eq(stalledOutboxes.deviceId, s.deviceId)));
+      }
+      c.step = 'count';
+      return 'continue';
+    }
+    case 'count': {
+      // Counted and committed before anything is deleted: a re-run of the deletion counts nothing twice.
+      c.result.clickhouse = await countSubject(ch, s);
+      c.step = 'clickhouse';
+      return 'commit';
+    }
+    case 'clickhouse': {
+      await deleteSubject(ch, s);
+      crash('clickhouse.afterDelete');
+      units.n += 1;
+      c.step = 'verify';
+      return 'commit';
+    }
+    case 'verify': {
+      // Rows a device object had already handed to the ingest queue may land after the deletion.
+      const late = await countSubject(ch, s);
+      if (late.events + late.payloads + late.sessions + late.profileOps > 0) {
+        await deleteSubject(ch, s);
+        c.result.clickhouse = addCounts(c.result.clickhouse, late);
+        const left = await countSubject(ch, s);
+        if (left.events + left.payloads + left.sessions + left.profileOps > 0) {
+          throw new Error(`rows of the subject are still arriving in ClickHouse (${JSON.stringify(left)}); stop its devices from sending and retry`);
+        }
+      }
+      units.n += 1;
+      c.step = 'done';
+      return 'done';
+    }
+    case 'done':
+      return 'done';
+  }
+}
+
+export const erasureRunner: JobRunner = {
+  pauseMs: () => 0,
+
+  async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
+    const p = parseParams(ErasureParams, job.params);
+    const s = subjectOf(p);
+    const crash = crashHook(p.faults, !job.verifyWrites);
+    const initial = (): ErasureCursor => ({ step: 'plan', months: [], devices: [], at: null, retire: null, deviceAt: 0, progress: { done: 0, total: 0 }, result: emptyResult() });
+    return runSteps(job, initial, (c, units) => erasureStep(env, job, s, crash, c, units));
+  },
+
+  async complete(env: Env, job: ChunkInput): Promise<ErasureResult> {
+    return committedResult(env, job.id);
+  },
+};
+
+export const projectDeletionRunner: JobRunner = {
+  pauseMs: () => 0,
+
+  async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
+    const p = parseParams(ProjectDeletionParams, job.params);
+    const crash = crashHook(p.faults, !job.verifyWrites);
+    const initial = (): ProjectDeletionCursor => ({ step: 'revoke', revokedAt: 0, deviceAfter: '', progress: { done: 0, total: 0 }, result: emptyResult() });
+    return runSteps(job, initial, (c, units) => runProjectDeletionStep(env, p.projectId, crash, c, units));
+  },
+
+  async complete(env: Env, job: ChunkInput): Promise<ErasureResult> {
+    return committedResult(env, job.id);
+  },
+};

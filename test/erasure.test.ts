@@ -1,0 +1,307 @@
+// Erasure of a device or a profile: nothing of the subject left in ClickHouse, R2, device objects or
+// the read API, everything of others exactly as it was, counts that match, and a run cut short
+// anywhere in the archive rewrite converging without a duplicated row.
+import { env, SELF } from 'cloudflare:test';
+import { describe, expect, it } from 'vitest';
+import { manifestStore, type ManifestRow } from '../src/archive/manifest';
+import type { ArchiveRow } from '../src/archive/chunk';
+import type { CrashPoint } from '../src/erasure/params';
+import { startJob } from '../src/jobs/actions';
+import { jobStore } from '../src/jobs/store';
+import { admin } from './backfill-helpers';
+import {
+  archiveOldChunks,
+  byTime,
+  countRows,
+  countTable,
+  ingest,
+  insertOldEvents,
+  JULY,
+  JUNE,
+  liveEvent,
+  oldEvents,
+  readArchive,
+  startErasure,
+  toArchiveRow,
+  waitFinished,
+  type OldEvent,
+} from './erasure-fixtures';
+import { ADMIN_TOKEN, ch, createProject, getJson, postBatch, waitUntil, type TestProject } from './helpers';
+
+const A = 'veh-a';
+const B = 'veh-b';
+const C = 'veh-c';
+const P = 'prof-p';
+const Q = 'prof-q';
+
+interface Scenario {
+  p: TestProject;
+  old: OldEvent[];
+  chunks: ManifestRow[];
+  /** The live events as sent, by device. */
+  live: Record<string, unknown[]>;
+}
+
+/**
+ * veh-a: profile P and anonymous events; veh-b: profile Q only; veh-c: profile P only. Live events
+ * (last hour) through the ingest route; June and July 2025 in ClickHouse with their payloads in
+ * verified, cleared chunks: two June chunks mixing all three devices, a July chunk of veh-a only
+ * and one of veh-b only.
+ */
+async function scenario(name: string): Promise<Scenario> {
+  const p = await createProject(name);
+  const t = Date.now() - 40 * 60_000;
+  const live: Record<string, unknown[]> = {
+    [A]: [liveEvent(A, 'a0', t, P, 'identify'), liveEvent(A, 'a1', t + 60_000, P), liveEvent(A, 'a2', t + 120_000, P), liveEvent(A, 'a3', t + 180_000)],
+    [B]: [liveEvent(B, 'b0', t + 5_000, Q, 'identify'), liveEvent(B, 'b1', t + 65_000, Q), liveEvent(B, 'b2', t + 125_000, Q)],
+    [C]: [liveEvent(C, 'c0', t + 7_000, P, 'identify'), liveEvent(C, 'c1', t + 67_000, P)],
+  };
+  await ingest(p, Object.values(live).flat());
+  await waitUntil(
+    async () => [await countTable('events', p.id), await countTable('event_payloads', p.id), Number((await ch().query<{ n: number }>('SELECT uniqExact(id) AS n FROM sessions WHERE project_id = {p:String}', { p: p.id }))[0]!.n)],
+    ([e, pl, s]) => e === 9 && pl === 9 && s === 3,
+  );
+  const juneA = oldEvents(p.id, A, JUNE, 6, (i) => (i < 4 ? P : ''));
+  const juneB = oldEvents(p.id, B, JUNE + 30_000, 6, () => Q);
+  const juneC = oldEvents(p.id, C, JUNE + 15_000, 3, () => P);
+  const julyA = oldEvents(p.id, A, JULY, 4, (i) => (i < 2 ? P : ''));
+  const julyB = oldEvents(p.id, B, JULY + 3_600_000, 3, () => Q);
+  const old = [...juneA, ...juneB, ...juneC, ...julyA, ...julyB];
+  await insertOldEvents(p.id, old);
+  const june = [...juneA, ...juneB, ...juneC].sort(byTime);
+  const chunks = [...(await archiveOldChunks(p.id, '2025-06', [june.slice(0, 8), june.slice(8)])), ...(await archiveOldChunks(p.id, '2025-07', [julyA, julyB]))];
+  return { p, old, chunks, live };
+}
+
+const deviceStub = (projectId: string, deviceId: string) => env.DEVICE.get(env.DEVICE.idFromName(`${projectId}:${deviceId}`));
+
+async function liveIds(projectId: string, where: string, params: Record<string, string>): Promise<string[]> {
+  const rows = await ch().query<{ id: string }>(`SELECT DISTINCT toString(id) AS id FROM events WHERE project_id = {p:String} AND ${where} AND created_at_ms > {since:Int64}`, {
+    p: projectId,
+    since: Date.now() - 86_400_000,
+    ...params,
+  });
+  return rows.map((r) => r.id);
+}
+
+async function countIn(table: string, projectId: string, ids: string[]): Promise<number> {
+  if (!ids.length) return 0;
+  const [r] = await ch().query<{ n: number }>(`SELECT count() AS n FROM ${table} WHERE project_id = {p:String} AND toString(id) IN (SELECT value FROM ids)`, { p: projectId }, { ids });
+  return Number(r!.n);
+}
+
+/** Every row of the archive, checked against its manifest row; each id exactly once. */
+async function archiveRows(projectId: string): Promise<ArchiveRow[]> {
+  const rows = (await readArchive(projectId)).flatMap((o) => o.rows);
+  expect(new Set(rows.map((r) => r.id)).size).toBe(rows.length);
+  return rows.sort(byTime);
+}
+
+/** What a device erasure of veh-a must report, from the scenario's own data. */
+function deviceAResult(s: Scenario) {
+  const oldA = s.old.filter((e) => e.deviceId === A);
+  return {
+    clickhouse: {
+      events: 4 + oldA.length,
+      payloads: 4, // the old ones are archived, not in ClickHouse
+      sessions: 1 + new Set(oldA.map((e) => e.sessionId)).size,
+      profileOps: 1 + oldA.filter((e) => e.type === 'identify').length,
+    },
+    // June #1 and #2 mix devices: rewritten; July #1 is veh-a's alone: deleted; July #2 untouched.
+    r2: { chunksRewritten: 2, objectsDeleted: 3, rows: oldA.length },
+    deviceObjects: 1,
+  };
+}
+
+async function checkDeviceAErased(s: Scenario, liveA: string[], others: Record<string, Awaited<ReturnType<typeof countRows>>>) {
+  const { p } = s;
+  // ClickHouse: nothing of veh-a in any table; veh-b and veh-c exactly as they were.
+  expect(await countTable('events', p.id, 'device_id = {d:String}', { d: A })).toBe(0);
+  expect(await countTable('sessions', p.id, 'device_id = {d:String}', { d: A })).toBe(0);
+  const idsA = [...liveA, ...s.old.filter((e) => e.deviceId === A).map((e) => e.id)];
+  expect(await countIn('event_payloads', p.id, idsA)).toBe(0);
+  expect(await countIn('profile_ops', p.id, idsA)).toBe(0);
+  for (const d of [B, C]) expect(await countRows(p.id, 'device_id = {d:String}', { d })).toEqual(others[d]);
+
+  // R2: every object decodes against its manifest row, no row of veh-a, every other row once, byte for byte.
+  const rows = await archiveRows(p.id);
+  expect(rows.filter((r) => r.deviceId === A)).toEqual([]);
+  expect(rows).toEqual(s.old.filter((e) => e.deviceId !== A).sort(byTime).map(toArchiveRow));
+  const manifest = await manifestStore(env.DB).list(p.id);
+  // Each rewritten June chunk holds exactly its old chunk's other rows, verified and still cleared.
+  for (const old of s.chunks.filter((c) => c.month === '2025-06')) {
+    expect(manifest.find((m) => m.number === old.number && m.month === old.month)).toBeUndefined();
+    const kept = s.old.filter((e) => e.deviceId !== A && e.createdAtMs >= old.firstCreatedAtMs && e.createdAtMs <= old.lastCreatedAtMs).sort(byTime).map(toArchiveRow);
+    const replacement = (await readArchive(p.id)).find((o) => o.row.month === '2025-06' && o.rows[0]!.id === kept[0]!.id)!;
+    expect(replacement.rows).toEqual(kept);
+    expect(replacement.row.verifiedAt).not.toBeNull();
+    expect(replacement.row.clearedAt).toBe(old.clearedAt);
+    expect(replacement.row.number).toBeGreaterThan(2);
+  }
+  expect(manifest.filter((m) => m.month === '2025-07').map((m) => m.number)).toEqual([2]);
+
+  // Device object: empty, and an event it had seen is new to it again.
+  expect(await deviceStub(p.id, A).state()).toBeNull();
+  expect(await deviceStub(p.id, A).sessions()).toEqual([]);
+
+  // Read API: nothing of veh-a; veh-b's archived payload still served from its new chunk.
+  expect((await getJson<{ events: unknown[] }>(p, `/v1/events?deviceId=${A}`)).body.events).toEqual([]);
+  expect((await getJson<{ sessions: unknown[] }>(p, `/v1/sessions?deviceId=${A}`)).body.sessions).toEqual([]);
+  expect((await getJson(p, `/v1/devices/${A}`)).status).toBe(404);
+  const oldA = s.old.find((e) => e.deviceId === A)!;
+  expect((await getJson(p, `/v1/events/${oldA.id}/payload`)).status).toBe(404);
+  const oldB = s.old.find((e) => e.deviceId === B)!;
+  const payload = await getJson<{ payload: unknown; source: string }>(p, `/v1/events/${oldB.id}/payload`);
+  expect(payload.status).toBe(200);
+  expect(payload.body).toMatchObject({ source: 'archive', payload: JSON.parse(oldB.payload) });
+}
+
+describe('device erasure', () => {
+  it('removes a device from ClickHouse, the archive, its object and every read route, and nothing of anyone else', async () => {
+    const s = await scenario('erase-device');
+    const { p } = s;
+    const liveA = await liveIds(p.id, 'device_id = {d:String}', { d: A });
+    expect(liveA).toHaveLength(4);
+    const others = { [B]: await countRows(p.id, 'device_id = {d:String}', { d: B }), [C]: await countRows(p.id, 'device_id = {d:String}', { d: C }) };
+    // The chunk of an old veh-a event is read (and cached) before the erasure.
+    const oldA = s.old.find((e) => e.deviceId === A)!;
+    expect((await getJson<{ source: string }>(p, `/v1/events/${oldA.id}/payload`)).body.source).toBe('archive');
+    expect(await deviceStub(p.id, A).state()).not.toBeNull();
+
+    const id = await startErasure({ projectId: p.id, deviceId: A });
+    const job = await waitFinished(id);
+    // Progress counts work units: 4 archive chunks examined, 1 device object, deletion, check.
+    expect(job).toMatchObject({ type: 'erasure', state: 'succeeded', error: null, rowsProcessed: 7, rowsTotal: 7 });
+    expect(job.result).toEqual(deviceAResult(s));
+
+    await checkDeviceAErased(s, liveA, others);
+    // The same event again is not a duplicate: the object no longer knows it.
+    const again = await postBatch(p, { events: [s.live[A]![1]] });
+    expect(await again.json()).toEqual({ accepted: 1, duplicates: 0, rejected: [] });
+  });
+
+  it.each<CrashPoint>(['archive.afterPut', 'archive.afterInsert', 'archive.afterVerify', 'archive.afterObjectDelete', 'clickhouse.afterDelete'])(
+    'converges after a crash at %s: no duplicate row in R2, the same result',
+    async (crashAt) => {
+      const s = await scenario(`erase-crash-${crashAt}`);
+      const { p } = s;
+      const liveA = await liveIds(p.id, 'device_id = {d:String}', { d: A });
+      const others = { [B]: await countRows(p.id, 'device_id = {d:String}', { d: B }), [C]: await countRows(p.id, 'device_id = {d:String}', { d: C }) };
+      // Test-only: the route never takes `faults`; the job is started as the route would, plus the fault.
+      const started = await startJob(env, 'erasure', { projectId: p.id, deviceId: A, faults: { crashAt } });
+      const job = await waitFinished(started.id);
+      expect(job.state).toBe('succeeded');
+      // It did stop there once (the retry's commit keeps the last error).
+      expect(job.error).toContain(`test fault: the chunk stopped at ${crashAt}`);
+      expect(job.result).toEqual(deviceAResult(s));
+      await checkDeviceAErased(s, liveA, others);
+    },
+  );
+});
+
+describe('profile erasure', () => {
+  it("removes a profile's events, payloads, sessions and profile, and clears only its part of a shared device", async () => {
+    const s = await scenario('erase-profile');
+    const { p } = s;
+    const liveP = await liveIds(p.id, 'profile_id = {x:String}', { x: P });
+    expect(liveP).toHaveLength(5);
+    const anonA = await countRows(p.id, "device_id = {d:String} AND profile_id = ''", { d: A });
+    const profQ = await countRows(p.id, 'profile_id = {x:String}', { x: Q });
+    expect((await getJson(p, `/v1/profiles/${P}`)).status).toBe(200);
+    expect(await deviceStub(p.id, A).state()).toMatchObject({ profileId: P });
+
+    const id = await startErasure({ projectId: p.id, profileId: P });
+    const job = await waitFinished(id);
+    expect(job).toMatchObject({ type: 'erasure', state: 'succeeded', error: null });
+    const oldP = s.old.filter((e) => e.profileId === P);
+    expect(job.result).toEqual({
+      clickhouse: {
+        events: liveP.length + oldP.length,
+        payloads: liveP.length,
+        // veh-c's live session and its June session hold only P's events; veh-a's sessions are shared.
+        sessions: 2,
+        profileOps: 2 + oldP.filter((e) => e.type === 'identify').length,
+      },
+      // June #1, #2 and July #1 (veh-a: P and anonymous) rewritten; July #2 (veh-b) untouched.
+      r2: { chunksRewritten: 3, objectsDeleted: 3, rows: oldP.length },
+      deviceObjects: 2,
+    });
+
+    expect(await countTable('events', p.id, 'profile_id = {x:String}', { x: P })).toBe(0);
+    expect(await countTable('profile_ops', p.id, 'profile_id = {x:String}', { x: P })).toBe(0);
+    expect(await countIn('event_payloads', p.id, [...liveP, ...oldP.map((e) => e.id)])).toBe(0);
+    expect(await countTable('sessions', p.id, 'device_id = {d:String}', { d: C })).toBe(0);
+    // The anonymous events of the shared device, and profile Q, are all still there.
+    expect(await countRows(p.id, "device_id = {d:String} AND profile_id = ''", { d: A })).toEqual(anonA);
+    expect(await countRows(p.id, 'profile_id = {x:String}', { x: Q })).toEqual(profQ);
+    expect(anonA).toMatchObject({ events: 1 + 4, payloads: 1, sessions: 3 });
+
+    const rows = await archiveRows(p.id);
+    expect(rows).toEqual(s.old.filter((e) => e.profileId !== P).sort(byTime).map(toArchiveRow));
+
+    // veh-c held only P: its object is gone. veh-a keeps its anonymous state, not the profile.
+    expect(await deviceStub(p.id, C).state()).toBeNull();
+    const a = await deviceStub(p.id, A).state();
+    expect(a).toMatchObject({ profileId: null, lastEvent: { name: 'trip_point' } });
+    expect(a!.seenIds).toBe(1);
+    const again = await postBatch(p, { events: [s.live[A]![1], s.live[A]![3]] });
+    expect(await again.json()).toEqual({ accepted: 1, duplicates: 1, rejected: [] });
+
+    expect((await getJson(p, `/v1/profiles/${P}`)).status).toBe(404);
+    expect((await getJson(p, `/v1/profiles/${Q}`)).status).toBe(200);
+    const events = (await getJson<{ events: Array<{ profileId: string; deviceId: string }> }>(p, '/v1/events?limit=1000')).body.events;
+    expect(events.filter((e) => e.profileId === P)).toEqual([]);
+    expect(events.filter((e) => e.deviceId === C)).toEqual([]);
+  });
+});
+
+describe('erasure requests', () => {
+  const post = (body: unknown, headers: Record<string, string> = {}) =>
+    SELF.fetch('http://gw/admin/erasures', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+
+  it('refuses bad input with coded errors', async () => {
+    const p = await createProject('erase-input');
+    const code = async (res: Response) => ({ status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code });
+    expect(await code(await post({ projectId: p.id, deviceId: 'x' }, { authorization: '' }))).toEqual({ status: 401, code: 'unauthorized' });
+    expect(await code(await post('{"projectId":'))).toEqual({ status: 400, code: 'invalid_json' });
+    expect(await code(await post({ projectId: p.id }))).toEqual({ status: 400, code: 'invalid_request' });
+    expect(await code(await post({ projectId: p.id, deviceId: 'x', profileId: 'y' }))).toEqual({ status: 400, code: 'invalid_request' });
+    expect(await code(await post({ projectId: p.id, deviceId: '' }))).toEqual({ status: 400, code: 'invalid_request' });
+    expect(await code(await post({ projectId: p.id, deviceId: 'x', faults: { crashAt: 'archive.afterPut' } }))).toEqual({ status: 400, code: 'invalid_request' });
+    expect(await code(await post({ projectId: 'no-such-project', deviceId: 'x' }))).toEqual({ status: 400, code: 'unknown_project' });
+    const del = await SELF.fetch('http://gw/admin/projects/no-such-project', { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(await code(del)).toEqual({ status: 404, code: 'project_not_found' });
+    const unauth = await SELF.fetch(`http://gw/admin/projects/${p.id}`, { method: 'DELETE' });
+    expect(await code(unauth)).toEqual({ status: 401, code: 'unauthorized' });
+  });
+
+  it('refuses while an archive job of the project is under way, and answers a repeated request with the erasure under way', async () => {
+    const p = await createProject('erase-conflicts');
+    const store = jobStore(env.DB);
+    // Job rows without a message: they stay enqueued (no chunk runs) until cancelled below.
+    const archive = await store.create(crypto.randomUUID(), 'archive', { projectId: p.id, month: '2025-06' }, Date.now());
+    const refused = await admin('POST', '/admin/erasures', { projectId: p.id, deviceId: 'x' });
+    expect(refused).toMatchObject({ status: 409, body: { error: { code: 'archive_active', details: { id: archive.id } } } });
+    const delRefused = await admin('DELETE', `/admin/projects/${p.id}`);
+    expect(delRefused).toMatchObject({ status: 409, body: { error: { code: 'archive_active' } } });
+    await store.transition(archive.id, 'enqueued', 'cancelled', Date.now());
+
+    const pending = await store.create(crypto.randomUUID(), 'erasure', { projectId: p.id, profileId: 'someone' }, Date.now());
+    const again = await admin('POST', '/admin/erasures', { projectId: p.id, profileId: 'someone' });
+    expect(again).toEqual({ status: 202, body: { id: pending.id, state: 'enqueued' } });
+    // Another subject of the same project is its own erasure.
+    const other = await admin('POST', '/admin/erasures', { projectId: p.id, deviceId: 'someone' });
+    expect(other.status).toBe(202);
+    expect(other.body.id).not.toBe(pending.id);
+    await store.transition(pending.id, 'enqueued', 'cancelled', Date.now());
+    // A subject with nothing anywhere: the job succeeds and says it removed nothing.
+    expect(await waitFinished(other.body.id)).toMatchObject({
+      state: 'succeeded',
+      result: { clickhouse: { events: 0, payloads: 0, sessions: 0, profileOps: 0 }, r2: { chunksRewritten: 0, objectsDeleted: 0, rows: 0 }, deviceObjects: 0 },
+    });
+  });
+});
