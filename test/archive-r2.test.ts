@@ -29,3 +29,22 @@ it('R2 refuses a body whose SHA-256 is not the one given', async () => {
   await expect(putChunkCreateOnly(env.ARCHIVE, damaged)).rejects.toThrow(/SHA-256/i);
   expect(await readObject(env.ARCHIVE, c.manifest.key)).toBeNull();
 });
+
+it('never gives a removed chunk number to new content: numbers only grow', async () => {
+  const { manifestStore } = await import('../src/archive/manifest');
+  const store = manifestStore(env.DB);
+  const projectId = `mf-${crypto.randomUUID()}`;
+  expect(await store.nextNumber(projectId, '2025-06')).toBe(1);
+  for (const n of [1, 2, 3]) await store.insert((await chunk(projectId, n, `c${n}`)).manifest, 'job', Date.now());
+  expect(await store.nextNumber(projectId, '2025-06')).toBe(4);
+  // An erasure emptied the newest chunk and removed its row: 3 stays used.
+  await store.remove(projectId, '2025-06', 3);
+  await store.remove(projectId, '2025-06', 2);
+  expect((await store.list(projectId)).map((r) => r.number)).toEqual([1]);
+  expect(await store.nextNumber(projectId, '2025-06')).toBe(4);
+  // Other months and projects have numbers of their own; a project's deletion forgets them.
+  expect(await store.nextNumber(projectId, '2025-07')).toBe(1);
+  await store.forgetProject(projectId);
+  expect(await store.list(projectId)).toEqual([]);
+  expect(await store.nextNumber(projectId, '2025-06')).toBe(1);
+});

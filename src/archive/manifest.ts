@@ -2,7 +2,7 @@
 // and how far it went (uploaded → verified → cleared; restored).
 import { and, asc, desc, eq, gte, isNotNull, lte, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
-import { archiveChunks } from '../db/schema';
+import { archiveChunks, archiveNumbers } from '../db/schema';
 import type { ArchiveChunkManifest } from './chunk';
 
 export type ManifestRow = typeof archiveChunks.$inferSelect;
@@ -76,14 +76,24 @@ export function manifestStore(d1: D1Database) {
         .all();
     },
 
-    /** The number the next chunk of a month takes: numbers only grow, even past removed chunks' objects. */
+    /**
+     * The number the next chunk of a month takes: numbers only grow, even past chunks whose rows
+     * were removed (their number is kept in `archive_numbers`).
+     */
     async nextNumber(projectId: string, month: string): Promise<number> {
-      const row = await db
-        .select({ max: sql<number | null>`max(${archiveChunks.number})` })
-        .from(archiveChunks)
-        .where(and(eq(archiveChunks.projectId, projectId), eq(archiveChunks.month, month)))
-        .get();
-      return (row?.max ?? 0) + 1;
+      const [row, removed] = await Promise.all([
+        db
+          .select({ max: sql<number | null>`max(${archiveChunks.number})` })
+          .from(archiveChunks)
+          .where(and(eq(archiveChunks.projectId, projectId), eq(archiveChunks.month, month)))
+          .get(),
+        db
+          .select({ highWater: archiveNumbers.highWater })
+          .from(archiveNumbers)
+          .where(and(eq(archiveNumbers.projectId, projectId), eq(archiveNumbers.month, month)))
+          .get(),
+      ]);
+      return Math.max(row?.max ?? 0, removed?.highWater ?? 0) + 1;
     },
 
     /** The verified chunks of a month whose time range holds `createdAtMs` (a lazy read's candidates). */
@@ -116,8 +126,20 @@ export function manifestStore(d1: D1Database) {
       await db.update(archiveChunks).set({ restoredAt: now }).where(chunk(projectId, month, number));
     },
 
+    /** Removes a chunk's row; its number stays used (the month's high-water mark keeps it). */
     async remove(projectId: string, month: string, number: number): Promise<void> {
-      await db.delete(archiveChunks).where(chunk(projectId, month, number));
+      await db.batch([
+        db
+          .insert(archiveNumbers)
+          .values({ projectId, month, highWater: number })
+          .onConflictDoUpdate({ target: [archiveNumbers.projectId, archiveNumbers.month], set: { highWater: sql`max(${archiveNumbers.highWater}, excluded.high_water)` } }),
+        db.delete(archiveChunks).where(chunk(projectId, month, number)),
+      ]);
+    },
+
+    /** Forgets every manifest row and number of a project (its deletion, once its objects are gone). */
+    async forgetProject(projectId: string): Promise<void> {
+      await db.batch([db.delete(archiveChunks).where(eq(archiveChunks.projectId, projectId)), db.delete(archiveNumbers).where(eq(archiveNumbers.projectId, projectId))]);
     },
   };
 }

@@ -174,3 +174,17 @@ export const stalledOutboxes = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.projectId, t.deviceId] }), index('stalled_outboxes_since_idx').on(t.since)],
 );
+
+/**
+ * The highest chunk number a (project, month) ever used, kept when its manifest row goes (an erasure
+ * that emptied a chunk): chunk numbers only grow, so no number is ever given to other content.
+ */
+export const archiveNumbers = sqliteTable(
+  'archive_numbers',
+  {
+    projectId: text('project_id').notNull(),
+    month: text('month').notNull(),
+    highWater: integer('high_water').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.month] })],
+);

@@ -7,7 +7,7 @@ import { chunkCacheUrl } from '../archive/lazy-read';
 import { manifestStore, toChunkManifest } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { archiveChunks, clients, heldEvents, idempotencyKeys, legacyDatasets, projects, stalledOutboxes } from '../db/schema';
+import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, stalledOutboxes } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../ingest/accept';
 import { mapPool } from '../lib/pool';
@@ -127,7 +127,7 @@ export async function runProjectDeletionStep(
       for (const row of manifest) await caches.default.delete(chunkCacheUrl(toChunkManifest(row)));
       await deleteArchiveObjects(env, projectId);
       crash('project.afterObjectsDelete');
-      await db.delete(archiveChunks).where(eq(archiveChunks.projectId, projectId));
+      await manifestStore(env.DB).forgetProject(projectId);
       units.n += 1;
       c.step = 'clickhouse';
       return 'continue';
