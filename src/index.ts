@@ -12,6 +12,7 @@ import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
 import { handleDeadLetters } from './pipeline/dead-letters';
 import { handleIngestBatch } from './pipeline/writer';
+import { adminArchivesRestoreRoute } from './routes/admin-archives-restore';
 import { adminArchivesRoute } from './routes/admin-archives';
 import { adminBackfillsRoute } from './routes/admin-backfills';
 import { adminDatasetsRoute } from './routes/admin-datasets';
@@ -23,6 +24,7 @@ import { trackRoute } from './routes/track';
 import { trackBatchRoute } from './routes/track-batch';
 import { v1DevicesRoute } from './routes/v1-devices';
 import { v1EventsRoute } from './routes/v1-events';
+import { v1EventPayloadRoute } from './routes/v1-event-payload';
 import { v1ProfilesRoute } from './routes/v1-profiles';
 import { v1SessionsRoute } from './routes/v1-sessions';
 
@@ -33,6 +35,7 @@ export const app = new Hono<AppEnv>()
   .route('/', trackRoute)
   .route('/', trackBatchRoute)
   .route('/', v1EventsRoute)
+  .route('/', v1EventPayloadRoute)
   .route('/', v1SessionsRoute)
   .route('/', v1DevicesRoute)
   .route('/', v1ProfilesRoute)
@@ -40,6 +43,7 @@ export const app = new Hono<AppEnv>()
   .route('/', adminDeadLettersRoute)
   .route('/', adminBackfillsRoute)
   .route('/', adminArchivesRoute)
+  .route('/', adminArchivesRestoreRoute)
   .route('/', adminErasuresRoute)
   .route('/', adminDatasetsRoute);
 

@@ -10,8 +10,7 @@ import { LegacyImportParams } from './params';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
 import { writeImportedChunk } from './store';
-import { keyText, translateRow, UnusableLegacyRow, type IdMapRow } from './translate';
-import type { EventRow } from '../pipeline/messages';
+import { keyText, translateRow, UnusableLegacyRow, type TranslatedRow } from './translate';
 
 /** Pages per chunk: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
@@ -31,7 +30,7 @@ async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams,
   while (rows < p.chunkSize) {
     const page = await readPage(pg, p.source, cursor, maxKey, Math.min(pageSize, p.chunkSize - rows));
     const now = Date.now();
-    const translated: Array<{ event: EventRow; map: IdMapRow }> = [];
+    const translated: TranslatedRow[] = [];
     for (const row of page) {
       try {
         translated.push(translateRow(p, row, now));

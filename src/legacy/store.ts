@@ -1,9 +1,9 @@
-// Where imported history lands: ClickHouse `events` and `legacy_id_map`, written exactly once per row.
+// Where imported history lands: ClickHouse `events`, `event_payloads` and `legacy_id_map`, written
+// exactly once per row.
 import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
-import type { EventRow } from '../pipeline/messages';
 import type { DatasetKey } from './datasets';
-import type { IdMapRow } from './translate';
+import type { TranslatedRow } from './translate';
 
 /**
  * Ids per existence check. The ids travel as external data and are read through `IN (SELECT value
@@ -12,9 +12,9 @@ import type { IdMapRow } from './translate';
  */
 const ID_CHECK_BATCH = 2000;
 
-/** Ids among `rows` that the project already holds (a chunk written before a crash, or a re-run). */
-async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonly EventRow[]): Promise<Set<string>> {
-  const batches: EventRow[][] = [];
+/** Ids among `rows` that the project's `table` already holds (a chunk written before a crash, or a re-run). */
+async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', projectId: string, rows: ReadonlyArray<{ id: string; created_at_ms: number }>): Promise<Set<string>> {
+  const batches: Array<ReadonlyArray<{ id: string; created_at_ms: number }>> = [];
   for (let i = 0; i < rows.length; i += ID_CHECK_BATCH) batches.push(rows.slice(i, i + ID_CHECK_BATCH));
   const found = new Set<string>();
   await Promise.all(
@@ -26,7 +26,7 @@ async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonl
         to = Math.max(to, r.created_at_ms);
       }
       const hits = await ch.query<{ id: string }>(
-        `SELECT toString(id) AS id FROM events
+        `SELECT toString(id) AS id FROM ${table}
           WHERE project_id = {p:String}
             AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
             AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
@@ -46,32 +46,40 @@ async function existingEventIds(ch: ClickHouse, projectId: string, rows: readonl
  * rows already present are skipped, so a replay or a re-run adds nothing. Mapping rows are written
  * for the whole chunk every time — a copy collapses in the ReplacingMergeTree — so an event that
  * landed in a failed attempt never leaves its mapping behind.
+ *
+ * Raw payloads follow the event's decision and land before it: an event present means its payload
+ * was written too (it may since have been archived to R2 and cleared, so it is never written
+ * again); for an event not yet present, a payload that a failed attempt already wrote is not
+ * written twice.
  */
-export async function writeImportedChunk(
-  ch: ClickHouse,
-  projectId: string,
-  rows: ReadonlyArray<{ event: EventRow; map: IdMapRow }>,
-  verify: boolean,
-): Promise<number> {
+export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: readonly TranslatedRow[], verify: boolean): Promise<number> {
   if (rows.length === 0) return 0;
   const have = verify
-    ? await existingEventIds(
+    ? await existingIds(
         ch,
+        'events',
         projectId,
         rows.map((r) => r.event),
       )
     : new Set<string>();
   const fresh = rows.filter((r) => !have.has(r.event.id));
-  await Promise.all([
+  const havePayloads = verify && fresh.length ? await existingIds(ch, 'event_payloads', projectId, fresh.map((r) => r.payload)) : new Set<string>();
+  // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
+  const settled = await Promise.allSettled([
     ch.insert(
       'legacy_id_map',
       rows.map((r) => r.map),
     ),
     ch.insert(
-      'events',
-      fresh.map((r) => r.event),
+      'event_payloads',
+      fresh.filter((r) => !havePayloads.has(r.payload.id)).map((r) => r.payload),
     ),
   ]);
+  for (const s of settled) if (s.status === 'rejected') throw s.reason;
+  await ch.insert(
+    'events',
+    fresh.map((r) => r.event),
+  );
   return fresh.length;
 }
 

@@ -1,6 +1,6 @@
 // Pure core of the legacy import: one legacy row becomes one event with a deterministic UUIDv7.
 import { hash128, uuidv7At } from '../lib/ids';
-import type { EventRow } from '../pipeline/messages';
+import type { EventRow, PayloadRow } from '../pipeline/messages';
 import type { LegacyImportParams } from './params';
 import type { LegacyRow } from './source';
 
@@ -66,6 +66,7 @@ export function toEpochMs(value: unknown, column: string, key: string): number {
   throw new Error(`legacy row ${key}: column ${column} is not a timestamp (${JSON.stringify(value)})`);
 }
 
+/** A source value as JSON can carry it: times as ISO text, bigints as decimal text, bytes as hex. */
 function propertyValue(v: unknown): unknown {
   if (v instanceof LegacyTimestamp) return v.iso;
   if (v instanceof Date) return v.toISOString();
@@ -79,7 +80,24 @@ export class UnusableLegacyRow extends Error {
   override name = 'UnusableLegacyRow';
 }
 
-export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): { event: EventRow; map: IdMapRow } {
+/**
+ * The raw payload of an imported row: the source row itself, every column (key, time and device
+ * included) in the source's column order, as JSON, so imported history archives like any other.
+ */
+export function legacyPayloadJson(row: LegacyRow): string {
+  // No prototype: a column named `__proto__` is a column like any other.
+  const columns: Record<string, unknown> = Object.create(null);
+  for (const [col, v] of Object.entries(row)) columns[col] = propertyValue(v);
+  return JSON.stringify(columns);
+}
+
+export interface TranslatedRow {
+  event: EventRow;
+  map: IdMapRow;
+  payload: PayloadRow;
+}
+
+export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): TranslatedRow {
   const s = p.source;
   const key = row[s.key];
   if (key === null || key === undefined) throw new UnusableLegacyRow(`legacy row without a key (${s.key} is NULL)`);
@@ -120,5 +138,6 @@ export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset'
       longitude: null,
     },
     map: { dataset: p.dataset, legacy_id: legacyId, new_id: id, project_id: p.projectId, created_at_ms: createdAtMs },
+    payload: { id, project_id: p.projectId, created_at_ms: createdAtMs, received_at_ms: importedAtMs, payload: legacyPayloadJson(row) },
   };
 }

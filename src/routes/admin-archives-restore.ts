@@ -1,0 +1,61 @@
+// POST /admin/archives/restore — start a job that writes a (project, month)'s archived payloads back to ClickHouse.
+import { zValidator } from '@hono/zod-validator';
+import { eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { requireAdmin, type AppEnv } from '../auth';
+import { manualArchiveRefusal } from '../archive/month';
+import { RESTORE_JOB, RestoreParams, restorableChunks } from '../archive/restore-job';
+import { projects } from '../db/schema';
+import { ApiError } from '../errors';
+import { startJob } from '../jobs/actions';
+import { ACTIVE, type JobState } from '../jobs/states';
+import { jobStore } from '../jobs/store';
+import { validationHook } from './validation';
+
+/** The month is checked by manualArchiveRefusal, which names what is wrong with it. */
+const RestoreRequest = RestoreParams.extend({ month: z.string() });
+
+const REFUSALS = {
+  invalid_month: 'is not a month (YYYY-MM)',
+  current_month: 'is the current UTC month, which is never archived',
+  future_month: 'is in the future',
+} as const;
+
+/** Job states that hold a (project, month): a paused job resumes where it stopped. */
+const HOLDING: readonly JobState[] = [...ACTIVE, 'paused'];
+
+export const adminArchivesRestoreRoute = new Hono<AppEnv>().post('/admin/archives/restore', requireAdmin, zValidator('json', RestoreRequest, validationHook), async (c) => {
+  const body = c.req.valid('json');
+  const refusal = manualArchiveRefusal(body.month, Date.now());
+  if (refusal) throw new ApiError(400, refusal, `month ${JSON.stringify(body.month)} ${REFUSALS[refusal]}`, { month: body.month });
+  if (!c.env.ARCHIVE) throw new ApiError(503, 'archive_unavailable', 'no R2 bucket is bound as ARCHIVE');
+  const project = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
+  if (!project) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
+
+  // An archive run clears what a restore writes back: one job per (project, month) at a time.
+  const store = jobStore(c.env.DB);
+  const pair = { projectId: body.projectId, month: body.month };
+  const [archiving, restoring, erasing, deleting] = await Promise.all([
+    store.others('', 'archive', pair, HOLDING),
+    store.others('', RESTORE_JOB, pair, HOLDING),
+    store.others('', 'erasure', { projectId: body.projectId }, HOLDING),
+    store.others('', 'project_deletion', { projectId: body.projectId }, HOLDING),
+  ]);
+  const busy = archiving[0] ?? restoring[0];
+  if (busy) {
+    throw new ApiError(409, 'archive_already_active', `a ${busy.type} job of ${body.month} for this project is already ${busy.state}`, { id: busy.id, type: busy.type, state: busy.state });
+  }
+  // An erasure rewrites chunks: a restore running meanwhile could write the subject's rows back.
+  const erasure = erasing[0] ?? deleting[0];
+  if (erasure) {
+    throw new ApiError(409, 'erasure_active', `a ${erasure.type} job of this project is ${erasure.state}; restore when it has finished`, { id: erasure.id, type: erasure.type, state: erasure.state });
+  }
+  const chunks = await restorableChunks(c.env, body.projectId, body.month);
+  if (chunks.length === 0) {
+    throw new ApiError(409, 'nothing_to_restore', `${body.month} of this project has no archived chunks`, { projectId: body.projectId, month: body.month });
+  }
+  const job = await startJob(c.env, RESTORE_JOB, RestoreParams.parse(body));
+  return c.json({ id: job.id, state: job.state }, 202);
+});
