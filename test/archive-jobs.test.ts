@@ -315,6 +315,11 @@ describe('the archive sweep', () => {
     await archiveMonth(restored.id, due);
     await insertRows(restored.id, restoredRows, false);
     await manifestStore(env.DB).markRestored(restored.id, due, 1, Date.now());
+    // A project a legacy import is writing into (a job row, paused so no chunk runs).
+    const importing = await createProject('sweep-importing');
+    await insertRows(importing.id, makeRows('importing', 2, start(due)));
+    const importJob = await jobStore(env.DB).create(crypto.randomUUID(), 'legacy_import', { projectId: importing.id, dataset: 'citylens' }, Date.now());
+    expect(await jobStore(env.DB).transition(importJob.id, 'enqueued', 'paused', Date.now())).not.toBeNull();
 
     const off = await sweepArchives({ ...env, ARCHIVE_RAW_PAYLOADS: 'false' }, now);
     expect(off).toEqual({ enabled: false, due: 0, started: [], skipped: [] });
@@ -329,16 +334,17 @@ describe('the archive sweep', () => {
 
     const swept = await sweepArchives(on, now);
     expect(swept.enabled).toBe(true);
-    const mine = (r: { projectId: string }) => [p.id, failing.id, restored.id].includes(r.projectId);
+    const mine = (r: { projectId: string }) => [p.id, failing.id, restored.id, importing.id].includes(r.projectId);
     expect(swept.started.filter(mine).map((s) => [s.projectId, s.month])).toEqual([[p.id, due]]);
     const failedEnd = Date.parse((await getJob(failed.id)).endedAt!);
     expect(swept.skipped.filter(mine)).toEqual(
       expect.arrayContaining([
         { projectId: failing.id, month: due, reason: 'backing_off', until: new Date(failedEnd + 3_600_000).toISOString() },
         { projectId: restored.id, month: due, reason: 'restored' },
+        { projectId: importing.id, month: due, reason: 'import_active' },
       ]),
     );
-    expect(swept.skipped.filter(mine)).toHaveLength(2);
+    expect(swept.skipped.filter(mine)).toHaveLength(3);
     // The failing month shows why and when the sweep tries again.
     expect((await listArchives(`?projectId=${failing.id}`)).body.archives).toEqual([
       expect.objectContaining({ month: due, state: 'partial', lastJobId: failed.id, lastJobState: 'failed', lastError: expect.stringMatching(/injected crash/), sweepRetryAt: new Date(failedEnd + 3_600_000).toISOString() }),

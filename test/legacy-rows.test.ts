@@ -42,6 +42,28 @@ describe('legacy rows', () => {
     expect(await countEvents(p.id)).toEqual({ rows: 295, ids: 295 });
   });
 
+  it('keeps counting rows with an unparseable time as skipped across a cancel and retry', async () => {
+    const table = `legacy_badtime_${suffix()}`;
+    await withPg(async (c) => {
+      await c.query(`CREATE TABLE ${table} (id bigint PRIMARY KEY, device_id text, created_at text)`);
+      await c.query(`INSERT INTO ${table} SELECT g, 'veh-' || (g % 3), '2024-02-01T00:' || lpad((g % 60)::text, 2, '0') || ':00Z' FROM generate_series(1, 200) g`);
+      // Not NULL, so no query can count them: only the rows read know.
+      await c.query(`UPDATE ${table} SET created_at = 'not a time' WHERE id IN (5, 15, 25)`);
+    });
+    const p = await createProject('badtime');
+    // Chunks of 40, a second apart: the first chunk commits, then the cancel lands.
+    const id = await startImport(importBody(p.id, 'citylens', table, { chunkSize: 40, pauseMs: 1500 }));
+    await waitJob(id, (j) => j.rowsProcessed >= 40, 60_000);
+    expect((await admin('POST', `/admin/backfills/${id}/cancel`)).status).toBe(200);
+    const cancelled = await waitJob(id, finished, 60_000);
+    expect(cancelled.state).toBe('cancelled');
+    expect(cancelled.rowsSkipped).toBe(3);
+    expect((await admin('POST', `/admin/backfills/${id}/retry`)).status).toBe(200);
+    const done = await waitJob(id, finished, 90_000);
+    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 200, rowsTotal: 200, rowsSkipped: 3 });
+    expect(await countEvents(p.id)).toEqual({ rows: 197, ids: 197 });
+  });
+
   it('keeps rows a microsecond apart apart, keyed and paged by their timestamp', async () => {
     const table = `legacy_micro_${suffix()}`;
     const ROWS = 500;

@@ -18,7 +18,7 @@ export const SWEEP_MAX_ACTIVE = 10;
 /** The sweep's grouped query over event_payloads runs once an hour (at this minute), not every cron minute. */
 export const SWEEP_MINUTE = 17;
 
-export type SweepSkip = 'unknown_project' | 'restored' | 'job_active' | 'erasure_active' | 'backing_off' | 'limit';
+export type SweepSkip = 'unknown_project' | 'restored' | 'job_active' | 'erasure_active' | 'import_active' | 'backing_off' | 'limit';
 
 export interface SweepResult {
   enabled: boolean;
@@ -59,7 +59,8 @@ async function knownProjects(d1: D1Database, ids: readonly string[]): Promise<Ar
 
 /**
  * Enqueues archive jobs for the due months, oldest first, at most SWEEP_MAX_STARTS per run. A month
- * is left alone while an archive or restore job holds it, while an erasure of its project runs,
+ * is left alone while an archive or restore job holds it, while an erasure of or a legacy import into
+ * its project runs,
  * once it was restored (an operator brought it back on purpose: only an archive by hand takes it
  * again), and for a while after a failed archive (1 h, doubling per failure in a row, up to a day).
  */
@@ -73,16 +74,20 @@ export async function sweepArchives(env: Env, nowMs: number): Promise<SweepResul
 
   const db = drizzle(env.DB);
   const projectIds = [...new Set(pairs.map((p) => p.projectId))];
-  const [known, restored, monthHistory, erasing] = await Promise.all([
+  const [known, restored, monthHistory, erasing, importing] = await Promise.all([
     knownProjects(env.DB, projectIds),
     db.selectDistinct({ projectId: archiveChunks.projectId, month: archiveChunks.month }).from(archiveChunks).where(isNotNull(archiveChunks.restoredAt)).all(),
     // Holding jobs, and those that ended recently enough to count toward a back-off.
     monthJobs(env.DB, { types: MONTH_JOB_TYPES, endedSince: nowMs - 2 * SWEEP_BACKOFF_MAX_MS }),
     monthJobs(env.DB, { types: ERASURE_JOB_TYPES, holdingOnly: true }),
+    // A legacy import writes payloads into old months: archiving beside it could clear a payload
+    // that a replayed import chunk then writes again, into a second chunk later.
+    monthJobs(env.DB, { types: ['legacy_import'], holdingOnly: true }),
   ]);
   const knownIds = new Set(known.map((r) => r.id));
   const restoredPairs = new Set(restored.map((r) => pairKey(r.projectId, r.month)));
   const erasingProjects = new Set(erasing.map((j) => j.projectId));
+  const importingProjects = new Set(importing.map((j) => j.projectId));
   const jobsOf = new Map<string, MonthJob[]>();
   for (const j of monthHistory) {
     if (j.month === null) continue;
@@ -99,6 +104,7 @@ export async function sweepArchives(env: Env, nowMs: number): Promise<SweepResul
     else if (restoredPairs.has(k)) skip('restored');
     else if (history.some((j) => HOLDING_STATES.includes(j.state))) skip('job_active');
     else if (erasingProjects.has(projectId)) skip('erasure_active');
+    else if (importingProjects.has(projectId)) skip('import_active');
     else {
       const retryAt = sweepRetryAt(failureHistory(history.filter((j) => j.type === 'archive')));
       if (retryAt !== null && retryAt > nowMs) skip('backing_off', retryAt);

@@ -46,7 +46,8 @@ const FIRST_LEASE_VERSION = 0;
 const RESET_PROGRESS: Partial<JobRow> = {
   rowsProcessed: 0,
   rowsTotal: null,
-  rowsSkipped: 0,
+  // rowsSkipped stays: the rows skipped up to the cursor were counted as they were read, and the
+  // re-plan can only recount those a query can see (NULLs, not an unparseable time).
   ratePerSec: null,
   etaSec: null,
   attempts: 0,

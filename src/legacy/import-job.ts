@@ -65,7 +65,9 @@ export const legacyImportRunner: JobRunner = {
         maxKey = plan.maxKey;
         rowsTotal = plan.rowsTotal;
         rowsProcessed = plan.rowsDone;
-        rowsSkipped = plan.rowsSkipped;
+        // At least what earlier runs counted up to the cursor (a retry keeps it): the plan sees
+        // NULLs and empty devices, not a time that does not parse.
+        rowsSkipped = Math.max(rowsSkipped, plan.rowsSkipped);
       }
       if (maxKey === null) return { cursor: job.cursor, maxKey, rowsTotal, rowsBefore: rowsProcessed, rows: 0, skippedBefore: rowsSkipped, skipped: 0, done: true, verifyWrites };
       const { cursor, rows, skipped } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, job.cursor, maxKey, verifyWrites);
