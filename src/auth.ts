@@ -58,20 +58,83 @@ async function lookupClient(env: Env, clientId: string) {
   return entry;
 }
 
+async function verifyClient(env: Env, clientId: string, secret: string): Promise<ProjectAuth> {
+  const client = clientId.length <= 128 ? await lookupClient(env, clientId) : null;
+  const ok = client !== null && (await secretsEqual(await sha256Hex(secret), client.secretHash));
+  if (!client || !ok) throw new ApiError(401, 'unauthorized', 'unknown client or wrong secret');
+  return { projectId: client.projectId, clientId, sessionGapMs: client.sessionGapMs };
+}
+
 export async function authenticateClient(c: Context<AppEnv>): Promise<ProjectAuth> {
   const clientId = c.req.header('openpanel-client-id') ?? '';
   const secret = c.req.header('openpanel-client-secret') ?? '';
   if (!clientId || !secret) {
     throw new ApiError(401, 'unauthorized', 'openpanel-client-id and openpanel-client-secret headers are required');
   }
-  const client = clientId.length <= 128 ? await lookupClient(c.env, clientId) : null;
-  const ok = client !== null && (await secretsEqual(await sha256Hex(secret), client.secretHash));
-  if (!client || !ok) throw new ApiError(401, 'unauthorized', 'unknown client or wrong secret');
-  return { projectId: client.projectId, clientId, sessionGapMs: client.sessionGapMs };
+  return verifyClient(c.env, clientId, secret);
 }
 
 export const requireClient: MiddlewareHandler<AppEnv> = async (c, next) => {
   c.set('project', await authenticateClient(c));
+  await next();
+};
+
+export interface ClientCredentials {
+  clientId: string;
+  secret: string;
+}
+
+/** `<clientId>:<clientSecret>`; the client id never holds a colon, the secret may. */
+function credentialPair(pair: string): ClientCredentials | null {
+  const colon = pair.indexOf(':');
+  if (colon <= 0 || colon === pair.length - 1) return null;
+  return { clientId: pair.slice(0, colon), secret: pair.slice(colon + 1) };
+}
+
+function basicCredentials(encoded: string): ClientCredentials | null {
+  try {
+    const bytes = Uint8Array.from(atob(encoded), (ch) => ch.charCodeAt(0));
+    return credentialPair(new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Credentials as a tracker app can carry them, in this order: the OpenPanel headers;
+ * `Authorization: Bearer <clientId>:<clientSecret>`; HTTP Basic (user = client id, password =
+ * client secret); the `token` query parameter `<clientId>:<clientSecret>` (least preferred: URLs
+ * end up in proxy logs). The first one present is the one checked. Null when none is usable.
+ */
+export function appCredentials(request: Request): ClientCredentials | null {
+  const h = request.headers;
+  const clientId = h.get('openpanel-client-id');
+  const secret = h.get('openpanel-client-secret');
+  if (clientId && secret) return { clientId, secret };
+  const authorization = h.get('authorization')?.trim();
+  if (authorization) {
+    const space = authorization.indexOf(' ');
+    const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase();
+    const value = space < 0 ? '' : authorization.slice(space + 1).trim();
+    if (scheme === 'bearer') return credentialPair(value);
+    if (scheme === 'basic') return basicCredentials(value);
+    return null;
+  }
+  const token = new URL(request.url).searchParams.get('token');
+  return token ? credentialPair(token) : null;
+}
+
+/** Project authentication of the `/ingest/*` routes, for apps that hold only a URL and a token or a user and password. */
+export const requireAppClient: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const credentials = appCredentials(c.req.raw);
+  if (!credentials) {
+    throw new ApiError(
+      401,
+      'unauthorized',
+      'credentials are required: Authorization: Bearer <clientId>:<clientSecret>, HTTP Basic (user = client id, password = client secret), or ?token=<clientId>:<clientSecret>',
+    );
+  }
+  c.set('project', await verifyClient(c.env, credentials.clientId, credentials.secret));
   await next();
 };
 

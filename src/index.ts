@@ -20,6 +20,7 @@ import { adminDeadLettersRoute } from './routes/admin-dead-letters';
 import { adminErasuresRoute } from './routes/admin-erasures';
 import { adminProjectsRoute } from './routes/admin-projects';
 import { healthRoute } from './routes/health';
+import { ingestTrackersRoute } from './routes/ingest-trackers';
 import { trackRoute } from './routes/track';
 import { trackBatchRoute } from './routes/track-batch';
 import { v1DevicesRoute } from './routes/v1-devices';
@@ -34,6 +35,7 @@ export const app = new Hono<AppEnv>()
   .route('/', healthRoute)
   .route('/', trackRoute)
   .route('/', trackBatchRoute)
+  .route('/', ingestTrackersRoute)
   .route('/', v1EventsRoute)
   .route('/', v1EventPayloadRoute)
   .route('/', v1SessionsRoute)

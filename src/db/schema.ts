@@ -188,3 +188,22 @@ export const archiveNumbers = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.projectId, t.month] })],
 );
+
+/**
+ * Rows rejected for good (validation, too old, unsupported) from sources whose clients never see a
+ * per-row answer — the tracker apps, told "ok" so they stop resending — counted per (project,
+ * source) and shown in `/admin/health`. A row rejected again in a resent request counts again.
+ */
+export const rejectedRows = sqliteTable(
+  'rejected_rows',
+  {
+    projectId: text('project_id').notNull(),
+    /** `overland`, `owntracks` or `traccar`. */
+    source: text('source').notNull(),
+    count: integer('count').notNull(),
+    lastReason: text('last_reason').notNull(),
+    lastError: text('last_error').notNull(),
+    lastAt: integer('last_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.source] }), index('rejected_rows_last_at_idx').on(t.lastAt)],
+);

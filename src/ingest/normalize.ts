@@ -1,5 +1,6 @@
 // Pure core of the ingestion path: one wire row in, one normalised event or a per-row rejection out.
 import { z } from 'zod';
+import { checkPositionProperties, POSITION_EVENT_NAME } from '../fleet/position';
 import { hash128 } from '../lib/ids';
 import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
 import { utf8Bytes } from '../pipeline/messages';
@@ -176,6 +177,10 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
     properties.groupIds = event.payload.groupIds;
   } else if (event.payload.groups) {
     properties.groups = event.payload.groups;
+  }
+  if (event.type === 'track' && event.payload.name === POSITION_EVENT_NAME) {
+    const position = checkPositionProperties(properties);
+    if (!position.ok) return reject('validation', position.message);
   }
 
   let clientTimeMs: number | undefined;

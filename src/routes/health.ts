@@ -9,6 +9,7 @@ import { stalledOutboxes } from '../db/schema';
 import type { Env } from '../env';
 import { jobsHealth } from '../jobs/health';
 import { deadLetterStats } from '../pipeline/dead-letters';
+import { trackerRejections } from '../trackers/rejections';
 
 /**
  * A device outbox that has not reached the ingest queue for this long makes `/admin/health` not ok.
@@ -116,7 +117,7 @@ export const healthRoute = new Hono<AppEnv>()
     const now = Date.now();
     const invalid = misconfigured(c.env);
     if (invalid.length) errors.push(`misconfigured: invalid settings ${invalid.join(', ')}`);
-    const [status, deadLetters, jobs, backlog] = await Promise.all([
+    const [status, deadLetters, jobs, backlog, trackers] = await Promise.all([
       clickhouseStatusDespite(c.env, invalid),
       deadLetterStats(c.env.ARCHIVE, now).catch((err: unknown) => {
         errors.push(`dead letters: ${String(err)}`);
@@ -128,6 +129,10 @@ export const healthRoute = new Hono<AppEnv>()
       }),
       ingestBacklog(c.env.DB, now).catch((err: unknown) => {
         errors.push(`ingest backlog: ${String(err)}`);
+        return null;
+      }),
+      trackerRejections(c.env.DB).catch((err: unknown) => {
+        errors.push(`trackers: ${String(err)}`);
         return null;
       }),
     ]);
@@ -154,6 +159,8 @@ export const healthRoute = new Hono<AppEnv>()
         },
         // Parked messages wait for the cron's re-drive; quarantined ones for an operator.
         deadLetters: deadLetters ?? { parked: null, oldestAgeSec: null, quarantined: null, truncated: null },
+        // Tracker-app rows rejected for good: the apps were told "ok", so they show only here.
+        trackers: trackers ?? { rejectedRows: null, recent: null },
         ...(invalid.length ? { misconfigured: invalid } : {}),
         ...(errors.length ? { errors } : {}),
       },

@@ -1,0 +1,38 @@
+// OwnTracks (HTTP mode): one JSON message per request. `location` messages become position events;
+// every other `_type` (transition, lwt, waypoint, encrypted, ...) is acknowledged and ignored.
+import { badRequest } from '../errors';
+import { extraFields, fixTime, isPlainObject, knownNumber, positionEvent, type AdaptedRequest, type PositionEvent } from './position-event';
+
+/** Elements that become the position's own fields (`vel` is already km/h). */
+const MAPPED = new Set(['_type', 'lat', 'lon', 'vel', 'cog', 'acc', 'alt', 'tst']);
+
+/** `limitDevice`: the `X-Limit-D` header, the app's device name; else the message's `tid`. */
+export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): AdaptedRequest {
+  const messages = Array.isArray(body) ? body : [body];
+  const events: PositionEvent[] = [];
+  let ignored = 0;
+  for (const message of messages) {
+    if (!isPlainObject(message)) throw badRequest('invalid_request', 'an OwnTracks message must be a JSON object with a "_type"');
+    if (message._type !== 'location') {
+      ignored++;
+      continue;
+    }
+    const tid = typeof message.tid === 'string' && message.tid.trim() !== '' ? message.tid.trim() : undefined;
+    const deviceId = limitDevice?.trim() || tid;
+    if (!deviceId) throw badRequest('device_id_required', 'no device id: OwnTracks sends it as the X-Limit-D header (its Device ID setting) or as "tid"');
+    events.push(
+      positionEvent({
+        deviceId,
+        lat: message.lat,
+        lon: message.lon,
+        time: fixTime(message.tst),
+        speedKmh: knownNumber(message.vel),
+        heading: knownNumber(message.cog),
+        accuracyM: knownNumber(message.acc),
+        altitudeM: message.alt ?? undefined,
+        extra: extraFields(message, MAPPED),
+      }),
+    );
+  }
+  return { events, ignored };
+}
