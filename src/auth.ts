@@ -40,7 +40,8 @@ export const requireAdmin: MiddlewareHandler<AppEnv> = async (c, next) => {
 };
 
 const clientCache = new Map<string, { at: number; projectId: string; secretHash: string; sessionGapMs: number }>();
-const CLIENT_CACHE_MS = 30_000;
+/** How long a gateway isolate trusts a client it checked (a revoked client may pass this long). */
+export const CLIENT_CACHE_MS = 30_000;
 
 async function lookupClient(env: Env, clientId: string) {
   const hit = clientCache.get(clientId);

@@ -27,6 +27,7 @@ import { v1DevicesRoute } from './routes/v1-devices';
 import { v1EventsRoute } from './routes/v1-events';
 import { v1EventPayloadRoute } from './routes/v1-event-payload';
 import { v1ProfilesRoute } from './routes/v1-profiles';
+import { v1RejectionsRoute } from './routes/v1-rejections';
 import { v1SessionsRoute } from './routes/v1-sessions';
 
 export { DeviceObject } from '../durable-objects/device-object';
@@ -41,6 +42,7 @@ export const app = new Hono<AppEnv>()
   .route('/', v1SessionsRoute)
   .route('/', v1DevicesRoute)
   .route('/', v1ProfilesRoute)
+  .route('/', v1RejectionsRoute)
   .route('/', adminProjectsRoute)
   .route('/', adminDeadLettersRoute)
   .route('/', adminBackfillsRoute)

@@ -5,7 +5,7 @@ import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { describe, expect, it } from 'vitest';
 import { manifestStore } from '../src/archive/manifest';
-import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects } from '../src/db/schema';
+import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows } from '../src/db/schema';
 import { startJob } from '../src/jobs/actions';
 import { admin } from './backfill-helpers';
 import { archiveOldChunks, byTime, countTable, insertOldEvents, JULY, JUNE, liveEvent, oldEvents, readArchive, toArchiveRow, waitFinished, type OldEvent } from './erasure-fixtures';
@@ -58,6 +58,7 @@ async function d1Rows(projectId: string) {
     held: (await db.select().from(heldEvents).where(eq(heldEvents.projectId, projectId)).all()).length,
     idempotencyKeys: (await db.select().from(idempotencyKeys).where(eq(idempotencyKeys.projectId, projectId)).all()).length,
     manifest: (await manifestStore(env.DB).list(projectId)).length,
+    rejectedRows: (await db.select().from(rejectedRows).where(eq(rejectedRows.projectId, projectId)).all()).length,
   };
 }
 
@@ -71,7 +72,7 @@ async function expectGone(f: Filled) {
   const { p } = f;
   for (const table of TABLES) expect(await countTable(table, p.id), table).toBe(0);
   expect(await r2Keys(p.id)).toEqual([]);
-  expect(await d1Rows(p.id)).toEqual({ projects: 0, clients: 0, legacyDatasets: 0, held: 0, idempotencyKeys: 0, manifest: 0 });
+  expect(await d1Rows(p.id)).toEqual({ projects: 0, clients: 0, legacyDatasets: 0, held: 0, idempotencyKeys: 0, manifest: 0, rejectedRows: 0 });
   expect(await deviceState(p.id, 'veh-1')).toBeNull();
   expect(await deviceState(p.id, 'veh-2')).toBeNull();
   // Its credentials no longer open anything.
@@ -83,10 +84,12 @@ describe('project deletion', () => {
   it('deletes a project from every store, revokes its clients and leaves another project as it was', async () => {
     const doomed = await filledProject('doomed');
     const kept = await filledProject('kept');
+    // Tracker rows rejected for good are counted per project: they go with it.
+    for (const p of [doomed.p, kept.p]) await env.DB.prepare("INSERT INTO rejected_rows VALUES (?1, 'overland', 2, 'validation', 'lat must be between -90 and 90 degrees', ?2)").bind(p.id, Date.now()).run();
     const before = await projectCounts(doomed.p.id);
     expect(before).toEqual({ events: 3 + doomed.old.length, payloads: 3, sessions: 2 + 3, profileOps: 1 + 1 });
     const keptBefore = { counts: await projectCounts(kept.p.id), d1: await d1Rows(kept.p.id), idMap: await countTable('legacy_id_map', kept.p.id) };
-    expect(await d1Rows(doomed.p.id)).toEqual({ projects: 1, clients: 1, legacyDatasets: 1, held: 1, idempotencyKeys: 1, manifest: 3 });
+    expect(await d1Rows(doomed.p.id)).toEqual({ projects: 1, clients: 1, legacyDatasets: 1, held: 1, idempotencyKeys: 1, manifest: 3, rejectedRows: 1 });
     expect(await deviceState(doomed.p.id, 'veh-1')).not.toBeNull();
 
     const started = await admin('DELETE', `/admin/projects/${doomed.p.id}`);

@@ -212,6 +212,12 @@ describe('Overland', () => {
     expect(row).toMatchObject({ source: 'overland', count: 4, lastReason: 'validation' });
     expect(row!.lastError).toMatch(/lat must be between -90 and 90/);
     expect(health.rejectedRows).toBeGreaterThanOrEqual(4);
+    // The project sees its own rejected rows in the read API, and no other project's.
+    const mine = await getJson<{ rejectedRows: number; sources: Array<{ source: string; count: number; lastReason: string }> }>(p, '/v1/rejections');
+    expect(mine.status).toBe(200);
+    expect(mine.body).toMatchObject({ rejectedRows: 4, sources: [{ source: 'overland', count: 4, lastReason: 'validation' }] });
+    const other = await createProject('overland-clean');
+    expect((await getJson(other, '/v1/rejections')).body).toEqual({ rejectedRows: 0, sources: [] });
     // Sent again, the same rows are rejected (and counted) again; the stored ones are duplicates.
     await postOverland(p, body);
     expect((await trackerHealth()).recent.find((r) => r.projectId === p.id)!.count).toBe(8);

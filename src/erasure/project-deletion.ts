@@ -7,7 +7,8 @@ import { chunkCacheUrl } from '../archive/lazy-read';
 import { manifestStore, toChunkManifest } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, stalledOutboxes } from '../db/schema';
+import { CLIENT_CACHE_MS } from '../auth';
+import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../ingest/accept';
 import { mapPool } from '../lib/pool';
@@ -32,7 +33,7 @@ export interface ProjectDeletionCursor {
  * (`CLIENT_CACHE_MS` in src/auth.ts); past this wait, nothing new of the project is accepted, so
  * nothing arrives behind the deletion.
  */
-export const REVOKE_SETTLE_MS = 35_000;
+export const REVOKE_SETTLE_MS = CLIENT_CACHE_MS + 5_000;
 const DEVICES_PER_STEP = 100;
 const DEVICE_CALL_CONCURRENCY = 8;
 const R2_PAGE = 1000;
@@ -144,6 +145,7 @@ export async function runProjectDeletionStep(
         db.delete(legacyDatasets).where(eq(legacyDatasets.projectId, projectId)),
         db.delete(idempotencyKeys).where(eq(idempotencyKeys.projectId, projectId)),
         db.delete(stalledOutboxes).where(eq(stalledOutboxes.projectId, projectId)),
+        db.delete(rejectedRows).where(eq(rejectedRows.projectId, projectId)),
         db.delete(clients).where(eq(clients.projectId, projectId)),
       ]);
       units.n += 1;

@@ -1,6 +1,6 @@
 // Rows of tracker apps rejected for good, counted per (project, source) in D1 for the operator: the
 // apps are told "ok" (or they would resend a malformed row forever), so this is where they show.
-import { desc, sql } from 'drizzle-orm';
+import { desc, eq, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { rejectedRows } from '../db/schema';
 import type { Rejection } from '../ingest/normalize';
@@ -43,4 +43,18 @@ export async function trackerRejections(d1: D1Database): Promise<TrackerRejectio
     const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : String(err);
     throw new Error(`cannot read rejected tracker rows from D1: ${cause}`);
   }
+}
+
+export interface ProjectRejections {
+  rejectedRows: number;
+  sources: Array<{ source: string; count: number; lastReason: string; lastError: string; lastAt: string }>;
+}
+
+/** One project's rejected tracker rows, per source (its own read route: `GET /v1/rejections`). */
+export async function projectRejections(d1: D1Database, projectId: string): Promise<ProjectRejections> {
+  const rows = await drizzle(d1).select().from(rejectedRows).where(eq(rejectedRows.projectId, projectId)).orderBy(desc(rejectedRows.lastAt)).all();
+  return {
+    rejectedRows: rows.reduce((n, r) => n + r.count, 0),
+    sources: rows.map((r) => ({ source: r.source, count: r.count, lastReason: r.lastReason, lastError: r.lastError, lastAt: new Date(r.lastAt).toISOString() })),
+  };
 }
