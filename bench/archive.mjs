@@ -1,0 +1,218 @@
+// Raw-payload archival through a local gateway: archive throughput (ClickHouse → verified R2 chunks,
+// target ≥ 50k rows/s), restore throughput (target ≥ 100k rows/s), the compression ratio of
+// realistic tracker and analytics payloads (target ≥ 10:1), and the R2 bytes a lazy read costs
+// (at most one chunk; 0 when cached). Each rate is printed beside a floor measured in the same run:
+// reading the same rows out of ClickHouse and gzipping them in this process. Prints, asserts nothing.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startGateway } from '../scripts/lib/gateway.mjs';
+// The gateway's own parameter layer, for servers without native query parameters (18.16).
+import { bindParams } from '../src/clickhouse/params.ts';
+
+const ROWS = Number(process.env.BENCH_ARCHIVE_ROWS ?? 300_000);
+const CHUNK_ROWS = Number(process.env.BENCH_ARCHIVE_CHUNK_ROWS ?? 50_000);
+const LAZY_READS = Number(process.env.BENCH_ARCHIVE_LAZY_READS ?? 20);
+const JOB_TIMEOUT_MS = Number(process.env.BENCH_ARCHIVE_TIMEOUT_MS ?? 600_000);
+const MONTH = '2025-06';
+const MONTH_START_MS = Date.UTC(2025, 5, 1);
+const TARGET_ARCHIVE = 50_000;
+const TARGET_RESTORE = 100_000;
+const TARGET_RATIO = 10;
+
+const dataDir = mkdtempSync(join(tmpdir(), 'driftline-archive-bench-'));
+const database = `bench_archive_${randomBytes(4).toString('hex')}`;
+let gateway = null;
+let cleaning = null;
+
+async function cleanup() {
+  cleaning ??= (async () => {
+    if (gateway) {
+      await fetch(`${gateway.clickhouse.url}/?query=${encodeURIComponent(`DROP DATABASE IF EXISTS ${database}`)}`, { method: 'POST' }).catch(() => {});
+      await gateway.stop();
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => void cleanup().then(() => process.exit(130)));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const fmt = (n) => Math.round(n).toLocaleString('en-US');
+const met = (ok) => (ok ? 'met' : 'NOT met');
+
+let nativeParams = null;
+
+async function sql(query, params = {}) {
+  const url = new URL(gateway.clickhouse.url);
+  url.searchParams.set('database', database);
+  if (nativeParams === null) {
+    const version = await fetch(url, { method: 'POST', body: 'SELECT version()' }).then((r) => r.text());
+    const [major, minor] = version.trim().split('.').map(Number);
+    nativeParams = major > 19 || (major === 19 && minor >= 15);
+  }
+  let body = query;
+  if (nativeParams) for (const [k, v] of Object.entries(params)) url.searchParams.set(`param_${k}`, String(v));
+  else if (Object.keys(params).length) body = bindParams(query, params);
+  const res = await fetch(url, { method: 'POST', body });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`ClickHouse ${res.status}: ${text.slice(0, 500)}`);
+  return text;
+}
+
+async function admin(method, path, body) {
+  const res = await fetch(`${gateway.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${gateway.adminToken}`, 'content-type': 'application/json' },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+async function runJob(label, path, body) {
+  const started = Date.now();
+  const { id } = await admin('POST', path, body);
+  let job;
+  let lastPrint = 0;
+  for (;;) {
+    job = await admin('GET', `/admin/backfills/${id}`);
+    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) break;
+    if (Date.now() - lastPrint > 5000) {
+      lastPrint = Date.now();
+      console.log(`  ${label}: ${job.state} ${fmt(job.rowsProcessed)}/${fmt(job.rowsTotal ?? 0)} rows, ${fmt(job.ratePerSec ?? 0)} rows/s, ETA ${job.etaSec ?? '?'} s`);
+    }
+    if (Date.now() - started > JOB_TIMEOUT_MS) throw new Error(`${label}: not done after ${JOB_TIMEOUT_MS / 1000} s: ${JSON.stringify(job)}`);
+    await sleep(100);
+  }
+  if (job.state !== 'succeeded') throw new Error(`${label}: job ${job.state}: ${job.error}`);
+  const runMs = Date.parse(job.endedAt) - Date.parse(job.startedAt);
+  return { job, runMs, wallMs: Date.now() - started };
+}
+
+/**
+ * Realistic payloads, generated inside ClickHouse (fast, and the same text on both generations):
+ * a third each of OwnTracks locations, Overland GeoJSON features and OpenPanel analytics events,
+ * over 2000 devices through one month.
+ */
+async function seed(projectId) {
+  const t = `toInt64(${MONTH_START_MS} + number * 8000 + (number % 997))`;
+  // Ids as the gateway makes them: UUIDv7 carrying the event time, the rest from a hash.
+  // hex() drops leading zero bytes: pad to 16 digits.
+  const pad16 = (x) => `substring(concat('0000000000000000', ${x}), length(${x}) + 1, 16)`;
+  const h = pad16('lower(hex(cityHash64(number)))');
+  const ms = pad16(`lower(hex(toUInt64(${t})))`);
+  const uuidv7 = `toUUID(concat(substring(${ms}, 5, 8), '-', substring(${ms}, 13, 4), '-7', substring(${h}, 1, 3), '-8', substring(${h}, 4, 3), '-', substring(${h}, 7, 10), substring(${pad16('lower(hex(cityHash64(number, 1)))')}, 1, 2)))`;
+  const dev = "concat('veh-', toString(number % 2000))";
+  const lat = 'toString(round(48.80 + (number % 10000) / 100000.0, 6))';
+  const lon = 'toString(round(2.30 + (number % 7777) / 100000.0, 6))';
+  const payload = `multiIf(
+    number % 3 = 0,
+    concat('{"type":"track","payload":{"name":"location","properties":{"_type":"location","tid":"', substring(${dev}, 5, 2), '","lat":', ${lat}, ',"lon":', ${lon},
+           ',"acc":', toString(number % 40 + 3), ',"alt":', toString(30 + number % 90), ',"batt":', toString(100 - number % 100), ',"vel":', toString(number % 110),
+           ',"conn":"m","tst":', toString(intDiv(${t}, 1000)), ',"__deviceId":"', ${dev}, '"}}}'),
+    number % 3 = 1,
+    concat('{"type":"track","payload":{"name":"overland_location","properties":{"type":"Feature","geometry":{"type":"Point","coordinates":[', ${lon}, ',', ${lat},
+           ']},"properties":{"timestamp":"', toString(toDateTime(intDiv(${t}, 1000), 'UTC')), 'Z","altitude":', toString(30 + number % 90), ',"speed":', toString(number % 30),
+           ',"horizontal_accuracy":', toString(number % 40 + 5), ',"motion":["driving"],"battery_state":"unplugged","battery_level":0.', toString(10 + number % 89),
+           ',"wifi":"","device_id":"', ${dev}, '"},"__deviceId":"', ${dev}, '"}}}'),
+    concat('{"type":"track","payload":{"name":"screen_view","profileId":"user-', toString(number % 5000), '","properties":{"path":"/fleet/', toString(number % 50),
+           '/vehicles","title":"Fleet overview","referrer":"https://app.example.com/","os":"Android","osVersion":"14","model":"Pixel 8","appVersion":"3.', toString(number % 12),
+           '.0","__deviceId":"', ${dev}, '","__timestamp":', toString(${t}), '}}}'))`;
+  await sql(
+    `INSERT INTO event_payloads (id, project_id, created_at_ms, received_at_ms, payload)
+     SELECT ${uuidv7}, {p:String}, ${t}, ${t} + 1500, ${payload} FROM numbers(${ROWS})`,
+    { p: projectId },
+  );
+  await sql(
+    `INSERT INTO events (id, project_id, device_id, session_id, profile_id, type, name, created_at_ms, received_at_ms, synced_at_ms, properties, ref_id, ip, country, region, city, timezone, latitude, longitude)
+     SELECT id, project_id, concat('veh-', toString(rowNumberInAllBlocks() % 2000)), '', '', 'track', 'bench', created_at_ms, received_at_ms, received_at_ms, '{}', '', '', '', '', '', '', NULL, NULL
+       FROM event_payloads WHERE project_id = {p:String}`,
+    { p: projectId },
+  );
+}
+
+/** The floor: the same rows read out of ClickHouse as JSON Lines and gzipped here, in this process. */
+async function floor() {
+  const started = performance.now();
+  const url = new URL(gateway.clickhouse.url);
+  url.searchParams.set('database', database);
+  // The bench's database holds this one project's rows only.
+  const res = await fetch(url, {
+    method: 'POST',
+    body: 'SELECT toString(id) AS id, created_at_ms, received_at_ms, payload FROM event_payloads ORDER BY created_at_ms, id FORMAT JSONEachRow',
+  });
+  if (!res.ok) throw new Error(`floor read: ${res.status} ${await res.text()}`);
+  const gz = res.body.pipeThrough(new CompressionStream('gzip'));
+  let compressed = 0;
+  for await (const part of gz) compressed += part.byteLength;
+  return { ms: performance.now() - started, compressed };
+}
+
+try {
+  gateway = await startGateway({
+    localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
+    port: 0,
+    dataDir,
+    quiet: true,
+    clickhouseDatabase: database,
+    adminToken: randomBytes(16).toString('hex'),
+    vars: { ARCHIVE_CHUNK_ROWS: String(CHUNK_ROWS) },
+    log: (line) => console.log(`  ${line}`),
+  });
+  const project = gateway.project;
+  const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
+  console.log(`seeding ${fmt(ROWS)} payloads of ${MONTH} (OwnTracks, Overland, analytics) on ${gateway.clickhouse.kind}`);
+  await seed(project.id);
+  const [rawBytes] = (await sql('SELECT sum(length(payload)) FROM event_payloads WHERE project_id = {p:String}', { p: project.id })).trim().split('\n').map(Number);
+  const sample = (await sql('SELECT toString(id) FROM event_payloads WHERE project_id = {p:String} ORDER BY cityHash64(toString(id)) LIMIT {n:UInt32}', { p: project.id, n: LAZY_READS }))
+    .trim()
+    .split('\n');
+
+  const base = await floor();
+  const floorRate = (ROWS * 1000) / base.ms;
+
+  console.log(`\narchive ${MONTH} (${fmt(ROWS)} rows, chunks of ${fmt(CHUNK_ROWS)})`);
+  const archive = await runJob('archive', '/admin/archives', { projectId: project.id, month: MONTH });
+  const listing = await admin('GET', `/admin/archives?projectId=${project.id}&month=${MONTH}`);
+  const entry = listing.archives.find((a) => a.month === MONTH);
+  const left = Number((await sql('SELECT count() FROM event_payloads WHERE project_id = {p:String}', { p: project.id })).trim());
+
+  const lazy = [];
+  for (const id of sample) {
+    for (const pass of ['first', 'second']) {
+      const res = await fetch(`${gateway.url}/v1/events/${id}/payload`, { headers });
+      const body = await res.json();
+      if (!res.ok || body.source !== 'archive') throw new Error(`lazy read of ${id}: ${res.status} ${JSON.stringify(body).slice(0, 300)}`);
+      lazy.push({ pass, bytes: Number(res.headers.get('x-driftline-archive-bytes-read') ?? NaN), cache: res.headers.get('x-driftline-archive-cache') });
+    }
+  }
+
+  console.log(`\nrestore ${MONTH}`);
+  const restore = await runJob('restore', '/admin/archives/restore', { projectId: project.id, month: MONTH });
+  const back = Number((await sql('SELECT count() FROM event_payloads WHERE project_id = {p:String}', { p: project.id })).trim());
+
+  const archiveRate = (archive.job.rowsProcessed * 1000) / archive.runMs;
+  const restoreRate = (restore.job.rowsProcessed * 1000) / restore.runMs;
+  const ratio = entry.bytes / entry.compressedBytes;
+  const avgChunk = entry.compressedBytes / entry.chunks;
+  const firstReads = lazy.filter((l) => l.pass === 'first');
+  const secondReads = lazy.filter((l) => l.pass === 'second');
+  const avg = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+
+  console.log('\n--- raw-payload archival ---');
+  console.log(`rows                                 ${fmt(ROWS)} (${fmt(rawBytes / 1e6)} MB of payload text); ${fmt(left)} left in ClickHouse after archiving, ${fmt(back)} after restoring`);
+  console.log(`floor: read from ClickHouse + gzip   ${fmt(floorRate)} rows/s (${(base.ms / 1000).toFixed(1)} s)`);
+  console.log(`archive (→ verified R2 chunks)       ${fmt(archiveRate)} rows/s (job ${(archive.runMs / 1000).toFixed(1)} s, ${entry.chunks} chunks) = ${(archiveRate / floorRate).toFixed(2)}× the floor; target ≥ ${fmt(TARGET_ARCHIVE)}: ${met(archiveRate >= TARGET_ARCHIVE)}`);
+  console.log(`restore (R2 → ClickHouse)            ${fmt(restoreRate)} rows/s (job ${(restore.runMs / 1000).toFixed(1)} s) = ${(restoreRate / floorRate).toFixed(2)}× the floor; target ≥ ${fmt(TARGET_RESTORE)}: ${met(restoreRate >= TARGET_RESTORE)}`);
+  console.log(`compression (archive listing)        ${fmt(entry.bytes / 1e6)} MB → ${(entry.compressedBytes / 1e6).toFixed(2)} MB = ${ratio.toFixed(1)}:1 (gzip of the plain JSON Lines here: ${(rawBytes / base.compressed).toFixed(1)}:1); target ≥ ${TARGET_RATIO}:1: ${met(ratio >= TARGET_RATIO)}`);
+  console.log(`lazy read, first of a chunk          ${fmt(avg(firstReads.map((l) => l.bytes)))} R2 bytes per request on average (${firstReads.filter((l) => l.cache === 'miss').length}/${firstReads.length} misses; a chunk averages ${fmt(avgChunk)} bytes)`);
+  console.log(`lazy read, again                     ${fmt(avg(secondReads.map((l) => l.bytes)))} R2 bytes per request (${secondReads.filter((l) => l.cache === 'hit').length}/${secondReads.length} cache hits)`);
+} catch (err) {
+  console.error(err);
+  process.exitCode = 1;
+} finally {
+  await cleanup();
+}
