@@ -19,11 +19,13 @@ import { adminDatasetsRoute } from './routes/admin-datasets';
 import { adminDeadLettersRoute } from './routes/admin-dead-letters';
 import { adminErasuresRoute } from './routes/admin-erasures';
 import { adminProjectsRoute } from './routes/admin-projects';
+import { fleetRoute } from './routes/fleet';
 import { healthRoute } from './routes/health';
 import { ingestTrackersRoute } from './routes/ingest-trackers';
 import { trackRoute } from './routes/track';
 import { trackBatchRoute } from './routes/track-batch';
 import { v1DevicesRoute } from './routes/v1-devices';
+import { v1DevicesRegistryRoute } from './routes/v1-devices-registry';
 import { v1EventsRoute } from './routes/v1-events';
 import { v1EventPayloadRoute } from './routes/v1-event-payload';
 import { v1ProfilesRoute } from './routes/v1-profiles';
@@ -41,6 +43,8 @@ export const app = new Hono<AppEnv>()
   .route('/', v1EventPayloadRoute)
   .route('/', v1SessionsRoute)
   .route('/', v1DevicesRoute)
+  .route('/', v1DevicesRegistryRoute)
+  .route('/', fleetRoute)
   .route('/', v1ProfilesRoute)
   .route('/', v1RejectionsRoute)
   .route('/', adminProjectsRoute)

@@ -207,3 +207,42 @@ export const rejectedRows = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.projectId, t.source] }), index('rejected_rows_last_at_idx').on(t.lastAt)],
 );
+
+/** The vehicle registry (PUT /v1/devices/:deviceId): what an operator calls a device. */
+export const vehicles = sqliteTable(
+  'vehicles',
+  {
+    projectId: text('project_id').notNull(),
+    deviceId: text('device_id').notNull(),
+    name: text('name'),
+    plate: text('plate'),
+    driver: text('driver'),
+    group: text('group'),
+    /** An IANA zone: the default for the vehicle's daily mileage. */
+    timezone: text('timezone'),
+    updatedAt: integer('updated_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.deviceId] }), index('vehicles_group_idx').on(t.projectId, t.group)],
+);
+
+/**
+ * One row per device with positions: serializes its fleet recomputes. `pendingFromMs..pendingToMs`
+ * is the span of fixes stored but not yet recomputed, `dirty` counts how often it was widened; the
+ * lease holder clears it (and the lease) only if `dirty` is what it read, else it runs again.
+ * `seq` grows with every lease: the version of what the recompute writes to ClickHouse.
+ */
+export const fleetCursors = sqliteTable(
+  'fleet_cursors',
+  {
+    projectId: text('project_id').notNull(),
+    deviceId: text('device_id').notNull(),
+    pendingFromMs: integer('pending_from_ms'),
+    pendingToMs: integer('pending_to_ms'),
+    dirty: integer('dirty').notNull().default(0),
+    leaseToken: text('lease_token'),
+    leaseUntil: integer('lease_until').notNull().default(0),
+    seq: integer('seq').notNull().default(0),
+    updatedAt: integer('updated_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.projectId, t.deviceId] })],
+);

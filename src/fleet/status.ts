@@ -5,7 +5,8 @@ import type { Fix } from './position';
 import type { FleetRules } from './rules';
 import { impliedSpeedKmh } from './trips';
 
-export type LiveStatus = 'moving' | 'idle' | 'parked' | 'offline';
+export const LIVE_STATUSES = ['moving', 'idle', 'parked', 'offline'] as const;
+export type LiveStatus = (typeof LIVE_STATUSES)[number];
 
 /** What a device keeps as its live state (plain data, storable as JSON). */
 export interface LivePosition {

@@ -5,6 +5,7 @@ import { legacyImportRunner } from '../legacy/import-job';
 import { archiveRunner } from '../archive/archive-job';
 import { restoreRunner } from '../archive/restore-job';
 import { erasureRunner, projectDeletionRunner } from '../erasure/erasure-job';
+import { fleetRecomputeRunner } from '../fleet/recompute';
 import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
 import { PermanentChunkError, type JobRunner } from './runner';
 import { jobStore, type JobRow, type JobStore } from './store';
@@ -24,7 +25,7 @@ export const MAX_CHUNK_MS = 15 * 60_000;
 /** No lease and no progress for this long: the message for the next chunk was lost. */
 export const STALL_MS = 180_000;
 
-const runners: Record<string, JobRunner> = { legacy_import: legacyImportRunner, archive: archiveRunner, restore: restoreRunner, erasure: erasureRunner, project_deletion: projectDeletionRunner };
+const runners: Record<string, JobRunner> = { legacy_import: legacyImportRunner, archive: archiveRunner, restore: restoreRunner, erasure: erasureRunner, project_deletion: projectDeletionRunner, fleet_recompute: fleetRecomputeRunner };
 
 export function runnerFor(type: string): JobRunner {
   const r = runners[type];

@@ -3,6 +3,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
+import { positionSpans, recomputeAfterWrite, type PositionSpan } from '../fleet/recompute';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -35,7 +36,11 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
   return found;
 }
 
-export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean): Promise<{ events: number; sessions: number }> {
+/**
+ * `positions`: the devices with `position` events in the messages and the span of their times — all
+ * of them, new or already stored (a redelivery after a crash before the recompute redoes it).
+ */
+export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
   const events: EventRow[] = [];
   const payloads: PayloadRow[] = [];
   const sessions: SessionRow[] = [];
@@ -60,7 +65,7 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   const settled = await Promise.allSettled([ch.insert('sessions', sessions), ch.insert('event_payloads', dedupe(newPayloads))]);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
   await ch.insert('events', dedupe(newEvents));
-  return { events: newEvents.length, sessions: sessions.length };
+  return { events: newEvents.length, sessions: sessions.length, positions: positionSpans(events) };
 }
 
 export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
@@ -80,9 +85,12 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const bodies = decoded.map((d) => d.body);
   const ackAll = () => (decoded.length === batch.messages.length ? batch.ackAll() : decoded.forEach((d) => d.m.ack()));
   const mayBeRedelivery = decoded.some((d) => d.m.attempts > 1 || d.body.redelivery === true);
+  // Fleet state follows the durable insert; a failed recompute never fails the (acked) batch.
+  const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env.DB, positions) : undefined);
   try {
-    await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
+    const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
     ackAll();
+    await fleet(positions);
     return;
   } catch (err) {
     // One immediate second try (a stale keep-alive connection after a ClickHouse restart fails once);
@@ -90,20 +98,23 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
     console.error(JSON.stringify({ msg: 'ingest write failed; trying once more', messages: batch.messages.length, error: String(err) }));
   }
   try {
-    await writeRows(ch, bodies, Date.now(), true);
+    const { positions } = await writeRows(ch, bodies, Date.now(), true);
     ackAll();
+    await fleet(positions);
     return;
   } catch (err) {
     console.error(JSON.stringify({ msg: 'ingest write failed twice; writing messages one by one', messages: batch.messages.length, error: String(err) }));
   }
   // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
+  const positions: PositionSpan[] = [];
   for (const { m, body } of decoded) {
     try {
-      await writeRows(ch, [body], Date.now(), true);
+      positions.push(...(await writeRows(ch, [body], Date.now(), true)).positions);
       m.ack();
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
       m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
     }
   }
+  await fleet(positions);
 }

@@ -1,0 +1,229 @@
+// Fleet benchmarks through a local gateway:
+// 1. positions ingest: workerd CPU (and wall time until visible and recomputed) per position vs per
+//    plain event, equal batches in the same run. Target ≤ 1.2×.
+// 2. daily mileage of 1 000 vehicles × 30 days: rows ClickHouse reads per request (target ≤ 1 per
+//    vehicle-day) and the time, beside reading raw fixes.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startGateway } from '../scripts/lib/gateway.mjs';
+
+const INGEST_DEVICES = Number(process.env.BENCH_FLEET_DEVICES ?? 50);
+const INGEST_BATCHES = Number(process.env.BENCH_FLEET_BATCHES ?? 20);
+const BATCH_EVENTS = 1000;
+const VEHICLES = Number(process.env.BENCH_FLEET_VEHICLES ?? 1000);
+const DAYS = 30;
+const RAW_VEHICLES = Number(process.env.BENCH_FLEET_RAW_VEHICLES ?? 100);
+const TARGET_CPU_RATIO = 1.2;
+const DAY_MS = 86_400_000;
+
+const dataDir = mkdtempSync(join(tmpdir(), 'driftline-fleet-'));
+const database = `bench_fleet_${randomBytes(4).toString('hex')}`;
+let gateway = null;
+
+async function cleanup() {
+  if (gateway) {
+    await chQuery(`DROP DATABASE IF EXISTS ${database}`).catch(() => {});
+    await gateway.stop();
+    gateway = null;
+  }
+  rmSync(dataDir, { recursive: true, force: true });
+}
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => void cleanup().then(() => process.exit(130)));
+
+async function chQuery(sql, body) {
+  const u = new URL(gateway.clickhouse.url);
+  u.searchParams.set('database', database);
+  if (body !== undefined) u.searchParams.set('query', sql);
+  const res = await fetch(u, { method: 'POST', body: body ?? sql });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`ClickHouse ${res.status}: ${text.slice(0, 300)}`);
+  return text;
+}
+
+/** Rows read and elapsed time ClickHouse reports for a query (FORMAT JSON statistics: both generations). */
+async function chStats(sql) {
+  const out = JSON.parse(await chQuery(`${sql} FORMAT JSON`));
+  return { rows: out.rows, rowsRead: Number(out.statistics?.rows_read ?? NaN), elapsedMs: Number(out.statistics?.elapsed ?? NaN) * 1000 };
+}
+
+function cpuSeconds({ pgid, pid }) {
+  let ticks = 0;
+  for (const p of pid ? [String(pid)] : readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (pgid && Number(f[2]) !== pgid) continue;
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100;
+}
+
+async function pool(items, limit, fn) {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]);
+  }));
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Batch b: BATCH_EVENTS events over all devices, each device driving east at 50 km/h, one fix per 5 s. */
+function batch(kind, b, baseMs) {
+  const perDevice = BATCH_EVENTS / INGEST_DEVICES;
+  const events = [];
+  for (let d = 0; d < INGEST_DEVICES; d++) {
+    for (let i = 0; i < perDevice; i++) {
+      const k = b * perDevice + i;
+      const atMs = baseMs + k * 5000;
+      const properties = { __deviceId: `${kind}-${d}`, __eventId: `${kind}-${d}-${k}`, __timestamp: atMs };
+      if (kind === 'pos') Object.assign(properties, { lat: 52 + d * 0.01, lon: 13 + k * 0.0001, speed: 50, accuracy: 5 });
+      else Object.assign(properties, { temp: 20 + (k % 7), seq: k });
+      events.push({ type: 'track', payload: { name: kind === 'pos' ? 'position' : 'reading', properties } });
+    }
+  }
+  return JSON.stringify({ events });
+}
+
+async function ingest(kind, headers, baseMs) {
+  const count = async () => Number((await chQuery(`SELECT count() FROM events WHERE project_id = '${gateway.project.id}' AND device_id LIKE '${kind}-%'`)).trim());
+  const cpu0 = cpuSeconds({ pgid: gateway.wranglerPid });
+  const t0 = performance.now();
+  const bodies = Array.from({ length: INGEST_BATCHES }, (_, b) => batch(kind, b, baseMs));
+  // In order, one at a time: a live fleet's batches, each recomputed as it lands.
+  for (const body of bodies) {
+    const res = await fetch(`${gateway.url}/track/batch`, { method: 'POST', headers, body });
+    const r = await res.json();
+    if (res.status !== 202 || r.rejected.length) throw new Error(`batch answered ${res.status}: ${JSON.stringify(r).slice(0, 300)}`);
+  }
+  const total = INGEST_BATCHES * BATCH_EVENTS;
+  const lastFixMs = baseMs + (INGEST_BATCHES * (BATCH_EVENTS / INGEST_DEVICES) - 1) * 5000;
+  for (const deadline = Date.now() + 600_000; ; ) {
+    let done = (await count()) >= total;
+    if (done && kind === 'pos') {
+      // Recomputed: every device's live position is its newest fix.
+      const devices = (await (await fetch(`${gateway.url}/v1/devices`, { headers })).json()).devices.filter((d) => d.deviceId.startsWith('pos-'));
+      done = devices.length === INGEST_DEVICES && devices.every((d) => d.live && Date.parse(d.live.at) === lastFixMs);
+    }
+    if (done) break;
+    if (Date.now() > deadline) throw new Error(`${kind}: not visible/recomputed in time`);
+    await sleep(200);
+  }
+  return { events: total, wallSec: (performance.now() - t0) / 1000, cpuSec: cpuSeconds({ pgid: gateway.wranglerPid }) - cpu0 };
+}
+
+async function main() {
+  console.log(`fleet: starting a gateway (ClickHouse database ${database})...`);
+  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
+  const { project } = gateway;
+  const headers = { 'content-type': 'application/json', 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
+
+  // 1. Ingest: plain events first (warms the runtime), then positions, then plain again; the ratio
+  // uses the mean of the two plain runs.
+  if (process.env.BENCH_FLEET_SKIP_INGEST !== '1') await ingestBench(headers);
+  await mileageBench(project, headers);
+}
+
+async function ingestBench(headers) {
+  const baseMs = Date.now() - 3 * 3600_000;
+  const plainA = await ingest('plain', headers, baseMs);
+  const pos = await ingest('pos', headers, baseMs);
+  const plainB = await ingest('plainb', headers, baseMs);
+  const plainCpu = (plainA.cpuSec + plainB.cpuSec) / 2;
+  const plainWall = (plainA.wallSec + plainB.wallSec) / 2;
+  const perEvent = (s) => ((s * 1e6) / pos.events).toFixed(0);
+  console.log(`positions ingest (${INGEST_BATCHES} batches × ${BATCH_EVENTS}, ${INGEST_DEVICES} devices, in order, each recomputed):`);
+  console.log(`  plain events : workerd CPU ${perEvent(plainCpu)} µs/event, wall ${perEvent(plainWall)} µs/event (runs: ${plainA.cpuSec.toFixed(2)} s, ${plainB.cpuSec.toFixed(2)} s CPU)`);
+  console.log(`  positions    : workerd CPU ${perEvent(pos.cpuSec)} µs/event, wall ${perEvent(pos.wallSec)} µs/event (until visible and recomputed)`);
+  const ratio = pos.cpuSec / plainCpu;
+  console.log(`  CPU ratio position/plain: ${ratio.toFixed(2)}× (target ≤ ${TARGET_CPU_RATIO}×) ${ratio <= TARGET_CPU_RATIO ? 'OK' : 'OVER TARGET'}; wall ratio ${(pos.wallSec / plainWall).toFixed(2)}×`);
+}
+
+async function mileageBench(project, headers) {
+
+  // 2. Mileage: 1 000 vehicles × 30 days of aggregate rows (3 trips a day of 3 buckets each), registered in one group.
+  const today = Math.floor(Date.now() / DAY_MS) * DAY_MS;
+  const firstDay = today - DAYS * DAY_MS;
+  const rows = [];
+  for (let v = 0; v < VEHICLES; v++) {
+    for (let d = 0; d < DAYS; d++) {
+      const day = firstDay + d * DAY_MS;
+      const bucket_ms = [];
+      for (const h of [7, 12, 17]) for (let q = 0; q < 3; q++) bucket_ms.push(day + h * 3600_000 + q * 900_000);
+      rows.push(JSON.stringify({ project_id: project.id, device_id: `veh-${v}`, day: new Date(day).toISOString().slice(0, 10), bucket_ms, distance_m: bucket_ms.map(() => 9000), moving_ms: bucket_ms.map(() => 900_000), trip_starts: bucket_ms.map((_, k) => (k % 3 === 0 ? 1 : 0)), version: 1 }));
+    }
+  }
+  await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', rows.join('\n'));
+  await pool(Array.from({ length: VEHICLES }, (_, v) => v), 8, async (v) => {
+    for (;;) {
+      const res = await fetch(`${gateway.url}/v1/devices/veh-${v}`, { method: 'PUT', headers, body: JSON.stringify({ group: 'bench', timezone: 'Europe/Berlin' }) });
+      await res.text();
+      // The read budget (300 requests / 10 s) covers registry writes too.
+      if (res.status === 429) {
+        await sleep(1000 * Number(res.headers.get('retry-after') ?? 1));
+        continue;
+      }
+      if (res.status !== 200) throw new Error(`PUT answered ${res.status}`);
+      break;
+    }
+  });
+  const from = new Date(firstDay).toISOString().slice(0, 10);
+  const to = new Date(firstDay + (DAYS - 1) * DAY_MS).toISOString().slice(0, 10);
+  const times = [];
+  let days = 0;
+  for (let k = 0; k < 5; k++) {
+    const t0 = performance.now();
+    const res = await fetch(`${gateway.url}/v1/mileage?group=bench&from=${from}&to=${to}`, { headers });
+    const body = await res.json();
+    if (res.status !== 200) throw new Error(`mileage answered ${res.status}: ${JSON.stringify(body).slice(0, 300)}`);
+    times.push(performance.now() - t0);
+    days = body.days.length;
+  }
+  times.sort((a, b) => a - b);
+  // The route's query, replayed with the same key ranges (the route sends the device list as external data).
+  const list = Array.from({ length: VEHICLES }, (_, v) => `'veh-${v}'`).join(',');
+  const utcFrom = new Date(firstDay - DAY_MS).toISOString().slice(0, 10);
+  const agg = await chStats(
+    `SELECT device_id, toString(day) AS day_text, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
+      WHERE project_id = '${project.id}' AND device_id IN (${list}) AND day >= toDate('${utcFrom}') AND day <= toDate('${to}')
+      ORDER BY device_id, day, version DESC LIMIT 1 BY device_id, day`,
+  );
+  const vehicleDays = VEHICLES * DAYS;
+  console.log(`daily mileage of ${VEHICLES} vehicles × ${DAYS} days (Europe/Berlin, ${days} day rows answered):`);
+  console.log(`  GET /v1/mileage?group=: median ${times[2].toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[4].toFixed(0)})`);
+  console.log(`  aggregate read: ${agg.rowsRead} rows read by ClickHouse = ${(agg.rowsRead / vehicleDays).toFixed(3)} per vehicle-day (target ≤ 1), ${agg.elapsedMs.toFixed(1)} ms in ClickHouse`);
+
+  // Raw fixes beside it: RAW_VEHICLES vehicles × 30 days at one fix a minute while driving (3 × 40 min a day).
+  const raw = [];
+  for (let v = 0; v < RAW_VEHICLES; v++) {
+    for (let d = 0; d < DAYS; d++) {
+      for (const h of [7, 12, 17]) {
+        for (let m = 0; m < 40; m++) {
+          const at = firstDay + d * DAY_MS + h * 3600_000 + m * 60_000;
+          raw.push(JSON.stringify({ id: `00000000-0000-4000-8000-${String(raw.length).padStart(12, '0')}`, project_id: project.id, device_id: `veh-${v}`, session_id: '', profile_id: '', type: 'track', name: 'position', created_at_ms: at, received_at_ms: at, synced_at_ms: at, properties: JSON.stringify({ lat: 52 + m * 0.001, lon: 13, speed: 50 }), ref_id: '', ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null }));
+        }
+      }
+    }
+  }
+  for (let i = 0; i < raw.length; i += 50_000) await chQuery('INSERT INTO events FORMAT JSONEachRow', raw.slice(i, i + 50_000).join('\n'));
+  const rawList = Array.from({ length: RAW_VEHICLES }, (_, v) => `'veh-${v}'`).join(',');
+  const rawStats = await chStats(
+    `SELECT device_id, created_at_ms, properties FROM events
+      WHERE project_id = '${project.id}' AND device_id IN (${rawList}) AND name = 'position'
+        AND created_at >= toDateTime(${Math.floor((firstDay - DAY_MS) / 1000)}) AND created_at_ms <= ${today}`,
+  );
+  const rawVehicleDays = RAW_VEHICLES * DAYS;
+  console.log(`  raw fixes of ${RAW_VEHICLES} vehicles × ${DAYS} days (120 fixes a day): ${rawStats.rowsRead} rows read = ${(rawStats.rowsRead / rawVehicleDays).toFixed(1)} per vehicle-day, ${rawStats.elapsedMs.toFixed(1)} ms in ClickHouse just to read them (before any analysis; ×${VEHICLES / RAW_VEHICLES} for the whole fleet)`);
+}
+
+main()
+  .then(cleanup)
+  .catch(async (err) => {
+    console.error(err);
+    await cleanup();
+    process.exit(1);
+  });

@@ -1,0 +1,73 @@
+// The vehicle registry (D1) and the live view of a project's vehicles: registry entries joined
+// with their live positions, the status computed at read time.
+import { and, asc, eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { fleetCursors, vehicles } from '../db/schema';
+import type { FleetRules } from './rules';
+import { liveStatus, type LivePosition, type LiveStatus } from './status';
+
+export interface Vehicle {
+  deviceId: string;
+  name: string | null;
+  plate: string | null;
+  driver: string | null;
+  group: string | null;
+  timezone: string | null;
+}
+
+export type VehiclePatch = Partial<Omit<Vehicle, 'deviceId'>>;
+
+const toVehicle = (r: typeof vehicles.$inferSelect): Vehicle => ({ deviceId: r.deviceId, name: r.name, plate: r.plate, driver: r.driver, group: r.group, timezone: r.timezone });
+
+/** Sets the given fields of a vehicle's entry (absent ones keep their value; null clears). */
+export async function upsertVehicle(d1: D1Database, projectId: string, deviceId: string, patch: VehiclePatch, nowMs = Date.now()): Promise<Vehicle> {
+  const set = { ...patch, updatedAt: nowMs };
+  const [row] = await drizzle(d1)
+    .insert(vehicles)
+    .values({ projectId, deviceId, name: null, plate: null, driver: null, group: null, timezone: null, ...set })
+    .onConflictDoUpdate({ target: [vehicles.projectId, vehicles.deviceId], set })
+    .returning();
+  return toVehicle(row!);
+}
+
+export async function getVehicle(d1: D1Database, projectId: string, deviceId: string): Promise<Vehicle | null> {
+  const row = await drizzle(d1).select().from(vehicles).where(and(eq(vehicles.projectId, projectId), eq(vehicles.deviceId, deviceId))).get();
+  return row ? toVehicle(row) : null;
+}
+
+/** The project's vehicles (of one group, if given), by device id. */
+export async function listVehicles(d1: D1Database, projectId: string, group?: string): Promise<Vehicle[]> {
+  const where = group === undefined ? eq(vehicles.projectId, projectId) : and(eq(vehicles.projectId, projectId), eq(vehicles.group, group));
+  return (await drizzle(d1).select().from(vehicles).where(where).orderBy(asc(vehicles.deviceId)).all()).map(toVehicle);
+}
+
+/** Devices that ever sent positions (they have a fleet cursor), registered or not. */
+export async function positionDevices(d1: D1Database, projectId: string): Promise<string[]> {
+  const rows = await drizzle(d1).select({ deviceId: fleetCursors.deviceId }).from(fleetCursors).where(eq(fleetCursors.projectId, projectId)).orderBy(asc(fleetCursors.deviceId)).all();
+  return rows.map((r) => r.deviceId);
+}
+
+export const emptyVehicle = (deviceId: string): Vehicle => ({ deviceId, name: null, plate: null, driver: null, group: null, timezone: null });
+
+export interface LiveView {
+  lat: number;
+  lon: number;
+  speed: number | null;
+  heading: number | null;
+  ignition: boolean | null;
+  at: string;
+  status: LiveStatus;
+}
+
+export function liveView(live: LivePosition, nowMs: number, rules: FleetRules): LiveView {
+  const f = live.fix;
+  return {
+    lat: f.lat,
+    lon: f.lon,
+    speed: f.speedKmh ?? null,
+    heading: f.heading ?? null,
+    ignition: f.ignition ?? null,
+    at: new Date(f.atMs).toISOString(),
+    status: liveStatus(live, nowMs, rules),
+  };
+}

@@ -1,0 +1,400 @@
+// Fleet storage: fixes read from `events`, and the derived stretches, trips, daily mileage rows and
+// live position in ClickHouse (versioned ReplacingMergeTree rows, see migrations/clickhouse/0008).
+import type { ClickHouse } from '../clickhouse/client';
+import { dateTimeBounds } from '../clickhouse/time';
+import { MILEAGE_BUCKET_MS, mileageBuckets, type MileageSpan } from './mileage';
+import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix } from './position';
+import type { LivePosition } from './status';
+import type { Stretch, StretchEnd, Trip, TripEndReason } from './trips';
+
+const DAY_MS = 86_400_000;
+
+/** Every stored `position` fix of a device with fromMs ≤ atMs ≤ toMs (any accuracy; copies of an id included). */
+export async function readFixes(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number, toMs: number): Promise<Fix[]> {
+  const rows = await ch.query<{ id: string; at: number; properties: string }>(
+    `SELECT toString(id) AS id, created_at_ms AS at, properties FROM events
+      WHERE project_id = {p:String} AND device_id = {d:String}
+        AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
+        AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
+        AND type = 'track' AND name = {name:String}`,
+    { p: projectId, d: deviceId, ...dateTimeBounds(fromMs, toMs), from: fromMs, to: toMs, name: POSITION_EVENT_NAME },
+  );
+  const fixes: Fix[] = [];
+  for (const r of rows) {
+    let props: unknown;
+    try {
+      props = JSON.parse(r.properties);
+    } catch {
+      continue;
+    }
+    // Rows stored before per-row validation existed (or by an import) may be malformed: not fixes.
+    const check = checkPositionProperties(props);
+    if (check.ok) fixes.push(fixFromPosition(r.id, Number(r.at), check.properties));
+  }
+  return fixes;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stretches
+
+interface StretchRow {
+  start_ms: number;
+  end_ms: number;
+  last_accepted_ms: number;
+  counted_m: number;
+  end_reason: string;
+}
+
+const toStretch = (r: StretchRow): Stretch => ({
+  startMs: Number(r.start_ms),
+  endMs: Number(r.end_ms),
+  lastAcceptedMs: Number(r.last_accepted_ms),
+  countedM: Number(r.counted_m),
+  end: r.end_reason as StretchEnd,
+});
+
+/** The current (highest-version, not deleted) rows of a fleet table for one device, as a subquery. */
+const CURRENT_STRETCHES = `SELECT start_ms, end_ms, last_accepted_ms, counted_m, end_reason, deleted FROM fleet_stretches
+  WHERE project_id = {p:String} AND device_id = {d:String} AND %WHERE%
+  ORDER BY start_ms, version DESC LIMIT 1 BY start_ms`;
+
+async function currentStretches(ch: ClickHouse, projectId: string, deviceId: string, where: string, params: Record<string, number>, tail = ''): Promise<Stretch[]> {
+  const rows = await ch.query<StretchRow>(
+    `SELECT start_ms, end_ms, last_accepted_ms, counted_m, end_reason FROM (${CURRENT_STRETCHES.replace('%WHERE%', where)}) WHERE deleted = 0 ${tail}`,
+    { p: projectId, d: deviceId, ...params },
+  );
+  return rows.map(toStretch);
+}
+
+/**
+ * The part of a device's stretches a recompute for fixes from `fromMs` on can touch: the last
+ * stretch starting before `fromMs` and everything after it.
+ */
+export async function stretchesFrom(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number): Promise<Stretch[]> {
+  const [before] = await currentStretches(ch, projectId, deviceId, 'start_ms < {from:Int64}', { from: fromMs }, 'ORDER BY start_ms DESC LIMIT 1');
+  const startMs = before ? before.startMs : fromMs;
+  return currentStretches(ch, projectId, deviceId, 'start_ms >= {from:Int64}', { from: startMs }, 'ORDER BY start_ms');
+}
+
+/** Stretches overlapping [sinceMs, untilMs], for a consistent track read. */
+export async function stretchesOverlapping(ch: ClickHouse, projectId: string, deviceId: string, sinceMs: number, untilMs: number): Promise<Stretch[]> {
+  return currentStretches(ch, projectId, deviceId, 'start_ms <= {until:Int64}', { until: Math.trunc(untilMs), since: Math.trunc(sinceMs) }, 'AND end_ms >= {since:Int64} ORDER BY start_ms');
+}
+
+export interface Versioned {
+  projectId: string;
+  deviceId: string;
+  version: number;
+}
+
+export async function writeStretches(ch: ClickHouse, v: Versioned, stretches: readonly Stretch[], removedStartMs: readonly number[]): Promise<void> {
+  const rows = [
+    ...stretches.map((s) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: s.startMs, end_ms: s.endMs, last_accepted_ms: s.lastAcceptedMs, counted_m: s.countedM, end_reason: s.end, deleted: 0, version: v.version })),
+    ...removedStartMs.map((t) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: t, end_ms: t, last_accepted_ms: t, counted_m: 0, end_reason: 'open', deleted: 1, version: v.version })),
+  ];
+  await ch.insert('fleet_stretches', rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trips
+
+/** A stored trip: the API fields and its 15-minute buckets (tripStarts 1 in its first). */
+export interface StoredTrip {
+  deviceId: string;
+  startAt: number;
+  endAt: number;
+  distanceM: number;
+  maxSpeedKmh: number;
+  start: { lat: number; lon: number };
+  end: { lat: number; lon: number };
+  endReason: TripEndReason;
+  buckets: Array<{ startMs: number; distanceM: number; movingMs: number }>;
+}
+
+interface TripRow {
+  device_id: string;
+  start_at_ms: number;
+  end_at_ms: number;
+  distance_m: number;
+  max_speed_kmh: number;
+  start_lat: number;
+  start_lon: number;
+  end_lat: number;
+  end_lon: number;
+  end_reason: string;
+  bucket_ms: number[];
+  bucket_distance_m: number[];
+  bucket_moving_ms: number[];
+}
+
+const TRIP_COLUMNS = 'device_id, start_at_ms, end_at_ms, distance_m, max_speed_kmh, start_lat, start_lon, end_lat, end_lon, end_reason, bucket_ms, bucket_distance_m, bucket_moving_ms';
+
+const toStoredTrip = (r: TripRow): StoredTrip => ({
+  deviceId: r.device_id,
+  startAt: Number(r.start_at_ms),
+  endAt: Number(r.end_at_ms),
+  distanceM: Number(r.distance_m),
+  maxSpeedKmh: Number(r.max_speed_kmh),
+  start: { lat: Number(r.start_lat), lon: Number(r.start_lon) },
+  end: { lat: Number(r.end_lat), lon: Number(r.end_lon) },
+  endReason: r.end_reason as TripEndReason,
+  buckets: r.bucket_ms.map((b, k) => ({ startMs: Number(b), distanceM: Number(r.bucket_distance_m[k]), movingMs: Number(r.bucket_moving_ms[k]) })),
+});
+
+/** A trip of an analysis as stored: its buckets from its segments. */
+export function storedTrip(deviceId: string, t: Trip): StoredTrip {
+  return {
+    deviceId,
+    startAt: t.startAt,
+    endAt: t.endAt,
+    distanceM: t.distanceM,
+    maxSpeedKmh: t.maxSpeedKmh,
+    start: t.start,
+    end: t.end,
+    endReason: t.endReason,
+    buckets: mileageBuckets([t]).map((b) => ({ startMs: b.startMs, distanceM: b.distanceM, movingMs: b.movingMs ?? 0 })),
+  };
+}
+
+/** A stored trip in the shape FleetHistory keeps (segments are not stored). */
+export function historyTrip(t: StoredTrip): Trip {
+  const durationMs = t.endAt - t.startAt;
+  return {
+    startAt: t.startAt,
+    endAt: t.endAt,
+    durationMs,
+    distanceM: t.distanceM,
+    maxSpeedKmh: t.maxSpeedKmh,
+    avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
+    start: t.start,
+    end: t.end,
+    endReason: t.endReason,
+    segments: [],
+  };
+}
+
+/**
+ * Current trips of `deviceIds` (a value list: any number of devices) that overlap [fromMs, toMs]:
+ * end at or after `fromMs` and start at or before `toMs`.
+ */
+export async function tripsOverlapping(ch: ClickHouse, projectId: string, deviceIds: readonly string[], fromMs: number, toMs: number): Promise<StoredTrip[]> {
+  if (deviceIds.length === 0) return [];
+  const rows = await ch.query<TripRow>(
+    `SELECT ${TRIP_COLUMNS} FROM (
+       SELECT ${TRIP_COLUMNS}, deleted FROM fleet_trips
+        WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices) AND start_at_ms <= {to:Int64}
+        ORDER BY device_id, start_at_ms, version DESC LIMIT 1 BY device_id, start_at_ms)
+      WHERE deleted = 0 AND end_at_ms >= {from:Int64} ORDER BY device_id, start_at_ms`,
+    { p: projectId, from: Math.trunc(fromMs), to: Math.trunc(toMs) },
+    { devices: [...deviceIds] },
+  );
+  return rows.map(toStoredTrip);
+}
+
+/** Current trips of one device starting at or after `fromMs`. */
+export async function tripsStartingFrom(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number): Promise<StoredTrip[]> {
+  const rows = await ch.query<TripRow>(
+    `SELECT ${TRIP_COLUMNS} FROM (
+       SELECT ${TRIP_COLUMNS}, deleted FROM fleet_trips
+        WHERE project_id = {p:String} AND device_id = {d:String} AND start_at_ms >= {from:Int64}
+        ORDER BY start_at_ms, version DESC LIMIT 1 BY start_at_ms)
+      WHERE deleted = 0 ORDER BY start_at_ms`,
+    { p: projectId, d: deviceId, from: Math.trunc(fromMs) },
+  );
+  return rows.map(toStoredTrip);
+}
+
+export async function writeTrips(ch: ClickHouse, v: Versioned, trips: readonly StoredTrip[], removedStartAt: readonly number[]): Promise<void> {
+  const base = { project_id: v.projectId, device_id: v.deviceId, version: v.version };
+  const rows = [
+    ...trips.map((t) => ({
+      ...base,
+      start_at_ms: t.startAt,
+      end_at_ms: t.endAt,
+      distance_m: t.distanceM,
+      max_speed_kmh: t.maxSpeedKmh,
+      start_lat: t.start.lat,
+      start_lon: t.start.lon,
+      end_lat: t.end.lat,
+      end_lon: t.end.lon,
+      end_reason: t.endReason,
+      bucket_ms: t.buckets.map((b) => b.startMs),
+      bucket_distance_m: t.buckets.map((b) => b.distanceM),
+      bucket_moving_ms: t.buckets.map((b) => b.movingMs),
+      deleted: 0,
+    })),
+    ...removedStartAt.map((t) => ({
+      ...base,
+      start_at_ms: t,
+      end_at_ms: t,
+      distance_m: 0,
+      max_speed_kmh: 0,
+      start_lat: 0,
+      start_lon: 0,
+      end_lat: 0,
+      end_lon: 0,
+      end_reason: 'open',
+      bucket_ms: [],
+      bucket_distance_m: [],
+      bucket_moving_ms: [],
+      deleted: 1,
+    })),
+  ];
+  await ch.insert('fleet_trips', rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daily mileage rows
+
+/** One (device, UTC day) aggregate: the day's non-empty 15-minute buckets. */
+export interface MileageDayRow {
+  deviceId: string;
+  /** UTC date, YYYY-MM-DD. */
+  day: string;
+  buckets: Array<{ startMs: number; distanceM: number; movingMs: number; tripStarts: number }>;
+}
+
+export const utcDay = (ms: number) => new Date(Math.floor(ms / DAY_MS) * DAY_MS).toISOString().slice(0, 10);
+
+/**
+ * The day rows `trips` give for the UTC days `days` (every listed day gets a row, empty when no trip
+ * touches it). Trips are summed in start order, so equal sets give equal floats.
+ */
+export function mileageRows(deviceId: string, days: readonly string[], trips: readonly StoredTrip[]): MileageDayRow[] {
+  const byDay = new Map<string, Map<number, { distanceM: number; movingMs: number; tripStarts: number }>>(days.map((d) => [d, new Map()]));
+  const sorted = [...trips].sort((a, b) => a.startAt - b.startAt);
+  for (const t of sorted) {
+    const startBucket = Math.floor(t.startAt / MILEAGE_BUCKET_MS) * MILEAGE_BUCKET_MS;
+    const buckets = t.buckets.some((b) => b.startMs === startBucket) ? t.buckets : [{ startMs: startBucket, distanceM: 0, movingMs: 0 }, ...t.buckets];
+    for (const b of buckets) {
+      const day = byDay.get(utcDay(b.startMs));
+      if (!day) continue;
+      let acc = day.get(b.startMs);
+      if (!acc) day.set(b.startMs, (acc = { distanceM: 0, movingMs: 0, tripStarts: 0 }));
+      acc.distanceM += b.distanceM;
+      acc.movingMs += b.movingMs;
+      if (b.startMs === startBucket) acc.tripStarts += 1;
+    }
+  }
+  return [...byDay.entries()].map(([day, m]) => ({
+    deviceId,
+    day,
+    buckets: [...m.entries()].sort((a, b) => a[0] - b[0]).map(([startMs, b]) => ({ startMs, ...b })),
+  }));
+}
+
+interface MileageRow {
+  device_id: string;
+  day_text: string;
+  bucket_ms: number[];
+  distance_m: number[];
+  moving_ms: number[];
+  trip_starts: number[];
+}
+
+/** Current day rows of `deviceIds` for UTC days fromDay..toDay: the aggregate, never raw fixes. */
+export async function readMileageRows(ch: ClickHouse, projectId: string, deviceIds: readonly string[], fromDay: string, toDay: string): Promise<MileageDayRow[]> {
+  if (deviceIds.length === 0) return [];
+  const rows = await ch.query<MileageRow>(
+    `SELECT device_id, toString(day) AS day_text, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
+      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+        AND day >= toDate({from:String}) AND day <= toDate({to:String})
+      ORDER BY device_id, day, version DESC LIMIT 1 BY device_id, day`,
+    { p: projectId, from: fromDay, to: toDay },
+    { devices: [...deviceIds] },
+  );
+  return rows.map((r) => ({
+    deviceId: r.device_id,
+    day: r.day_text,
+    buckets: r.bucket_ms.map((b, k) => ({ startMs: Number(b), distanceM: Number(r.distance_m[k]), movingMs: Number(r.moving_ms[k]), tripStarts: Number(r.trip_starts[k]) })),
+  }));
+}
+
+export async function writeMileageRows(ch: ClickHouse, v: Versioned, rows: readonly MileageDayRow[]): Promise<void> {
+  await ch.insert(
+    'fleet_mileage',
+    rows.map((r) => ({
+      project_id: v.projectId,
+      device_id: v.deviceId,
+      day: r.day,
+      bucket_ms: r.buckets.map((b) => b.startMs),
+      distance_m: r.buckets.map((b) => b.distanceM),
+      moving_ms: r.buckets.map((b) => b.movingMs),
+      trip_starts: r.buckets.map((b) => b.tripStarts),
+      version: v.version,
+    })),
+  );
+}
+
+/** Day rows as spans for `dailyMileage`. */
+export function mileageSpans(rows: readonly MileageDayRow[]): MileageSpan[] {
+  return rows.flatMap((r) => r.buckets.map((b) => ({ startMs: b.startMs, endMs: b.startMs + MILEAGE_BUCKET_MS, distanceM: b.distanceM, movingMs: b.movingMs, tripStarts: b.tripStarts })));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live position
+
+interface LiveRow {
+  device_id: string;
+  fix_id: string;
+  at_ms: number;
+  lat: number;
+  lon: number;
+  speed_kmh: number | null;
+  heading: number | null;
+  accuracy_m: number | null;
+  altitude_m: number | null;
+  ignition: number | null;
+  counted_lat: number;
+  counted_lon: number;
+  counted_at_ms: number;
+  moved_by_drift: number;
+}
+
+function toLive(r: LiveRow): LivePosition {
+  const fix: Fix = { id: r.fix_id, atMs: Number(r.at_ms), lat: Number(r.lat), lon: Number(r.lon) };
+  if (r.speed_kmh !== null) fix.speedKmh = Number(r.speed_kmh);
+  if (r.heading !== null) fix.heading = Number(r.heading);
+  if (r.accuracy_m !== null) fix.accuracyM = Number(r.accuracy_m);
+  if (r.altitude_m !== null) fix.altitudeM = Number(r.altitude_m);
+  if (r.ignition !== null) fix.ignition = Number(r.ignition) === 1;
+  return { fix, countedPoint: { lat: Number(r.counted_lat), lon: Number(r.counted_lon), atMs: Number(r.counted_at_ms) }, movedByDrift: Number(r.moved_by_drift) === 1 };
+}
+
+/** Live positions of a project's devices (all of them, or those listed). */
+export async function readLive(ch: ClickHouse, projectId: string, deviceIds?: readonly string[]): Promise<Map<string, LivePosition>> {
+  const filter = deviceIds ? 'AND device_id IN (SELECT value FROM devices)' : '';
+  if (deviceIds && deviceIds.length === 0) return new Map();
+  const rows = await ch.query<LiveRow>(
+    `SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift
+       FROM fleet_live WHERE project_id = {p:String} ${filter}
+      ORDER BY device_id, version DESC LIMIT 1 BY device_id`,
+    { p: projectId },
+    deviceIds ? { devices: [...deviceIds] } : undefined,
+  );
+  return new Map(rows.map((r) => [r.device_id, toLive(r)]));
+}
+
+export async function writeLive(ch: ClickHouse, v: Versioned, live: LivePosition): Promise<void> {
+  const f = live.fix;
+  await ch.insert('fleet_live', [
+    {
+      project_id: v.projectId,
+      device_id: v.deviceId,
+      fix_id: f.id,
+      at_ms: f.atMs,
+      lat: f.lat,
+      lon: f.lon,
+      speed_kmh: f.speedKmh ?? null,
+      heading: f.heading ?? null,
+      accuracy_m: f.accuracyM ?? null,
+      altitude_m: f.altitudeM ?? null,
+      ignition: f.ignition === undefined ? null : f.ignition ? 1 : 0,
+      counted_lat: live.countedPoint.lat,
+      counted_lon: live.countedPoint.lon,
+      counted_at_ms: live.countedPoint.atMs,
+      moved_by_drift: live.movedByDrift ? 1 : 0,
+      version: v.version,
+    },
+  ]);
+}
