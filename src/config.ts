@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { DEFAULT_ARCHIVE_CHUNK_ROWS } from './archive/chunk';
 import { DEFAULT_ARCHIVE_LAG_MONTHS } from './archive/month';
 import type { Env } from './env';
+import { DEFAULT_FLEET_RULES, type FleetRules } from './fleet/rules';
 
 const ConfigSchema = z.object({
   clickhouse: z.object({
@@ -16,6 +17,10 @@ const ConfigSchema = z.object({
   /** Realtime events held per (project, dataset) while its initial import runs; more are refused, retryable. */
   legacyMaxHeld: z.number().int().positive(),
   sessionGapMs: z.number().int().positive(),
+  fleet: z.object({
+    /** A vehicle whose newest fix is older than this is `offline` (seconds). */
+    offlineAfterS: z.number().int().min(1).max(30 * 24 * 3600),
+  }),
   archive: z.object({
     /** The Cron sweep archives closed months by itself; the admin routes work either way. */
     rawPayloads: z.boolean(),
@@ -46,6 +51,7 @@ const SETTING_NAMES: Record<string, string> = {
   legacyDatasets: 'LEGACY_DATASETS',
   legacyMaxHeld: 'LEGACY_MAX_HELD',
   sessionGapMs: 'SESSION_GAP_MS',
+  'fleet.offlineAfterS': 'FLEET_OFFLINE_AFTER_S',
   'archive.rawPayloads': 'ARCHIVE_RAW_PAYLOADS',
   'archive.lagMonths': 'ARCHIVE_LAG_MONTHS',
   'archive.chunkRows': 'ARCHIVE_CHUNK_ROWS',
@@ -80,6 +86,7 @@ export function getConfig(env: Env): Config {
       .filter(Boolean),
     legacyMaxHeld: env.LEGACY_MAX_HELD ? Number(env.LEGACY_MAX_HELD) : DEFAULT_LEGACY_MAX_HELD,
     sessionGapMs: env.SESSION_GAP_MS ? Number(env.SESSION_GAP_MS) : DEFAULT_SESSION_GAP_MS,
+    fleet: { offlineAfterS: env.FLEET_OFFLINE_AFTER_S ? Number(env.FLEET_OFFLINE_AFTER_S) : DEFAULT_FLEET_RULES.offlineAfterS },
     archive: {
       rawPayloads: flag(env.ARCHIVE_RAW_PAYLOADS, false),
       lagMonths: env.ARCHIVE_LAG_MONTHS ? Number(env.ARCHIVE_LAG_MONTHS) : DEFAULT_ARCHIVE_LAG_MONTHS,
@@ -94,4 +101,9 @@ export function getConfig(env: Env): Config {
   const config = parsed.data;
   cache.set(env, config);
   return config;
+}
+
+/** The fleet rules as the read routes apply them: the defaults, with the deployment's offline delay. */
+export function fleetReadRules(env: Env): FleetRules {
+  return { ...DEFAULT_FLEET_RULES, offlineAfterS: getConfig(env).fleet.offlineAfterS };
 }

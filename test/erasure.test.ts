@@ -263,6 +263,45 @@ describe('erasure requests', () => {
       body: typeof body === 'string' ? body : JSON.stringify(body),
     });
 
+  it("removes a device's fleet history (trips, mileage, live position, registry) and leaves another device's as it was", async () => {
+    const p = await createProject('erase-fleet');
+    const t0 = Date.now() - 3 * 3_600_000;
+    // Two vehicles driving a few hundred metres, a fix every 10 s, through the real ingest path.
+    const drive = (deviceId: string, lon0: number) =>
+      Array.from({ length: 40 }, (_, i) => ({
+        type: 'track',
+        payload: { name: 'position', properties: { __deviceId: deviceId, __eventId: `${deviceId}-fix-${i}`, __timestamp: t0 + i * 10_000, lat: 52.5, lon: lon0 + i * 0.0003, speed: 30 } },
+      }));
+    const posted = await postBatch(p, { events: [...drive(A, 13.4), ...drive(B, 13.5)] });
+    expect(((await posted.json()) as { accepted: number }).accepted).toBe(80);
+    for (const d of [A, B]) {
+      const put = await SELF.fetch(`http://gw/v1/devices/${d}`, { method: 'PUT', headers: p.headers, body: JSON.stringify({ name: `Van ${d}`, timezone: 'Europe/Berlin' }) });
+      expect(put.status).toBe(200);
+    }
+    const fleetRows = async (deviceId: string) => {
+      const counts: Record<string, number> = {};
+      for (const table of ['fleet_live', 'fleet_stretches', 'fleet_trips', 'fleet_mileage']) {
+        const [r] = await ch().query<{ n: number | string }>(`SELECT count() AS n FROM ${table} WHERE project_id = {p:String} AND device_id = {d:String}`, { p: p.id, d: deviceId });
+        counts[table] = Number(r!.n);
+      }
+      return counts;
+    };
+    await waitUntil(() => fleetRows(A), (c) => (c.fleet_live ?? 0) > 0 && (c.fleet_stretches ?? 0) > 0);
+    await waitUntil(() => fleetRows(B), (c) => (c.fleet_live ?? 0) > 0 && (c.fleet_stretches ?? 0) > 0);
+    const bBefore = await fleetRows(B);
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
+    expect(job.state).toBe('succeeded');
+    expect(await fleetRows(A)).toEqual({ fleet_live: 0, fleet_stretches: 0, fleet_trips: 0, fleet_mileage: 0 });
+    expect(await fleetRows(B)).toEqual(bBefore);
+    const registry = await getJson<{ devices: Array<{ deviceId: string }> }>(p, '/v1/devices');
+    expect(registry.body.devices.map((d) => d.deviceId)).toEqual([B]);
+    const live = await getJson<{ vehicles: Array<{ deviceId: string }> }>(p, '/v1/fleet/live');
+    expect(live.body.vehicles.map((v) => v.deviceId)).toEqual([B]);
+    const cursors = await env.DB.prepare('SELECT count(*) AS n FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2').bind(p.id, A).first<{ n: number }>();
+    expect(cursors!.n).toBe(0);
+  });
+
   it('refuses bad input with coded errors', async () => {
     const p = await createProject('erase-input');
     const code = async (res: Response) => ({ status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code });

@@ -5,7 +5,7 @@ import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { describe, expect, it } from 'vitest';
 import { manifestStore } from '../src/archive/manifest';
-import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows } from '../src/db/schema';
+import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, vehicles } from '../src/db/schema';
 import { startJob } from '../src/jobs/actions';
 import { admin } from './backfill-helpers';
 import { archiveOldChunks, byTime, countTable, insertOldEvents, JULY, JUNE, liveEvent, oldEvents, readArchive, toArchiveRow, waitFinished, type OldEvent } from './erasure-fixtures';
@@ -34,10 +34,13 @@ async function filledProject(name: string): Promise<Filled> {
   await insertOldEvents(p.id, [...june, ...july]);
   await archiveOldChunks(p.id, '2025-06', [june.slice(0, 5), june.slice(5)]);
   await archiveOldChunks(p.id, '2025-07', [july]);
+  // Fleet state of the project: a registry entry and a daily-mileage row.
+  expect((await SELF.fetch('http://gw/v1/devices/veh-1', { method: 'PUT', headers: p.headers, body: JSON.stringify({ name: 'Van 1' }) })).status).toBe(200);
+  await ch().insert('fleet_mileage', [{ project_id: p.id, device_id: 'veh-1', day: '2025-06-03', bucket_ms: [JUNE], distance_m: [1200.5], moving_ms: [600_000], trip_starts: [1], version: 1 }]);
   return { p, old: [...june, ...july], liveEvents };
 }
 
-const TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map'] as const;
+const TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map', 'fleet_mileage'] as const;
 
 async function projectCounts(projectId: string) {
   const n = async (sql: string) => Number((await ch().query<{ n: number }>(sql, { p: projectId }))[0]!.n);
@@ -59,6 +62,7 @@ async function d1Rows(projectId: string) {
     idempotencyKeys: (await db.select().from(idempotencyKeys).where(eq(idempotencyKeys.projectId, projectId)).all()).length,
     manifest: (await manifestStore(env.DB).list(projectId)).length,
     rejectedRows: (await db.select().from(rejectedRows).where(eq(rejectedRows.projectId, projectId)).all()).length,
+    vehicles: (await db.select().from(vehicles).where(eq(vehicles.projectId, projectId)).all()).length,
   };
 }
 
@@ -72,7 +76,7 @@ async function expectGone(f: Filled) {
   const { p } = f;
   for (const table of TABLES) expect(await countTable(table, p.id), table).toBe(0);
   expect(await r2Keys(p.id)).toEqual([]);
-  expect(await d1Rows(p.id)).toEqual({ projects: 0, clients: 0, legacyDatasets: 0, held: 0, idempotencyKeys: 0, manifest: 0, rejectedRows: 0 });
+  expect(await d1Rows(p.id)).toEqual({ projects: 0, clients: 0, legacyDatasets: 0, held: 0, idempotencyKeys: 0, manifest: 0, rejectedRows: 0, vehicles: 0 });
   expect(await deviceState(p.id, 'veh-1')).toBeNull();
   expect(await deviceState(p.id, 'veh-2')).toBeNull();
   // Its credentials no longer open anything.
@@ -89,7 +93,7 @@ describe('project deletion', () => {
     const before = await projectCounts(doomed.p.id);
     expect(before).toEqual({ events: 3 + doomed.old.length, payloads: 3, sessions: 2 + 3, profileOps: 1 + 1 });
     const keptBefore = { counts: await projectCounts(kept.p.id), d1: await d1Rows(kept.p.id), idMap: await countTable('legacy_id_map', kept.p.id) };
-    expect(await d1Rows(doomed.p.id)).toEqual({ projects: 1, clients: 1, legacyDatasets: 1, held: 1, idempotencyKeys: 1, manifest: 3, rejectedRows: 1 });
+    expect(await d1Rows(doomed.p.id)).toEqual({ projects: 1, clients: 1, legacyDatasets: 1, held: 1, idempotencyKeys: 1, manifest: 3, rejectedRows: 1, vehicles: 1 });
     expect(await deviceState(doomed.p.id, 'veh-1')).not.toBeNull();
 
     const started = await admin('DELETE', `/admin/projects/${doomed.p.id}`);

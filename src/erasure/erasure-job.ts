@@ -6,18 +6,19 @@ import { drizzle } from 'drizzle-orm/d1';
 import { manifestStore, type ManifestRow } from '../archive/manifest';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { heldEvents, legacyDatasets, stalledOutboxes } from '../db/schema';
+import { fleetCursors, heldEvents, legacyDatasets, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../ingest/accept';
+import { startJob } from '../jobs/actions';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
 import { addArchiveCounts, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
-import { addCounts, countSubject, deleteSubject, profileOnDevice, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
+import { addCounts, countSubject, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
-type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'count' | 'clickhouse' | 'verify' | 'done';
+type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
 
 interface ErasureCursor {
   step: ErasureStep;
@@ -177,6 +178,24 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
         }
       }
       units.n += 1;
+      c.step = 'fleet';
+      return 'commit';
+    }
+    case 'fleet': {
+      // Trips, mileage and live positions are derived from positions: a device's go with it. A
+      // profile's positions leave its devices' history changed: it is rebuilt from what remains.
+      await deleteDeviceFleet(ch, s.projectId, c.devices);
+      if (s.kind === 'device') {
+        const db = drizzle(env.DB);
+        await db.batch([
+          db.delete(vehicles).where(and(eq(vehicles.projectId, s.projectId), eq(vehicles.deviceId, s.deviceId))),
+          db.delete(fleetCursors).where(and(eq(fleetCursors.projectId, s.projectId), eq(fleetCursors.deviceId, s.deviceId))),
+        ]);
+      } else {
+        for (const span of await remainingPositionSpans(ch, s.projectId, c.devices)) {
+          await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1 });
+        }
+      }
       c.step = 'done';
       return 'done';
     }

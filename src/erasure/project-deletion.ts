@@ -8,7 +8,7 @@ import { manifestStore, toChunkManifest } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { CLIENT_CACHE_MS } from '../auth';
-import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes } from '../db/schema';
+import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../ingest/accept';
 import { mapPool } from '../lib/pool';
@@ -146,6 +146,8 @@ export async function runProjectDeletionStep(
         db.delete(idempotencyKeys).where(eq(idempotencyKeys.projectId, projectId)),
         db.delete(stalledOutboxes).where(eq(stalledOutboxes.projectId, projectId)),
         db.delete(rejectedRows).where(eq(rejectedRows.projectId, projectId)),
+        db.delete(vehicles).where(eq(vehicles.projectId, projectId)),
+        db.delete(fleetCursors).where(eq(fleetCursors.projectId, projectId)),
         db.delete(clients).where(eq(clients.projectId, projectId)),
       ]);
       units.n += 1;

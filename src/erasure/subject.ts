@@ -43,8 +43,11 @@ function profileSessionsWhere(): string {
   return `project_id = {projectId:String} AND device_id IN (${devices}) AND (id IN (${only}) OR merged_into IN (${only}))`;
 }
 
+/** The tables of events and what they carry (fleet tables are derived per device: see FLEET_TABLES). */
+type EventTable = Exclude<DeletableTable, 'fleet_stretches' | 'fleet_trips' | 'fleet_mileage' | 'fleet_live'>;
+
 /** WHERE of each table's rows of the subject. All but `events` find them through `events`, so `events` goes last. */
-function tableWhere(s: Subject, table: DeletableTable): string {
+function tableWhere(s: Subject, table: EventTable): string {
   const ids = `SELECT id FROM events WHERE ${eventsWhere(s)}`;
   switch (table) {
     case 'events':
@@ -61,7 +64,7 @@ function tableWhere(s: Subject, table: DeletableTable): string {
 }
 
 /** Deletion order: every table found through `events` before `events` itself. */
-const DELETE_ORDER: readonly DeletableTable[] = ['event_payloads', 'profile_ops', 'sessions', 'legacy_id_map', 'events'];
+const DELETE_ORDER: readonly EventTable[] = ['event_payloads', 'profile_ops', 'sessions', 'legacy_id_map', 'events'];
 
 async function countWhere(ch: ClickHouse, table: string, where: string, params: QueryParams): Promise<number> {
   const [row] = await ch.query<{ n: number | string }>(`SELECT uniqExact(id) AS n FROM ${table} WHERE ${where}`, params);
@@ -181,8 +184,31 @@ export async function countProject(ch: ClickHouse, projectId: string): Promise<C
   return { events, payloads, sessions, profileOps };
 }
 
+/** What a device's positions were turned into (trips, stretches, mileage, live position): derived rows. */
+export const FLEET_TABLES: readonly DeletableTable[] = ['fleet_live', 'fleet_mileage', 'fleet_trips', 'fleet_stretches'];
+
 export async function deleteProjectRows(ch: ClickHouse, projectId: string): Promise<void> {
-  for (const table of DELETE_ORDER) await deleteRows(ch, table, 'project_id = {projectId:String}', { projectId });
+  for (const table of [...FLEET_TABLES, ...DELETE_ORDER]) await deleteRows(ch, table, 'project_id = {projectId:String}', { projectId });
+}
+
+/** Deletes the fleet rows derived from these devices' positions (their trips, mileage, live position). */
+export async function deleteDeviceFleet(ch: ClickHouse, projectId: string, deviceIds: readonly string[]): Promise<void> {
+  for (const deviceId of deviceIds) {
+    for (const table of FLEET_TABLES) await deleteRows(ch, table, 'project_id = {projectId:String} AND device_id = {deviceId:String}', { projectId, deviceId });
+  }
+}
+
+/** The devices among `deviceIds` that still have positions, with their time span (a recompute's window). */
+export async function remainingPositionSpans(ch: ClickHouse, projectId: string, deviceIds: readonly string[]): Promise<Array<{ deviceId: string; fromMs: number; toMs: number }>> {
+  if (!deviceIds.length) return [];
+  const rows = await ch.query<{ device_id: string; from_ms: number | string; to_ms: number | string }>(
+    `SELECT device_id, min(created_at_ms) AS from_ms, max(created_at_ms) AS to_ms FROM events
+      WHERE project_id = {projectId:String} AND name = 'position' AND device_id IN (SELECT value FROM devices)
+      GROUP BY device_id ORDER BY device_id`,
+    { projectId },
+    { devices: deviceIds },
+  );
+  return rows.map((r) => ({ deviceId: r.device_id, fromMs: Number(r.from_ms), toMs: Number(r.to_ms) }));
 }
 
 /** A page of the project's devices after `after` (events ∪ sessions), in order. */

@@ -1,7 +1,7 @@
 // Operator actions on jobs: start, pause, resume, cancel, retry.
 import type { Env } from '../env';
 import { ApiError } from '../errors';
-import { sendChunk } from './engine';
+import { sendChunk } from './queue';
 import { nextState, type JobAction, type JobState } from './states';
 import { jobStore, type JobRow } from './store';
 

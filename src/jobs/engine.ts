@@ -10,13 +10,9 @@ import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
 import { PermanentChunkError, type JobRunner } from './runner';
 import { jobStore, type JobRow, type JobStore } from './store';
 
-export const JOBS_QUEUE = 'driftline-jobs';
+import { sendChunk, type ChunkMessage } from './queue';
 
-/** A chunk message: the job and the lease version it expects (stale copies are no-ops). */
-export interface ChunkMessage {
-  jobId: string;
-  version: number;
-}
+export { JOBS_QUEUE, sendChunk, type ChunkMessage } from './queue';
 
 /** A chunk's lease, renewed every third of it while the chunk runs: only a dead chunk loses it. */
 export const LEASE_MS = 120_000;
@@ -33,10 +29,6 @@ export function runnerFor(type: string): JobRunner {
   return r;
 }
 
-export async function sendChunk(env: Env, jobId: string, version: number, delayMs = 0): Promise<void> {
-  const body: ChunkMessage = { jobId, version };
-  await env.JOBS_QUEUE.send(body, { contentType: 'json', delaySeconds: Math.min(Math.round(delayMs / 1000), 12 * 3600) });
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -4,6 +4,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import type { ChunkOutcome, JobRunner } from '../jobs/runner';
+import { startJob } from '../jobs/actions';
 import { jobStore } from '../jobs/store';
 import { markInitialMigrationCompleted } from './datasets';
 import { LegacyImportParams } from './params';
@@ -51,6 +52,16 @@ async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams,
   return { cursor, rows, skipped };
 }
 
+/** The event times an import of this dataset brought into the project (null when none). */
+async function importedSpan(ch: ClickHouse, p: LegacyImportParams): Promise<{ fromMs: number; toMs: number } | null> {
+  const [row] = await ch.query<{ n: number | string; from_ms: number | string; to_ms: number | string }>(
+    `SELECT count() AS n, min(created_at_ms) AS from_ms, max(created_at_ms) AS to_ms FROM legacy_id_map
+      WHERE project_id = {p:String} AND dataset = {d:String}`,
+    { p: p.projectId, d: p.dataset },
+  );
+  return row && Number(row.n) > 0 ? { fromMs: Number(row.from_ms), toMs: Number(row.to_ms) } : null;
+}
+
 export const legacyImportRunner: JobRunner = {
   pauseMs: (params) => LegacyImportParams.parse(params).pauseMs,
 
@@ -95,5 +106,10 @@ export const legacyImportRunner: JobRunner = {
   async afterSuccess(env: Env, job) {
     const p = LegacyImportParams.parse(job.params);
     await releaseHeldEvents(env, { projectId: p.projectId, dataset: p.dataset });
+    // Imported positions join tracks, trips and mileage: recompute the span they cover.
+    if (p.source.name === 'position') {
+      const span = await importedSpan(clickhouse(getConfig(env).clickhouse), p);
+      if (span) await startJob(env, 'fleet_recompute', { projectId: p.projectId, sinceMs: span.fromMs, untilMs: span.toMs + 1 });
+    }
   },
 };

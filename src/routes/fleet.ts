@@ -5,7 +5,7 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import { readRateLimit, requireAdmin, requireClient, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
-import { getConfig } from '../config';
+import { fleetReadRules, getConfig } from '../config';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
 import { simplifyTrack } from '../fleet/geo';
@@ -13,7 +13,6 @@ import { planTrackRead } from '../fleet/incremental';
 import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, type Vehicle } from '../fleet/live';
 import { dailyMileage, InvalidDateError, localMidnights, parseDate } from '../fleet/mileage';
 import { FleetRecomputeParams } from '../fleet/recompute';
-import { DEFAULT_FLEET_RULES } from '../fleet/rules';
 import { LIVE_STATUSES } from '../fleet/status';
 import { mileageSpans, readFixes, readLive, readMileageRows, stretchesOverlapping, tripsOverlapping, utcDay } from '../fleet/store';
 import { analyse } from '../fleet/trips';
@@ -36,7 +35,6 @@ const DAY_MS = 86_400_000;
 const MAX_TRACK_WINDOW_MS = 31 * DAY_MS;
 
 const iso = (ms: number) => new Date(ms).toISOString();
-const rules = DEFAULT_FLEET_RULES;
 
 function window(q: { since?: number; until?: number }, defaultMs: number, maxMs: number): { sinceMs: number; untilMs: number } {
   const untilMs = q.until ?? Date.now() + 60_000;
@@ -89,7 +87,7 @@ export const fleetRoute = new Hono<AppEnv>()
     for (const v of vehicles) {
       const l = live.get(v.deviceId);
       if (!l) continue;
-      const view = liveView(l, now, rules);
+      const view = liveView(l, now, fleetReadRules(c.env));
       if (q.status !== undefined && view.status !== q.status) continue;
       out.push({ deviceId: v.deviceId, name: v.name, plate: v.plate, group: v.group, ...view });
     }
@@ -103,7 +101,7 @@ export const fleetRoute = new Hono<AppEnv>()
     const ch = clickhouse(getConfig(c.env).clickhouse);
     // Whole stretches: whether a fix is accepted depends on the fixes before it in its stretch.
     const read = planTrackRead(await stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), sinceMs, untilMs);
-    const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), rules).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
+    const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), fleetReadRules(c.env)).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
     const points = q.simplify !== undefined ? simplifyTrack(accepted, q.simplify) : accepted;
     return c.json({
       type: 'Feature',

@@ -4,11 +4,10 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import { readRateLimit, requireClient, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
-import { getConfig } from '../config';
+import { fleetReadRules, getConfig } from '../config';
 import { ApiError } from '../errors';
 import { emptyVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
 import { assertTimeZone, InvalidTimeZoneError } from '../fleet/mileage';
-import { DEFAULT_FLEET_RULES } from '../fleet/rules';
 import { readLive } from '../fleet/store';
 import { validationHook } from './validation';
 
@@ -54,7 +53,7 @@ export const v1DevicesRegistryRoute = new Hono<AppEnv>()
       .sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0))
       .map((v) => {
         const l = live.get(v.deviceId);
-        return { ...v, live: l ? liveView(l, now, DEFAULT_FLEET_RULES) : null };
+        return { ...v, live: l ? liveView(l, now, fleetReadRules(c.env)) : null };
       });
     return c.json({ devices });
   });
