@@ -33,6 +33,8 @@ export default defineConfig(async () => {
                   TEST_CLICKHOUSE_GENERATION: inject<string>('clickhouseGeneration'),
                   ADMIN_TOKEN: TEST_ADMIN_TOKEN,
                   LEGACY_DATASETS: 'citylens,fleetone',
+                  // A revoked client stops passing after 1 s (a project deletion waits that, plus 5 s).
+                  CLIENT_CACHE_SEC: '1',
                   TEST_MIGRATIONS: migrations,
                   TEST_POSTGRES_URL: inject<string>('postgresUrl'),
                 },

@@ -40,12 +40,11 @@ export const requireAdmin: MiddlewareHandler<AppEnv> = async (c, next) => {
 };
 
 const clientCache = new Map<string, { at: number; projectId: string; secretHash: string; sessionGapMs: number }>();
-/** How long a gateway isolate trusts a client it checked (a revoked client may pass this long). */
-export const CLIENT_CACHE_MS = 30_000;
 
 async function lookupClient(env: Env, clientId: string) {
   const hit = clientCache.get(clientId);
-  if (hit && Date.now() - hit.at < CLIENT_CACHE_MS) return hit;
+  // CLIENT_CACHE_SEC: how long this isolate trusts a client it checked (a revoked one passes this long).
+  if (hit && Date.now() - hit.at < getConfig(env).clientCacheMs) return hit;
   const row = await drizzle(env.DB)
     .select({ projectId: clients.projectId, secretHash: clients.secretHash, sessionGapMs: projects.sessionGapMs })
     .from(clients)

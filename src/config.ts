@@ -17,6 +17,8 @@ const ConfigSchema = z.object({
   /** Realtime events held per (project, dataset) while its initial import runs; more are refused, retryable. */
   legacyMaxHeld: z.number().int().positive(),
   sessionGapMs: z.number().int().positive(),
+  /** How long an isolate trusts a client it checked: a revoked client may still pass this long. */
+  clientCacheMs: z.number().int().min(0).max(300_000),
   fleet: z.object({
     /** A vehicle whose newest fix is older than this is `offline` (seconds). */
     offlineAfterS: z.number().int().min(1).max(30 * 24 * 3600),
@@ -51,6 +53,7 @@ const SETTING_NAMES: Record<string, string> = {
   legacyDatasets: 'LEGACY_DATASETS',
   legacyMaxHeld: 'LEGACY_MAX_HELD',
   sessionGapMs: 'SESSION_GAP_MS',
+  clientCacheMs: 'CLIENT_CACHE_SEC',
   'fleet.offlineAfterS': 'FLEET_OFFLINE_AFTER_S',
   'archive.rawPayloads': 'ARCHIVE_RAW_PAYLOADS',
   'archive.lagMonths': 'ARCHIVE_LAG_MONTHS',
@@ -66,6 +69,8 @@ function flag(value: string | undefined, fallback: boolean): unknown {
   const v = value.trim().toLowerCase();
   return v === 'true' ? true : v === 'false' ? false : value;
 }
+
+export const DEFAULT_CLIENT_CACHE_SEC = 30;
 
 const cache = new WeakMap<object, Config>();
 
@@ -86,6 +91,7 @@ export function getConfig(env: Env): Config {
       .filter(Boolean),
     legacyMaxHeld: env.LEGACY_MAX_HELD ? Number(env.LEGACY_MAX_HELD) : DEFAULT_LEGACY_MAX_HELD,
     sessionGapMs: env.SESSION_GAP_MS ? Number(env.SESSION_GAP_MS) : DEFAULT_SESSION_GAP_MS,
+    clientCacheMs: (env.CLIENT_CACHE_SEC ? Number(env.CLIENT_CACHE_SEC) : DEFAULT_CLIENT_CACHE_SEC) * 1000,
     fleet: { offlineAfterS: env.FLEET_OFFLINE_AFTER_S ? Number(env.FLEET_OFFLINE_AFTER_S) : DEFAULT_FLEET_RULES.offlineAfterS },
     archive: {
       rawPayloads: flag(env.ARCHIVE_RAW_PAYLOADS, false),

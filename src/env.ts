@@ -23,6 +23,8 @@ export interface Env {
   /** Realtime events held per (project, legacy dataset) until its initial import completes (default 100000). */
   LEGACY_MAX_HELD?: string;
   SESSION_GAP_MS?: string;
+  /** Seconds an isolate trusts a client it checked (default 30): how late a revoked client stops passing. */
+  CLIENT_CACHE_SEC?: string;
   /** Seconds without a fix after which a vehicle is `offline` (default 3600). */
   FLEET_OFFLINE_AFTER_S?: string;
   /** `true`: the Cron sweep archives closed months of raw payloads to R2 (default false). */

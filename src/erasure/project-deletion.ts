@@ -7,7 +7,6 @@ import { chunkCacheUrl } from '../archive/lazy-read';
 import { manifestStore, toChunkManifest } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { CLIENT_CACHE_MS } from '../auth';
 import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../ingest/accept';
@@ -29,11 +28,12 @@ export interface ProjectDeletionCursor {
 }
 
 /**
- * A revoked client can still be served from a gateway isolate's credential cache for 30 s
- * (`CLIENT_CACHE_MS` in src/auth.ts); past this wait, nothing new of the project is accepted, so
- * nothing arrives behind the deletion.
+ * A revoked client can still be served from a gateway isolate's credential cache for
+ * CLIENT_CACHE_SEC (30 s by default); past that and this margin (for requests already past
+ * authentication), nothing new of the project is accepted, so nothing arrives behind the deletion.
  */
-export const REVOKE_SETTLE_MS = CLIENT_CACHE_MS + 5_000;
+export const REVOKE_SETTLE_MARGIN_MS = 5_000;
+export const revokeSettleMs = (env: Env) => getConfig(env).clientCacheMs + REVOKE_SETTLE_MARGIN_MS;
 const DEVICES_PER_STEP = 100;
 const DEVICE_CALL_CONCURRENCY = 8;
 const R2_PAGE = 1000;
@@ -89,8 +89,9 @@ export async function runProjectDeletionStep(
       return 'commit';
     }
     case 'settle': {
-      const waitMs = c.revokedAt + REVOKE_SETTLE_MS - Date.now();
-      if (waitMs > 0) await sleep(Math.min(waitMs, REVOKE_SETTLE_MS));
+      const settleMs = revokeSettleMs(env);
+      const waitMs = c.revokedAt + settleMs - Date.now();
+      if (waitMs > 0) await sleep(Math.min(waitMs, settleMs));
       c.step = 'count';
       return 'continue';
     }
