@@ -90,6 +90,31 @@ async function positionsOf(p: TestProject, deviceId: string, expected: number): 
   return read.body.events.filter((e) => e.name === 'position').sort((a, b) => a.createdAt.localeCompare(b.createdAt));
 }
 
+/**
+ * The newest fix is the vehicle's live position in /v1/fleet/live, and every fix given is on its
+ * track (the fleet views are recomputed after the rows reach ClickHouse).
+ */
+async function expectInFleet(p: TestProject, deviceId: string, fixes: Array<{ ms: number; lat: number; lon: number }>): Promise<void> {
+  const newest = fixes.reduce((a, b) => (b.ms > a.ms ? b : a));
+  const live = await waitUntil(
+    () => getJson<{ vehicles: Array<{ deviceId: string; lat: number; lon: number; at: string }> }>(p, '/v1/fleet/live'),
+    (r) => r.status === 200 && r.body.vehicles.some((v) => v.deviceId === deviceId && v.at === new Date(newest.ms).toISOString()),
+  );
+  expect(live.body.vehicles.find((v) => v.deviceId === deviceId)).toMatchObject({ lat: newest.lat, lon: newest.lon });
+  const since = Math.min(...fixes.map((f) => f.ms)) - 1000;
+  const track = await getJson<{ type: string; geometry: { type: string; coordinates: Array<[number, number]> }; properties: { times: string[] } }>(
+    p,
+    `/v1/devices/${encodeURIComponent(deviceId)}/track?since=${since}&until=${newest.ms + 1000}`,
+  );
+  expect(track.status).toBe(200);
+  expect(track.body).toMatchObject({ type: 'Feature', geometry: { type: 'LineString' } });
+  for (const f of fixes) {
+    const at = track.body.properties.times.indexOf(new Date(f.ms).toISOString());
+    expect(at, `fix at ${new Date(f.ms).toISOString()} on the track`).toBeGreaterThanOrEqual(0);
+    expect(track.body.geometry.coordinates[at]).toEqual([f.lon, f.lat]);
+  }
+}
+
 async function storedPositions(projectId: string): Promise<{ rows: number; ids: number }> {
   const [r] = await ch().query<{ rows: number; ids: number }>(
     "SELECT count() AS rows, uniqExact(id) AS ids FROM events WHERE project_id = {p:String} AND name = 'position'",
@@ -164,6 +189,7 @@ describe('Overland', () => {
     expect(tenth.properties).not.toHaveProperty('speed');
     expect(tenth.properties).not.toHaveProperty('accuracy');
     expect(stored.every((e) => e.deviceId === device)).toBe(true);
+    await expectInFleet(p, device, [points[0]!, points[100]!, points[199]!]);
   });
 
   it('stores each point of a batch once however often the app resends it', async () => {
@@ -283,6 +309,7 @@ describe('OwnTracks', () => {
       topic: 'owntracks/jane/phone',
       vac: 4,
     });
+    await expectInFleet(p, 'phone', [{ ms: tst * 1000, lat: 48.85833, lon: 2.29513 }]);
 
     // Without X-Limit-D the device is the tracker id.
     const { 'x-limit-d': _, ...noDevice } = headers;
@@ -318,6 +345,7 @@ describe('Traccar Client and OsmAnd', () => {
       activity: { type: 'in_vehicle' },
       extras: {},
     });
+    await expectInFleet(p, '48241179', [{ ms: Date.parse(at), lat: 14.6055938, lon: -90.9198331 }]);
   });
 
   it('stores OsmAnd-protocol fixes from a GET and from a form POST, speed in knots unless speedUnit says otherwise', async () => {
@@ -347,6 +375,11 @@ describe('Traccar Client and OsmAnd', () => {
     expect(stored[0]!.properties).toEqual({ lat: 52.5163, lon: 13.3777, speed: 18.52, heading: 181.5, altitude: 38, accuracy: 4.5, batt: 77, charge: true, hdop: 0.9 });
     expect(stored[1]!.properties).toEqual({ lat: 52.517, lon: 13.379, speed: 18 });
     expect(stored[2]!.properties).toEqual({ lat: 52.518, lon: 13.38, speed: 0, valid: true, driverUniqueId: 'D-17' });
+    await expectInFleet(p, 'osmand-1', [
+      { ms: seconds * 1000, lat: 52.5163, lon: 13.3777 },
+      { ms: t0 + 60_000, lat: 52.517, lon: 13.379 },
+      { ms: formTime.getTime(), lat: 52.518, lon: 13.38 },
+    ]);
   });
 
   it('never stores the token or secret the app carries', async () => {
