@@ -156,7 +156,7 @@ try {
     localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
     port: 0,
     dataDir,
-    quiet: true,
+    quiet: !process.env.BENCH_VERBOSE,
     clickhouseDatabase: database,
     adminToken: randomBytes(16).toString('hex'),
     vars: { ARCHIVE_CHUNK_ROWS: String(CHUNK_ROWS) },

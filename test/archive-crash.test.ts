@@ -1,6 +1,8 @@
 // Archive crash safety through the job's test-only crash seam: a run cut short after the upload,
 // after the manifest row, after verification or in the middle of the clear converges on re-run (by
 // a new job, or by the engine's own retry); a damaged object fails the run and clears nothing.
+// A job chunk writes several archive chunks and clears them with one delete at its end, so a crash
+// may leave verified chunks not yet cleared: the re-run settles them.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import { ARCHIVE_FAULT_POINTS } from '../src/archive/archive-job';
@@ -46,6 +48,38 @@ async function seed(tag: string): Promise<{ projectId: string; rows: ArchiveRow[
 /** Chunk 2 of 3 (rows 4–6) is where each crash is injected. */
 const chunk2 = (rows: readonly ArchiveRow[]) => rows.slice(CHUNK_ROWS, 2 * CHUNK_ROWS).map((r) => r.id);
 
+/**
+ * What a crash at chunk 2 leaves when all three chunks fit in one job chunk: chunk 1 verified but
+ * not cleared (the one delete comes at the slice's end), chunk 2 as far as the crash let it go. A
+ * crash mid-clear has all three verified and deleted the first half of the slice's rows (4 of 7 by
+ * event time: chunk 1 and the first row of chunk 2).
+ */
+async function expectCrashLeft(at: (typeof ARCHIVE_FAULT_POINTS)[number], projectId: string, rows: readonly ArchiveRow[]) {
+  const chunks = await chunksOf(projectId, MONTH);
+  const keys = await objectKeys(projectId, MONTH);
+  const left = await payloadsInClickHouse(projectId, MONTH);
+  expect(keys).toContain(`archives/${projectId}/${MONTH}/000002.jsonl.gz`);
+  expect(chunks[0]).toMatchObject({ number: 1, verifiedAt: expect.any(Number), clearedAt: null });
+  const second = chunks[1];
+  if (at === 'afterUpload') expect(second).toBeUndefined();
+  else expect(second).toMatchObject({ number: 2, clearedAt: null, verifiedAt: at === 'afterManifest' ? null : expect.any(Number) });
+  if (at === 'midClear') {
+    expect(chunks.map((c) => [c.number, c.verifiedAt !== null, c.clearedAt])).toEqual([
+      [1, true, null],
+      [2, true, null],
+      [3, true, null],
+    ]);
+    expect(new Set(left.keys())).toEqual(new Set(rows.slice(4).map((r) => r.id)));
+  } else {
+    expect(chunks).toHaveLength(at === 'afterUpload' ? 1 : 2);
+    // Nothing cleared yet: the slice's delete never ran.
+    expect(left.size).toBe(ROWS);
+  }
+  expect(chunk2(rows).filter((id) => left.has(id)).length).toBe(at === 'midClear' ? 2 : 3);
+  await expectNothingLost(projectId, rows);
+  return second;
+}
+
 async function expectFullyArchived(projectId: string, rows: readonly ArchiveRow[]) {
   const archived = await expectConverged(projectId, MONTH);
   expect(archived).toEqual(new Map(rows.map((r) => [r.id, r])));
@@ -59,20 +93,9 @@ describe('archive crash safety', () => {
       const crashed = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, faults: { at, chunk: 2, mode: 'fail' } });
       expect(crashed.state).toBe('failed');
       expect(crashed.error).toContain(`injected crash (test seam) ${at} of chunk 2`);
-      expect(crashed.rowsProcessed).toBe(CHUNK_ROWS);
-
-      // What the crash left: chunk 1 done; chunk 2 as far as the crash let it go.
-      const chunks = await chunksOf(projectId, MONTH);
-      const keys = await objectKeys(projectId, MONTH);
-      const left = await payloadsInClickHouse(projectId, MONTH);
-      expect(keys).toContain(`archives/${projectId}/${MONTH}/000002.jsonl.gz`);
-      expect(chunks[0]).toMatchObject({ number: 1, verifiedAt: expect.any(Number), clearedAt: expect.any(Number) });
-      const second = chunks[1];
-      if (at === 'afterUpload') expect(second).toBeUndefined();
-      else expect(second).toMatchObject({ number: 2, clearedAt: null, verifiedAt: at === 'afterManifest' ? null : expect.any(Number) });
-      const chunk2Left = chunk2(rows).filter((id) => left.has(id)).length;
-      expect(chunk2Left).toBe(at === 'midClear' ? 1 : 3);
-      await expectNothingLost(projectId, rows);
+      // The crash came before the job chunk committed anything.
+      expect(crashed.rowsProcessed).toBe(0);
+      const second = await expectCrashLeft(at, projectId, rows);
 
       // Re-run: the orphan is removed or the recorded chunk finished, then the rest archived.
       const rerun = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS });
@@ -83,7 +106,8 @@ describe('archive crash safety', () => {
       // Chunk numbers only grow and no row is in two chunks (checked by expectConverged).
       expect(settled.map((c) => c.number)).toEqual([1, 2, 3]);
       if (at !== 'afterUpload') expect(settled[1]!.sha256).toBe(second!.sha256);
-      expect(rerun.result).toMatchObject({ chunks: at === 'afterUpload' ? 2 : 1, state: 'archived', pendingRows: 0 });
+      // The re-run writes what the crashed run had not recorded: chunks 2 and 3, chunk 3, or nothing.
+      expect(rerun.result).toMatchObject({ chunks: { afterUpload: 2, afterManifest: 1, afterVerify: 1, midClear: 0 }[at], state: 'archived', pendingRows: 0 });
 
       const twice = await archiveMonth(projectId, MONTH, { chunkRows: CHUNK_ROWS });
       expect(twice.result).toMatchObject({ chunks: 0, rows: 0, monthChunks: 3 });
@@ -91,6 +115,30 @@ describe('archive crash safety', () => {
       expect(await objectKeys(projectId, MONTH)).toEqual(settled.map((c) => c.key));
     });
   }
+
+  it('a crash mid-clear in a later job chunk leaves the earlier job chunks cleared and committed, and converges', async () => {
+    const { projectId, rows } = await seed('slices');
+    // One archive chunk per job chunk: chunk 1 is cleared and committed before chunk 2 is written.
+    const crashed = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, sliceChunks: 1, faults: { at: 'midClear', chunk: 2, mode: 'fail' } });
+    expect(crashed.state).toBe('failed');
+    expect(crashed.error).toContain('injected crash (test seam) midClear of chunk 2');
+    expect(crashed.rowsProcessed).toBe(CHUNK_ROWS);
+    const chunks = await chunksOf(projectId, MONTH);
+    expect(chunks.map((c) => [c.number, c.verifiedAt !== null, c.clearedAt !== null])).toEqual([
+      [1, true, true],
+      [2, true, false],
+    ]);
+    // Chunk 1 gone; of chunk 2 the first two rows deleted (the first half by time), one left; chunk 3 untouched.
+    const left = await payloadsInClickHouse(projectId, MONTH);
+    expect(new Set(left.keys())).toEqual(new Set([rows[5]!, rows[6]!].map((r) => r.id)));
+    await expectNothingLost(projectId, rows);
+
+    const rerun = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, sliceChunks: 2 });
+    expect(rerun.state).toBe('succeeded');
+    expect(rerun.result).toMatchObject({ chunks: 1, state: 'archived', pendingRows: 0 });
+    await expectFullyArchived(projectId, rows);
+    expect((await chunksOf(projectId, MONTH)).map((c) => c.number)).toEqual([1, 2, 3]);
+  });
 
   it('the engine retries a chunk cut short at any point, and the same job converges', async () => {
     for (const at of ARCHIVE_FAULT_POINTS) {

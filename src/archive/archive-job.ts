@@ -9,7 +9,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, idsChecksum, parseChunkKey, sha256Hex, type ArchiveRow } from './chunk';
+import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, parseChunkKey, sha256Hex, verifyChunkRows, type ArchiveRow } from './chunk';
 import { archiveState, ERASURE_JOB_TYPES, monthJobs, MONTH_JOB_TYPES } from './listing';
 import { manifestStore, toChunkManifest, type ManifestRow, type ManifestStore } from './manifest';
 import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
@@ -21,8 +21,9 @@ export const ARCHIVE_FAULT_POINTS = ['afterUpload', 'afterManifest', 'afterVerif
 /**
  * TEST-ONLY crash seam, accepted in job params but never from the admin route: the job stops at
  * `at` while writing chunk `chunk` (default: the first it writes), leaving R2, D1 and ClickHouse
- * exactly as a crash there would. `midClear` deletes the first half of the chunk's payloads, then
- * stops. It fires on a job's first attempt only (before any retry): `fail` fails the job at once
+ * exactly as a crash there would. `midClear` stops in the clear that covers chunk `chunk` (one
+ * delete for every chunk its job chunk verified): it deletes the first half of those payloads (by
+ * event time), then stops. It fires on a job's first attempt only (before any retry): `fail` fails the job at once
  * (re-run it with a new job or a retry), `retry` throws an ordinary error the engine retries.
  */
 export const ArchiveFaults = z.object({
@@ -42,6 +43,8 @@ export const ArchiveParams = z.object({
    * it) and its payloads, still in ClickHouse, go into a new chunk. Without it such a chunk fails the job.
    */
   discardUnverified: z.boolean().optional(),
+  /** At most this many archive chunks per job chunk (not offered by the admin route); else as many as fit in ARCHIVE_SLICE_MS. */
+  sliceChunks: z.number().int().min(1).max(10_000).optional(),
   startedBy: z.enum(['operator', 'sweep']).optional(),
   faults: ArchiveFaults.optional(),
 });
@@ -63,8 +66,15 @@ export interface ArchiveResult {
   pendingRows: number;
 }
 
-/** The yield between two chunks: each one ends in a ClickHouse delete, let readers through. */
+/** The yield between two job chunks: each one ends in a ClickHouse delete, let readers through. */
 export const ARCHIVE_PAUSE_MS = 200;
+
+/**
+ * A job chunk writes and verifies archive chunks for about this long (the next chunk is started
+ * only before it has passed), then clears all their payloads with one delete and commits: one
+ * mutation and one queue round trip per slice instead of per chunk.
+ */
+export const ARCHIVE_SLICE_MS = 15_000;
 
 /**
  * `reconcile`: finishing what earlier runs left (chunk numbers after `after`); `archive`: new
@@ -163,6 +173,77 @@ async function clearIds(run: Run, number: number, ids: readonly string[], fromMs
   await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: batch });
   const left = await idsInClickHouse(run, ids, fromMs, toMs);
   if (left.length) throw new Error(`${left.length} payloads of chunk ${batch} are still in ClickHouse after their delete; the retry clears them`);
+}
+
+/**
+ * The chunks one job chunk wrote and verified, waiting for their common clear. Their ids go to one
+ * `archive_ids` batch, named after the first chunk's number like a single chunk's clear (so a
+ * leftover of a cut-short slice is dropped by whichever clear uses that name next), as each chunk
+ * is verified; nothing is staged for a chunk that was not.
+ */
+interface Slice {
+  batch: string | null;
+  chunks: Array<{ number: number; rows: number }>;
+  rows: number;
+  fromMs: number;
+  toMs: number;
+  /** Inserts of staged ids still under way (awaited before the delete). */
+  staging: Array<Promise<void>>;
+  /** Event times of the staged rows, kept only while the midClear seam is armed (tests). */
+  times: number[] | null;
+}
+
+function newSlice(run: Run): Slice {
+  return { batch: null, chunks: [], rows: 0, fromMs: Infinity, toMs: -Infinity, staging: [], times: run.p.faults?.at === 'midClear' ? [] : null };
+}
+
+/** Stages a verified chunk's ids for the slice's clear. */
+async function stageChunk(run: Run, slice: Slice, number: number, rows: readonly ArchiveRow[]): Promise<void> {
+  if (slice.batch === null) {
+    slice.batch = `${run.p.projectId}/${run.p.month}/${number}`;
+    // A cut-short clear may have left this batch: start from nothing, never from a leftover.
+    await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: slice.batch });
+  }
+  const batch = slice.batch;
+  const staged = run.ch.insert(
+    'archive_ids',
+    rows.map((r) => ({ batch, id: r.id })),
+  );
+  staged.catch(() => {}); // awaited (and its error thrown) by clearSlice
+  slice.staging.push(staged);
+  slice.chunks.push({ number, rows: rows.length });
+  slice.rows += rows.length;
+  slice.fromMs = Math.min(slice.fromMs, rows[0]!.createdAtMs);
+  slice.toMs = Math.max(slice.toMs, rows.at(-1)!.createdAtMs);
+  if (slice.times) for (const r of rows) slice.times.push(r.createdAtMs);
+}
+
+/**
+ * Clears every payload of the slice's verified chunks with one delete, checks that none is left,
+ * and marks the chunks cleared. A cut-short clear leaves verified, uncleared chunks: the next run
+ * (or the retry) settles them one by one.
+ */
+async function clearSlice(run: Run, slice: Slice): Promise<void> {
+  if (slice.batch === null || !slice.chunks.length) return;
+  await Promise.all(slice.staging);
+  const w = timeWhere(slice.fromMs, slice.toMs);
+  const inBatch = 'id IN (SELECT id FROM archive_ids WHERE batch = {b:String})';
+  const params = { p: run.p.projectId, ...w.params, b: slice.batch };
+  const midClear = slice.chunks.map((c) => crashPoint(run, 'midClear', c.number)).find((m) => m !== null);
+  if (midClear && slice.times) {
+    const times = [...slice.times].sort((a, b) => a - b);
+    const cut = times[Math.ceil(times.length / 2) - 1]!;
+    await deleteRows(run.ch, 'event_payloads', `${w.sql} AND ${inBatch} AND created_at_ms <= {cut:Int64}`, { ...params, cut });
+    crash(run, midClear);
+  }
+  await deleteRows(run.ch, 'event_payloads', `${w.sql} AND ${inBatch}`, params);
+  const [left] = await run.ch.query<{ n: number }>(`SELECT count() AS n FROM event_payloads WHERE ${w.sql} AND ${inBatch}`, params);
+  if (Number(left?.n ?? 0) > 0) {
+    throw new Error(`${left!.n} payloads of chunks ${slice.chunks.map((c) => c.number).join(', ')} are still in ClickHouse after their delete; the retry clears them`);
+  }
+  await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: slice.batch });
+  const now = Date.now();
+  await Promise.all(slice.chunks.map((c) => run.manifests.markCleared(run.p.projectId, run.p.month, c.number, now)));
 }
 
 function verificationFailed(key: string, err: ArchiveChunkError, when: string): PermanentChunkError {
@@ -270,72 +351,74 @@ async function reconcileSlice(run: Run, after: number): Promise<number | null> {
 }
 
 /**
- * Up to `limit` payload rows of the month after the cursor, in (createdAt, id) order, with their
- * device. The order is found on ids and times alone; only the chosen rows' payloads are read.
+ * Up to `limit` payload rows of the month after the cursor, in (createdAt, id) order (the id as
+ * text, as the cursor and the chunk compare it), with their device. The chunk's last key is found
+ * on ids and times alone; then the rows up to it are read with their payloads, and their events'
+ * devices, in two queries side by side bounded by that window (no id list goes back and forth).
  */
 async function readRows(run: Run, afterMs: number, afterId: string, limit: number): Promise<ArchiveRow[]> {
   const w = timeWhere(run.startMs, run.endMs - 1);
-  const keys = await run.ch.query<{ id: string; created_at_ms: number }>(
-    `SELECT toString(id) AS id, created_at_ms
-       FROM event_payloads
-      WHERE ${w.sql}
-        AND (created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))
-      ORDER BY created_at_ms, id
-      LIMIT 1 BY id
-      LIMIT {limit:UInt32}`,
+  const after = '(created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))';
+  const [last] = await run.ch.query<{ created_at_ms: number; sid: string }>(
+    `SELECT created_at_ms, sid FROM (
+       SELECT created_at_ms, toString(id) AS sid
+         FROM event_payloads
+        WHERE ${w.sql} AND ${after}
+        ORDER BY created_at_ms, sid
+        LIMIT 1 BY sid
+        LIMIT {limit:UInt32})
+      ORDER BY created_at_ms DESC, sid DESC
+      LIMIT 1`,
     { p: run.p.projectId, ...w.params, afterMs, afterId, limit },
   );
-  if (!keys.length) return [];
-  const ids = keys.map((k) => k.id);
-  const rw = timeWhere(Number(keys[0]!.created_at_ms), Number(keys.at(-1)!.created_at_ms));
+  if (!last) return [];
+  const lastMs = Number(last.created_at_ms);
+  const rw = timeWhere(Math.max(afterMs, run.startMs), lastMs);
+  const window = `${rw.sql} AND ${after} AND (created_at_ms < {lastMs:Int64} OR (created_at_ms = {lastMs:Int64} AND toString(id) <= {lastId:String}))`;
+  const params = { p: run.p.projectId, ...rw.params, afterMs, afterId, lastMs, lastId: last.sid };
   const [payloads, devices] = await Promise.all([
-    run.ch.query<{ id: string; received_at_ms: number; payload: string }>(
-      `SELECT toString(id) AS id, received_at_ms, payload FROM event_payloads WHERE ${rw.sql} AND toString(id) IN (SELECT value FROM ids) LIMIT 1 BY id`,
-      { p: run.p.projectId, ...rw.params },
-      { ids },
+    run.ch.query<{ sid: string; created_at_ms: number; received_at_ms: number; payload: string }>(
+      `SELECT toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY sid`,
+      params,
     ),
-    run.ch.query<{ id: string; device_id: string }>(
-      `SELECT toString(id) AS id, device_id FROM events WHERE ${rw.sql} AND toString(id) IN (SELECT value FROM ids) LIMIT 1 BY id`,
-      { p: run.p.projectId, ...rw.params },
-      { ids },
+    run.ch.query<{ sid: string; device_id: string }>(
+      `SELECT toString(id) AS sid, device_id FROM events WHERE ${rw.sql} AND id IN (SELECT id FROM event_payloads WHERE ${window}) LIMIT 1 BY sid`,
+      params,
     ),
   ]);
-  const payloadOf = new Map(payloads.map((r) => [r.id, r]));
-  const deviceOf = new Map(devices.map((d) => [d.id, d.device_id]));
-  return keys.map((k) => {
-    const p = payloadOf.get(k.id);
-    if (!p) throw new Error(`the payload of event ${k.id} vanished between two reads (deleted meanwhile); the retry reads the month again`);
-    return {
-      id: k.id,
-      // A payload whose event row is missing is archived all the same, without a device.
-      deviceId: deviceOf.get(k.id) ?? '',
-      createdAtMs: Number(k.created_at_ms),
-      receivedAtMs: Number(p.received_at_ms),
-      payload: p.payload,
-    };
-  });
+  const deviceOf = new Map(devices.map((d) => [d.sid, d.device_id]));
+  return payloads.map((p) => ({
+    id: p.sid,
+    // A payload whose event row is missing is archived all the same, without a device.
+    deviceId: deviceOf.get(p.sid) ?? '',
+    createdAtMs: Number(p.created_at_ms),
+    receivedAtMs: Number(p.received_at_ms),
+    payload: p.payload,
+  }));
 }
 
-/** Proves a freshly written chunk: its object decodes to exactly the rows it was made from. */
-async function verifyNewChunk(run: Run, row: ManifestRow, source: readonly ArchiveRow[]): Promise<void> {
-  const decoded = await readChunk(run, row, 'right after its upload');
-  if (decoded === 'missing') throw new PermanentChunkError(`archive chunk ${row.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
-  const sourceChecksum = await idsChecksum(source.map((r) => r.id));
-  if (sourceChecksum !== row.idsChecksum) {
-    throw new PermanentChunkError(`archive chunk ${row.key} failed verification: its ids checksum ${row.idsChecksum} does not match the ${source.length} rows it was made from (${sourceChecksum}). Nothing of it was cleared from ClickHouse`);
-  }
-  for (let i = 0; i < source.length; i++) {
-    const a = decoded[i]!;
-    const b = source[i]!;
-    if (a.id !== b.id || a.deviceId !== b.deviceId || a.createdAtMs !== b.createdAtMs || a.receivedAtMs !== b.receivedAtMs || a.payload !== b.payload) {
-      throw new PermanentChunkError(`archive chunk ${row.key} failed verification: line ${i + 1} (event ${b.id}) is not the row it was made from. Nothing of it was cleared from ClickHouse`);
-    }
+/**
+ * Proves a freshly written chunk: its object, read back from R2, passes every check of a decode
+ * (SHA-256, gzip, lines, count, month) and each line is the row it was made from, byte for byte;
+ * the ids checksum recorded is that of the source rows (`sourceIdsChecksum`, from the encoder).
+ */
+async function verifyNewChunk(run: Run, row: ManifestRow, source: readonly ArchiveRow[], sourceIdsChecksum: string): Promise<void> {
+  const body = await readObject(run.bucket, row.key);
+  if (!body) throw new PermanentChunkError(`archive chunk ${row.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
+  try {
+    await verifyChunkRows(body, { sha256Hex: row.sha256, idsChecksumHex: row.idsChecksum, month: run.p.month, key: row.key }, source, sourceIdsChecksum);
+  } catch (err) {
+    if (err instanceof ArchiveChunkError) throw verificationFailed(row.key, err, 'right after its upload');
+    throw err;
   }
   await run.manifests.markVerified(row.projectId, row.month, row.number, Date.now());
 }
 
-/** One new chunk: read, encode, upload create-only, record, read back and prove, clear, mark. */
-async function writeChunk(run: Run, rows: ArchiveRow[]): Promise<void> {
+/**
+ * One new chunk: encode, upload create-only, record, read back and prove, then stage its ids for
+ * the slice's clear (a chunk is cleared only once verified, and only by clearSlice or settleChunk).
+ */
+async function writeChunk(run: Run, rows: ArchiveRow[], slice: Slice): Promise<void> {
   const number = await run.manifests.nextNumber(run.p.projectId, run.p.month);
   let encoded;
   try {
@@ -357,16 +440,9 @@ async function writeChunk(run: Run, rows: ArchiveRow[]): Promise<void> {
   const row = await run.manifests.get(run.p.projectId, run.p.month, number);
   if (!row || row.sha256 !== manifest.sha256Hex) throw new Error(`chunk ${manifest.key} was recorded by another writer meanwhile; the retry starts over`);
   maybeCrash(run, 'afterManifest', number);
-  await verifyNewChunk(run, row, rows);
+  await verifyNewChunk(run, row, rows, manifest.idsChecksumHex);
   maybeCrash(run, 'afterVerify', number);
-  const ids = rows.map((r) => r.id);
-  const midClear = crashPoint(run, 'midClear', number);
-  if (midClear) {
-    await clearIds(run, number, ids.slice(0, Math.ceil(ids.length / 2)), manifest.firstCreatedAtMs, manifest.lastCreatedAtMs);
-    crash(run, midClear);
-  }
-  await clearIds(run, number, ids, manifest.firstCreatedAtMs, manifest.lastCreatedAtMs);
-  await run.manifests.markCleared(run.p.projectId, run.p.month, number, Date.now());
+  await stageChunk(run, slice, number, rows);
 }
 
 /**
@@ -417,6 +493,7 @@ export const archiveRunner: JobRunner = {
   pauseMs: () => ARCHIVE_PAUSE_MS,
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
+    const started = Date.now();
     const p = parseParams(job.params);
     // The route refuses these; a job started some other way must not archive a month still filling.
     const refusal = manualArchiveRefusal(p.month, Date.now());
@@ -441,27 +518,55 @@ export const archiveRunner: JobRunner = {
     // A cut-short step may have left an object it never recorded.
     if (planning || job.verifyWrites) await removeOrphans(run);
 
+    let before: number;
+    let total: number;
     if (cursor.phase === 'reconcile') {
       const next = await reconcileSlice(run, cursor.after);
-      const before = await rowsArchivedByJob(run);
+      before = await rowsArchivedByJob(run);
       if (next !== null) return outcome({ phase: 'reconcile', after: next }, before, 0, job.rowsTotal ?? before + (await countPending(run)), false);
-      // Every earlier chunk is settled: what is left in ClickHouse belongs to no chunk.
-      const total = before + (await countPending(run));
-      return outcome({ phase: 'archive', afterMs: run.startMs - 1, afterId: '' }, before, 0, total, total === before);
+      // Every earlier chunk is settled: what is left in ClickHouse belongs to no chunk. It is
+      // archived from here on, in this same job chunk.
+      total = before + (await countPending(run));
+      cursor = { phase: 'archive', afterMs: run.startMs - 1, afterId: '' };
+      if (total === before) return outcome(cursor, before, 0, total, true);
+    } else {
+      if (job.verifyWrites) {
+        // The chunks a cut-short step of this job was writing (recorded, not yet cleared).
+        for (const c of await run.manifests.list(p.projectId, p.month)) if (c.clearedAt === null) await settleChunk(run, c);
+      }
+      before = await rowsArchivedByJob(run);
+      total = job.rowsTotal ?? before;
     }
 
-    if (job.verifyWrites) {
-      // The chunk a cut-short step of this job was writing (recorded, not yet cleared).
-      for (const c of await run.manifests.list(p.projectId, p.month)) if (c.clearedAt === null) await settleChunk(run, c);
+    // Chunks one after another until the slice's time is up, each chunk's rows read from
+    // ClickHouse while the chunk before is encoded, uploaded and verified; then one clear for all.
+    const deadline = started + ARCHIVE_SLICE_MS;
+    const maxChunks = p.sliceChunks ?? Infinity;
+    const slice = newSlice(run);
+    let rows = await readRows(run, cursor.afterMs, cursor.afterId, run.chunkRows);
+    let done = false;
+    for (;;) {
+      if (!rows.length) {
+        done = true;
+        break;
+      }
+      const last = rows.at(-1)!;
+      const full = rows.length >= run.chunkRows;
+      const goOn = full && slice.chunks.length + 1 < maxChunks && Date.now() < deadline;
+      const next = goOn ? readRows(run, last.createdAtMs, last.id, run.chunkRows) : null;
+      next?.catch(() => {}); // awaited below, unless this chunk fails first
+      await writeChunk(run, rows, slice);
+      cursor = { phase: 'archive', afterMs: last.createdAtMs, afterId: last.id };
+      if (!full) {
+        done = true;
+        break;
+      }
+      if (!next) break;
+      rows = [];
+      rows = await next;
     }
-    const before = await rowsArchivedByJob(run);
-    const total = job.rowsTotal ?? before;
-    const rows = await readRows(run, cursor.afterMs, cursor.afterId, run.chunkRows);
-    if (!rows.length) return outcome(cursor, before, 0, total, true);
-    await writeChunk(run, rows);
-    const last = rows.at(-1)!;
-    cursor = { phase: 'archive', afterMs: last.createdAtMs, afterId: last.id };
-    return outcome(cursor, before, rows.length, total, rows.length < run.chunkRows);
+    await clearSlice(run, slice);
+    return outcome(cursor, before, slice.rows, total, done);
   },
 
   async complete(env: Env, job: ChunkInput): Promise<ArchiveResult> {

@@ -1,5 +1,6 @@
-// The `restore` job: a (project, month)'s archived payloads written back to ClickHouse, one chunk
-// per job chunk, each object proven against its manifest row first. The chunks stay in R2.
+// The `restore` job: a (project, month)'s archived payloads written back to ClickHouse, chunk by
+// chunk (several per job chunk, the next one read and proven while the one before is written), each
+// object proven against its manifest row first. The chunks stay in R2.
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
@@ -49,27 +50,36 @@ export function parseRestoreCursor(cursor: string | null): RestoreCursor {
   return { after: n(c.after), chunks: n(c.chunks), rows: n(c.rows), inserted: n(c.inserted) };
 }
 
-/** Ids checked for presence per query (external data, see ClickHouse ValueLists). */
-const ID_CHECK_BATCH = 5000;
+/** Ids checked for presence per query (external data, see ClickHouse ValueLists): a whole default chunk at once. */
+const ID_CHECK_BATCH = 50_000;
 
-/** Chunk rows already in `event_payloads` of the project (written by an earlier attempt or restore). */
+/**
+ * Chunk rows already in `event_payloads` of the project (written by an earlier attempt or restore).
+ * A chunk whose time range holds no payload of the project at all (the usual case: the month was
+ * cleared) needs no id look-up.
+ */
 async function presentIds(ch: ClickHouse, projectId: string, rows: readonly ArchiveRow[]): Promise<Set<string>> {
   const found = new Set<string>();
-  for (let i = 0; i < rows.length; i += ID_CHECK_BATCH) {
-    const batch = rows.slice(i, i + ID_CHECK_BATCH);
+  const range = (batch: readonly ArchiveRow[]) => {
     let from = Infinity;
     let to = -Infinity;
     for (const r of batch) {
       from = Math.min(from, r.createdAtMs);
       to = Math.max(to, r.createdAtMs);
     }
-    const hits = await ch.query<{ id: string }>(
-      `SELECT toString(id) AS id FROM event_payloads
-        WHERE project_id = {p:String}
+    return { p: projectId, ...dateTimeBounds(from, to), from, to };
+  };
+  const inRange = `project_id = {p:String}
           AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
-          AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-          AND toString(id) IN (SELECT value FROM ids)`,
-      { p: projectId, ...dateTimeBounds(from, to), from, to },
+          AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}`;
+  if (!rows.length) return found;
+  const [any] = await ch.query<{ n: number }>(`SELECT count() AS n FROM event_payloads WHERE ${inRange}`, range(rows));
+  if (Number(any?.n ?? 0) === 0) return found;
+  for (let i = 0; i < rows.length; i += ID_CHECK_BATCH) {
+    const batch = rows.slice(i, i + ID_CHECK_BATCH);
+    const hits = await ch.query<{ id: string }>(
+      `SELECT toString(id) AS id FROM event_payloads WHERE ${inRange} AND toString(id) IN (SELECT value FROM ids)`,
+      range(batch),
       { ids: batch.map((r) => r.id) },
     );
     for (const h of hits) found.add(h.id);
@@ -77,8 +87,8 @@ async function presentIds(ch: ClickHouse, projectId: string, rows: readonly Arch
   return found;
 }
 
-/** Rows per insert: a 50 000-row chunk goes to ClickHouse in a few bounded requests. */
-const INSERT_BATCH = 10_000;
+/** Rows per insert: a 50 000-row chunk goes to ClickHouse in one request. */
+const INSERT_BATCH = 50_000;
 
 /** Writes back the rows ClickHouse does not hold; returns how many it wrote. */
 export async function writeBackRows(ch: ClickHouse, projectId: string, rows: readonly ArchiveRow[]): Promise<number> {
@@ -120,19 +130,24 @@ async function readChunk(bucket: R2Bucket, projectId: string, month: string, c: 
  * row records, so a missing or truncated object fails the job up front instead of halfway.
  */
 async function preflight(bucket: R2Bucket, chunks: readonly ManifestRow[]): Promise<void> {
-  for (const c of chunks) {
-    const head = await bucket.head(c.key);
+  const heads = await Promise.all(chunks.map((c) => bucket.head(c.key)));
+  chunks.forEach((c, i) => {
+    const head = heads[i];
     if (!head) throw new PermanentChunkError(`archive chunk ${c.key} is missing from R2; nothing was restored from it`);
     if (head.size !== c.compressedBytes) {
       throw new PermanentChunkError(`archive chunk ${c.key} holds ${head.size} bytes, the manifest says ${c.compressedBytes}; nothing was restored from it`);
     }
-  }
+  });
 }
+
+/** A job chunk restores chunks for about this long (the next is started only before it has passed), then commits. */
+export const RESTORE_SLICE_MS = 15_000;
 
 export const restoreRunner: JobRunner = {
   pauseMs: (params) => RestoreParams.parse(params).pauseMs,
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
+    const started = Date.now();
     const p = RestoreParams.parse(job.params);
     const chunks = await restorableChunks(env, p.projectId, p.month);
     const at = parseRestoreCursor(job.cursor);
@@ -143,15 +158,40 @@ export const restoreRunner: JobRunner = {
       rowsProcessed = rowsTotal - remaining.reduce((n, c) => n + c.rowCount, 0);
       await preflight(env.ARCHIVE, remaining);
     }
-    const next = remaining[0];
     const outcome = { maxKey: null, rowsTotal, rowsBefore: rowsProcessed, skippedBefore: job.rowsSkipped, skipped: 0 };
-    if (!next) return { ...outcome, cursor: JSON.stringify(at), rows: 0, done: true };
+    if (!remaining.length) return { ...outcome, cursor: JSON.stringify(at), rows: 0, done: true };
 
-    const rows = await readChunk(env.ARCHIVE, p.projectId, p.month, next);
-    const inserted = await writeBackRows(clickhouse(getConfig(env).clickhouse), p.projectId, rows);
-    await manifestStore(env.DB).markRestored(p.projectId, p.month, next.number, Date.now());
-    const cursor: RestoreCursor = { after: next.number, chunks: at.chunks + 1, rows: at.rows + rows.length, inserted: at.inserted + inserted };
-    return { ...outcome, cursor: JSON.stringify(cursor), rows: rows.length, done: remaining.length === 1 };
+    // Chunk after chunk until the slice's time is up: the next chunk is read from R2 and proven
+    // while the one before is written to ClickHouse. A chunk that fails its proof fails the job
+    // once the chunks before it are written and marked, as if they had been restored alone.
+    const deadline = started + RESTORE_SLICE_MS;
+    const ch = clickhouse(getConfig(env).clickhouse);
+    const manifests = manifestStore(env.DB);
+    const read = (c: ManifestRow) => {
+      const r = readChunk(env.ARCHIVE, p.projectId, p.month, c);
+      r.catch(() => {}); // awaited in turn below
+      return r;
+    };
+    const cursor: RestoreCursor = { ...at };
+    let slicedRows = 0;
+    let i = 0;
+    let pending = read(remaining[0]!);
+    for (;;) {
+      const c = remaining[i]!;
+      const rows = await pending;
+      const goOn = i + 1 < remaining.length && Date.now() < deadline;
+      if (goOn) pending = read(remaining[i + 1]!);
+      const inserted = await writeBackRows(ch, p.projectId, rows);
+      await manifests.markRestored(p.projectId, p.month, c.number, Date.now());
+      cursor.after = c.number;
+      cursor.chunks += 1;
+      cursor.rows += rows.length;
+      cursor.inserted += inserted;
+      slicedRows += rows.length;
+      i += 1;
+      if (!goOn) break;
+    }
+    return { ...outcome, cursor: JSON.stringify(cursor), rows: slicedRows, done: i === remaining.length };
   },
 
   /** `{ chunks, rows, inserted }` from the cursor the last chunk committed. */
