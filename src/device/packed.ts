@@ -1,35 +1,9 @@
 // The hand-off from the route to a device object: each event packed once, at the edge, and a
 // device's events cut into calls that stay far below the RPC size limit.
-import type { DeviceEvent } from '../../durable-objects/device-object';
 import { utf8Bytes } from '../pipeline/messages';
+import type { DeviceEvent, PackedEvent, PackedEvents } from './types';
 
-/**
- * A device event packed for the hand-off: the few fields the object reads, and the row and payload
- * already as JSON (`rp` is `"r":{...},"p":"..."`), so the object neither clones nor re-serialises them.
- */
-export interface PackedEvent {
-  k: string;
-  id: string;
-  t: string;
-  n: string;
-  c: number;
-  pr: string;
-  pos: [number, number] | null;
-  rp: string;
-  /** Upper bound of the bytes this event's outbox entry takes inside a queue message (UTF-8). */
-  b: number;
-}
-
-/**
- * One call's worth of packed events as it crosses the RPC boundary: the small fields of every event
- * as one JSON array, and each event's `rp` as a string of its own. `rp` is already JSON: nested in
- * another JSON string it was escaped a second time (a property's quote became four characters),
- * which took a 10 MB batch past the 32 MiB RPC limit.
- */
-export interface PackedEvents {
-  fields: string;
-  rp: string[];
-}
+export type { PackedEvent, PackedEvents } from './types';
 
 /**
  * What one call may carry, counted as V8 serialises strings at worst (two bytes per UTF-16 unit):

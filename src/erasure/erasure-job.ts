@@ -8,7 +8,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { fleetCursors, heldEvents, legacyDatasets, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
-import { deviceStub } from '../ingest/accept';
+import { deviceStub } from '../device/stub';
 import { startJob } from '../jobs/actions';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';

@@ -9,7 +9,7 @@ import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
-import { deviceStub } from '../ingest/accept';
+import { deviceStub } from '../device/stub';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
 import { addArchiveCounts, type ErasureResult, type Progress, type StepEnd } from './steps';

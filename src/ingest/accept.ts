@@ -1,14 +1,18 @@
 // Validate → enrich → hand each device's rows to its object. A row counts as accepted only once
 // its device object has written it to the outbox.
-import type { DeviceEvent } from '../../durable-objects/device-object';
-import { packDeviceEvents } from '../device/packed';
 import type { ProjectAuth } from '../auth';
+import { packDeviceEvents } from '../device/packed';
+import { deviceStub } from '../device/stub';
+import type { DeviceEvent } from '../device/types';
 import type { Env } from '../env';
+import { divertLegacyEvents } from '../legacy/realtime';
 import { hash128, uuidv7At } from '../lib/ids';
 import { mapPool } from '../lib/pool';
 import { dailySalt, deriveDeviceId, utcDay } from './device-id';
 import { normalizeEvent, type NormalizedEvent, type Rejection, type RequestContext } from './normalize';
-import { divertLegacyEvents } from '../legacy/realtime';
+
+/** Where callers of old found it; new code imports it from `src/device/stub`. */
+export { deviceStub } from '../device/stub';
 
 export const DEVICE_CALL_CONCURRENCY = 16;
 
@@ -28,10 +32,6 @@ export interface AcceptResult {
   duplicates: number;
   rejected: RowRejection[];
   rows: Array<RowOutcome | null>;
-}
-
-export function deviceStub(env: Env, projectId: string, deviceId: string) {
-  return env.DEVICE.get(env.DEVICE.idFromName(`${projectId}:${deviceId}`));
 }
 
 export function toDeviceEvent(projectId: string, deviceId: string, e: NormalizedEvent): DeviceEvent {
@@ -89,7 +89,10 @@ export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonl
   }
 
   // Realtime events of legacy datasets: translated, or held until their import completes.
-  let accepted = await divertLegacyEvents(env, project, valid, byDevice, { rows, rejected });
+  const legacy = await divertLegacyEvents(env, project, valid, byDevice);
+  for (const h of legacy.held) rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.eventId, duplicate: false };
+  for (const r of legacy.refused) rejected.push({ index: r.index, reason: 'internal', error: r.error, retryable: true });
+  let accepted = legacy.held.length;
   let duplicates = 0;
   await mapPool([...byDevice], DEVICE_CALL_CONCURRENCY, async ([deviceId, list]) => {
     const stub = deviceStub(env, project.projectId, deviceId);

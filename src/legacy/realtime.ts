@@ -4,14 +4,14 @@
 import { and, asc, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { BatchItem } from 'drizzle-orm/batch';
 import { drizzle } from 'drizzle-orm/d1';
-import type { DeviceEvent, DeviceIngest } from '../../durable-objects/device-object';
 import type { ProjectAuth } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { heldEvents, legacyDatasets } from '../db/schema';
 import { packDeviceEvents } from '../device/packed';
+import { deviceStub } from '../device/stub';
+import type { DeviceEvent, SessionRecord } from '../device/types';
 import type { Env } from '../env';
-import type { AcceptResult, RowRejection } from '../ingest/accept';
 import type { NormalizedEvent } from '../ingest/normalize';
 import { currentSessionsOfDevices } from '../read/sessions';
 import { initialMigrationCompletedAt, type DatasetKey } from './datasets';
@@ -50,27 +50,38 @@ export function legacyRef(properties: Record<string, unknown>): LegacyRef | null
 type DeviceLists = Map<string, Array<{ index: number; event: DeviceEvent }>>;
 
 /**
+ * What the hook did with the rows it took out (by index in the request): `held` are stored and
+ * count as accepted; `refused` were not kept and must be sent again (retryable).
+ */
+export interface Diversion {
+  held: Array<{ index: number; deviceId: string; eventId: string }>;
+  refused: Array<{ index: number; error: string }>;
+}
+
+const RETRY = 'the event could not be stored; retry it';
+
+/**
  * The ingest hook: takes events of enabled legacy datasets out of `byDevice`. Those of a dataset
  * the project has completed go back in with `ref_id` set; the others are held, and counted accepted
  * once held. Beyond the dataset's cap of held events they are refused, retryable: the import will
- * complete and release the backlog, and a retry then goes through. Returns how many were held.
+ * complete and release the backlog, and a retry then goes through.
  */
 export async function divertLegacyEvents(
   env: Env,
   project: ProjectAuth,
   valid: ReadonlyArray<{ index: number; event: NormalizedEvent }>,
   byDevice: DeviceLists,
-  result: Pick<AcceptResult, 'rows'> & { rejected: RowRejection[] },
-): Promise<number> {
+): Promise<Diversion> {
+  const result: Diversion = { held: [], refused: [] };
   const config = getConfig(env);
   const enabled = config.legacyDatasets;
-  if (enabled.length === 0) return 0;
+  if (enabled.length === 0) return result;
   const refs = new Map<number, LegacyRef>();
   for (const v of valid) {
     const ref = legacyRef(v.event.properties);
     if (ref && enabled.includes(ref.dataset)) refs.set(v.index, ref);
   }
-  if (refs.size === 0) return 0;
+  if (refs.size === 0) return result;
   const keyOf = (dataset: string): DatasetKey => ({ projectId: project.projectId, dataset });
 
   const toHold: HeldItem[] = [];
@@ -99,11 +110,11 @@ export async function divertLegacyEvents(
     // Neither held nor translated: the client must send these again rather than lose them.
     console.error(JSON.stringify({ msg: 'legacy events could not be routed', error: String(err) }));
     removeFrom(byDevice, new Set(refs.keys()));
-    for (const index of refs.keys()) result.rejected.push({ index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
-    return 0;
+    for (const index of refs.keys()) result.refused.push({ index, error: RETRY });
+    return result;
   }
   removeFrom(byDevice, new Set(toHold.map((h) => h.index)));
-  if (toHold.length === 0) return 0;
+  if (toHold.length === 0) return result;
 
   // The cap, per dataset, in request order: the rows past it are refused and nothing of them kept.
   // It is read before holding, so requests racing each other can pass it by their own rows at most.
@@ -116,20 +127,18 @@ export async function divertLegacyEvents(
       holding.push(h);
       continue;
     }
-    result.rejected.push({
+    result.refused.push({
       index: h.index,
-      reason: 'internal',
       error: `the held backlog of dataset ${h.ref.dataset} is full (${heldBefore.get(h.ref.dataset)} events wait for its initial import, LEGACY_MAX_HELD is ${config.legacyMaxHeld}); retry once the import has completed`,
-      retryable: true,
     });
   }
-  if (holding.length === 0) return 0;
+  if (holding.length === 0) return result;
   // Held in order, a transaction at a time: those of a transaction that failed (and after it) are
   // refused, retryable; the others are held and counted, so accepted is exactly what was held.
   const held = await holdEvents(env.DB, project, holding);
-  for (const h of holding.slice(0, held)) result.rows[h.index] = { deviceId: h.deviceId, sessionId: '', eventId: h.event.row.id, duplicate: false };
-  for (const h of holding.slice(held)) result.rejected.push({ index: h.index, reason: 'internal', error: 'the event could not be stored; retry it', retryable: true });
-  return held;
+  for (const h of holding.slice(0, held)) result.held.push({ index: h.index, deviceId: h.deviceId, eventId: h.event.row.id });
+  for (const h of holding.slice(held)) result.refused.push({ index: h.index, error: RETRY });
+  return result;
 }
 
 type HeldItem = { index: number; deviceId: string; event: DeviceEvent; ref: LegacyRef };
@@ -277,7 +286,7 @@ export async function releaseHeldEvents(env: Env, key: DatasetKey, { maxMs = 20_
     }
     const known = await sessionsAround(ch, key.projectId, [...groups.values()]);
     for (const g of groups.values()) {
-      const stub = env.DEVICE.get(env.DEVICE.idFromName(`${key.projectId}:${g.deviceId}`));
+      const stub = deviceStub(env, key.projectId, g.deviceId);
       const knownSessions = known.get(g.deviceId) ?? [];
       for (const events of packDeviceEvents(g.events)) {
         await stub.ingest({ projectId: key.projectId, deviceId: g.deviceId, gapMs: g.gapMs, events, knownSessions });
@@ -321,13 +330,13 @@ async function sessionsAround(
   ch: ReturnType<typeof clickhouse>,
   projectId: string,
   groups: ReadonlyArray<{ deviceId: string; gapMs: number; events: readonly DeviceEvent[] }>,
-): Promise<Map<string, NonNullable<DeviceIngest['knownSessions']>>> {
+): Promise<Map<string, SessionRecord[]>> {
   const windows = new Map<string, { from: number; to: number }>();
   for (const g of groups) {
     const times = g.events.filter((e) => e.row.type === 'track').map((e) => e.row.created_at_ms);
     if (times.length) windows.set(g.deviceId, { from: Math.min(...times) - g.gapMs, to: Math.max(...times) + g.gapMs });
   }
-  const out = new Map<string, NonNullable<DeviceIngest['knownSessions']>>();
+  const out = new Map<string, SessionRecord[]>();
   if (windows.size === 0) return out;
   const all = [...windows.values()];
   const stored = await currentSessionsOfDevices(

@@ -4,7 +4,7 @@ import { readRateLimit, requireClient, type AppEnv } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
-import { deviceStub } from '../ingest/accept';
+import { deviceStub } from '../device/stub';
 import { readProfile } from '../read/profiles';
 
 const iso = (ms: number) => new Date(ms).toISOString();

@@ -1,0 +1,43 @@
+// Erasure across the device object's stores: what one profile left in each of them, or the counts of
+// everything before the whole object is deleted.
+import type { DedupStore } from './dedup-store';
+import type { LiveStore } from './live-store';
+import type { OutboxStore } from './outbox-store';
+import type { SessionStore } from './session-store';
+import type { ProfileErasure } from './types';
+
+export interface DeviceStores {
+  dedup: DedupStore;
+  sessions: SessionStore;
+  outbox: OutboxStore;
+  live: LiveStore;
+}
+
+export type ErasedCounts = { outboxEvents: number; seenIds: number; sessions: number };
+
+/** What the whole object holds, as erase() reports it before deleting everything. */
+export function heldCounts(s: DeviceStores): ErasedCounts {
+  return { outboxEvents: s.outbox.pendingEvents(), seenIds: s.dedup.count(), sessions: s.sessions.countAll() };
+}
+
+/**
+ * Removes what the stores hold of one profile — its events still in the outbox, the dedup entries
+ * of its events (those given, and those found in the outbox), the sessions made only of its events,
+ * and the last event, position and profile when they are its. Run inside one transaction. Returns
+ * what it removed, whether it removed anything, and whether anything of anyone else is left.
+ */
+export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolean; othersRemain: boolean; removed: ErasedCounts } {
+  const ids = new Set(p.eventIds.map((id) => id.toLowerCase()));
+  const times = new Set(p.eventTimesMs);
+  const outboxEvents = s.outbox.eraseProfileEvents(p.profileId, ids, times);
+  const seenIds = s.dedup.eraseEvents(ids);
+  const sessions = s.sessions.erase(p.sessionIds);
+  s.outbox.dropSessionRows(p.sessionIds);
+  const cleared = s.live.eraseProfile(p.profileId, ids, times);
+  const othersRemain = s.dedup.holdsAny() || s.sessions.countAll() > 0 || s.outbox.pendingRows() > 0 || s.live.hasLastEvent();
+  return {
+    held: outboxEvents + seenIds + sessions > 0 || cleared.profile || cleared.lastEvent || cleared.position,
+    othersRemain,
+    removed: { outboxEvents, seenIds, sessions },
+  };
+}

@@ -1,0 +1,97 @@
+// The device's identity and live state in `meta` (ids, session gap, last event, position, profile,
+// last seen), and the state() answer built from it and the other stores' figures.
+import type { MetaStore } from './schema';
+import type { DeviceIdent, DeviceState, PackedEvent, StoredLastEvent } from './types';
+
+type LastProfile = { id: string; atMs: number };
+
+export class LiveStore {
+  constructor(private readonly meta: MetaStore) {}
+
+  ident(): DeviceIdent | null {
+    return this.meta.get<DeviceIdent>('ident');
+  }
+
+  /** Records who the object is (once) and the project's current session gap. */
+  identify(projectId: string, deviceId: string, gapMs: number): void {
+    if (!this.meta.get('ident')) this.meta.set('ident', { projectId, deviceId });
+    this.meta.set('gapMs', gapMs);
+  }
+
+  gapMs(): number | null {
+    return this.meta.get<number>('gapMs');
+  }
+
+  /** Takes in new events (with their sessions): the latest by event time wins; `nowMs` is their receipt. */
+  record(events: readonly PackedEvent[], sessionIds: readonly string[], nowMs: number): void {
+    if (!events.length) return;
+    let last = this.meta.get<StoredLastEvent>('lastEvent');
+    let lastPosition = this.meta.get<DeviceState['lastPosition']>('lastPosition');
+    let lastProfile = this.meta.get<LastProfile>('lastProfile');
+    events.forEach((e, i) => {
+      if (!last || e.c >= last.createdAtMs) {
+        last = { id: e.id, type: e.t, name: e.n, createdAtMs: e.c, sessionId: sessionIds[i]! };
+      }
+      if (e.pos && (!lastPosition || e.c >= lastPosition.atMs)) {
+        lastPosition = { lat: e.pos[0], lon: e.pos[1], atMs: e.c };
+      }
+      if (e.pr && (!lastProfile || e.c >= lastProfile.atMs)) {
+        lastProfile = { id: e.pr, atMs: e.c };
+      }
+    });
+    this.meta.set('lastEvent', last);
+    this.meta.set('lastPosition', lastPosition);
+    this.meta.set('lastProfile', lastProfile);
+    this.meta.set('lastSeenMs', Math.max(this.meta.get<number>('lastSeenMs') ?? 0, nowMs));
+  }
+
+  hasLastEvent(): boolean {
+    return this.meta.get('lastEvent') !== null;
+  }
+
+  /**
+   * Live state; null for a device that never sent an event. `sessions` answers for the session
+   * store (the live session, what a merged session id now is); `counts` are the stores' sizes.
+   */
+  state(
+    nowMs: number,
+    sessions: { live(gapMs: number, nowMs: number): DeviceState['liveSession']; current(id: string): string },
+    counts: () => Pick<DeviceState, 'sessions' | 'seenIds' | 'pendingRows' | 'storageBytes'>,
+  ): DeviceState | null {
+    const ident = this.ident();
+    if (!ident) return null;
+    const gapMs = this.gapMs() ?? 0;
+    const liveSession = sessions.live(gapMs, nowMs);
+    const last = this.meta.get<StoredLastEvent>('lastEvent');
+    // The last event's session may have been merged into another since it was recorded.
+    const lastSessionId = last?.sessionId ? sessions.current(last.sessionId) : '';
+    return {
+      ...ident,
+      lastSeenMs: this.meta.get<number>('lastSeenMs'),
+      lastEvent: last ? { ...last, sessionId: lastSessionId } : null,
+      lastPosition: this.meta.get('lastPosition'),
+      profileId: this.meta.get<LastProfile>('lastProfile')?.id ?? null,
+      liveSession,
+      ...counts(),
+    };
+  }
+
+  /**
+   * Clears the last event, position and profile when they are the erased profile's: events of its
+   * (`ids`, `times`), or at the very time of its newest event. Returns what it cleared.
+   */
+  eraseProfile(profileId: string, ids: ReadonlySet<string>, times: ReadonlySet<number>): { profile: boolean; lastEvent: boolean; position: boolean } {
+    const lastProfile = this.meta.get<LastProfile>('lastProfile');
+    const ofProfile = lastProfile?.id === profileId;
+    // The newest event naming a profile was this one's: an event or fix at that very time was it.
+    const itsTime = (atMs: number) => times.has(atMs) || (ofProfile && atMs === lastProfile!.atMs);
+    const last = this.meta.get<StoredLastEvent>('lastEvent');
+    const position = this.meta.get<DeviceState['lastPosition']>('lastPosition');
+    const lastCleared = last !== null && (ids.has(last.id) || itsTime(last.createdAtMs));
+    const positionCleared = position !== null && itsTime(position.atMs);
+    if (ofProfile) this.meta.set('lastProfile', null);
+    if (lastCleared) this.meta.set('lastEvent', null);
+    if (positionCleared) this.meta.set('lastPosition', null);
+    return { profile: ofProfile, lastEvent: lastCleared, position: positionCleared };
+  }
+}

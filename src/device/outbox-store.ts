@@ -1,0 +1,272 @@
+// The device's outbox: event chunks and session rows written with their ids, flushed to the ingest
+// queue within its message size; failed flushes back off and are reported as a stall (D1).
+import { and, eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
+import { stalledOutboxes } from '../db/schema';
+import { MAX_MESSAGE_BYTES, sendMessages, utf8Bytes, type EventRow, type IngestBody, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
+import { marks, PARAMS_PER_STATEMENT, type MetaStore } from './schema';
+import type { DeviceIdent } from './types';
+
+/** Outbox rows per flush: event chunks of up to OUTBOX_CHUNK_BYTES, or single session rows. */
+const FLUSH_OUTBOX_ROWS = 64;
+/** An event chunk fits one queue message as it is (and is far under SQLite's 2 MB row limit). */
+const OUTBOX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 12 * 1024;
+/** Merge aliases travel with a chunk up to this size; beyond it the chunk is rewritten at flush. */
+const MAX_ALIAS_BYTES = 8 * 1024;
+const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
+
+/** A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed. */
+export type OutboxInput = { rp: string; b?: number };
+
+export class OutboxStore {
+  /** In-flight flush: the alarm and a direct maintain() must not send the same rows twice. */
+  private flushing: Promise<number> | null = null;
+
+  constructor(
+    private readonly sql: SqlStorage,
+    private readonly meta: MetaStore,
+  ) {}
+
+  /** Replaces any unsent row of the same session: only the newest state matters. */
+  enqueueSessions(rows: readonly SessionRow[]): void {
+    for (const row of rows) {
+      this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
+      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?)", row.id, JSON.stringify(row));
+    }
+  }
+
+  /**
+   * New events go in a chunk at a time: one row per chunk, not per event, keeps the object's writes
+   * close to the bytes it must store. Session ids are resolved again at flush.
+   */
+  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[]): void {
+    let chunk: string[] = [];
+    let chunkBytes = 0;
+    const writeChunk = () => {
+      if (!chunk.length) return;
+      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('events', '', ?)", `[${chunk.join(',')}]`);
+      chunk = [];
+      chunkBytes = 0;
+    };
+    events.forEach((e, i) => {
+      // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
+      const entry = `{"s":${JSON.stringify(sessionIds[i]!)},${e.rp}}`;
+      const size = (e.b ?? utf8Bytes(entry)) + 1;
+      if (chunkBytes + size > OUTBOX_CHUNK_BYTES) writeChunk();
+      chunk.push(entry);
+      chunkBytes += size;
+    });
+    writeChunk();
+  }
+
+  /** Outbox rows waiting (event chunks and session rows). */
+  pendingRows(): number {
+    return this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
+  }
+
+  /** Events waiting (each chunk is a JSON array of them). */
+  pendingEvents(): number {
+    return this.sql.exec<{ n: number }>("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events'").one().n;
+  }
+
+  /** Drains the outbox to `queue`; a flush already under way is joined first, never run alongside. */
+  async flush(queue: Queue<IngestBody>, aliases: () => Record<string, string>): Promise<number> {
+    // No await between the last check and taking the slot: a second caller must see it taken.
+    while (this.flushing) await this.flushing.catch(() => 0);
+    const run = (async () => {
+      let flushed = 0;
+      for (;;) {
+        const n = await this.flushOnce(queue, aliases);
+        flushed += n;
+        if (n < FLUSH_OUTBOX_ROWS) return flushed;
+      }
+    })();
+    this.flushing = run;
+    try {
+      return await run;
+    } finally {
+      if (this.flushing === run) this.flushing = null;
+    }
+  }
+
+  /** The flush under way, if any: a caller that must not overlap one waits for it in a loop. */
+  get inFlight(): Promise<number> | null {
+    return this.flushing;
+  }
+
+  /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
+  private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
+    const rows = this.sql
+      .exec<{ seq: number; kind: string; body: string }>('SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
+      .toArray();
+    if (!rows.length) return 0;
+    const maxSeq = rows[rows.length - 1]!.seq;
+    // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
+    // writing them. Rows at or below it may already have reached the queue once.
+    const attemptedThrough = this.meta.get<number>('flushAttemptedThrough') ?? 0;
+    if (maxSeq > attemptedThrough) this.meta.set('flushAttemptedThrough', maxSeq);
+
+    // Events written before a merge still name the absorbed session: the consumer maps them.
+    const aliases = aliasesNow();
+    const aliasJson = JSON.stringify(aliases);
+    const aliasBytes = utf8Bytes(aliasJson);
+
+    const messages: Array<{ body: IngestBody; bytes: number }> = [];
+    let sessions: string[] = [];
+    let sessionBytes = 0;
+    let sessionsRedelivery = false;
+    const pushSessions = () => {
+      if (sessions.length) messages.push({ body: `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${sessionsRedelivery ? ',"redelivery":true' : ''}}`, bytes: sessionBytes + 128 });
+      sessions = [];
+      sessionBytes = 0;
+      sessionsRedelivery = false;
+    };
+    for (const r of rows) {
+      const redelivery = r.seq <= attemptedThrough;
+      if (r.kind === 'events') {
+        // A stored chunk is spliced into a text message as it is; in the rare case of many merges the
+        // chunk's session ids are rewritten here instead, so the message stays within its size limit.
+        let chunk = r.body;
+        if (aliasBytes > MAX_ALIAS_BYTES) {
+          chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
+        }
+        const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
+        const size = utf8Bytes(chunk) + (withAliases ? aliasBytes : 0) + 128;
+        if (size > MAX_MESSAGE_BYTES) {
+          // Rare (one event near the size limit): its rows go out one per message.
+          pushSessions();
+          for (const m of splitChunk(chunk, aliases, redelivery)) messages.push(m);
+          continue;
+        }
+        // The session rows written just before this chunk ride in the same message when they fit:
+        // half the messages, and the writer still inserts them before the events.
+        if (sessionBytes + size > MAX_MESSAGE_BYTES) pushSessions();
+        const flag = redelivery || sessionsRedelivery ? ',"redelivery":true' : '';
+        const body = `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${withAliases ? `,"aliases":${aliasJson}` : ''}${flag},"entries":${chunk}}`;
+        messages.push({ body, bytes: sessionBytes + size });
+        sessions = [];
+        sessionBytes = 0;
+        sessionsRedelivery = false;
+        continue;
+      }
+      const size = utf8Bytes(r.body) + 1;
+      if (sessionBytes + size + 128 > MAX_MESSAGE_BYTES) pushSessions();
+      if (redelivery) sessionsRedelivery = true;
+      sessions.push(r.body);
+      sessionBytes += size;
+    }
+    pushSessions();
+    await sendMessages(queue, messages);
+    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
+    return rows.length;
+  }
+
+  /** Consecutive failed flushes (0 while healthy). */
+  failures(): number {
+    return this.meta.get<number>('flushFailures') ?? 0;
+  }
+
+  /** Counts a failed flush; returns the count and how long to back off before the next try. */
+  recordFailure(): { failures: number; delayMs: number } {
+    const failures = this.failures() + 1;
+    this.meta.set('flushFailures', failures);
+    return { failures, delayMs: Math.min(FLUSH_RETRY_MAX_MS, 1000 * 2 ** Math.min(failures, 16)) };
+  }
+
+  recordSuccess(): void {
+    if (this.meta.get<number>('flushFailures')) this.meta.set('flushFailures', 0);
+  }
+
+  /** Whether a stall was reported and not taken back yet. */
+  stallReported(): boolean {
+    return this.meta.get<number>('stalledSinceMs') !== null;
+  }
+
+  /**
+   * Tells operators (`/admin/health`, through D1) that this outbox cannot reach the ingest queue:
+   * one upsert per failed flush, which the back-off spaces out. Its own failure is only logged.
+   */
+  async reportStall(db: D1Database, ident: DeviceIdent | null, failures: number, err: unknown): Promise<void> {
+    if (!ident) return;
+    const now = Date.now();
+    try {
+      let since = this.meta.get<number>('stalledSinceMs');
+      if (since === null) this.meta.set('stalledSinceMs', (since = now));
+      // Events (each chunk is a JSON array of them) and session rows waiting.
+      const pendingRows = this.sql
+        .exec<{ n: number }>("SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) ELSE 1 END), 0) AS n FROM outbox")
+        .one().n;
+      const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
+      await drizzle(db)
+        .insert(stalledOutboxes)
+        .values(row)
+        .onConflictDoUpdate({
+          target: [stalledOutboxes.projectId, stalledOutboxes.deviceId],
+          set: { pendingRows, since, failures, lastError: row.lastError, updatedAt: now },
+        });
+    } catch (e) {
+      console.error(JSON.stringify({ msg: 'stalled outbox could not be reported', error: String(e) }));
+    }
+  }
+
+  /** Takes back the stall this object reported; false when D1 refused (tried again soon). */
+  async clearStall(db: D1Database, ident: DeviceIdent | null): Promise<boolean> {
+    try {
+      if (ident) {
+        await drizzle(db)
+          .delete(stalledOutboxes)
+          .where(and(eq(stalledOutboxes.projectId, ident.projectId), eq(stalledOutboxes.deviceId, ident.deviceId)));
+      }
+      this.meta.set('stalledSinceMs', null);
+      return true;
+    } catch (err) {
+      console.error(JSON.stringify({ msg: 'stalled outbox could not be cleared; retrying', error: String(err) }));
+      return false;
+    }
+  }
+
+  /**
+   * Removes the unsent events of a profile, adding their ids (lower-case) and event times to
+   * `ids` and `times`. Returns how many events went.
+   */
+  eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>): number {
+    let removed = 0;
+    for (const r of this.sql.exec<{ seq: number; body: string }>("SELECT seq, body FROM outbox WHERE kind = 'events'").toArray()) {
+      const entries = JSON.parse(r.body) as OutboxEvent[];
+      const keep = entries.filter((e) => e.r.profile_id !== profileId);
+      if (keep.length === entries.length) continue;
+      for (const e of entries) {
+        if (e.r.profile_id !== profileId) continue;
+        ids.add(e.r.id);
+        times.add(e.r.created_at_ms);
+      }
+      removed += entries.length - keep.length;
+      if (keep.length) this.sql.exec('UPDATE outbox SET body = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
+      else this.sql.exec('DELETE FROM outbox WHERE seq = ?', r.seq);
+    }
+    return removed;
+  }
+
+  /** Drops the unsent rows of these sessions. */
+  dropSessionRows(sessionIds: readonly string[]): void {
+    const ids = [...new Set(sessionIds)];
+    for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
+      const part = ids.slice(i, i + PARAMS_PER_STATEMENT / 2);
+      this.sql.exec(`DELETE FROM outbox WHERE kind = 'session' AND ref IN (${marks(part.length)})`, ...part);
+    }
+  }
+}
+
+/** One message per row of an oversized chunk: each event row, then its payload row, as objects. */
+function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
+  const out: Array<{ body: IngestBody; bytes: number }> = [];
+  const flag = redelivery ? { redelivery } : {};
+  for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
+    const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
+    const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
+    for (const body of [{ events: [row], payloads: [], sessions: [], ...flag }, { events: [], payloads: [payload], sessions: [], ...flag }]) {
+      out.push({ body, bytes: utf8Bytes(JSON.stringify(body)) });
+    }
+  }
+  return out;
+}

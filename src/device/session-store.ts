@@ -1,0 +1,221 @@
+// The device's sessions by event time (`sessions`) around the pure `assignSessions`: each change is
+// answered as the versioned ClickHouse row, for the caller to put in the outbox in the same transaction.
+import type { SessionRow } from '../pipeline/messages';
+import { DEDUP_WINDOW_MS } from './dedup-store';
+import { marks, PARAMS_PER_STATEMENT, type MetaStore } from './schema';
+import { assignSessions, type Session } from './sessions';
+import type { DeviceIdent, DeviceState, SessionRecord } from './types';
+
+/** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
+export const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
+
+export class SessionStore {
+  constructor(
+    private readonly sql: SqlStorage,
+    private readonly meta: MetaStore,
+  ) {}
+
+  /** Monotonic version for session rows: later changes always win in ClickHouse. */
+  private nextVersion(nowMs: number): number {
+    const last = this.meta.get<number>('version') ?? 0;
+    const next = Math.max(last + 1, nowMs * 1000);
+    this.meta.set('version', next);
+    return next;
+  }
+
+  private row(ident: DeviceIdent, s: SessionRecord, mergedInto: string, nowMs: number): SessionRow {
+    return {
+      project_id: ident.projectId,
+      device_id: ident.deviceId,
+      id: s.id,
+      started_at_ms: s.startMs,
+      ended_at_ms: s.endMs,
+      event_count: s.eventCount,
+      ended: s.ended,
+      merged_into: mergedInto,
+      version: s.version,
+      updated_at_ms: nowMs,
+    };
+  }
+
+  private load(fromMs: number, toMs: number): SessionRecord[] {
+    return this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number; version: number }>(
+        'SELECT id, start_ms, end_ms, event_count, ended, version FROM sessions WHERE merged_into IS NULL AND start_ms < ? AND end_ms > ?',
+        toMs,
+        fromMs,
+      )
+      .toArray()
+      .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
+  }
+
+  /** Takes in the sessions ClickHouse holds that the object has no row of (it keeps its own). */
+  takeKnown(known: readonly SessionRecord[]): void {
+    for (const k of known) {
+      this.sql.exec(
+        'INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO NOTHING',
+        k.id,
+        k.startMs,
+        k.endMs,
+        k.eventCount,
+        k.ended,
+        k.version,
+      );
+    }
+  }
+
+  /**
+   * Places new event times into the sessions, extending, back-dating, creating or merging them.
+   * Returns each time's session, and the changed session rows in the order they must be sent.
+   */
+  assign(ident: DeviceIdent, times: readonly number[], gapMs: number, nowMs: number): { sessionIds: string[]; rows: SessionRow[] } {
+    if (!times.length) return { sessionIds: [], rows: [] };
+    const rows: SessionRow[] = [];
+    const existing = this.load(Math.min(...times) - gapMs, Math.max(...times) + gapMs);
+    const byId = new Map(existing.map((s) => [s.id, s]));
+    const assignment = assignSessions(existing, times, gapMs, () => crypto.randomUUID());
+
+    for (const [mergedId, survivorId] of assignment.merged) {
+      if (!byId.has(mergedId)) continue; // created and absorbed within this call: never stored
+      // Sessions merged earlier into `mergedId` now point straight at the survivor, here and in
+      // ClickHouse, so a reader never has to follow a chain of merges.
+      const absorbed = this.sql
+        .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number }>(
+          'SELECT id, start_ms, end_ms, event_count, ended FROM sessions WHERE id = ? OR merged_into = ?',
+          mergedId,
+          mergedId,
+        )
+        .toArray();
+      for (const a of absorbed) {
+        const version = this.nextVersion(nowMs);
+        this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
+        rows.push(this.row(ident, { id: a.id, startMs: a.start_ms, endMs: a.end_ms, eventCount: a.event_count, ended: a.ended, version }, survivorId, nowMs));
+      }
+    }
+    for (const s of assignment.changed.values()) {
+      const version = this.nextVersion(nowMs);
+      const ended = s.endMs + gapMs <= nowMs ? 1 : 0;
+      this.sql.exec(
+        `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?)
+         ON CONFLICT(id) DO UPDATE SET start_ms = excluded.start_ms, end_ms = excluded.end_ms,
+           event_count = excluded.event_count, ended = excluded.ended, version = excluded.version`,
+        s.id,
+        s.startMs,
+        s.endMs,
+        s.eventCount,
+        ended,
+        version,
+      );
+      rows.push(this.row(ident, { ...s, ended, version }, '', nowMs));
+    }
+    return { sessionIds: assignment.sessionIds, rows };
+  }
+
+  /** The current session covering each time ('' when none): sessions are disjoint, so this is exact. */
+  at(times: readonly number[]): Map<number, string> {
+    const out = new Map<number, string>();
+    if (!times.length) return out;
+    const sessions = this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number }>(
+        'SELECT id, start_ms, end_ms FROM sessions WHERE merged_into IS NULL AND start_ms <= ? AND end_ms >= ? ORDER BY start_ms',
+        Math.max(...times),
+        Math.min(...times),
+      )
+      .toArray();
+    for (const t of times) out.set(t, sessions.find((s) => s.start_ms <= t && t <= s.end_ms)?.id ?? '');
+    return out;
+  }
+
+  /** Ends the sessions idle for the gap; returns their rows to send. */
+  endIdle(ident: DeviceIdent, gapMs: number, nowMs: number): SessionRow[] {
+    const idle = this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number }>(
+        'SELECT id, start_ms, end_ms, event_count FROM sessions WHERE ended = 0 AND merged_into IS NULL AND end_ms + ? <= ?',
+        gapMs,
+        nowMs,
+      )
+      .toArray();
+    const rows: SessionRow[] = [];
+    for (const s of idle) {
+      const version = this.nextVersion(nowMs);
+      this.sql.exec('UPDATE sessions SET ended = 1, version = ? WHERE id = ?', version, s.id);
+      rows.push(this.row(ident, { id: s.id, startMs: s.start_ms, endMs: s.end_ms, eventCount: s.event_count, ended: 1, version }, '', nowMs));
+    }
+    return rows;
+  }
+
+  /** Forgets ended and merged sessions past their retention. */
+  prune(nowMs: number): void {
+    this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
+    this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
+  }
+
+  /** Merged session → the session that absorbed it (events written before a merge still name the former). */
+  aliases(): Record<string, string> {
+    const aliases: Record<string, string> = {};
+    for (const r of this.sql.exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')) {
+      aliases[r.id] = r.merged_into;
+    }
+    return aliases;
+  }
+
+  /** The session a (possibly merged) session id now is. */
+  current(id: string): string {
+    return this.sql.exec<{ m: string | null }>('SELECT merged_into AS m FROM sessions WHERE id = ?', id).toArray()[0]?.m ?? id;
+  }
+
+  /** The end of the open session that ends first (null: none open). */
+  firstOpenEndMs(): number | null {
+    return this.sql.exec<{ t: number | null }>('SELECT min(end_ms) AS t FROM sessions WHERE ended = 0 AND merged_into IS NULL').one().t;
+  }
+
+  /** The end of the oldest session held, merged or not. */
+  oldestEndMs(): number | null {
+    return this.sql.exec<{ t: number | null }>('SELECT min(end_ms) AS t FROM sessions').one().t;
+  }
+
+  /** The session still open at `nowMs` (not idle for the gap yet), if any. */
+  live(gapMs: number, nowMs: number): DeviceState['liveSession'] {
+    const live = this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number }>(
+        'SELECT id, start_ms, end_ms, event_count FROM sessions WHERE merged_into IS NULL AND end_ms + ? > ? ORDER BY end_ms DESC LIMIT 1',
+        gapMs,
+        nowMs,
+      )
+      .toArray()[0];
+    return live ? { id: live.id, startMs: live.start_ms, endMs: live.end_ms, eventCount: live.event_count, idleAtMs: live.end_ms + gapMs } : null;
+  }
+
+  /** Current (unmerged) sessions, oldest first. */
+  list(): Array<Session & { ended: boolean }> {
+    return this.sql
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number }>(
+        'SELECT id, start_ms, end_ms, event_count, ended FROM sessions WHERE merged_into IS NULL ORDER BY start_ms',
+      )
+      .toArray()
+      .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended === 1 }));
+  }
+
+  /** Current (unmerged) sessions. */
+  count(): number {
+    return this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions WHERE merged_into IS NULL').one().n;
+  }
+
+  /** Every session row held, merged ones included. */
+  countAll(): number {
+    return this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions').one().n;
+  }
+
+  /** Deletes these sessions and those merged into them; returns how many rows went. */
+  erase(sessionIds: readonly string[]): number {
+    let removed = 0;
+    const ids = [...new Set(sessionIds)];
+    for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
+      const part = ids.slice(i, i + PARAMS_PER_STATEMENT / 2);
+      const cursor = this.sql.exec(`DELETE FROM sessions WHERE id IN (${marks(part.length)}) OR merged_into IN (${marks(part.length)})`, ...part, ...part);
+      cursor.toArray();
+      removed += cursor.rowsWritten;
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,107 @@
+// What crosses the device object's RPC boundary, and the records its stores share. Imports nothing
+// at runtime, so the route side (packing, accept, legacy release) never loads the object's module.
+import type { EventRow, PayloadRow } from '../pipeline/messages';
+import type { Session } from './sessions';
+
+export interface DeviceEvent {
+  dedupKey: string;
+  /** The ClickHouse row, without session_id and synced_at_ms (set later). */
+  row: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
+  /** The raw payload row; its id, project and times are the row's (the outbox keeps only `payload`). */
+  payload: PayloadRow;
+}
+
+/**
+ * A device event packed for the hand-off: the few fields the object reads, and the row and payload
+ * already as JSON (`rp` is `"r":{...},"p":"..."`), so the object neither clones nor re-serialises them.
+ */
+export interface PackedEvent {
+  k: string;
+  id: string;
+  t: string;
+  n: string;
+  c: number;
+  pr: string;
+  pos: [number, number] | null;
+  rp: string;
+  /** Upper bound of the bytes this event's outbox entry takes inside a queue message (UTF-8). */
+  b: number;
+}
+
+/**
+ * One call's worth of packed events as it crosses the RPC boundary: the small fields of every event
+ * as one JSON array, and each event's `rp` as a string of its own. `rp` is already JSON: nested in
+ * another JSON string it was escaped a second time (a property's quote became four characters),
+ * which took a 10 MB batch past the 32 MiB RPC limit.
+ */
+export interface PackedEvents {
+  fields: string;
+  rp: string[];
+}
+
+/** A session as the object stores it: its ClickHouse `ended` flag and row version too. */
+export type SessionRecord = Session & { ended: number; version: number };
+
+export interface DeviceIngest {
+  projectId: string;
+  deviceId: string;
+  gapMs: number;
+  /**
+   * The events, or packed (`packDeviceEvents`): a few strings cross the RPC boundary far cheaper
+   * than a structured clone of thousands of objects, and the object is the serial part.
+   */
+  events: DeviceEvent[] | PackedEvents;
+  /** Injectable clock for tests; defaults to Date.now(). */
+  nowMs?: number;
+  /**
+   * Sessions as ClickHouse holds them around the events, for events older than the object keeps
+   * sessions (held legacy events released late): each one the object has no row of is taken in,
+   * so the events join the session they belong to instead of opening a second one.
+   */
+  knownSessions?: SessionRecord[];
+}
+
+export interface DeviceIngestResult {
+  results: Array<{ status: 'accepted' | 'duplicate'; sessionId: string; eventId: string }>;
+}
+
+export interface DeviceIdent {
+  projectId: string;
+  deviceId: string;
+}
+
+export type StoredLastEvent = { id: string; type: string; name: string; createdAtMs: number; sessionId: string };
+
+export interface DeviceState {
+  projectId: string;
+  deviceId: string;
+  /** Edge receipt time of the newest request that carried a new event. */
+  lastSeenMs: number | null;
+  /** The event with the latest event time. */
+  lastEvent: StoredLastEvent | null;
+  lastPosition: { lat: number; lon: number; atMs: number } | null;
+  /** Profile of the latest event that named one. */
+  profileId: string | null;
+  /** The session that is still open (not idle for the gap yet), if any. */
+  liveSession: { id: string; startMs: number; endMs: number; eventCount: number; idleAtMs: number } | null;
+  sessions: number;
+  seenIds: number;
+  pendingRows: number;
+  storageBytes: number;
+}
+
+/** What erase() is asked to remove of one profile (the `erasure` job found these in ClickHouse). */
+export interface ProfileErasure {
+  profileId: string;
+  eventIds: string[];
+  eventTimesMs: number[];
+  sessionIds: string[];
+}
+
+export interface DeviceErasureResult {
+  held: boolean;
+  whole: boolean;
+  outboxEvents: number;
+  seenIds: number;
+  sessions: number;
+}
