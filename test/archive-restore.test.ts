@@ -125,6 +125,24 @@ describe('restore jobs', () => {
     expect((await payloadsInClickHouse(p.id, month)).rows).toBe(0);
   });
 
+  it('never runs beside an archive job of the same month: started anyway, it fails at once and writes nothing', async () => {
+    const p = await createProject('restore-beside-archive');
+    const month = '2024-08';
+    const rows = monthEvents(p.id, month, 6);
+    await writeEvents(p.id, rows);
+    await archiveMonth(p.id, month, rows, { chunkRows: 3 });
+    // An archive job of the month holds it (paused: no chunk of it runs); the route would refuse
+    // the restore, so it is started as two racing requests could have started it.
+    const store = jobStore(env.DB);
+    const holder = await store.create(crypto.randomUUID(), 'archive', { projectId: p.id, month }, Date.now() - 1000);
+    expect(await store.transition(holder.id, 'enqueued', 'paused', Date.now())).not.toBeNull();
+    const { startJob } = await import('../src/jobs/actions');
+    const job = await waitJob((await startJob(env, 'restore', { projectId: p.id, month, pauseMs: 0 })).id, (j) => ['succeeded', 'failed'].includes(j.state));
+    expect(job.state).toBe('failed');
+    expect(job.error).toMatch(/holds/);
+    expect((await payloadsInClickHouse(p.id, month)).rows).toBe(0);
+  });
+
   it('refuses bad requests with coded 4xx', async () => {
     const p = await createProject('restore-input');
     const month = '2024-07';

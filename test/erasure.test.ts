@@ -302,6 +302,25 @@ describe('erasure requests', () => {
     expect(cursors!.n).toBe(0);
   });
 
+  it('waits for an archive job of the project to stop before it erases anything', async () => {
+    const p = await createProject('erase-after-archive');
+    const posted = await postBatch(p, { events: [liveEvent(A, 'w1', Date.now() - 60_000)] });
+    expect(((await posted.json()) as { accepted: number }).accepted).toBe(1);
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    // An archive job started just before the erasure (the route would refuse the erasure now).
+    const store = jobStore(env.DB);
+    const archive = await store.create(crypto.randomUUID(), 'archive', { projectId: p.id, month: '2025-06' }, Date.now());
+    expect(await store.transition(archive.id, 'enqueued', 'paused', Date.now())).not.toBeNull();
+    const erasure = await startJob(env, 'erasure', { projectId: p.id, deviceId: A });
+    const waiting = await waitUntil(() => admin('GET', `/admin/backfills/${erasure.id}`), (r) => r.body.attempts >= 1);
+    expect(waiting.body.error).toMatch(/waiting for it to stop/);
+    expect(await countTable('events', p.id)).toBe(1);
+    // Once the archive job is gone, the erasure goes through.
+    expect((await admin('POST', `/admin/backfills/${archive.id}/cancel`)).status).toBe(200);
+    expect((await waitFinished(erasure.id)).state).toBe('succeeded');
+    expect(await countTable('events', p.id)).toBe(0);
+  });
+
   it('refuses bad input with coded errors', async () => {
     const p = await createProject('erase-input');
     const code = async (res: Response) => ({ status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code });

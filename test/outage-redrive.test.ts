@@ -214,5 +214,10 @@ describe('outages longer than the retry budget', () => {
     await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'dead run', { customMetadata: { takenAt: String(Date.now() - 10 * 60_000) } });
     expect((await SELF.fetch('http://gw/admin/dead-letters/replay', { method: 'POST', headers: admin })).status).toBe(200);
     expect(await env.ARCHIVE.head(REDRIVE_LOCK_KEY)).toBeNull();
+    // Two runs finding the same stale lock: one takes it over, the other backs off.
+    await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'dead again', { customMetadata: { takenAt: String(Date.now() - 10 * 60_000) } });
+    const racing = await Promise.all([redriveDeadLetters(env, Date.now(), { requireClickHouse: false }), redriveDeadLetters(env, Date.now(), { requireClickHouse: false })]);
+    expect(racing.filter((r) => r.skipped === 'busy')).toHaveLength(1);
+    expect(await env.ARCHIVE.head(REDRIVE_LOCK_KEY)).toBeNull();
   });
 });

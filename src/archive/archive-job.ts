@@ -449,7 +449,11 @@ async function writeChunk(run: Run, rows: ArchiveRow[], slice: Slice): Promise<v
  * Jobs of one (project, month) run one at a time, and never beside an erasure of the project: of
  * two archive or restore jobs holding the month, the older goes on and the newer fails at once.
  */
-async function assertSoleWriter(env: Env, jobId: string, p: ArchiveParams): Promise<void> {
+/**
+ * Fails the job at once when an older archive or restore job holds its (project, month), or an
+ * erasure or deletion of its project is under way: one writer of a month's chunks at a time.
+ */
+export async function assertSoleWriter(env: Env, jobId: string, p: { projectId: string; month: string }): Promise<void> {
   const mine = await jobStore(env.DB).get(jobId);
   const holders = await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId: p.projectId, month: p.month, holdingOnly: true });
   const older = holders.find((j) => j.id !== jobId && (!mine || j.createdAt < mine.createdAt || (j.createdAt === mine.createdAt && j.id < jobId)));

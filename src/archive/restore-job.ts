@@ -9,6 +9,7 @@ import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
 import type { PayloadRow } from '../pipeline/messages';
+import { assertSoleWriter } from './archive-job';
 import { ArchiveChunkError, chunkKey, decodeChunk, type ArchiveRow } from './chunk';
 import { manifestStore, type ManifestRow } from './manifest';
 import { isValidMonth } from './month';
@@ -149,6 +150,8 @@ export const restoreRunner: JobRunner = {
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
     const started = Date.now();
     const p = RestoreParams.parse(job.params);
+    // An archive of the month running beside it would clear what it writes back.
+    await assertSoleWriter(env, job.id, p);
     const chunks = await restorableChunks(env, p.projectId, p.month);
     const at = parseRestoreCursor(job.cursor);
     const remaining = chunks.filter((c) => c.number > at.after);

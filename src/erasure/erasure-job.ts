@@ -15,7 +15,7 @@ import { mapPool } from '../lib/pool';
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
-import { addArchiveCounts, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countSubject, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
 type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
@@ -90,6 +90,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
   const subjectRows = subjectRowsOf(ch, s);
   switch (c.step) {
     case 'plan': {
+      await assertNoArchiveWriter(env, s.projectId);
       c.months = await subjectMonths(ch, s);
       c.devices = await subjectDevices(ch, s);
       const months = new Set(c.months);

@@ -12,7 +12,7 @@ import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
-import { addArchiveCounts, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
 export interface ProjectDeletionCursor {
@@ -81,6 +81,7 @@ export async function runProjectDeletionStep(
   const db = drizzle(env.DB);
   switch (c.step) {
     case 'revoke': {
+      await assertNoArchiveWriter(env, projectId);
       // First, so that nothing new of the project arrives while it is emptied.
       await db.delete(clients).where(eq(clients.projectId, projectId));
       c.revokedAt = Date.now();

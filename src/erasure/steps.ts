@@ -1,4 +1,5 @@
 // What the erasure jobs share: their result, their progress, and running steps from a cursor.
+import { monthJobs, MONTH_JOB_TYPES } from '../archive/listing';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
@@ -74,4 +75,18 @@ export async function committedResult(env: Env, jobId: string): Promise<ErasureR
   const cursor = row?.cursor ? (JSON.parse(row.cursor) as { result?: ErasureResult }) : null;
   if (!cursor?.result) throw new Error(`job ${jobId} has no committed result`);
   return cursor.result;
+}
+
+/**
+ * Waits out an archive or restore job of the project: one that started before this job existed
+ * could write the subject into a chunk this job has already passed. Such a job fails at its next
+ * chunk once it sees this one (it never writes beside an erasure), so a retry of this step a few
+ * seconds later goes through; the engine retries it with back-off.
+ */
+export async function assertNoArchiveWriter(env: Env, projectId: string): Promise<void> {
+  const holders = await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId, holdingOnly: true });
+  if (holders.length) {
+    const j = holders[0]!;
+    throw new Error(`a ${j.type} job (${j.id}) of ${projectId} ${j.month ?? ''} is ${j.state}: waiting for it to stop before erasing`);
+  }
 }

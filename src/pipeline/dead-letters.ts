@@ -141,22 +141,23 @@ const REDRIVE_LOCK_STALE_MS = 5 * 60_000;
  * failed again). Returns the release function, or null while another run holds it.
  */
 async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<(() => Promise<void>) | null> {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    const token = crypto.randomUUID();
-    const put = await bucket.put(REDRIVE_LOCK_KEY, token, { onlyIf: { etagDoesNotMatch: '*' }, customMetadata: { takenAt: String(nowMs) } });
-    if (put !== null) {
-      return async () => {
-        // Only our own lock: a run that outlived the stale bound must not remove its successor's.
-        const held = await bucket.get(REDRIVE_LOCK_KEY);
-        if (held && (await held.text()) === token) await bucket.delete(REDRIVE_LOCK_KEY);
-      };
-    }
+  const token = crypto.randomUUID();
+  const lock = { customMetadata: { takenAt: String(nowMs) } };
+  let put = await bucket.put(REDRIVE_LOCK_KEY, token, { ...lock, onlyIf: { etagDoesNotMatch: '*' } });
+  if (put === null) {
     const head = await bucket.head(REDRIVE_LOCK_KEY);
     const takenAt = Number(head?.customMetadata?.takenAt ?? head?.uploaded.getTime() ?? nowMs);
     if (head && nowMs - takenAt < REDRIVE_LOCK_STALE_MS) return null;
-    await bucket.delete(REDRIVE_LOCK_KEY);
+    // A dead run's lock: taken over only if it is still that very object (of two runs taking it
+    // over at once, one put matches its etag, the other finds it changed and backs off).
+    put = head ? await bucket.put(REDRIVE_LOCK_KEY, token, { ...lock, onlyIf: { etagMatches: head.etag } }) : await bucket.put(REDRIVE_LOCK_KEY, token, { ...lock, onlyIf: { etagDoesNotMatch: '*' } });
+    if (put === null) return null;
   }
-  return null;
+  return async () => {
+    // Only our own lock: a run that outlived the stale bound must not remove its successor's.
+    const held = await bucket.get(REDRIVE_LOCK_KEY);
+    if (held && (await held.text()) === token) await bucket.delete(REDRIVE_LOCK_KEY);
+  };
 }
 
 async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omit<RedriveResult, 'remaining'>> {
