@@ -11,7 +11,7 @@ import { dateTimeBounds } from '../src/clickhouse/time';
 import { deleteRows } from '../src/clickhouse/mutations';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { EventRow } from '../src/pipeline/messages';
-import { ch } from './helpers';
+import { ch, NO_REF_OR_GEO } from './helpers';
 
 /**
  * Payload texts that a parse-and-reserialise would change (spacing, number forms, escapes, key
@@ -63,14 +63,7 @@ function eventRow(projectId: string, e: FixtureEvent): EventRow {
     received_at_ms: e.receivedAtMs,
     synced_at_ms: e.receivedAtMs,
     properties: '{}',
-    ref_id: '',
-    ip: '',
-    country: '',
-    region: '',
-    city: '',
-    timezone: '',
-    latitude: null,
-    longitude: null,
+    ...NO_REF_OR_GEO,
   };
 }
 

@@ -13,7 +13,7 @@ import { startJob } from '../src/jobs/actions';
 import type { JobView } from '../src/jobs/store';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { admin, waitJob } from './backfill-helpers';
-import { ch } from './helpers';
+import { ch, NO_REF_OR_GEO } from './helpers';
 
 /**
  * A payload text that JSON.stringify(JSON.parse(...)) would not give back (spaces, `1.50`, an
@@ -50,14 +50,7 @@ export async function insertRows(projectId: string, rows: readonly ArchiveRow[],
       received_at_ms: r.receivedAtMs,
       synced_at_ms: r.receivedAtMs,
       properties: '{}',
-      ref_id: '',
-      ip: '',
-      country: '',
-      region: '',
-      city: '',
-      timezone: '',
-      latitude: null,
-      longitude: null,
+      ...NO_REF_OR_GEO,
     })),
   );
 }

@@ -8,7 +8,7 @@ import { putChunkCreateOnly, readObject } from '../src/archive/r2';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { JobView } from '../src/jobs/store';
 import { admin, getJob } from './backfill-helpers';
-import { ch, postBatch, waitUntil, type TestProject } from './helpers';
+import { ch, postBatch, waitUntil, type TestProject, NO_REF_OR_GEO } from './helpers';
 
 export const JUNE = Date.UTC(2025, 5, 3, 8);
 export const JULY = Date.UTC(2025, 6, 9, 8);
@@ -66,14 +66,7 @@ export async function insertOldEvents(projectId: string, events: readonly OldEve
       received_at_ms: e.receivedAtMs,
       synced_at_ms: e.receivedAtMs + 10,
       properties: e.type === 'identify' ? '{"plan":"gold"}' : '{}',
-      ref_id: '',
-      ip: '',
-      country: '',
-      region: '',
-      city: '',
-      timezone: '',
-      latitude: null,
-      longitude: null,
+      ...NO_REF_OR_GEO,
     })),
   );
   const sessions = new Map<string, OldEvent[]>();

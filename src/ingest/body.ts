@@ -11,6 +11,26 @@ export async function readJsonBodyBytes(request: Request, maxBytes: number): Pro
   if (!contentType.startsWith('application/json') && !contentType.startsWith('text/plain')) {
     throw new ApiError(415, 'unsupported_media_type', 'the body must be application/json');
   }
+  const bytes = await readBodyBytes(request, maxBytes);
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes);
+  } catch {
+    throw new ApiError(400, 'invalid_json', 'the body is not valid UTF-8');
+  }
+  try {
+    return { json: JSON.parse(text) as unknown, bytes };
+  } catch (err) {
+    const message = err instanceof RangeError ? 'the body is nested too deeply' : 'the body is not valid JSON';
+    throw new ApiError(400, 'invalid_json', message);
+  }
+}
+
+/**
+ * The request body's bytes, gunzipped when `Content-Encoding: gzip`, refused past `maxBytes` (the
+ * declared length first, then as it streams, so a 50 MB body is never held whole).
+ */
+export async function readBodyBytes(request: Request, maxBytes: number): Promise<Uint8Array> {
   const encoding = (request.headers.get('content-encoding') ?? 'identity').toLowerCase().trim();
   if (encoding !== 'identity' && encoding !== 'gzip') {
     throw new ApiError(415, 'unsupported_encoding', `Content-Encoding ${encoding} is not supported; use gzip or none`);
@@ -19,7 +39,7 @@ export async function readJsonBodyBytes(request: Request, maxBytes: number): Pro
     new ApiError(413, 'payload_too_large', `the body exceeds ${maxBytes} bytes after decompression`, { limitBytes: maxBytes });
   const declared = Number(request.headers.get('content-length') ?? '0');
   if (declared > maxBytes) throw tooLarge();
-  if (!request.body) throw new ApiError(400, 'invalid_json', 'the request body is empty');
+  if (!request.body) return new Uint8Array(0);
 
   let stream: ReadableStream<Uint8Array> = request.body;
   if (encoding === 'gzip') stream = stream.pipeThrough(new DecompressionStream('gzip'));
@@ -47,16 +67,5 @@ export async function readJsonBodyBytes(request: Request, maxBytes: number): Pro
     bytes.set(c, offset);
     offset += c.byteLength;
   }
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes);
-  } catch {
-    throw new ApiError(400, 'invalid_json', 'the body is not valid UTF-8');
-  }
-  try {
-    return { json: JSON.parse(text) as unknown, bytes };
-  } catch (err) {
-    const message = err instanceof RangeError ? 'the body is nested too deeply' : 'the body is not valid JSON';
-    throw new ApiError(400, 'invalid_json', message);
-  }
+  return bytes;
 }

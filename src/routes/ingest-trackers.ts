@@ -4,7 +4,7 @@ import { Hono, type Context } from 'hono';
 import { ingestRateLimit, requireAppClient, type AppEnv } from '../auth';
 import { ApiError } from '../errors';
 import { acceptEvents } from '../ingest/accept';
-import { readJsonBodyBytes } from '../ingest/body';
+import { readBodyBytes, readJsonBodyBytes } from '../ingest/body';
 import { requestContext } from '../ingest/context';
 import { MAX_BATCH_EVENTS, MAX_BODY_BYTES } from '../ingest/wire';
 import { adaptOverland } from '../trackers/overland';
@@ -54,34 +54,7 @@ async function osmAndParams(request: Request): Promise<Map<string, string>> {
 }
 
 async function readFormText(request: Request, maxBytes: number): Promise<string> {
-  const tooLarge = () => new ApiError(413, 'payload_too_large', `the body exceeds ${maxBytes} bytes`, { limitBytes: maxBytes });
-  if (Number(request.headers.get('content-length') ?? '0') > maxBytes) throw tooLarge();
-  const encoding = (request.headers.get('content-encoding') ?? 'identity').toLowerCase().trim();
-  if (encoding !== 'identity' && encoding !== 'gzip') {
-    throw new ApiError(415, 'unsupported_encoding', `Content-Encoding ${encoding} is not supported; use gzip or none`);
-  }
-  let stream = request.body!;
-  if (encoding === 'gzip') stream = stream.pipeThrough(new DecompressionStream('gzip'));
-  const reader = stream.getReader();
-  const decoder = new TextDecoder();
-  let text = '';
-  let total = 0;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > maxBytes) {
-        await reader.cancel().catch(() => {});
-        throw tooLarge();
-      }
-      text += decoder.decode(value, { stream: true });
-    }
-  } catch (err) {
-    if (err instanceof ApiError) throw err;
-    throw new ApiError(400, 'invalid_gzip', `the gzip body could not be decompressed: ${(err as Error).message}`);
-  }
-  return text + decoder.decode();
+  return new TextDecoder().decode(await readBodyBytes(request, maxBytes));
 }
 
 const isJson = (request: Request) => (request.headers.get('content-type') ?? '').toLowerCase().startsWith('application/json');
