@@ -1,6 +1,8 @@
 // Fleet benchmarks through a local gateway:
 // 1. positions ingest: workerd CPU (and wall time until visible and recomputed) per position vs per
-//    plain event, equal batches in the same run. Target ≤ 1.2×.
+//    plain event, equal batches in the same run. Target ≤ 1.2×. BENCH_FLEET_ROUNDS=n alternates n
+//    position runs with plain ones (the machine's load varies; more rounds, a steadier ratio).
+//    BENCH_FLEET_SKIP_INGEST=1 / BENCH_FLEET_SKIP_MILEAGE=1 skip a half.
 // 2. daily mileage of 1 000 vehicles × 30 days: rows ClickHouse reads per request (target ≤ 1 per
 //    vehicle-day) and the time, beside reading raw fixes.
 import { randomBytes } from 'node:crypto';
@@ -15,6 +17,7 @@ const BATCH_EVENTS = 1000;
 const VEHICLES = Number(process.env.BENCH_FLEET_VEHICLES ?? 1000);
 const DAYS = 30;
 const RAW_VEHICLES = Number(process.env.BENCH_FLEET_RAW_VEHICLES ?? 100);
+const ROUNDS = Math.max(1, Number(process.env.BENCH_FLEET_ROUNDS ?? 1));
 const TARGET_CPU_RATIO = 1.2;
 const DAY_MS = 86_400_000;
 
@@ -81,9 +84,9 @@ function batch(kind, b, baseMs) {
       const k = b * perDevice + i;
       const atMs = baseMs + k * 5000;
       const properties = { __deviceId: `${kind}-${d}`, __eventId: `${kind}-${d}-${k}`, __timestamp: atMs };
-      if (kind === 'pos') Object.assign(properties, { lat: 52 + d * 0.01, lon: 13 + k * 0.0001, speed: 50, accuracy: 5 });
+      if (kind.startsWith('pos')) Object.assign(properties, { lat: 52 + d * 0.01, lon: 13 + k * 0.0001, speed: 50, accuracy: 5 });
       else Object.assign(properties, { temp: 20 + (k % 7), seq: k });
-      events.push({ type: 'track', payload: { name: kind === 'pos' ? 'position' : 'reading', properties } });
+      events.push({ type: 'track', payload: { name: kind.startsWith('pos') ? 'position' : 'reading', properties } });
     }
   }
   return JSON.stringify({ events });
@@ -104,9 +107,9 @@ async function ingest(kind, headers, baseMs) {
   const lastFixMs = baseMs + (INGEST_BATCHES * (BATCH_EVENTS / INGEST_DEVICES) - 1) * 5000;
   for (const deadline = Date.now() + 600_000; ; ) {
     let done = (await count()) >= total;
-    if (done && kind === 'pos') {
+    if (done && kind.startsWith('pos')) {
       // Recomputed: every device's live position is its newest fix.
-      const devices = (await (await fetch(`${gateway.url}/v1/devices`, { headers })).json()).devices.filter((d) => d.deviceId.startsWith('pos-'));
+      const devices = (await (await fetch(`${gateway.url}/v1/devices`, { headers })).json()).devices.filter((d) => d.deviceId.startsWith(`${kind}-`));
       done = devices.length === INGEST_DEVICES && devices.every((d) => d.live && Date.parse(d.live.at) === lastFixMs);
     }
     if (done) break;
@@ -122,23 +125,31 @@ async function main() {
   const { project } = gateway;
   const headers = { 'content-type': 'application/json', 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
 
-  // 1. Ingest: plain events first (warms the runtime), then positions, then plain again; the ratio
-  // uses the mean of the two plain runs.
+  // 1. Ingest: a warm-up run, plain events, then positions and plain again (ROUNDS times); the ratio
+  // uses the mean of the plain runs.
   if (process.env.BENCH_FLEET_SKIP_INGEST !== '1') await ingestBench(headers);
-  await mileageBench(project, headers);
+  if (process.env.BENCH_FLEET_SKIP_MILEAGE !== '1') await mileageBench(project, headers);
 }
 
 async function ingestBench(headers) {
   const baseMs = Date.now() - 3 * 3600_000;
-  const plainA = await ingest('plain', headers, baseMs);
-  const pos = await ingest('pos', headers, baseMs);
-  const plainB = await ingest('plainb', headers, baseMs);
-  const plainCpu = (plainA.cpuSec + plainB.cpuSec) / 2;
-  const plainWall = (plainA.wallSec + plainB.wallSec) / 2;
+  // A first run warms the runtime up (bundling, JIT) and is left out.
+  const warm = await ingest('warm', headers, baseMs);
+  const plains = [await ingest('plain', headers, baseMs)];
+  const positions = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    positions.push(await ingest(r === 0 ? 'pos' : `pos${r + 1}`, headers, baseMs));
+    plains.push(await ingest(r === 0 ? 'plainb' : `plain${r + 2}`, headers, baseMs));
+  }
+  const mean = (runs, f) => runs.reduce((sum, x) => sum + f(x), 0) / runs.length;
+  const plainCpu = mean(plains, (x) => x.cpuSec);
+  const plainWall = mean(plains, (x) => x.wallSec);
+  const pos = { events: positions[0].events, cpuSec: mean(positions, (x) => x.cpuSec), wallSec: mean(positions, (x) => x.wallSec) };
   const perEvent = (s) => ((s * 1e6) / pos.events).toFixed(0);
-  console.log(`positions ingest (${INGEST_BATCHES} batches × ${BATCH_EVENTS}, ${INGEST_DEVICES} devices, in order, each recomputed):`);
-  console.log(`  plain events : workerd CPU ${perEvent(plainCpu)} µs/event, wall ${perEvent(plainWall)} µs/event (runs: ${plainA.cpuSec.toFixed(2)} s, ${plainB.cpuSec.toFixed(2)} s CPU)`);
-  console.log(`  positions    : workerd CPU ${perEvent(pos.cpuSec)} µs/event, wall ${perEvent(pos.wallSec)} µs/event (until visible and recomputed)`);
+  const runs = (xs) => xs.map((x) => `${x.cpuSec.toFixed(2)} s`).join(', ');
+  console.log(`positions ingest (${INGEST_BATCHES} batches × ${BATCH_EVENTS}, ${INGEST_DEVICES} devices, in order, each recomputed; a ${warm.cpuSec.toFixed(2)} s CPU warm-up run left out):`);
+  console.log(`  plain events : workerd CPU ${perEvent(plainCpu)} µs/event, wall ${perEvent(plainWall)} µs/event (runs: ${runs(plains)} CPU)`);
+  console.log(`  positions    : workerd CPU ${perEvent(pos.cpuSec)} µs/event, wall ${perEvent(pos.wallSec)} µs/event (until visible and recomputed${ROUNDS > 1 ? `; runs: ${runs(positions)} CPU` : ''})`);
   const ratio = pos.cpuSec / plainCpu;
   console.log(`  CPU ratio position/plain: ${ratio.toFixed(2)}× (target ≤ ${TARGET_CPU_RATIO}×) ${ratio <= TARGET_CPU_RATIO ? 'OK' : 'OVER TARGET'}; wall ratio ${(pos.wallSec / plainWall).toFixed(2)}×`);
 }

@@ -297,3 +297,62 @@ export interface ApiDay {
 
 export const tripsOf = (p: TestProject, query: string) => getJson<{ trips: ApiTrip[] }>(p, `/v1/trips?${query}`);
 export const mileageOf = (p: TestProject, query: string) => getJson<{ days: ApiDay[] }>(p, `/v1/mileage?${query}`);
+
+/** Stores fixes straight into `events` (as an import does: no ingest consumer, no recompute); each fix's id is its event id (a UUID). */
+export async function storeFixes(projectId: string, deviceId: string, fixes: readonly Fix[]): Promise<void> {
+  const now = Date.now();
+  await ch().insert(
+    'events',
+    fixes.map((f) => {
+      const properties: Record<string, unknown> = { lat: f.lat, lon: f.lon };
+      if (f.speedKmh !== undefined) properties.speed = f.speedKmh;
+      if (f.heading !== undefined) properties.heading = f.heading;
+      if (f.accuracyM !== undefined) properties.accuracy = f.accuracyM;
+      if (f.altitudeM !== undefined) properties.altitude = f.altitudeM;
+      if (f.ignition !== undefined) properties.ignition = f.ignition;
+      return {
+        id: f.id,
+        project_id: projectId,
+        device_id: deviceId,
+        session_id: '',
+        profile_id: '',
+        type: 'track',
+        name: 'position',
+        created_at_ms: f.atMs,
+        received_at_ms: now,
+        synced_at_ms: now,
+        properties: JSON.stringify(properties),
+        ref_id: '',
+        ip: '',
+        country: '',
+        region: '',
+        city: '',
+        timezone: '',
+        latitude: null,
+        longitude: null,
+      };
+    }),
+  );
+}
+
+const TRIP_COLUMNS = 'device_id, start_at_ms, end_at_ms, distance_m, max_speed_kmh, start_lat, start_lon, end_lat, end_lon, end_reason, bucket_ms, bucket_distance_m, bucket_moving_ms';
+
+/** The current (newest-version, not deleted) fleet rows of a project, without project id and version, by table. */
+export async function currentFleetRows(projectId: string): Promise<Record<'stretches' | 'trips' | 'mileage' | 'live', unknown[]>> {
+  const q = (sql: string) => ch().query<Record<string, unknown>>(sql, { p: projectId });
+  const [stretches, trips, mileage, live] = await Promise.all([
+    q(`SELECT device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason FROM (
+         SELECT device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason, deleted FROM fleet_stretches WHERE project_id = {p:String}
+          ORDER BY device_id, start_ms, version DESC LIMIT 1 BY device_id, start_ms)
+        WHERE deleted = 0 ORDER BY device_id, start_ms`),
+    q(`SELECT ${TRIP_COLUMNS} FROM (
+         SELECT ${TRIP_COLUMNS}, deleted FROM fleet_trips WHERE project_id = {p:String} ORDER BY device_id, start_at_ms, version DESC LIMIT 1 BY device_id, start_at_ms)
+        WHERE deleted = 0 ORDER BY device_id, start_at_ms`),
+    q(`SELECT device_id, toString(day) AS day_text, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage WHERE project_id = {p:String}
+        ORDER BY device_id, day, version DESC LIMIT 1 BY device_id, day`),
+    q(`SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift FROM fleet_live
+        WHERE project_id = {p:String} ORDER BY device_id, version DESC LIMIT 1 BY device_id`),
+  ]);
+  // A day row with no buckets reads as no row (both are a day without movement).
+  return { stretches, trips, mileage: mileage.filter((r) => (r.bucket_ms as unknown[]).length > 0), live };
+}

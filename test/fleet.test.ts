@@ -1,13 +1,34 @@
 // Fleet storage and recompute through the real ingest path: shuffled, duplicated, batched positions
 // give the trips, mileage and track of an in-order upload; days split at local midnight; mileage
 // is read from its aggregate.
-import { SELF } from 'cloudflare:test';
+import { env, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import { deleteRows } from '../src/clickhouse/mutations';
 import { haversineM } from '../src/fleet/geo';
-import type { Fix } from '../src/fleet/position';
+import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
+import { recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fleet/recompute';
+import { DEFAULT_FLEET_RULES } from '../src/fleet/rules';
+import { readFixes, readFixesOf } from '../src/fleet/store';
+import { analyse } from '../src/fleet/trips';
 import { ch, createProject, getJson, waitUntil } from './helpers';
-import { FixLog, HOME, HOUR, MIN, mileageOf, positionEvent, prng, sendPositions, settled, shuffledWithDuplicates, straightDrive, syntheticDay, tripsOf } from './fleet-fixtures';
+import {
+  currentFleetRows,
+  destination,
+  FixLog,
+  HOME,
+  HOUR,
+  MIN,
+  mileageOf,
+  positionEvent,
+  prng,
+  sendPositions,
+  settled,
+  shuffledWithDuplicates,
+  storeFixes,
+  straightDrive,
+  syntheticDay,
+  tripsOf,
+} from './fleet-fixtures';
 
 const DAY_MS = 86_400_000;
 /** UTC midnight `days` days ago: the synthetic data stays inside ingestion's 5-day window. */
@@ -197,5 +218,193 @@ describe('history that arrives without the ingest consumer', () => {
     });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('unknown_project');
+  });
+});
+
+describe('the devices of a batch recomputed together', () => {
+  it('give the rows each device recomputed alone gives, over late fixes, many devices and several projects', async () => {
+    const together = await createProject('fleet-together');
+    const alone = await createProject('fleet-alone');
+    // The same device ids with other fixes, recomputed in the same runs as `together`.
+    const other = await createProject('fleet-together-other');
+    const D = dayStart(4);
+    const rng = prng(31);
+    // Devices whose windows lie days apart: two synthetic days, drives with parking at different
+    // hours, one only parked; ids with a ':' and non-ASCII characters.
+    const fleet: Array<{ id: string; fixes: Fix[] }> = [
+      { id: 'day:1', fixes: syntheticDay(101, D).fixes },
+      { id: 'day-2 ü', fixes: syntheticDay(202, D + 2 * DAY_MS).fixes },
+    ];
+    for (let k = 0; k < 10; k++) {
+      const log = new FixLog(prng(500 + k), `v${k}-`);
+      const start = D + k * 7 * HOUR + k * MIN;
+      let at = destination(HOME, 45 * k, 1000 * k);
+      log.park(at, start - HOUR, start);
+      at = straightDrive(log, at, start, 60 + 20 * k, 40 + 5 * k);
+      const stop = start + (60 + 20 * k) * 5000;
+      log.park(at, stop + MIN, stop + HOUR);
+      if (k % 3 === 0) straightDrive(log, destination(at, 180, 200), stop + HOUR + 10 * MIN, 80, 50);
+      fleet.push({ id: `van/${k}`, fixes: log.fixes });
+    }
+    const parkedLog = new FixLog(prng(77), 'p-');
+    parkedLog.park(HOME, D + 5 * HOUR, D + 9 * HOUR);
+    fleet.push({ id: 'parked', fixes: parkedLog.fixes });
+    // Event ids: the same in `together` and `alone`, so ties break alike.
+    for (const d of fleet) d.fixes = d.fixes.map((f) => ({ ...f, id: crypto.randomUUID() }));
+    const otherFleet = fleet.map((d) => ({ id: d.id, fixes: d.fixes.map((f) => ({ ...f, id: crypto.randomUUID(), atMs: f.atMs + 90 * MIN, lon: f.lon + 0.3 })) }));
+
+    // Two deliveries: most fixes, then the rest (late ones inside stored stretches, and newer ones).
+    const split = (fixes: Fix[]) => {
+      const first: Fix[] = [];
+      const later: Fix[] = [];
+      for (const f of fixes) (rng.chance(0.7) ? first : later).push(f);
+      return [first, later] as const;
+    };
+    const rounds = [fleet, otherFleet].map((devices) => devices.map((d) => ({ id: d.id, parts: split(d.fixes) })));
+    const spanOf = (projectId: string, deviceId: string, fixes: Fix[]): PositionSpan => ({
+      projectId,
+      deviceId,
+      fromMs: Math.min(...fixes.map((f) => f.atMs)),
+      toMs: Math.max(...fixes.map((f) => f.atMs)),
+    });
+    for (const round of [0, 1]) {
+      const spans: PositionSpan[] = [];
+      for (const [devices, projects] of [[rounds[0]!, [together, alone]], [rounds[1]!, [other]]] as const) {
+        for (const d of devices) {
+          const fixes = d.parts[round]!;
+          if (!fixes.length) continue;
+          for (const p of projects) await storeFixes(p.id, d.id, fixes);
+          spans.push(...projects.filter((p) => p !== alone).map((p) => spanOf(p.id, d.id, fixes)));
+        }
+      }
+      // One run for every device of `together` and `other`; one device at a time for `alone`.
+      const passes = await recomputeDevices(ch(), env.DB, spans);
+      expect([...passes.values()].every((n) => n >= 1), JSON.stringify([...passes])).toBe(true);
+      expect(passes.size).toBe(spans.length);
+      for (const d of rounds[0]!) {
+        const fixes = d.parts[round]!;
+        if (fixes.length) expect(await recomputeDevice(ch(), env.DB, alone.id, d.id, DEFAULT_FLEET_RULES, spanOf(alone.id, d.id, fixes))).toBeGreaterThan(0);
+      }
+    }
+
+    const rows = await currentFleetRows(together.id);
+    expect(rows).toEqual(await currentFleetRows(alone.id));
+    expect(new Set(rows.trips.map((t) => (t as { device_id: string }).device_id)).size).toBe(fleet.length - 1);
+    expect(new Set(rows.live.map((t) => (t as { device_id: string }).device_id)).size).toBe(fleet.length);
+    // And each is the analysis of the device's whole set of fixes, in its own project.
+    const storedTrips = (r: typeof rows, id: string) =>
+      (r.trips as Array<{ device_id: string; start_at_ms: number; end_at_ms: number; distance_m: number }>)
+        .filter((t) => t.device_id === id)
+        .map((t) => ({ startAt: Number(t.start_at_ms), endAt: Number(t.end_at_ms), distanceM: Number(t.distance_m) }));
+    const otherRows = await currentFleetRows(other.id);
+    for (const [devices, r] of [[fleet, rows], [otherFleet, otherRows]] as const) {
+      for (const d of devices) {
+        const expected = analyse(d.fixes, DEFAULT_FLEET_RULES).trips;
+        const got = storedTrips(r, d.id);
+        expect(got.map((t) => [t.startAt, t.endAt]), d.id).toEqual(expected.map((t) => [t.startAt, t.endAt]));
+        got.forEach((t, k) => expect(t.distanceM).toBeCloseTo(expected[k]!.distanceM, 6));
+      }
+    }
+    expect(storedTrips(otherRows, 'van/1')[0]!.startAt).toBe(storedTrips(rows, 'van/1')[0]!.startAt + 90 * MIN);
+  });
+});
+
+describe('a device another consumer holds', () => {
+  it('is only marked; its span is recomputed once the lease is free', async () => {
+    const p = await createProject('fleet-held');
+    const D = dayStart(2);
+    const log = new FixLog(prng(9));
+    const end = straightDrive(log, HOME, D + 8 * HOUR, 120, 50);
+    log.park(end, D + 8 * HOUR + 700_000, D + 9 * HOUR);
+    const fixes = log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() }));
+    const first = fixes.slice(0, 60);
+    const rest = fixes.slice(60);
+    const span = (fs: Fix[]): PositionSpan => ({ projectId: p.id, deviceId: 'held-1', fromMs: fs[0]!.atMs, toMs: fs[fs.length - 1]!.atMs });
+    const cursor = () =>
+      env.DB.prepare('SELECT pending_from_ms AS pendingFrom, pending_to_ms AS pendingTo, dirty, seq, lease_token AS token FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2')
+        .bind(p.id, 'held-1')
+        .first<{ pendingFrom: number | null; pendingTo: number | null; dirty: number; seq: number; token: string | null }>();
+
+    await storeFixes(p.id, 'held-1', first);
+    expect((await recomputeDevices(ch(), env.DB, [span(first)])).get(`${p.id}\u0000held-1`)).toBe(1);
+    expect(await cursor()).toMatchObject({ pendingFrom: null, seq: 1, token: null });
+
+    // Another consumer holds the device: this run only widens its pending span.
+    await env.DB.prepare('UPDATE fleet_cursors SET lease_token = ?3, lease_until = ?4 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'held-1', 'someone-else', Date.now() + 60_000).run();
+    await storeFixes(p.id, 'held-1', rest);
+    expect((await recomputeDevices(ch(), env.DB, [span(rest)])).get(`${p.id}\u0000held-1`)).toBe(0);
+    const marked = await cursor();
+    expect(marked).toMatchObject({ pendingFrom: rest[0]!.atMs, pendingTo: rest[rest.length - 1]!.atMs, seq: 1, token: 'someone-else' });
+    expect((await tripsOf(p, `deviceId=held-1&since=${D}&until=${D + DAY_MS}`)).body.trips[0]?.endAt).not.toBe(new Date(fixes[119]!.atMs).toISOString());
+
+    // Its lease runs out: the next run (here without new fixes) recomputes the marked span.
+    await env.DB.prepare('UPDATE fleet_cursors SET lease_until = 0 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'held-1').run();
+    expect(await recomputeDevice(ch(), env.DB, p.id, 'held-1')).toBe(1);
+    expect(await cursor()).toMatchObject({ pendingFrom: null, seq: 2, token: null });
+    const trips = (await tripsOf(p, `deviceId=held-1&since=${D}&until=${D + DAY_MS}`)).body.trips;
+    expect(trips.map((t) => [t.startAt, t.endAt])).toEqual(analyse(fixes, DEFAULT_FLEET_RULES).trips.map((t) => [new Date(t.startAt).toISOString(), new Date(t.endAt).toISOString()]));
+  });
+});
+
+describe('stored rows read as fixes', () => {
+  it('keeps exactly the rows the position schema accepts, with the values it gives', async () => {
+    const p = await createProject('fleet-stored-rows');
+    const T = dayStart(2) + 6 * HOUR;
+    // Rows as an import (or an old version) may have stored them: the read alone decides.
+    const candidates: unknown[] = [
+      { lat: 52.5, lon: 13.4 },
+      { lat: -90, lon: 180, speed: 0, heading: 360, accuracy: 0, altitude: -12.5, ignition: false, note: 'extra' },
+      { lat: 52.5, lon: 13.4, speed: 50.5, heading: 0, accuracy: 4, altitude: 30, ignition: true },
+      { lat: '52.5', lon: 13.4 },
+      { lat: 91, lon: 13.4 },
+      { lat: 52.5, lon: -180.01 },
+      { lat: 52.5 },
+      { lat: 52.5, lon: 13.4, speed: -1 },
+      { lat: 52.5, lon: 13.4, speed: null },
+      { lat: 52.5, lon: 13.4, heading: 361 },
+      { lat: 52.5, lon: 13.4, accuracy: -0.5 },
+      { lat: 52.5, lon: 13.4, altitude: '30' },
+      { lat: 52.5, lon: 13.4, ignition: 'yes' },
+      { lat: 52.5, lon: 13.4, ignition: 1 },
+      [52.5, 13.4],
+      null,
+      42,
+    ];
+    const now = Date.now();
+    const rows = candidates.map((props, k) => ({ id: crypto.randomUUID(), atMs: T + k * 1000, properties: JSON.stringify(props) }));
+    rows.push({ id: crypto.randomUUID(), atMs: T + 99_000, properties: '{"lat": 52.5, "lon":' });
+    await ch().insert(
+      'events',
+      rows.map((r) => ({
+        id: r.id,
+        project_id: p.id,
+        device_id: 'stored-1',
+        session_id: '',
+        profile_id: '',
+        type: 'track',
+        name: 'position',
+        created_at_ms: r.atMs,
+        received_at_ms: now,
+        synced_at_ms: now,
+        properties: r.properties,
+        ref_id: '',
+        ip: '',
+        country: '',
+        region: '',
+        city: '',
+        timezone: '',
+        latitude: null,
+        longitude: null,
+      })),
+    );
+    const expected = candidates.flatMap((props, k) => {
+      const check = checkPositionProperties(props);
+      return check.ok ? [fixFromPosition(rows[k]!.id, rows[k]!.atMs, check.properties)] : [];
+    });
+    expect(expected).toHaveLength(3);
+    const byTime = (fixes: Fix[]) => [...fixes].sort((a, b) => a.atMs - b.atMs);
+    expect(byTime(await readFixes(ch(), p.id, 'stored-1', T, T + DAY_MS))).toEqual(expected);
+    const windows = await readFixesOf(ch(), [{ projectId: p.id, deviceId: 'stored-1', fromMs: T, toMs: T + DAY_MS }]);
+    expect(byTime(windows.get(`${p.id}\u0000stored-1`) ?? [])).toEqual(expected);
   });
 });

@@ -1,49 +1,55 @@
-// The fleet recompute of a device after its positions are stored: one device at a time (a D1 lease
-// on its fleet cursor), the affected stretches re-analysed from ClickHouse, and only what changed
-// written back as new versions of its stretches, trips, daily mileage rows and live position.
+// The fleet recompute after positions are stored: one holder per device (a D1 lease on its fleet
+// cursor), the affected stretches re-analysed from ClickHouse, and what changed written back as new
+// versions of its stretches, trips, daily mileage rows and live position. The devices of one queue
+// batch are recomputed together: one read per table for all of them, one insert per table, and the
+// cursor work of all of them in one D1 batch.
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
-import { mapPool } from '../lib/pool';
 import type { EventRow } from '../pipeline/messages';
 import { applyRecompute, planRecompute, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
+import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
 import { DEFAULT_FLEET_RULES, type FleetRules } from './rules';
-import { liveFromAccepted } from './status';
+import { liveFromAccepted, type LivePosition } from './status';
 import {
+  deviceKey,
   historyTrip,
+  liveRow,
+  mileageInsertRows,
   mileageRows,
-  readFixes,
-  readLive,
-  readMileageRows,
+  readFixesOf,
   storedTrip,
   stretchesFrom,
-  tripsOverlapping,
-  tripsStartingFrom,
+  stretchRows,
+  tripRows,
+  tripsEndingFrom,
   utcDay,
-  writeLive,
-  writeMileageRows,
-  writeStretches,
-  writeTrips,
+  type DeviceWindow,
+  type MileageDayRow,
   type StoredTrip,
   type Versioned,
 } from './store';
-import { analyse, type Analysis } from './trips';
+import { analyse, type Analysis, type Stretch } from './trips';
 
 /** A recompute holds its device this long; a consumer that dies lets the next batch take over. */
 export const FLEET_LEASE_MS = 120_000;
 /** Passes one lease makes while other batches keep widening the pending span; the rest waits for the next batch. */
 const MAX_PASSES = 4;
-const DEVICE_CONCURRENCY = 4;
+/** Devices recomputed together: bounds the fixes held in memory and the statements of one D1 batch. */
+const DEVICES_PER_RUN = 100;
 const DAY_MS = 86_400_000;
 
-/** The span of new position fixes of one device. */
-export interface PositionSpan {
+export interface DeviceKey {
   projectId: string;
   deviceId: string;
+}
+
+/** The span of new position fixes of one device. */
+export interface PositionSpan extends DeviceKey {
   fromMs: number;
   toMs: number;
 }
@@ -65,29 +71,14 @@ export function positionSpans(events: readonly Pick<EventRow, 'project_id' | 'de
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fleet cursor (D1): pending span, lease, version sequence
+// The fleet cursor (D1): pending span, lease, version sequence. Statements, so that the cursors of
+// many devices move in one `db.batch` (one round trip, one transaction).
 
 interface Pending {
   fromMs: number;
   toMs: number;
   dirty: number;
   seq: number;
-}
-
-/** Widens the device's pending span by [fromMs, toMs]; the row is created on a device's first positions. */
-export async function markPending(db: D1Database, s: PositionSpan, nowMs = Date.now()): Promise<void> {
-  await db
-    .prepare(
-      `INSERT INTO fleet_cursors (project_id, device_id, pending_from_ms, pending_to_ms, dirty, lease_until, seq, updated_at)
-       VALUES (?1, ?2, ?3, ?4, 1, 0, 0, ?5)
-       ON CONFLICT (project_id, device_id) DO UPDATE SET
-         pending_from_ms = min(coalesce(pending_from_ms, excluded.pending_from_ms), excluded.pending_from_ms),
-         pending_to_ms = max(coalesce(pending_to_ms, excluded.pending_to_ms), excluded.pending_to_ms),
-         dirty = dirty + 1,
-         updated_at = excluded.updated_at`,
-    )
-    .bind(s.projectId, s.deviceId, Math.trunc(s.fromMs), Math.trunc(s.toMs), nowMs)
-    .run();
 }
 
 interface CursorRow {
@@ -97,55 +88,74 @@ interface CursorRow {
   seq: number;
 }
 
-const pendingOf = (r: CursorRow | null): Pending | null =>
+const pendingOf = (r: CursorRow | null | undefined): Pending | null =>
   r && r.pending_from_ms !== null && r.pending_to_ms !== null ? { fromMs: r.pending_from_ms, toMs: r.pending_to_ms, dirty: r.dirty, seq: r.seq } : null;
 
+/**
+ * Widens the device's pending span by [fromMs, toMs] (the row is created on a device's first
+ * positions) and takes the device's lease if it is free, as `acquireStatement` would right after:
+ * the row answered carries `lease_token` = `token` when it did.
+ */
+const markAndAcquireStatement = (db: D1Database, s: PositionSpan, token: string, nowMs: number) =>
+  db
+    .prepare(
+      `INSERT INTO fleet_cursors (project_id, device_id, pending_from_ms, pending_to_ms, dirty, lease_token, lease_until, seq, updated_at)
+       VALUES (?1, ?2, ?3, ?4, 1, ?6, ?7, 1, ?5)
+       ON CONFLICT (project_id, device_id) DO UPDATE SET
+         pending_from_ms = min(coalesce(pending_from_ms, excluded.pending_from_ms), excluded.pending_from_ms),
+         pending_to_ms = max(coalesce(pending_to_ms, excluded.pending_to_ms), excluded.pending_to_ms),
+         dirty = dirty + 1,
+         updated_at = excluded.updated_at,
+         lease_token = CASE WHEN lease_until < excluded.updated_at THEN excluded.lease_token ELSE lease_token END,
+         seq = CASE WHEN lease_until < excluded.updated_at THEN seq + 1 ELSE seq END,
+         lease_until = CASE WHEN lease_until < excluded.updated_at THEN excluded.lease_until ELSE lease_until END
+       RETURNING pending_from_ms, pending_to_ms, dirty, seq, lease_token`,
+    )
+    .bind(s.projectId, s.deviceId, Math.trunc(s.fromMs), Math.trunc(s.toMs), nowMs, token, nowMs + FLEET_LEASE_MS);
+
 /** Takes the device's lease if it is free and something is pending; `seq` grows with each lease. */
-async function acquire(db: D1Database, projectId: string, deviceId: string, token: string, nowMs: number): Promise<Pending | null> {
-  const row = await db
+const acquireStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: number) =>
+  db
     .prepare(
       `UPDATE fleet_cursors SET lease_token = ?3, lease_until = ?4, seq = seq + 1
         WHERE project_id = ?1 AND device_id = ?2 AND lease_until < ?5 AND pending_from_ms IS NOT NULL
-        RETURNING pending_from_ms, pending_to_ms, dirty, seq`,
+        RETURNING pending_from_ms, pending_to_ms, dirty, seq, lease_token`,
     )
-    .bind(projectId, deviceId, token, nowMs + FLEET_LEASE_MS, nowMs)
-    .first<CursorRow>();
-  return pendingOf(row);
-}
+    .bind(k.projectId, k.deviceId, token, nowMs + FLEET_LEASE_MS, nowMs);
 
-/** Clears the pending span and the lease, unless more was marked meanwhile: then the current pending. */
-async function finish(db: D1Database, projectId: string, deviceId: string, token: string, done: Pending): Promise<Pending | null> {
-  const cleared = await db
+/**
+ * Clears the pending span and the lease, unless more was marked meanwhile (`dirty` moved on): then
+ * extends the lease. Answers the row as it is now (`lease_token` null once cleared); none if the
+ * lease was lost.
+ */
+const finishStatement = (db: D1Database, k: DeviceKey, token: string, done: Pending, nowMs: number) =>
+  db
     .prepare(
-      `UPDATE fleet_cursors SET pending_from_ms = NULL, pending_to_ms = NULL, lease_token = NULL, lease_until = 0
-        WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3 AND dirty = ?4`,
+      `UPDATE fleet_cursors SET
+         pending_from_ms = CASE WHEN dirty = ?4 THEN NULL ELSE pending_from_ms END,
+         pending_to_ms = CASE WHEN dirty = ?4 THEN NULL ELSE pending_to_ms END,
+         lease_token = CASE WHEN dirty = ?4 THEN NULL ELSE lease_token END,
+         lease_until = CASE WHEN dirty = ?4 THEN 0 ELSE ?5 END
+        WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3
+        RETURNING pending_from_ms, pending_to_ms, dirty, seq, lease_token`,
     )
-    .bind(projectId, deviceId, token, done.dirty)
-    .run();
-  if (cleared.meta.changes === 1) return null;
-  const row = await db
-    .prepare(`UPDATE fleet_cursors SET lease_until = ?4 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3 RETURNING pending_from_ms, pending_to_ms, dirty, seq`)
-    .bind(projectId, deviceId, token, Date.now() + FLEET_LEASE_MS)
-    .first<CursorRow>();
-  if (!row) throw new Error(`fleet lease of ${deviceId} was lost`);
-  return pendingOf(row) ?? null;
-}
+    .bind(k.projectId, k.deviceId, token, done.dirty, nowMs + FLEET_LEASE_MS);
 
-async function release(db: D1Database, projectId: string, deviceId: string, token: string): Promise<void> {
-  await db.prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`).bind(projectId, deviceId, token).run();
-}
+const releaseStatement = (db: D1Database, k: DeviceKey, token: string) =>
+  db.prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`).bind(k.projectId, k.deviceId, token);
 
-/** Still ours (and extended): a chunk whose lease ran out must not write over its successor's rows. */
-async function holdsLease(db: D1Database, projectId: string, deviceId: string, token: string): Promise<boolean> {
-  const r = await db
+/** Still ours (and extended): a pass whose lease ran out must not write over its successor's rows. */
+const holdsStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: number) =>
+  db
     .prepare(`UPDATE fleet_cursors SET lease_until = ?4 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3 AND lease_until >= ?5`)
-    .bind(projectId, deviceId, token, Date.now() + FLEET_LEASE_MS, Date.now())
-    .run();
-  return r.meta.changes === 1;
+    .bind(k.projectId, k.deviceId, token, nowMs + FLEET_LEASE_MS, nowMs);
+
+async function release(db: D1Database, keys: readonly DeviceKey[], token: string): Promise<void> {
+  if (keys.length) await db.batch(keys.map((k) => releaseStatement(db, k, token)));
 }
 
 // ---------------------------------------------------------------------------------------------
-// One pass
+// One pass over many devices
 
 export interface PassResult {
   range: RecomputeRange | null;
@@ -156,51 +166,51 @@ export interface PassResult {
   liveWritten: boolean;
 }
 
+/** A device's pass: fixes stored in [fromMs, toMs] are recomputed and written with `v.version`. */
+export interface PassInput {
+  v: Versioned;
+  span: { fromMs: number; toMs: number };
+}
+
+interface Writes {
+  stretches: object[];
+  trips: object[];
+  days: object[];
+  live: object | null;
+  result: PassResult;
+}
+
 const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+const utcDayStartMs = (ms: number) => Math.floor(ms / DAY_MS) * DAY_MS;
 
 /**
- * Recomputes the device for fixes stored in [fromMs, toMs] and writes what changed with `version`.
- * `beforeWrite` is checked once the analysis is done (the lease is still held).
+ * What a device's recompute writes, from what was read: `stretches` (stretchesFrom its span's start),
+ * `around` (its trips ending on or after the UTC day of `range.fromMs`) and `fresh` (the analysis
+ * of every fix in `range`). Stretches and trips are compared with what is stored; the daily rows of
+ * the UTC days whose trips changed are rebuilt from every trip touching them, and the live position
+ * is set when the window holds the device's last stretch — both written as they are, unread.
  */
-export async function recomputePass(
-  ch: ClickHouse,
-  v: Versioned,
-  span: { fromMs: number; toMs: number },
-  rules: FleetRules,
-  beforeWrite: () => Promise<boolean> = async () => true,
-): Promise<PassResult> {
-  const { projectId, deviceId } = v;
-  const stretches = await stretchesFrom(ch, projectId, deviceId, span.fromMs);
-  const from = stretches[0]?.startMs ?? span.fromMs;
-  const oldTrips = await tripsStartingFrom(ch, projectId, deviceId, Math.min(from, span.fromMs));
-  const history: FleetHistory = { stretches, trips: oldTrips.map(historyTrip) };
-
-  let range = planRecompute(stretches, [span.fromMs, span.toMs]);
-  let fresh: Analysis | null = null;
-  let fixesRead = 0;
-  while (range) {
-    const fixes = await readFixes(ch, projectId, deviceId, range.fromMs, range.toMs);
-    fixesRead += fixes.length;
-    fresh = analyse(fixes, rules, { followingFixMs: range.followingFixMs });
-    const wider = widenRecompute(stretches, range, fresh);
-    if (!wider) break;
-    range = wider;
-  }
-  const result: PassResult = { range, fixesRead, tripsWritten: 0, tripsRemoved: 0, daysWritten: 0, liveWritten: false };
-  if (!range || !fresh) return result;
-  const inRange = (t: number) => t >= range!.fromMs && t <= range!.toMs;
+export function passWrites(v: Versioned, stretches: readonly Stretch[], around: readonly StoredTrip[], range: RecomputeRange, fresh: Analysis, fixesRead: number, rules: FleetRules): Writes {
+  const { deviceId } = v;
+  const inRange = (t: number) => t >= range.fromMs && t <= range.toMs;
+  // `range.fromMs` is the start of the last stretch before the span (or the span's start): trips
+  // starting from it are the history a recompute can change.
+  const history: FleetHistory = { stretches, trips: around.filter((t) => t.startAt >= range.fromMs).map(historyTrip) };
   const next = applyRecompute(history, range, fresh);
 
   // Stretches and trips of the window: changed ones rewritten, vanished ones marked deleted.
   const oldStretches = new Map(stretches.filter((s) => inRange(s.startMs)).map((s) => [s.startMs, s]));
   const newStretches = fresh.stretches.filter((s) => !sameJson(oldStretches.get(s.startMs), s));
-  const goneStretches = [...oldStretches.keys()].filter((t) => !fresh!.stretches.some((s) => s.startMs === t));
-  const oldInRange = new Map(oldTrips.filter((t) => inRange(t.startAt)).map((t) => [t.startAt, t]));
+  const freshStarts = new Set(fresh.stretches.map((s) => s.startMs));
+  const goneStretches = [...oldStretches.keys()].filter((t) => !freshStarts.has(t));
+  const oldInRange = new Map(around.filter((t) => inRange(t.startAt)).map((t) => [t.startAt, t]));
   const freshTrips = fresh.trips.map((t) => storedTrip(deviceId, t));
   const changedTrips = freshTrips.filter((t) => !sameJson(oldInRange.get(t.startAt), t));
-  const goneTrips = [...oldInRange.keys()].filter((t) => !freshTrips.some((f) => f.startAt === t));
+  const freshTripStarts = new Set(freshTrips.map((t) => t.startAt));
+  const goneTrips = [...oldInRange.keys()].filter((t) => !freshTripStarts.has(t));
 
-  // Daily rows of the UTC days whose trips changed, rebuilt from every trip touching them.
+  // Daily rows of the UTC days whose trips changed, rebuilt from every trip touching them. Every
+  // trip touched starts in the window, so its days are on or after the day `around` starts from.
   const touched = new Set<string>();
   const touch = (t: StoredTrip) => {
     touched.add(utcDay(t.startAt));
@@ -212,79 +222,232 @@ export async function recomputePass(
     const old = oldInRange.get(t.startAt);
     if (old) touch(old);
   }
-  let dayRows: ReturnType<typeof mileageRows> = [];
+  let dayRows: MileageDayRow[] = [];
   if (touched.size) {
     const days = [...touched].sort();
     const firstMs = Date.parse(`${days[0]}T00:00:00Z`);
     const lastMs = Date.parse(`${days[days.length - 1]}T00:00:00Z`) + DAY_MS - 1;
-    const others = (await tripsOverlapping(ch, projectId, [deviceId], firstMs, lastMs)).filter((t) => !inRange(t.startAt));
-    const rebuilt = mileageRows(deviceId, days, [...others, ...freshTrips]);
-    const stored = new Map((await readMileageRows(ch, projectId, [deviceId], days[0]!, days[days.length - 1]!)).map((r) => [r.day, r]));
-    dayRows = rebuilt.filter((r) => {
-      const old = stored.get(r.day);
-      return old ? !sameJson(old.buckets, r.buckets) : r.buckets.length > 0;
-    });
+    const others = around.filter((t) => !inRange(t.startAt) && t.endAt >= firstMs && t.startAt <= lastMs);
+    dayRows = mileageRows(deviceId, days, [...others, ...freshTrips]);
   }
 
   // Live: from the accepted fixes of the device's last stretch, when this window holds it.
-  let live = null;
+  let live: LivePosition | null = null;
   const last = next.stretches[next.stretches.length - 1];
-  if (last && inRange(last.startMs)) {
-    live = liveFromAccepted(fresh.accepted.filter((f) => f.atMs >= last.startMs), rules);
-    if (live && sameJson((await readLive(ch, projectId, [deviceId])).get(deviceId), live)) live = null;
-  }
+  if (last && inRange(last.startMs)) live = liveFromAccepted(fresh.accepted.filter((f) => f.atMs >= last.startMs), rules);
 
-  if (!(await beforeWrite())) throw new Error(`fleet lease of ${deviceId} ran out before its recompute could write`);
+  return {
+    stretches: stretchRows(v, newStretches, goneStretches),
+    trips: tripRows(v, changedTrips, goneTrips),
+    days: mileageInsertRows(v, dayRows),
+    live: live ? liveRow(v, live) : null,
+    result: { range, fixesRead, tripsWritten: changedTrips.length, tripsRemoved: goneTrips.length, daysWritten: dayRows.length, liveWritten: live !== null },
+  };
+}
+
+interface DevicePass {
+  input: PassInput;
+  key: string;
+  stretches: Stretch[];
+  range: RecomputeRange;
+  fixes: Fix[];
+  fresh: Analysis | null;
+}
+
+/**
+ * Recomputes every device for the fixes stored in its span, reading and writing all of them
+ * together. `beforeWrite` answers, once the analyses are done, which devices may still write (their
+ * leases still held); the others get an error. Answers a PassResult or an Error per input.
+ */
+export async function recomputePasses(
+  ch: ClickHouse,
+  inputs: readonly PassInput[],
+  rules: FleetRules,
+  beforeWrite: (devices: readonly DeviceKey[]) => Promise<boolean[]> = async (ds) => ds.map(() => true),
+): Promise<Array<PassResult | Error>> {
+  const outcomes: Array<PassResult | Error> = inputs.map(() => ({ range: null, fixesRead: 0, tripsWritten: 0, tripsRemoved: 0, daysWritten: 0, liveWritten: false }));
+  const stretches = await stretchesFrom(ch, inputs.map((i) => ({ projectId: i.v.projectId, deviceId: i.v.deviceId, fromMs: i.span.fromMs })));
+  const passes: Array<DevicePass & { index: number }> = [];
+  inputs.forEach((input, index) => {
+    const key = deviceKey(input.v);
+    const own = stretches.get(key) ?? [];
+    const range = planRecompute(own, [input.span.fromMs, input.span.toMs]);
+    if (range) passes.push({ input, index, key, stretches: own, range, fixes: [], fresh: null });
+  });
+  if (passes.length === 0) return outcomes;
+
+  const window = (p: DevicePass, fromMs: number, toMs: number): DeviceWindow => ({ projectId: p.input.v.projectId, deviceId: p.input.v.deviceId, fromMs, toMs });
+  // The trips a pass compares with and rebuilds daily rows from, read beside the first fixes.
+  const around = tripsEndingFrom(ch, passes.map((p) => window(p, utcDayStartMs(p.range.fromMs), p.range.toMs)));
+  around.catch(() => {});
+  // Fixes of each window; when an analysis runs on into the next stored stretch, only the added
+  // part of the wider window is read (a set of fixes: the union is the wider window's).
+  let reads = passes.map((p) => ({ p, w: window(p, p.range.fromMs, p.range.toMs) }));
+  while (reads.length) {
+    const got = await readFixesOf(ch, reads.map((r) => r.w));
+    const wider: typeof reads = [];
+    for (const { p } of reads) {
+      const add = got.get(p.key);
+      if (add) for (const f of add) p.fixes.push(f);
+      p.fresh = analyse(p.fixes, rules, { followingFixMs: p.range.followingFixMs });
+      const next = widenRecompute(p.stretches, p.range, p.fresh);
+      if (!next) continue;
+      wider.push({ p, w: window(p, p.range.toMs + 1, next.toMs) });
+      p.range = next;
+    }
+    reads = wider;
+  }
+  const tripsAround = await around;
+
+  const writes: Array<{ p: (typeof passes)[number]; w: Writes }> = [];
+  for (const p of passes) {
+    try {
+      writes.push({ p, w: passWrites(p.input.v, p.stretches, tripsAround.get(p.key) ?? [], p.range, p.fresh!, p.fixes.length, rules) });
+    } catch (err) {
+      outcomes[p.index] = err instanceof Error ? err : new Error(String(err));
+    }
+  }
+  const allowed = await beforeWrite(writes.map(({ p }) => p.input.v));
+  const go = writes.filter((w, k) => {
+    if (allowed[k]) return true;
+    outcomes[w.p.index] = new Error(`fleet lease of ${w.p.input.v.deviceId} ran out before its recompute could write`);
+    return false;
+  });
   // Trips and stretches before the daily rows and live position that derive from them.
-  await Promise.all([writeStretches(ch, v, newStretches, goneStretches), writeTrips(ch, v, changedTrips, goneTrips)]);
-  await Promise.all([dayRows.length ? writeMileageRows(ch, v, dayRows) : undefined, live ? writeLive(ch, v, live) : undefined]);
-  return { ...result, tripsWritten: changedTrips.length, tripsRemoved: goneTrips.length, daysWritten: dayRows.length, liveWritten: live !== null };
+  await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
+  await Promise.all([ch.insert('fleet_mileage', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
+  for (const { p, w } of go) outcomes[p.index] = w.result;
+  return outcomes;
 }
 
 // ---------------------------------------------------------------------------------------------
-// A device under its lease
+// Devices under their leases
+
+interface Held extends DeviceKey {
+  key: string;
+  seq: number;
+  pending: Pending;
+  passes: number;
+}
+
+/** A device to recompute, with the span of its new fixes to mark pending first (if any). */
+type Due = DeviceKey & { span?: { fromMs: number; toMs: number } };
 
 /**
- * Runs the device's pending recompute if no one else is: the lease holder loops until nothing new
- * was marked while it worked, so every marked span is recomputed by someone. Returns the passes run
- * (0: another consumer holds the device, or nothing was pending).
+ * Marks the devices' spans pending, then runs the pending recompute of every device that no one
+ * else holds: the lease holder loops until nothing new was marked while it worked, so every marked
+ * span is recomputed by someone. `failed` hears of each device whose recompute failed (its span
+ * stays pending); an error that fails them all (D1 or ClickHouse down) is thrown after the leases
+ * are let go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
  */
-export async function recomputeDevice(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, rules: FleetRules = DEFAULT_FLEET_RULES): Promise<number> {
+async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], rules: FleetRules, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
   const token = crypto.randomUUID();
-  let pending = await acquire(db, projectId, deviceId, token, Date.now());
-  if (!pending) return 0;
-  const seq = pending.seq;
-  let passes = 0;
+  const passes = new Map(devices.map((d) => [deviceKey(d), 0]));
+  const nowMs = Date.now();
+  const results = await db.batch<CursorRow & { lease_token: string | null }>(
+    devices.map((d) => (d.span ? markAndAcquireStatement(db, { projectId: d.projectId, deviceId: d.deviceId, ...d.span }, token, nowMs) : acquireStatement(db, d, token, nowMs))),
+  );
+  let held: Held[] = [];
+  devices.forEach((d, i) => {
+    const row = results[i]!.results[0];
+    const pending = row && row.lease_token === token ? pendingOf(row) : null;
+    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0 });
+  });
   try {
-    while (pending) {
-      if (passes >= MAX_PASSES) {
-        await release(db, projectId, deviceId, token);
-        return passes;
-      }
+    while (held.length) {
       // Versions grow across leases (seq) and across the passes of one lease.
-      const version = seq * 1000 + passes;
-      await recomputePass(ch, { projectId, deviceId, version }, pending, rules, () => holdsLease(db, projectId, deviceId, token));
-      passes++;
-      pending = await finish(db, projectId, deviceId, token, pending);
+      const inputs = held.map((h) => ({ v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes }, span: h.pending }));
+      const outcomes = await recomputePasses(ch, inputs, rules, async (ds) => {
+        if (ds.length === 0) return [];
+        const at = Date.now();
+        const r = await db.batch(ds.map((d) => holdsStatement(db, d, token, at)));
+        return r.map((x) => x.meta.changes === 1);
+      });
+      const done: Held[] = [];
+      const lost: Held[] = [];
+      held.forEach((h, i) => {
+        const o = outcomes[i]!;
+        if (o instanceof Error) {
+          failed(h, o);
+          lost.push(h);
+        } else done.push(h);
+      });
+      // The pending span stays for whoever comes next (the device's next batch or a recompute job).
+      await release(db, lost, token);
+      const at = Date.now();
+      const finished = done.length ? await db.batch<CursorRow & { lease_token: string | null }>(done.map((h) => finishStatement(db, h, token, h.pending, at))) : [];
+      const again: Held[] = [];
+      const over: Held[] = [];
+      done.forEach((h, i) => {
+        h.passes++;
+        passes.set(h.key, h.passes);
+        const row = finished[i]!.results[0];
+        if (!row) {
+          failed(h, new Error(`fleet lease of ${h.deviceId} was lost`));
+          return;
+        }
+        if (row.lease_token === null) return;
+        const pending = pendingOf(row);
+        if (!pending) over.push(h);
+        else {
+          h.pending = pending;
+          // Other batches keep widening the span: the rest waits for the device's next batch.
+          (h.passes >= MAX_PASSES ? over : again).push(h);
+        }
+      });
+      await release(db, over, token);
+      held = again;
     }
     return passes;
   } catch (err) {
-    // The pending span stays: the device's next batch (or an operator's recompute job) redoes it.
-    await release(db, projectId, deviceId, token).catch(() => {});
+    await release(db, held, token).catch(() => {});
     throw err;
   }
 }
 
+/**
+ * Marks `span` pending (if given), then runs the device's pending recompute if no one else is (see
+ * recomputeHeld). Returns the passes run (0: another consumer holds the device, or nothing was
+ * pending); throws if the recompute failed.
+ */
+export async function recomputeDevice(
+  ch: ClickHouse,
+  db: D1Database,
+  projectId: string,
+  deviceId: string,
+  rules: FleetRules = DEFAULT_FLEET_RULES,
+  span?: { fromMs: number; toMs: number },
+): Promise<number> {
+  let failure: Error | null = null;
+  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span }], rules, (_k, err) => (failure = err));
+  if (failure) throw failure;
+  return passes.get(deviceKey({ projectId, deviceId })) ?? 0;
+}
+
+/**
+ * Marks the spans pending and recomputes their devices together (DEVICES_PER_RUN at a time). A
+ * failure leaves the spans pending and is logged: the next batch of a device retries it. Answers
+ * the passes run per deviceKey.
+ */
+export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[], rules: FleetRules = DEFAULT_FLEET_RULES): Promise<Map<string, number>> {
+  const passes = new Map<string, number>();
+  const log = (k: DeviceKey, err: unknown) =>
+    console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
+  for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
+    const run = spans.slice(i, i + DEVICES_PER_RUN);
+    try {
+      const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
+      for (const [k, n] of await recomputeHeld(ch, db, due, rules, log)) passes.set(k, n);
+    } catch (err) {
+      for (const s of run) log(s, err);
+    }
+  }
+  return passes;
+}
+
 /** The ingest consumer's step after a durable insert: mark and recompute every device with new positions. */
 export async function recomputeAfterWrite(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[]): Promise<void> {
-  await mapPool(spans, DEVICE_CONCURRENCY, async (s) => {
-    try {
-      await markPending(db, s);
-      await recomputeDevice(ch, db, s.projectId, s.deviceId);
-    } catch (err) {
-      console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: s.projectId, deviceId: s.deviceId, error: String(err) }));
-    }
-  });
+  await recomputeDevices(ch, db, spans);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,8 +513,7 @@ export const fleetRecomputeRunner: JobRunner = {
     for (let k = 0; k < DAYS_PER_CHUNK && cursor; k++) {
       const toMs = Math.min(cursor.atMs + DAY_MS - 1, p.untilMs);
       // Marked first: if the ingest consumer holds the device, it recomputes this span before it lets go.
-      await markPending(env.DB, { projectId: p.projectId, deviceId: cursor.deviceId, fromMs: cursor.atMs, toMs });
-      await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId);
+      await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, DEFAULT_FLEET_RULES, { fromMs: cursor.atMs, toMs });
       rows++;
       if (toMs < p.untilMs) cursor = { deviceId: cursor.deviceId, atMs: toMs + 1 };
       else {

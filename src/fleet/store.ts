@@ -3,7 +3,7 @@
 import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { MILEAGE_BUCKET_MS, mileageBuckets, type MileageSpan } from './mileage';
-import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix } from './position';
+import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix, type PositionProperties } from './position';
 import type { LivePosition } from './status';
 import type { Stretch, StretchEnd, Trip, TripEndReason } from './trips';
 
@@ -11,7 +11,7 @@ const DAY_MS = 86_400_000;
 
 /** Every stored `position` fix of a device with fromMs ≤ atMs ≤ toMs (any accuracy; copies of an id included). */
 export async function readFixes(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number, toMs: number): Promise<Fix[]> {
-  const rows = await ch.query<{ id: string; at: number; properties: string }>(
+  const rows = await ch.query<FixRow>(
     `SELECT toString(id) AS id, created_at_ms AS at, properties FROM events
       WHERE project_id = {p:String} AND device_id = {d:String}
         AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
@@ -20,18 +20,119 @@ export async function readFixes(ch: ClickHouse, projectId: string, deviceId: str
     { p: projectId, d: deviceId, ...dateTimeBounds(fromMs, toMs), from: fromMs, to: toMs, name: POSITION_EVENT_NAME },
   );
   const fixes: Fix[] = [];
-  for (const r of rows) {
-    let props: unknown;
-    try {
-      props = JSON.parse(r.properties);
-    } catch {
-      continue;
-    }
-    // Rows stored before per-row validation existed (or by an import) may be malformed: not fixes.
-    const check = checkPositionProperties(props);
-    if (check.ok) fixes.push(fixFromPosition(r.id, Number(r.at), check.properties));
-  }
+  for (const r of rows) pushFix(fixes, r);
   return fixes;
+}
+
+interface FixRow {
+  id: string;
+  at: number;
+  properties: string;
+}
+
+const finite = (v: unknown, lo: number, hi: number) => typeof v === 'number' && Number.isFinite(v) && v >= lo && v <= hi;
+const optionalFinite = (v: unknown, lo: number, hi: number) => v === undefined || finite(v, lo, hi);
+
+/**
+ * Properties that PositionPropertiesSchema certainly accepts, checked by hand: a recompute re-reads
+ * a whole open stretch, and the schema's parse was most of its cost. Anything else goes to the schema.
+ */
+function plainPosition(p: unknown): p is PositionProperties {
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return false;
+  const o = p as Record<string, unknown>;
+  return (
+    finite(o.lat, -90, 90) &&
+    finite(o.lon, -180, 180) &&
+    optionalFinite(o.speed, 0, Infinity) &&
+    optionalFinite(o.heading, 0, 360) &&
+    optionalFinite(o.accuracy, 0, Infinity) &&
+    optionalFinite(o.altitude, -Infinity, Infinity) &&
+    (o.ignition === undefined || typeof o.ignition === 'boolean')
+  );
+}
+
+function pushFix(fixes: Fix[], r: FixRow): void {
+  let props: unknown;
+  try {
+    props = JSON.parse(r.properties);
+  } catch {
+    return;
+  }
+  if (plainPosition(props)) {
+    fixes.push(fixFromPosition(r.id, Number(r.at), props));
+    return;
+  }
+  // Rows stored before per-row validation existed (or by an import) may be malformed: not fixes.
+  const check = checkPositionProperties(props);
+  if (check.ok) fixes.push(fixFromPosition(r.id, Number(r.at), check.properties));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched reads: many devices (of any projects), each with its own window, in one query
+
+/** A device and a window of its times (what "from" means depends on the read). */
+export interface DeviceWindow {
+  projectId: string;
+  deviceId: string;
+  fromMs: number;
+  toMs: number;
+}
+
+export const deviceKey = (d: { projectId: string; deviceId: string }) => `${d.projectId}\u0000${d.deviceId}`;
+
+const hex = (s: string) => Array.from(new TextEncoder().encode(s), (b) => b.toString(16).padStart(2, '0')).join('');
+
+/**
+ * The windows as external data: `windows` rows `hex(project):hex(device):from:to` (ids may hold any
+ * character; hex holds no `:`), read back by WINDOWS; `projects` and `devices` for the key index.
+ */
+function windowLists(windows: readonly DeviceWindow[]) {
+  return {
+    windows: windows.map((w) => `${hex(w.projectId)}:${hex(w.deviceId)}:${Math.trunc(w.fromMs)}:${Math.trunc(w.toMs)}`),
+    projects: [...new Set(windows.map((w) => w.projectId))],
+    devices: [...new Set(windows.map((w) => w.deviceId))],
+  };
+}
+
+/** The `windows` external table as (project_id, device_id, lo, hi), to join on the device. */
+const WINDOWS = `(SELECT unhex(w[1]) AS project_id, unhex(w[2]) AS device_id, toInt64(w[3]) AS lo, toInt64(w[4]) AS hi
+   FROM (SELECT splitByChar(':', value) AS w FROM windows)) AS win`;
+const LISTED = 'project_id IN (SELECT value FROM projects) AND device_id IN (SELECT value FROM devices)';
+
+function byDevice<T extends { project_id: string; device_id: string }, U>(rows: readonly T[], to: (r: T) => U): Map<string, U[]> {
+  const out = new Map<string, U[]>();
+  for (const r of rows) {
+    const key = deviceKey({ projectId: r.project_id, deviceId: r.device_id });
+    let list = out.get(key);
+    if (!list) out.set(key, (list = []));
+    list.push(to(r));
+  }
+  return out;
+}
+
+/** Every stored `position` fix of each device inside its window [fromMs, toMs], by deviceKey. */
+export async function readFixesOf(ch: ClickHouse, windows: readonly DeviceWindow[]): Promise<Map<string, Fix[]>> {
+  const out = new Map<string, Fix[]>();
+  if (windows.length === 0) return out;
+  const fromMs = Math.min(...windows.map((w) => w.fromMs));
+  const toMs = Math.max(...windows.map((w) => w.toMs));
+  const rows = await ch.query<FixRow & { project_id: string; device_id: string }>(
+    `SELECT project_id, device_id, toString(id) AS id, created_at_ms AS at, properties
+       FROM events ALL INNER JOIN ${WINDOWS} USING (project_id, device_id)
+      WHERE ${LISTED}
+        AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
+        AND created_at_ms >= lo AND created_at_ms <= hi
+        AND type = 'track' AND name = {name:String}`,
+    { ...dateTimeBounds(fromMs, toMs), name: POSITION_EVENT_NAME },
+    windowLists(windows),
+  );
+  for (const r of rows) {
+    const key = deviceKey({ projectId: r.project_id, deviceId: r.device_id });
+    let fixes = out.get(key);
+    if (!fixes) out.set(key, (fixes = []));
+    pushFix(fixes, r);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -67,13 +168,27 @@ async function currentStretches(ch: ClickHouse, projectId: string, deviceId: str
 }
 
 /**
- * The part of a device's stretches a recompute for fixes from `fromMs` on can touch: the last
- * stretch starting before `fromMs` and everything after it.
+ * The part of each device's stretches a recompute for fixes from its `fromMs` on can touch: the
+ * last stretch starting before `fromMs` and everything after it, by deviceKey, in start order.
  */
-export async function stretchesFrom(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number): Promise<Stretch[]> {
-  const [before] = await currentStretches(ch, projectId, deviceId, 'start_ms < {from:Int64}', { from: fromMs }, 'ORDER BY start_ms DESC LIMIT 1');
-  const startMs = before ? before.startMs : fromMs;
-  return currentStretches(ch, projectId, deviceId, 'start_ms >= {from:Int64}', { from: startMs }, 'ORDER BY start_ms');
+export async function stretchesFrom(ch: ClickHouse, devices: readonly Omit<DeviceWindow, 'toMs'>[]): Promise<Map<string, Stretch[]>> {
+  if (devices.length === 0) return new Map();
+  const current = (cond: string) => `SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason FROM (
+      SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason, deleted
+        FROM fleet_stretches ALL INNER JOIN ${WINDOWS} USING (project_id, device_id)
+       WHERE ${LISTED} AND ${cond}
+       ORDER BY project_id, device_id, start_ms, version DESC LIMIT 1 BY project_id, device_id, start_ms)
+     WHERE deleted = 0`;
+  const rows = await ch.query<StretchRow & { project_id: string; device_id: string }>(
+    `SELECT * FROM (${current('start_ms >= lo')})
+     UNION ALL
+     SELECT * FROM (${current('start_ms < lo')} ORDER BY project_id, device_id, start_ms DESC LIMIT 1 BY project_id, device_id)`,
+    {},
+    windowLists(devices.map((d) => ({ ...d, toMs: d.fromMs }))),
+  );
+  const out = byDevice(rows, toStretch);
+  for (const list of out.values()) list.sort((a, b) => a.startMs - b.startMs);
+  return out;
 }
 
 /** Stretches overlapping [sinceMs, untilMs], for a consistent track read. */
@@ -87,12 +202,12 @@ export interface Versioned {
   version: number;
 }
 
-export async function writeStretches(ch: ClickHouse, v: Versioned, stretches: readonly Stretch[], removedStartMs: readonly number[]): Promise<void> {
-  const rows = [
+/** `fleet_stretches` rows: the stretches as they are now, and `deleted` rows for those gone. */
+export function stretchRows(v: Versioned, stretches: readonly Stretch[], removedStartMs: readonly number[]): object[] {
+  return [
     ...stretches.map((s) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: s.startMs, end_ms: s.endMs, last_accepted_ms: s.lastAcceptedMs, counted_m: s.countedM, end_reason: s.end, deleted: 0, version: v.version })),
     ...removedStartMs.map((t) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: t, end_ms: t, last_accepted_ms: t, counted_m: 0, end_reason: 'open', deleted: 1, version: v.version })),
   ];
-  await ch.insert('fleet_stretches', rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,22 +306,30 @@ export async function tripsOverlapping(ch: ClickHouse, projectId: string, device
   return rows.map(toStoredTrip);
 }
 
-/** Current trips of one device starting at or after `fromMs`. */
-export async function tripsStartingFrom(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number): Promise<StoredTrip[]> {
-  const rows = await ch.query<TripRow>(
-    `SELECT ${TRIP_COLUMNS} FROM (
-       SELECT ${TRIP_COLUMNS}, deleted FROM fleet_trips
-        WHERE project_id = {p:String} AND device_id = {d:String} AND start_at_ms >= {from:Int64}
-        ORDER BY start_at_ms, version DESC LIMIT 1 BY start_at_ms)
-      WHERE deleted = 0 ORDER BY start_at_ms`,
-    { p: projectId, d: deviceId, from: Math.trunc(fromMs) },
+/**
+ * Current trips of each device that end at or after its `fromMs` (so also all that start then or
+ * later), by deviceKey, in start order.
+ */
+export async function tripsEndingFrom(ch: ClickHouse, devices: readonly Omit<DeviceWindow, 'toMs'>[]): Promise<Map<string, StoredTrip[]>> {
+  if (devices.length === 0) return new Map();
+  // The newest version of every trip key first: a `deleted` row's end is its start, so the window
+  // applies only after.
+  const rows = await ch.query<TripRow & { project_id: string }>(
+    `SELECT project_id, ${TRIP_COLUMNS} FROM (
+       SELECT project_id, ${TRIP_COLUMNS}, deleted, lo FROM fleet_trips ALL INNER JOIN ${WINDOWS} USING (project_id, device_id)
+        WHERE ${LISTED}
+        ORDER BY project_id, device_id, start_at_ms, version DESC LIMIT 1 BY project_id, device_id, start_at_ms)
+      WHERE deleted = 0 AND end_at_ms >= lo ORDER BY project_id, device_id, start_at_ms`,
+    {},
+    windowLists(devices.map((d) => ({ ...d, toMs: d.fromMs }))),
   );
-  return rows.map(toStoredTrip);
+  return byDevice(rows, toStoredTrip);
 }
 
-export async function writeTrips(ch: ClickHouse, v: Versioned, trips: readonly StoredTrip[], removedStartAt: readonly number[]): Promise<void> {
+/** `fleet_trips` rows: the trips as they are now, and `deleted` rows for those gone. */
+export function tripRows(v: Versioned, trips: readonly StoredTrip[], removedStartAt: readonly number[]): object[] {
   const base = { project_id: v.projectId, device_id: v.deviceId, version: v.version };
-  const rows = [
+  return [
     ...trips.map((t) => ({
       ...base,
       start_at_ms: t.startAt,
@@ -240,7 +363,6 @@ export async function writeTrips(ch: ClickHouse, v: Versioned, trips: readonly S
       deleted: 1,
     })),
   ];
-  await ch.insert('fleet_trips', rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,20 +432,18 @@ export async function readMileageRows(ch: ClickHouse, projectId: string, deviceI
   }));
 }
 
-export async function writeMileageRows(ch: ClickHouse, v: Versioned, rows: readonly MileageDayRow[]): Promise<void> {
-  await ch.insert(
-    'fleet_mileage',
-    rows.map((r) => ({
-      project_id: v.projectId,
-      device_id: v.deviceId,
-      day: r.day,
-      bucket_ms: r.buckets.map((b) => b.startMs),
-      distance_m: r.buckets.map((b) => b.distanceM),
-      moving_ms: r.buckets.map((b) => b.movingMs),
-      trip_starts: r.buckets.map((b) => b.tripStarts),
-      version: v.version,
-    })),
-  );
+/** `fleet_mileage` rows. */
+export function mileageInsertRows(v: Versioned, rows: readonly MileageDayRow[]): object[] {
+  return rows.map((r) => ({
+    project_id: v.projectId,
+    device_id: v.deviceId,
+    day: r.day,
+    bucket_ms: r.buckets.map((b) => b.startMs),
+    distance_m: r.buckets.map((b) => b.distanceM),
+    moving_ms: r.buckets.map((b) => b.movingMs),
+    trip_starts: r.buckets.map((b) => b.tripStarts),
+    version: v.version,
+  }));
 }
 
 /** Day rows as spans for `dailyMileage`. */
@@ -375,26 +495,25 @@ export async function readLive(ch: ClickHouse, projectId: string, deviceIds?: re
   return new Map(rows.map((r) => [r.device_id, toLive(r)]));
 }
 
-export async function writeLive(ch: ClickHouse, v: Versioned, live: LivePosition): Promise<void> {
+/** The `fleet_live` row of a live position. */
+export function liveRow(v: Versioned, live: LivePosition): object {
   const f = live.fix;
-  await ch.insert('fleet_live', [
-    {
-      project_id: v.projectId,
-      device_id: v.deviceId,
-      fix_id: f.id,
-      at_ms: f.atMs,
-      lat: f.lat,
-      lon: f.lon,
-      speed_kmh: f.speedKmh ?? null,
-      heading: f.heading ?? null,
-      accuracy_m: f.accuracyM ?? null,
-      altitude_m: f.altitudeM ?? null,
-      ignition: f.ignition === undefined ? null : f.ignition ? 1 : 0,
-      counted_lat: live.countedPoint.lat,
-      counted_lon: live.countedPoint.lon,
-      counted_at_ms: live.countedPoint.atMs,
-      moved_by_drift: live.movedByDrift ? 1 : 0,
-      version: v.version,
-    },
-  ]);
+  return {
+    project_id: v.projectId,
+    device_id: v.deviceId,
+    fix_id: f.id,
+    at_ms: f.atMs,
+    lat: f.lat,
+    lon: f.lon,
+    speed_kmh: f.speedKmh ?? null,
+    heading: f.heading ?? null,
+    accuracy_m: f.accuracyM ?? null,
+    altitude_m: f.altitudeM ?? null,
+    ignition: f.ignition === undefined ? null : f.ignition ? 1 : 0,
+    counted_lat: live.countedPoint.lat,
+    counted_lon: live.countedPoint.lon,
+    counted_at_ms: live.countedPoint.atMs,
+    moved_by_drift: live.movedByDrift ? 1 : 0,
+    version: v.version,
+  };
 }
