@@ -20,3 +20,33 @@ it('reports a vehicle offline after FLEET_OFFLINE_AFTER_S without a fix, and rej
   expect(bad.status).toBe(503);
   expect(bad.body.error!.code).toBe('misconfigured');
 });
+
+it('recomputes, from the cron, a span left pending when no recompute followed the insert', async () => {
+  const { markPending } = await import('../src/fleet/recompute');
+  const { default: worker } = await import('../src/index');
+  const { createScheduledController } = await import('cloudflare:test');
+  const { ch } = await import('./helpers');
+  const p = await createProject('fleet-orphan');
+  const at = Date.now() - 30 * 60_000;
+  // Positions stored, their span marked pending, and then the consumer went away before recomputing.
+  await ch().insert(
+    'events',
+    [0, 1, 2].map((i) => ({
+      id: crypto.randomUUID(), project_id: p.id, device_id: 'van-9', session_id: '', profile_id: '', type: 'track', name: 'position',
+      created_at_ms: at + i * 20_000, received_at_ms: at + i * 20_000, synced_at_ms: at + i * 20_000,
+      properties: JSON.stringify({ lat: 50.1, lon: 8.6 + i * 0.001, speed: 30 }), ref_id: '', ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
+    })),
+  );
+  await markPending(env.DB, [{ projectId: p.id, deviceId: 'van-9', fromMs: at, toMs: at + 40_000 }], Date.now() - 5 * 60_000);
+  const liveNow = async () => {
+    const res = await app.fetch(new Request('http://gw/v1/fleet/live', { headers: p.headers }), env, createExecutionContext());
+    return ((await res.json()) as { vehicles: Array<{ deviceId: string; lon: number }> }).vehicles;
+  };
+  expect(await liveNow()).toEqual([]);
+  await worker.scheduled!(createScheduledController({ scheduledTime: Date.now(), cron: '* * * * *' }), env, createExecutionContext()).catch(() => {});
+  const vehicles = await liveNow();
+  expect(vehicles.map((v) => v.deviceId)).toEqual(['van-9']);
+  expect(vehicles[0]!.lon).toBeCloseTo(8.602, 6);
+  const left = await env.DB.prepare('SELECT pending_from_ms FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-9').first<{ pending_from_ms: number | null }>();
+  expect(left!.pending_from_ms).toBeNull();
+});

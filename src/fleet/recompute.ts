@@ -113,6 +113,57 @@ const markAndAcquireStatement = (db: D1Database, s: PositionSpan, token: string,
     )
     .bind(s.projectId, s.deviceId, Math.trunc(s.fromMs), Math.trunc(s.toMs), nowMs, token, nowMs + FLEET_LEASE_MS);
 
+/** Widens the device's pending span by [fromMs, toMs] without taking its lease (before the ack). */
+const markStatement = (db: D1Database, s: PositionSpan, nowMs: number) =>
+  db
+    .prepare(
+      `INSERT INTO fleet_cursors (project_id, device_id, pending_from_ms, pending_to_ms, dirty, lease_until, seq, updated_at)
+       VALUES (?1, ?2, ?3, ?4, 1, 0, 0, ?5)
+       ON CONFLICT (project_id, device_id) DO UPDATE SET
+         pending_from_ms = min(coalesce(pending_from_ms, excluded.pending_from_ms), excluded.pending_from_ms),
+         pending_to_ms = max(coalesce(pending_to_ms, excluded.pending_to_ms), excluded.pending_to_ms),
+         dirty = dirty + 1,
+         updated_at = excluded.updated_at`,
+    )
+    .bind(s.projectId, s.deviceId, Math.trunc(s.fromMs), Math.trunc(s.toMs), nowMs);
+
+/**
+ * Records the positions' spans as pending in D1, in one batch. The ingest consumer does this before
+ * it acks a batch, so positions it stored are never acked without a trace: if the recompute after
+ * the ack fails or never runs, the watchdog finds the span still pending.
+ */
+export async function markPending(db: D1Database, spans: readonly PositionSpan[], nowMs = Date.now()): Promise<void> {
+  for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
+    const run = spans.slice(i, i + DEVICES_PER_RUN);
+    if (run.length) await db.batch(run.map((s) => markStatement(db, s, nowMs)));
+  }
+}
+
+/** A pending span nobody holds for this long (its recompute failed or never ran) is the watchdog's. */
+export const ORPHAN_PENDING_MS = 60_000;
+
+/**
+ * The watchdog's step: recomputes devices whose span stayed pending with no lease held (a recompute
+ * that failed, or an isolate that went away between the ack and the recompute).
+ */
+export async function recomputeLeftPending(ch: ClickHouse, db: D1Database, nowMs: number, limit = DEVICES_PER_RUN): Promise<number> {
+  const { results } = await db
+    .prepare(
+      `SELECT project_id, device_id, pending_from_ms, pending_to_ms FROM fleet_cursors
+        WHERE pending_from_ms IS NOT NULL AND lease_until < ?1 AND updated_at < ?2
+        ORDER BY updated_at LIMIT ?3`,
+    )
+    .bind(nowMs, nowMs - ORPHAN_PENDING_MS, limit)
+    .all<{ project_id: string; device_id: string; pending_from_ms: number; pending_to_ms: number }>();
+  if (!results.length) return 0;
+  await recomputeDevices(
+    ch,
+    db,
+    results.map((r) => ({ projectId: r.project_id, deviceId: r.device_id, fromMs: r.pending_from_ms, toMs: r.pending_to_ms })),
+  );
+  return results.length;
+}
+
 /** Takes the device's lease if it is free and something is pending; `seq` grows with each lease. */
 const acquireStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: number) =>
   db

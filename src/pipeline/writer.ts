@@ -3,7 +3,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import { positionSpans, recomputeAfterWrite, type PositionSpan } from '../fleet/recompute';
+import { markPending, positionSpans, recomputeAfterWrite, type PositionSpan } from '../fleet/recompute';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -85,10 +85,12 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const bodies = decoded.map((d) => d.body);
   const ackAll = () => (decoded.length === batch.messages.length ? batch.ackAll() : decoded.forEach((d) => d.m.ack()));
   const mayBeRedelivery = decoded.some((d) => d.m.attempts > 1 || d.body.redelivery === true);
-  // Fleet state follows the durable insert; a failed recompute never fails the (acked) batch.
+  // Fleet state follows the durable insert: the spans are marked pending in D1 before the ack, so
+  // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
   const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env.DB, positions) : undefined);
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
+    await markPending(env.DB, positions);
     ackAll();
     await fleet(positions);
     return;
@@ -99,6 +101,7 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   }
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), true);
+    await markPending(env.DB, positions);
     ackAll();
     await fleet(positions);
     return;
@@ -109,7 +112,9 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const positions: PositionSpan[] = [];
   for (const { m, body } of decoded) {
     try {
-      positions.push(...(await writeRows(ch, [body], Date.now(), true)).positions);
+      const written = (await writeRows(ch, [body], Date.now(), true)).positions;
+      await markPending(env.DB, written);
+      positions.push(...written);
       m.ack();
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message write failed; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
