@@ -16,175 +16,13 @@ import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet
 import { DEFAULT_FLEET_RULES, resolveFleetRules, type FleetRules } from '../src/fleet/rules';
 import { advanceLive, liveFromAccepted, liveStatus, newerFix, type LivePosition } from '../src/fleet/status';
 import { analyse, canonicalFixes, type Trip } from '../src/fleet/trips';
+import { ACCEL, FixLog, HOME, HOUR, MIN, RAD, destination, jitter, makeRoute, movePhase, phaseState, pointAlong, prng, shuffledWithDuplicates, type Phase, type Rng, type Route, type SyntheticDay } from './fleet-fixtures';
 
 const RULES: FleetRules = { ...DEFAULT_FLEET_RULES };
 const DAY = Date.UTC(2024, 5, 15); // 2024-06-15T00:00Z
-const MIN = 60_000;
-const HOUR = 3_600_000;
 
 // ---------------------------------------------------------------------------------------------
 // Seeded generators
-
-/** mulberry32: a small seeded PRNG, so every failing case can be replayed. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    between: (lo: number, hi: number) => lo + (hi - lo) * next(),
-    int: (lo: number, hi: number) => Math.floor(lo + (hi - lo + 1) * next()),
-    chance: (p: number) => next() < p,
-    shuffle<T>(xs: T[]): T[] {
-      for (let i = xs.length - 1; i > 0; i--) {
-        const j = Math.floor(next() * (i + 1));
-        [xs[i], xs[j]] = [xs[j]!, xs[i]!];
-      }
-      return xs;
-    },
-  };
-}
-type Rng = ReturnType<typeof prng>;
-
-const RAD = Math.PI / 180;
-
-/** The point `distM` from `p` along the great circle leaving at `bearingDeg`. */
-function destination(p: LatLon, bearingDeg: number, distM: number): LatLon {
-  const d = distM / EARTH_RADIUS_M;
-  const th = bearingDeg * RAD;
-  const f1 = p.lat * RAD;
-  const f2 = Math.asin(Math.sin(f1) * Math.cos(d) + Math.cos(f1) * Math.sin(d) * Math.cos(th));
-  const l2 = p.lon * RAD + Math.atan2(Math.sin(th) * Math.sin(d) * Math.cos(f1), Math.cos(d) - Math.sin(f1) * Math.sin(f2));
-  return { lat: f2 / RAD, lon: l2 / RAD };
-}
-
-/** A point moved by a random offset between minM and maxM metres. */
-function jitter(rng: Rng, p: LatLon, minM: number, maxM: number): LatLon {
-  return destination(p, rng.between(0, 360), rng.between(minM, maxM));
-}
-
-interface Route {
-  vertices: LatLon[];
-  cumulative: number[];
-  lengthM: number;
-}
-
-function makeRoute(start: LatLon, legs: Array<[bearingDeg: number, lengthM: number]>): Route {
-  const vertices = [start];
-  for (const [b, l] of legs) vertices.push(destination(vertices[vertices.length - 1]!, b, l));
-  const cumulative = [0];
-  for (let i = 1; i < vertices.length; i++) cumulative.push(cumulative[i - 1]! + haversineM(vertices[i - 1]!, vertices[i]!));
-  return { vertices, cumulative, lengthM: cumulative[cumulative.length - 1]! };
-}
-
-function pointAlong(r: Route, s: number): LatLon {
-  let i = 1;
-  while (i < r.cumulative.length - 1 && r.cumulative[i]! < s) i++;
-  const a = r.vertices[i - 1]!;
-  const b = r.vertices[i]!;
-  const leg = r.cumulative[i]! - r.cumulative[i - 1]!;
-  const t = leg === 0 ? 0 : Math.min(1, Math.max(0, (s - r.cumulative[i - 1]!) / leg));
-  return { lat: a.lat + (b.lat - a.lat) * t, lon: a.lon + (b.lon - a.lon) * t };
-}
-
-type Phase = { kind: 'move'; from: number; dist: number; durS: number; vmax: number } | { kind: 'wait'; at: number; durS: number };
-const ACCEL = 1.5; // m/s²
-
-function movePhase(from: number, dist: number, vmax: number): Phase {
-  const v = Math.min(vmax, Math.sqrt(dist * ACCEL)); // triangular profile when the cruise speed is out of reach
-  return { kind: 'move', from, dist, durS: dist / v + v / ACCEL, vmax: v };
-}
-
-/** Position along the route and speed (m/s) at `t` seconds into a phase. */
-function phaseState(p: Phase, t: number): { s: number; v: number } {
-  if (p.kind === 'wait') return { s: p.at, v: 0 };
-  const ta = p.vmax / ACCEL;
-  const da = 0.5 * ACCEL * ta * ta;
-  if (t <= ta) return { s: p.from + 0.5 * ACCEL * t * t, v: ACCEL * t };
-  if (t <= p.durS - ta) return { s: p.from + da + p.vmax * (t - ta), v: p.vmax };
-  const r = Math.max(0, p.durS - t);
-  return { s: p.from + p.dist - 0.5 * ACCEL * r * r, v: ACCEL * r };
-}
-
-class FixLog {
-  readonly fixes: Fix[] = [];
-  private seq = 0;
-  constructor(readonly rng: Rng, readonly prefix = 'f') {}
-
-  add(fix: Omit<Fix, 'id'>): Fix {
-    const f = { id: `${this.prefix}${String(this.seq++).padStart(6, '0')}`, ...fix };
-    this.fixes.push(f);
-    return f;
-  }
-
-  /** Parked at `at` with 3–5 m of GPS jitter, a fix every `intervalMs` in [fromMs, toMs). */
-  park(at: LatLon, fromMs: number, toMs: number, opts: { intervalMs?: number; ignition?: boolean; speed?: boolean } = {}) {
-    for (let t = fromMs; t < toMs; t += opts.intervalMs ?? MIN) {
-      const p = jitter(this.rng, at, 3, 5);
-      this.add({
-        atMs: t,
-        ...p,
-        ...(opts.speed === false || this.rng.chance(0.2) ? {} : { speedKmh: this.rng.between(0, 1) }),
-        ...(this.rng.chance(0.3) ? {} : { accuracyM: this.rng.between(4, 12) }),
-        ...(opts.ignition === undefined ? {} : { ignition: opts.ignition }),
-      });
-    }
-  }
-
-  /**
-   * Drives `route` from `startMs` (stopped at both ends; optional waits at route positions), a fix
-   * every `intervalMs` and one at arrival. Returns the arrival time.
-   */
-  drive(route: Route, startMs: number, opts: { intervalMs?: number; cruiseKmh?: number; waits?: Array<[atM: number, durS: number]>; speed?: boolean; ignition?: boolean; noiseM?: number } = {}): number {
-    const vmax = (opts.cruiseKmh ?? 50) / 3.6;
-    const phases: Phase[] = [];
-    let s = 0;
-    for (const [at, dur] of opts.waits ?? []) {
-      phases.push(movePhase(s, at - s, vmax), { kind: 'wait', at, durS: dur });
-      s = at;
-    }
-    phases.push(movePhase(s, route.lengthM - s, vmax));
-    const totalS = phases.reduce((sum, p) => sum + p.durS, 0);
-    const stateAt = (t: number) => {
-      let rest = t;
-      for (const p of phases) {
-        if (rest <= p.durS) return phaseState(p, rest);
-        rest -= p.durS;
-      }
-      return { s: route.lengthM, v: 0 };
-    };
-    const intervalMs = opts.intervalMs ?? 5000;
-    const endMs = startMs + Math.round(totalS * 1000);
-    const sample = (atMs: number) => {
-      const { s: pos, v } = stateAt((atMs - startMs) / 1000);
-      const p = jitter(this.rng, pointAlong(route, pos), 0, opts.noiseM ?? 1.5);
-      this.add({
-        atMs,
-        ...p,
-        ...(opts.speed === false ? {} : { speedKmh: Math.max(0, v * 3.6 + (v > 0 ? this.rng.between(-1, 1) : 0)) }),
-        accuracyM: this.rng.between(3, 8),
-        ...(opts.ignition === undefined ? {} : { ignition: opts.ignition }),
-      });
-    };
-    for (let t = startMs; t < endMs; t += intervalMs) sample(t);
-    sample(endMs);
-    return endMs;
-  }
-}
-
-const HOME: LatLon = { lat: 52.52, lon: 13.405 };
-
-interface SyntheticDay {
-  fixes: Fix[];
-  routes: Route[];
-  /** The fixes of each parked period (teleports and low-accuracy fixes left out). */
-  parkedPeriods: Fix[][];
-}
 
 /**
  * One vehicle's day: parked hours with 3–5 m jitter, three trips along known routes (one with a
@@ -225,15 +63,6 @@ function syntheticDay(seed: number): SyntheticDay {
   const generated = log.fixes.slice(0, parkedCount);
   const parkedPeriods = parked.map(([, from, to]) => generated.filter((f) => f.atMs >= from && f.atMs < to));
   return { fixes: log.fixes, routes: [routeA, routeB, routeC], parkedPeriods };
-}
-
-/** The same set delivered shuffled, with every fifth fix sent again (some twice). */
-function shuffledWithDuplicates(fixes: readonly Fix[], seed: number): Fix[] {
-  const rng = prng(seed);
-  const out = fixes.map((f) => ({ ...f }));
-  for (let i = 0; i < fixes.length; i += 5) out.push({ ...fixes[i]! });
-  for (let i = 0; i < fixes.length; i += 17) out.push({ ...fixes[i]! });
-  return rng.shuffle(out);
 }
 
 function totalDistance(trips: readonly Trip[]) {

@@ -34,7 +34,7 @@ export function prng(seed: number) {
 }
 export type Rng = ReturnType<typeof prng>;
 
-const RAD = Math.PI / 180;
+export const RAD = Math.PI / 180;
 
 /** The point `distM` from `p` along the great circle leaving at `bearingDeg`. */
 export function destination(p: LatLon, bearingDeg: number, distM: number): LatLon {
@@ -75,16 +75,16 @@ export function pointAlong(r: Route, s: number): LatLon {
   return { lat: a.lat + (b.lat - a.lat) * t, lon: a.lon + (b.lon - a.lon) * t };
 }
 
-type Phase = { kind: 'move'; from: number; dist: number; durS: number; vmax: number } | { kind: 'wait'; at: number; durS: number };
-const ACCEL = 1.5; // m/s²
+export type Phase = { kind: 'move'; from: number; dist: number; durS: number; vmax: number } | { kind: 'wait'; at: number; durS: number };
+export const ACCEL = 1.5; // m/s²
 
-function movePhase(from: number, dist: number, vmax: number): Phase {
+export function movePhase(from: number, dist: number, vmax: number): Phase {
   const v = Math.min(vmax, Math.sqrt(dist * ACCEL)); // triangular profile when the cruise speed is out of reach
   return { kind: 'move', from, dist, durS: dist / v + v / ACCEL, vmax: v };
 }
 
 /** Position along the route and speed (m/s) at `t` seconds into a phase. */
-function phaseState(p: Phase, t: number): { s: number; v: number } {
+export function phaseState(p: Phase, t: number): { s: number; v: number } {
   if (p.kind === 'wait') return { s: p.at, v: 0 };
   const ta = p.vmax / ACCEL;
   const da = 0.5 * ACCEL * ta * ta;
