@@ -38,6 +38,12 @@ function jsonRoutes(p: TestProject): Array<{ method: string; path: string; heade
     { method: 'POST', path: '/track/batch', headers: p.headers },
     { method: 'POST', path: '/admin/projects', headers: admin },
     { method: 'POST', path: '/admin/backfills', headers: admin },
+    { method: 'POST', path: '/admin/archives', headers: admin },
+    { method: 'POST', path: '/admin/archives/restore', headers: admin },
+    { method: 'POST', path: '/admin/erasures', headers: admin },
+    { method: 'POST', path: '/admin/fleet/recompute', headers: admin },
+    { method: 'PUT', path: '/v1/devices/van-1', headers: p.headers },
+    { method: 'POST', path: '/ingest/overland', headers: p.headers },
   ];
 }
 
