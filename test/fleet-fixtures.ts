@@ -3,7 +3,7 @@
 import { env } from 'cloudflare:test';
 import { EARTH_RADIUS_M, haversineM, type LatLon } from '../src/fleet/geo';
 import type { Fix } from '../src/fleet/position';
-import { ch, getJson, postBatch, waitUntil, type TestProject } from './helpers';
+import { NO_REF_OR_GEO, ch, getJson, postBatch, waitUntil, type TestProject } from './helpers';
 
 export const MIN = 60_000;
 export const HOUR = 3_600_000;
@@ -322,14 +322,7 @@ export async function storeFixes(projectId: string, deviceId: string, fixes: rea
         received_at_ms: now,
         synced_at_ms: now,
         properties: JSON.stringify(properties),
-        ref_id: '',
-        ip: '',
-        country: '',
-        region: '',
-        city: '',
-        timezone: '',
-        latitude: null,
-        longitude: null,
+        ...NO_REF_OR_GEO,
       };
     }),
   );

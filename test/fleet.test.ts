@@ -10,7 +10,7 @@ import { recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fle
 import { DEFAULT_FLEET_RULES } from '../src/fleet/rules';
 import { readFixes, readFixesOf } from '../src/fleet/store';
 import { analyse } from '../src/fleet/trips';
-import { ch, createProject, getJson, waitUntil } from './helpers';
+import { NO_REF_OR_GEO, ch, createProject, getJson, waitUntil } from './helpers';
 import {
   currentFleetRows,
   destination,
@@ -177,14 +177,7 @@ describe('history that arrives without the ingest consumer', () => {
         received_at_ms: now,
         synced_at_ms: now,
         properties: JSON.stringify({ lat: f.lat, lon: f.lon, speed: f.speedKmh }),
-        ref_id: '',
-        ip: '',
-        country: '',
-        region: '',
-        city: '',
-        timezone: '',
-        latitude: null,
-        longitude: null,
+        ...NO_REF_OR_GEO,
       })),
     );
     const window = `deviceId=imported-1&since=${D}&until=${D + DAY_MS}`;
@@ -387,14 +380,7 @@ describe('stored rows read as fixes', () => {
         received_at_ms: now,
         synced_at_ms: now,
         properties: r.properties,
-        ref_id: '',
-        ip: '',
-        country: '',
-        region: '',
-        city: '',
-        timezone: '',
-        latitude: null,
-        longitude: null,
+        ...NO_REF_OR_GEO,
       })),
     );
     const expected = candidates.flatMap((props, k) => {
