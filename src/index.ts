@@ -1,5 +1,5 @@
 // Driftline: the Worker's entry. Routes, queue consumers and crons, wired once.
-import { Hono } from 'hono';
+import { OpenAPIHono } from '@hono/zod-openapi';
 import { HTTPException } from 'hono/http-exception';
 import { ZodError } from 'zod';
 import type { AppEnv } from './auth';
@@ -12,6 +12,9 @@ import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
 import { handleDeadLetters } from './pipeline/dead-letters';
 import { handleIngestBatch } from './pipeline/writer';
+import { adminConsoleRoute } from './routes/admin-console';
+import { adminFleetRoute } from './routes/admin-fleet';
+import { adminProjectsListRoute } from './routes/admin-projects-list';
 import { adminArchivesRestoreRoute } from './routes/admin-archives-restore';
 import { adminArchivesRoute } from './routes/admin-archives';
 import { adminBackfillsRoute } from './routes/admin-backfills';
@@ -31,10 +34,13 @@ import { v1EventPayloadRoute } from './routes/v1-event-payload';
 import { v1ProfilesRoute } from './routes/v1-profiles';
 import { v1RejectionsRoute } from './routes/v1-rejections';
 import { v1SessionsRoute } from './routes/v1-sessions';
+import { openapiRoute } from './routes/openapi-document';
+import { SECURITY_SCHEMES } from './routes/openapi';
+import { validationHook } from './routes/validation';
 
 export { DeviceObject } from '../durable-objects/device-object';
 
-export const app = new Hono<AppEnv>()
+export const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook })
   .route('/', healthRoute)
   .route('/', trackRoute)
   .route('/', trackBatchRoute)
@@ -53,7 +59,13 @@ export const app = new Hono<AppEnv>()
   .route('/', adminArchivesRoute)
   .route('/', adminArchivesRestoreRoute)
   .route('/', adminErasuresRoute)
-  .route('/', adminDatasetsRoute);
+  .route('/', adminDatasetsRoute)
+  .route('/', adminConsoleRoute)
+  .route('/', adminProjectsListRoute)
+  .route('/', adminFleetRoute);
+
+for (const [name, scheme] of Object.entries(SECURITY_SCHEMES)) app.openAPIRegistry.registerComponent('securitySchemes', name, scheme);
+app.route('/', openapiRoute(app));
 
 app.notFound((c) => c.json({ error: { code: 'not_found', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
 
