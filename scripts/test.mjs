@@ -1,11 +1,13 @@
 // `npm test`: the Workers suite once per ClickHouse generation (18.16 clickhouse-server, 26.x chDB),
-// then the Node tests of the local tooling; prints which server each run used and one total line.
+// the two side by side, then the Node tests of the local tooling; prints which server each run used
+// and one total line.
 // DRIFTLINE_TEST_CLICKHOUSE=server|chdb runs one generation; CLICKHOUSE_URL runs against that server
 // only. Extra arguments (file filters, -t) go to every vitest run.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { clickhouseServerInstalled, CLICKHOUSE_INSTALL_HINT } from './lib/services.mjs';
 import { ROOT } from './lib/gateway.mjs';
 
@@ -47,28 +49,37 @@ if (!fileFilters.length || fileFilters.some((a) => a.includes('test/node'))) run
 
 const outDir = mkdtempSync(join(tmpdir(), 'driftline-vitest-'));
 const results = [];
-let child = null;
+const children = new Set();
 for (const signal of ['SIGINT', 'SIGTERM']) {
   // vitest's global setup stops the servers it started when it is told to stop
-  process.on(signal, () => (child ? child.kill(signal) : process.exit(130)));
+  process.on(signal, () => (children.size ? children.forEach((c) => c.kill(signal)) : process.exit(130)));
 }
-for (const [i, run] of runs.entries()) {
-  console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
+
+/** One vitest run; with `prefix`, its output is piped line by line behind that prefix. */
+async function runVitest(run, i, prefix) {
   const report = join(outDir, `run-${i}.json`);
   const versionFile = join(outDir, `run-${i}.version`);
   const started = Date.now();
   const code = await new Promise((resolve) => {
     // A filtered run may match nothing in one project; an unfiltered one that runs no test fails.
     const passWithNoTests = args.length ? ['--passWithNoTests'] : [];
-    child = spawn(
+    const child = spawn(
       process.execPath,
       [VITEST, 'run', '--project', run.project, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...passWithNoTests, ...args],
-      { cwd: ROOT, stdio: 'inherit', env: { ...process.env, ...run.env, DRIFTLINE_TEST_VERSION_FILE: versionFile } },
+      { cwd: ROOT, stdio: prefix ? ['ignore', 'pipe', 'pipe'] : 'inherit', env: { ...process.env, ...run.env, DRIFTLINE_TEST_VERSION_FILE: versionFile } },
     );
-    child.on('exit', (c, s) => resolve(c ?? (s ? 1 : 0)));
+    children.add(child);
+    if (prefix) {
+      for (const [stream, out] of [[child.stdout, process.stdout], [child.stderr, process.stderr]]) {
+        createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => out.write(`${prefix} ${line}\n`));
+      }
+    }
+    child.on('close', (c, s) => {
+      children.delete(child);
+      resolve(c ?? (s ? 1 : 0));
+    });
     child.on('error', () => resolve(1));
   });
-  child = null;
   let counts = { passed: 0, failed: 0, skipped: 0 };
   try {
     const json = JSON.parse(readFileSync(report, 'utf8'));
@@ -87,7 +98,29 @@ for (const [i, run] of runs.entries()) {
   } catch {
     /* the node project starts no ClickHouse */
   }
-  results.push({ ...run, ...counts, version, code, seconds: (Date.now() - started) / 1000 });
+  return { ...run, ...counts, version, code, seconds: (Date.now() - started) / 1000 };
+}
+
+// The two generations use separate servers and storage, and a run mostly waits on them: side by
+// side they take little longer than the slower one alone. DRIFTLINE_TEST_SERIAL=1 runs them in turn.
+// The Node tooling tests start gateways of their own and run after, on a quiet machine.
+const workerRuns = runs.filter((r) => r.project === 'workers');
+const otherRuns = runs.filter((r) => r.project !== 'workers');
+const parallel = workerRuns.length > 1 && process.env.DRIFTLINE_TEST_SERIAL !== '1';
+if (parallel) {
+  console.log(`\n=== ${workerRuns.map((r) => r.label).join(' and ')}, side by side ===`);
+  const prefixes = workerRuns.map((r) => `[${r.env.DRIFTLINE_TEST_CLICKHOUSE === 'server' ? '18.16' : r.env.DRIFTLINE_TEST_CLICKHOUSE === 'chdb' ? '26.x' : 'ch'}]`);
+  results.push(...(await Promise.all(workerRuns.map((r, i) => runVitest(r, i, prefixes[i])))));
+} else {
+  for (const [i, run] of workerRuns.entries()) {
+    console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
+    results.push(await runVitest(run, i));
+  }
+}
+for (const [j, run] of otherRuns.entries()) {
+  const i = workerRuns.length + j;
+  console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
+  results.push(await runVitest(run, i));
 }
 rmSync(outDir, { recursive: true, force: true });
 
