@@ -40,7 +40,15 @@ import { validationHook } from './routes/validation';
 
 export { DeviceObject } from '../durable-objects/device-object';
 
-export const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook })
+export const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+
+// Operator answers (a client secret, job state, health) are never kept by a browser or a proxy.
+app.use('/admin/*', async (c, next) => {
+  await next();
+  c.res.headers.set('Cache-Control', 'no-store');
+});
+
+app
   .route('/', healthRoute)
   .route('/', trackRoute)
   .route('/', trackBatchRoute)

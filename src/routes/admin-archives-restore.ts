@@ -1,10 +1,8 @@
 // POST /admin/archives/restore — start a job that writes a (project, month)'s archived payloads back to ClickHouse.
-import { zValidator } from '@hono/zod-validator';
 import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
-import { Hono } from 'hono';
 import { z } from 'zod';
-import { requireAdmin, type AppEnv } from '../auth';
+import { requireAdmin } from '../auth';
 import { manualArchiveRefusal } from '../archive/month';
 import { RESTORE_JOB, RestoreParams, restorableChunks } from '../archive/restore-job';
 import { projects } from '../db/schema';
@@ -12,10 +10,11 @@ import { ApiError } from '../errors';
 import { startJob } from '../jobs/actions';
 import { ACTIVE, type JobState } from '../jobs/states';
 import { jobStore } from '../jobs/store';
-import { validationHook } from './validation';
+import { jobStarted, JobStarted, QUEUE_UNAVAILABLE } from './admin-backfills';
+import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router } from './openapi';
 
 /** The month is checked by manualArchiveRefusal, which names what is wrong with it. */
-const RestoreRequest = RestoreParams.extend({ month: z.string() });
+const RestoreRequest = RestoreParams.extend({ month: z.string().describe('YYYY-MM, an archived month') });
 
 const REFUSALS = {
   invalid_month: 'is not a month (YYYY-MM)',
@@ -26,7 +25,28 @@ const REFUSALS = {
 /** Job states that hold a (project, month): a paused job resumes where it stopped. */
 const HOLDING: readonly JobState[] = [...ACTIVE, 'paused'];
 
-export const adminArchivesRestoreRoute = new Hono<AppEnv>().post('/admin/archives/restore', requireAdmin, zValidator('json', RestoreRequest, validationHook), async (c) => {
+const route = createRoute({
+  method: 'post',
+  path: '/admin/archives/restore',
+  summary: "Write a month's archived payloads back to ClickHouse",
+  description: 'Starts a `restore` job; GET /admin/backfills/{id} follows it.',
+  tags: ['archives'],
+  security: ADMIN_SECURITY,
+  middleware: [requireAdmin] as const,
+  request: { body: { required: true, content: { 'application/json': { schema: RestoreRequest } } } },
+  responses: {
+    202: json(JobStarted, 'the restore job, enqueued'),
+    ...errors(
+      { 400: '`invalid_request`, `invalid_json`, `invalid_month`, `current_month`, `future_month`, `unknown_project`' },
+      401,
+      { 409: '`archive_already_active` (an archive or restore of the month is under way), `erasure_active`, `nothing_to_restore`' },
+      415,
+      { 503: `${ADMIN_DISABLED}; \`archive_unavailable\`: no R2 bucket is bound; ${QUEUE_UNAVAILABLE}` },
+    ),
+  },
+});
+
+export const adminArchivesRestoreRoute = router().openapi(route, async (c) => {
   const body = c.req.valid('json');
   const refusal = manualArchiveRefusal(body.month, Date.now());
   if (refusal) throw new ApiError(400, refusal, `month ${JSON.stringify(body.month)} ${REFUSALS[refusal]}`, { month: body.month });
@@ -57,5 +77,5 @@ export const adminArchivesRestoreRoute = new Hono<AppEnv>().post('/admin/archive
     throw new ApiError(409, 'nothing_to_restore', `${body.month} of this project has no archived chunks`, { projectId: body.projectId, month: body.month });
   }
   const job = await startJob(c.env, RESTORE_JOB, RestoreParams.parse(body));
-  return c.json({ id: job.id, state: job.state }, 202);
+  return c.json(jobStarted(job), 202);
 });

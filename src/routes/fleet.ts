@@ -1,11 +1,12 @@
 // Fleet reads (GET /v1/fleet/live, /v1/devices/:deviceId/track, /v1/trips, /v1/mileage) and the
 // operator's recompute (POST /admin/fleet/recompute).
-import { zValidator } from '@hono/zod-validator';
-import { Hono } from 'hono';
+import { eq } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
 import { z } from 'zod';
-import { readRateLimit, requireAdmin, requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireAdmin, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { fleetReadRules, getConfig } from '../config';
+import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
 import { simplifyTrack } from '../fleet/geo';
@@ -17,12 +18,9 @@ import { LIVE_STATUSES } from '../fleet/status';
 import { mileageSpans, readFixes, readLive, readMileageRows, stretchesOverlapping, tripsOverlapping, utcDay } from '../fleet/store';
 import { analyse } from '../fleet/trips';
 import { startJob } from '../jobs/actions';
-import { projects } from '../db/schema';
-import { drizzle } from 'drizzle-orm/d1';
-import { eq } from 'drizzle-orm';
-import { MAX_PROJECT_WINDOW_MS } from './read-query';
-import { timeZoneOr400 } from './v1-devices-registry';
-import { validationHook } from './validation';
+import { ADMIN_SECURITY, CLIENT_SECURITY, createRoute, errors, json, router } from './openapi';
+import { MAX_PROJECT_WINDOW_MS, readErrors } from './read-query';
+import { DeviceParam, LiveView, timeZoneOr400, VehicleView } from './v1-devices-registry';
 
 const Instant = z.union([
   z.string().regex(/^\d{1,15}$/, 'a time is epoch milliseconds or ISO-8601').transform(Number),
@@ -57,12 +55,144 @@ async function selectVehicles(env: Env, projectId: string, q: { deviceId?: strin
   return [...byId.values()].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
 }
 
-const LiveQuery = z.object({ group: Group.optional(), status: z.enum(LIVE_STATUSES).optional() });
-const TrackQuery = z.object({ since: Instant.optional(), until: Instant.optional(), simplify: z.coerce.number().min(0).max(100_000).optional() });
-const TripsQuery = z.object({ deviceId: DeviceId.optional(), group: Group.optional(), since: Instant.optional(), until: Instant.optional() });
-const MileageQuery = z.object({ deviceId: DeviceId.optional(), group: Group.optional(), from: z.string().max(32), to: z.string().max(32), tz: z.string().max(64).optional() });
+const LiveQuery = z.object({
+  group: Group.optional().describe("only the registry's vehicles of this group"),
+  status: z.enum(LIVE_STATUSES).optional().describe('only vehicles in this status'),
+});
+const TrackQuery = z.object({
+  since: Instant.optional().describe('default: one day before `until`; at most 31 days before it'),
+  until: Instant.optional().describe('default: now plus one minute'),
+  simplify: z.coerce.number().min(0).max(100_000).optional().describe('Douglas–Peucker tolerance in metres; the endpoints are kept'),
+});
+const TripsQuery = z.object({
+  deviceId: DeviceId.optional().describe('one vehicle; without it and `group`, every vehicle of the project (at most 92 days then)'),
+  group: Group.optional().describe("the registry's vehicles of this group"),
+  since: Instant.optional().describe('default: 7 days before `until`'),
+  until: Instant.optional().describe('default: now plus one minute'),
+});
+const MileageQuery = z.object({
+  deviceId: DeviceId.optional().describe('one vehicle; without it and `group`, every vehicle of the project'),
+  group: Group.optional().describe("the registry's vehicles of this group"),
+  from: z.string().max(32).describe('first day, YYYY-MM-DD'),
+  to: z.string().max(32).describe('last day (inclusive), YYYY-MM-DD'),
+  tz: z.string().max(64).optional().describe("IANA time zone of the days; default: each vehicle's registry zone, else UTC"),
+});
 const BodyInstant = z.union([z.number().int(), Instant]);
-const RecomputeBody = z.strictObject({ projectId: z.string().min(1).max(128), deviceId: DeviceId.optional(), since: BodyInstant.optional(), until: BodyInstant.optional() });
+const RecomputeBody = z.strictObject({
+  projectId: z.string().min(1).max(128),
+  deviceId: DeviceId.optional().describe('one device; default: every device of the project'),
+  since: BodyInstant.optional().describe('default: 92 days before `until`'),
+  until: BodyInstant.optional().describe('default: now plus one minute'),
+});
+
+const Iso = z.iso.datetime();
+const LatLon = z.object({ lat: z.number(), lon: z.number() });
+
+const LiveVehicles = z.object({
+  vehicles: z.array(VehicleView.pick({ deviceId: true, name: true, plate: true, group: true }).extend(LiveView.shape)).describe('vehicles with an accepted fix'),
+});
+
+const TrackFeature = z
+  .object({
+    type: z.literal('Feature'),
+    geometry: z.object({ type: z.literal('LineString'), coordinates: z.array(z.tuple([z.number(), z.number()])).describe('[lon, lat] of each accepted fix, in event-time order') }),
+    properties: z.object({ deviceId: z.string(), times: z.array(Iso).describe('event time of each coordinate') }),
+  })
+  .openapi('Track');
+
+const TripView = z
+  .object({
+    deviceId: z.string(),
+    startAt: Iso.describe('time of the first moving fix'),
+    endAt: Iso.describe('time of the fix at which the vehicle stopped'),
+    durationMs: z.number(),
+    distanceM: z.number(),
+    maxSpeedKmh: z.number().describe('the highest reported (else derived) speed of its fixes'),
+    avgSpeedKmh: z.number().describe('distance over duration'),
+    start: LatLon,
+    end: LatLon,
+  })
+  .openapi('Trip');
+
+const MileageDay = z
+  .object({
+    deviceId: z.string(),
+    date: z.string().describe('YYYY-MM-DD, a calendar day in the chosen zone'),
+    distanceM: z.number(),
+    movingMs: z.number().describe('time spent in trips that day'),
+    trips: z.number().int().describe('trips that started that day'),
+  })
+  .openapi('MileageDay');
+
+const StartedJob = z.object({ id: z.string().describe('the job id'), state: z.string().describe('`enqueued`') });
+
+const fleetLive = createRoute({
+  method: 'get',
+  path: '/v1/fleet/live',
+  summary: "Every vehicle's live position and status",
+  description:
+    'The newest accepted fix by event time. `moving`: speed ≥ 3 km/h or moving by the drift rule; `idle`: ignition on, not moving; `parked`: otherwise; `offline`: no fix for FLEET_OFFLINE_AFTER_S.',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { query: LiveQuery },
+  responses: { 200: json(LiveVehicles, 'the live vehicles'), ...readErrors() },
+});
+
+const deviceTrack = createRoute({
+  method: 'get',
+  path: '/v1/devices/{deviceId}/track',
+  summary: "A vehicle's track as a GeoJSON LineString",
+  description: 'The fixes that pass the accuracy and outlier rules (parked jitter included), in event-time order.',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { params: DeviceParam, query: TrackQuery },
+  responses: { 200: json(TrackFeature, 'the track'), ...readErrors(['window_too_large']) },
+});
+
+const trips = createRoute({
+  method: 'get',
+  path: '/v1/trips',
+  summary: 'Trips overlapping a window',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { query: TripsQuery },
+  responses: { 200: json(z.object({ trips: z.array(TripView) }), 'the trips'), ...readErrors(['window_too_large']) },
+});
+
+const mileage = createRoute({
+  method: 'get',
+  path: '/v1/mileage',
+  summary: 'Daily mileage per vehicle',
+  description: 'Every day from `from` to `to` inclusive (0 where nothing moved); distance and moving time across midnight are split at midnight.',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { query: MileageQuery },
+  responses: { 200: json(z.object({ days: z.array(MileageDay) }), 'one row per vehicle and day'), ...readErrors(['invalid_date', 'invalid_time_zone']) },
+});
+
+const recompute = createRoute({
+  method: 'post',
+  path: '/admin/fleet/recompute',
+  summary: "Recompute a project's trips and mileage from its stored fixes",
+  description: 'Starts a `fleet_recompute` job; `GET /admin/backfills/{id}` follows it.',
+  tags: ['admin'],
+  security: ADMIN_SECURITY,
+  middleware: [requireAdmin] as const,
+  request: { body: { required: true, content: { 'application/json': { schema: RecomputeBody } } } },
+  responses: {
+    202: json(StartedJob, 'the job'),
+    ...errors(
+      { 400: 'invalid_request, invalid_json or unknown_project' },
+      { 401: 'unauthorized: a valid admin bearer token is required' },
+      { 415: 'unsupported_media_type: the body must be application/json' },
+      { 503: 'admin_disabled (ADMIN_TOKEN is not configured) or misconfigured' },
+    ),
+  },
+});
 
 /** Both dates well-formed, from ≤ to, and not too many days; else 400 invalid_date. */
 function daysOr400(from: string, to: string): void {
@@ -76,8 +206,8 @@ function daysOr400(from: string, to: string): void {
   }
 }
 
-export const fleetRoute = new Hono<AppEnv>()
-  .get('/v1/fleet/live', requireClient, readRateLimit, zValidator('query', LiveQuery, validationHook), async (c) => {
+export const fleetRoute = router()
+  .openapi(fleetLive, async (c) => {
     const q = c.req.valid('query');
     const projectId = c.get('project').projectId;
     const vehicles = await selectVehicles(c.env, projectId, q);
@@ -91,9 +221,9 @@ export const fleetRoute = new Hono<AppEnv>()
       if (q.status !== undefined && view.status !== q.status) continue;
       out.push({ deviceId: v.deviceId, name: v.name, plate: v.plate, group: v.group, ...view });
     }
-    return c.json({ vehicles: out });
+    return c.json({ vehicles: out }, 200);
   })
-  .get('/v1/devices/:deviceId/track', requireClient, readRateLimit, zValidator('param', z.object({ deviceId: DeviceId }), validationHook), zValidator('query', TrackQuery, validationHook), async (c) => {
+  .openapi(deviceTrack, async (c) => {
     const { deviceId } = c.req.valid('param');
     const q = c.req.valid('query');
     const { sinceMs, untilMs } = window(q, DAY_MS, MAX_TRACK_WINDOW_MS);
@@ -103,13 +233,16 @@ export const fleetRoute = new Hono<AppEnv>()
     const read = planTrackRead(await stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), sinceMs, untilMs);
     const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), fleetReadRules(c.env)).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
     const points = q.simplify !== undefined ? simplifyTrack(accepted, q.simplify) : accepted;
-    return c.json({
-      type: 'Feature',
-      geometry: { type: 'LineString', coordinates: points.map((f) => [f.lon, f.lat]) },
-      properties: { deviceId, times: points.map((f) => iso(f.atMs)) },
-    });
+    return c.json(
+      {
+        type: 'Feature' as const,
+        geometry: { type: 'LineString' as const, coordinates: points.map((f): [number, number] => [f.lon, f.lat]) },
+        properties: { deviceId, times: points.map((f) => iso(f.atMs)) },
+      },
+      200,
+    );
   })
-  .get('/v1/trips', requireClient, readRateLimit, zValidator('query', TripsQuery, validationHook), async (c) => {
+  .openapi(trips, async (c) => {
     const q = c.req.valid('query');
     const { sinceMs, untilMs } = window(q, 7 * DAY_MS, q.deviceId !== undefined ? 3700 * DAY_MS : MAX_PROJECT_WINDOW_MS);
     const projectId = c.get('project').projectId;
@@ -130,9 +263,9 @@ export const fleetRoute = new Hono<AppEnv>()
           end: t.end,
         };
       }),
-    });
+    }, 200);
   })
-  .get('/v1/mileage', requireClient, readRateLimit, zValidator('query', MileageQuery, validationHook), async (c) => {
+  .openapi(mileage, async (c) => {
     const q = c.req.valid('query');
     daysOr400(q.from, q.to);
     const tz = q.tz !== undefined ? timeZoneOr400(q.tz) : undefined;
@@ -161,9 +294,9 @@ export const fleetRoute = new Hono<AppEnv>()
       }
     }
     days.sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : a.date < b.date ? -1 : a.date > b.date ? 1 : 0));
-    return c.json({ days });
+    return c.json({ days }, 200);
   })
-  .post('/admin/fleet/recompute', requireAdmin, zValidator('json', RecomputeBody, validationHook), async (c) => {
+  .openapi(recompute, async (c) => {
     const body = c.req.valid('json');
     const exists = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
     if (!exists) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);

@@ -1,8 +1,8 @@
 // GET /healthz (public) and GET /admin/health (operators): failures are reported, never swallowed.
 import { asc, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
-import { Hono } from 'hono';
-import { requireAdmin, type AppEnv } from '../auth';
+import { z } from 'zod';
+import { requireAdmin } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { ConfigError, getConfig } from '../config';
 import { stalledOutboxes } from '../db/schema';
@@ -10,6 +10,8 @@ import type { Env } from '../env';
 import { jobsHealth } from '../jobs/health';
 import { deadLetterStats } from '../pipeline/dead-letters';
 import { trackerRejections } from '../trackers/rejections';
+import { Job } from './admin-backfills';
+import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, ErrorEnvelope, errors, json, router } from './openapi';
 
 /**
  * A device outbox that has not reached the ingest queue for this long makes `/admin/health` not ok.
@@ -106,13 +108,77 @@ async function ingestBacklog(d1: D1Database, nowMs: number): Promise<IngestBackl
   }
 }
 
-export const healthRoute = new Hono<AppEnv>()
-  .get('/healthz', async (c) => {
-    const status = await clickhouseStatus(c.env);
-    const ok = status === 'ok';
-    return c.json({ ok, clickhouse: status }, ok ? 200 : 503);
+const ClickHouseStatus = z.enum(['ok', 'down']);
+const Healthz = z.object({ ok: z.boolean(), clickhouse: ClickHouseStatus }).openapi('Healthz');
+
+const StalledOutbox = z.object({
+  projectId: z.string(),
+  deviceId: z.string(),
+  pendingRows: z.number(),
+  since: z.string(),
+  failures: z.number(),
+  lastError: z.string(),
+  updatedAt: z.string(),
+}) satisfies z.ZodType<StalledOutbox>;
+
+// A part the report could not read shows its fields as null, and its reason in `errors`.
+const AdminHealth = z
+  .object({
+    ok: z.boolean().describe('ClickHouse answers and `errors` is empty'),
+    clickhouse: ClickHouseStatus,
+    jobs: z.object({ running: z.array(Job).nullable(), failed: z.array(Job).nullable().describe('the latest 20') }),
+    ingest: z.object({
+      deadLetters: z.number().nullable().describe('parked ingest messages'),
+      deadLettersTruncated: z.boolean().nullable(),
+      stalledDevices: z.number().nullable().describe('device objects whose outbox cannot reach the ingest queue'),
+      pendingRows: z.number().nullable().describe('rows waiting in those outboxes'),
+      oldestStalledAgeSec: z.number().nullable(),
+      stalled: z.array(StalledOutbox).nullable().describe('the oldest 10'),
+    }),
+    deadLetters: z.object({ parked: z.number().nullable(), oldestAgeSec: z.number().nullable(), quarantined: z.number().nullable(), truncated: z.boolean().nullable() }),
+    trackers: z.object({
+      rejectedRows: z.number().nullable().describe('tracker-app rows rejected for good (the apps were told "ok")'),
+      recent: z.array(z.object({ projectId: z.string(), source: z.string(), count: z.number(), lastReason: z.string(), lastError: z.string(), lastAt: z.string() })).nullable(),
+    }),
+    misconfigured: z.array(z.string()).optional().describe('invalid settings, by name'),
+    errors: z.array(z.string()).optional().describe('what makes the gateway not ok, including parts that could not be read'),
   })
-  .get('/admin/health', requireAdmin, async (c) => {
+  .openapi('AdminHealth');
+
+const healthz = createRoute({
+  method: 'get',
+  path: '/healthz',
+  summary: 'Liveness: whether ClickHouse answers',
+  tags: ['operations'],
+  responses: {
+    200: json(Healthz, 'ClickHouse answers'),
+    503: json(z.union([Healthz, ErrorEnvelope]), 'ClickHouse is down (the report), or `misconfigured` (the error envelope; Retry-After)'),
+    ...errors({ 500: '`internal`: a fault of the gateway' }),
+  },
+});
+
+const adminHealth = createRoute({
+  method: 'get',
+  path: '/admin/health',
+  summary: 'Health for operators: ClickHouse, jobs, ingest backlog, dead letters, tracker rejections',
+  description: 'A part that cannot be read is reported in `errors` and makes the report not ok; it is never left out silently.',
+  tags: ['operations'],
+  security: ADMIN_SECURITY,
+  middleware: [requireAdmin] as const,
+  responses: {
+    200: json(AdminHealth, 'all is well'),
+    ...errors(401),
+    503: json(z.union([AdminHealth, ErrorEnvelope]), `not ok (the report says why), or ${ADMIN_DISABLED} (the error envelope)`),
+  },
+});
+
+export const healthRoute = router()
+  .openapi(healthz, async (c) => {
+    const status = await clickhouseStatus(c.env);
+    const report = { ok: status === 'ok', clickhouse: status };
+    return report.ok ? c.json(report, 200) : c.json(report, 503);
+  })
+  .openapi(adminHealth, async (c) => {
     const errors: string[] = [];
     const now = Date.now();
     const invalid = misconfigured(c.env);
@@ -147,23 +213,21 @@ export const healthRoute = new Hono<AppEnv>()
       );
     }
     const ok = status === 'ok' && errors.length === 0;
-    return c.json(
-      {
-        ok,
-        clickhouse: status,
-        jobs: jobs ?? { running: null, failed: null },
-        ingest: {
-          deadLetters: deadLetters?.parked ?? null,
-          deadLettersTruncated: deadLetters?.truncated ?? null,
-          ...(backlog ?? { stalledDevices: null, pendingRows: null, oldestStalledAgeSec: null, stalled: null }),
-        },
-        // Parked messages wait for the cron's re-drive; quarantined ones for an operator.
-        deadLetters: deadLetters ?? { parked: null, oldestAgeSec: null, quarantined: null, truncated: null },
-        // Tracker-app rows rejected for good: the apps were told "ok", so they show only here.
-        trackers: trackers ?? { rejectedRows: null, recent: null },
-        ...(invalid.length ? { misconfigured: invalid } : {}),
-        ...(errors.length ? { errors } : {}),
+    const report = {
+      ok,
+      clickhouse: status,
+      jobs: jobs ?? { running: null, failed: null },
+      ingest: {
+        deadLetters: deadLetters?.parked ?? null,
+        deadLettersTruncated: deadLetters?.truncated ?? null,
+        ...(backlog ?? { stalledDevices: null, pendingRows: null, oldestStalledAgeSec: null, stalled: null }),
       },
-      ok ? 200 : 503,
-    );
+      // Parked messages wait for the cron's re-drive; quarantined ones for an operator.
+      deadLetters: deadLetters ?? { parked: null, oldestAgeSec: null, quarantined: null, truncated: null },
+      // Tracker-app rows rejected for good: the apps were told "ok", so they show only here.
+      trackers: trackers ?? { rejectedRows: null, recent: null },
+      ...(invalid.length ? { misconfigured: invalid } : {}),
+      ...(errors.length ? { errors } : {}),
+    };
+    return ok ? c.json(report, 200) : c.json(report, 503);
   });

@@ -24,10 +24,14 @@ export const ErrorEnvelope = z
   .openapi('Error');
 
 /** Security requirements, by the scheme names registered in src/index.ts. */
-export const ADMIN_SECURITY = [{ adminBearer: [] }];
-export const CLIENT_SECURITY = [{ clientId: [], clientSecret: [] }];
+type SecurityRequirement = Record<string, string[]>;
+export const ADMIN_SECURITY: SecurityRequirement[] = [{ adminBearer: [] }];
+export const CLIENT_SECURITY: SecurityRequirement[] = [{ clientId: [], clientSecret: [] }];
 /** Tracker apps: the OpenPanel headers, `Bearer <id>:<secret>`, HTTP Basic or `?token=`; any one. */
-export const APP_SECURITY = [{ clientId: [], clientSecret: [] }, { clientBearer: [] }, { clientBasic: [] }, { clientToken: [] }];
+export const APP_SECURITY: SecurityRequirement[] = [{ clientId: [], clientSecret: [] }, { clientBearer: [] }, { clientBasic: [] }, { clientToken: [] }];
+
+/** The 503 every admin route can answer (401 is the other one requireAdmin gives). */
+export const ADMIN_DISABLED = '`admin_disabled`: ADMIN_TOKEN is not configured';
 
 export const SECURITY_SCHEMES = {
   adminBearer: { type: 'http', scheme: 'bearer', description: 'ADMIN_TOKEN, for every /admin/* route' },

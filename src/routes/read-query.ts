@@ -1,12 +1,14 @@
-// Query-string schema shared by the paginated read routes, and the window a request reads.
+// Query-string schema shared by the paginated read routes, the window a request reads, and the
+// error answers every read route shares.
+import type { RouteConfig } from '@hono/zod-openapi';
 import { z } from 'zod';
 import { ApiError } from '../errors';
 import { invalidCursor, type Page, type ReadWindow } from '../read/cursor';
+import { errors } from './openapi';
 
-const Instant = z.union([
-  z.string().regex(/^\d{1,15}$/).transform(Number),
-  z.iso.datetime({ offset: true }).transform((s) => Date.parse(s)),
-]);
+const Instant = z
+  .union([z.string().regex(/^\d{1,15}$/).transform(Number), z.iso.datetime({ offset: true }).transform((s) => Date.parse(s))])
+  .describe('epoch milliseconds or ISO-8601 with an offset');
 
 export const DEFAULT_LOOKBACK_MS = 7 * 24 * 60 * 60 * 1000;
 /**
@@ -18,11 +20,11 @@ export const MAX_PROJECT_WINDOW_MS = 92 * 24 * 60 * 60 * 1000;
 const DEFAULT_UNTIL_AHEAD_MS = 60_000;
 
 export const ReadQuery = z.object({
-  deviceId: z.string().min(1).max(128).optional(),
-  since: Instant.optional(),
-  until: Instant.optional(),
-  limit: z.coerce.number().int().min(1).max(1000).default(100),
-  cursor: z.string().min(1).max(2048).optional(),
+  deviceId: z.string().min(1).max(128).optional().describe('one device only; without it, every device of the project (at most 92 days then)'),
+  since: Instant.optional().describe('event time from (inclusive); default: 7 days before `until`'),
+  until: Instant.optional().describe('event time up to (inclusive); default: now plus one minute'),
+  limit: z.coerce.number().int().min(1).max(1000).default(100).describe('items per page'),
+  cursor: z.string().min(1).max(2048).optional().describe("the previous page's `nextCursor`, unchanged"),
 });
 export type ReadQuery = z.infer<typeof ReadQuery>;
 
@@ -50,4 +52,18 @@ export function readPage<P>(q: ReadQuery, decode: (cursor: string) => Page<P>, n
     });
   }
   return { window: { ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), sinceMs, untilMs }, after: null };
+}
+
+/**
+ * The error answers every project-authenticated read shares, plus the route's own: `extra400`
+ * names the 400 codes beyond `invalid_request`, `more` adds statuses.
+ */
+export function readErrors(extra400: string[] = [], ...more: (number | Record<number, string>)[]): RouteConfig['responses'] {
+  return errors(
+    { 400: ['invalid_request', ...extra400].join(', ') },
+    { 401: 'unauthorized: missing client headers, unknown client or wrong secret' },
+    { 429: "rate_limited: the project's read budget is spent; see Retry-After" },
+    { 503: 'storage_unavailable (the event store is unreachable) or misconfigured; see Retry-After' },
+    ...more,
+  );
 }

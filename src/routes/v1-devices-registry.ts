@@ -1,15 +1,15 @@
 // PUT /v1/devices/:deviceId (the vehicle registry) and GET /v1/devices (vehicles with their live position).
-import { zValidator } from '@hono/zod-validator';
-import { Hono } from 'hono';
 import { z } from 'zod';
-import { readRateLimit, requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { fleetReadRules, getConfig } from '../config';
 import { ApiError } from '../errors';
 import { emptyVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
 import { assertTimeZone, InvalidTimeZoneError } from '../fleet/mileage';
+import { LIVE_STATUSES } from '../fleet/status';
 import { readLive } from '../fleet/store';
-import { validationHook } from './validation';
+import { CLIENT_SECURITY, createRoute, json, router } from './openapi';
+import { readErrors } from './read-query';
 
 const Text = z.string().trim().min(1).max(200).nullable();
 
@@ -18,10 +18,37 @@ export const VehicleBody = z.strictObject({
   plate: Text.optional(),
   driver: Text.optional(),
   group: Text.optional(),
-  timezone: z.string().max(64).nullable().optional(),
+  timezone: z.string().max(64).nullable().optional().describe('an IANA time zone; mileage days are counted in it'),
 });
 
-const DeviceParam = z.object({ deviceId: z.string().min(1).max(128) });
+export const DeviceParam = z.object({ deviceId: z.string().min(1).max(128) });
+
+/** A vehicle's registry entry (every field null until set). */
+export const VehicleView = z
+  .object({
+    deviceId: z.string(),
+    name: z.string().nullable(),
+    plate: z.string().nullable(),
+    driver: z.string().nullable(),
+    group: z.string().nullable(),
+    timezone: z.string().nullable(),
+  })
+  .openapi('Vehicle');
+
+/** The newest accepted fix by event time and the status derived from it at read time. */
+export const LiveView = z
+  .object({
+    lat: z.number(),
+    lon: z.number(),
+    speed: z.number().nullable().describe('km/h'),
+    heading: z.number().nullable().describe('degrees'),
+    ignition: z.boolean().nullable(),
+    at: z.iso.datetime().describe('event time of the fix'),
+    status: z.enum(LIVE_STATUSES),
+  })
+  .openapi('LivePosition');
+
+const VehiclesList = z.object({ devices: z.array(VehicleView.extend({ live: LiveView.nullable().describe('null until an accepted fix') })) });
 
 /** The canonical IANA name, or 400 invalid_time_zone. */
 export function timeZoneOr400(tz: string): string {
@@ -33,16 +60,42 @@ export function timeZoneOr400(tz: string): string {
   }
 }
 
-export const v1DevicesRegistryRoute = new Hono<AppEnv>()
-  .put('/v1/devices/:deviceId', requireClient, readRateLimit, zValidator('param', DeviceParam, validationHook), zValidator('json', VehicleBody, validationHook), async (c) => {
+const putVehicle = createRoute({
+  method: 'put',
+  path: '/v1/devices/{deviceId}',
+  summary: "Set a vehicle's registry entry",
+  description: 'Fields left out keep their value; null clears one.',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { params: DeviceParam, body: { required: true, content: { 'application/json': { schema: VehicleBody } } } },
+  responses: {
+    200: json(VehicleView, 'the entry as stored'),
+    ...readErrors(['invalid_json', 'invalid_time_zone'], { 415: 'unsupported_media_type: the body must be application/json' }),
+  },
+});
+
+const listDevices = createRoute({
+  method: 'get',
+  path: '/v1/devices',
+  summary: "The project's vehicles with their live position",
+  description: 'Registered vehicles and every device that ever sent a position, by device id.',
+  tags: ['fleet'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  responses: { 200: json(VehiclesList, 'every vehicle'), ...readErrors() },
+});
+
+export const v1DevicesRegistryRoute = router()
+  .openapi(putVehicle, async (c) => {
     const { deviceId } = c.req.valid('param');
     const body = c.req.valid('json');
     const patch: VehiclePatch = { ...body };
     if (typeof body.timezone === 'string') patch.timezone = timeZoneOr400(body.timezone);
     const vehicle = await upsertVehicle(c.env.DB, c.get('project').projectId, deviceId, patch);
-    return c.json(vehicle);
+    return c.json(vehicle, 200);
   })
-  .get('/v1/devices', requireClient, readRateLimit, async (c) => {
+  .openapi(listDevices, async (c) => {
     const projectId = c.get('project').projectId;
     const [registered, withPositions] = await Promise.all([listVehicles(c.env.DB, projectId), positionDevices(c.env.DB, projectId)]);
     const byId = new Map(registered.map((v) => [v.deviceId, v]));
@@ -55,5 +108,5 @@ export const v1DevicesRegistryRoute = new Hono<AppEnv>()
         const l = live.get(v.deviceId);
         return { ...v, live: l ? liveView(l, now, fleetReadRules(c.env)) : null };
       });
-    return c.json({ devices });
+    return c.json({ devices }, 200);
   });

@@ -1,17 +1,56 @@
 // GET /v1/devices/:deviceId — a device's live state from its object, with its profile.
-import { Hono } from 'hono';
-import { readRateLimit, requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
 import { deviceStub } from '../device/stub';
 import { readProfile } from '../read/profiles';
+import { CLIENT_SECURITY, createRoute, json, router, z } from './openapi';
+import { readErrors } from './read-query';
+import { DeviceParam } from './v1-devices-registry';
 
 const iso = (ms: number) => new Date(ms).toISOString();
+const Instant = z.iso.datetime();
 
-export const v1DevicesRoute = new Hono<AppEnv>().get('/v1/devices/:deviceId', requireClient, readRateLimit, async (c) => {
-  const deviceId = c.req.param('deviceId');
-  if (deviceId.length < 1 || deviceId.length > 128) throw new ApiError(400, 'invalid_request', 'deviceId must be 1 to 128 characters');
+const DeviceView = z
+  .object({
+    deviceId: z.string(),
+    lastSeenAt: Instant.nullable().describe('edge receipt of the newest request that brought a new event'),
+    lastEvent: z
+      .object({ id: z.string(), type: z.string(), name: z.string(), createdAt: Instant, sessionId: z.string().nullable() })
+      .nullable()
+      .describe('the event with the latest event time'),
+    lastPosition: z.object({ lat: z.number(), lon: z.number(), at: Instant }).nullable(),
+    liveSession: z
+      .object({
+        id: z.string(),
+        startedAt: Instant,
+        lastEventAt: Instant,
+        eventCount: z.number().int(),
+        idleAt: Instant.describe('when it closes unless another event arrives'),
+      })
+      .nullable()
+      .describe('the session still open, if any'),
+    profile: z
+      .object({ id: z.string(), properties: z.record(z.string(), z.unknown()), updatedAt: Instant.nullable() })
+      .nullable()
+      .describe('the profile its latest event named, folded'),
+  })
+  .openapi('DeviceState');
+
+const route = createRoute({
+  method: 'get',
+  path: '/v1/devices/{deviceId}',
+  summary: "A device's live state: last event, position, open session and profile",
+  tags: ['read'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { params: DeviceParam },
+  responses: { 200: json(DeviceView, "the device's state"), ...readErrors([], { 404: 'device_not_found: no events have been received for it' }) },
+});
+
+export const v1DevicesRoute = router().openapi(route, async (c) => {
+  const { deviceId } = c.req.valid('param');
   const projectId = c.get('project').projectId;
   const state = await deviceStub(c.env, projectId, deviceId).state();
   if (!state) throw new ApiError(404, 'device_not_found', `no events have been received for device ${deviceId}`);
@@ -21,22 +60,25 @@ export const v1DevicesRoute = new Hono<AppEnv>().get('/v1/devices/:deviceId', re
     const p = await readProfile(clickhouse(getConfig(c.env).clickhouse), projectId, state.profileId);
     profile = { id: state.profileId, properties: p?.properties ?? {}, updatedAt: p ? iso(p.lastUpdatedMs) : null };
   }
-  return c.json({
-    deviceId: state.deviceId,
-    lastSeenAt: state.lastSeenMs !== null ? iso(state.lastSeenMs) : null,
-    lastEvent: state.lastEvent
-      ? { id: state.lastEvent.id, type: state.lastEvent.type, name: state.lastEvent.name, createdAt: iso(state.lastEvent.createdAtMs), sessionId: state.lastEvent.sessionId || null }
-      : null,
-    lastPosition: state.lastPosition ? { lat: state.lastPosition.lat, lon: state.lastPosition.lon, at: iso(state.lastPosition.atMs) } : null,
-    liveSession: state.liveSession
-      ? {
-          id: state.liveSession.id,
-          startedAt: iso(state.liveSession.startMs),
-          lastEventAt: iso(state.liveSession.endMs),
-          eventCount: state.liveSession.eventCount,
-          idleAt: iso(state.liveSession.idleAtMs),
-        }
-      : null,
-    profile,
-  });
+  return c.json(
+    {
+      deviceId: state.deviceId,
+      lastSeenAt: state.lastSeenMs !== null ? iso(state.lastSeenMs) : null,
+      lastEvent: state.lastEvent
+        ? { id: state.lastEvent.id, type: state.lastEvent.type, name: state.lastEvent.name, createdAt: iso(state.lastEvent.createdAtMs), sessionId: state.lastEvent.sessionId || null }
+        : null,
+      lastPosition: state.lastPosition ? { lat: state.lastPosition.lat, lon: state.lastPosition.lon, at: iso(state.lastPosition.atMs) } : null,
+      liveSession: state.liveSession
+        ? {
+            id: state.liveSession.id,
+            startedAt: iso(state.liveSession.startMs),
+            lastEventAt: iso(state.liveSession.endMs),
+            eventCount: state.liveSession.eventCount,
+            idleAt: iso(state.liveSession.idleAtMs),
+          }
+        : null,
+      profile,
+    },
+    200,
+  );
 });

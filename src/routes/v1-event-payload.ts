@@ -1,20 +1,54 @@
 // GET /v1/events/:id/payload — an event's raw payload as received, from ClickHouse or its archive chunk.
-import { zValidator } from '@hono/zod-validator';
-import { Hono } from 'hono';
+import type { TypedResponse } from 'hono';
+import type { JSONValue } from 'hono/utils/types';
 import { z } from 'zod';
-import { readRateLimit, requireClient, type AppEnv } from '../auth';
+import { readRateLimit, requireClient } from '../auth';
 import { ArchiveCorrupt, ArchiveUnavailable, lookupPayload, type ArchiveReadStats } from '../archive/lazy-payload';
 import { manifestStore } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
-import { validationHook } from './validation';
+import { CLIENT_SECURITY, createRoute, errors, json, router } from './openapi';
+import { readErrors } from './read-query';
 
 const EventIdParam = z.object({
   id: z
     .string()
     .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be an event id (a UUID)')
     .transform((s) => s.toLowerCase()),
+});
+
+const PayloadView = z.object({
+  id: z.string().describe('the event id, lower case'),
+  payload: z.unknown().describe('the row exactly as it was received'),
+  source: z.enum(['clickhouse', 'archive']).describe('where it was read from: the event store, or its archive chunk in R2'),
+});
+
+/** What the read cost the archive, on every answer (see statsHeaders). */
+const ARCHIVE_HEADERS = {
+  'x-driftline-archive-chunks': { description: 'archive chunks searched for the event, cached or not', schema: { type: 'integer' as const } },
+  'x-driftline-archive-bytes-read': { description: 'bytes of chunks read from R2 (0 when all were cached)', schema: { type: 'integer' as const } },
+  'x-driftline-archive-cache': { description: '`none` (no chunk consulted), `hit` (all cached) or `miss`', schema: { type: 'string' as const, enum: ['none', 'hit', 'miss'] } },
+};
+
+const route = createRoute({
+  method: 'get',
+  path: '/v1/events/{id}/payload',
+  summary: "An event's raw payload as received, wherever it lives now",
+  description: 'Archived payloads are read from their one chunk in R2 (cached); the headers say what the read cost.',
+  tags: ['read'],
+  security: CLIENT_SECURITY,
+  middleware: [requireClient, readRateLimit] as const,
+  request: { params: EventIdParam },
+  responses: {
+    200: { ...json(PayloadView, 'the raw payload'), headers: ARCHIVE_HEADERS },
+    ...readErrors(
+      [],
+      { 500: 'archive_corrupt: the chunk holding it failed its integrity checks' },
+      { 503: 'archive_unavailable (the chunk cannot be read right now), storage_unavailable or misconfigured; see Retry-After' },
+    ),
+    404: { ...errors({ 404: 'event_not_found (no such event in this project) or payload_not_found (the event has no raw payload)' })[404]!, headers: ARCHIVE_HEADERS },
+  },
 });
 
 /** Response headers that show what a read cost the archive (the benchmark and tests read them). */
@@ -30,11 +64,8 @@ function defaultCache(): Cache | null {
   return typeof caches === 'undefined' ? null : caches.default;
 }
 
-export const v1EventPayloadRoute = new Hono<AppEnv>().get(
-  '/v1/events/:id/payload',
-  requireClient,
-  readRateLimit,
-  zValidator('param', EventIdParam, validationHook),
+export const v1EventPayloadRoute = router().openapi(
+  route,
   async (c) => {
     const { id } = c.req.valid('param');
     const { projectId } = c.get('project');
@@ -69,6 +100,8 @@ export const v1EventPayloadRoute = new Hono<AppEnv>().get(
       throw new ApiError(500, 'internal', 'the stored payload of this event is not JSON');
     }
     const body = `{"id":${JSON.stringify(id)},"payload":${result.payloadText},"source":${JSON.stringify(result.source)}}`;
-    return c.body(body, 200, { 'content-type': 'application/json; charset=UTF-8', ...statsHeaders(result.stats) });
+    const res = c.body(body, 200, { 'content-type': 'application/json; charset=UTF-8', ...statsHeaders(result.stats) });
+    // Spliced text cannot be typed from its parts: it is the PayloadView the route declares.
+    return res as unknown as TypedResponse<{ id: string; payload: JSONValue; source: 'clickhouse' | 'archive' }, 200, 'json'>;
   },
 );

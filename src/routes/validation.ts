@@ -1,4 +1,4 @@
-// Maps zod failures of @hono/zod-validator into the one error envelope.
+// Maps zod failures of the route validators (params, query, JSON body) into the one error envelope.
 import { ApiError } from '../errors';
 
 interface Issue {
