@@ -261,6 +261,8 @@ async function stopsAnswering(url, wrangler, stopped, log, { idleMs = 30_000, af
  * - signal: an AbortSignal that cancels a start in progress (what was started is stopped)
  * - supervise: restart wrangler dev when it exits or stops answering (as `npm start` does)
  * - localClickHouse: `chdb` (embedded, default) or `server` when no configured ClickHouse answers
+ * - wranglerConfig: another wrangler config to run instead of the project's wrangler.toml (tests
+ *   shorten queue retries with it; paths in it must be absolute)
  * Returns { url, adminToken, adminTokenSource, clickhouse: { url, started }, project, crons, exited, stop }.
  */
 export async function startGateway(options = {}) {
@@ -269,7 +271,8 @@ export async function startGateway(options = {}) {
   const log = options.log ?? ((line) => console.log(line));
   const dataDir = options.dataDir ?? join(ROOT, '.data');
   const port = options.port === 0 ? await freePort() : Number(options.port ?? env.PORT ?? 8787);
-  const { vars: fileVars, crons } = readWranglerToml();
+  const { vars: fileVars, crons } = readWranglerToml(options.wranglerConfig);
+  const configArgs = options.wranglerConfig ? ['--config', options.wranglerConfig] : [];
   const devVarsPath = join(ROOT, '.dev.vars');
   const devVars = existsSync(devVarsPath) ? parseDotVars(readFileSync(devVarsPath, 'utf8')) : {};
   mkdirSync(dataDir, { recursive: true });
@@ -357,14 +360,14 @@ export async function startGateway(options = {}) {
     childEnv.WRANGLER_LOG_PATH = env.WRANGLER_LOG_PATH || join(dataDir, 'logs');
 
     // 4. D1 migrations into the same local state wrangler dev will use.
-    const d1Out = await runToEnd(['d1', 'migrations', 'apply', D1_DATABASE, '--local', '--persist-to', wranglerDir], { env: childEnv });
+    const d1Out = await runToEnd(['d1', 'migrations', 'apply', D1_DATABASE, '--local', '--persist-to', wranglerDir, ...configArgs], { env: childEnv });
     log(`D1: ${/No migrations to apply/i.test(d1Out) ? 'migrations up to date' : 'migrations applied'} (state in ${wranglerDir})`);
 
     checkAborted();
     // 5. wrangler dev, in its own process group so stopping it also stops workerd.
     const inspectorPort = await freePort();
     const args = [
-      WRANGLER, 'dev', '--local', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspectorPort),
+      WRANGLER, 'dev', ...configArgs, '--local', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspectorPort),
       '--persist-to', wranglerDir, '--env-file', envFile, '--show-interactive-dev-session=false',
     ];
     const url = `http://127.0.0.1:${port}`;
