@@ -10,8 +10,10 @@ import {
   idsChecksum,
   inflateChunk,
   parseChunkKey,
+  parseChunkLine,
   planChunks,
   sha256Hex,
+  verifyWrittenChunk,
   type ArchiveChunkErrorCode,
   type ArchiveRow,
 } from '../src/archive/chunk';
@@ -294,14 +296,31 @@ describe('chunk encoding', () => {
     const lines = text.split('\n');
     expect(lines.pop()).toBe('');
     expect(lines).toHaveLength(rows.length);
-    for (const [i, line] of lines.entries()) {
+    for (const line of lines) {
       const parsed = JSON.parse(line);
+      const i = rows.findIndex((r) => r.id === parsed.id);
       expect(Object.keys(parsed)).toEqual(['id', 'deviceId', 'createdAt', 'receivedAt', 'payload']);
       expect(parsed.payload).toEqual(JSON.parse(payloads[i]!));
       expect(parsed.createdAt).toBe(new Date(rows[i]!.createdAtMs).toISOString());
       expect(parsed.deviceId).toBe(rows[i]!.deviceId);
     }
-    expect(typeof JSON.parse(lines[0]!).payload).toBe('object');
+    expect(typeof JSON.parse(lines.find((l) => l.startsWith(`{"id":"${rows[0]!.id}"`))!).payload).toBe('object');
+  });
+
+  it("writes a device's lines together, each in time order, and records the chunk's time range", async () => {
+    const t = at('2026-01-05T00:00:00.000Z');
+    // Three devices reporting in turn, as rows come out of ClickHouse.
+    const mixed = Array.from({ length: 30 }, (_, i) => ({ ...row(i, t + i * 1000), deviceId: ['truck-b', 'truck-a', 'van-c'][i % 3]! }));
+    const { manifest, body } = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows: mixed });
+    expect([manifest.firstCreatedAtMs, manifest.lastCreatedAtMs]).toEqual([t, t + 29_000]);
+    const inFile = (await inflateChunk(body, manifest)).split('\n').slice(0, -1).map((line) => parseChunkLine(line)!);
+    expect(inFile.map((r) => r.deviceId)).toEqual([...Array(10).fill('truck-a'), ...Array(10).fill('truck-b'), ...Array(10).fill('van-c')]);
+    for (const device of ['truck-a', 'truck-b', 'van-c']) {
+      const times = inFile.filter((r) => r.deviceId === device).map((r) => r.createdAtMs);
+      expect(times).toEqual([...times].sort((a, b) => a - b));
+    }
+    // Decoding gives the rows back in the order they were planned.
+    expect(await decodeChunk(body, manifest)).toEqual(mixed);
   });
 
   it('encodes the chunks of a plan under the month of their rows', async () => {
@@ -391,8 +410,81 @@ describe('chunk decoding', () => {
     const decoded = await decodeChunk(body, { ...manifest, idsChecksumHex: await idsChecksum(big.map((r) => r.id)) });
     expect(decoded).toHaveLength(DEFAULT_ARCHIVE_CHUNK_ROWS);
     expect(decoded[31_337]).toEqual(big[31_337]);
+    expect(decoded).toEqual(big);
     const text = await inflateChunk(body, manifest);
     expect(findEventInChunkText(text, big[49_999]!.id)?.payload).toBe(big[49_999]!.payload);
+  });
+});
+
+describe('chunks written in time order', () => {
+  // Chunks written before lines were grouped by device hold the same lines in (createdAt, id) order.
+  const t0 = at('2026-01-12T00:00:00.000Z');
+  const rows = Array.from({ length: 40 }, (_, i) => ({ ...row(i, t0 + i * 500, JSON.stringify({ i, at: 'depot' })), deviceId: `dev-${i % 4}` }));
+  const timeOrderedObject = async () => {
+    const line = (r: ArchiveRow) =>
+      `{"id":"${r.id}","deviceId":${JSON.stringify(r.deviceId)},"createdAt":"${new Date(r.createdAtMs).toISOString()}","receivedAt":"${new Date(r.receivedAtMs).toISOString()}","payload":${r.payload}}\n`;
+    const body = await gzip(rows.map(line).join(''));
+    return { body, manifest: { sha256Hex: await sha256Hex(body), idsChecksumHex: await idsChecksum(rows.map((r) => r.id)), rowCount: rows.length, month: '2026-01' } };
+  };
+
+  it('decodes, finds and re-encodes them like any other', async () => {
+    const { body, manifest } = await timeOrderedObject();
+    expect(await decodeChunk(body, manifest)).toEqual(rows);
+    const text = await inflateChunk(body, manifest);
+    expect(findEventInChunkText(text, rows[17]!.id)).toEqual(rows[17]);
+    // An erasure rewrites one from its decoded rows: the new chunk holds the same rows.
+    const again = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 2, rows: await decodeChunk(body, manifest) });
+    expect(await decodeChunk(again.body, again.manifest)).toEqual(rows);
+    expect(again.manifest.idsChecksumHex).toBe(manifest.idsChecksumHex);
+  });
+});
+
+describe('verifying a chunk just written', () => {
+  const t0 = at('2026-01-15T00:00:00.000Z');
+  const rows = Array.from({ length: 2000 }, (_, i) => ({ ...row(i, t0 + i * 1000, JSON.stringify({ i, lat: 48.8 + i / 1e5, note: 'x'.repeat(i % 50) })), deviceId: `dev-${i % 13}` }));
+  const encoded = encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows });
+  const expected = (m: { sha256Hex: string; idsChecksumHex: string; rowCount: number }) => ({ sha256Hex: m.sha256Hex, idsChecksumHex: m.idsChecksumHex, rowCount: m.rowCount });
+
+  it('passes the object it wrote, with the text digests it wrote', async () => {
+    const { manifest, body, written } = await encoded;
+    expect(written.pieces.reduce((n, p) => n + p.bytes, 0)).toBe(manifest.rawBytes);
+    await verifyWrittenChunk(body, expected(manifest), written, manifest.idsChecksumHex);
+  });
+
+  it('fails an object that is intact as stored but not the text that was encoded', async () => {
+    const { manifest, written } = await encoded;
+    // Same ids, same count, one payload differing by a digit: its own SHA-256 recorded.
+    const altered = rows.map((r, i) => (i === 1234 ? { ...r, payload: r.payload.replace('"i":1234', '"i":1235') } : r));
+    const other = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows: altered });
+    expect(other.manifest.idsChecksumHex).toBe(manifest.idsChecksumHex);
+    expect(await chunkError(verifyWrittenChunk(other.body, expected(other.manifest), written, manifest.idsChecksumHex))).toBe('text_mismatch');
+    const fewer = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows: rows.slice(0, -1) });
+    expect(await chunkError(verifyWrittenChunk(fewer.body, { ...expected(fewer.manifest), idsChecksumHex: manifest.idsChecksumHex }, written, manifest.idsChecksumHex))).toBe(
+      'text_mismatch',
+    );
+  });
+
+  it('fails a damaged object, broken gzip, and ids or counts that are not the source rows', async () => {
+    const { manifest, body, written } = await encoded;
+    const flipped = body.slice();
+    flipped[body.byteLength >> 1]! ^= 0x01;
+    expect(await chunkError(verifyWrittenChunk(flipped, expected(manifest), written, manifest.idsChecksumHex))).toBe('sha256_mismatch');
+    expect(await chunkError(verifyWrittenChunk(flipped, { ...expected(manifest), sha256Hex: await sha256Hex(flipped) }, written, manifest.idsChecksumHex))).toBe('not_gzip');
+    const otherIds = await idsChecksum(rows.slice(1).map((r) => r.id));
+    // The manifest row records a checksum that is not the source rows'.
+    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), idsChecksumHex: otherIds }, written, manifest.idsChecksumHex))).toBe('ids_checksum_mismatch');
+    // The source rows were not the ones encoded (the text matches, its ids do not).
+    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), idsChecksumHex: otherIds }, written, otherIds))).toBe('ids_checksum_mismatch');
+    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), rowCount: rows.length + 1 }, written, manifest.idsChecksumHex))).toBe('row_count_mismatch');
+  });
+
+  it('fails text that is the encoded bytes but not chunk lines', async () => {
+    const text = 'not a chunk line\n';
+    const body = await gzip(text);
+    const bytes = new TextEncoder().encode(text);
+    const written = { pieces: [{ bytes: bytes.byteLength, sha256Hex: await sha256Hex(bytes) }] };
+    const ids = await idsChecksum([]);
+    expect(await chunkError(verifyWrittenChunk(body, { sha256Hex: await sha256Hex(body), idsChecksumHex: ids, rowCount: 1 }, written, ids))).toBe('malformed_line');
   });
 });
 

@@ -34,6 +34,22 @@ async function eventCount(projectId: string): Promise<number> {
 }
 
 describe('archive jobs', () => {
+  it('cuts chunks where more events share one instant than a chunk holds, and where instants differ, each event once', async () => {
+    const p = await createProject('archive-ties');
+    const instant = Date.parse('2026-03-10T12:00:00.000Z');
+    // Seven events at one millisecond, then four a second apart: chunks of 3 must cut inside the tie.
+    const tied = makeRows('tie', 7, instant, 0);
+    const after = makeRows('after', 4, instant + 1000);
+    await insertRows(p.id, [...tied, ...after]);
+    const job = await archiveMonth(p.id, '2026-03', { chunkRows: 3 });
+    expect(job).toMatchObject({ state: 'succeeded', rowsProcessed: 11 });
+    const chunks = await chunksOf(p.id, '2026-03');
+    expect(chunks.every((c) => c.rowCount <= 3)).toBe(true);
+    const archived = await expectConverged(p.id, '2026-03');
+    expect([...archived.keys()].sort()).toEqual([...tied, ...after].map((r) => r.id).sort());
+    expect((await payloadsInClickHouse(p.id, '2026-03')).size).toBe(0);
+  });
+
   it('puts each event in the chunk of its UTC month: 2026-01-31T23:59:59.999Z is January, 2026-02-01T00:00:00.000Z is February', async () => {
     const p = await createProject('archive-boundary');
     const lastJan = makeRows('jan-last', 1, Date.parse('2026-01-31T23:59:59.999Z'));

@@ -9,7 +9,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, parseChunkKey, sha256Hex, verifyChunkRows, type ArchiveRow } from './chunk';
+import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, parseChunkKey, sha256Hex, verifyWrittenChunk, type ArchiveRow, type WrittenText } from './chunk';
 import { archiveState, ERASURE_JOB_TYPES, monthJobs, MONTH_JOB_TYPES } from './listing';
 import { manifestStore, toChunkManifest, type ManifestRow, type ManifestStore } from './manifest';
 import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
@@ -352,61 +352,60 @@ async function reconcileSlice(run: Run, after: number): Promise<number | null> {
 
 /**
  * Up to `limit` payload rows of the month after the cursor, in (createdAt, id) order (the id as
- * text, as the cursor and the chunk compare it), with their device. The chunk's last key is found
- * on ids and times alone; then the rows up to it are read with their payloads, and their events'
- * devices, in two queries side by side bounded by that window (no id list goes back and forth).
+ * text, as the cursor and the chunk compare it), with their device; `more` when rows are left
+ * after them. The window is found on event times alone (the time of the row `limit` places on,
+ * an integer sort; the rows before it are at most `limit`), then its payloads and their events'
+ * devices are read side by side (no id list goes back and forth, no payload outside the window is
+ * read). When more than `limit` rows share the window's first time, the window takes that time
+ * whole and the payload query stops at `limit`.
  */
-async function readRows(run: Run, afterMs: number, afterId: string, limit: number): Promise<ArchiveRow[]> {
+async function readRows(run: Run, afterMs: number, afterId: string, limit: number): Promise<{ rows: ArchiveRow[]; more: boolean }> {
   const w = timeWhere(run.startMs, run.endMs - 1);
   const after = '(created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))';
-  const [last] = await run.ch.query<{ created_at_ms: number; sid: string }>(
-    `SELECT created_at_ms, sid FROM (
-       SELECT created_at_ms, toString(id) AS sid
-         FROM event_payloads
-        WHERE ${w.sql} AND ${after}
-        ORDER BY created_at_ms, sid
-        LIMIT 1 BY sid
-        LIMIT {limit:UInt32})
-      ORDER BY created_at_ms DESC, sid DESC
-      LIMIT 1`,
+  const [next] = await run.ch.query<{ created_at_ms: number }>(
+    `SELECT created_at_ms FROM event_payloads WHERE ${w.sql} AND ${after} ORDER BY created_at_ms LIMIT {limit:UInt32}, 1`,
     { p: run.p.projectId, ...w.params, afterMs, afterId, limit },
   );
-  if (!last) return [];
-  const lastMs = Number(last.created_at_ms);
-  const rw = timeWhere(Math.max(afterMs, run.startMs), lastMs);
-  const window = `${rw.sql} AND ${after} AND (created_at_ms < {lastMs:Int64} OR (created_at_ms = {lastMs:Int64} AND toString(id) <= {lastId:String}))`;
-  const params = { p: run.p.projectId, ...rw.params, afterMs, afterId, lastMs, lastId: last.sid };
-  const [payloads, devices] = await Promise.all([
-    run.ch.query<{ sid: string; created_at_ms: number; received_at_ms: number; payload: string }>(
-      `SELECT toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY sid`,
-      params,
-    ),
-    run.ch.query<{ sid: string; device_id: string }>(
-      `SELECT toString(id) AS sid, device_id FROM events WHERE ${rw.sql} AND id IN (SELECT id FROM event_payloads WHERE ${window}) LIMIT 1 BY sid`,
-      params,
-    ),
-  ]);
-  const deviceOf = new Map(devices.map((d) => [d.sid, d.device_id]));
-  return payloads.map((p) => ({
-    id: p.sid,
-    // A payload whose event row is missing is archived all the same, without a device.
-    deviceId: deviceOf.get(p.sid) ?? '',
-    createdAtMs: Number(p.created_at_ms),
-    receivedAtMs: Number(p.received_at_ms),
-    payload: p.payload,
-  }));
+  const nextMs = next ? Number(next.created_at_ms) : null;
+  const read = async (toMs: number, below: boolean) => {
+    const rw = timeWhere(Math.max(afterMs, run.startMs), toMs);
+    const window = `${rw.sql} AND ${after}${below ? ' AND created_at_ms < {toMs:Int64}' : ''}`;
+    const params = { p: run.p.projectId, ...rw.params, afterMs, afterId, limit };
+    const [payloads, devices] = await Promise.all([
+      run.ch.query<{ sid: string; created_at_ms: number; received_at_ms: number; payload: string }>(
+        `SELECT toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY sid LIMIT {limit:UInt32}`,
+        params,
+      ),
+      run.ch.query<{ sid: string; device_id: string }>(
+        `SELECT toString(id) AS sid, device_id FROM events WHERE ${rw.sql} AND id IN (SELECT id FROM event_payloads WHERE ${window}) LIMIT 1 BY sid`,
+        params,
+      ),
+    ]);
+    const deviceOf = new Map(devices.map((d) => [d.sid, d.device_id]));
+    return payloads.map((p) => ({
+      id: p.sid,
+      // A payload whose event row is missing is archived all the same, without a device.
+      deviceId: deviceOf.get(p.sid) ?? '',
+      createdAtMs: Number(p.created_at_ms),
+      receivedAtMs: Number(p.received_at_ms),
+      payload: p.payload,
+    }));
+  };
+  if (nextMs === null) return { rows: await read(run.endMs - 1, false), more: false };
+  const rows = await read(nextMs, true);
+  return { rows: rows.length ? rows : await read(nextMs, false), more: true };
 }
 
 /**
- * Proves a freshly written chunk: its object, read back from R2, passes every check of a decode
- * (SHA-256, gzip, lines, count, month) and each line is the row it was made from, byte for byte;
- * the ids checksum recorded is that of the source rows (`sourceIdsChecksum`, from the encoder).
+ * Proves a freshly written chunk: its object, read back from R2, has the manifest's SHA-256 and
+ * inflates to exactly the text the encoder wrote from the source rows (`written`), whose lines carry
+ * the source rows' ids (`sourceIdsChecksum`, from the encoder, which the manifest must record).
  */
-async function verifyNewChunk(run: Run, row: ManifestRow, source: readonly ArchiveRow[], sourceIdsChecksum: string): Promise<void> {
+async function verifyNewChunk(run: Run, row: ManifestRow, written: WrittenText, sourceIdsChecksum: string): Promise<void> {
   const body = await readObject(run.bucket, row.key);
   if (!body) throw new PermanentChunkError(`archive chunk ${row.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
   try {
-    await verifyChunkRows(body, { sha256Hex: row.sha256, idsChecksumHex: row.idsChecksum, month: run.p.month, key: row.key }, source, sourceIdsChecksum);
+    await verifyWrittenChunk(body, { sha256Hex: row.sha256, idsChecksumHex: row.idsChecksum, rowCount: row.rowCount, key: row.key }, written, sourceIdsChecksum);
   } catch (err) {
     if (err instanceof ArchiveChunkError) throw verificationFailed(row.key, err, 'right after its upload');
     throw err;
@@ -440,7 +439,7 @@ async function writeChunk(run: Run, rows: ArchiveRow[], slice: Slice): Promise<v
   const row = await run.manifests.get(run.p.projectId, run.p.month, number);
   if (!row || row.sha256 !== manifest.sha256Hex) throw new Error(`chunk ${manifest.key} was recorded by another writer meanwhile; the retry starts over`);
   maybeCrash(run, 'afterManifest', number);
-  await verifyNewChunk(run, row, rows, manifest.idsChecksumHex);
+  await verifyNewChunk(run, row, encoded.written, manifest.idsChecksumHex);
   maybeCrash(run, 'afterVerify', number);
   await stageChunk(run, slice, number, rows);
 }
@@ -547,27 +546,27 @@ export const archiveRunner: JobRunner = {
     const deadline = started + ARCHIVE_SLICE_MS;
     const maxChunks = p.sliceChunks ?? Infinity;
     const slice = newSlice(run);
-    let rows = await readRows(run, cursor.afterMs, cursor.afterId, run.chunkRows);
+    let batch = await readRows(run, cursor.afterMs, cursor.afterId, run.chunkRows);
     let done = false;
     for (;;) {
+      const { rows, more } = batch;
       if (!rows.length) {
         done = true;
         break;
       }
       const last = rows.at(-1)!;
-      const full = rows.length >= run.chunkRows;
-      const goOn = full && slice.chunks.length + 1 < maxChunks && Date.now() < deadline;
+      const goOn = more && slice.chunks.length + 1 < maxChunks && Date.now() < deadline;
       const next = goOn ? readRows(run, last.createdAtMs, last.id, run.chunkRows) : null;
       next?.catch(() => {}); // awaited below, unless this chunk fails first
       await writeChunk(run, rows, slice);
       cursor = { phase: 'archive', afterMs: last.createdAtMs, afterId: last.id };
-      if (!full) {
+      if (!more) {
         done = true;
         break;
       }
       if (!next) break;
-      rows = [];
-      rows = await next;
+      batch = { rows: [], more: true };
+      batch = await next;
     }
     await clearSlice(run, slice);
     return outcome(cursor, before, slice.rows, total, done);
