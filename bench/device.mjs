@@ -4,6 +4,7 @@
 // Run alone: `node bench/device.mjs` (no ClickHouse needed: the bench queue consumer only acks).
 import { join, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { floor, result } from './lib/results.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const TARGET_EVENTS_PER_SEC = 50_000;
@@ -202,6 +203,8 @@ try {
   console.log(`  floor, raw INSERTs of the same seen + outbox rows through RPC: median ${floorPerBatch.toFixed(1)} ms/batch = ${fmt(floorRate)} events/s`);
   console.log(`  ratio ingest/floor: ${(perBatch / floorPerBatch).toFixed(2)}x the floor's time`);
   console.log(`  sustained until the outbox was drained to the queue: ${fmt(total / ((hot.ingestTotal + hot.drainMs) / 1000))} events/s`);
+  result('hot_device_events_per_s', total / ((hot.ingestTotal + hot.drainMs) / 1000));
+  floor('hot_device_events_per_s', floorRate);
   console.log(`  target >= ${fmt(TARGET_EVENTS_PER_SEC)} events/s through one object: ${ingestRate >= TARGET_EVENTS_PER_SEC ? 'met' : 'NOT met'}`);
 
   const st = await (await mf.dispatchFetch(`http://bench/storage?run=${run}`)).json();

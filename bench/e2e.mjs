@@ -1,11 +1,15 @@
 // End to end: events/s from HTTP 202 to rows visible in ClickHouse through a local gateway, and
-// its ratio to inserting the same rows straight into the same ClickHouse. Target: ≥ 0.5.
+// its ratio to inserting the same rows straight into the same ClickHouse (target ≥ 0.5); workerd and
+// ClickHouse CPU per event for the default mix and for one device per batch; the estimated bill.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { importBundled, makeBatch } from './lib/batch.mjs';
+import { printCost, queueOperationsPerMessage } from './lib/cost.mjs';
+import { startDeviceProfile } from './lib/device-profile.mjs';
+import { floor, result } from './lib/results.mjs';
 
 const TARGET_RATIO = 0.5;
 const BATCHES = Number(process.env.BENCH_E2E_BATCHES ?? 50);
@@ -14,6 +18,7 @@ const DEVICES = Number(process.env.BENCH_E2E_DEVICES ?? 1000);
 const DEVICES_PER_BATCH = Number(process.env.BENCH_E2E_DEVICES_PER_BATCH ?? 100);
 const CONCURRENCY = Number(process.env.BENCH_E2E_CONCURRENCY ?? 4);
 const VISIBLE_TIMEOUT_MS = Number(process.env.BENCH_E2E_TIMEOUT_MS ?? 300_000);
+const SINGLE_BATCHES = Number(process.env.BENCH_E2E_SINGLE_BATCHES ?? BATCHES);
 const TOTAL = BATCHES * BATCH_EVENTS;
 const NAMES = "('trip_point','trip_point_ext')";
 
@@ -90,6 +95,18 @@ function batchBody(b, nowMs) {
   return batch;
 }
 
+/** Batch `b` of the single-device run: all its events from one (warm) device of the fleet. */
+function singleBody(b, nowMs) {
+  const batch = makeBatch({ count: BATCH_EVENTS, devices: 1, devicePrefix: 'fleet', nowMs, seed: 100_000 + b });
+  for (const e of batch.events) e.payload.properties.__deviceId = `fleet-${(b * 37) % DEVICES}`;
+  return batch;
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1];
+};
+
 async function main() {
   console.log(`e2e: starting a gateway (own data dir, ClickHouse database ${database})...`);
   const t = Date.now();
@@ -115,69 +132,90 @@ async function main() {
   await warm.text();
   const countVisible = async () => Number((await chQuery(`SELECT count() FROM events WHERE project_id = '${project.id}' AND name IN ${NAMES}`)).trim());
   const countWarm = async () => Number((await chQuery(`SELECT count() FROM events WHERE project_id = '${project.id}' AND name = 'warmup'`)).trim());
-  for (const deadline = Date.now() + 60_000; (await countWarm()) < DEVICES; ) {
+  for (const deadline = Date.now() + VISIBLE_TIMEOUT_MS; (await countWarm()) < DEVICES; ) {
     if (Date.now() > deadline) throw new Error('warm-up events never reached ClickHouse');
     await new Promise((r) => setTimeout(r, 200));
   }
 
-  // Through the gateway.
-  let accepted = 0;
-  let duplicates = 0;
-  let rejected = 0;
-  let lastAcceptedAt = 0;
-  const cpuBefore = { workerd: cpuSeconds({ pgid: gateway.wranglerPid }), clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
-  const started = performance.now();
-  let polling = true;
-  let visibleAt = null;
-  let visible = 0;
-  const poller = (async () => {
-    while (polling) {
-      visible = await countVisible().catch(() => visible);
-      if (visible >= TOTAL) {
-        visibleAt = performance.now();
-        return;
+  // Through the gateway: the default mix, then one device per batch, each timed to the last row visible.
+  let visibleBefore = 0;
+  async function throughGateway(label, bodies) {
+    const events = bodies.length * BATCH_EVENTS;
+    const want = visibleBefore + events;
+    let accepted = 0;
+    let duplicates = 0;
+    let rejected = 0;
+    let lastAcceptedAt = 0;
+    const cpuBefore = { workerd: cpuSeconds({ pgid: gateway.wranglerPid }), clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
+    const started = performance.now();
+    let polling = true;
+    let visibleAt = null;
+    let visible = 0;
+    const poller = (async () => {
+      while (polling) {
+        visible = await countVisible().catch(() => visible);
+        if (visible >= want) {
+          visibleAt = performance.now();
+          return;
+        }
+        if (performance.now() - started > VISIBLE_TIMEOUT_MS) return;
+        await new Promise((r) => setTimeout(r, 100));
       }
-      if (performance.now() - started > VISIBLE_TIMEOUT_MS) return;
-      await new Promise((r) => setTimeout(r, 100));
+    })();
+    const latencies = [];
+    let retries = 0;
+    await pool(bodies, CONCURRENCY, async (body) => {
+      if (!polling) return;
+      const t0 = performance.now();
+      for (let attempt = 1; ; attempt++) {
+        const res = await fetch(`${gateway.url}/track/batch`, { method: 'POST', headers, body });
+        const text = await res.text();
+        // A local runtime restart (seen on an overloaded machine) is retryable: rows are deduplicated.
+        if (res.status === 503 && attempt < 4) {
+          retries++;
+          await new Promise((r) => setTimeout(r, 500 * attempt));
+          continue;
+        }
+        if (res.status !== 202) {
+          polling = false;
+          throw new Error(`POST /track/batch answered ${res.status}: ${text.slice(0, 300)}`);
+        }
+        const r = JSON.parse(text);
+        accepted += r.accepted;
+        duplicates += r.duplicates;
+        rejected += r.rejected.length;
+        break;
+      }
+      latencies.push(performance.now() - t0);
+      lastAcceptedAt = performance.now();
+    });
+    await poller;
+    polling = false;
+    if (visibleAt === null) throw new Error(`${label}: only ${visible - visibleBefore} of ${events} events visible after ${VISIBLE_TIMEOUT_MS} ms`);
+    if (rejected !== 0 || accepted + duplicates < events || (retries === 0 && accepted !== events)) {
+      throw new Error(`${label}: accepted ${accepted} of ${events} (duplicates ${duplicates}, rejected ${rejected}, retried batches ${retries})`);
     }
-  })();
-  const latencies = [];
-  let retries = 0;
-  await pool(bodies, CONCURRENCY, async (body) => {
-    if (!polling) return;
-    const t0 = performance.now();
-    for (let attempt = 1; ; attempt++) {
-      const res = await fetch(`${gateway.url}/track/batch`, { method: 'POST', headers, body });
-      const text = await res.text();
-      // A local runtime restart (seen on an overloaded machine) is retryable: rows are deduplicated.
-      if (res.status === 503 && attempt < 4) {
-        retries++;
-        await new Promise((r) => setTimeout(r, 500 * attempt));
-        continue;
-      }
-      if (res.status !== 202) {
-        polling = false;
-        throw new Error(`POST /track/batch answered ${res.status}: ${text.slice(0, 300)}`);
-      }
-      const r = JSON.parse(text);
-      accepted += r.accepted;
-      duplicates += r.duplicates;
-      rejected += r.rejected.length;
-      break;
-    }
-    latencies.push(performance.now() - t0);
-    lastAcceptedAt = performance.now();
-  });
-  await poller;
-  polling = false;
-  if (visibleAt === null) throw new Error(`only ${visible} of ${TOTAL} events visible after ${VISIBLE_TIMEOUT_MS} ms`);
-  if (rejected !== 0 || accepted + duplicates < TOTAL || (retries === 0 && accepted !== TOTAL)) {
-    throw new Error(`accepted ${accepted} of ${TOTAL} (duplicates ${duplicates}, rejected ${rejected}, retried batches ${retries})`);
+    visibleBefore = want;
+    latencies.sort((a, b) => a - b);
+    return {
+      label,
+      events,
+      sec: (visibleAt - started) / 1000,
+      acceptSec: (lastAcceptedAt - started) / 1000,
+      workerdCpu: cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd,
+      clickhouseCpu: cpuBefore.clickhouse === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore.clickhouse,
+      p50: median(latencies),
+      p95: latencies[Math.floor(latencies.length * 0.95)],
+      retries,
+    };
   }
-  const gatewaySec = (visibleAt - started) / 1000;
-  const gatewayCpu = cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd;
-  const gatewayChCpu = cpuBefore.clickhouse === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore.clickhouse;
-  const acceptSec = (lastAcceptedAt - started) / 1000;
+  const mix = await throughGateway('default mix', bodies);
+  const singleBodies = Array.from({ length: SINGLE_BATCHES }, (_, b) => JSON.stringify(singleBody(b, nowMs)));
+  const single = await throughGateway('one device per batch', singleBodies);
+  const gatewaySec = mix.sec;
+  const gatewayCpu = mix.workerdCpu;
+  const gatewayChCpu = mix.clickhouseCpu;
+  const acceptSec = mix.acceptSec;
   const distinct = Number((await chQuery(`SELECT uniqExact(id) FROM events WHERE project_id = '${project.id}' AND name IN ${NAMES}`)).trim());
 
   // Straight into the same ClickHouse: the same rows (as the consumer builds them), same batches.
@@ -213,17 +251,59 @@ async function main() {
   const gatewayRate = TOTAL / gatewaySec;
   const directRate = TOTAL / directSec;
   const ratio = gatewayRate / directRate;
-  latencies.sort((a, b) => a - b);
   const bytes = bodies.reduce((n, b) => n + b.length, 0);
+  const perEventUs = (cpu, n = TOTAL) => (cpu * 1e6) / n;
+  const perEvent = (cpu, n = TOTAL) => `${perEventUs(cpu, n).toFixed(0)} µs/event`;
   console.log(`  ${TOTAL} events: ${BATCHES} batches of ${BATCH_EVENTS} (${(bytes / BATCHES / 1024).toFixed(0)} KB each), ${DEVICES} devices (${DEVICES_PER_BATCH} per batch), ${CONCURRENCY} requests in flight`);
-  console.log(`  gateway: all 202s after ${acceptSec.toFixed(2)} s (batch p50 ${latencies[latencies.length >> 1].toFixed(0)} ms, p95 ${latencies[Math.floor(latencies.length * 0.95)].toFixed(0)} ms); all rows visible after ${gatewaySec.toFixed(2)} s${retries ? `; ${retries} batch(es) retried after a 503` : ''}`);
-  console.log(`  gateway → ClickHouse   ${Math.round(gatewayRate).toLocaleString('en-US')} events/s  (distinct ids stored ${distinct})`);
+  for (const r of [mix, single]) {
+    console.log(`  ${r.label}: all 202s after ${r.acceptSec.toFixed(2)} s (batch p50 ${r.p50.toFixed(0)} ms, p95 ${r.p95.toFixed(0)} ms); all rows visible after ${r.sec.toFixed(2)} s${r.retries ? `; ${r.retries} batch(es) retried after a 503` : ''}`);
+    console.log(`    CPU: wrangler+workerd ${r.workerdCpu.toFixed(1)} s (${perEvent(r.workerdCpu, r.events)})${r.clickhouseCpu === null ? '' : `, clickhouse-server ${r.clickhouseCpu.toFixed(1)} s (${perEvent(r.clickhouseCpu, r.events)})`}; ${os.cpus().length} CPUs`);
+  }
+  console.log(`  gateway → ClickHouse   ${Math.round(gatewayRate).toLocaleString('en-US')} events/s, default mix  (distinct ids stored ${distinct})`);
   console.log(`  direct JSONEachRow     ${Math.round(directRate).toLocaleString('en-US')} rows/s  (${BATCHES} inserts of ${BATCH_EVENTS} rows, ${CONCURRENCY} in flight, ${directSec.toFixed(2)} s)`);
-  const perEvent = (cpu) => `${((cpu * 1e6) / TOTAL).toFixed(0)} µs/event`;
-  console.log(`  CPU while ingesting    wrangler+workerd ${gatewayCpu.toFixed(1)} s (${perEvent(gatewayCpu)})${gatewayChCpu === null ? '' : `, clickhouse-server ${gatewayChCpu.toFixed(1)} s (${perEvent(gatewayChCpu)})`}; ${os.cpus().length} CPUs`);
   if (directChCpu !== null) console.log(`  CPU of direct insert   clickhouse-server ${directChCpu.toFixed(1)} s (${perEvent(directChCpu)})`);
   console.log(`  ratio                  ${ratio.toFixed(3)}  (target ≥ ${TARGET_RATIO}) ${ratio >= TARGET_RATIO ? 'OK' : 'BELOW TARGET'}`);
-  if (distinct !== TOTAL) throw new Error(`ClickHouse holds ${distinct} distinct events, expected ${TOTAL}`);
+  console.log(`  batch p50, default mix vs one device per batch: ${(mix.p50 / single.p50).toFixed(2)}×`);
+  result('e2e_cpu_us_per_event', perEventUs(mix.workerdCpu));
+  result('e2e_cpu_us_per_event_single', perEventUs(single.workerdCpu, single.events));
+  result('batch_p50_ratio', mix.p50 / single.p50);
+  result('e2e_events_per_s', gatewayRate);
+  floor('e2e_events_per_s', directRate);
+  if (gatewayChCpu !== null && directChCpu !== null && directChCpu > 0) {
+    result('clickhouse_cpu_ratio', gatewayChCpu / directChCpu);
+    floor('clickhouse_cpu_ratio', perEventUs(directChCpu));
+  }
+
+  // The bill: requests and device calls as this run made them; what each device call writes, alarms
+  // and sends, from the same calls on the real object in workerd (the profile), counted per event.
+  const profile = await startDeviceProfile();
+  let calls;
+  try {
+    // A smaller fleet, each device called once after its first call, as in this run's mix.
+    await profile.run({ batches: 4, devicesPerBatch: DEVICES_PER_BATCH, fleet: 4 * DEVICES_PER_BATCH });
+    calls = await profile.run({ batches: 4, devicesPerBatch: DEVICES_PER_BATCH, fleet: 4 * DEVICES_PER_BATCH });
+  } finally {
+    await profile.dispose();
+  }
+  const deviceCallsPerEvent = bodies.reduce((n, b) => n + new Set(JSON.parse(b).events.map((e) => e.payload.properties.__deviceId)).size, 0) / TOTAL;
+  const perCall = (n) => (n / calls.calls) * deviceCallsPerEvent;
+  const queueOps = calls.consumed.opsBytes.reduce((n, b) => n + queueOperationsPerMessage(b), 0);
+  const consumerInvocations = calls.consumed.messages / 100;
+  const perEventCounts = {
+    workersRequests: 1 / BATCH_EVENTS + (consumerInvocations / calls.calls) * deviceCallsPerEvent,
+    workersCpuMs: perEventUs(mix.workerdCpu) / 1000,
+    doRequests: perCall(calls.calls + calls.alarms),
+    doActiveSeconds: perCall((calls.ingestMs + calls.alarmMs - calls.sendMs) / 1000),
+    doRowsWritten: perCall(calls.rowsWritten),
+    queueOperations: perCall(queueOps),
+  };
+  console.log(`  per device call (${(1 / deviceCallsPerEvent).toFixed(0)} events): ${(calls.rowsWritten / calls.calls).toFixed(1)} rows written, ${(calls.statements / calls.calls).toFixed(1)} SQL statements, ${(calls.alarms / calls.calls).toFixed(2)} alarm runs, ${(calls.consumed.messages / calls.calls).toFixed(2)} queue messages`);
+  const cost = printCost(perEventCounts, {
+    measured: 'Workers requests (batches), device calls per event, workerd CPU (route, objects and consumer; all priced as Workers CPU), rows written, alarm runs and queue messages per call (the profiled calls)',
+    estimated: 'consumer invocations (100 messages each); object duration = its own time per call and alarm, queue-send waits left out (local broker)',
+  });
+  result('cost_usd_per_million_events', cost);
+  if (distinct !== TOTAL + single.events) throw new Error(`ClickHouse holds ${distinct} distinct events, expected ${TOTAL + single.events}`);
   if (process.env.BENCH_STRICT === '1' && ratio < TARGET_RATIO) process.exitCode = 1;
 }
 

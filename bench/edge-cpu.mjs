@@ -3,6 +3,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { importBundled, makeBatch } from './lib/batch.mjs';
+import { floor, result } from './lib/results.mjs';
 
 // A full collection before each timed section, so neither pays for the other's garbage.
 setFlagsFromString('--expose-gc');
@@ -100,4 +101,6 @@ console.log(`                               CPU time                      wall t
 console.log(`  validation + normalisation  ${per(cpu.path).toFixed(2)} µs/event (${(median(cpu.path) / 1000).toFixed(2)} ms/batch)   ${per(wall.path).toFixed(2)} µs/event`);
 console.log(`  JSON.parse + JSON.stringify ${per(cpu.floor).toFixed(2)} µs/event (floor)             ${per(wall.floor).toFixed(2)} µs/event`);
 console.log(`  ratio                       ${ratio.toFixed(2)}×  (target ≤ ${TARGET_RATIO}×) ${ratio <= TARGET_RATIO ? 'OK' : 'ABOVE TARGET'}          ${wallRatio.toFixed(2)}×`);
+result('edge_cpu_ratio', ratio);
+floor('edge_cpu_ratio', per(cpu.floor));
 if (process.env.BENCH_STRICT === '1' && ratio > TARGET_RATIO) process.exit(1);

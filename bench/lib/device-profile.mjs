@@ -1,0 +1,333 @@
+// The ingest path per device call, measured on the real DeviceObject inside workerd (Miniflare): the
+// route's work to hand a device its events, and the object's statements, rows written, transactions,
+// alarms and queue messages, with the time of each stage. No ClickHouse: the bench consumer only counts.
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ROOT } from './batch.mjs';
+
+const entry = `
+import { DeviceObject } from './durable-objects/device-object';
+import { toDeviceEvent } from './src/ingest/accept';
+import { packDeviceEvents } from './src/device/packed';
+import { normalizeEvent } from './src/ingest/normalize';
+import { mapPool } from './src/lib/pool';
+
+type Stage = { ms: number; statements: number; rowsWritten: number; calls: number };
+function newTally() {
+  return { calls: 0, events: 0, alarms: 0, transactions: 0, alarmSets: 0, alarmGets: 0, statements: 0, rowsWritten: 0, rowsRead: 0,
+    ingestMs: 0, alarmMs: 0, sendMs: 0, sendBatches: 0, constructed: 0, stages: {} as Record<string, Stage> };
+}
+
+// One tally for every object of the isolate (an idle object may be evicted; its counts must stay).
+let TALLY = newTally();
+
+export class ProfiledDevice extends DeviceObject {
+  private get tally() {
+    return TALLY;
+  }
+  private stage: Stage | null = null;
+
+  constructor(ctx: DurableObjectState, env: any) {
+    super(ctx, env);
+    const self = this;
+    self.tally.constructed++;
+    // Time spent waiting on the local queue broker is the machine's, not the object's work.
+    // Wrapped once: every object of the isolate shares this env.
+    const queue = env.INGEST_QUEUE;
+    if (!queue.profiled) env.INGEST_QUEUE = {
+      profiled: true,
+      send: (...a: unknown[]) => queue.send(...a),
+      sendBatch: async (...a: unknown[]) => {
+        const t = performance.now();
+        try {
+          return await queue.sendBatch(...a);
+        } finally {
+          self.tally.sendMs += performance.now() - t;
+          self.tally.sendBatches++;
+        }
+      },
+    };
+    const sql: any = ctx.storage.sql;
+    const exec = sql.exec.bind(sql);
+    sql.exec = (query: string, ...args: unknown[]) => {
+      const cursor = exec(query, ...args);
+      self.tally.statements++;
+      if (self.stage) self.stage.statements++;
+      // Counted once the statement ran: INSERT/UPDATE/DELETE run on exec, SELECTs as they are read.
+      queueMicrotask(() => {
+        self.tally.rowsWritten += cursor.rowsWritten;
+        self.tally.rowsRead += cursor.rowsRead;
+      });
+      if (self.stage) {
+        const st = self.stage;
+        queueMicrotask(() => (st.rowsWritten += cursor.rowsWritten));
+      }
+      return cursor;
+    };
+    const storage: any = ctx.storage;
+    const tx = storage.transactionSync.bind(storage);
+    storage.transactionSync = (fn: () => unknown) => {
+      self.tally.transactions++;
+      return tx(fn);
+    };
+    const setAlarm = storage.setAlarm.bind(storage);
+    storage.setAlarm = (...a: unknown[]) => {
+      self.tally.alarmSets++;
+      return setAlarm(...a);
+    };
+    const getAlarm = storage.getAlarm.bind(storage);
+    storage.getAlarm = (...a: unknown[]) => {
+      self.tally.alarmGets++;
+      return getAlarm(...a);
+    };
+    const stores: any = (this as any).stores;
+    const wrap = (obj: any, method: string, name: string) => {
+      const fn = obj[method].bind(obj);
+      obj[method] = (...a: unknown[]) => {
+        const outer = self.stage;
+        const st = (self.tally.stages[name] ??= { ms: 0, statements: 0, rowsWritten: 0, calls: 0 });
+        self.stage = st;
+        st.calls++;
+        const t = performance.now();
+        const done = () => {
+          st.ms += performance.now() - t;
+          self.stage = outer;
+        };
+        try {
+          const r = fn(...a);
+          if (r && typeof r.then === 'function') return r.finally(done);
+          done();
+          return r;
+        } catch (err) {
+          done();
+          throw err;
+        }
+      };
+    };
+    wrap(this, 'hasSchema', 'schema check');
+    wrap(stores.live, 'identify', 'identity + gap (meta)');
+    wrap(stores.dedup, 'lookup', 'dedup lookup');
+    wrap(stores.sessions, 'assign', 'sessions assign');
+    wrap(stores.outbox, 'enqueueSessions', 'outbox: session rows');
+    wrap(stores.dedup, 'record', 'dedup record');
+    wrap(stores.outbox, 'appendEvents', 'outbox: event chunk');
+    wrap(stores.live, 'record', 'live state (meta)');
+    wrap(stores.sessions, 'at', 'duplicates\\' sessions');
+    wrap(this, 'scheduleAlarm', 'alarm scheduling');
+    wrap(this, 'endAndPrune', 'alarm: end idle + prune');
+    wrap(stores.outbox, 'flush', 'alarm: flush to queue');
+  }
+
+  override async ingest(input: any) {
+    const t = performance.now();
+    try {
+      return await super.ingest(input);
+    } finally {
+      this.tally.ingestMs += performance.now() - t;
+      this.tally.calls++;
+      this.tally.events += Array.isArray(input.events) ? input.events.length : input.events.rp.length;
+    }
+  }
+
+  override async alarm() {
+    const t = performance.now();
+    try {
+      return await super.alarm();
+    } finally {
+      this.tally.alarmMs += performance.now() - t;
+      this.tally.alarms++;
+    }
+  }
+
+}
+
+const consumed = { messages: 0, bytes: 0, entries: 0, sessions: 0, batches: 0, opsBytes: [] as number[] };
+const route = { calls: 0, events: 0, normalizeMs: 0, rowMs: 0, packMs: 0, rpcMs: 0 };
+
+function rawBatch(b: number, count: number, devicesPerBatch: number, fleet: number, nowMs: number) {
+  const first = (b * devicesPerBatch) % fleet;
+  const events = [];
+  for (let i = 0; i < count; i++) {
+    const properties: Record<string, unknown> = {
+      __deviceId: 'fleet-' + ((first + (i % devicesPerBatch)) % fleet),
+      __timestamp: new Date(nowMs - 3_600_000 + Math.floor((i / count) * 3_500_000)).toISOString(),
+      lat: 48.85 + ((i * 7919) % 1000) / 1e4, lon: 2.35 + ((i * 104729) % 1000) / 1e4, speedKmh: (i * 37) % 1300 / 10, battery: i % 100,
+    };
+    if (i % 2 === 0) properties.__eventId = 'e' + b + '-' + i;
+    events.push({ type: 'track', payload: { name: i % 10 === 0 ? 'trip_point_ext' : 'trip_point', properties } });
+  }
+  return events;
+}
+
+export default {
+  async fetch(request: Request, env: any) {
+    const url = new URL(request.url);
+    const q = (k: string) => Number(url.searchParams.get(k));
+    if (url.pathname === '/run') {
+      const nowMs = Date.now();
+      const ctx = { receivedAtMs: nowMs, sentAtMs: nowMs, ip: '203.0.113.7', userAgent: 'bench', geo: { country: 'FR', region: 'IDF', city: 'Paris', timezone: 'Europe/Paris', latitude: 48.85, longitude: 2.35 } };
+      const projectId = 'bench-project';
+      for (let b = 0; b < q('batches'); b++) {
+        const raws = rawBatch(q('offset') + b, q('events'), q('devicesPerBatch'), q('fleet'), nowMs);
+        let t = performance.now();
+        const valid = raws.map((raw, i) => {
+          const r = normalizeEvent(raw, ctx, i);
+          if (!r.ok) throw new Error(r.rejection.error);
+          return r.event;
+        });
+        route.normalizeMs += performance.now() - t;
+        t = performance.now();
+        const byDevice = new Map<string, any[]>();
+        for (const e of valid) {
+          let list = byDevice.get(e.deviceId!);
+          if (!list) byDevice.set(e.deviceId!, (list = []));
+          list.push(toDeviceEvent(projectId, e.deviceId!, e));
+        }
+        route.rowMs += performance.now() - t;
+        t = performance.now();
+        const calls = [...byDevice].map(([deviceId, list]) => ({ deviceId, packed: packDeviceEvents(list) }));
+        route.packMs += performance.now() - t;
+        t = performance.now();
+        await mapPool(calls, 16, async ({ deviceId, packed }) => {
+          const stub = env.DEVICE.get(env.DEVICE.idFromName(projectId + ':' + deviceId));
+          for (const events of packed) {
+            const res = await stub.ingest({ projectId, deviceId, gapMs: 30 * 60 * 1000, events });
+            if (res.results.length !== events.rp.length) throw new Error('short result');
+            route.calls++;
+          }
+        });
+        route.rpcMs += performance.now() - t;
+        route.events += raws.length;
+      }
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === '/take') {
+      // Waits until every event reached the queue consumer, then collects the objects' tallies.
+      const want = q('events');
+      for (let i = 0; consumed.entries < want; i++) {
+        if (i > 6000) throw new Error('events never reached the queue: ' + consumed.entries + ' of ' + want);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      const out = { route: { ...route }, consumed: { ...consumed }, tallies: [TALLY] };
+      TALLY = newTally();
+      Object.assign(route, { calls: 0, events: 0, normalizeMs: 0, rowMs: 0, packMs: 0, rpcMs: 0 });
+      Object.assign(consumed, { messages: 0, bytes: 0, entries: 0, sessions: 0, batches: 0, opsBytes: [] });
+      return Response.json(out);
+    }
+    return new Response('not found', { status: 404 });
+  },
+  async queue(batch: any) {
+    consumed.batches++;
+    for (const m of batch.messages) {
+      const text = typeof m.body === 'string' ? m.body : JSON.stringify(m.body);
+      const bytes = new TextEncoder().encode(text).byteLength;
+      consumed.messages++;
+      consumed.bytes += bytes;
+      consumed.opsBytes.push(bytes);
+      const body = JSON.parse(text);
+      consumed.entries += (body.entries?.length ?? 0) + (body.chunk ? JSON.parse(body.chunk).length : 0) + body.events.length;
+      consumed.sessions += body.sessions.length;
+    }
+    batch.ackAll();
+  },
+};
+`;
+
+/** CPU seconds (user + system) of this process's children: the workerd that Miniflare runs (Linux). */
+function childrenCpuSeconds() {
+  let ticks = 0;
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[1]) === process.pid) ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100;
+}
+
+/** Starts the profiled worker; `run(shape)` drives batches through it and answers the tallies. */
+export async function startDeviceProfile() {
+  const esbuild = await import(pathToFileURL(join(ROOT, 'node_modules', 'esbuild', 'lib', 'main.js')).href);
+  const built = await esbuild.build({
+    stdin: { contents: entry, loader: 'ts', resolveDir: ROOT, sourcefile: 'bench-profile-worker.ts' },
+    bundle: true,
+    format: 'esm',
+    platform: 'neutral',
+    target: 'es2022',
+    external: ['cloudflare:*', 'node:*'],
+    write: false,
+    logLevel: 'error',
+  });
+  const wranglerMiniflare = join(ROOT, 'node_modules', 'wrangler', 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
+  const miniflarePath = existsSync(wranglerMiniflare) ? wranglerMiniflare : join(ROOT, 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
+  const { Miniflare, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
+  const options = {
+    workers: [
+      {
+        name: 'bench-profile',
+        modules: true,
+        script: built.outputFiles[0].text,
+        compatibilityDate: '2026-04-20',
+        compatibilityFlags: ['nodejs_compat'],
+        durableObjects: { DEVICE: { className: 'ProfiledDevice', useSQLite: true } },
+        queueProducers: { INGEST_QUEUE: { queueName: 'bench-ingest' } },
+        queueConsumers: { 'bench-ingest': { maxBatchSize: 100, maxBatchTimeout: 1 } },
+        bindings: { CLICKHOUSE_URL: 'http://127.0.0.1:9' },
+      },
+    ],
+  };
+  const mf = new Miniflare(convertV4MiniflareOptions ? convertV4MiniflareOptions(options) : options);
+  let offset = 0;
+  return {
+    /** Runs `batches` batches of `events` over `devicesPerBatch` of `fleet` devices; answers per-call figures. */
+    async run({ batches, events = 2000, devicesPerBatch, fleet }) {
+      const get = async (path) => {
+        const res = await mf.dispatchFetch(`http://bench${path}`);
+        if (!res.ok) throw new Error(`${path}: ${res.status} ${(await res.text()).slice(0, 300)}`);
+        return res.json();
+      };
+      const cpu = childrenCpuSeconds();
+      await get(`/run?batches=${batches}&events=${events}&devicesPerBatch=${devicesPerBatch}&fleet=${fleet}&offset=${offset}`);
+      offset += batches;
+      const taken = await get(`/take?events=${batches * events}&fleet=${fleet}`);
+      return { ...summarize(taken), workerdCpuSec: childrenCpuSeconds() - cpu };
+    },
+    dispose: () => mf.dispose(),
+  };
+}
+
+function summarize({ route, consumed, tallies }) {
+  const sum = (k) => tallies.reduce((n, t) => n + t[k], 0);
+  const calls = sum('calls');
+  const stages = {};
+  for (const t of tallies) {
+    for (const [name, s] of Object.entries(t.stages)) {
+      const into = (stages[name] ??= { ms: 0, statements: 0, rowsWritten: 0, calls: 0 });
+      for (const k of Object.keys(into)) into[k] += s[k];
+    }
+  }
+  return {
+    calls,
+    events: sum('events'),
+    alarms: sum('alarms'),
+    transactions: sum('transactions'),
+    alarmSets: sum('alarmSets'),
+    alarmGets: sum('alarmGets'),
+    statements: sum('statements'),
+    rowsWritten: sum('rowsWritten'),
+    rowsRead: sum('rowsRead'),
+    ingestMs: sum('ingestMs'),
+    sendMs: sum('sendMs'),
+    sendBatches: sum('sendBatches'),
+    constructed: sum('constructed'),
+    alarmMs: sum('alarmMs'),
+    stages,
+    route,
+    consumed,
+  };
+}
