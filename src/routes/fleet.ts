@@ -55,16 +55,16 @@ async function selectVehicles(env: Env, projectId: string, q: { deviceId?: strin
   return [...byId.values()].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
 }
 
-const LiveQuery = z.object({
+export const LiveQuery = z.object({
   group: Group.optional().describe("only the registry's vehicles of this group"),
   status: z.enum(LIVE_STATUSES).optional().describe('only vehicles in this status'),
 });
-const TrackQuery = z.object({
+export const TrackQuery = z.object({
   since: Instant.optional().describe('default: one day before `until`; at most 31 days before it'),
   until: Instant.optional().describe('default: now plus one minute'),
   simplify: z.coerce.number().min(0).max(100_000).optional().describe('Douglas–Peucker tolerance in metres; the endpoints are kept'),
 });
-const TripsQuery = z.object({
+export const TripsQuery = z.object({
   deviceId: DeviceId.optional().describe('one vehicle; without it and `group`, every vehicle of the project (at most 92 days then)'),
   group: Group.optional().describe("the registry's vehicles of this group"),
   since: Instant.optional().describe('default: 7 days before `until`'),
@@ -88,11 +88,11 @@ const RecomputeBody = z.strictObject({
 const Iso = z.iso.datetime();
 const LatLon = z.object({ lat: z.number(), lon: z.number() });
 
-const LiveVehicles = z.object({
+export const LiveVehicles = z.object({
   vehicles: z.array(VehicleView.pick({ deviceId: true, name: true, plate: true, group: true }).extend(LiveView.shape)).describe('vehicles with an accepted fix'),
 });
 
-const TrackFeature = z
+export const TrackFeature = z
   .object({
     type: z.literal('Feature'),
     geometry: z.object({ type: z.literal('LineString'), coordinates: z.array(z.tuple([z.number(), z.number()])).describe('[lon, lat] of each accepted fix, in event-time order') }),
@@ -100,7 +100,7 @@ const TrackFeature = z
   })
   .openapi('Track');
 
-const TripView = z
+export const TripView = z
   .object({
     deviceId: z.string(),
     startAt: Iso.describe('time of the first moving fix'),
@@ -123,6 +123,60 @@ const MileageDay = z
     trips: z.number().int().describe('trips that started that day'),
   })
   .openapi('MileageDay');
+
+/** The newest accepted fix of each vehicle (of a group, of a status): GET /v1/fleet/live's answer. */
+export async function readFleetLive(env: Env, projectId: string, q: z.infer<typeof LiveQuery>): Promise<z.infer<typeof LiveVehicles>> {
+  const vehicles = await selectVehicles(env, projectId, q);
+  const live = await readLive(clickhouse(getConfig(env).clickhouse), projectId, vehicles.map((v) => v.deviceId));
+  const now = Date.now();
+  const out: z.infer<typeof LiveVehicles>['vehicles'] = [];
+  for (const v of vehicles) {
+    const l = live.get(v.deviceId);
+    if (!l) continue;
+    const view = liveView(l, now, fleetReadRules(env));
+    if (q.status !== undefined && view.status !== q.status) continue;
+    out.push({ deviceId: v.deviceId, name: v.name, plate: v.plate, group: v.group, ...view });
+  }
+  return { vehicles: out };
+}
+
+/** A vehicle's accepted fixes in the window as a GeoJSON LineString: GET /v1/devices/:deviceId/track's answer. */
+export async function readVehicleTrack(env: Env, projectId: string, deviceId: string, q: z.infer<typeof TrackQuery>): Promise<z.infer<typeof TrackFeature>> {
+  const { sinceMs, untilMs } = window(q, DAY_MS, MAX_TRACK_WINDOW_MS);
+  const ch = clickhouse(getConfig(env).clickhouse);
+  // Whole stretches: whether a fix is accepted depends on the fixes before it in its stretch.
+  const read = planTrackRead(await stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), sinceMs, untilMs);
+  const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), fleetReadRules(env)).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
+  const points = q.simplify !== undefined ? simplifyTrack(accepted, q.simplify) : accepted;
+  return {
+    type: 'Feature',
+    geometry: { type: 'LineString', coordinates: points.map((f): [number, number] => [f.lon, f.lat]) },
+    properties: { deviceId, times: points.map((f) => iso(f.atMs)) },
+  };
+}
+
+/** The trips overlapping the window (of one device, a group, or the project): GET /v1/trips's answer. */
+export async function readTrips(env: Env, projectId: string, q: z.infer<typeof TripsQuery>): Promise<{ trips: z.infer<typeof TripView>[] }> {
+  const { sinceMs, untilMs } = window(q, 7 * DAY_MS, q.deviceId !== undefined ? 3700 * DAY_MS : MAX_PROJECT_WINDOW_MS);
+  const vehicles = await selectVehicles(env, projectId, q);
+  const trips = await tripsOverlapping(clickhouse(getConfig(env).clickhouse), projectId, vehicles.map((v) => v.deviceId), sinceMs, untilMs);
+  return {
+    trips: trips.map((t) => {
+      const durationMs = t.endAt - t.startAt;
+      return {
+        deviceId: t.deviceId,
+        startAt: iso(t.startAt),
+        endAt: iso(t.endAt),
+        durationMs,
+        distanceM: t.distanceM,
+        maxSpeedKmh: t.maxSpeedKmh,
+        avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
+        start: t.start,
+        end: t.end,
+      };
+    }),
+  };
+}
 
 const StartedJob = z.object({ id: z.string().describe('the job id'), state: z.string().describe('`enqueued`') });
 
@@ -207,64 +261,9 @@ function daysOr400(from: string, to: string): void {
 }
 
 export const fleetRoute = router()
-  .openapi(fleetLive, async (c) => {
-    const q = c.req.valid('query');
-    const projectId = c.get('project').projectId;
-    const vehicles = await selectVehicles(c.env, projectId, q);
-    const live = await readLive(clickhouse(getConfig(c.env).clickhouse), projectId, vehicles.map((v) => v.deviceId));
-    const now = Date.now();
-    const out = [];
-    for (const v of vehicles) {
-      const l = live.get(v.deviceId);
-      if (!l) continue;
-      const view = liveView(l, now, fleetReadRules(c.env));
-      if (q.status !== undefined && view.status !== q.status) continue;
-      out.push({ deviceId: v.deviceId, name: v.name, plate: v.plate, group: v.group, ...view });
-    }
-    return c.json({ vehicles: out }, 200);
-  })
-  .openapi(deviceTrack, async (c) => {
-    const { deviceId } = c.req.valid('param');
-    const q = c.req.valid('query');
-    const { sinceMs, untilMs } = window(q, DAY_MS, MAX_TRACK_WINDOW_MS);
-    const projectId = c.get('project').projectId;
-    const ch = clickhouse(getConfig(c.env).clickhouse);
-    // Whole stretches: whether a fix is accepted depends on the fixes before it in its stretch.
-    const read = planTrackRead(await stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), sinceMs, untilMs);
-    const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), fleetReadRules(c.env)).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
-    const points = q.simplify !== undefined ? simplifyTrack(accepted, q.simplify) : accepted;
-    return c.json(
-      {
-        type: 'Feature' as const,
-        geometry: { type: 'LineString' as const, coordinates: points.map((f): [number, number] => [f.lon, f.lat]) },
-        properties: { deviceId, times: points.map((f) => iso(f.atMs)) },
-      },
-      200,
-    );
-  })
-  .openapi(trips, async (c) => {
-    const q = c.req.valid('query');
-    const { sinceMs, untilMs } = window(q, 7 * DAY_MS, q.deviceId !== undefined ? 3700 * DAY_MS : MAX_PROJECT_WINDOW_MS);
-    const projectId = c.get('project').projectId;
-    const vehicles = await selectVehicles(c.env, projectId, q);
-    const trips = await tripsOverlapping(clickhouse(getConfig(c.env).clickhouse), projectId, vehicles.map((v) => v.deviceId), sinceMs, untilMs);
-    return c.json({
-      trips: trips.map((t) => {
-        const durationMs = t.endAt - t.startAt;
-        return {
-          deviceId: t.deviceId,
-          startAt: iso(t.startAt),
-          endAt: iso(t.endAt),
-          durationMs,
-          distanceM: t.distanceM,
-          maxSpeedKmh: t.maxSpeedKmh,
-          avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
-          start: t.start,
-          end: t.end,
-        };
-      }),
-    }, 200);
-  })
+  .openapi(fleetLive, async (c) => c.json(await readFleetLive(c.env, c.get('project').projectId, c.req.valid('query')), 200))
+  .openapi(deviceTrack, async (c) => c.json(await readVehicleTrack(c.env, c.get('project').projectId, c.req.valid('param').deviceId, c.req.valid('query')), 200))
+  .openapi(trips, async (c) => c.json(await readTrips(c.env, c.get('project').projectId, c.req.valid('query')), 200))
   .openapi(mileage, async (c) => {
     const q = c.req.valid('query');
     daysOr400(q.from, q.to);
