@@ -11,11 +11,12 @@ import {
   localMidnights,
   mileageBuckets,
   type MileageDay,
+  type MileageTrip,
 } from '../src/fleet/mileage';
 import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
 import { DEFAULT_FLEET_RULES, resolveFleetRules, type FleetRules } from '../src/fleet/rules';
 import { advanceLive, liveFromAccepted, liveStatus, newerFix, type LivePosition } from '../src/fleet/status';
-import { analyse, canonicalFixes, type Trip } from '../src/fleet/trips';
+import { analyse, canonicalFixes, resumeAnalysis, type Analysis, type AnalysisState, type Trip } from '../src/fleet/trips';
 import { ACCEL, FixLog, HOME, HOUR, MIN, RAD, destination, jitter, makeRoute, movePhase, phaseState, pointAlong, prng, shuffledWithDuplicates, type Phase, type Rng, type Route, type SyntheticDay } from './fleet-fixtures';
 
 const RULES: FleetRules = { ...DEFAULT_FLEET_RULES };
@@ -134,7 +135,7 @@ describe('canonical order and dedup', () => {
   });
 
   it('gives an empty analysis for no fixes', () => {
-    expect(analyse([], RULES)).toEqual({ accepted: [], trips: [], droppedTrips: 0, ignored: { invalid: 0, samePosition: 0, accuracy: 0, outlier: 0 }, stretches: [] });
+    expect(analyse([], RULES)).toEqual({ accepted: [], trips: [], droppedTrips: 0, ignored: { invalid: 0, samePosition: 0, accuracy: 0, outlier: 0 }, stretches: [], live: null, resume: null });
   });
 
   it('counts invalid fixes and leaves them out', () => {
@@ -291,24 +292,45 @@ describe('trip ends', () => {
 });
 
 describe('mileage per local calendar day', () => {
-  /** A drive at constant speed through [fromMs, toMs], analysed into trips. */
-  function driveThrough(fromMs: number, toMs: number): Trip[] {
+  /** The fixes of a drive at constant speed through [fromMs, toMs], then parked. */
+  function driveFixes(fromMs: number, toMs: number): Fix[] {
     const log = new FixLog(prng(11));
     const count = (toMs - fromMs) / 10_000 + 1;
     const p = straightDrive(log, { lat: 35.68, lon: 139.76 }, fromMs, count, 60, 10);
     log.park(p, toMs + 10_000, toMs + 30 * MIN);
-    return analyse(log.fixes, RULES).trips;
+    return log.fixes;
+  }
+
+  /** A drive at constant speed through [fromMs, toMs], analysed into trips. */
+  function driveThrough(fromMs: number, toMs: number): Trip[] {
+    return analyse(driveFixes(fromMs, toMs), RULES).trips;
+  }
+
+  /**
+   * The drive's trip as mileage sees it with its steps, from the fixes: a counted step between
+   * consecutive moving fixes, then a still one to the first parked fix, where it stopped.
+   */
+  function driveSegments(fromMs: number, toMs: number): MileageTrip {
+    const moving = driveFixes(fromMs, toMs).filter((f) => f.atMs <= toMs);
+    const segments = moving.slice(1).map((f, k) => ({ startMs: moving[k]!.atMs, endMs: f.atMs, distanceM: haversineM(moving[k]!, f) }));
+    segments.push({ startMs: toMs, endMs: toMs + 10_000, distanceM: 0 });
+    return { startAt: fromMs, endAt: toMs + 10_000, distanceM: segments.reduce((sum, x) => sum + x.distanceM, 0), segments };
   }
 
   it('splits a drive across local midnight in Asia/Tokyo at that midnight, and not in UTC', () => {
     // 14:40–15:20 UTC is 23:40–00:20 in Tokyo (UTC+9).
-    const trips = driveThrough(Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20));
+    const drive = [Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20)] as const;
+    const trips = driveThrough(...drive);
     expect(trips).toHaveLength(1);
     const trip = trips[0]!;
     const midnight = Date.UTC(2024, 5, 15, 15, 0);
     expect(localMidnights('Asia/Tokyo', '2024-06-16', '2024-06-16')[0]!.startMs).toBe(midnight);
 
-    const before = trip.segments.reduce((s, seg) => s + seg.distanceM * Math.max(0, Math.min(1, (midnight - seg.startMs) / (seg.endMs - seg.startMs))), 0);
+    // Every step before midnight counts to the 15th: the steps between fixes up to it, from the fixes themselves.
+    const steps = driveSegments(...drive).segments!;
+    expect([trip.startAt, trip.endAt]).toEqual([steps[0]!.startMs, steps.at(-1)!.endMs]);
+    const before = steps.reduce((s, seg) => s + seg.distanceM * Math.max(0, Math.min(1, (midnight - seg.startMs) / (seg.endMs - seg.startMs))), 0);
+    expect(trip.distanceM).toBeCloseTo(steps.reduce((s, seg) => s + seg.distanceM, 0), 6);
     const tokyo = dailyMileage(trips, 'Asia/Tokyo', '2024-06-15', '2024-06-17');
     expect(tokyo.map((d) => d.date)).toEqual(['2024-06-15', '2024-06-16', '2024-06-17']);
     expect(tokyo[0]!.distanceM).toBeCloseTo(before, 6);
@@ -344,14 +366,25 @@ describe('mileage per local calendar day', () => {
     expect(localMidnights('America/Santiago', '2024-09-08', '2024-09-08')[0]!.startMs).toBe(Date.UTC(2024, 8, 8, 4));
   });
 
-  it('gives the same days from 15-minute buckets as from the trips, in any zone', () => {
-    const trips = [...driveThrough(Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20)), ...driveThrough(Date.UTC(2024, 5, 16, 18, 7), Date.UTC(2024, 5, 16, 18, 52))];
-    const buckets = mileageBuckets(trips);
+  it('gives the same days from 15-minute buckets as from the steps of the trips, in any zone', () => {
+    const drives: Array<[number, number]> = [
+      [Date.UTC(2024, 5, 15, 14, 40), Date.UTC(2024, 5, 15, 15, 20)],
+      [Date.UTC(2024, 5, 16, 18, 7), Date.UTC(2024, 5, 16, 18, 52)],
+    ];
+    const steps = drives.map(([from, to]) => driveSegments(from, to));
+    const analysed = drives.flatMap(([from, to]) => driveThrough(from, to));
+    // An analysed trip carries the buckets of its steps.
+    analysed.forEach((trip, k) => {
+      const expected = mileageBuckets([steps[k]!]);
+      expect(trip.buckets.map((b) => [b.startMs, b.movingMs, b.tripStarts])).toEqual(expected.map((b) => [b.startMs, b.movingMs, b.tripStarts]));
+      trip.buckets.forEach((b, j) => expect(b.distanceM).toBeCloseTo(expected[j]!.distanceM, 6));
+    });
+    const buckets = mileageBuckets(steps);
+    const round = (days: MileageDay[]) => days.map((d) => ({ ...d, distanceM: Math.round(d.distanceM * 1e6) / 1e6 }));
     for (const tz of ['Asia/Tokyo', 'America/New_York', 'Asia/Kathmandu', 'UTC']) {
-      const fromTrips = dailyMileage(trips, tz, '2024-06-14', '2024-06-17');
-      const fromBuckets = dailyMileage(buckets, tz, '2024-06-14', '2024-06-17');
-      const round = (days: MileageDay[]) => days.map((d) => ({ ...d, distanceM: Math.round(d.distanceM * 1e6) / 1e6 }));
-      expect(round(fromBuckets), tz).toEqual(round(fromTrips));
+      const fromSteps = dailyMileage(steps, tz, '2024-06-14', '2024-06-17');
+      expect(round(dailyMileage(buckets, tz, '2024-06-14', '2024-06-17')), tz).toEqual(round(fromSteps));
+      expect(round(dailyMileage(analysed, tz, '2024-06-14', '2024-06-17')), tz).toEqual(round(fromSteps));
     }
   });
 
@@ -453,10 +486,13 @@ async function replay(batches: Fix[][], rules: FleetRules, rng: Rng, check: 'eac
       const full = analyse([...store.values()], rules);
       expect(history.trips).toEqual(full.trips);
       expect(history.stretches).toEqual(full.stretches);
+      expect(history.resume?.state ?? null).toEqual(full.resume);
     }
   }
   const full = analyse([...store.values()], rules);
-  expect(history).toEqual({ stretches: full.stretches, trips: full.trips });
+  expect(history).toEqual({ stretches: full.stretches, trips: full.trips, resume: history.resume });
+  // Where the last stretch's analysis stands is where a full analysis of every fix ends.
+  expect(history.resume?.state ?? null).toEqual(full.resume);
   return { fixesRead, reads, total: store.size, trips: full.trips.length };
 }
 
@@ -516,7 +552,7 @@ describe('incremental recompute', () => {
     expect(r.range!.fromMs).toBe(before.stretches.find((s) => s.startMs <= tripB.startAt && s.endMs >= tripB.startAt)!.startMs);
     expect(r.range!.toMs).toBeLessThan(DAY + 12 * HOUR);
     const after = analyse(store, RULES);
-    expect(r.history).toEqual({ stretches: after.stretches, trips: after.trips });
+    expect({ stretches: r.history.stretches, trips: r.history.trips }).toEqual({ stretches: after.stretches, trips: after.trips });
 
     // Two drives with an 8-minute stop between (stopped from t0 + 1 min); late fixes show the
     // vehicle crept on until t0 + 4.5 min, so the stop lasted under stopS: the trips merge and the
@@ -535,7 +571,7 @@ describe('incremental recompute', () => {
     expect(merged.reads).toBe(2);
     const truth = analyse(all, RULES);
     expect(truth.trips).toHaveLength(1);
-    expect(merged.history).toEqual({ stretches: truth.stretches, trips: truth.trips });
+    expect({ stretches: merged.history.stretches, trips: merged.history.trips }).toEqual({ stretches: truth.stretches, trips: truth.trips });
   });
 
   it('plans a track read over whole stretches', () => {
@@ -546,6 +582,114 @@ describe('incremental recompute', () => {
     expect(read.fromMs).toBeLessThanOrEqual(since);
     expect(read.toMs).toBeGreaterThanOrEqual(until);
     expect(full.stretches.some((s) => s.startMs === read.fromMs)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Continuing an analysis: in-order batches read and analyse only their own fixes
+
+/** The part of a full analysis a continuation from `state` (cut after `cutMs`) answers for. */
+function fromState(full: Analysis, state: AnalysisState, cutMs: number) {
+  return {
+    stretches: full.stretches.filter((s) => s.startMs >= state.recordStartMs),
+    trips: full.trips.filter((t) => t.startAt >= state.recordStartMs),
+    accepted: full.accepted.filter((f) => f.atMs > cutMs),
+    live: full.live,
+    resume: full.resume,
+  };
+}
+
+/** A state as it comes back from storage. */
+const stored = (state: AnalysisState): AnalysisState => JSON.parse(JSON.stringify(state));
+
+describe('continuing an analysis', () => {
+  const day = syntheticDay(20240615);
+  const full = analyse(day.fixes, RULES);
+  const times = [...new Set(day.fixes.map((f) => f.atMs))].sort((a, b) => a - b);
+
+  it('gives from any point of a synthetic day exactly what analysing every fix gives', () => {
+    // Every 20th time, every time a trip starts or ends or the ignition goes off, and the fixes
+    // around the teleports: parked jitter, inside trips, at stops and right after an ignition-off.
+    const cuts = new Set(times.filter((_, k) => k % 20 === 0));
+    for (const t of full.trips) for (const at of [t.startAt, t.endAt]) for (const d of [-5000, 0, 5000]) cuts.add(at + d);
+    for (const f of day.fixes) if (f.ignition === false || f.accuracyM === 6 || f.accuracyM === 5) cuts.add(f.atMs);
+    let continued = 0;
+    for (const cutMs of cuts) {
+      const before = analyse(day.fixes.filter((f) => f.atMs <= cutMs), RULES);
+      if (!before.resume) continue;
+      continued++;
+      const state = stored(before.resume);
+      const rest = resumeAnalysis(state, shuffledWithDuplicates(day.fixes.filter((f) => f.atMs > cutMs), cutMs), RULES);
+      const { stretches, trips, accepted, live, resume } = rest;
+      expect({ stretches, trips, accepted, live, resume }, `cut at ${new Date(cutMs).toISOString()}`).toEqual(fromState(full, state, cutMs));
+      // The state given is left as it was.
+      expect(state).toEqual(stored(before.resume));
+    }
+    expect(continued).toBeGreaterThan(cuts.size * 0.95);
+    // The ignition-off fix ends trip C; a continuation right after it still reports that trip.
+    const off = full.trips[2]!.endAt;
+    const afterOff = resumeAnalysis(stored(analyse(day.fixes.filter((f) => f.atMs <= off), RULES).resume!), day.fixes.filter((f) => f.atMs > off), RULES);
+    expect(afterOff.trips[0]).toEqual(full.trips[2]);
+  });
+
+  it('refuses fixes that are not later than the state', () => {
+    const state = analyse(day.fixes.filter((f) => f.atMs <= DAY + 8 * HOUR), RULES).resume!;
+    const at = { id: 'zz', atMs: state.lastMs, ...HOME };
+    expect(() => resumeAnalysis(state, [at], RULES)).toThrow(RangeError);
+  });
+
+  it('replays a live device batch by batch reading only each batch, and re-reads the stretch for a late fix inside it', async () => {
+    const inOrder = [...day.fixes].sort((a, b) => a.atMs - b.atMs);
+    const store = new Map<string, Fix>();
+    let history: FleetHistory = EMPTY_HISTORY;
+    const read = (fromMs: number, toMs: number) => [...store.values()].filter((f) => f.atMs >= fromMs && f.atMs <= toMs);
+    const deliver = async (batch: Fix[]) => {
+      for (const f of batch) store.set(f.id, f);
+      let fixesRead = 0;
+      const r = await recomputeHistory(history, batch, (fromMs, toMs) => {
+        const w = read(fromMs, toMs);
+        fixesRead += w.length;
+        return w;
+      }, RULES);
+      history = r.history;
+      const truth = analyse([...store.values()], RULES);
+      expect({ stretches: history.stretches, trips: history.trips, resume: history.resume?.state ?? null }).toEqual({ stretches: truth.stretches, trips: truth.trips, resume: truth.resume });
+      return { range: r.range!, fixesRead };
+    };
+
+    // In order, ten fixes a batch, up to the middle of trip B (09:30–09:41 UTC).
+    const midB = DAY + 9.5 * HOUR + 5 * MIN;
+    let continued = 0;
+    let batches = 0;
+    for (let i = 0; i < inOrder.length && inOrder[i]!.atMs < midB; i += 10) {
+      const batch = inOrder.slice(i, i + 10).filter((f) => f.atMs < midB);
+      const { range, fixesRead } = await deliver(batch);
+      batches++;
+      if (range.resume) {
+        continued++;
+        expect(fixesRead).toBe(batch.length);
+      }
+    }
+    // Only a stretch's second fix (its first may still prove an outlier) needs its stretch re-read.
+    expect(continued).toBeGreaterThan(batches * 0.95);
+
+    // A late fix inside the open stretch, two minutes back in trip B (before what its state has
+    // seen): the stretch is re-read from its start, and the state it ends in is kept again.
+    const open = history.stretches.at(-1)!;
+    const near = inOrder.filter((f) => f.atMs < midB - 2 * MIN).at(-1)!;
+    expect(near.atMs).toBeGreaterThan(open.startMs);
+    const late: Fix = { id: 'late-in-stretch', atMs: near.atMs + 1500, ...destination(near, 90, 12), speedKmh: 45 };
+    const lateRange = (await deliver([late])).range;
+    expect(lateRange.resume).toBeUndefined();
+    expect(lateRange.fromMs).toBe(open.startMs);
+    expect(history.resume!.throughMs).toBeGreaterThanOrEqual(inOrder.filter((f) => f.atMs < midB).at(-1)!.atMs);
+
+    // Then in order again, to the end of the day: continued from the refreshed state.
+    const rest = inOrder.filter((f) => f.atMs >= midB);
+    let afterLate = 0;
+    for (let i = 0; i < rest.length; i += 10) if ((await deliver(rest.slice(i, i + 10))).range.resume) afterLate++;
+    expect(afterLate).toBeGreaterThan(rest.length / 10 * 0.95);
+    expect(history.trips).toHaveLength(3);
   });
 });
 

@@ -52,6 +52,18 @@ export function splitStatements(sql) {
     .filter(Boolean);
 }
 
+// 18.16 has no `ADD COLUMN IF NOT EXISTS`: a run that stopped between an ALTER and its
+// schema_migrations row re-runs the ALTER, and the column it finds (DUPLICATE_COLUMN, code 15) is
+// the one it was about to add.
+async function execOnce(target, statement) {
+  try {
+    await target.exec(statement);
+  } catch (err) {
+    if (/^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\b/i.test(statement) && /Code: 15\b/.test(String(err?.message))) return;
+    throw err;
+  }
+}
+
 async function applyClickHouseMigrations(target, files) {
   await target.exec(
     'CREATE TABLE IF NOT EXISTS schema_migrations (name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY name',
@@ -60,7 +72,7 @@ async function applyClickHouseMigrations(target, files) {
   const applied = [];
   for (const file of files) {
     if (done.has(file.name)) continue;
-    for (const statement of splitStatements(file.sql)) await target.exec(statement);
+    for (const statement of splitStatements(file.sql)) await execOnce(target, statement);
     // file names are checked against /^\d+_.+\.sql$/ and carry no quotes
     await target.exec(`INSERT INTO schema_migrations (name, applied_at) VALUES ('${file.name.replace(/[^A-Za-z0-9_.-]/g, '')}', now())`);
     applied.push(file.name);

@@ -31,6 +31,15 @@ export function haversineM(a: LatLon, b: LatLon): number {
   return 2 * EARTH_RADIUS_M * Math.asin(Math.min(1, Math.sqrt(s)));
 }
 
+/** Implied speeds use at least this interval, so fixes a few ms apart are not judged at infinite speed. */
+export const MIN_IMPLIED_INTERVAL_MS = 1000;
+
+/** Speed in km/h implied by going from `a` to `b`. */
+export function impliedSpeedKmh(a: LatLon & { atMs: number }, b: LatLon & { atMs: number }): number {
+  const dtMs = Math.max(Math.abs(b.atMs - a.atMs), MIN_IMPLIED_INTERVAL_MS);
+  return (haversineM(a, b) / dtMs) * 3600;
+}
+
 /** Longitude difference folded into (-180, 180], so tracks across the antimeridian stay short. */
 function lonDelta(lon: number, origin: number): number {
   let d = lon - origin;

@@ -1,6 +1,6 @@
 // Daily mileage per calendar day of an IANA time zone: distance and moving time of trips split at
 // local midnight (23- and 25-hour DST days included), through Intl offsets only.
-import type { Trip, TripSegment } from './trips';
+import type { Trip } from './trips';
 
 /** An unknown or malformed IANA time zone name. */
 export class InvalidTimeZoneError extends Error {
@@ -34,8 +34,18 @@ export interface MileageSpan {
   tripStarts?: number;
 }
 
-/** A trip as mileage needs it: with its segments when known, else spread evenly over its time. */
-export type MileageTrip = Pick<Trip, 'startAt' | 'endAt' | 'distanceM'> & { segments?: readonly TripSegment[] };
+/** The time between two consecutive fixes of a trip and the distance counted over it. */
+export interface TripSegment {
+  startMs: number;
+  endMs: number;
+  distanceM: number;
+}
+
+/**
+ * A trip as mileage needs it: with its segments or its buckets (an analysed trip's) when known,
+ * else spread evenly over its time.
+ */
+export type MileageTrip = Pick<Trip, 'startAt' | 'endAt' | 'distanceM'> & { segments?: readonly TripSegment[]; buckets?: readonly MileageSpan[] };
 
 export interface MileageDay {
   date: string;
@@ -186,9 +196,13 @@ export function localMidnights(tz: string, fromDate: string, toDate: string): Lo
   return days;
 }
 
-/** A trip's spans: one per segment (the first carrying the trip start), or one even span without segments. */
+/**
+ * A trip's spans: one per segment (the first carrying the trip start), else its buckets, else one
+ * even span.
+ */
 export function tripSpans(trip: MileageTrip): MileageSpan[] {
   const segments = trip.segments;
+  if (!segments && trip.buckets) return trip.buckets.map((b) => ({ ...b }));
   if (!segments) return [{ startMs: trip.startAt, endMs: trip.endAt, distanceM: trip.distanceM, tripStarts: 1 }];
   if (segments.length === 0) return [{ startMs: trip.startAt, endMs: trip.startAt, distanceM: 0, tripStarts: 1 }];
   return segments.map((s, k) => ({ startMs: s.startMs, endMs: s.endMs, distanceM: s.distanceM, tripStarts: k === 0 ? 1 : 0 }));

@@ -10,18 +10,19 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import type { EventRow } from '../pipeline/messages';
-import { applyRecompute, planRecompute, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
+import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
 import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
 import { DEFAULT_FLEET_RULES, type FleetRules } from './rules';
-import { liveFromAccepted, type LivePosition } from './status';
 import {
   deviceKey,
   historyTrip,
   liveRow,
   mileageInsertRows,
   mileageRows,
+  parseResume,
   readFixesOf,
+  resumeText,
   storedTrip,
   stretchesFrom,
   stretchRows,
@@ -30,10 +31,11 @@ import {
   utcDay,
   type DeviceWindow,
   type MileageDayRow,
+  type StoredStretch,
   type StoredTrip,
   type Versioned,
 } from './store';
-import { analyse, type Analysis, type Stretch } from './trips';
+import type { Analysis } from './trips';
 
 /** A recompute holds its device this long; a consumer that dies lets the next batch take over. */
 export const FLEET_LEASE_MS = 120_000;
@@ -234,14 +236,18 @@ interface Writes {
 const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 const utcDayStartMs = (ms: number) => Math.floor(ms / DAY_MS) * DAY_MS;
 
+const sameStretch = (a: StoredStretch | undefined, b: StoredStretch) =>
+  a !== undefined && a.endMs === b.endMs && a.lastAcceptedMs === b.lastAcceptedMs && a.countedM === b.countedM && a.end === b.end && a.resume === b.resume;
+
 /**
  * What a device's recompute writes, from what was read: `stretches` (stretchesFrom its span's start),
  * `around` (its trips ending on or after the UTC day of `range.fromMs`) and `fresh` (the analysis
- * of every fix in `range`). Stretches and trips are compared with what is stored; the daily rows of
+ * of the fixes of `range`). Stretches and trips are compared with what is stored; the daily rows of
  * the UTC days whose trips changed are rebuilt from every trip touching them, and the live position
- * is set when the window holds the device's last stretch — both written as they are, unread.
+ * and the resume point are set when the window holds the device's last stretch — written as they
+ * are, unread.
  */
-export function passWrites(v: Versioned, stretches: readonly Stretch[], around: readonly StoredTrip[], range: RecomputeRange, fresh: Analysis, fixesRead: number, rules: FleetRules): Writes {
+export function passWrites(v: Versioned, stretches: readonly StoredStretch[], around: readonly StoredTrip[], range: RecomputeRange, fresh: Analysis, fixesRead: number, rules: FleetRules): Writes {
   const { deviceId } = v;
   const inRange = (t: number) => t >= range.fromMs && t <= range.toMs;
   // `range.fromMs` is the start of the last stretch before the span (or the span's start): trips
@@ -249,9 +255,13 @@ export function passWrites(v: Versioned, stretches: readonly Stretch[], around: 
   const history: FleetHistory = { stretches, trips: around.filter((t) => t.startAt >= range.fromMs).map(historyTrip) };
   const next = applyRecompute(history, range, fresh);
 
-  // Stretches and trips of the window: changed ones rewritten, vanished ones marked deleted.
+  // Stretches and trips of the window: changed ones rewritten, vanished ones marked deleted. The
+  // device's last stretch carries where its analysis stopped, for the next in-order batch.
+  const lastFresh = fresh.stretches[fresh.stretches.length - 1];
+  const resume = resumeText(resumeAfter(range, fresh, null), rules);
+  const freshStretches: StoredStretch[] = fresh.stretches.map((s) => ({ ...s, resume: s === lastFresh ? resume : '' }));
   const oldStretches = new Map(stretches.filter((s) => inRange(s.startMs)).map((s) => [s.startMs, s]));
-  const newStretches = fresh.stretches.filter((s) => !sameJson(oldStretches.get(s.startMs), s));
+  const newStretches = freshStretches.filter((s) => !sameStretch(oldStretches.get(s.startMs), s));
   const freshStarts = new Set(fresh.stretches.map((s) => s.startMs));
   const goneStretches = [...oldStretches.keys()].filter((t) => !freshStarts.has(t));
   const oldInRange = new Map(around.filter((t) => inRange(t.startAt)).map((t) => [t.startAt, t]));
@@ -282,10 +292,9 @@ export function passWrites(v: Versioned, stretches: readonly Stretch[], around: 
     dayRows = mileageRows(deviceId, days, [...others, ...freshTrips]);
   }
 
-  // Live: from the accepted fixes of the device's last stretch, when this window holds it.
-  let live: LivePosition | null = null;
+  // Live: what the device's last stretch gives, when this window holds it.
   const last = next.stretches[next.stretches.length - 1];
-  if (last && inRange(last.startMs)) live = liveFromAccepted(fresh.accepted.filter((f) => f.atMs >= last.startMs), rules);
+  const live = last && inRange(last.startMs) ? fresh.live : null;
 
   return {
     stretches: stretchRows(v, newStretches, goneStretches),
@@ -299,7 +308,7 @@ export function passWrites(v: Versioned, stretches: readonly Stretch[], around: 
 interface DevicePass {
   input: PassInput;
   key: string;
-  stretches: Stretch[];
+  stretches: StoredStretch[];
   range: RecomputeRange;
   fixes: Fix[];
   fresh: Analysis | null;
@@ -322,7 +331,9 @@ export async function recomputePasses(
   inputs.forEach((input, index) => {
     const key = deviceKey(input.v);
     const own = stretches.get(key) ?? [];
-    const range = planRecompute(own, [input.span.fromMs, input.span.toMs]);
+    // An in-order span goes on from where the last stretch's analysis stopped.
+    const resume = own.length ? parseResume(own[own.length - 1]!.resume, rules) : null;
+    const range = planRecompute(own, [input.span.fromMs, input.span.toMs], resume);
     if (range) passes.push({ input, index, key, stretches: own, range, fixes: [], fresh: null });
   });
   if (passes.length === 0) return outcomes;
@@ -331,17 +342,22 @@ export async function recomputePasses(
   // The trips a pass compares with and rebuilds daily rows from, read beside the first fixes.
   const around = tripsEndingFrom(ch, passes.map((p) => window(p, utcDayStartMs(p.range.fromMs), p.range.toMs)));
   around.catch(() => {});
-  // Fixes of each window; when an analysis runs on into the next stored stretch, only the added
-  // part of the wider window is read (a set of fixes: the union is the wider window's).
-  let reads = passes.map((p) => ({ p, w: window(p, p.range.fromMs, p.range.toMs) }));
+  // Fixes of each window (after the resume point: the new ones only); when an analysis runs on into
+  // the next stored stretch, only the added part of the wider window is read (a set of fixes: the
+  // union is the wider window's).
+  let reads = passes.map((p) => {
+    const r = readWindow(p.range);
+    return { p, w: window(p, r.fromMs, r.toMs) };
+  });
   while (reads.length) {
     const got = await readFixesOf(ch, reads.map((r) => r.w));
     const wider: typeof reads = [];
     for (const { p } of reads) {
       const add = got.get(p.key);
       if (add) for (const f of add) p.fixes.push(f);
-      p.fresh = analyse(p.fixes, rules, { followingFixMs: p.range.followingFixMs });
-      const next = widenRecompute(p.stretches, p.range, p.fresh);
+      p.fresh = analyseRange(p.range, p.fixes, rules);
+      // A resumed range runs to the end of the history: nothing follows it to widen into.
+      const next = p.range.resume ? null : widenRecompute(p.stretches, p.range, p.fresh);
       if (!next) continue;
       wider.push({ p, w: window(p, p.range.toMs + 1, next.toMs) });
       p.range = next;
@@ -364,9 +380,11 @@ export async function recomputePasses(
     outcomes[w.p.index] = new Error(`fleet lease of ${w.p.input.v.deviceId} ran out before its recompute could write`);
     return false;
   });
-  // Trips and stretches before the daily rows and live position that derive from them.
-  await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
+  // The daily rows and live position before the trips and stretches they derive from: a retry
+  // compares with the stored trips and stretches (and goes on from the stretch's state), so those
+  // are written last, once nothing derived from them can be left behind.
   await Promise.all([ch.insert('fleet_mileage', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
+  await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
   for (const { p, w } of go) outcomes[p.index] = w.result;
   return outcomes;
 }

@@ -65,3 +65,8 @@ export function resolveFleetRules(overrides?: unknown): FleetRules {
   }
   return rules;
 }
+
+/** The rules an analysis depends on, as a key: a state analysed under other rules is not continued. */
+export function analysisRulesKey(r: FleetRules): string {
+  return [r.maxAccuracyM, r.maxSpeedKmh, r.driftM, r.movingSpeedKmh, r.stopS, r.noDataS, r.minTripM].join(',');
+}

@@ -1,9 +1,8 @@
 // Live position and status of a vehicle: the newest accepted fix by event time (a late fix never
 // replaces a newer one) and moving / idle / parked / offline from it and the current time.
-import { haversineM, isValidLatLon } from './geo';
+import { haversineM, impliedSpeedKmh, isValidLatLon } from './geo';
 import type { Fix } from './position';
 import type { FleetRules } from './rules';
-import { impliedSpeedKmh } from './trips';
 
 export const LIVE_STATUSES = ['moving', 'idle', 'parked', 'offline'] as const;
 export type LiveStatus = (typeof LIVE_STATUSES)[number];
@@ -76,20 +75,23 @@ export function liveStatus(live: LivePosition | null | undefined, nowMs: number,
 }
 
 /**
+ * The live state after accepted fix `f`, the drift rule replayed from `live` (the state after the
+ * stretch's previous accepted fix, null for its first).
+ */
+export function liveAfter(live: LivePosition | null, f: Fix, rules: FleetRules): LivePosition {
+  if (!live) return { fix: f, countedPoint: { lat: f.lat, lon: f.lon, atMs: f.atMs }, movedByDrift: false };
+  const movedByDrift = haversineM(live.countedPoint, f) > rules.driftM;
+  const counts = movedByDrift || (f.speedKmh ?? 0) >= rules.movingSpeedKmh;
+  return { fix: f, countedPoint: counts ? { lat: f.lat, lon: f.lon, atMs: f.atMs } : live.countedPoint, movedByDrift };
+}
+
+/**
  * The live state an analysis implies: its newest accepted fix, with the drift rule replayed over the
- * accepted fixes given (pass at least the last stretch's, in analysis order). Lets a device object
- * take its live position from a recompute instead of its own running guess.
+ * accepted fixes given (pass at least the last stretch's, in analysis order). An analysis carries
+ * this for its last stretch (`Analysis.live`).
  */
 export function liveFromAccepted(accepted: readonly Fix[], rules: FleetRules): LivePosition | null {
   let live: LivePosition | null = null;
-  for (const f of accepted) {
-    if (!live) {
-      live = { fix: f, countedPoint: { lat: f.lat, lon: f.lon, atMs: f.atMs }, movedByDrift: false };
-      continue;
-    }
-    const movedByDrift: boolean = haversineM(live.countedPoint, f) > rules.driftM;
-    const counts: boolean = movedByDrift || (f.speedKmh ?? 0) >= rules.movingSpeedKmh;
-    live = { fix: f, countedPoint: counts ? { lat: f.lat, lon: f.lon, atMs: f.atMs } : live.countedPoint, movedByDrift };
-  }
+  for (const f of accepted) live = liveAfter(live, f, rules);
   return live;
 }

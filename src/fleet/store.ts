@@ -2,8 +2,10 @@
 // live position in ClickHouse (versioned ReplacingMergeTree rows, see migrations/clickhouse/0008).
 import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
-import { MILEAGE_BUCKET_MS, mileageBuckets, type MileageSpan } from './mileage';
+import type { ResumePoint } from './incremental';
+import { MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
 import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix, type PositionProperties } from './position';
+import { analysisRulesKey, type FleetRules } from './rules';
 import type { LivePosition } from './status';
 import type { Stretch, StretchEnd, Trip, TripEndReason } from './trips';
 
@@ -146,6 +148,36 @@ interface StretchRow {
   end_reason: string;
 }
 
+/**
+ * A stretch as stored, with its `resume` text: the device's last stretch keeps there where its
+ * analysis stopped (resumeText); '' for every other stretch, and for rows from before the column.
+ */
+export interface StoredStretch extends Stretch {
+  resume: string;
+}
+
+/** Layout of the stored resume text; text of another layout is not continued (the window is re-read). */
+const RESUME_LAYOUT = 1;
+
+/** The stored form of a resume point: its layout and the rules it was analysed under with it. */
+export function resumeText(point: ResumePoint | null, rules: FleetRules): string {
+  return point ? JSON.stringify({ v: RESUME_LAYOUT, rules: analysisRulesKey(rules), throughMs: point.throughMs, state: point.state }) : '';
+}
+
+/** The resume point of stored text, or null when there is none to continue under `rules`. */
+export function parseResume(text: string, rules: FleetRules): ResumePoint | null {
+  if (!text) return null;
+  let o: { v?: unknown; rules?: unknown; throughMs?: unknown; state?: unknown };
+  try {
+    o = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (o === null || typeof o !== 'object' || o.v !== RESUME_LAYOUT || o.rules !== analysisRulesKey(rules)) return null;
+  if (typeof o.throughMs !== 'number' || o.state === null || typeof o.state !== 'object') return null;
+  return { throughMs: o.throughMs, state: o.state as ResumePoint['state'] };
+}
+
 const toStretch = (r: StretchRow): Stretch => ({
   startMs: Number(r.start_ms),
   endMs: Number(r.end_ms),
@@ -171,22 +203,22 @@ async function currentStretches(ch: ClickHouse, projectId: string, deviceId: str
  * The part of each device's stretches a recompute for fixes from its `fromMs` on can touch: the
  * last stretch starting before `fromMs` and everything after it, by deviceKey, in start order.
  */
-export async function stretchesFrom(ch: ClickHouse, devices: readonly Omit<DeviceWindow, 'toMs'>[]): Promise<Map<string, Stretch[]>> {
+export async function stretchesFrom(ch: ClickHouse, devices: readonly Omit<DeviceWindow, 'toMs'>[]): Promise<Map<string, StoredStretch[]>> {
   if (devices.length === 0) return new Map();
-  const current = (cond: string) => `SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason FROM (
-      SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason, deleted
+  const current = (cond: string) => `SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason, resume FROM (
+      SELECT project_id, device_id, start_ms, end_ms, last_accepted_ms, counted_m, end_reason, resume, deleted
         FROM fleet_stretches ALL INNER JOIN ${WINDOWS} USING (project_id, device_id)
        WHERE ${LISTED} AND ${cond}
        ORDER BY project_id, device_id, start_ms, version DESC LIMIT 1 BY project_id, device_id, start_ms)
      WHERE deleted = 0`;
-  const rows = await ch.query<StretchRow & { project_id: string; device_id: string }>(
+  const rows = await ch.query<StretchRow & { project_id: string; device_id: string; resume: string }>(
     `SELECT * FROM (${current('start_ms >= lo')})
      UNION ALL
      SELECT * FROM (${current('start_ms < lo')} ORDER BY project_id, device_id, start_ms DESC LIMIT 1 BY project_id, device_id)`,
     {},
     windowLists(devices.map((d) => ({ ...d, toMs: d.fromMs }))),
   );
-  const out = byDevice(rows, toStretch);
+  const out = byDevice(rows, (r): StoredStretch => ({ ...toStretch(r), resume: r.resume }));
   for (const list of out.values()) list.sort((a, b) => a.startMs - b.startMs);
   return out;
 }
@@ -203,10 +235,10 @@ export interface Versioned {
 }
 
 /** `fleet_stretches` rows: the stretches as they are now, and `deleted` rows for those gone. */
-export function stretchRows(v: Versioned, stretches: readonly Stretch[], removedStartMs: readonly number[]): object[] {
+export function stretchRows(v: Versioned, stretches: readonly StoredStretch[], removedStartMs: readonly number[]): object[] {
   return [
-    ...stretches.map((s) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: s.startMs, end_ms: s.endMs, last_accepted_ms: s.lastAcceptedMs, counted_m: s.countedM, end_reason: s.end, deleted: 0, version: v.version })),
-    ...removedStartMs.map((t) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: t, end_ms: t, last_accepted_ms: t, counted_m: 0, end_reason: 'open', deleted: 1, version: v.version })),
+    ...stretches.map((s) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: s.startMs, end_ms: s.endMs, last_accepted_ms: s.lastAcceptedMs, counted_m: s.countedM, end_reason: s.end, resume: s.resume, deleted: 0, version: v.version })),
+    ...removedStartMs.map((t) => ({ project_id: v.projectId, device_id: v.deviceId, start_ms: t, end_ms: t, last_accepted_ms: t, counted_m: 0, end_reason: 'open', resume: '', deleted: 1, version: v.version })),
   ];
 }
 
@@ -256,7 +288,7 @@ const toStoredTrip = (r: TripRow): StoredTrip => ({
   buckets: r.bucket_ms.map((b, k) => ({ startMs: Number(b), distanceM: Number(r.bucket_distance_m[k]), movingMs: Number(r.bucket_moving_ms[k]) })),
 });
 
-/** A trip of an analysis as stored: its buckets from its segments. */
+/** A trip of an analysis as stored. */
 export function storedTrip(deviceId: string, t: Trip): StoredTrip {
   return {
     deviceId,
@@ -267,11 +299,11 @@ export function storedTrip(deviceId: string, t: Trip): StoredTrip {
     start: t.start,
     end: t.end,
     endReason: t.endReason,
-    buckets: mileageBuckets([t]).map((b) => ({ startMs: b.startMs, distanceM: b.distanceM, movingMs: b.movingMs ?? 0 })),
+    buckets: t.buckets.map((b) => ({ startMs: b.startMs, distanceM: b.distanceM, movingMs: b.movingMs ?? 0 })),
   };
 }
 
-/** A stored trip in the shape FleetHistory keeps (segments are not stored). */
+/** A stored trip in the shape FleetHistory keeps. */
 export function historyTrip(t: StoredTrip): Trip {
   const durationMs = t.endAt - t.startAt;
   return {
@@ -284,7 +316,7 @@ export function historyTrip(t: StoredTrip): Trip {
     start: t.start,
     end: t.end,
     endReason: t.endReason,
-    segments: [],
+    buckets: t.buckets.map((b, k) => ({ ...b, endMs: b.startMs + MILEAGE_BUCKET_MS, tripStarts: k === 0 ? 1 : 0 })),
   };
 }
 

@@ -1,8 +1,11 @@
 // Trip detection and distance from a device's fixes: a pure function of the SET of fixes, so any
 // arrival order and any duplication give the same track, trips and mileage (DESIGN "Fleet telemetry").
-import { haversineM, isValidLatLon, type LatLon } from './geo';
+// An analysis can be continued with later fixes from the state it ended in (`resumeAnalysis`).
+import { haversineM, impliedSpeedKmh, isValidLatLon, MIN_IMPLIED_INTERVAL_MS, type LatLon } from './geo';
+import { MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
 import type { Fix } from './position';
 import type { FleetRules } from './rules';
+import { liveAfter, type LivePosition } from './status';
 
 /**
  * Why a trip ended: `stop` (stopped for `stopS`), `ignition` (ignition went off), `no_data` (no
@@ -12,13 +15,6 @@ export type TripEndReason = 'stop' | 'ignition' | 'no_data' | 'open';
 
 /** Why a stretch ended; `idle` closes a long stretch without a trip so recomputes stay short. */
 export type StretchEnd = 'stop' | 'ignition' | 'idle' | 'no_data' | 'open';
-
-/** The time between two consecutive fixes of a trip and the distance counted over it. */
-export interface TripSegment {
-  startMs: number;
-  endMs: number;
-  distanceM: number;
-}
 
 export interface Trip {
   /** Epoch ms of the first moving fix. */
@@ -34,10 +30,12 @@ export interface Trip {
   start: LatLon;
   end: LatLon;
   endReason: TripEndReason;
-  /** Consecutive fix pairs from start to end: they tile [startAt, endAt] and their distances sum to distanceM. */
-  segments: TripSegment[];
-  /** The trip's accepted fixes, only with `{ tripFixes: true }`. */
-  fixes?: Fix[];
+  /**
+   * The trip's distance and moving time in UTC-aligned 15-minute buckets (MILEAGE_BUCKET_MS), in
+   * time order; the first holds `tripStarts: 1`. Each step between consecutive fixes is split over
+   * the buckets it spans in proportion to time, so the buckets sum to distanceM and durationMs.
+   */
+  buckets: MileageSpan[];
 }
 
 /**
@@ -75,11 +73,16 @@ export interface Analysis {
   droppedTrips: number;
   ignored: IgnoredCounts;
   stretches: Stretch[];
+  /** The live position the last stretch's accepted fixes give (see liveFromAccepted); null without a stretch. */
+  live: LivePosition | null;
+  /**
+   * The state the analysis ended in, to continue it with later fixes (`resumeAnalysis`); null while
+   * the last stretch's first fix may still turn out to be the outlier (it has one accepted fix).
+   */
+  resume: AnalysisState | null;
 }
 
 export interface AnalyseOptions {
-  /** Include each trip's fixes. */
-  tripFixes?: boolean;
   /**
    * Time of the first accuracy-passing fix after the input, when the input is a window of a longer
    * history: lets the last stretch end exactly as it would in the whole history.
@@ -89,8 +92,6 @@ export interface AnalyseOptions {
 
 /** A lone first fix contradicted by this many mutually consistent successors was the outlier. */
 export const ANCHOR_RECOVERY_FIXES = 3;
-/** Implied speeds use at least this interval, so fixes a few ms apart are not judged at infinite speed. */
-const MIN_IMPLIED_INTERVAL_MS = 1000;
 
 function validFix(f: Fix): boolean {
   if (f === null || typeof f !== 'object' || typeof f.id !== 'string' || f.id === '') return false;
@@ -154,52 +155,133 @@ export function canonicalFixes(fixes: readonly Fix[]): { fixes: Fix[]; invalid: 
   return { fixes: out, invalid, samePosition };
 }
 
-/** Speed in km/h implied by going from `a` to `b`. */
-export function impliedSpeedKmh(a: Fix, b: Fix): number {
-  const dtMs = Math.max(Math.abs(b.atMs - a.atMs), MIN_IMPLIED_INTERVAL_MS);
-  return (haversineM(a, b) / dtMs) * 3600;
-}
-
+/** A trip not finished yet, as running totals: what later fixes can still change of it. */
 interface OpenTrip {
-  fixes: Fix[];
-  /** Counted distance ending at each fix (0 for the first and for fixes not counted). */
-  distances: number[];
-  speeds: number[];
-  /** Index in `fixes` of the fix where the vehicle stopped, -1 while it moves. */
-  stopIndex: number;
+  first: Fix;
+  /** Its latest fix. */
+  last: Fix;
+  /** The first fix of the current stop (null while moving): the trip ends here unless it moves on. */
+  stop: Fix | null;
+  /** Counted distance so far (fixes that are not movement add none). */
+  distanceM: number;
+  /** Highest speed of its fixes up to `stop` (all of them while moving). */
+  maxSpeedKmh: number;
+  /** Times and highest speed of the fixes after `stop`: part of the trip only if it moves on. */
+  tailMs: number[];
+  tailMaxSpeedKmh: number;
+  /** Buckets of the steps up to `stop` (all of them while moving). */
+  buckets: MileageSpan[];
   ignitionSeenOn: boolean;
 }
 
-interface StretchState {
+/**
+ * Where an analysis stands between two time groups: the open stretch's running state, enough to
+ * continue with later fixes exactly as if all had been analysed together. Plain data (JSON).
+ */
+export interface AnalysisState {
   recordStartMs: number;
   /** When the stretch (or its restart) began, for the idle close. */
   idleSinceMs: number;
   accepted: number;
-  anchorIndex: number;
   lastAccepted: Fix | null;
-  /** Consecutive outliers since the last accepted fix that are plausible from one another. */
-  chain: number[];
+  /** Time of the last fix passing the accuracy rule seen: a continuation takes later fixes only. */
+  lastMs: number;
   /** The last counted point: the drift rule measures from here. */
   counted: Fix | null;
   countedM: number;
   trip: OpenTrip | null;
   /** The trip ended on ignition; the stretch closes before the next time group. */
   ignitionClosed: boolean;
+  /** The trip that ignition ended (null if it was too short): a continuation still reports it. */
+  ignitionTrip: Trip | null;
+  live: LivePosition | null;
 }
 
-function freshState(startMs: number): StretchState {
+function freshState(startMs: number): AnalysisState {
   return {
     recordStartMs: startMs,
     idleSinceMs: startMs,
     accepted: 0,
-    anchorIndex: -1,
     lastAccepted: null,
-    chain: [],
+    lastMs: startMs,
     counted: null,
     countedM: 0,
     trip: null,
     ignitionClosed: false,
+    ignitionTrip: null,
+    live: null,
   };
+}
+
+/** A copy a continuation may change: fixes and live positions are never changed in place, the trip's totals are. */
+function copyState(s: AnalysisState): AnalysisState {
+  const t = s.trip;
+  return { ...s, trip: t && { ...t, tailMs: [...t.tailMs], buckets: t.buckets.map((b) => ({ ...b })) } };
+}
+
+function copyTrip(t: Trip): Trip {
+  return { ...t, start: { ...t.start }, end: { ...t.end }, buckets: t.buckets.map((b) => ({ ...b })) };
+}
+
+function bucketAt(buckets: MileageSpan[], startMs: number): MileageSpan {
+  const last = buckets[buckets.length - 1];
+  // Steps arrive in time order, so a step's buckets are the last one or new ones after it.
+  if (last && last.startMs === startMs) return last;
+  const b = { startMs, endMs: startMs + MILEAGE_BUCKET_MS, distanceM: 0, movingMs: 0, tripStarts: 0 };
+  buckets.push(b);
+  return b;
+}
+
+/** Adds the step [startMs, endMs] of `distanceM` to the buckets it spans, in proportion to time. */
+function addStep(buckets: MileageSpan[], startMs: number, endMs: number, distanceM: number): void {
+  const startBucket = Math.floor(startMs / MILEAGE_BUCKET_MS) * MILEAGE_BUCKET_MS;
+  const lengthMs = endMs - startMs;
+  if (lengthMs <= 0) {
+    bucketAt(buckets, startBucket).distanceM += distanceM;
+    return;
+  }
+  for (let b = startBucket; b < endMs; b += MILEAGE_BUCKET_MS) {
+    const overlap = Math.min(endMs, b + MILEAGE_BUCKET_MS) - Math.max(startMs, b);
+    if (overlap <= 0) continue;
+    const bucket = bucketAt(buckets, b);
+    bucket.distanceM += overlap === lengthMs ? distanceM : (distanceM * overlap) / lengthMs;
+    bucket.movingMs! += overlap;
+  }
+}
+
+function startTrip(f: Fix, speedKmh: number): OpenTrip {
+  const buckets: MileageSpan[] = [];
+  bucketAt(buckets, Math.floor(f.atMs / MILEAGE_BUCKET_MS) * MILEAGE_BUCKET_MS).tripStarts = 1;
+  return { first: f, last: f, stop: null, distanceM: 0, maxSpeedKmh: Math.max(0, speedKmh), tailMs: [], tailMaxSpeedKmh: 0, buckets, ignitionSeenOn: f.ignition === true };
+}
+
+/** The steps after the stop become the trip's: it moved on, or ended on ignition with them. */
+function takeTail(t: OpenTrip): void {
+  if (!t.stop) return;
+  let fromMs = t.stop.atMs;
+  for (const atMs of t.tailMs) {
+    addStep(t.buckets, fromMs, atMs, 0);
+    fromMs = atMs;
+  }
+  t.maxSpeedKmh = Math.max(t.maxSpeedKmh, t.tailMaxSpeedKmh);
+  t.tailMs = [];
+  t.tailMaxSpeedKmh = 0;
+  t.stop = null;
+}
+
+/** The next fix of a trip: `stepM` counted from the last counted point (0 unless it is movement). */
+function extendTrip(t: OpenTrip, f: Fix, moving: boolean, stepM: number, speedKmh: number): void {
+  if (moving) takeTail(t);
+  if (moving || !t.stop) {
+    addStep(t.buckets, t.last.atMs, f.atMs, stepM);
+    t.distanceM += stepM;
+    t.maxSpeedKmh = Math.max(t.maxSpeedKmh, speedKmh);
+    if (!moving) t.stop = f;
+  } else {
+    t.tailMs.push(f.atMs);
+    t.tailMaxSpeedKmh = Math.max(t.tailMaxSpeedKmh, speedKmh);
+  }
+  t.last = f;
 }
 
 /**
@@ -218,12 +300,29 @@ function freshState(startMs: number): StretchState {
  *   more also makes the next fix plausible wherever it is). Shorter than `minTripM`: dropped.
  */
 export function analyse(input: readonly Fix[], rules: FleetRules, options: AnalyseOptions = {}): Analysis {
+  return run(null, input, rules, options);
+}
+
+/**
+ * Continues the analysis that ended in `state` with fixes all later than the last it saw
+ * (`state.lastMs`): the result is the part of the whole analysis from the state's stretch on — that
+ * stretch and its trip as they are now, with every accepted fix, trip and stretch after — exactly as
+ * analysing every fix again would give it. `state` itself is left as it was.
+ */
+export function resumeAnalysis(state: AnalysisState, input: readonly Fix[], rules: FleetRules): Analysis {
+  return run(state, input, rules, {});
+}
+
+function run(from: AnalysisState | null, input: readonly Fix[], rules: FleetRules, options: AnalyseOptions): Analysis {
   const canon = canonicalFixes(input);
   const usable: Fix[] = [];
   let accuracy = 0;
   for (const f of canon.fixes) {
     if (f.accuracyM !== undefined && f.accuracyM > rules.maxAccuracyM) accuracy++;
     else usable.push(f);
+  }
+  if (from && usable.length && usable[0]!.atMs <= from.lastMs) {
+    throw new RangeError(`a continued analysis takes fixes after ${from.lastMs} only, got one at ${usable[0]!.atMs}`);
   }
   const stopMs = rules.stopS * 1000;
   const noDataMs = rules.noDataS * 1000;
@@ -232,61 +331,51 @@ export function analyse(input: readonly Fix[], rules: FleetRules, options: Analy
   const stretches: Stretch[] = [];
   let droppedTrips = 0;
 
-  const finishTrip = (t: OpenTrip, endIndex: number, reason: TripEndReason) => {
-    const fixes = t.fixes.slice(0, endIndex + 1);
-    let distanceM = 0;
-    let maxSpeedKmh = 0;
-    const segments: TripSegment[] = [];
-    for (let k = 0; k <= endIndex; k++) {
-      if (k > 0) {
-        distanceM += t.distances[k]!;
-        segments.push({ startMs: fixes[k - 1]!.atMs, endMs: fixes[k]!.atMs, distanceM: t.distances[k]! });
-      }
-      maxSpeedKmh = Math.max(maxSpeedKmh, t.speeds[k]!);
-    }
-    if (distanceM < rules.minTripM) {
+  const finishTrip = (t: OpenTrip, reason: TripEndReason): Trip | null => {
+    if (t.distanceM < rules.minTripM) {
       droppedTrips++;
-      return;
+      return null;
     }
-    const first = fixes[0]!;
-    const last = fixes[endIndex]!;
+    const first = t.first;
+    const last = t.stop ?? t.last;
     const durationMs = last.atMs - first.atMs;
     const trip: Trip = {
       startAt: first.atMs,
       endAt: last.atMs,
       durationMs,
-      distanceM,
-      maxSpeedKmh,
-      avgSpeedKmh: durationMs > 0 ? (distanceM / durationMs) * 3600 : 0,
+      distanceM: t.distanceM,
+      maxSpeedKmh: t.maxSpeedKmh,
+      avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
       start: { lat: first.lat, lon: first.lon },
       end: { lat: last.lat, lon: last.lon },
       endReason: reason,
-      segments,
+      buckets: t.buckets.map((b) => ({ ...b })),
     };
-    if (options.tripFixes) trip.fixes = fixes;
     trips.push(trip);
+    return trip;
   };
 
   /** The reason a stretch in state `st` closes before a time group at `atMs`, or null. */
-  const closeBefore = (st: StretchState, atMs: number): StretchEnd | null => {
+  const closeBefore = (st: AnalysisState, atMs: number): StretchEnd | null => {
     if (st.ignitionClosed) return 'ignition';
     const t = st.trip;
-    if (t && t.stopIndex >= 0 && atMs - t.fixes[t.stopIndex]!.atMs >= stopMs) return 'stop';
+    if (t && t.stop && atMs - t.stop.atMs >= stopMs) return 'stop';
     if (st.lastAccepted && atMs - st.lastAccepted.atMs >= noDataMs) return 'no_data';
     if (!t && atMs - st.idleSinceMs >= noDataMs) return 'idle';
     return null;
   };
 
-  const closeStretch = (st: StretchState, end: StretchEnd, endMs: number) => {
-    const t = st.trip;
-    if (t && !st.ignitionClosed) {
-      const endIndex = t.stopIndex >= 0 ? t.stopIndex : t.fixes.length - 1;
-      finishTrip(t, endIndex, end === 'stop' ? 'stop' : end === 'open' ? 'open' : 'no_data');
-    }
-    stretches.push({ startMs: st.recordStartMs, endMs, lastAcceptedMs: st.lastAccepted!.atMs, countedM: st.countedM, end });
+  const closeStretch = (st: AnalysisState, end: StretchEnd) => {
+    if (st.trip) finishTrip(st.trip, end === 'stop' ? 'stop' : end === 'open' ? 'open' : 'no_data');
+    stretches.push({ startMs: st.recordStartMs, endMs: st.lastMs, lastAcceptedMs: st.lastAccepted!.atMs, countedM: st.countedM, end });
   };
 
-  let st: StretchState | null = null;
+  // The caller's state stays as it was: the continuation works on a copy.
+  let st: AnalysisState | null = from ? copyState(from) : null;
+  if (st?.ignitionTrip) trips.push(copyTrip(st.ignitionTrip));
+  // While the stretch has one accepted fix: where it is, and the consistent outliers after it.
+  let anchorIndex = -1;
+  let chain: number[] = [];
   let i = 0;
   while (i < usable.length) {
     const f = usable[i]!;
@@ -294,22 +383,27 @@ export function analyse(input: readonly Fix[], rules: FleetRules, options: Analy
     if (st && groupStart) {
       const end = closeBefore(st, f.atMs);
       if (end) {
-        closeStretch(st, end, usable[i - 1]!.atMs);
+        closeStretch(st, end);
         st = null;
       }
     }
-    if (!st) st = freshState(f.atMs);
+    if (!st) {
+      st = freshState(f.atMs);
+      chain = [];
+    }
+    st.lastMs = f.atMs;
 
     // Outlier rule, relative to the last accepted fix.
     if (st.lastAccepted && impliedSpeedKmh(st.lastAccepted, f) > rules.maxSpeedKmh) {
-      const prev = st.chain[st.chain.length - 1];
-      if (prev !== undefined && impliedSpeedKmh(usable[prev]!, f) <= rules.maxSpeedKmh) st.chain.push(i);
-      else st.chain = [i];
-      if (st.accepted === 1 && st.chain.length >= ANCHOR_RECOVERY_FIXES) {
+      const prev = chain[chain.length - 1];
+      if (prev !== undefined && impliedSpeedKmh(usable[prev]!, f) <= rules.maxSpeedKmh) chain.push(i);
+      else chain = [i];
+      if (st.accepted === 1 && chain.length >= ANCHOR_RECOVERY_FIXES) {
         // The lone first fix was the outlier: restart the stretch from the consistent run.
-        accepted[st.anchorIndex] = 0;
-        const restartAt: number = st.chain[0]!;
+        accepted[anchorIndex] = 0;
+        const restartAt: number = chain[0]!;
         st = { ...freshState(st.recordStartMs), idleSinceMs: usable[restartAt]!.atMs };
+        chain = [];
         i = restartAt;
         continue;
       }
@@ -318,10 +412,11 @@ export function analyse(input: readonly Fix[], rules: FleetRules, options: Analy
     }
 
     accepted[i] = 1;
-    if (st.accepted === 0) st.anchorIndex = i;
+    if (st.accepted === 0) anchorIndex = i;
     st.accepted++;
     st.lastAccepted = f;
-    st.chain = [];
+    st.live = liveAfter(st.live, f, rules);
+    chain = [];
     if (st.ignitionClosed) {
       // The rest of a time group after an ignition-off fix is track only.
       i++;
@@ -349,26 +444,40 @@ export function analyse(input: readonly Fix[], rules: FleetRules, options: Analy
 
     const t = st.trip;
     if (!t) {
-      if (moving) st.trip = { fixes: [f], distances: [0], speeds: [speedKmh], stopIndex: -1, ignitionSeenOn: f.ignition === true };
+      if (moving) st.trip = startTrip(f, speedKmh);
     } else {
-      t.fixes.push(f);
-      t.distances.push(stepM);
-      t.speeds.push(speedKmh);
-      if (moving) t.stopIndex = -1;
-      else if (t.stopIndex < 0) t.stopIndex = t.fixes.length - 1;
+      extendTrip(t, f, moving, stepM, speedKmh);
       if (f.ignition === true) t.ignitionSeenOn = true;
       else if (f.ignition === false && t.ignitionSeenOn) {
-        finishTrip(t, t.fixes.length - 1, 'ignition');
+        takeTail(t);
+        st.ignitionTrip = finishTrip(t, 'ignition');
+        st.trip = null;
         st.ignitionClosed = true;
       }
     }
     i++;
   }
   if (st) {
-    const end = options.followingFixMs !== undefined && options.followingFixMs > usable[usable.length - 1]!.atMs ? closeBefore(st, options.followingFixMs) : null;
-    closeStretch(st, end ?? 'open', usable[usable.length - 1]!.atMs);
+    const end = options.followingFixMs !== undefined && options.followingFixMs > st.lastMs ? closeBefore(st, options.followingFixMs) : null;
+    // The state before the close (which only reads it): what a continuation starts from.
+    const resume = !end && st.accepted >= 2 ? st : null;
+    closeStretch(st, end ?? 'open');
+    return result(usable, accepted, canon, accuracy, trips, droppedTrips, stretches, st.live, resume);
   }
+  return result(usable, accepted, canon, accuracy, trips, droppedTrips, stretches, null, null);
+}
 
+function result(
+  usable: readonly Fix[],
+  accepted: Uint8Array,
+  canon: { invalid: number; samePosition: number },
+  accuracy: number,
+  trips: Trip[],
+  droppedTrips: number,
+  stretches: Stretch[],
+  live: LivePosition | null,
+  resume: AnalysisState | null,
+): Analysis {
   const acceptedFixes: Fix[] = [];
   let outlier = 0;
   for (let k = 0; k < usable.length; k++) {
@@ -381,5 +490,7 @@ export function analyse(input: readonly Fix[], rules: FleetRules, options: Analy
     droppedTrips,
     ignored: { invalid: canon.invalid, samePosition: canon.samePosition, accuracy, outlier },
     stretches,
+    live,
+    resume,
   };
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createClient } from '@clickhouse/client-web';
 import { startChdbServer } from '../../scripts/lib/chdb-server.mjs';
+import { migrateClickHouse, readClickHouseMigrations } from '../../scripts/lib/clickhouse-migrate.mjs';
 
 const SERVER_SCRIPT = fileURLToPath(new URL('../../scripts/lib/chdb-server.mjs', import.meta.url));
 
@@ -344,6 +345,22 @@ describe('chdb-server', () => {
     const long = await fetch(new URL('/?query=' + encodeURIComponent(`SELECT '${'x'.repeat(20_000)}'`), server.url)).then((r) => r.status);
     expect(long).toBe(431);
     expect(await rows('SELECT count() AS c FROM rt.t WHERE n = 1')).toEqual([{ c: 1 }]);
+  });
+
+  it('applies the migrations, and re-runs an ADD COLUMN whose record was lost without failing', async () => {
+    const database = 'migrate_test';
+    const names = readClickHouseMigrations().map((m) => m.name);
+    expect(await migrateClickHouse({ url: server.url, database })).toEqual(names);
+    expect(await migrateClickHouse({ url: server.url, database })).toEqual([]);
+    const alter = names.find((n) => /ADD COLUMN/i.test(readClickHouseMigrations().find((m) => m.name === n).sql));
+    expect(alter).toBeDefined();
+    // a run that stopped after the ALTER and before its schema_migrations row
+    await raw({ query: `ALTER TABLE ${database}.schema_migrations DELETE WHERE name = '${alter}'`, mutations_sync: '1' }, { method: 'POST' });
+    expect(await migrateClickHouse({ url: server.url, database })).toEqual([alter]);
+    // any other failure still stops the run
+    await expect(
+      migrateClickHouse({ url: 'http://127.0.0.1:1', database }),
+    ).rejects.toThrow();
   });
 
   it('keeps data across stop and start, finishing queued requests first', async () => {
