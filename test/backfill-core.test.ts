@@ -1,7 +1,7 @@
 // Pure cores of the backfill engine and the legacy import: transitions, progress, ids, row mapping.
 import { describe, expect, it } from 'vitest';
 import { advance, chunkRetryDelaySec, JOB_STATES, nextState, type JobAction } from '../src/jobs/states';
-import { LegacyImportParams } from '../src/legacy/params';
+import { LegacyImportParams, pacing } from '../src/legacy/params';
 import { legacyRef } from '../src/legacy/realtime';
 import { keyText, legacyEventId, translateRow } from '../src/legacy/translate';
 import { uuidv7Time } from '../src/lib/ids';
@@ -53,9 +53,11 @@ describe('legacy rows', () => {
     source: { table: 'tracks', key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy_track' },
   });
 
-  it('defaults chunkSize and pauseMs and refuses non-identifiers', () => {
-    expect(params.chunkSize).toBe(5000);
-    expect(params.pauseMs).toBe(100);
+  it('throttles by default within generous bounds, keeps the hand-set pace with the throttle off, and refuses non-identifiers', () => {
+    expect(params.throttle).toBe(true);
+    expect(pacing(params)).toEqual({ chunkSize: 50_000, pauseMs: 1000 });
+    expect(pacing({ ...params, throttle: false })).toEqual({ chunkSize: 5000, pauseMs: 100 });
+    expect(pacing({ ...params, chunkSize: 800, pauseMs: 0 })).toEqual({ chunkSize: 800, pauseMs: 0 });
     for (const bad of ['tracks;drop', 'a b', '"x"', '1abc', 'a'.repeat(64)]) {
       expect(LegacyImportParams.safeParse({ ...params, source: { ...params.source, table: bad } }).success, bad).toBe(false);
     }

@@ -3,7 +3,7 @@
 import { createExecutionContext, createMessageBatch, createScheduledController, env, getQueueResult } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import worker from '../src/index';
-import { LEASE_MS } from '../src/jobs/engine';
+import { chunkInput, LEASE_MS } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
 import { legacyImportRunner } from '../src/legacy/import-job';
 import { legacyEventId } from '../src/legacy/translate';
@@ -96,16 +96,7 @@ describe('legacy import', () => {
     const row = (await store.get(id))!;
     const now = Date.now();
     await env.DB.prepare(`UPDATE jobs SET state = 'running', lease_version = lease_version + 1, lease_until = ? WHERE id = ?`).bind(now + LEASE_MS, id).run();
-    const dead = await legacyImportRunner.runChunk(env, {
-      id,
-      params: JSON.parse(row.params),
-      cursor: row.cursor,
-      maxKey: row.maxKey,
-      rowsTotal: row.rowsTotal,
-      rowsProcessed: row.rowsProcessed,
-      rowsSkipped: row.rowsSkipped,
-      verifyWrites: row.verifyWrites,
-    });
+    const dead = await legacyImportRunner.runChunk(env, chunkInput(row));
     expect(dead.rows).toBe(5000);
     const midway = await eventsChecksum(p.id);
     expect(midway.rows).toBe(paused.rowsProcessed + 5000);

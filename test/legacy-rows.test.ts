@@ -51,8 +51,8 @@ describe('legacy rows', () => {
       await c.query(`UPDATE ${table} SET created_at = 'not a time' WHERE id IN (5, 15, 25)`);
     });
     const p = await createProject('badtime');
-    // Chunks of 40, a second apart: the first chunk commits, then the cancel lands.
-    const id = await startImport(importBody(p.id, 'citylens', table, { chunkSize: 40, pauseMs: 1500 }));
+    // Chunks of exactly 40, a second apart (a hand-set pace): the first chunk commits, then the cancel lands.
+    const id = await startImport(importBody(p.id, 'citylens', table, { chunkSize: 40, pauseMs: 1500, throttle: false }));
     await waitJob(id, (j) => j.rowsProcessed >= 40, 60_000);
     expect((await admin('POST', `/admin/backfills/${id}/cancel`)).status).toBe(200);
     const cancelled = await waitJob(id, finished, 60_000);

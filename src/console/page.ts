@@ -81,8 +81,9 @@ const BODY = String.raw`
         <label>Time column<input data-testid="import-created-at" required value="created_at"></label>
         <label>Device column<input data-testid="import-device-id" required value="device_id"></label>
         <label>Event name<input data-testid="import-name" required value="legacy_track"></label>
-        <label>Rows per chunk<input class="short" data-testid="import-chunk-size" type="number" min="1" max="50000" value="5000"></label>
-        <label>Pause (ms)<input class="short" data-testid="import-pause-ms" type="number" min="0" max="60000" value="100"></label>
+        <label title="Paces itself on the read latency it causes; off: fixed chunks and pauses">Throttle itself<input data-testid="import-throttle" type="checkbox" checked></label>
+        <label title="Throttled: the most rows a chunk takes (default 50000). Off: exactly this many (default 5000)">Rows per chunk<input class="short" data-testid="import-chunk-size" type="number" min="1" max="50000" placeholder="default"></label>
+        <label title="Throttled: the longest rest (default 1000). Off: the pause between chunks (default 100)">Pause (ms)<input class="short" data-testid="import-pause-ms" type="number" min="0" max="60000" placeholder="default"></label>
         <button type="submit" class="primary" data-testid="import-start">Start import</button>
       </form>
       <output data-testid="import-result"></output>

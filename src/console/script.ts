@@ -379,9 +379,11 @@ const SOURCE = String.raw`
       projectId: value('import-project'),
       dataset: value('import-dataset'),
       source: { table: value('import-table'), key: value('import-key'), createdAt: value('import-created-at'), deviceId: value('import-device-id'), name: value('import-name') },
-      chunkSize: Number(value('import-chunk-size')),
-      pauseMs: Number(value('import-pause-ms')),
+      throttle: byTestId('import-throttle').checked,
     };
+    // Pacing fields left empty take the server's defaults for the mode chosen.
+    if (value('import-chunk-size') !== '') body.chunkSize = Number(value('import-chunk-size'));
+    if (value('import-pause-ms') !== '') body.pauseMs = Number(value('import-pause-ms'));
     var button = byTestId('import-start');
     button.disabled = true;
     try {

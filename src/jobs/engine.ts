@@ -1,5 +1,5 @@
-// The job engine's shell: a queue consumer that runs one chunk per message under a lease, and the
-// cron watchdog that re-kicks jobs whose chunk died or whose next message was lost.
+// The job engine's shell: a queue consumer that runs one chunk per message under a lease (paced by
+// the throttle of a job that has one), and the cron watchdog that re-kicks stalled jobs.
 import type { Env } from '../env';
 import { legacyImportRunner } from '../legacy/import-job';
 import { archiveRunner } from '../archive/archive-job';
@@ -7,8 +7,10 @@ import { restoreRunner } from '../archive/restore-job';
 import { erasureRunner, projectDeletionRunner } from '../erasure/erasure-job';
 import { fleetRecomputeRunner } from '../fleet/recompute';
 import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
-import { PermanentChunkError, type JobRunner } from './runner';
+import { PermanentChunkError, type ChunkInput, type ChunkPace, type JobRunner } from './runner';
 import { jobStore, type JobRow, type JobStore } from './store';
+import { IDLE_PROBES, MIN_WINDOW_PROBES, needsBaseline, nextThrottle, restFor, restoreThrottle, splitThrottleState, WINDOW_PROBES, withBaseline, type ThrottleLimits, type ThrottleState } from './throttle';
+import { saveThrottleState } from './throttle-store';
 
 import { sendChunk, type ChunkMessage } from './queue';
 
@@ -36,8 +38,173 @@ function errorText(err: unknown): string {
   return (err instanceof Error ? `${err.name}: ${err.message}` : String(err)).slice(0, 2000);
 }
 
-function chunkInput(job: JobRow) {
-  return { id: job.id, params: JSON.parse(job.params) as unknown, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed, rowsSkipped: job.rowsSkipped, verifyWrites: job.verifyWrites };
+/** What a runner gets of its job: the operator's params (without the throttle's state) and progress. */
+export function chunkInput(job: JobRow): ChunkInput {
+  const { params } = splitThrottleState(JSON.parse(job.params) as unknown);
+  return { id: job.id, params, cursor: job.cursor, maxKey: job.maxKey, rowsTotal: job.rowsTotal, rowsProcessed: job.rowsProcessed, rowsSkipped: job.rowsSkipped, verifyWrites: job.verifyWrites };
+}
+
+/**
+ * Gap between probe reads while a chunk runs, at least as long as the last probe took: probing
+ * stays a light reader's load however slow reads get.
+ */
+const MIN_PROBE_GAP_MS = 100;
+/**
+ * Wall time a self-throttling chunk may use: at a slow pace it still commits progress, and honours
+ * a pause or cancel, this often.
+ */
+const THROTTLED_CHUNK_MS = 20_000;
+
+type Probe = () => Promise<void>;
+
+/** The latency of one probe (ms), or null when it did not answer: that says nothing about latency. */
+async function timeProbe(probe: Probe): Promise<number | null> {
+  const t = performance.now();
+  try {
+    await probe();
+    return performance.now() - t;
+  } catch {
+    return null;
+  }
+}
+
+async function idleProbes(probe: Probe): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < IDLE_PROBES; i++) {
+    const ms = await timeProbe(probe);
+    if (ms !== null) out.push(ms);
+  }
+  return out;
+}
+
+/** A probe's latency, and whether it ran wholly inside one of the job's rests (an idle read, now). */
+interface ProbeSample {
+  ms: number;
+  idle: boolean;
+}
+
+/**
+ * Probes one after another, as a reader would, until stopped; `take` hands over what answered
+ * since. `restingIn` names the rest the job is in (null while it works). A probe still in flight
+ * when the chunk ends is left to finish on its own: the chunk does not wait for it.
+ */
+function probeAlongside(probe: Probe, restingIn: () => number | null): { take(): ProbeSample[]; stop(): ProbeSample[] } {
+  let samples: ProbeSample[] = [];
+  let running = true;
+  let wake = () => {};
+  const stopped = new Promise<void>((resolve) => (wake = resolve));
+  void (async () => {
+    while (running) {
+      const rest = restingIn();
+      const ms = await timeProbe(probe);
+      if (running && ms !== null) samples.push({ ms, idle: rest !== null && restingIn() === rest });
+      if (running) await Promise.race([sleep(Math.max(MIN_PROBE_GAP_MS, ms ?? 0)), stopped]);
+    }
+  })();
+  const take = () => {
+    const out = samples;
+    samples = [];
+    return out;
+  };
+  return {
+    take,
+    stop() {
+      running = false;
+      wake();
+      return take();
+    },
+  };
+}
+
+/** A self-throttling job's controller state, restored from its row, the bounds, and the probe it times. */
+interface Throttle {
+  limits: ThrottleLimits;
+  state: ThrottleState;
+  probe: Probe | null;
+}
+
+async function loadThrottle(env: Env, runner: JobRunner, job: JobRow, params: unknown): Promise<Throttle | null> {
+  const limits = runner.throttle?.limits(params) ?? null;
+  if (!runner.throttle || !limits) return null;
+  const state = restoreThrottle(splitThrottleState(JSON.parse(job.params) as unknown).stored, limits);
+  // Without a probe (storage unreachable) the chunk runs at the last pace and learns nothing.
+  const probe = await runner.throttle.prepareProbe(env, params).catch((err: unknown) => {
+    console.error(JSON.stringify({ msg: 'throttle probe unavailable; keeping the last pace', job: job.id, error: errorText(err) }));
+    return null;
+  });
+  return { limits, state, probe };
+}
+
+/**
+ * The pace of one self-throttling chunk: rests between its steps in proportion to the work since
+ * the last one, at a duty cycle the controller re-judges whenever a window of probes has answered.
+ * Probes that ran inside a rest refresh the idle baseline as they come, so it follows the load
+ * others put on the readers while the job runs.
+ */
+function pacer(throttle: Throttle, startedAt: number): ChunkPace & { finish(): ThrottleState } {
+  let state = throttle.state;
+  let window: ProbeSample[] = [];
+  let longestRestMs = 0;
+  let workedMs = 0;
+  let restedMs = 0;
+  let since = Date.now();
+  let rests = 0;
+  let resting: number | null = null;
+  const probes = throttle.probe ? probeAlongside(throttle.probe, () => resting) : null;
+  const judge = (minProbes: number) => {
+    if (probes) window.push(...probes.take());
+    if (window.length < minProbes) return;
+    state = withBaseline(state, window.filter((p) => p.idle).map((p) => p.ms), Date.now());
+    state = nextThrottle(state, { probesMs: window.map((p) => p.ms), longestRestMs, workedMs, restedMs }, throttle.limits);
+    window = [];
+    longestRestMs = workedMs = restedMs = 0;
+  };
+  return {
+    stepRows: () => state.stepRows,
+    async rest() {
+      const worked = Date.now() - since;
+      workedMs += worked;
+      judge(WINDOW_PROBES);
+      const ms = restFor(worked, state.duty, throttle.limits.maxPauseMs);
+      if (ms > 0) {
+        longestRestMs = Math.max(longestRestMs, ms);
+        resting = ++rests;
+        await sleep(ms);
+        resting = null;
+        restedMs += ms;
+      }
+      since = Date.now();
+      return Date.now() - startedAt < THROTTLED_CHUNK_MS;
+    },
+    finish() {
+      if (probes) window.push(...probes.stop());
+      workedMs += Date.now() - since;
+      judge(MIN_WINDOW_PROBES);
+      return state;
+    },
+  };
+}
+
+/**
+ * Runs one chunk. A self-throttling job's chunk measures the idle latency first when its baseline
+ * is missing or stale, then works in steps with rests between them while probe reads are timed
+ * alongside; it returns the controller's state after it.
+ */
+async function runPacedChunk(env: Env, runner: JobRunner, input: ChunkInput, throttle: Throttle | null) {
+  if (!throttle) return { outcome: await runner.runChunk(env, input), next: null };
+  if (throttle.probe && needsBaseline(throttle.state, Date.now())) {
+    throttle = { ...throttle, state: withBaseline(throttle.state, await idleProbes(throttle.probe), Date.now()) };
+  }
+  const pace = pacer(throttle, Date.now());
+  let outcome;
+  let next: ThrottleState;
+  try {
+    outcome = await runner.runChunk(env, { ...input, pace });
+  } finally {
+    // Stops the probes whatever happened (a failed chunk's judgement is not kept).
+    next = pace.finish();
+  }
+  return { outcome, next };
 }
 
 /** Settles a pause or cancel request once no chunk is running. */
@@ -88,17 +255,25 @@ export async function runChunkMessage(env: Env, msg: ChunkMessage): Promise<'mis
   const token = claimed.leaseVersion;
   const runner = runnerFor(claimed.type);
   const input = chunkInput(claimed);
-  const pauseMs = runner.pauseMs(input.params);
 
   let outcome;
+  let throttled: ThrottleState | null;
   const renewal = keepLease(store, job.id, token);
   try {
-    outcome = await runner.runChunk(env, input);
+    ({ outcome, next: throttled } = await runPacedChunk(env, runner, input, await loadThrottle(env, runner, claimed, input.params)));
   } catch (err) {
     await chunkFailed(env, store, claimed, err);
     return;
   } finally {
     renewal.stop();
+  }
+  // A self-throttling job rested inside its chunk, where its probes saw it.
+  const pauseMs = throttled ? 0 : runner.pauseMs(input.params);
+  if (throttled) {
+    // The state is advice for the next chunk: losing one update only repeats a pace.
+    await saveThrottleState(env.DB, job.id, token, throttled).catch((err: unknown) =>
+      console.error(JSON.stringify({ msg: 'throttle state not saved', job: job.id, error: errorText(err) })),
+    );
   }
 
   const now = Date.now();

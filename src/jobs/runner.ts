@@ -1,5 +1,6 @@
 // What a job type provides to the engine.
 import type { Env } from '../env';
+import type { ThrottleLimits } from './throttle';
 
 /** A chunk failure that a retry cannot mend (a source that is gone or wrong): the job fails at once. */
 export class PermanentChunkError extends Error {
@@ -18,6 +19,20 @@ export interface ChunkInput {
   rowsSkipped: number;
   /** The chunk may have been written before: check what is there instead of assuming nothing. */
   verifyWrites: boolean;
+  /** A self-throttling job's pace: how big its steps are and when it rests. Absent: no rests. */
+  pace?: ChunkPace;
+}
+
+/** The throttle's pace inside one chunk (see throttle.ts). */
+export interface ChunkPace {
+  /** Rows for the next step (a page written between two rests). */
+  stepRows(): number;
+  /**
+   * Awaited after each step, the last one included: rests as long as the duty cycle asks. False
+   * once the chunk has used its time, so a slow pace still commits progress and honours a pause
+   * or cancel soon: end the chunk at this step.
+   */
+  rest(): Promise<boolean>;
 }
 
 export interface ChunkOutcome {
@@ -35,8 +50,21 @@ export interface ChunkOutcome {
   verifyWrites?: boolean;
 }
 
+/** A job that throttles itself on the read latency it causes (see throttle.ts). */
+export interface SelfThrottling {
+  /** The operator's bounds, or null when the job runs at its fixed pace (`pauseMs`) instead. */
+  limits(params: unknown): ThrottleLimits | null;
+  /**
+   * A read like the ones the job's readers make, for the engine to time while chunks run and while
+   * the job is quiet. Built once per chunk (it may look up what to read).
+   */
+  prepareProbe(env: Env, params: unknown): Promise<() => Promise<void>>;
+}
+
 export interface JobRunner {
+  /** The pause between chunks; for a self-throttling job, only when its throttle is off. */
   pauseMs(params: unknown): number;
+  throttle?: SelfThrottling;
   /** One bounded chunk after `cursor`. Must be idempotent: a chunk may run again after a crash. */
   runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome>;
   /**

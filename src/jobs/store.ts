@@ -3,6 +3,7 @@ import { and, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { jobs } from '../db/schema';
 import type { JobState, Progress } from './states';
+import { throttleView, type ThrottleView } from './throttle';
 
 export type JobRow = typeof jobs.$inferSelect;
 
@@ -26,6 +27,8 @@ export interface JobView {
   startedAt: string | null;
   endedAt: string | null;
   lastUpdateAt: string;
+  /** A self-throttling import's controller: its step, rests and the read latency it sees; null otherwise. */
+  throttle: ThrottleView | null;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -48,6 +51,7 @@ export function toView(j: JobRow): JobView {
     startedAt: iso(j.startedAt),
     endedAt: iso(j.endedAt),
     lastUpdateAt: iso(j.lastUpdateAt)!,
+    throttle: throttleView(j.params),
   };
 }
 

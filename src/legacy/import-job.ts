@@ -1,55 +1,91 @@
-// The legacy_import job: plans over a max-key snapshot, then imports one keyset page per chunk.
+// The legacy_import job: plans over a max-key snapshot, then imports keyset pages chunk by chunk, at
+// the pace of its throttle (see jobs/throttle.ts) or a hand-set one.
 import type pg from 'pg';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import type { ChunkOutcome, JobRunner } from '../jobs/runner';
+import type { ChunkOutcome, ChunkPace, JobRunner } from '../jobs/runner';
 import { startJob } from '../jobs/actions';
 import { jobStore } from '../jobs/store';
 import { markInitialMigrationCompleted } from './datasets';
-import { LegacyImportParams } from './params';
+import { LegacyImportParams, pacing } from './params';
+import { eventsProbe } from './probe';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
 import { writeImportedChunk } from './store';
 import { keyText, translateRow, UnusableLegacyRow, type TranslatedRow } from './translate';
 
-/** Pages per chunk: the next page is read from Postgres while the previous one goes to ClickHouse. */
+/** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
+/**
+ * Rows translated between two yields to the event loop while paced: a request the isolate serves
+ * meanwhile waits a few milliseconds, not for a whole page.
+ */
+const PACED_TRANSLATE_ROWS = 500;
 
-/** One chunk (`chunkSize` rows at most) as a short pipeline of keyset pages. */
-async function importPages(pg: pg.Client, ch: ClickHouse, p: LegacyImportParams, from: string | null, maxKey: string, verify: boolean): Promise<{ cursor: string | null; rows: number; skipped: number }> {
-  const pageSize = Math.ceil(p.chunkSize / PAGES_PER_CHUNK);
+const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+/**
+ * One chunk (`chunkRows` rows at most) as a short pipeline of keyset pages. Paced, each page is one
+ * step of the throttle's size, followed by its rest once written (when nothing is in flight), and
+ * the chunk ends early when the pace says its time is up. `exhausted`: no rows are left.
+ */
+async function importPages(
+  pg: pg.Client,
+  ch: ClickHouse,
+  p: LegacyImportParams,
+  chunkRows: number,
+  from: string | null,
+  maxKey: string,
+  verify: boolean,
+  pace?: ChunkPace,
+): Promise<{ cursor: string | null; rows: number; skipped: number; exhausted: boolean }> {
+  const fixedPage = Math.ceil(chunkRows / PAGES_PER_CHUNK);
   let cursor = from;
   let rows = 0;
   let skipped = 0;
+  let exhausted = false;
   let writing: Promise<unknown> | null = null;
   // A write's failure is kept, not left unhandled, and thrown once the write is awaited.
   const settle = async (w: Promise<unknown> | null) => {
     const err = await w;
     if (err) throw err;
   };
-  while (rows < p.chunkSize) {
-    const page = await readPage(pg, p.source, cursor, maxKey, Math.min(pageSize, p.chunkSize - rows));
+  while (rows < chunkRows) {
+    const pageSize = Math.min(pace ? pace.stepRows() : fixedPage, chunkRows - rows);
+    const page = await readPage(pg, p.source, cursor, maxKey, pageSize);
     const now = Date.now();
     const translated: TranslatedRow[] = [];
-    for (const row of page) {
+    let pageSkipped = 0;
+    for (const [i, row] of page.entries()) {
+      if (pace && i > 0 && i % PACED_TRANSLATE_ROWS === 0) await yieldToEventLoop();
       try {
         translated.push(translateRow(p, row, now));
       } catch (err) {
         // A row the source cannot supply (no device or time) is counted, never a reason to stop.
         if (!(err instanceof UnusableLegacyRow)) throw err;
-        skipped += 1;
+        pageSkipped += 1;
       }
     }
-    await settle(writing);
+    if (writing) {
+      await settle(writing);
+      writing = null;
+      // Time is up: this page was read but is not written; the next chunk reads it again.
+      if (pace && !(await pace.rest())) return { cursor, rows, skipped, exhausted: false };
+    }
     writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
     rows += page.length;
+    skipped += pageSkipped;
     const last = page.at(-1);
     if (last) cursor = keyText(last[p.source.key]);
-    if (page.length < pageSize || cursor === maxKey) break;
+    if (page.length < pageSize || cursor === maxKey) {
+      exhausted = true;
+      break;
+    }
   }
   await settle(writing);
-  return { cursor, rows, skipped };
+  await pace?.rest();
+  return { cursor, rows, skipped, exhausted };
 }
 
 /** The event times an import of this dataset brought into the project (null when none). */
@@ -63,7 +99,16 @@ async function importedSpan(ch: ClickHouse, p: LegacyImportParams): Promise<{ fr
 }
 
 export const legacyImportRunner: JobRunner = {
-  pauseMs: (params) => LegacyImportParams.parse(params).pauseMs,
+  pauseMs: (params) => pacing(LegacyImportParams.parse(params)).pauseMs,
+
+  throttle: {
+    limits(params) {
+      const p = LegacyImportParams.parse(params);
+      const { chunkSize, pauseMs } = pacing(p);
+      return p.throttle ? { maxStepRows: chunkSize, maxPauseMs: pauseMs } : null;
+    },
+    prepareProbe: (env, params) => eventsProbe(clickhouse(getConfig(env).clickhouse), LegacyImportParams.parse(params).projectId),
+  },
 
   async runChunk(env: Env, job): Promise<ChunkOutcome> {
     const p = LegacyImportParams.parse(job.params);
@@ -81,7 +126,7 @@ export const legacyImportRunner: JobRunner = {
         rowsSkipped = Math.max(rowsSkipped, plan.rowsSkipped);
       }
       if (maxKey === null) return { cursor: job.cursor, maxKey, rowsTotal, rowsBefore: rowsProcessed, rows: 0, skippedBefore: rowsSkipped, skipped: 0, done: true, verifyWrites };
-      const { cursor, rows, skipped } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, job.cursor, maxKey, verifyWrites);
+      const { cursor, rows, skipped, exhausted } = await importPages(pg, clickhouse(getConfig(env).clickhouse), p, pacing(p).chunkSize, job.cursor, maxKey, verifyWrites, job.pace);
       return {
         cursor,
         maxKey,
@@ -90,7 +135,7 @@ export const legacyImportRunner: JobRunner = {
         rows,
         skippedBefore: rowsSkipped,
         skipped,
-        done: rows < p.chunkSize || cursor === maxKey,
+        done: exhausted,
         verifyWrites,
       };
     });

@@ -8,6 +8,7 @@ import { projects } from '../db/schema';
 import { ApiError } from '../errors';
 import { applyAction, startExclusiveJob } from '../jobs/actions';
 import { ACTIVE, JOB_STATES, type JobState } from '../jobs/states';
+import { ThrottleViewSchema } from '../jobs/throttle';
 import { jobStore, toView, type JobRow, type JobView } from '../jobs/store';
 import { LegacyImportParams } from '../legacy/params';
 import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router } from './openapi';
@@ -33,6 +34,7 @@ export const Job = z
     startedAt: z.string().nullable(),
     endedAt: z.string().nullable(),
     lastUpdateAt: z.string(),
+    throttle: ThrottleViewSchema.nullable(),
   })
   .openapi('Job') satisfies z.ZodType<JobView>;
 

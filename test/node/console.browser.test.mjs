@@ -208,13 +208,17 @@ describe('operator console', () => {
     await byTestId('import-created-at').fill('created_at');
     await byTestId('import-device-id').fill('device_id');
     await byTestId('import-name').fill('legacy_trip');
-    // Small chunks a second apart: the import runs for a minute or two, long enough to watch.
+    // Throttled by default; here a fixed pace of small chunks a second apart, so the import runs
+    // for a minute or two, long enough to watch.
+    expect(await byTestId('import-throttle').isChecked()).toBe(true);
+    expect(await byTestId('import-chunk-size').inputValue()).toBe('');
+    await byTestId('import-throttle').uncheck();
     await byTestId('import-chunk-size').fill('200');
     await byTestId('import-pause-ms').fill('1000');
     await byTestId('import-start').click();
     await poll(() => byTestId('import-result').textContent()).toMatch(/[0-9a-f-]{36}/);
     importJobId = /[0-9a-f-]{36}/.exec(await byTestId('import-result').textContent())[0];
-    expect((await api.job(importJobId)).type).toBe('legacy_import');
+    expect(await api.job(importJobId)).toMatchObject({ type: 'legacy_import', throttle: null });
 
     await poll(() => jobRow(importJobId).getAttribute('data-job-state')).toBe('running');
     const first = await eventually('the bar shows rows done', async () => {
@@ -286,4 +290,5 @@ describe('operator console', () => {
     const file = await screenshot('console');
     if (UPDATE_DOCS_SCREENSHOT) copyFileSync(file, join(ROOT, 'docs', 'console.png'));
   });
+
 });
