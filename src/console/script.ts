@@ -96,9 +96,14 @@ const SOURCE = String.raw`
   }
 
   async function api(method, path, body) {
+    // A load that was already on its way when the operator signed out asks nothing more.
+    if (!token) throw new Refused('signed out');
+    var sentWith = token;
     var headers = { authorization: 'Bearer ' + token };
     if (body !== undefined) headers['content-type'] = 'application/json';
     var answer = await request(path, { method: method, headers: headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    // Signed out (or in with another token) while this was in flight: its answer is not shown.
+    if (token !== sentWith) throw new Refused('signed out while the request was in flight');
     var res = answer.res, data = answer.data;
     var apiError = data && data.error && typeof data.error === 'object' ? data.error : null;
     if (res.status === 401) {
@@ -178,7 +183,11 @@ const SOURCE = String.raw`
     ['job-rows', 'archive-rows', 'project-rows', 'vehicle-rows', 'trip-rows', 'health-errors', 'map-vehicles', 'map-trips'].forEach(function (id) { byId(id).replaceChildren(); });
     ['health-clickhouse', 'ingest-backlog', 'dead-letters-parked', 'dead-letters-quarantined', 'last-refresh'].forEach(function (id) { setText(byTestId(id), '—'); });
     ['replay-result', 'import-result', 'archive-result', 'job-action-result', 'project-result', 'project-secret', 'project-client-id'].forEach(function (id) { setText(byTestId(id), ''); });
-    ['import-project', 'archive-project', 'fleet-project'].forEach(function (id) { byTestId(id).replaceChildren(); });
+    ['import-project', 'archive-project', 'fleet-project'].forEach(function (id) {
+      var select = byTestId(id);
+      select.replaceChildren();
+      select.removeAttribute('data-signature');
+    });
     show(byId('project-created'), false);
     show(byTestId('refresh-error'), false);
     drawTrack([]);

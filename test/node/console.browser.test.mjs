@@ -291,4 +291,38 @@ describe('operator console', () => {
     if (UPDATE_DOCS_SCREENSHOT) copyFileSync(file, join(ROOT, 'docs', 'console.png'));
   });
 
+  it('keeps the answer of a read still in flight at sign-out off the page', async () => {
+    // Hold the jobs list of the next refresh until after the operator signed out.
+    let caught;
+    const inFlight = new Promise((resolve) => (caught = resolve));
+    let release;
+    const held = new Promise((resolve) => (release = resolve));
+    let delivered;
+    const answered = new Promise((resolve) => (delivered = resolve));
+    await page.route('**/admin/backfills', async (route) => {
+      const response = await route.fetch();
+      caught();
+      await held;
+      await route.fulfill({ response });
+      delivered();
+    });
+    try {
+      await page.getByTestId('job-row').first().waitFor({ state: 'attached' });
+      await inFlight;
+      await byTestId('logout-button').click();
+      expect(await page.getByTestId('job-row').count()).toBe(0);
+      release();
+      await answered;
+      // The late answer has reached the page's script; give it a few turns of its event loop.
+      await page.evaluate(() => new Promise((resolve) => setTimeout(resolve, 500)));
+      expect(await page.getByTestId('job-row').count()).toBe(0);
+      expect(await page.locator('#login-form').isVisible()).toBe(true);
+      const html = await page.content();
+      expect(html).not.toContain(importJobId);
+      expect(html).not.toContain(project.id);
+    } finally {
+      release();
+      await page.unroute('**/admin/backfills');
+    }
+  });
 });
