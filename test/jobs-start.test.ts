@@ -2,7 +2,7 @@
 import { createExecutionContext, createMessageBatch, env, getQueueResult } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import worker from '../src/index';
-import { handleJobsBatch, keepLease, type ChunkMessage } from '../src/jobs/engine';
+import { handleJobsBatch, keepLease, rekickStalledJobs, STALL_MS, type ChunkMessage } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
 import { admin, createLegacyTable, importBody, suffix, waitJob } from './backfill-helpers';
 import { ADMIN_TOKEN, createProject } from './helpers';
@@ -30,6 +30,26 @@ describe('job start', () => {
     expect(retried.status).toBe(202);
     const { id } = (await retried.json()) as { id: string };
     expect((await waitJob(id, (j) => j.state === 'succeeded' || j.state === 'failed')).state).toBe('succeeded');
+  });
+
+  it('applies a resume while the job queue is down, and the watchdog sends the message it could not', async () => {
+    const store = jobStore(env.DB);
+    const id = crypto.randomUUID();
+    await store.create(id, 'legacy_import', { test: true }, Date.now());
+    expect(await store.transition(id, 'enqueued', 'paused', Date.now(), {}, true)).not.toBeNull();
+    const refusing = { ...env, JOBS_QUEUE: { send: () => Promise.reject(new Error('queue unavailable')), sendBatch: () => Promise.reject(new Error('queue unavailable')) } };
+    const res = await worker.fetch(
+      new Request(`http://gw/admin/backfills/${id}/resume`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }),
+      refusing as unknown as typeof env,
+      createExecutionContext(),
+    );
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { state: string }).state).toBe('enqueued');
+    const resumed = (await store.get(id))!;
+    expect(resumed.state).toBe('enqueued');
+    // The lost-message rule: no lease, no update for STALL_MS.
+    expect(await rekickStalledJobs(env, resumed.lastUpdateAt + STALL_MS - 1)).not.toContain(id);
+    expect(await rekickStalledJobs(env, resumed.lastUpdateAt + STALL_MS + 1)).toContain(id);
   });
 
   it('holds a first message that arrives before its job row, and drops it in the end when no row comes', async () => {

@@ -74,6 +74,14 @@ export async function applyAction(env: Env, id: string, action: JobAction): Prom
   const needsChunk = to === 'enqueued';
   const updated = await store.transition(id, from, to, Date.now(), action === 'retry' ? RESET_PROGRESS : {}, !chunkRunning);
   if (!updated) throw new ApiError(409, 'invalid_transition', `the job changed state while ${action} was applied; read it and try again`, { action });
-  if (needsChunk) await sendChunk(env, id, updated.leaseVersion);
+  if (needsChunk) {
+    try {
+      await sendChunk(env, id, updated.leaseVersion);
+    } catch (err) {
+      // The job is enqueued with no message on the way: the watchdog's lost-message rule sends one
+      // (STALL_MS after this update). The operator's action did take effect, so it is not refused.
+      console.error(JSON.stringify({ msg: 'job action applied; its chunk message could not be sent, the watchdog will send it', id, action, error: String(err) }));
+    }
+  }
   return updated;
 }
