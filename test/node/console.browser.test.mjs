@@ -1,5 +1,6 @@
-// The operator console in a real headless Chromium against a whole local gateway: sign-in, a running
-// import's progress, pause and resume, a dead-letter replay after an outage, an archive, a vehicle's track.
+// The operator console in a real headless Chromium against a whole local gateway: sign-in, a new
+// project's secret, a running import's progress, pause, resume, cancel and retry, a dead-letter replay
+// after an outage, an archive and its restore, a vehicle's track, and a sign-out mid-refresh.
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -169,6 +170,30 @@ describe('operator console', () => {
     await screenshot('signed-in');
   });
 
+  it('creates a project and shows its secret once, until dismissed', async () => {
+    const name = `Night buses ${Date.now()}`;
+    await byTestId('project-create-name').fill(name);
+    await byTestId('project-create').click();
+    await poll(() => byTestId('project-result').textContent()).toMatch(/^Created /);
+    const clientId = (await byTestId('project-client-id').textContent()).trim();
+    const secret = (await byTestId('project-secret').textContent()).trim();
+    expect(clientId).not.toBe('');
+    expect(secret.length).toBeGreaterThanOrEqual(20);
+    // The listing knows the project, never its secret.
+    const { body } = await api.admin('GET', '/admin/projects');
+    const created = body.projects.find((p) => p.name === name);
+    expect(created).toBeDefined();
+    expect(JSON.stringify(body)).not.toContain(secret);
+    await poll(() => page.locator(`[data-testid="project-row"][data-project-id="${created.id}"]`).count()).toBe(1);
+    // The credentials work: the new project accepts an event.
+    await api.trackBatch({ clientId, clientSecret: secret }, [{ type: 'track', payload: { name: 'boot', properties: { __deviceId: 'night-bus-1' } } }]);
+    await screenshot('project-created');
+    await page.locator('#project-created-dismiss').click();
+    expect(await byTestId('project-secret').textContent()).toBe('');
+    await refreshes(1);
+    expect(await page.content()).not.toContain(secret);
+  });
+
   it('replays a dead letter once ClickHouse is back, and its rows arrive', async () => {
     // While ClickHouse is cut off the console's reads answer 503: that is what it should show.
     expectedErrors = [/Failed to load resource: the server responded with a status of 503/];
@@ -252,6 +277,22 @@ describe('operator console', () => {
     expect(await row.getByTestId('job-pause').isVisible()).toBe(true);
   });
 
+  it('cancels the import and retries it from the start', async () => {
+    const row = jobRow(importJobId);
+    await row.getByTestId('job-cancel').click();
+    await poll(() => row.getAttribute('data-job-state')).toBe('cancelled');
+    expect(await row.getByTestId('job-retry').isVisible()).toBe(true);
+    expect(await row.getByTestId('job-cancel').isVisible()).toBe(false);
+    const cancelled = await api.job(importJobId);
+    expect(cancelled.state).toBe('cancelled');
+    expect(cancelled.rowsProcessed).toBeLessThan(IMPORT_ROWS);
+
+    await row.getByTestId('job-retry').click();
+    await poll(() => row.getAttribute('data-job-state')).toMatch(/^(enqueued|running)$/);
+    await poll(async () => (await api.job(importJobId)).rowsProcessed).toBeGreaterThan(0);
+    await screenshot('import-retried');
+  });
+
   it('archives a closed month from the form until it is archived', async () => {
     const month = historyMonth.toISOString().slice(0, 7);
     await byTestId('archive-project').selectOption(project.id);
@@ -268,6 +309,18 @@ describe('operator console', () => {
     expect(body.archives).toMatchObject([{ state: 'archived', rows: HISTORY_ROWS }]);
     expect(await archiveRow.getByTestId('archive-restore').isVisible()).toBe(true);
     await screenshot('archived');
+  });
+
+  it('restores the archived month from its row', async () => {
+    const month = historyMonth.toISOString().slice(0, 7);
+    const archiveRow = page.locator(`[data-testid="archive-row"][data-project="${project.id}"][data-month="${month}"]`);
+    await archiveRow.getByTestId('archive-restore').click();
+    await poll(() => archiveRow.getAttribute('data-state')).toBe('restored');
+    const { body } = await api.admin('GET', `/admin/archives?projectId=${project.id}&month=${month}`);
+    expect(body.archives).toMatchObject([{ state: 'restored', rows: HISTORY_ROWS }]);
+    expect(await archiveRow.getByTestId('archive-restore').isVisible()).toBe(false);
+    expect(await archiveRow.getByTestId('archive-rerun').isVisible()).toBe(true);
+    await screenshot('restored');
   });
 
   it("draws a chosen vehicle's track and trips", async () => {
