@@ -680,7 +680,9 @@ const SOURCE = String.raw`
       var title = s('title', {});
       title.textContent = (v.name || v.deviceId) + ' — ' + v.status;
       dot.append(title);
-      var label = s('text', { class: 'label', x: (p.x + 10).toFixed(1), y: (p.y + 4).toFixed(1) });
+      // A label on the right half reads leftwards from its dot, so it never runs off the picture.
+      var right = p.x > MAP_W / 2;
+      var label = s('text', { class: 'label', x: (right ? p.x - 10 : p.x + 10).toFixed(1), y: (p.y + 4).toFixed(1), 'text-anchor': right ? 'end' : 'start' });
       label.textContent = v.name || v.deviceId;
       g.append(dot, label);
       return g;

@@ -339,6 +339,13 @@ describe('operator console', () => {
     expect(vertices.every(Number.isFinite)).toBe(true);
     expect(new Set(vertices.filter((_, i) => i % 2 === 0)).size).toBeGreaterThan(1); // it goes somewhere
     await poll(() => page.getByTestId('trip-row').count()).toBe(1);
+    // Every vehicle's label lies inside the picture (viewBox 640 × 400), wherever its dot is.
+    const labels = await page.locator('#map-vehicles text').evaluateAll((els) => els.map((el) => { const b = el.getBBox(); return { x: b.x, right: b.x + b.width }; }));
+    expect(labels.length).toBeGreaterThanOrEqual(3);
+    for (const l of labels) {
+      expect(l.x).toBeGreaterThanOrEqual(0);
+      expect(l.right).toBeLessThanOrEqual(640);
+    }
     await screenshot('track');
     const file = await screenshot('console');
     if (UPDATE_DOCS_SCREENSHOT) copyFileSync(file, join(ROOT, 'docs', 'console.png'));
