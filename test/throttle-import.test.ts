@@ -16,6 +16,21 @@ async function controllerOf(id: string): Promise<ThrottleView | null> {
   return throttleView((await jobStore(env.DB).get(id))!.params);
 }
 
+/** Polls the job until it ends, keeping every controller state seen on the way. */
+async function watchUntilFinished(id: string) {
+  const seen: ThrottleView[] = [];
+  const done = await waitUntil(
+    async () => {
+      const view = await controllerOf(id);
+      if (view) seen.push(view);
+      return (await jobStore(env.DB).get(id))!;
+    },
+    finished,
+    { timeoutMs: 90_000, intervalMs: 50 },
+  );
+  return { done, seen };
+}
+
 describe('self-throttling import', () => {
   it('with no pacing given, measures its readers, records its controller state and completes', async () => {
     const table = `legacy_throttle_${suffix()}`;
@@ -24,16 +39,7 @@ describe('self-throttling import', () => {
     const p = await createProject('throttle');
     const { chunkSize: _chunkSize, pauseMs: _pauseMs, ...body } = importBody(p.id, 'citylens', table);
     const id = await startImport(body);
-    const seen: ThrottleView[] = [];
-    const done = await waitUntil(
-      async () => {
-        const view = await controllerOf(id);
-        if (view) seen.push(view);
-        return (await jobStore(env.DB).get(id))!;
-      },
-      finished,
-      { timeoutMs: 90_000, intervalMs: 50 },
-    );
+    const { done, seen } = await watchUntilFinished(id);
     expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: ROWS, error: null });
     expect(await countEvents(p.id)).toEqual({ rows: ROWS, ids: ROWS });
 
@@ -83,16 +89,7 @@ describe('self-throttling import', () => {
     expect(stored.probeMs).toBeGreaterThan(0);
     expect(stored.pauseMs).toBeLessThanOrEqual(MAX_PAUSE_MS);
 
-    const seen: ThrottleView[] = [];
-    const done = await waitUntil(
-      async () => {
-        const view = await controllerOf(id);
-        if (view) seen.push(view);
-        return (await jobStore(env.DB).get(id))!;
-      },
-      finished,
-      { timeoutMs: 90_000, intervalMs: 50 },
-    );
+    const { done, seen } = await watchUntilFinished(id);
     expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: ROWS });
     expect(await countEvents(p.id)).toEqual({ rows: ROWS, ids: ROWS });
     for (const v of seen) expect(v.pauseMs).toBeLessThanOrEqual(MAX_PAUSE_MS);
