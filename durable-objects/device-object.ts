@@ -128,12 +128,12 @@ export class DeviceObject extends DurableObject<Env> {
     const assigned = sessions.assign(live.ident()!, tracked.map((i) => input.events[i]!.c), input.gapMs, nowMs);
     const sessionOf = new Map<number, string>();
     tracked.forEach((i, k) => sessionOf.set(i, assigned.sessionIds[k]!));
-    outbox.enqueueSessions(assigned.rows);
 
     const freshEvents = fresh.map((i) => input.events[i]!);
     const freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
     dedup.record(freshEvents, nowMs);
-    outbox.appendEvents(freshEvents, freshSessions);
+    // The changed session rows ride with the events' chunk, ahead of them in its message.
+    outbox.appendEvents(freshEvents, freshSessions, assigned.rows);
     live.record(freshEvents, freshSessions, nowMs);
 
     const freshSet = new Set(fresh);
