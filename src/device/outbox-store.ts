@@ -213,9 +213,11 @@ export class OutboxStore {
     try {
       let since = this.meta.get<number>('stalledSinceMs');
       if (since === null) this.meta.set('stalledSinceMs', (since = now));
-      // Events (each chunk is a JSON array of them) and session rows waiting.
+      // Events (each chunk is a JSON array of them, with the session rows riding along) and session rows waiting.
       const pendingRows = this.sql
-        .exec<{ n: number }>("SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) ELSE 1 END), 0) AS n FROM outbox")
+        .exec<{ n: number }>(
+          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox",
+        )
         .one().n;
       const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
       await drizzle(db)
