@@ -272,6 +272,7 @@ export class DeviceObject extends DurableObject<Env> {
     await this.ctx.storage.deleteAlarm();
     this.meta.clear();
     this.stores.dedup.reset();
+    this.stores.outbox.reset();
     this.schemaReady = false;
     return { held: partial ? partial.held : true, whole: true, ...removed };
   }

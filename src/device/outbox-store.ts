@@ -27,6 +27,14 @@ const MAX_RIDING_SESSION_BYTES = 16 * 1024;
 export class OutboxStore {
   /** In-flight flush: the alarm and a direct maintain() must not send the same rows twice. */
   private flushing: Promise<number> | null = null;
+  /**
+   * Rows at or below this seq may have reached the queue once already: their messages are flagged
+   * as possible redeliveries. Held in memory, not written before every send: a row goes out only in a
+   * flush of this object's life or of an earlier one, and rows of an earlier life are all below the
+   * first seq this life writes (or, flushed before this life wrote any, all count as attempted).
+   * null until this life first writes or flushes.
+   */
+  private attemptedThrough: number | null = null;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -37,8 +45,19 @@ export class OutboxStore {
   enqueueSessions(rows: readonly SessionRow[]): void {
     for (const row of rows) {
       this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
-      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?)", row.id, JSON.stringify(row));
+      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?) RETURNING seq", row.id, JSON.stringify(row)));
     }
+  }
+
+  /** Notes the first seq this life writes: every row below it is an earlier life's. */
+  private inserted(cursor: SqlStorageCursor<{ seq: number }>): void {
+    const seq = cursor.one().seq;
+    this.attemptedThrough ??= seq - 1;
+  }
+
+  /** Forgets what it holds in memory once storage is deleted (seqs start over). */
+  reset(): void {
+    this.attemptedThrough = null;
   }
 
   /**
@@ -59,7 +78,7 @@ export class OutboxStore {
     let chunkBytes = ridingBytes;
     const writeChunk = () => {
       if (!chunk.length) return;
-      this.sql.exec("INSERT INTO outbox (kind, ref, body, payload) VALUES ('events', '', ?, ?)", `[${chunk.join(',')}]`, riding);
+      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body, payload) VALUES ('events', '', ?, ?) RETURNING seq", `[${chunk.join(',')}]`, riding));
       riding = null;
       chunk = [];
       chunkBytes = 0;
@@ -118,9 +137,9 @@ export class OutboxStore {
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
-    // writing them. Rows at or below it may already have reached the queue once.
-    const attemptedThrough = this.meta.get<number>('flushAttemptedThrough') ?? 0;
-    if (maxSeq > attemptedThrough) this.meta.set('flushAttemptedThrough', maxSeq);
+    // writing them. Taken before the send, so a failed or partial send marks these rows too.
+    const attemptedThrough = this.attemptedThrough ?? maxSeq;
+    this.attemptedThrough = Math.max(attemptedThrough, maxSeq);
 
     // Events written before a merge still name the absorbed session: the consumer maps them.
     const aliases = aliasesNow();

@@ -16,9 +16,9 @@ const SCHEMA_SQL = `
 
 /**
  * `meta` keys older layouts wrote that nothing reads any more (a session version counter, a
- * small-chunk counter): deleted on an object's next call.
+ * small-chunk counter, a flush watermark now held in memory): deleted on an object's next call.
  */
-export const RETIRED_META_KEYS = ['version', 'smallSeenChunks'] as const;
+export const RETIRED_META_KEYS = ['version', 'smallSeenChunks', 'flushAttemptedThrough'] as const;
 
 /** Bound parameters per statement, well under SQLite's limit, for `IN (...)` lists. */
 export const PARAMS_PER_STATEMENT = 90;
