@@ -32,8 +32,11 @@ const profile = await startDeviceProfile();
 try {
   // Every device once, so no table creation or first load is in the figures.
   await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
-  const mix = await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
-  report(`default mix (2000-event batches over 100 of ${FLEET} devices)`, mix);
+  const warm = await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
+  report(`default mix (2000-event batches over 100 of ${FLEET} devices), objects still in memory`, warm);
+  // As in production, where a device sends a batch every minute or so and its object was idle since.
+  const mix = await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET, cold: true });
+  report(`default mix, each object cold (out of memory since its last call)`, mix);
   const single = await profile.run({ batches: BATCHES, devicesPerBatch: 1, fleet: FLEET });
   report('one device per batch (2000 events per call)', single);
   // The bill of these calls alone (bench/e2e.mjs prints it with the whole path's CPU and ClickHouse).
@@ -54,6 +57,8 @@ try {
   );
   result('device_call_statements', mix.statements / mix.calls);
   result('device_call_rows_written', mix.rowsWritten / mix.calls);
+  result('device_call_statements_warm', warm.statements / warm.calls);
+  result('device_call_rows_written_warm', warm.rowsWritten / warm.calls);
   result('device_call_us', ((mix.ingestMs + mix.alarmMs - mix.sendMs) * 1000) / mix.calls);
   result('device_call_workerd_cpu_us', (mix.workerdCpuSec * 1e6) / mix.calls);
 } finally {

@@ -6,7 +6,7 @@ import { eraseProfile, heldCounts, type DeviceStores } from '../src/device/erase
 import { LiveStore } from '../src/device/live-store';
 import { OutboxStore } from '../src/device/outbox-store';
 import { packEvent, unpackEvents } from '../src/device/packed';
-import { createOrUpgradeTables, databaseBytes, hasTables, MetaStore } from '../src/device/schema';
+import { createOrUpgradeTables, databaseBytes, hasTables, MetaStore, RETIRED_META_KEYS } from '../src/device/schema';
 import { SESSION_RETENTION_MS, SessionStore } from '../src/device/session-store';
 import type { Session } from '../src/device/sessions';
 import type { DeviceErasureResult, DeviceIngest, DeviceIngestResult, DeviceState, PackedEvent, ProfileErasure } from '../src/device/types';
@@ -110,6 +110,7 @@ export class DeviceObject extends DurableObject<Env> {
   private ingestSync(input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[] }, nowMs: number): DeviceIngestResult['results'] {
     const { dedup, sessions, outbox, live } = this.stores;
     this.ensureSchema();
+    this.meta.drop(RETIRED_META_KEYS);
     live.identify(input.projectId, input.deviceId, input.gapMs);
     sessions.takeKnown(input.knownSessions ?? []);
 
@@ -128,12 +129,12 @@ export class DeviceObject extends DurableObject<Env> {
     const assigned = sessions.assign(live.ident()!, tracked.map((i) => input.events[i]!.c), input.gapMs, nowMs);
     const sessionOf = new Map<number, string>();
     tracked.forEach((i, k) => sessionOf.set(i, assigned.sessionIds[k]!));
-    outbox.enqueueSessions(assigned.rows);
 
     const freshEvents = fresh.map((i) => input.events[i]!);
     const freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
     dedup.record(freshEvents, nowMs);
-    outbox.appendEvents(freshEvents, freshSessions);
+    // The changed session rows ride with the events' chunk, ahead of them in its message.
+    outbox.appendEvents(freshEvents, freshSessions, assigned.rows);
     live.record(freshEvents, freshSessions, nowMs);
 
     const freshSet = new Set(fresh);
@@ -271,6 +272,7 @@ export class DeviceObject extends DurableObject<Env> {
     await this.ctx.storage.deleteAlarm();
     this.meta.clear();
     this.stores.dedup.reset();
+    this.stores.outbox.reset();
     this.schemaReady = false;
     return { held: partial ? partial.held : true, whole: true, ...removed };
   }

@@ -2,6 +2,8 @@
 import { env, runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import type { DeviceObject } from '../durable-objects/device-object';
+import { OutboxStore } from '../src/device/outbox-store';
+import type { MetaStore } from '../src/device/schema';
 import { deviceStub } from '../src/ingest/accept';
 import { countEvents, createProject, postBatch, trackEvent, waitUntil } from './helpers';
 
@@ -33,5 +35,59 @@ describe('device outbox flush', () => {
     await runDurableObjectAlarm(stub);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 5);
     expect(await countEvents(p.id)).toEqual({ rows: 5, ids: 5 });
+  });
+});
+
+describe('device outbox resends', () => {
+  it('flags a message that may have reached the queue before: after a failed send, and after the object lost its memory', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'resend-1');
+    // What the object hands the queue (raw message bodies); `fail` makes a send throw once it got there.
+    const sent: string[] = [];
+    let fail = false;
+    const capture = (o: DeviceObject) => {
+      const self = o as unknown as { env: typeof env };
+      const queue = {
+        send: () => Promise.reject(new Error('unused')),
+        sendBatch: async (messages: Array<{ body: unknown }>) => {
+          for (const m of messages) sent.push(m.body as string);
+          if (fail) throw new Error('the send reached the queue, its answer was lost');
+        },
+      };
+      self.env = { ...self.env, INGEST_QUEUE: queue as unknown as typeof env.INGEST_QUEUE };
+    };
+    const send = (name: string) => postBatch(p, { events: [trackEvent(name, { __deviceId: 'resend-1', __timestamp: Date.now() - 1000 })] });
+    // Whether each message that carried the event named `name` was flagged, in the order sent.
+    const flagOf = (name: string) => sent.filter((b) => b.includes(`"name":"${name}"`)).map((b) => (JSON.parse(b) as { redelivery?: boolean }).redelivery ?? false);
+
+    await runInDurableObject(stub, capture);
+    expect((await send('first')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 1);
+    // A first send is not flagged (the consumer skips its id check).
+    expect(flagOf('first')).toEqual([false]);
+
+    // The send reaches the queue but throws: its rows stay, and their next send is flagged.
+    fail = true;
+    expect((await send('second')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 2);
+    fail = false;
+    await runDurableObjectAlarm(stub);
+    expect(flagOf('second')).toEqual([false, true]);
+
+    // Again, then the object loses its memory before the retry; its next life writes a row first.
+    fail = true;
+    expect((await send('third')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 4);
+    fail = false;
+    // Stands for a restart: the outbox store as a new life of the object has it (nothing in memory).
+    await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
+      self.stores.outbox = new OutboxStore(self.sql, self.meta);
+    });
+    expect((await send('fourth')).status).toBe(202);
+    // The back-off alarm set before the restart sends both.
+    await waitUntil(async () => flagOf('fourth').length, (n) => n === 1);
+    expect(flagOf('third')).toEqual([false, true]);
+    expect(flagOf('fourth')).toEqual([false]);
   });
 });

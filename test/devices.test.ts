@@ -1,6 +1,9 @@
 // GET /v1/devices/:deviceId (live state) and profiles (identify, increment, decrement).
-import { SELF } from 'cloudflare:test';
+import { env, runInDurableObject, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
+import type { DeviceObject } from '../durable-objects/device-object';
+import type { MetaStore } from '../src/device/schema';
+import { deviceStub } from '../src/ingest/accept';
 import { foldProfile, type ProfileOp } from '../src/profiles/fold';
 import { createProject, getJson, postBatch, waitUntil, type TestProject } from './helpers';
 import { rng, shuffle } from './session-history';
@@ -77,6 +80,36 @@ describe('GET /v1/devices/:deviceId', () => {
     });
     expect(body.lastEvent!.sessionId).toBe(body.liveSession!.id);
     expect(body.profile).toBeNull();
+  });
+
+  it('reads the live state an older object kept in a meta row per field, and moves it into one row on its next event', async () => {
+    const p = await createProject('devices-older-meta');
+    const now = Date.now();
+    const fix = (atMs: number, lat: number) => ({ type: 'track', payload: { name: 'fix', properties: { __deviceId: 'bike-old', __timestamp: atMs, lat, lon: 2.35 } } });
+    expect((await postBatch(p, { events: [fix(now - 2 * MIN, 48.85)] })).status).toBe(202);
+    const before = (await getJson<DeviceBody>(p, '/v1/devices/bike-old')).body;
+    expect(before.lastPosition).toEqual({ lat: 48.85, lon: 2.35, at: new Date(now - 2 * MIN).toISOString() });
+    const stub = deviceStub(env, p.id, 'bike-old');
+    const metaKeys = () => runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ key: string }>('SELECT key FROM meta ORDER BY key').toArray().map((r) => r.key));
+    // The older layout: each field in a row of its own, and keys nothing reads any more.
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      const sql = state.storage.sql;
+      const live = JSON.parse(sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = 'live'").one().value) as Record<string, unknown>;
+      for (const [key, value] of [...Object.entries(live), ['version', 1], ['smallSeenChunks', 3], ['flushAttemptedThrough', 7]]) {
+        sql.exec('INSERT INTO meta (key, value) VALUES (?, ?)', key, JSON.stringify(value));
+      }
+      sql.exec("DELETE FROM meta WHERE key = 'live'");
+      (o as unknown as { meta: MetaStore }).meta.clear();
+    });
+    expect(await metaKeys()).toContain('lastPosition');
+    expect((await getJson<DeviceBody>(p, '/v1/devices/bike-old')).body).toEqual(before);
+
+    expect((await postBatch(p, { events: [fix(now - MIN, 48.9)] })).status).toBe(202);
+    const after = (await getJson<DeviceBody>(p, '/v1/devices/bike-old')).body;
+    expect(after.lastPosition).toEqual({ lat: 48.9, lon: 2.35, at: new Date(now - MIN).toISOString() });
+    expect(after.lastEvent).toMatchObject({ name: 'fix', createdAt: new Date(now - MIN).toISOString() });
+    expect(after.liveSession).toMatchObject({ startedAt: new Date(now - 2 * MIN).toISOString(), eventCount: 2 });
+    expect(await metaKeys()).toEqual(['gapMs', 'ident', 'live', 'nextSeenSweepMs']);
   });
 });
 

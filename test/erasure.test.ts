@@ -244,14 +244,17 @@ describe('profile erasure', () => {
     const a = await deviceStub(p.id, A).state();
     expect(a).toMatchObject({ profileId: null, lastEvent: { name: 'trip_point' } });
     expect(a!.seenIds).toBe(1);
-    const again = await postBatch(p, { events: [s.live[A]![1], s.live[A]![3]] });
-    expect(await again.json()).toEqual({ accepted: 1, duplicates: 1, rejected: [] });
 
     expect((await getJson(p, `/v1/profiles/${P}`)).status).toBe(404);
     expect((await getJson(p, `/v1/profiles/${Q}`)).status).toBe(200);
     const events = (await getJson<{ events: Array<{ profileId: string; deviceId: string }> }>(p, '/v1/events?limit=1000')).body.events;
     expect(events.filter((e) => e.profileId === P)).toEqual([]);
     expect(events.filter((e) => e.deviceId === C)).toEqual([]);
+
+    // Last, as it stores one of P's events again (about a second later): veh-a forgot P's event ids,
+    // not its anonymous one.
+    const again = await postBatch(p, { events: [s.live[A]![1], s.live[A]![3]] });
+    expect(await again.json()).toEqual({ accepted: 1, duplicates: 1, rejected: [] });
   });
 });
 

@@ -130,6 +130,11 @@ export class ProfiledDevice extends DeviceObject {
     }
   }
 
+  /** Drops this object from memory (its storage stays): its next call finds it cold. */
+  evict() {
+    this.ctx.abort('bench: evicted');
+  }
+
   override async alarm() {
     const t = performance.now();
     try {
@@ -200,6 +205,15 @@ export default {
         route.rpcMs += performance.now() - t;
         route.events += raws.length;
       }
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === '/evict') {
+      // Every object of the fleet out of memory, so the next calls each find their object cold.
+      const projectId = 'bench-project';
+      await mapPool(Array.from({ length: q('fleet') }, (_, i) => i), 16, async (i) => {
+        const stub = env.DEVICE.get(env.DEVICE.idFromName(projectId + ':fleet-' + i));
+        await stub.evict().catch(() => undefined);
+      });
       return Response.json({ ok: true });
     }
     if (url.pathname === '/take') {
@@ -284,13 +298,17 @@ export async function startDeviceProfile() {
   const mf = new Miniflare(convertV4MiniflareOptions ? convertV4MiniflareOptions(options) : options);
   let offset = 0;
   return {
-    /** Runs `batches` batches of `events` over `devicesPerBatch` of `fleet` devices; answers per-call figures. */
-    async run({ batches, events = 2000, devicesPerBatch, fleet }) {
+    /**
+     * Runs `batches` batches of `events` over `devicesPerBatch` of `fleet` devices; answers per-call
+     * figures. `cold`: every object is dropped from memory first, as an idle one is in production.
+     */
+    async run({ batches, events = 2000, devicesPerBatch, fleet, cold = false }) {
       const get = async (path) => {
         const res = await mf.dispatchFetch(`http://bench${path}`);
         if (!res.ok) throw new Error(`${path}: ${res.status} ${(await res.text()).slice(0, 300)}`);
         return res.json();
       };
+      if (cold) await get(`/evict?fleet=${fleet}`);
       const cpu = childrenCpuSeconds();
       await get(`/run?batches=${batches}&events=${events}&devicesPerBatch=${devicesPerBatch}&fleet=${fleet}&offset=${offset}`);
       offset += batches;

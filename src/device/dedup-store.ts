@@ -28,6 +28,11 @@ export type SeenKey = { k: string; id: string; c: number };
 
 export class DedupStore {
   private index: SeenIndex | null = null;
+  /**
+   * Small chunks waiting to be merged, counted in memory (from storage once per object life, as the
+   * index loads): a counter in `meta` cost a row written on every call.
+   */
+  private smallChunks: number | null = null;
   /** The per-key `seen` table of an older layout still holds rows (moved into chunks a batch a call). */
   private legacySeen = false;
   /** Bounds that tests lower to reach the fallbacks without millions of rows. */
@@ -51,11 +56,13 @@ export class DedupStore {
   /** Drops the in-memory index: after a rollback, or a rewrite of chunks (rebuilt on next use). */
   forgetIndex(): void {
     this.index = null;
+    this.smallChunks = null;
   }
 
   /** Forgets all it holds in memory once storage is deleted. */
   reset(): void {
     this.index = null;
+    this.smallChunks = null;
     this.legacySeen = false;
   }
 
@@ -69,9 +76,13 @@ export class DedupStore {
     const total = this.sql.exec<{ n: number }>('SELECT coalesce(sum(n), 0) AS n FROM seen_chunks').one().n;
     if (total > this.maxIndexedKeys) return null;
     const index = new SeenIndex();
-    for (const r of this.sql.exec<{ id: number; fps: ArrayBuffer }>('SELECT id, fps FROM seen_chunks')) {
+    let small = 0;
+    for (const r of this.sql.exec<{ id: number; n: number; fps: ArrayBuffer }>('SELECT id, n, fps FROM seen_chunks')) {
       index.addChunk(r.id, decodeFingerprints(r.fps));
+      if (r.n < SMALL_SEEN_CHUNK) small++;
     }
+    // The same read counts the small chunks, so the alarm need not scan the table again for them.
+    this.smallChunks ??= small;
     return (this.index = index);
   }
 
@@ -100,7 +111,7 @@ export class DedupStore {
   }
 
   private insertChunk(seenAtMs: number, fps: number[], entries: SeenEntry[]): number {
-    if (fps.length < SMALL_SEEN_CHUNK) this.meta.set('smallSeenChunks', (this.meta.get<number>('smallSeenChunks') ?? 0) + 1);
+    if (fps.length < SMALL_SEEN_CHUNK && this.smallChunks !== null) this.smallChunks++;
     return this.sql
       .exec<{ id: number }>(
         'INSERT INTO seen_chunks (seen_at_ms, n, fps, entries) VALUES (?, ?, ?, ?) RETURNING id',
@@ -181,8 +192,8 @@ export class DedupStore {
 
   /** Merges the small chunks of each hour of receipt (single-event requests make one chunk each). */
   compact(): void {
-    const pending = this.meta.get<number>('smallSeenChunks') ?? 0;
-    if (pending < SMALL_SEEN_CHUNKS_BEFORE_COMPACTION) return;
+    this.smallChunks ??= this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM seen_chunks WHERE n < ?', SMALL_SEEN_CHUNK).one().n;
+    if (this.smallChunks < SMALL_SEEN_CHUNKS_BEFORE_COMPACTION) return;
     const small = this.sql
       .exec<{ id: number; seen_at_ms: number; n: number; fps: ArrayBuffer; entries: string }>(
         'SELECT id, seen_at_ms, n, fps, entries FROM seen_chunks WHERE n < ? ORDER BY id LIMIT ?',
@@ -198,8 +209,9 @@ export class DedupStore {
       group.push(r);
     }
     const index = this.index;
-    // A full batch leaves the count as it is, so the next alarm goes on where this one stopped.
-    if (small.length < SEEN_COMPACT_CHUNKS) this.meta.set('smallSeenChunks', 0);
+    // Small chunks that could not be merged wait for as many new ones; a full batch leaves more to
+    // merge, counted again by the next alarm, which goes on where this one stopped.
+    this.smallChunks = small.length < SEEN_COMPACT_CHUNKS ? 0 : null;
     for (const group of groups.values()) {
       // Chunks of one hour become one, kept as long as its newest key must be (pruning is per chunk).
       for (let i = 0; i < group.length; ) {

@@ -5,8 +5,31 @@ import type { DeviceIdent, DeviceState, PackedEvent, StoredLastEvent } from './t
 
 type LastProfile = { id: string; atMs: number };
 
+/** What a call changes, kept in one `meta` row (`live`): one row written per call, not one per field. */
+type LiveState = {
+  lastEvent: StoredLastEvent | null;
+  lastPosition: DeviceState['lastPosition'];
+  lastProfile: LastProfile | null;
+  lastSeenMs: number | null;
+};
+
+/** The keys an older layout kept the same fields in, one a row: read until `live` is first written. */
+const FIELD_KEYS = ['lastEvent', 'lastPosition', 'lastProfile', 'lastSeenMs'] as const;
+
 export class LiveStore {
   constructor(private readonly meta: MetaStore) {}
+
+  private live(): LiveState {
+    const live = this.meta.get<LiveState>('live');
+    if (live) return live;
+    const [lastEvent, lastPosition, lastProfile, lastSeenMs] = FIELD_KEYS.map((k) => this.meta.get(k));
+    return { lastEvent, lastPosition, lastProfile, lastSeenMs } as LiveState;
+  }
+
+  private setLive(live: LiveState): void {
+    this.meta.set('live', live);
+    this.meta.drop(FIELD_KEYS);
+  }
 
   ident(): DeviceIdent | null {
     return this.meta.get<DeviceIdent>('ident');
@@ -25,9 +48,7 @@ export class LiveStore {
   /** Takes in new events (with their sessions): the latest by event time wins; `nowMs` is their receipt. */
   record(events: readonly PackedEvent[], sessionIds: readonly string[], nowMs: number): void {
     if (!events.length) return;
-    let last = this.meta.get<StoredLastEvent>('lastEvent');
-    let lastPosition = this.meta.get<DeviceState['lastPosition']>('lastPosition');
-    let lastProfile = this.meta.get<LastProfile>('lastProfile');
+    let { lastEvent: last, lastPosition, lastProfile, lastSeenMs } = this.live();
     events.forEach((e, i) => {
       if (!last || e.c >= last.createdAtMs) {
         last = { id: e.id, type: e.t, name: e.n, createdAtMs: e.c, sessionId: sessionIds[i]! };
@@ -39,14 +60,11 @@ export class LiveStore {
         lastProfile = { id: e.pr, atMs: e.c };
       }
     });
-    this.meta.set('lastEvent', last);
-    this.meta.set('lastPosition', lastPosition);
-    this.meta.set('lastProfile', lastProfile);
-    this.meta.set('lastSeenMs', Math.max(this.meta.get<number>('lastSeenMs') ?? 0, nowMs));
+    this.setLive({ lastEvent: last, lastPosition, lastProfile, lastSeenMs: Math.max(lastSeenMs ?? 0, nowMs) });
   }
 
   hasLastEvent(): boolean {
-    return this.meta.get('lastEvent') !== null;
+    return this.live().lastEvent !== null;
   }
 
   /**
@@ -62,15 +80,16 @@ export class LiveStore {
     if (!ident) return null;
     const gapMs = this.gapMs() ?? 0;
     const liveSession = sessions.live(gapMs, nowMs);
-    const last = this.meta.get<StoredLastEvent>('lastEvent');
+    const live = this.live();
+    const last = live.lastEvent;
     // The last event's session may have been merged into another since it was recorded.
     const lastSessionId = last?.sessionId ? sessions.current(last.sessionId) : '';
     return {
       ...ident,
-      lastSeenMs: this.meta.get<number>('lastSeenMs'),
+      lastSeenMs: live.lastSeenMs,
       lastEvent: last ? { ...last, sessionId: lastSessionId } : null,
-      lastPosition: this.meta.get('lastPosition'),
-      profileId: this.meta.get<LastProfile>('lastProfile')?.id ?? null,
+      lastPosition: live.lastPosition,
+      profileId: live.lastProfile?.id ?? null,
       liveSession,
       ...counts(),
     };
@@ -81,17 +100,16 @@ export class LiveStore {
    * (`ids`, `times`), or at the very time of its newest event. Returns what it cleared.
    */
   eraseProfile(profileId: string, ids: ReadonlySet<string>, times: ReadonlySet<number>): { profile: boolean; lastEvent: boolean; position: boolean } {
-    const lastProfile = this.meta.get<LastProfile>('lastProfile');
+    const live = this.live();
+    const { lastProfile, lastEvent: last, lastPosition: position } = live;
     const ofProfile = lastProfile?.id === profileId;
     // The newest event naming a profile was this one's: an event or fix at that very time was it.
     const itsTime = (atMs: number) => times.has(atMs) || (ofProfile && atMs === lastProfile!.atMs);
-    const last = this.meta.get<StoredLastEvent>('lastEvent');
-    const position = this.meta.get<DeviceState['lastPosition']>('lastPosition');
     const lastCleared = last !== null && (ids.has(last.id) || itsTime(last.createdAtMs));
     const positionCleared = position !== null && itsTime(position.atMs);
-    if (ofProfile) this.meta.set('lastProfile', null);
-    if (lastCleared) this.meta.set('lastEvent', null);
-    if (positionCleared) this.meta.set('lastPosition', null);
+    if (ofProfile || lastCleared || positionCleared) {
+      this.setLive({ ...live, lastProfile: ofProfile ? null : lastProfile, lastEvent: lastCleared ? null : last, lastPosition: positionCleared ? null : position });
+    }
     return { profile: ofProfile, lastEvent: lastCleared, position: positionCleared };
   }
 }

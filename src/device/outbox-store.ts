@@ -17,10 +17,24 @@ const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
 
 /** A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed. */
 export type OutboxInput = { rp: string; b?: number };
+/**
+ * Session rows up to this size ride in the call's first event chunk (its `payload` column) instead
+ * of rows of their own: a session row, its index entry and its delete at flush were a third of the
+ * rows a call wrote. Larger sets (a back-fill touching many sessions) keep their own rows.
+ */
+const MAX_RIDING_SESSION_BYTES = 16 * 1024;
 
 export class OutboxStore {
   /** In-flight flush: the alarm and a direct maintain() must not send the same rows twice. */
   private flushing: Promise<number> | null = null;
+  /**
+   * Rows at or below this seq may have reached the queue once already: their messages are flagged
+   * as possible redeliveries. Held in memory, not written before every send: a row goes out only in a
+   * flush of this object's life or of an earlier one, and rows of an earlier life are all below the
+   * first seq this life writes (or, flushed before this life wrote any, all count as attempted).
+   * null until this life first writes or flushes.
+   */
+  private attemptedThrough: number | null = null;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -31,20 +45,41 @@ export class OutboxStore {
   enqueueSessions(rows: readonly SessionRow[]): void {
     for (const row of rows) {
       this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
-      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?)", row.id, JSON.stringify(row));
+      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?) RETURNING seq", row.id, JSON.stringify(row)));
     }
+  }
+
+  /** Notes the first seq this life writes: every row below it is an earlier life's. */
+  private inserted(cursor: SqlStorageCursor<{ seq: number }>): void {
+    const seq = cursor.one().seq;
+    this.attemptedThrough ??= seq - 1;
+  }
+
+  /** Forgets what it holds in memory once storage is deleted (seqs start over). */
+  reset(): void {
+    this.attemptedThrough = null;
   }
 
   /**
    * New events go in a chunk at a time: one row per chunk, not per event, keeps the object's writes
    * close to the bytes it must store. Session ids are resolved again at flush.
    */
-  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[]): void {
+  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[], sessionRows: readonly SessionRow[] = []): void {
+    // The session rows the events changed go out with them, in the message of their first chunk,
+    // ahead of the events (as rows of their own written just before the chunk would).
+    let riding: string | null = sessionRows.length ? JSON.stringify(sessionRows) : null;
+    let ridingBytes = riding === null ? 0 : utf8Bytes(riding);
+    if (riding !== null && (!events.length || ridingBytes > MAX_RIDING_SESSION_BYTES)) {
+      this.enqueueSessions(sessionRows);
+      riding = null;
+      ridingBytes = 0;
+    }
     let chunk: string[] = [];
-    let chunkBytes = 0;
+    let chunkBytes = ridingBytes;
     const writeChunk = () => {
       if (!chunk.length) return;
-      this.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('events', '', ?)", `[${chunk.join(',')}]`);
+      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body, payload) VALUES ('events', '', ?, ?) RETURNING seq", `[${chunk.join(',')}]`, riding));
+      riding = null;
       chunk = [];
       chunkBytes = 0;
     };
@@ -97,14 +132,14 @@ export class OutboxStore {
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
     const rows = this.sql
-      .exec<{ seq: number; kind: string; body: string }>('SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
+      .exec<{ seq: number; kind: string; body: string; payload: string | null }>('SELECT seq, kind, body, payload FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
       .toArray();
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
-    // writing them. Rows at or below it may already have reached the queue once.
-    const attemptedThrough = this.meta.get<number>('flushAttemptedThrough') ?? 0;
-    if (maxSeq > attemptedThrough) this.meta.set('flushAttemptedThrough', maxSeq);
+    // writing them. Taken before the send, so a failed or partial send marks these rows too.
+    const attemptedThrough = this.attemptedThrough ?? maxSeq;
+    this.attemptedThrough = Math.max(attemptedThrough, maxSeq);
 
     // Events written before a merge still name the absorbed session: the consumer maps them.
     const aliases = aliasesNow();
@@ -121,9 +156,18 @@ export class OutboxStore {
       sessionBytes = 0;
       sessionsRedelivery = false;
     };
+    const takeSessions = (json: string, redelivery: boolean) => {
+      const size = utf8Bytes(json) + 1;
+      if (sessionBytes + size + 128 > MAX_MESSAGE_BYTES) pushSessions();
+      if (redelivery) sessionsRedelivery = true;
+      sessions.push(json);
+      sessionBytes += size;
+    };
     for (const r of rows) {
       const redelivery = r.seq <= attemptedThrough;
       if (r.kind === 'events') {
+        // Session rows riding with the chunk (a JSON array) are spliced in as rows written just before it.
+        if (r.payload !== null && r.payload.length > 2) takeSessions(r.payload.slice(1, -1), redelivery);
         // A stored chunk is spliced into a text message as it is; in the rare case of many merges the
         // chunk's session ids are rewritten here instead, so the message stays within its size limit.
         let chunk = r.body;
@@ -149,11 +193,7 @@ export class OutboxStore {
         sessionsRedelivery = false;
         continue;
       }
-      const size = utf8Bytes(r.body) + 1;
-      if (sessionBytes + size + 128 > MAX_MESSAGE_BYTES) pushSessions();
-      if (redelivery) sessionsRedelivery = true;
-      sessions.push(r.body);
-      sessionBytes += size;
+      takeSessions(r.body, redelivery);
     }
     pushSessions();
     await sendMessages(queue, messages);
@@ -192,9 +232,11 @@ export class OutboxStore {
     try {
       let since = this.meta.get<number>('stalledSinceMs');
       if (since === null) this.meta.set('stalledSinceMs', (since = now));
-      // Events (each chunk is a JSON array of them) and session rows waiting.
+      // Events (each chunk is a JSON array of them, with the session rows riding along) and session rows waiting.
       const pendingRows = this.sql
-        .exec<{ n: number }>("SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) ELSE 1 END), 0) AS n FROM outbox")
+        .exec<{ n: number }>(
+          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox",
+        )
         .one().n;
       const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
       await drizzle(db)
@@ -231,7 +273,7 @@ export class OutboxStore {
    */
   eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>): number {
     let removed = 0;
-    for (const r of this.sql.exec<{ seq: number; body: string }>("SELECT seq, body FROM outbox WHERE kind = 'events'").toArray()) {
+    for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
       const keep = entries.filter((e) => e.r.profile_id !== profileId);
       if (keep.length === entries.length) continue;
@@ -241,18 +283,30 @@ export class OutboxStore {
         times.add(e.r.created_at_ms);
       }
       removed += entries.length - keep.length;
-      if (keep.length) this.sql.exec('UPDATE outbox SET body = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
+      // A chunk whose session rows ride along stays (empty) until they are sent: they may be others'.
+      if (keep.length || r.payload !== null) this.sql.exec('UPDATE outbox SET body = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
       else this.sql.exec('DELETE FROM outbox WHERE seq = ?', r.seq);
     }
     return removed;
   }
 
-  /** Drops the unsent rows of these sessions. */
+  /** Drops the unsent rows of these sessions, riding ones included. */
   dropSessionRows(sessionIds: readonly string[]): void {
     const ids = [...new Set(sessionIds)];
     for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
       const part = ids.slice(i, i + PARAMS_PER_STATEMENT / 2);
       this.sql.exec(`DELETE FROM outbox WHERE kind = 'session' AND ref IN (${marks(part.length)})`, ...part);
+    }
+    if (!ids.length) return;
+    const drop = new Set(ids);
+    const chunks = this.sql.exec<{ seq: number; body: string; payload: string }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND payload IS NOT NULL").toArray();
+    for (const r of chunks) {
+      const rows = JSON.parse(r.payload) as SessionRow[];
+      const keep = rows.filter((row) => !drop.has(row.id));
+      if (keep.length === rows.length) continue;
+      if (keep.length) this.sql.exec('UPDATE outbox SET payload = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
+      else if (r.body === '[]') this.sql.exec('DELETE FROM outbox WHERE seq = ?', r.seq);
+      else this.sql.exec('UPDATE outbox SET payload = NULL WHERE seq = ?', r.seq);
     }
   }
 }

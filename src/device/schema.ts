@@ -14,6 +14,12 @@ const SCHEMA_SQL = `
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 `;
 
+/**
+ * `meta` keys older layouts wrote that nothing reads any more (a session version counter, a
+ * small-chunk counter, a flush watermark now held in memory): deleted on an object's next call.
+ */
+export const RETIRED_META_KEYS = ['version', 'smallSeenChunks', 'flushAttemptedThrough'] as const;
+
 /** Bound parameters per statement, well under SQLite's limit, for `IN (...)` lists. */
 export const PARAMS_PER_STATEMENT = 90;
 
@@ -43,30 +49,48 @@ export function databaseBytes(sql: SqlStorage): number {
 }
 
 /**
- * Meta values as committed: read once, then served from memory (the object is single-threaded).
- * Written through to storage; the owner clears the cache whenever a transaction rolls back.
+ * Meta values as committed: the whole table is read in one SELECT on first use (a handful of small
+ * keys), then served from memory (the object is single-threaded). Written through to storage, and
+ * only when a value changes; the owner clears the cache whenever a transaction rolls back.
  */
 export class MetaStore {
-  private readonly cache = new Map<string, unknown>();
+  /** Each key's value and the JSON stored for it; a missing key reads as null. */
+  private cache: Map<string, { value: unknown; json: string }> | null = null;
 
   constructor(private readonly sql: SqlStorage) {}
 
-  get<T>(key: string): T | null {
-    if (this.cache.has(key)) return this.cache.get(key) as T | null;
-    const row = this.sql.exec<{ value: string }>('SELECT value FROM meta WHERE key = ?', key).toArray()[0];
-    const value = row ? (JSON.parse(row.value) as T) : null;
-    this.cache.set(key, value);
-    return value;
+  private load(): Map<string, { value: unknown; json: string }> {
+    if (this.cache) return this.cache;
+    const cache = new Map<string, { value: unknown; json: string }>();
+    for (const r of this.sql.exec<{ key: string; value: string }>('SELECT key, value FROM meta')) cache.set(r.key, { value: JSON.parse(r.value), json: r.value });
+    return (this.cache = cache);
   }
 
+  get<T>(key: string): T | null {
+    return (this.load().get(key)?.value ?? null) as T | null;
+  }
+
+  /** Writes `value` unless it is what the key holds already (null for a key never written). */
   set(key: string, value: unknown): void {
-    if (this.cache.has(key) && JSON.stringify(this.cache.get(key)) === JSON.stringify(value)) return;
-    this.sql.exec('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value', key, JSON.stringify(value));
-    this.cache.set(key, value);
+    const cache = this.load();
+    const json = JSON.stringify(value);
+    if ((cache.get(key)?.json ?? 'null') === json) return;
+    this.sql.exec('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value', key, json);
+    cache.set(key, { value, json });
+  }
+
+  /** Deletes those of `keys` the table holds (keys an older layout wrote). */
+  drop(keys: readonly string[]): void {
+    const cache = this.load();
+    for (const key of keys) {
+      if (!cache.has(key)) continue;
+      this.sql.exec('DELETE FROM meta WHERE key = ?', key);
+      cache.delete(key);
+    }
   }
 
   /** Forgets what it holds in memory: after a rollback, or once storage is deleted. */
   clear(): void {
-    this.cache.clear();
+    this.cache = null;
   }
 }

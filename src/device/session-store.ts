@@ -15,12 +15,12 @@ export class SessionStore {
     private readonly meta: MetaStore,
   ) {}
 
-  /** Monotonic version for session rows: later changes always win in ClickHouse. */
-  private nextVersion(nowMs: number): number {
-    const last = this.meta.get<number>('version') ?? 0;
-    const next = Math.max(last + 1, nowMs * 1000);
-    this.meta.set('version', next);
-    return next;
+  /**
+   * A session row's next version: above the one it has, so its later changes always win in
+   * ClickHouse (rows replace per session id). Derived from the row itself, so no counter is written.
+   */
+  private nextVersion(prior: number | undefined, nowMs: number): number {
+    return Math.max((prior ?? 0) + 1, nowMs * 1000);
   }
 
   private row(ident: DeviceIdent, s: SessionRecord, mergedInto: string, nowMs: number): SessionRow {
@@ -80,20 +80,20 @@ export class SessionStore {
       // Sessions merged earlier into `mergedId` now point straight at the survivor, here and in
       // ClickHouse, so a reader never has to follow a chain of merges.
       const absorbed = this.sql
-        .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number }>(
-          'SELECT id, start_ms, end_ms, event_count, ended FROM sessions WHERE id = ? OR merged_into = ?',
+        .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number; version: number }>(
+          'SELECT id, start_ms, end_ms, event_count, ended, version FROM sessions WHERE id = ? OR merged_into = ?',
           mergedId,
           mergedId,
         )
         .toArray();
       for (const a of absorbed) {
-        const version = this.nextVersion(nowMs);
+        const version = this.nextVersion(a.version, nowMs);
         this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
         rows.push(this.row(ident, { id: a.id, startMs: a.start_ms, endMs: a.end_ms, eventCount: a.event_count, ended: a.ended, version }, survivorId, nowMs));
       }
     }
     for (const s of assignment.changed.values()) {
-      const version = this.nextVersion(nowMs);
+      const version = this.nextVersion(byId.get(s.id)?.version, nowMs);
       const ended = s.endMs + gapMs <= nowMs ? 1 : 0;
       this.sql.exec(
         `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?)
@@ -129,15 +129,15 @@ export class SessionStore {
   /** Ends the sessions idle for the gap; returns their rows to send. */
   endIdle(ident: DeviceIdent, gapMs: number, nowMs: number): SessionRow[] {
     const idle = this.sql
-      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number }>(
-        'SELECT id, start_ms, end_ms, event_count FROM sessions WHERE ended = 0 AND merged_into IS NULL AND end_ms + ? <= ?',
+      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; version: number }>(
+        'SELECT id, start_ms, end_ms, event_count, version FROM sessions WHERE ended = 0 AND merged_into IS NULL AND end_ms + ? <= ?',
         gapMs,
         nowMs,
       )
       .toArray();
     const rows: SessionRow[] = [];
     for (const s of idle) {
-      const version = this.nextVersion(nowMs);
+      const version = this.nextVersion(s.version, nowMs);
       this.sql.exec('UPDATE sessions SET ended = 1, version = ? WHERE id = ?', version, s.id);
       rows.push(this.row(ident, { id: s.id, startMs: s.start_ms, endMs: s.end_ms, eventCount: s.event_count, ended: 1, version }, '', nowMs));
     }
