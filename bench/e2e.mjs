@@ -181,7 +181,7 @@ async function main() {
   }
 
   const queryCpu = gateway.clickhousePid ? await benchQueryCpu() : 0;
-  console.log(`  ClickHouse CPU of one of this script's polls: ${(queryCpu * 1000).toFixed(2)} ms (subtracted from every window below)`);
+  if (gateway.clickhousePid) console.log(`  ClickHouse CPU of one of this script's polls: ${(queryCpu * 1000).toFixed(2)} ms (subtracted from every window below)`);
 
   // Through the gateway: the default mix, then one device per batch, each timed to the last row visible.
   let visibleBefore = 0;
