@@ -19,6 +19,8 @@ const DEVICES_PER_BATCH = Number(process.env.BENCH_E2E_DEVICES_PER_BATCH ?? 100)
 const CONCURRENCY = Number(process.env.BENCH_E2E_CONCURRENCY ?? 4);
 const VISIBLE_TIMEOUT_MS = Number(process.env.BENCH_E2E_TIMEOUT_MS ?? 300_000);
 const SINGLE_BATCHES = Number(process.env.BENCH_E2E_SINGLE_BATCHES ?? BATCHES);
+// ClickHouse CPU is counted until its merges have been quiet this long, for the gateway and the floor alike.
+const SETTLE_MS = Number(process.env.BENCH_E2E_SETTLE_MS ?? 3000);
 const TOTAL = BATCHES * BATCH_EVENTS;
 const NAMES = "('trip_point','trip_point_ext')";
 
@@ -43,7 +45,10 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
   });
 }
 
+/** Queries of this script (polls, merge checks): their ClickHouse CPU is the bench's, not the gateway's. */
+let benchQueries = 0;
 async function chQuery(sql, body) {
+  benchQueries++;
   const u = new URL(gateway.clickhouse.url);
   u.searchParams.set('database', database);
   u.searchParams.set('query', sql);
@@ -102,6 +107,44 @@ function singleBody(b, nowMs) {
   return batch;
 }
 
+/**
+ * Where clickhouse-server's CPU went between two instants (BENCH_E2E_BREAKDOWN=1: needs the server
+ * started with CLICKHOUSE_QUERY_LOG=1): query CPU by kind from system.query_log, merges from part_log.
+ */
+async function breakdown(label, fromSec, toSec) {
+  if (process.env.BENCH_E2E_BREAKDOWN !== '1') return;
+  await new Promise((r) => setTimeout(r, 2500));
+  const cpu = "(arrayElement(ProfileEvents.Values, indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')) + arrayElement(ProfileEvents.Values, indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')))";
+  const rows = await chQuery(`SELECT substring(replaceRegexpAll(query, '[0-9a-f-]{36}|[0-9]+|\\s+', ' '), 1, 70) AS kind, count() AS n, round(sum(${cpu}) / 1e6, 2) AS cpu_s, sum(written_rows) AS written, sum(read_rows) AS read FROM system.query_log WHERE type = 2 AND event_time >= toDateTime(${fromSec}) AND event_time <= toDateTime(${toSec}) GROUP BY kind ORDER BY cpu_s DESC LIMIT 12 FORMAT TSV`);
+  const parts = await chQuery(`SELECT table, event_type, count(), sum(rows), round(sum(duration_ms) / 1000, 2) FROM system.part_log WHERE database = '${database}' AND event_time >= toDateTime(${fromSec}) AND event_time <= toDateTime(${toSec}) GROUP BY table, event_type ORDER BY table, event_type FORMAT TSV`).catch((e) => e.message);
+  console.log(`  [breakdown ${label}] queries: kind, count, CPU s, written rows, read rows\n${rows.replace(/^/gm, '    ')}  parts: table, event_type (1 new, 2 merge), count, rows, merge s\n${parts.replace(/^/gm, '    ')}`);
+}
+const nowSec = () => Math.floor(Date.now() / 1000);
+
+/**
+ * Waits until ClickHouse has run no merge for SETTLE_MS: a window that ends here holds the merges its
+ * own inserts caused (without it the floor, a few seconds of inserts, left its merges out).
+ */
+async function settle() {
+  const deadline = Date.now() + 120_000;
+  let quietSince = Date.now();
+  while (Date.now() - quietSince < SETTLE_MS && Date.now() < deadline) {
+    if (Number((await chQuery(`SELECT count() FROM system.merges WHERE database = currentDatabase()`)).trim()) > 0) quietSince = Date.now();
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** ClickHouse CPU of one of this script's small queries, measured on the idle server (each HTTP query has a cost of its own). */
+async function benchQueryCpu() {
+  await settle();
+  const before = cpuSeconds({ pid: gateway.clickhousePid });
+  for (let i = 0; i < 100; i++) await partRows('events');
+  return (cpuSeconds({ pid: gateway.clickhousePid }) - before) / 100;
+}
+
+/** Rows in the active parts of a table: metadata only, so polling it costs ClickHouse next to nothing. */
+const partRows = async (table) => Number((await chQuery(`SELECT sum(rows) FROM system.parts WHERE database = currentDatabase() AND table = '${table}' AND active`)).trim());
+
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[s.length >> 1];
@@ -137,24 +180,35 @@ async function main() {
     await new Promise((r) => setTimeout(r, 200));
   }
 
+  const queryCpu = gateway.clickhousePid ? await benchQueryCpu() : 0;
+  if (gateway.clickhousePid) console.log(`  ClickHouse CPU of one of this script's polls: ${(queryCpu * 1000).toFixed(2)} ms (subtracted from every window below)`);
+
   // Through the gateway: the default mix, then one device per batch, each timed to the last row visible.
   let visibleBefore = 0;
   async function throughGateway(label, bodies) {
     const events = bodies.length * BATCH_EVENTS;
     const want = visibleBefore + events;
+    await settle();
+    const partRowsWanted = (await partRows('events')) + events;
     let accepted = 0;
     let duplicates = 0;
     let rejected = 0;
     let lastAcceptedAt = 0;
     const cpuBefore = { workerd: cpuSeconds({ pgid: gateway.wranglerPid }), clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
+    const queriesBefore = benchQueries;
     const started = performance.now();
+    const startedSec = nowSec();
     let polling = true;
     let visibleAt = null;
     let visible = 0;
     const poller = (async () => {
-      while (polling) {
-        visible = await countVisible().catch(() => visible);
-        if (visible >= want) {
+      // The exact count reads the table: it runs only once the parts hold enough rows (a count() ten
+      // times a second was most of the ClickHouse CPU that was not the gateway's).
+      for (let tick = 1; polling; tick++) {
+        // every 5 s regardless: a merge that collapsed copies leaves the parts short of the mark
+        const enough = tick % 50 === 0 || (await partRows('events').then((n) => n >= partRowsWanted).catch(() => false));
+        if (enough) visible = await countVisible().catch(() => visible);
+        if (enough && visible >= want) {
           visibleAt = performance.now();
           return;
         }
@@ -197,17 +251,22 @@ async function main() {
     }
     visibleBefore = want;
     latencies.sort((a, b) => a - b);
-    return {
+    const workerdCpu = cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd;
+    await settle();
+    const measured = {
       label,
       events,
       sec: (visibleAt - started) / 1000,
       acceptSec: (lastAcceptedAt - started) / 1000,
-      workerdCpu: cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd,
-      clickhouseCpu: cpuBefore.clickhouse === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore.clickhouse,
+      workerdCpu,
+      clickhouseCpu: cpuBefore.clickhouse === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore.clickhouse - (benchQueries - queriesBefore) * queryCpu,
+      benchQueries: benchQueries - queriesBefore,
       p50: median(latencies),
       p95: latencies[Math.floor(latencies.length * 0.95)],
       retries,
     };
+    await breakdown(label, startedSec, nowSec());
+    return measured;
   }
   const mix = await throughGateway('default mix', bodies);
   const singleBodies = Array.from({ length: SINGLE_BATCHES }, (_, b) => JSON.stringify(singleBody(b, nowMs)));
@@ -218,7 +277,10 @@ async function main() {
   const acceptSec = mix.acceptSec;
   const distinct = Number((await chQuery(`SELECT uniqExact(id) FROM events WHERE project_id = '${project.id}' AND name IN ${NAMES}`)).trim());
 
-  // Straight into the same ClickHouse: the same rows (as the consumer builds them), same batches.
+  // Straight into the same ClickHouse: the same rows (as the consumer builds them), same batches,
+  // same concurrency, into copies of the tables. Two floors: `events` alone (the floor before), and
+  // what the gateway stores for each batch — its events, their raw payloads and one session row per
+  // device of the batch — one insert per table, sessions and payloads before events as the consumer does.
   const core = await importBundled(`
     import { normalizeEvent } from './src/ingest/normalize';
     import { toDeviceEvent } from './src/ingest/accept';
@@ -228,25 +290,86 @@ async function main() {
       return body.events.map((raw: unknown, i: number) => {
         const r = normalizeEvent(raw, ctx, i);
         if (!r.ok) throw new Error(r.rejection.error);
-        return toDeviceEvent(projectId, r.event.deviceId!, r.event).row;
+        return toDeviceEvent(projectId, r.event.deviceId!, r.event);
       });
     }
   `);
-  await chQuery('CREATE TABLE events_direct AS events');
+  for (const t of ['events', 'event_payloads', 'sessions']) await chQuery(`CREATE TABLE ${t}_direct AS ${t}`);
   const directProject = randomUUID();
-  const directBodies = bodies.map((b) =>
-    core
-      .rowsOf(JSON.parse(b), directProject, nowMs)
-      .map((row) => JSON.stringify({ ...row, session_id: randomUUID(), synced_at_ms: Date.now() }))
-      .join('\n'),
-  );
-  const directChCpuBefore = gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null;
-  const directStarted = performance.now();
-  await pool(directBodies, CONCURRENCY, (body) => chQuery('INSERT INTO events_direct FORMAT JSONEachRow', body));
-  const directSec = (performance.now() - directStarted) / 1000;
-  const directChCpu = directChCpuBefore === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - directChCpuBefore;
+  const sessionIds = new Map();
+  let sessionVersion = 0;
+  const directBatches = bodies.map((b) => {
+    const rows = core.rowsOf(JSON.parse(b), directProject, nowMs);
+    const syncedAtMs = Date.now();
+    const byDevice = new Map();
+    for (const { row } of rows) {
+      const s = byDevice.get(row.device_id) ?? { from: row.created_at_ms, to: row.created_at_ms, n: 0 };
+      s.from = Math.min(s.from, row.created_at_ms);
+      s.to = Math.max(s.to, row.created_at_ms);
+      s.n++;
+      byDevice.set(row.device_id, s);
+    }
+    const sessionOf = (device) => {
+      if (!sessionIds.has(device)) sessionIds.set(device, randomUUID());
+      return sessionIds.get(device);
+    };
+    const lines = (xs) => xs.map((x) => JSON.stringify(x)).join('\n');
+    return {
+      events: lines(rows.map(({ row }) => ({ ...row, session_id: sessionOf(row.device_id), synced_at_ms: syncedAtMs }))),
+      payloads: lines(rows.map(({ payload }) => payload)),
+      sessions: lines(
+        [...byDevice].map(([device, s]) => ({ project_id: directProject, device_id: device, id: sessionOf(device), started_at_ms: s.from, ended_at_ms: s.to,
+          event_count: s.n, ended: 0, merged_into: '', version: ++sessionVersion, updated_at_ms: syncedAtMs })),
+      ),
+    };
+  });
+  const insert = (table, body) => {
+    benchQueries--; // the floor's own work, not a poll
+    return chQuery(`INSERT INTO ${table}_direct FORMAT JSONEachRow`, body);
+  };
+  /** `spreadSec`: start the batches evenly over this long, one at a time, instead of all at once. */
+  async function direct(label, write, spreadSec = 0) {
+    await settle();
+    const cpuBefore = gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null;
+    const queriesBefore = benchQueries;
+    const startedSec = nowSec();
+    const started = performance.now();
+    if (spreadSec > 0) {
+      for (const [i, b] of directBatches.entries()) {
+        const due = started + (i * spreadSec * 1000) / directBatches.length;
+        await new Promise((r) => setTimeout(r, Math.max(0, due - performance.now())));
+        await write(b);
+      }
+    } else {
+      await pool(directBatches, CONCURRENCY, write);
+    }
+    const sec = (performance.now() - started) / 1000;
+    await settle();
+    const cpu = cpuBefore === null ? null : cpuSeconds({ pid: gateway.clickhousePid }) - cpuBefore - (benchQueries - queriesBefore) * queryCpu;
+    await breakdown(label, startedSec, nowSec());
+    return { sec, cpu };
+  }
+  const dropDirect = async () => {
+    for (const t of ['events', 'event_payloads', 'sessions']) {
+      await chQuery(`DROP TABLE ${t}_direct`);
+      await chQuery(`CREATE TABLE ${t}_direct AS ${t}`);
+    }
+  };
+  const directEvents = await direct('direct: events', (b) => insert('events', b.events));
   const directCount = Number((await chQuery('SELECT count() FROM events_direct')).trim());
   if (directCount !== TOTAL) throw new Error(`direct insert stored ${directCount} of ${TOTAL}`);
+  await dropDirect();
+  const writeAll = async (b) => {
+    await Promise.all([insert('sessions', b.sessions), insert('event_payloads', b.payloads)]);
+    await insert('events', b.events);
+  };
+  const directAll = await direct('direct: events, payloads, sessions', writeAll);
+  await dropDirect();
+  // The same, spread over the time the gateway's rows took to arrive: merges of parts that come one
+  // by one cost more than of parts that come at once, whoever sends them.
+  const directPaced = await direct('direct, spread like the gateway', writeAll, mix.sec);
+  const directSec = directEvents.sec;
+  const directChCpu = directAll.cpu;
 
   const gatewayRate = TOTAL / gatewaySec;
   const directRate = TOTAL / directSec;
@@ -261,7 +384,14 @@ async function main() {
   }
   console.log(`  gateway → ClickHouse   ${Math.round(gatewayRate).toLocaleString('en-US')} events/s, default mix  (distinct ids stored ${distinct})`);
   console.log(`  direct JSONEachRow     ${Math.round(directRate).toLocaleString('en-US')} rows/s  (${BATCHES} inserts of ${BATCH_EVENTS} rows, ${CONCURRENCY} in flight, ${directSec.toFixed(2)} s)`);
-  if (directChCpu !== null) console.log(`  CPU of direct insert   clickhouse-server ${directChCpu.toFixed(1)} s (${perEvent(directChCpu)})`);
+  if (directChCpu !== null) {
+    console.log(`  ClickHouse CPU, merges included (counted until ${SETTLE_MS / 1000} s without a merge; idle server: ~2 ms/s):`);
+    console.log(`    through the gateway, default mix         ${gatewayChCpu.toFixed(1)} s (${perEvent(gatewayChCpu)}), ${mix.sec.toFixed(0)} s to visible`);
+    console.log(`    direct: events, payloads, sessions       ${directChCpu.toFixed(1)} s (${perEvent(directChCpu)})  → ratio ${(gatewayChCpu / directChCpu).toFixed(2)}×`);
+    console.log(`    direct: events only (the earlier floor)  ${directEvents.cpu.toFixed(1)} s (${perEvent(directEvents.cpu)})  → ratio ${(gatewayChCpu / directEvents.cpu).toFixed(2)}×`);
+    console.log(`    direct: all three, spread over ${mix.sec.toFixed(0)} s      ${directPaced.cpu.toFixed(1)} s (${perEvent(directPaced.cpu)})  → ratio ${(gatewayChCpu / directPaced.cpu).toFixed(2)}×`);
+    console.log(`    (polls subtracted: ${mix.benchQueries} in the gateway window)`);
+  }
   console.log(`  ratio                  ${ratio.toFixed(3)}  (target ≥ ${TARGET_RATIO}) ${ratio >= TARGET_RATIO ? 'OK' : 'BELOW TARGET'}`);
   console.log(`  batch p50, default mix vs one device per batch: ${(mix.p50 / single.p50).toFixed(2)}×`);
   result('e2e_cpu_us_per_event', perEventUs(mix.workerdCpu));
@@ -272,6 +402,8 @@ async function main() {
   if (gatewayChCpu !== null && directChCpu !== null && directChCpu > 0) {
     result('clickhouse_cpu_ratio', gatewayChCpu / directChCpu);
     floor('clickhouse_cpu_ratio', perEventUs(directChCpu));
+    result('clickhouse_cpu_ratio_events_only', gatewayChCpu / directEvents.cpu);
+    result('clickhouse_cpu_ratio_spread', gatewayChCpu / directPaced.cpu);
   }
 
   // The bill: requests and device calls as this run made them; what each device call writes, alarms

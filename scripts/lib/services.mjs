@@ -77,7 +77,7 @@ export async function startClickHouse({ dir, port } = {}) {
     join(dir, 'users.xml'),
     `<?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage>${process.env.CLICKHOUSE_QUERY_LOG === '1' ? '<log_queries>1</log_queries>' : ''}</default></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
     <profile>default</profile><quota>default</quota></default></users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
@@ -108,7 +108,9 @@ export async function startClickHouse({ dir, port } = {}) {
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <timezone>UTC</timezone>
-  <mlock_executable>false</mlock_executable>
+  <mlock_executable>false</mlock_executable>${process.env.CLICKHOUSE_QUERY_LOG === '1' ? `
+  <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>
+  <part_log><database>system</database><table>part_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></part_log>` : ''}
 </yandex>
 `,
   );

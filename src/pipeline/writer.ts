@@ -13,8 +13,14 @@ export function retryDelaySeconds(attempts: number): number {
   return Math.min(300, 2 ** Math.max(1, attempts));
 }
 
-/** Ids among `rows` that `table` already holds: a redelivered message must not add copies. */
-async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', rows: Array<{ id: string; project_id: string; created_at_ms: number }>): Promise<Set<string>> {
+/**
+ * Ids among `rows` that `table` already holds: a redelivered message must not add copies. On
+ * `events` the check reads only the granules its rows can be in (project, device and time are the
+ * sorting key), so its cost follows the batch, not the project. On `event_payloads` only the
+ * monthly partitions bound it (UUIDs do not sort by time in ClickHouse): the writer asks it only
+ * about ids that `events` lacks.
+ */
+async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', rows: ReadonlyArray<{ id: string; project_id: string; device_id?: string; created_at_ms: number }>): Promise<Set<string>> {
   const found = new Set<string>();
   // In event-time order, so each check reads only the monthly partitions its chunk's times span.
   const byTime = [...rows].sort((a, b) => a.created_at_ms - b.created_at_ms);
@@ -22,49 +28,81 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
     const chunk = byTime.slice(i, i + ID_CHECK_CHUNK);
     const from = chunk[0]!.created_at_ms;
     const to = chunk.at(-1)!.created_at_ms;
-    const hits = await ch.query<{ id: string }>(
-      `SELECT toString(id) AS id FROM ${table}
+    const lists: Record<string, string[]> = { projects: [...new Set(chunk.map((r) => r.project_id))], ids: chunk.map((r) => r.id) };
+    if (table === 'events') lists.devices = [...new Set(chunk.map((r) => r.device_id ?? ''))];
+    // Not `AS id`: the alias would stand for the column in WHERE, and a String hides the key from the index.
+    const hits = await ch.query<{ hit: string }>(
+      `SELECT toString(id) AS hit FROM ${table}
         WHERE project_id IN (SELECT value FROM projects)
+          ${table === 'events' ? 'AND device_id IN (SELECT value FROM devices)' : ''}
           AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
           AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64}
-          AND toString(id) IN (SELECT value FROM ids)`,
+          AND id IN (SELECT toUUID(value) FROM ids)`,
       { ...dateTimeBounds(from, to), from, to },
-      { projects: [...new Set(chunk.map((r) => r.project_id))], ids: chunk.map((r) => r.id) },
+      lists,
     );
-    for (const h of hits) found.add(h.id);
+    for (const h of hits) found.add(h.hit);
   }
   return found;
 }
 
+/** Within one delivery the same row can appear twice (an outbox resend batched with the original). */
+const dedupeById = <T extends { id: string }>(rows: readonly T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
+
 /**
+ * A session's rows in one delivery, reduced to its highest version (the table keeps only that one
+ * anyway): consecutive calls of a device each send the session they extended.
+ */
+function latestSessions(rows: readonly SessionRow[]): SessionRow[] {
+  const latest = new Map<string, SessionRow>();
+  for (const r of rows) {
+    const key = `${r.project_id}\u0000${r.device_id}\u0000${r.id}`;
+    const seen = latest.get(key);
+    if (!seen || r.version >= seen.version) latest.set(key, r);
+  }
+  return [...latest.values()];
+}
+
+/**
+ * `mayBeRedelivery`: for all messages, or one flag per message. Only the rows of a message that may
+ * have been written before (a platform redelivery, a device object's resend, a retry of ours) are
+ * checked against ClickHouse; a first delivery's rows cannot be there, so they cost no read.
  * `positions`: the devices with `position` events in the messages and the span of their times — all
  * of them, new or already stored (a redelivery after a crash before the recompute redoes it).
  */
-export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
+export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean | readonly boolean[]): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
   const events: EventRow[] = [];
   const payloads: PayloadRow[] = [];
   const sessions: SessionRow[] = [];
-  for (const m of messages) {
+  const checkEvents: EventRow[] = [];
+  const checkPayloads: PayloadRow[] = [];
+  messages.forEach((m, i) => {
     const rows = expandMessage(m, syncedAtMs);
     events.push(...rows.events);
     payloads.push(...rows.payloads);
     sessions.push(...rows.sessions);
+    if (typeof mayBeRedelivery === 'boolean' ? mayBeRedelivery : mayBeRedelivery[i] !== false) {
+      checkEvents.push(...rows.events);
+      checkPayloads.push(...rows.payloads);
+    }
+  });
+  let newEvents = dedupeById(events);
+  let newPayloads = dedupeById(payloads);
+  if (checkEvents.length || checkPayloads.length) {
+    // An event is inserted only after its payload was: a stored event vouches for its payload (or for
+    // its archived copy), so only a cut-short earlier write leaves payloads to look up.
+    const haveEvents = await existingIds(ch, 'events', dedupeById(checkEvents));
+    const unvouched = dedupeById(checkPayloads.filter((p) => !haveEvents.has(p.id)));
+    const havePayloads = unvouched.length ? await existingIds(ch, 'event_payloads', unvouched) : new Set<string>();
+    newEvents = newEvents.filter((e) => !haveEvents.has(e.id));
+    newPayloads = newPayloads.filter((p) => !haveEvents.has(p.id) && !havePayloads.has(p.id));
   }
-  let newEvents = events;
-  let newPayloads = payloads;
-  if (mayBeRedelivery) {
-    const [haveEvents, havePayloads] = await Promise.all([existingIds(ch, 'events', events), existingIds(ch, 'event_payloads', payloads)]);
-    newEvents = events.filter((e) => !haveEvents.has(e.id));
-    newPayloads = payloads.filter((p) => !havePayloads.has(p.id));
-  }
-  // Within one delivery the same event can appear twice (an outbox resend batched with the original).
-  const dedupe = <T extends { id: string }>(rows: T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
   // Sessions and payloads first: once a reader sees an event, it also sees the session (and its
   // start) it belongs to and its raw payload.
   // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
-  const settled = await Promise.allSettled([ch.insert('sessions', sessions), ch.insert('event_payloads', dedupe(newPayloads))]);
+  const settled = await Promise.allSettled([ch.insert('sessions', latestSessions(sessions)), ch.insert('event_payloads', newPayloads)]);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
-  await ch.insert('events', dedupe(newEvents));
+  await ch.insert('events', newEvents);
   return { events: newEvents.length, sessions: sessions.length, positions: positionSpans(events) };
 }
 
@@ -84,7 +122,7 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   if (!decoded.length) return;
   const bodies = decoded.map((d) => d.body);
   const ackAll = () => (decoded.length === batch.messages.length ? batch.ackAll() : decoded.forEach((d) => d.m.ack()));
-  const mayBeRedelivery = decoded.some((d) => d.m.attempts > 1 || d.body.redelivery === true);
+  const mayBeRedelivery = decoded.map((d) => d.m.attempts > 1 || d.body.redelivery === true);
   // Fleet state follows the durable insert: the spans are marked pending in D1 before the ack, so
   // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
   const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env.DB, positions) : undefined);
