@@ -123,6 +123,35 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(await countEvents(p.id)).toEqual({ rows: 20, ids: 20 });
   });
 
+  it('stores a payload sent apart from its event even when the event is already stored', async () => {
+    const p = await createProject();
+    const base = Date.now() - 3_600_000;
+    const rows = Array.from({ length: 3 }, (_, i) => eventRow(p.id, i, base + i));
+    const payloadOf = (e: EventRow): PayloadRow => ({ id: e.id, project_id: p.id, created_at_ms: e.created_at_ms, received_at_ms: e.received_at_ms, payload: `{"n":${e.created_at_ms}}` });
+    // An oversized chunk went out a row per message and only the event messages got through.
+    await writeRows(ch(), rows.map((e) => ({ events: [e], payloads: [], sessions: [] })), Date.now(), false);
+    // The resend carries both again, each in a message of its own, flagged.
+    const again = await writeRows(
+      ch(),
+      rows.flatMap((e) => [
+        { events: [], payloads: [payloadOf(e)], sessions: [], redelivery: true },
+        { events: [e], payloads: [], sessions: [], redelivery: true },
+      ]),
+      Date.now(),
+      true,
+    );
+    expect(again.events).toBe(0);
+    expect(await countEvents(p.id)).toEqual({ rows: 3, ids: 3 });
+    const stored = await ch().query<{ id: string; payload: string }>(
+      'SELECT toString(id) AS id, payload FROM event_payloads WHERE project_id = {p:String} ORDER BY created_at_ms',
+      { p: p.id },
+    );
+    expect(stored).toEqual(rows.map((e) => ({ id: e.id, payload: `{"n":${e.created_at_ms}}` })));
+    // Sent together, a stored event still vouches for its payload: nothing is added twice.
+    await writeRows(ch(), rows.map((e) => ({ events: [e], payloads: [payloadOf(e)], sessions: [] })), Date.now(), true);
+    expect(await ch().query('SELECT id FROM event_payloads WHERE project_id = {p:String}', { p: p.id })).toHaveLength(3);
+  });
+
   it(`checks and maps ${N} imported legacy ids`, async () => {
     const p = await createProject();
     const dataset = `lists_${p.id.slice(0, 8)}`;

@@ -311,14 +311,18 @@ export class OutboxStore {
   }
 }
 
-/** One message per row of an oversized chunk: each event row, then its payload row, as objects. */
+/**
+ * One message per row of an oversized chunk: each payload row, then its event row, as objects (the
+ * order the writer inserts them in, so a send that fails part-way never leaves an event stored
+ * without its payload).
+ */
 function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
   const out: Array<{ body: IngestBody; bytes: number }> = [];
   const flag = redelivery ? { redelivery } : {};
   for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
     const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
     const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
-    for (const body of [{ events: [row], payloads: [], sessions: [], ...flag }, { events: [], payloads: [payload], sessions: [], ...flag }]) {
+    for (const body of [{ events: [], payloads: [payload], sessions: [], ...flag }, { events: [row], payloads: [], sessions: [], ...flag }]) {
       out.push({ body, bytes: utf8Bytes(JSON.stringify(body)) });
     }
   }

@@ -75,7 +75,8 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
   const payloads: PayloadRow[] = [];
   const sessions: SessionRow[] = [];
   const checkEvents: EventRow[] = [];
-  const checkPayloads: PayloadRow[] = [];
+  // Payloads of checked messages, each with whether its own message also carries its event.
+  const checkPayloads: Array<{ row: PayloadRow; withEvent: boolean }> = [];
   messages.forEach((m, i) => {
     const rows = expandMessage(m, syncedAtMs);
     events.push(...rows.events);
@@ -83,27 +84,32 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
     sessions.push(...rows.sessions);
     if (typeof mayBeRedelivery === 'boolean' ? mayBeRedelivery : mayBeRedelivery[i] !== false) {
       checkEvents.push(...rows.events);
-      checkPayloads.push(...rows.payloads);
+      const carried = new Set(rows.events.map((e) => e.id));
+      for (const row of rows.payloads) checkPayloads.push({ row, withEvent: carried.has(row.id) });
     }
   });
   let newEvents = dedupeById(events);
   let newPayloads = dedupeById(payloads);
   if (checkEvents.length || checkPayloads.length) {
-    // An event is inserted only after its payload was: a stored event vouches for its payload (or for
-    // its archived copy), so only a cut-short earlier write leaves payloads to look up.
+    // A message's payloads are inserted before its events: a stored event vouches for the payload
+    // (or its archived copy) that came in the same message. A payload sent apart from its event (an
+    // oversized chunk goes out a row per message, and one of those sends may have failed) is looked
+    // up itself.
     const haveEvents = await existingIds(ch, 'events', dedupeById(checkEvents));
-    const unvouched = dedupeById(checkPayloads.filter((p) => !haveEvents.has(p.id)));
+    const vouched = new Set(checkPayloads.filter((p) => p.withEvent && haveEvents.has(p.row.id)).map((p) => p.row.id));
+    const unvouched = dedupeById(checkPayloads.filter((p) => !vouched.has(p.row.id)).map((p) => p.row));
     const havePayloads = unvouched.length ? await existingIds(ch, 'event_payloads', unvouched) : new Set<string>();
     newEvents = newEvents.filter((e) => !haveEvents.has(e.id));
-    newPayloads = newPayloads.filter((p) => !haveEvents.has(p.id) && !havePayloads.has(p.id));
+    newPayloads = newPayloads.filter((p) => !vouched.has(p.id) && !havePayloads.has(p.id));
   }
   // Sessions and payloads first: once a reader sees an event, it also sees the session (and its
   // start) it belongs to and its raw payload.
   // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
-  const settled = await Promise.allSettled([ch.insert('sessions', latestSessions(sessions)), ch.insert('event_payloads', newPayloads)]);
+  const writtenSessions = latestSessions(sessions);
+  const settled = await Promise.allSettled([ch.insert('sessions', writtenSessions), ch.insert('event_payloads', newPayloads)]);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
   await ch.insert('events', newEvents);
-  return { events: newEvents.length, sessions: sessions.length, positions: positionSpans(events) };
+  return { events: newEvents.length, sessions: writtenSessions.length, positions: positionSpans(events) };
 }
 
 export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
