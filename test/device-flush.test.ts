@@ -80,14 +80,24 @@ describe('device outbox resends', () => {
     await waitUntil(async () => sent.length, (n) => n === 4);
     fail = false;
     // Stands for a restart: the outbox store as a new life of the object has it (nothing in memory).
-    await runInDurableObject(stub, (o: DeviceObject) => {
+    const restart = (o: DeviceObject) => {
       const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
       self.stores.outbox = new OutboxStore(self.sql, self.meta);
-    });
+    };
+    await runInDurableObject(stub, restart);
     expect((await send('fourth')).status).toBe(202);
     // The back-off alarm set before the restart sends both.
     await waitUntil(async () => flagOf('fourth').length, (n) => n === 1);
     expect(flagOf('third')).toEqual([false, true]);
     expect(flagOf('fourth')).toEqual([false]);
+
+    // Once more, and this time the next life flushes before it writes anything: what it sends is flagged.
+    fail = true;
+    expect((await send('fifth')).status).toBe(202);
+    await waitUntil(async () => flagOf('fifth').length, (n) => n === 1);
+    fail = false;
+    await runInDurableObject(stub, restart);
+    await runDurableObjectAlarm(stub);
+    expect(flagOf('fifth')).toEqual([false, true]);
   });
 });
