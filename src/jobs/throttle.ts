@@ -189,7 +189,8 @@ export function nextThrottle(s: ThrottleState, w: ProbeWindow, limits: ThrottleL
     ...s,
     stepRows: clamp(stepRows, lo, hi),
     duty: Math.round(clamp(duty, MIN_DUTY, 1) * 1000) / 1000,
-    pauseMs: Math.min(Math.round(w.longestRestMs), limits.maxPauseMs),
+    // The longest rest taken, as taken (restFor bounds it): what shows the operator's bound holds.
+    pauseMs: Math.round(w.longestRestMs),
     probeMs: probeMs === null ? s.probeMs : round1(probeMs),
     ratio: ratio === null ? s.ratio : Math.round(ratio * 100) / 100,
     congested,
