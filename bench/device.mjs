@@ -2,11 +2,9 @@
 // Miniflare) with 2000-event batches, against the floor of a raw SQLite insert loop writing the same
 // rows in the same object; then storage per device after 100k events across 7 days and after pruning.
 // Run alone: `node bench/device.mjs` (no ClickHouse needed: the bench queue consumer only acks).
-import { join, dirname } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { startDeviceWorker } from './lib/device-worker.mjs';
 import { floor, result } from './lib/results.mjs';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const TARGET_EVENTS_PER_SEC = 50_000;
 const BATCH = 2000;
 const HOT_BATCHES = Number(process.env.BENCH_DEVICE_BATCHES ?? 50);
@@ -148,39 +146,7 @@ export default {
 };
 `;
 
-const esbuild = await import(pathToFileURL(join(ROOT, 'node_modules', 'esbuild', 'lib', 'main.js')).href);
-const built = await esbuild.build({
-  stdin: { contents: entry, loader: 'ts', resolveDir: ROOT, sourcefile: 'bench-device-worker.ts' },
-  bundle: true,
-  format: 'esm',
-  platform: 'neutral',
-  target: 'es2022',
-  external: ['cloudflare:*', 'node:*'],
-  write: false,
-  logLevel: 'error',
-});
-// The Miniflare that the pinned wrangler runs (the same workerd as `wrangler dev` and the tests).
-const { existsSync } = await import('node:fs');
-const wranglerMiniflare = join(ROOT, 'node_modules', 'wrangler', 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
-const miniflarePath = existsSync(wranglerMiniflare) ? wranglerMiniflare : join(ROOT, 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
-const { Miniflare, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
-// Miniflare 5 takes a new options shape; it converts the long-standing (v4) one.
-const miniflareOptions = (options) => (convertV4MiniflareOptions ? convertV4MiniflareOptions(options) : options);
-const mf = new Miniflare(miniflareOptions({
-  workers: [
-    {
-      name: 'bench-device',
-      modules: true,
-      script: built.outputFiles[0].text,
-      compatibilityDate: '2026-04-20',
-      compatibilityFlags: ['nodejs_compat'],
-      durableObjects: { DEVICE: { className: 'BenchDevice', useSQLite: true } },
-      queueProducers: { INGEST_QUEUE: { queueName: 'bench-ingest' } },
-      queueConsumers: { 'bench-ingest': { maxBatchSize: 100, maxBatchTimeout: 1 } },
-      bindings: { CLICKHOUSE_URL: 'http://127.0.0.1:9' },
-    },
-  ],
-}));
+const mf = await startDeviceWorker({ name: 'bench-device', source: entry, className: 'BenchDevice' });
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);

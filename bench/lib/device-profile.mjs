@@ -1,10 +1,8 @@
 // The ingest path per device call, measured on the real DeviceObject inside workerd (Miniflare): the
 // route's work to hand a device its events, and the object's statements, rows written, transactions,
 // alarms and queue messages, with the time of each stage. No ClickHouse: the bench consumer only counts.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { ROOT } from './batch.mjs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { startDeviceWorker } from './device-worker.mjs';
 
 const entry = `
 import { DeviceObject } from './durable-objects/device-object';
@@ -266,36 +264,7 @@ function childrenCpuSeconds() {
 
 /** Starts the profiled worker; `run(shape)` drives batches through it and answers the tallies. */
 export async function startDeviceProfile() {
-  const esbuild = await import(pathToFileURL(join(ROOT, 'node_modules', 'esbuild', 'lib', 'main.js')).href);
-  const built = await esbuild.build({
-    stdin: { contents: entry, loader: 'ts', resolveDir: ROOT, sourcefile: 'bench-profile-worker.ts' },
-    bundle: true,
-    format: 'esm',
-    platform: 'neutral',
-    target: 'es2022',
-    external: ['cloudflare:*', 'node:*'],
-    write: false,
-    logLevel: 'error',
-  });
-  const wranglerMiniflare = join(ROOT, 'node_modules', 'wrangler', 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
-  const miniflarePath = existsSync(wranglerMiniflare) ? wranglerMiniflare : join(ROOT, 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
-  const { Miniflare, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
-  const options = {
-    workers: [
-      {
-        name: 'bench-profile',
-        modules: true,
-        script: built.outputFiles[0].text,
-        compatibilityDate: '2026-04-20',
-        compatibilityFlags: ['nodejs_compat'],
-        durableObjects: { DEVICE: { className: 'ProfiledDevice', useSQLite: true } },
-        queueProducers: { INGEST_QUEUE: { queueName: 'bench-ingest' } },
-        queueConsumers: { 'bench-ingest': { maxBatchSize: 100, maxBatchTimeout: 1 } },
-        bindings: { CLICKHOUSE_URL: 'http://127.0.0.1:9' },
-      },
-    ],
-  };
-  const mf = new Miniflare(convertV4MiniflareOptions ? convertV4MiniflareOptions(options) : options);
+  const mf = await startDeviceWorker({ name: 'bench-profile', source: entry, className: 'ProfiledDevice' });
   let offset = 0;
   return {
     /**
