@@ -31,6 +31,11 @@ export function haversineM(a: LatLon, b: LatLon): number {
   return 2 * EARTH_RADIUS_M * Math.asin(Math.min(1, Math.sqrt(s)));
 }
 
+/** Average speed in km/h of `distanceM` covered in `durationMs` (0 for no time). */
+export function averageSpeedKmh(distanceM: number, durationMs: number): number {
+  return durationMs > 0 ? (distanceM / durationMs) * 3600 : 0;
+}
+
 /** Implied speeds use at least this interval, so fixes a few ms apart are not judged at infinite speed. */
 export const MIN_IMPLIED_INTERVAL_MS = 1000;
 

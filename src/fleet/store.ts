@@ -2,6 +2,7 @@
 // live position in ClickHouse (versioned ReplacingMergeTree rows, see migrations/clickhouse/0008).
 import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
+import { averageSpeedKmh } from './geo';
 import type { ResumePoint } from './incremental';
 import { MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
 import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix, type PositionProperties } from './position';
@@ -312,7 +313,7 @@ export function historyTrip(t: StoredTrip): Trip {
     durationMs,
     distanceM: t.distanceM,
     maxSpeedKmh: t.maxSpeedKmh,
-    avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
+    avgSpeedKmh: averageSpeedKmh(t.distanceM, durationMs),
     start: t.start,
     end: t.end,
     endReason: t.endReason,

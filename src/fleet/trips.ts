@@ -1,7 +1,7 @@
 // Trip detection and distance from a device's fixes: a pure function of the SET of fixes, so any
 // arrival order and any duplication give the same track, trips and mileage (DESIGN "Fleet telemetry").
 // An analysis can be continued with later fixes from the state it ended in (`resumeAnalysis`).
-import { haversineM, impliedSpeedKmh, isValidLatLon, MIN_IMPLIED_INTERVAL_MS, type LatLon } from './geo';
+import { averageSpeedKmh, haversineM, impliedSpeedKmh, isValidLatLon, MIN_IMPLIED_INTERVAL_MS, type LatLon } from './geo';
 import { MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
 import type { Fix } from './position';
 import type { FleetRules } from './rules';
@@ -345,7 +345,7 @@ function run(from: AnalysisState | null, input: readonly Fix[], rules: FleetRule
       durationMs,
       distanceM: t.distanceM,
       maxSpeedKmh: t.maxSpeedKmh,
-      avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
+      avgSpeedKmh: averageSpeedKmh(t.distanceM, durationMs),
       start: { lat: first.lat, lon: first.lon },
       end: { lat: last.lat, lon: last.lon },
       endReason: reason,

@@ -9,7 +9,7 @@ import { fleetReadRules, getConfig } from '../config';
 import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
-import { simplifyTrack } from '../fleet/geo';
+import { averageSpeedKmh, simplifyTrack } from '../fleet/geo';
 import { planTrackRead } from '../fleet/incremental';
 import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, type Vehicle } from '../fleet/live';
 import { dailyMileage, InvalidDateError, localMidnights, parseDate } from '../fleet/mileage';
@@ -170,7 +170,7 @@ export async function readTrips(env: Env, projectId: string, q: z.infer<typeof T
         durationMs,
         distanceM: t.distanceM,
         maxSpeedKmh: t.maxSpeedKmh,
-        avgSpeedKmh: durationMs > 0 ? (t.distanceM / durationMs) * 3600 : 0,
+        avgSpeedKmh: averageSpeedKmh(t.distanceM, durationMs),
         start: t.start,
         end: t.end,
       };
