@@ -1,9 +1,12 @@
 // Seeded generators of fleet data for the I/O tests (the same ideas as test/fleet-core.test.ts):
 // routes of known length, parked jitter, teleports and low-accuracy fixes, shuffled re-deliveries.
 import { env } from 'cloudflare:test';
-import { EARTH_RADIUS_M, haversineM, type LatLon } from '../src/fleet/geo';
+import { haversineM, type LatLon } from '../src/fleet/geo';
 import type { Fix } from '../src/fleet/position';
+import { destination, RAD } from './geo-fixtures';
 import { NO_REF_OR_GEO, ch, getJson, postBatch, waitUntil, type TestProject } from './helpers';
+
+export { destination, RAD };
 
 export const MIN = 60_000;
 export const HOUR = 3_600_000;
@@ -34,17 +37,6 @@ export function prng(seed: number) {
 }
 export type Rng = ReturnType<typeof prng>;
 
-export const RAD = Math.PI / 180;
-
-/** The point `distM` from `p` along the great circle leaving at `bearingDeg`. */
-export function destination(p: LatLon, bearingDeg: number, distM: number): LatLon {
-  const d = distM / EARTH_RADIUS_M;
-  const th = bearingDeg * RAD;
-  const f1 = p.lat * RAD;
-  const f2 = Math.asin(Math.sin(f1) * Math.cos(d) + Math.cos(f1) * Math.sin(d) * Math.cos(th));
-  const l2 = p.lon * RAD + Math.atan2(Math.sin(th) * Math.sin(d) * Math.cos(f1), Math.cos(d) - Math.sin(f1) * Math.sin(f2));
-  return { lat: f2 / RAD, lon: l2 / RAD };
-}
 
 /** A point moved by a random offset between minM and maxM metres. */
 export function jitter(rng: Rng, p: LatLon, minM: number, maxM: number): LatLon {

@@ -8,6 +8,7 @@ import { startChdbServer } from '../../scripts/lib/chdb-server.mjs';
 import { startFaultProxy } from '../../scripts/lib/fault-proxy.mjs';
 import { ROOT, startGateway } from '../../scripts/lib/gateway.mjs';
 import { startPostgres } from '../../scripts/lib/services.mjs';
+import { destination } from '../geo-fixtures';
 
 export const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
@@ -187,19 +188,6 @@ export async function seedLegacyTable(url, { table, rows, fromMs, stepMs }) {
   } finally {
     await client.end();
   }
-}
-
-const EARTH_RADIUS_M = 6_371_008.8;
-const RAD = Math.PI / 180;
-
-/** The point `distM` from `p` along the great circle leaving at `bearingDeg`. */
-function destination(p, bearingDeg, distM) {
-  const d = distM / EARTH_RADIUS_M;
-  const th = bearingDeg * RAD;
-  const f1 = p.lat * RAD;
-  const f2 = Math.asin(Math.sin(f1) * Math.cos(d) + Math.cos(f1) * Math.sin(d) * Math.cos(th));
-  const l2 = p.lon * RAD + Math.atan2(Math.sin(th) * Math.sin(d) * Math.cos(f1), Math.cos(d) - Math.sin(f1) * Math.sin(f2));
-  return { lat: f2 / RAD, lon: l2 / RAD };
 }
 
 /** One tracker fix as a `position` event. */
