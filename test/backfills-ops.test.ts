@@ -184,6 +184,12 @@ describe('legacy import operations', () => {
     const badKey = await admin('POST', '/admin/backfills', { ...importBody(p.id, 'citylens', 'tracks'), source: { table: 'tracks', key: 'id)--', createdAt: 'c', deviceId: 'd', name: 'n' } });
     expect(badKey.status).toBe(400);
     expect((await admin('POST', '/admin/backfills', { ...importBody(p.id, 'citylens', 'tracks'), chunkSize: 0 })).status).toBe(400);
+    // The throttle's switch and bounds are checked too, and a client cannot hand in controller state.
+    for (const extra of [{ throttle: 'yes' }, { throttle: null }, { pauseMs: 60_001 }, { chunkSize: 50_001 }, { throttleState: { duty: 1, stepRows: 1e9 } }]) {
+      const r = await admin('POST', '/admin/backfills', { ...importBody(p.id, 'citylens', 'tracks'), ...extra });
+      expect(r.status, JSON.stringify(extra)).toBe(400);
+      expect(r.body.error.code).toBe('invalid_request');
+    }
     expect((await admin('POST', '/admin/backfills', { ...importBody(p.id, 'citylens', 'tracks'), type: 'other' })).status).toBe(400);
     const missing = await admin('GET', '/admin/backfills/00000000-0000-0000-0000-000000000000');
     expect(missing.status).toBe(404);
