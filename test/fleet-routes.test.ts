@@ -135,6 +135,12 @@ describe('bad input', () => {
     // The owner's own answer is not empty, so the empty ones above are not vacuous.
     const own = await mileageOf(owner, `deviceId=secret-van&from=${yesterday}&to=${today}`);
     expect(own.body.days.reduce((sum, d) => sum + d.distanceM, 0)).toBeGreaterThan(2000);
+    // By group: the owner's group holds the van's trip and mileage, another group nothing.
+    expect((await tripsOf(owner, `group=g1&${window}`)).body.trips).toEqual(mine.body.trips);
+    expect((await tripsOf(owner, `group=g2&${window}`)).body.trips).toEqual([]);
+    const byGroup = await mileageOf(owner, `group=g1&from=${yesterday}&to=${today}`);
+    expect(byGroup.body.days).toEqual(own.body.days);
+    expect((await mileageOf(owner, `group=g2&from=${yesterday}&to=${today}`)).body.days).toEqual([]);
     // Writing the same device id in the other project leaves the owner's entry alone.
     expect((await put(other, 'secret-van', { name: 'Mine now' })).status).toBe(200);
     expect((await getJson<{ devices: Device[] }>(owner, '/v1/devices')).body.devices[0]).toMatchObject({ deviceId: 'secret-van', name: 'Secret' });
