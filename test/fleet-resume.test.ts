@@ -21,7 +21,7 @@ function device(projectId: string, deviceId: string, fromVersion = 0) {
     async deliver(fixes: readonly Fix[]): Promise<PassResult> {
       await storeFixes(projectId, deviceId, fixes);
       const times = fixes.map((f) => f.atMs);
-      const [out] = await recomputePasses(ch(), [{ v: { projectId, deviceId, version: ++version }, span: { fromMs: Math.min(...times), toMs: Math.max(...times) } }], RULES);
+      const [out] = await recomputePasses(ch(), [{ v: { projectId, deviceId, version: ++version }, span: { fromMs: Math.min(...times), toMs: Math.max(...times) }, rules: RULES }]);
       if (out instanceof Error) throw out;
       return out!;
     },
@@ -149,7 +149,7 @@ describe('a recompute that fails part-way', () => {
     const head = fixes.filter((f) => f.atMs < D + 7 * HOUR + 10 * MIN);
     const tail = fixes.filter((f) => f.atMs >= D + 7 * HOUR + 10 * MIN);
     const span = (fs: Fix[]) => ({ fromMs: fs[0]!.atMs, toMs: fs[fs.length - 1]!.atMs });
-    const pass = (version: number, fs: Fix[], client = ch()) => recomputePasses(client, [{ v: { projectId: failing.id, deviceId: 'van-3', version }, span: span(fs) }], RULES);
+    const pass = (version: number, fs: Fix[], client = ch()) => recomputePasses(client, [{ v: { projectId: failing.id, deviceId: 'van-3', version }, span: span(fs), rules: RULES }]);
 
     await storeFixes(failing.id, 'van-3', head);
     expect((await pass(1, head))[0]).not.toBeInstanceOf(Error);
@@ -163,7 +163,7 @@ describe('a recompute that fails part-way', () => {
     expect((await pass(3, tail))[0]).not.toBeInstanceOf(Error);
 
     await storeFixes(reference.id, 'van-3', fixes);
-    await recomputePasses(ch(), [{ v: { projectId: reference.id, deviceId: 'van-3', version: 1 }, span: span(fixes) }], RULES);
+    await recomputePasses(ch(), [{ v: { projectId: reference.id, deviceId: 'van-3', version: 1 }, span: span(fixes), rules: RULES }]);
     const [got, want] = await Promise.all([currentFleetRows(failing.id), currentFleetRows(reference.id)]);
     expect(got.trips).toHaveLength(1);
     expect(got).toEqual(want);

@@ -5,6 +5,8 @@ export const projects = sqliteTable('projects', {
   id: text('id').primaryKey(),
   name: text('name').notNull(),
   sessionGapMs: integer('session_gap_ms').notNull().default(1_800_000),
+  /** The project's fleet rule overrides (JSON, validated by FleetRulesOverridesSchema); null: the defaults. */
+  fleetRules: text('fleet_rules'),
   createdAt: integer('created_at').notNull(),
 });
 

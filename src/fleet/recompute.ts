@@ -13,7 +13,8 @@ import type { EventRow } from '../pipeline/messages';
 import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
 import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
-import { DEFAULT_FLEET_RULES, type FleetRules } from './rules';
+import { analysisRules } from './project-rules';
+import type { FleetRules } from './rules';
 import {
   deviceKey,
   historyTrip,
@@ -219,10 +220,11 @@ export interface PassResult {
   liveWritten: boolean;
 }
 
-/** A device's pass: fixes stored in [fromMs, toMs] are recomputed and written with `v.version`. */
+/** A device's pass: fixes stored in [fromMs, toMs] are recomputed under `rules` and written with `v.version`. */
 export interface PassInput {
   v: Versioned;
   span: { fromMs: number; toMs: number };
+  rules: FleetRules;
 }
 
 interface Writes {
@@ -322,7 +324,6 @@ interface DevicePass {
 export async function recomputePasses(
   ch: ClickHouse,
   inputs: readonly PassInput[],
-  rules: FleetRules,
   beforeWrite: (devices: readonly DeviceKey[]) => Promise<boolean[]> = async (ds) => ds.map(() => true),
 ): Promise<Array<PassResult | Error>> {
   const outcomes: Array<PassResult | Error> = inputs.map(() => ({ range: null, fixesRead: 0, tripsWritten: 0, tripsRemoved: 0, daysWritten: 0, liveWritten: false }));
@@ -332,7 +333,7 @@ export async function recomputePasses(
     const key = deviceKey(input.v);
     const own = stretches.get(key) ?? [];
     // An in-order span goes on from where the last stretch's analysis stopped.
-    const resume = own.length ? parseResume(own[own.length - 1]!.resume, rules) : null;
+    const resume = own.length ? parseResume(own[own.length - 1]!.resume, input.rules) : null;
     const range = planRecompute(own, [input.span.fromMs, input.span.toMs], resume);
     if (range) passes.push({ input, index, key, stretches: own, range, fixes: [], fresh: null });
   });
@@ -355,7 +356,7 @@ export async function recomputePasses(
     for (const { p } of reads) {
       const add = got.get(p.key);
       if (add) for (const f of add) p.fixes.push(f);
-      p.fresh = analyseRange(p.range, p.fixes, rules);
+      p.fresh = analyseRange(p.range, p.fixes, p.input.rules);
       // A resumed range runs to the end of the history: nothing follows it to widen into.
       const next = p.range.resume ? null : widenRecompute(p.stretches, p.range, p.fresh);
       if (!next) continue;
@@ -369,7 +370,7 @@ export async function recomputePasses(
   const writes: Array<{ p: (typeof passes)[number]; w: Writes }> = [];
   for (const p of passes) {
     try {
-      writes.push({ p, w: passWrites(p.input.v, p.stretches, tripsAround.get(p.key) ?? [], p.range, p.fresh!, p.fixes.length, rules) });
+      writes.push({ p, w: passWrites(p.input.v, p.stretches, tripsAround.get(p.key) ?? [], p.range, p.fresh!, p.fixes.length, p.input.rules) });
     } catch (err) {
       outcomes[p.index] = err instanceof Error ? err : new Error(String(err));
     }
@@ -394,13 +395,14 @@ export async function recomputePasses(
 
 interface Held extends DeviceKey {
   key: string;
+  rules: FleetRules;
   seq: number;
   pending: Pending;
   passes: number;
 }
 
-/** A device to recompute, with the span of its new fixes to mark pending first (if any). */
-type Due = DeviceKey & { span?: { fromMs: number; toMs: number } };
+/** A device to recompute under its project's rules, with the span of its new fixes to mark pending first (if any). */
+type Due = DeviceKey & { rules: FleetRules; span?: { fromMs: number; toMs: number } };
 
 /**
  * Marks the devices' spans pending, then runs the pending recompute of every device that no one
@@ -409,7 +411,7 @@ type Due = DeviceKey & { span?: { fromMs: number; toMs: number } };
  * stays pending); an error that fails them all (D1 or ClickHouse down) is thrown after the leases
  * are let go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
  */
-async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], rules: FleetRules, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
+async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
   const token = crypto.randomUUID();
   const passes = new Map(devices.map((d) => [deviceKey(d), 0]));
   const nowMs = Date.now();
@@ -420,13 +422,13 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
   devices.forEach((d, i) => {
     const row = results[i]!.results[0];
     const pending = row && row.lease_token === token ? pendingOf(row) : null;
-    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0 });
+    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), rules: d.rules, seq: pending.seq, pending, passes: 0 });
   });
   try {
     while (held.length) {
       // Versions grow across leases (seq) and across the passes of one lease.
-      const inputs = held.map((h) => ({ v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes }, span: h.pending }));
-      const outcomes = await recomputePasses(ch, inputs, rules, async (ds) => {
+      const inputs = held.map((h) => ({ v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes }, span: h.pending, rules: h.rules }));
+      const outcomes = await recomputePasses(ch, inputs, async (ds) => {
         if (ds.length === 0) return [];
         const at = Date.now();
         const r = await db.batch(ds.map((d) => holdsStatement(db, d, token, at)));
@@ -476,37 +478,46 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
 
 /**
  * Marks `span` pending (if given), then runs the device's pending recompute if no one else is (see
- * recomputeHeld). Returns the passes run (0: another consumer holds the device, or nothing was
- * pending); throws if the recompute failed.
+ * recomputeHeld), under `rules` (default: its project's). Returns the passes run (0: another
+ * consumer holds the device, or nothing was pending); throws if the recompute failed.
  */
 export async function recomputeDevice(
   ch: ClickHouse,
   db: D1Database,
   projectId: string,
   deviceId: string,
-  rules: FleetRules = DEFAULT_FLEET_RULES,
+  rules?: FleetRules,
   span?: { fromMs: number; toMs: number },
 ): Promise<number> {
   let failure: Error | null = null;
-  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span }], rules, (_k, err) => (failure = err));
+  const own = rules ?? (await analysisRules(db, [projectId])).get(projectId)!;
+  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, rules: own, span }], (_k, err) => (failure = err));
   if (failure) throw failure;
   return passes.get(deviceKey({ projectId, deviceId })) ?? 0;
 }
 
 /**
- * Marks the spans pending and recomputes their devices together (DEVICES_PER_RUN at a time). A
- * failure leaves the spans pending and is logged: the next batch of a device retries it. Answers
- * the passes run per deviceKey.
+ * Marks the spans pending and recomputes their devices together (DEVICES_PER_RUN at a time), each
+ * under its project's rules. A failure leaves the spans pending and is logged: the next batch of a
+ * device (or the watchdog) retries it. Answers the passes run per deviceKey.
  */
-export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[], rules: FleetRules = DEFAULT_FLEET_RULES): Promise<Map<string, number>> {
+export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[]): Promise<Map<string, number>> {
   const passes = new Map<string, number>();
   const log = (k: DeviceKey, err: unknown) =>
     console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
+  let rulesOf: Map<string, FleetRules>;
+  try {
+    rulesOf = await analysisRules(db, spans.map((s) => s.projectId));
+  } catch (err) {
+    // Nothing was marked yet: the consumer marked the spans pending before its ack, so they wait.
+    for (const s of spans) log(s, err);
+    return passes;
+  }
   for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
     const run = spans.slice(i, i + DEVICES_PER_RUN);
     try {
-      const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
-      for (const [k, n] of await recomputeHeld(ch, db, due, rules, log)) passes.set(k, n);
+      const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, rules: rulesOf.get(s.projectId)!, span: { fromMs: s.fromMs, toMs: s.toMs } }));
+      for (const [k, n] of await recomputeHeld(ch, db, due, log)) passes.set(k, n);
     } catch (err) {
       for (const s of run) log(s, err);
     }
@@ -578,11 +589,13 @@ export const fleetRecomputeRunner: JobRunner = {
       if (first === null) return { cursor: null, maxKey: null, rowsTotal, rowsBefore: 0, rows: 0, skippedBefore: 0, skipped: 0, done: true };
       cursor = { deviceId: first, atMs: p.sinceMs };
     }
+    // Read each chunk: a change of the project's rules applies from the next chunk on.
+    const rules = (await analysisRules(env.DB, [p.projectId])).get(p.projectId)!;
     let rows = 0;
     for (let k = 0; k < DAYS_PER_CHUNK && cursor; k++) {
       const toMs = Math.min(cursor.atMs + DAY_MS - 1, p.untilMs);
       // Marked first: if the ingest consumer holds the device, it recomputes this span before it lets go.
-      await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, DEFAULT_FLEET_RULES, { fromMs: cursor.atMs, toMs });
+      await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, rules, { fromMs: cursor.atMs, toMs });
       rows++;
       if (toMs < p.untilMs) cursor = { deviceId: cursor.deviceId, atMs: toMs + 1 };
       else {

@@ -58,9 +58,13 @@ export type FleetRulesOverrides = z.infer<typeof FleetRulesOverridesSchema>;
 /** The defaults with a project's overrides applied; throws a ZodError naming the bad field. */
 export function resolveFleetRules(overrides?: unknown): FleetRules {
   if (overrides === undefined || overrides === null) return { ...DEFAULT_FLEET_RULES };
-  const parsed = FleetRulesOverridesSchema.parse(overrides);
-  const rules = { ...DEFAULT_FLEET_RULES };
-  for (const [key, value] of Object.entries(parsed) as Array<[keyof FleetRules, number | undefined]>) {
+  return applyOverrides(DEFAULT_FLEET_RULES, FleetRulesOverridesSchema.parse(overrides));
+}
+
+/** `base` with the (already validated) overrides applied. */
+export function applyOverrides(base: Readonly<FleetRules>, overrides: FleetRulesOverrides): FleetRules {
+  const rules = { ...base };
+  for (const [key, value] of Object.entries(overrides) as Array<[keyof FleetRules, number | undefined]>) {
     if (value !== undefined) rules[key] = value;
   }
   return rules;

@@ -514,6 +514,16 @@ function toLive(r: LiveRow): LivePosition {
   return { fix, countedPoint: { lat: Number(r.counted_lat), lon: Number(r.counted_lon), atMs: Number(r.counted_at_ms) }, movedByDrift: Number(r.moved_by_drift) === 1 };
 }
 
+/** The first and last event time of the project's stored positions; null when it has none. */
+export async function positionTimeRange(ch: ClickHouse, projectId: string): Promise<{ fromMs: number; toMs: number } | null> {
+  const [row] = await ch.query<{ n: string; from_ms: string; to_ms: string }>(
+    `SELECT count() AS n, min(created_at_ms) AS from_ms, max(created_at_ms) AS to_ms FROM events
+      WHERE project_id = {p:String} AND type = 'track' AND name = {name:String}`,
+    { p: projectId, name: POSITION_EVENT_NAME },
+  );
+  return row && Number(row.n) > 0 ? { fromMs: Number(row.from_ms), toMs: Number(row.to_ms) } : null;
+}
+
 /** Live positions of a project's devices (all of them, or those listed). */
 export async function readLive(ch: ClickHouse, projectId: string, deviceIds?: readonly string[]): Promise<Map<string, LivePosition>> {
   const filter = deviceIds ? 'AND device_id IN (SELECT value FROM devices)' : '';

@@ -1,11 +1,18 @@
-// Fleet reads for operators (the console): a project's live vehicles, a vehicle's track and trips,
-// with the admin token instead of the project's credentials; same parameters and answers as /v1.
+// Fleet routes for operators: a project's live vehicles, a vehicle's track and trips (the console's,
+// same answers as /v1 with the admin token), and the project's fleet rules.
 import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { requireAdmin } from '../auth';
+import { clickhouse } from '../clickhouse/client';
+import { fleetReadRules, getConfig } from '../config';
 import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
+import { projectOverrides, replaceOverrides } from '../fleet/project-rules';
+import type { FleetRecomputeParams } from '../fleet/recompute';
+import { applyOverrides, FleetRulesOverridesSchema, type FleetRulesOverrides } from '../fleet/rules';
+import { positionTimeRange } from '../fleet/store';
+import { startJob } from '../jobs/actions';
 import { ADMIN_SECURITY, createRoute, errors, json, router, z } from './openapi';
 import { LiveQuery, LiveVehicles, readFleetLive, readTrips, readVehicleTrack, TrackFeature, TrackQuery, TripsQuery, TripView } from './fleet';
 import { DeviceParam } from './v1-devices-registry';
@@ -55,6 +62,67 @@ const tripsRoute = createRoute({
   responses: { 200: json(z.object({ trips: z.array(TripView) }), 'trips by device, then start'), ...adminReadErrors('window_too_large') },
 });
 
+const Overrides = FleetRulesOverridesSchema.describe('overrides of the defaults; a field left out takes its default').openapi('FleetRulesOverrides');
+
+const RulesView = z
+  .object({
+    projectId: z.string(),
+    overrides: Overrides,
+    rules: z
+      .object({
+        maxAccuracyM: z.number(),
+        maxSpeedKmh: z.number(),
+        driftM: z.number(),
+        movingSpeedKmh: z.number(),
+        stopS: z.number(),
+        noDataS: z.number(),
+        minTripM: z.number(),
+        offlineAfterS: z.number(),
+      })
+      .describe('the rules in force: defaults, FLEET_OFFLINE_AFTER_S, then the overrides'),
+    recompute: z
+      .object({ id: z.string(), state: z.string() })
+      .nullable()
+      .describe("the fleet_recompute job re-analysing the project's stored positions under the new rules (PUT only; null when the analysis did not change or there are no positions)"),
+  })
+  .openapi('FleetRules');
+
+const getRulesRoute = createRoute({
+  method: 'get',
+  path: '/admin/projects/{projectId}/fleet/rules',
+  summary: "A project's fleet rules: its overrides and the rules in force",
+  ...common,
+  request: { params: ProjectParam },
+  responses: { 200: json(RulesView, 'the rules (`recompute` is null)'), ...adminReadErrors() },
+});
+
+const putRulesRoute = createRoute({
+  method: 'put',
+  path: '/admin/projects/{projectId}/fleet/rules',
+  summary: "Replaces a project's fleet rule overrides ({} restores the defaults)",
+  description:
+    "A change to any rule but `offlineAfterS` starts a `fleet_recompute` job over the project's stored positions, so trips, mileage and live positions are re-derived under the new rules; new positions use them at once.",
+  ...common,
+  request: { params: ProjectParam, body: { required: true, content: { 'application/json': { schema: Overrides } } } },
+  responses: {
+    200: json(RulesView, 'the stored overrides, the rules in force and the recompute job'),
+    ...errors(
+      { 400: 'invalid_request (a field out of its bounds or unknown) or invalid_json' },
+      { 401: 'unauthorized: a valid admin bearer token is required' },
+      { 404: 'unknown_project' },
+      { 415: 'unsupported_media_type: the body must be application/json' },
+      { 503: 'storage_unavailable or queue_unavailable (nothing was changed; retry), admin_disabled or misconfigured' },
+    ),
+  },
+});
+
+const rulesView = (env: Env, projectId: string, overrides: FleetRulesOverrides, recompute: { id: string; state: string } | null) => ({
+  projectId,
+  overrides,
+  rules: applyOverrides(fleetReadRules(env), overrides),
+  recompute,
+});
+
 export const adminFleetRoute = router()
   .openapi(liveRoute, async (c) => {
     const { projectId } = c.req.valid('param');
@@ -73,4 +141,35 @@ export const adminFleetRoute = router()
     c.header('Cache-Control', 'no-store');
     await projectOr404(c.env, projectId);
     return c.json(await readTrips(c.env, projectId, c.req.valid('query')), 200);
+  })
+  .openapi(getRulesRoute, async (c) => {
+    const { projectId } = c.req.valid('param');
+    c.header('Cache-Control', 'no-store');
+    const overrides = await projectOverrides(c.env.DB, projectId);
+    if (overrides === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
+    return c.json(rulesView(c.env, projectId, overrides, null), 200);
+  })
+  .openapi(putRulesRoute, async (c) => {
+    const { projectId } = c.req.valid('param');
+    c.header('Cache-Control', 'no-store');
+    const next = c.req.valid('json');
+    const before = await projectOverrides(c.env.DB, projectId);
+    if (before === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
+    // Read before anything is stored: with ClickHouse down the answer is 503 and nothing changed.
+    const range = await positionTimeRange(clickhouse(getConfig(c.env).clickhouse), projectId);
+    const stored = await replaceOverrides(c.env.DB, projectId, next);
+    if (stored === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
+    let recompute: { id: string; state: string } | null = null;
+    if (stored.analysisChanged && range) {
+      const params: FleetRecomputeParams = { projectId, sinceMs: range.fromMs, untilMs: range.toMs };
+      try {
+        const job = await startJob(c.env, 'fleet_recompute', params);
+        recompute = { id: job.id, state: job.state };
+      } catch (err) {
+        // Stored rules without their recompute would leave history analysed under the old ones.
+        await replaceOverrides(c.env.DB, projectId, before).catch(() => {});
+        throw err;
+      }
+    }
+    return c.json(rulesView(c.env, projectId, next, recompute), 200);
   });

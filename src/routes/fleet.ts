@@ -5,7 +5,7 @@ import { drizzle } from 'drizzle-orm/d1';
 import { z } from 'zod';
 import { readRateLimit, requireAdmin, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
-import { fleetReadRules, getConfig } from '../config';
+import { getConfig } from '../config';
 import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
@@ -13,6 +13,7 @@ import { averageSpeedKmh, simplifyTrack } from '../fleet/geo';
 import { planTrackRead } from '../fleet/incremental';
 import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, type Vehicle } from '../fleet/live';
 import { dailyMileage, InvalidDateError, localMidnights, parseDate } from '../fleet/mileage';
+import { readRules } from '../fleet/project-rules';
 import { FleetRecomputeParams } from '../fleet/recompute';
 import { LIVE_STATUSES } from '../fleet/status';
 import { mileageSpans, readFixes, readLive, readMileageRows, stretchesOverlapping, tripsOverlapping, utcDay } from '../fleet/store';
@@ -126,14 +127,14 @@ const MileageDay = z
 
 /** The newest accepted fix of each vehicle (of a group, of a status): GET /v1/fleet/live's answer. */
 export async function readFleetLive(env: Env, projectId: string, q: z.infer<typeof LiveQuery>): Promise<z.infer<typeof LiveVehicles>> {
-  const vehicles = await selectVehicles(env, projectId, q);
+  const [vehicles, rules] = await Promise.all([selectVehicles(env, projectId, q), readRules(env, projectId)]);
   const live = await readLive(clickhouse(getConfig(env).clickhouse), projectId, vehicles.map((v) => v.deviceId));
   const now = Date.now();
   const out: z.infer<typeof LiveVehicles>['vehicles'] = [];
   for (const v of vehicles) {
     const l = live.get(v.deviceId);
     if (!l) continue;
-    const view = liveView(l, now, fleetReadRules(env));
+    const view = liveView(l, now, rules);
     if (q.status !== undefined && view.status !== q.status) continue;
     out.push({ deviceId: v.deviceId, name: v.name, plate: v.plate, group: v.group, ...view });
   }
@@ -145,8 +146,9 @@ export async function readVehicleTrack(env: Env, projectId: string, deviceId: st
   const { sinceMs, untilMs } = window(q, DAY_MS, MAX_TRACK_WINDOW_MS);
   const ch = clickhouse(getConfig(env).clickhouse);
   // Whole stretches: whether a fix is accepted depends on the fixes before it in its stretch.
-  const read = planTrackRead(await stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), sinceMs, untilMs);
-  const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), fleetReadRules(env)).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
+  const [stretches, rules] = await Promise.all([stretchesOverlapping(ch, projectId, deviceId, sinceMs, untilMs), readRules(env, projectId)]);
+  const read = planTrackRead(stretches, sinceMs, untilMs);
+  const accepted = analyse(await readFixes(ch, projectId, deviceId, read.fromMs, read.toMs), rules).accepted.filter((f) => f.atMs >= sinceMs && f.atMs <= untilMs);
   const points = q.simplify !== undefined ? simplifyTrack(accepted, q.simplify) : accepted;
   return {
     type: 'Feature',

@@ -2,11 +2,12 @@
 import { z } from 'zod';
 import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
-import { fleetReadRules, getConfig } from '../config';
+import { getConfig } from '../config';
 import { ApiError } from '../errors';
 import { emptyVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
 import { assertTimeZone, InvalidTimeZoneError } from '../fleet/mileage';
 import { LIVE_STATUSES } from '../fleet/status';
+import { readRules } from '../fleet/project-rules';
 import { readLive } from '../fleet/store';
 import { CLIENT_SECURITY, createRoute, json, router } from './openapi';
 import { readErrors } from './read-query';
@@ -97,7 +98,7 @@ export const v1DevicesRegistryRoute = router()
   })
   .openapi(listDevices, async (c) => {
     const projectId = c.get('project').projectId;
-    const [registered, withPositions] = await Promise.all([listVehicles(c.env.DB, projectId), positionDevices(c.env.DB, projectId)]);
+    const [registered, withPositions, rules] = await Promise.all([listVehicles(c.env.DB, projectId), positionDevices(c.env.DB, projectId), readRules(c.env, projectId)]);
     const byId = new Map(registered.map((v) => [v.deviceId, v]));
     for (const d of withPositions) if (!byId.has(d)) byId.set(d, emptyVehicle(d));
     const live = await readLive(clickhouse(getConfig(c.env).clickhouse), projectId, [...byId.keys()]);
@@ -106,7 +107,7 @@ export const v1DevicesRegistryRoute = router()
       .sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0))
       .map((v) => {
         const l = live.get(v.deviceId);
-        return { ...v, live: l ? liveView(l, now, fleetReadRules(c.env)) : null };
+        return { ...v, live: l ? liveView(l, now, rules) : null };
       });
     return c.json({ devices }, 200);
   });
