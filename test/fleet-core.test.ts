@@ -761,6 +761,15 @@ describe('validation', () => {
     expect(fixFromPosition('e1', 5, check.properties)).toEqual({ id: 'e1', atMs: 5, lat: 52.5, lon: 13.4, speedKmh: 30, heading: 360, accuracyM: 0, altitudeM: -12, ignition: true });
   });
 
+  it('takes a null optional field as unknown, as an imported NULL column arrives', () => {
+    const check = checkPositionProperties({ lat: 52.5, lon: 13.4, speed: null, heading: null, accuracy: null, altitude: null, ignition: null });
+    expect(check.ok).toBe(true);
+    if (!check.ok) return;
+    expect(fixFromPosition('e1', 5, check.properties)).toEqual({ id: 'e1', atMs: 5, lat: 52.5, lon: 13.4 });
+    // Coordinates are never optional: null is no position.
+    expect(checkPositionProperties({ lat: null, lon: 13.4 }).ok).toBe(false);
+  });
+
   it('refuses out-of-range coordinates and wrong types with a message per field', () => {
     const cases: Array<[unknown, RegExp[]]> = [
       [{ lat: 91, lon: 0 }, [/lat must be between -90 and 90/]],

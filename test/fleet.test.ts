@@ -353,6 +353,7 @@ describe('stored rows read as fixes', () => {
       { lat: 52.5, lon: -180.01 },
       { lat: 52.5 },
       { lat: 52.5, lon: 13.4, speed: -1 },
+      // An unknown speed, as an imported NULL column: a fix without a speed.
       { lat: 52.5, lon: 13.4, speed: null },
       { lat: 52.5, lon: 13.4, heading: 361 },
       { lat: 52.5, lon: 13.4, accuracy: -0.5 },
@@ -387,7 +388,7 @@ describe('stored rows read as fixes', () => {
       const check = checkPositionProperties(props);
       return check.ok ? [fixFromPosition(rows[k]!.id, rows[k]!.atMs, check.properties)] : [];
     });
-    expect(expected).toHaveLength(3);
+    expect(expected).toHaveLength(4);
     const byTime = (fixes: Fix[]) => [...fixes].sort((a, b) => a.atMs - b.atMs);
     expect(byTime(await readFixes(ch(), p.id, 'stored-1', T, T + DAY_MS))).toEqual(expected);
     const windows = await readFixesOf(ch(), [{ projectId: p.id, deviceId: 'stored-1', fromMs: T, toMs: T + DAY_MS }]);

@@ -25,16 +25,18 @@ function numberField(name: string, unit: string) {
 
 /**
  * Properties of a `position` event. Other properties pass through untouched (the event keeps them).
- * Messages name the field, so a per-row rejection tells the SDK author what to fix.
+ * Messages name the field, so a per-row rejection tells the SDK author what to fix. An optional
+ * field that is null is unknown, as if left out: a legacy table's NULL column arrives that way
+ * through an import (and the browser's Geolocation API reports an unknown speed as null).
  */
 export const PositionPropertiesSchema = z.looseObject({
   lat: numberField('lat', 'degrees').min(-90, 'lat must be between -90 and 90 degrees').max(90, 'lat must be between -90 and 90 degrees'),
   lon: numberField('lon', 'degrees').min(-180, 'lon must be between -180 and 180 degrees').max(180, 'lon must be between -180 and 180 degrees'),
-  speed: numberField('speed', 'km/h').min(0, 'speed must be ≥ 0 km/h').optional(),
-  heading: numberField('heading', 'degrees').min(0, 'heading must be between 0 and 360 degrees').max(360, 'heading must be between 0 and 360 degrees').optional(),
-  accuracy: numberField('accuracy', 'metres').min(0, 'accuracy must be ≥ 0 metres').optional(),
-  altitude: numberField('altitude', 'metres').optional(),
-  ignition: z.boolean({ error: 'ignition must be true or false' }).optional(),
+  speed: numberField('speed', 'km/h').min(0, 'speed must be ≥ 0 km/h').nullish(),
+  heading: numberField('heading', 'degrees').min(0, 'heading must be between 0 and 360 degrees').max(360, 'heading must be between 0 and 360 degrees').nullish(),
+  accuracy: numberField('accuracy', 'metres').min(0, 'accuracy must be ≥ 0 metres').nullish(),
+  altitude: numberField('altitude', 'metres').nullish(),
+  ignition: z.boolean({ error: 'ignition must be true or false' }).nullish(),
 }, { error: 'position properties must be an object' });
 
 export type PositionProperties = z.infer<typeof PositionPropertiesSchema>;
@@ -52,10 +54,10 @@ export function checkPositionProperties(properties: unknown): PositionCheck {
 /** The fix a validated position event describes. */
 export function fixFromPosition(id: string, atMs: number, p: PositionProperties): Fix {
   const fix: Fix = { id, atMs, lat: p.lat, lon: p.lon };
-  if (p.speed !== undefined) fix.speedKmh = p.speed;
-  if (p.heading !== undefined) fix.heading = p.heading;
-  if (p.accuracy !== undefined) fix.accuracyM = p.accuracy;
-  if (p.altitude !== undefined) fix.altitudeM = p.altitude;
-  if (p.ignition !== undefined) fix.ignition = p.ignition;
+  if (p.speed != null) fix.speedKmh = p.speed;
+  if (p.heading != null) fix.heading = p.heading;
+  if (p.accuracy != null) fix.accuracyM = p.accuracy;
+  if (p.altitude != null) fix.altitudeM = p.altitude;
+  if (p.ignition != null) fix.ignition = p.ignition;
   return fix;
 }

@@ -34,7 +34,7 @@ interface FixRow {
 }
 
 const finite = (v: unknown, lo: number, hi: number) => typeof v === 'number' && Number.isFinite(v) && v >= lo && v <= hi;
-const optionalFinite = (v: unknown, lo: number, hi: number) => v === undefined || finite(v, lo, hi);
+const optionalFinite = (v: unknown, lo: number, hi: number) => v === undefined || v === null || finite(v, lo, hi);
 
 /**
  * Properties that PositionPropertiesSchema certainly accepts, checked by hand: a recompute re-reads
@@ -50,7 +50,7 @@ function plainPosition(p: unknown): p is PositionProperties {
     optionalFinite(o.heading, 0, 360) &&
     optionalFinite(o.accuracy, 0, Infinity) &&
     optionalFinite(o.altitude, -Infinity, Infinity) &&
-    (o.ignition === undefined || typeof o.ignition === 'boolean')
+    (o.ignition === undefined || o.ignition === null || typeof o.ignition === 'boolean')
   );
 }
 
