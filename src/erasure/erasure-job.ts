@@ -194,7 +194,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
         ]);
       } else {
         for (const span of await remainingPositionSpans(ch, s.projectId, c.devices)) {
-          await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1 });
+          await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1, reason: 'erasure' });
         }
       }
       c.step = 'done';

@@ -395,23 +395,24 @@ export async function recomputePasses(
 
 interface Held extends DeviceKey {
   key: string;
-  rules: FleetRules;
   seq: number;
   pending: Pending;
   passes: number;
 }
 
-/** A device to recompute under its project's rules, with the span of its new fixes to mark pending first (if any). */
-type Due = DeviceKey & { rules: FleetRules; span?: { fromMs: number; toMs: number } };
+/** A device to recompute, with the span of its new fixes to mark pending first (if any). */
+type Due = DeviceKey & { span?: { fromMs: number; toMs: number } };
 
 /**
  * Marks the devices' spans pending, then runs the pending recompute of every device that no one
  * else holds: the lease holder loops until nothing new was marked while it worked, so every marked
- * span is recomputed by someone. `failed` hears of each device whose recompute failed (its span
- * stays pending); an error that fails them all (D1 or ClickHouse down) is thrown after the leases
- * are let go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
+ * span is recomputed by someone. Each pass reads its projects' rules once it holds the leases (or
+ * uses `fixedRules`): a span marked after a rule change is recomputed under the new rules, by
+ * whichever holder runs it. `failed` hears of each device whose recompute failed (its span stays
+ * pending); an error that fails them all (D1 or ClickHouse down) is thrown after the leases are let
+ * go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
  */
-async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
+async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], fixedRules: FleetRules | null, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
   const token = crypto.randomUUID();
   const passes = new Map(devices.map((d) => [deviceKey(d), 0]));
   const nowMs = Date.now();
@@ -422,12 +423,17 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
   devices.forEach((d, i) => {
     const row = results[i]!.results[0];
     const pending = row && row.lease_token === token ? pendingOf(row) : null;
-    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), rules: d.rules, seq: pending.seq, pending, passes: 0 });
+    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0 });
   });
   try {
     while (held.length) {
       // Versions grow across leases (seq) and across the passes of one lease.
-      const inputs = held.map((h) => ({ v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes }, span: h.pending, rules: h.rules }));
+      const rulesOf = fixedRules ? null : await analysisRules(db, held.map((h) => h.projectId));
+      const inputs = held.map((h) => ({
+        v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes },
+        span: h.pending,
+        rules: fixedRules ?? rulesOf!.get(h.projectId)!,
+      }));
       const outcomes = await recomputePasses(ch, inputs, async (ds) => {
         if (ds.length === 0) return [];
         const at = Date.now();
@@ -478,8 +484,8 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
 
 /**
  * Marks `span` pending (if given), then runs the device's pending recompute if no one else is (see
- * recomputeHeld), under `rules` (default: its project's). Returns the passes run (0: another
- * consumer holds the device, or nothing was pending); throws if the recompute failed.
+ * recomputeHeld), under its project's rules unless `rules` are given. Returns the passes run (0:
+ * another consumer holds the device, or nothing was pending); throws if the recompute failed.
  */
 export async function recomputeDevice(
   ch: ClickHouse,
@@ -490,8 +496,7 @@ export async function recomputeDevice(
   span?: { fromMs: number; toMs: number },
 ): Promise<number> {
   let failure: Error | null = null;
-  const own = rules ?? (await analysisRules(db, [projectId])).get(projectId)!;
-  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, rules: own, span }], (_k, err) => (failure = err));
+  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span }], rules ?? null, (_k, err) => (failure = err));
   if (failure) throw failure;
   return passes.get(deviceKey({ projectId, deviceId })) ?? 0;
 }
@@ -505,19 +510,11 @@ export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: re
   const passes = new Map<string, number>();
   const log = (k: DeviceKey, err: unknown) =>
     console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
-  let rulesOf: Map<string, FleetRules>;
-  try {
-    rulesOf = await analysisRules(db, spans.map((s) => s.projectId));
-  } catch (err) {
-    // Nothing was marked yet: the consumer marked the spans pending before its ack, so they wait.
-    for (const s of spans) log(s, err);
-    return passes;
-  }
   for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
     const run = spans.slice(i, i + DEVICES_PER_RUN);
     try {
-      const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, rules: rulesOf.get(s.projectId)!, span: { fromMs: s.fromMs, toMs: s.toMs } }));
-      for (const [k, n] of await recomputeHeld(ch, db, due, log)) passes.set(k, n);
+      const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
+      for (const [k, n] of await recomputeHeld(ch, db, due, null, log)) passes.set(k, n);
     } catch (err) {
       for (const s of run) log(s, err);
     }
@@ -538,6 +535,8 @@ export const FleetRecomputeParams = z.object({
   deviceId: z.string().min(1).max(128).optional(),
   sinceMs: z.number().int(),
   untilMs: z.number().int(),
+  /** Why it runs, for operators (`rules`: the project's fleet rules changed). */
+  reason: z.enum(['rules', 'import', 'erasure', 'operator']).optional(),
 });
 export type FleetRecomputeParams = z.infer<typeof FleetRecomputeParams>;
 
@@ -561,6 +560,17 @@ async function nextDevice(ch: ClickHouse, p: FleetRecomputeParams, after: string
     { p: p.projectId, ...dateTimeBounds(p.sinceMs, p.untilMs), name: POSITION_EVENT_NAME, after: after ?? '' },
   );
   return row ? row.device_id : null;
+}
+
+/** The time of the device's first position in [fromMs, toMs]; null when there is none. */
+async function nextFixAt(ch: ClickHouse, projectId: string, deviceId: string, fromMs: number, toMs: number): Promise<number | null> {
+  const [row] = await ch.query<{ n: string; at_ms: string }>(
+    `SELECT count() AS n, min(created_at_ms) AS at_ms FROM events
+      WHERE project_id = {p:String} AND device_id = {d:String} AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
+        AND created_at_ms >= {from:Int64} AND created_at_ms <= {to:Int64} AND type = 'track' AND name = {name:String}`,
+    { p: projectId, d: deviceId, ...dateTimeBounds(fromMs, toMs), from: fromMs, to: toMs, name: POSITION_EVENT_NAME },
+  );
+  return row && Number(row.n) > 0 ? Number(row.at_ms) : null;
 }
 
 async function countDevices(ch: ClickHouse, p: FleetRecomputeParams): Promise<number> {
@@ -589,14 +599,19 @@ export const fleetRecomputeRunner: JobRunner = {
       if (first === null) return { cursor: null, maxKey: null, rowsTotal, rowsBefore: 0, rows: 0, skippedBefore: 0, skipped: 0, done: true };
       cursor = { deviceId: first, atMs: p.sinceMs };
     }
-    // Read each chunk: a change of the project's rules applies from the next chunk on.
-    const rules = (await analysisRules(env.DB, [p.projectId])).get(p.projectId)!;
     let rows = 0;
     for (let k = 0; k < DAYS_PER_CHUNK && cursor; k++) {
-      const toMs = Math.min(cursor.atMs + DAY_MS - 1, p.untilMs);
-      // Marked first: if the ingest consumer holds the device, it recomputes this span before it lets go.
-      await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, rules, { fromMs: cursor.atMs, toMs });
-      rows++;
+      // Days without a fix of the device are passed over (counted as done): nothing of it lies there.
+      const nextFixMs = await nextFixAt(ch, p.projectId, cursor.deviceId, cursor.atMs, p.untilMs);
+      const fromMs = nextFixMs === null ? p.untilMs + 1 : Math.max(cursor.atMs, cursor.atMs + Math.floor((nextFixMs - cursor.atMs) / DAY_MS) * DAY_MS);
+      rows += Math.ceil((Math.min(fromMs, p.untilMs + 1) - cursor.atMs) / DAY_MS);
+      const toMs = Math.min(fromMs + DAY_MS - 1, p.untilMs);
+      if (nextFixMs !== null) {
+        // Marked first: if the ingest consumer holds the device, it recomputes this span before it
+        // lets go (under the project's rules as they are when its pass starts).
+        await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, undefined, { fromMs, toMs });
+        rows++;
+      }
       if (toMs < p.untilMs) cursor = { deviceId: cursor.deviceId, atMs: toMs + 1 };
       else {
         const next = await nextDevice(ch, p, cursor.deviceId);

@@ -50,7 +50,8 @@ export const FleetRulesOverridesSchema = z.strictObject({
   noDataS: bounded('noDataS', 's', 7 * DAY_S).optional(),
   // 0 keeps every trip, however short.
   minTripM: bounded('minTripM', 'm', 1_000_000, { allowZero: true }).optional(),
-  offlineAfterS: bounded('offlineAfterS', 's', 30 * DAY_S).optional(),
+  // Whole seconds, as FLEET_OFFLINE_AFTER_S.
+  offlineAfterS: bounded('offlineAfterS', 's', 30 * DAY_S).int('offlineAfterS must be a whole number of seconds').optional(),
 });
 
 export type FleetRulesOverrides = z.infer<typeof FleetRulesOverridesSchema>;

@@ -39,6 +39,19 @@ export async function startExclusiveJob(env: Env, type: string, params: unknown,
   return row;
 }
 
+/**
+ * Sends the first chunk of a job whose row is already written (createJobStatement). A refusing
+ * queue is not the caller's failure: the job is enqueued, and the watchdog's lost-message rule
+ * sends its chunk STALL_MS later.
+ */
+export async function sendCreatedJob(env: Env, id: string, type: string): Promise<void> {
+  try {
+    await sendChunk(env, id, FIRST_LEASE_VERSION);
+  } catch (err) {
+    console.error(JSON.stringify({ msg: 'job created; its first chunk message could not be sent, the watchdog will send it', id, type, error: String(err) }));
+  }
+}
+
 /** The lease version a new job's row starts at (the schema's default). */
 const FIRST_LEASE_VERSION = 0;
 

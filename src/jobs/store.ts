@@ -62,6 +62,17 @@ export interface ChunkCommit extends Progress {
   verifyWrites?: boolean;
 }
 
+/**
+ * A statement creating an `enqueued` job only where `guard` (an SQL condition on ?5 onwards) holds:
+ * for a job written in the same D1 batch as the change that calls for it, so that neither is
+ * stored without the other. Its first chunk message is sent after the batch (see sendCreatedJob).
+ */
+export function createJobStatement(d1: D1Database, id: string, type: string, params: unknown, now: number, guard: { sql: string; binds: unknown[] }): D1PreparedStatement {
+  return d1
+    .prepare(`INSERT INTO jobs (id, type, state, params, created_at, last_update_at) SELECT ?1, ?2, 'enqueued', ?3, ?4, ?4 WHERE ${guard.sql}`)
+    .bind(id, type, JSON.stringify(params), now, ...guard.binds);
+}
+
 export function jobStore(d1: D1Database) {
   const db = drizzle(d1);
   const byVersion = (id: string, version: number) => and(eq(jobs.id, id), eq(jobs.leaseVersion, version));

@@ -154,7 +154,7 @@ export const legacyImportRunner: JobRunner = {
     // Imported positions join tracks, trips and mileage: recompute the span they cover.
     if (p.source.name === 'position') {
       const span = await importedSpan(clickhouse(getConfig(env).clickhouse), p);
-      if (span) await startJob(env, 'fleet_recompute', { projectId: p.projectId, sinceMs: span.fromMs, untilMs: span.toMs + 1 });
+      if (span) await startJob(env, 'fleet_recompute', { projectId: p.projectId, sinceMs: span.fromMs, untilMs: span.toMs + 1, reason: 'import' });
     }
   },
 };

@@ -3,17 +3,12 @@
 import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { requireAdmin } from '../auth';
-import { clickhouse } from '../clickhouse/client';
-import { fleetReadRules, getConfig } from '../config';
 import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { ApiError } from '../errors';
-import { projectOverrides, replaceOverrides } from '../fleet/project-rules';
-import type { FleetRecomputeParams } from '../fleet/recompute';
-import { applyOverrides, FleetRulesOverridesSchema, type FleetRulesOverrides } from '../fleet/rules';
-import { positionTimeRange } from '../fleet/store';
-import { startJob } from '../jobs/actions';
-import { ADMIN_SECURITY, createRoute, errors, json, router, z } from './openapi';
+import { projectOverrides, RulesContendedError, rulesInForce, setProjectRules } from '../fleet/project-rules';
+import { FleetRulesOverridesSchema } from '../fleet/rules';
+import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router, z } from './openapi';
 import { LiveQuery, LiveVehicles, readFleetLive, readTrips, readVehicleTrack, TrackFeature, TrackQuery, TripsQuery, TripView } from './fleet';
 import { DeviceParam } from './v1-devices-registry';
 
@@ -68,22 +63,11 @@ const RulesView = z
   .object({
     projectId: z.string(),
     overrides: Overrides,
-    rules: z
-      .object({
-        maxAccuracyM: z.number(),
-        maxSpeedKmh: z.number(),
-        driftM: z.number(),
-        movingSpeedKmh: z.number(),
-        stopS: z.number(),
-        noDataS: z.number(),
-        minTripM: z.number(),
-        offlineAfterS: z.number(),
-      })
-      .describe('the rules in force: defaults, FLEET_OFFLINE_AFTER_S, then the overrides'),
+    rules: FleetRulesOverridesSchema.required().describe('the rules in force: defaults, FLEET_OFFLINE_AFTER_S, then the overrides'),
     recompute: z
       .object({ id: z.string(), state: z.string() })
       .nullable()
-      .describe("the fleet_recompute job re-analysing the project's stored positions under the new rules (PUT only; null when the analysis did not change or there are no positions)"),
+      .describe("the fleet_recompute job re-deriving the project's history under the new rules (PUT only; null when the analysis did not change)"),
   })
   .openapi('FleetRules');
 
@@ -93,7 +77,15 @@ const getRulesRoute = createRoute({
   summary: "A project's fleet rules: its overrides and the rules in force",
   ...common,
   request: { params: ProjectParam },
-  responses: { 200: json(RulesView, 'the rules (`recompute` is null)'), ...adminReadErrors() },
+  responses: {
+    200: json(RulesView, 'the rules (`recompute` is null)'),
+    ...errors(
+      { 400: 'invalid_request' },
+      { 401: 'unauthorized: a valid admin bearer token is required' },
+      { 404: 'unknown_project' },
+      { 503: `${ADMIN_DISABLED}; \`misconfigured\`` },
+    ),
+  },
 });
 
 const putRulesRoute = createRoute({
@@ -101,7 +93,7 @@ const putRulesRoute = createRoute({
   path: '/admin/projects/{projectId}/fleet/rules',
   summary: "Replaces a project's fleet rule overrides ({} restores the defaults)",
   description:
-    "A change to any rule but `offlineAfterS` starts a `fleet_recompute` job over the project's stored positions, so trips, mileage and live positions are re-derived under the new rules; new positions use them at once.",
+    "New positions are analysed under the new rules at once. A change to any rule but `offlineAfterS` also starts a `fleet_recompute` job (written together with the rules) that re-derives the project's stored trips, mileage and live positions under them.",
   ...common,
   request: { params: ProjectParam, body: { required: true, content: { 'application/json': { schema: Overrides } } } },
   responses: {
@@ -110,17 +102,11 @@ const putRulesRoute = createRoute({
       { 400: 'invalid_request (a field out of its bounds or unknown) or invalid_json' },
       { 401: 'unauthorized: a valid admin bearer token is required' },
       { 404: 'unknown_project' },
+      { 409: 'rules_contended: other changes kept coming first; read the rules and retry' },
       { 415: 'unsupported_media_type: the body must be application/json' },
-      { 503: 'storage_unavailable or queue_unavailable (nothing was changed; retry), admin_disabled or misconfigured' },
+      { 503: `\`storage_unavailable\`: nothing was changed, see Retry-After; ${ADMIN_DISABLED}; \`misconfigured\`` },
     ),
   },
-});
-
-const rulesView = (env: Env, projectId: string, overrides: FleetRulesOverrides, recompute: { id: string; state: string } | null) => ({
-  projectId,
-  overrides,
-  rules: applyOverrides(fleetReadRules(env), overrides),
-  recompute,
 });
 
 export const adminFleetRoute = router()
@@ -147,29 +133,20 @@ export const adminFleetRoute = router()
     c.header('Cache-Control', 'no-store');
     const overrides = await projectOverrides(c.env.DB, projectId);
     if (overrides === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
-    return c.json(rulesView(c.env, projectId, overrides, null), 200);
+    return c.json({ projectId, overrides, rules: rulesInForce(c.env, overrides), recompute: null }, 200);
   })
   .openapi(putRulesRoute, async (c) => {
     const { projectId } = c.req.valid('param');
     c.header('Cache-Control', 'no-store');
-    const next = c.req.valid('json');
-    const before = await projectOverrides(c.env.DB, projectId);
-    if (before === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
-    // Read before anything is stored: with ClickHouse down the answer is 503 and nothing changed.
-    const range = await positionTimeRange(clickhouse(getConfig(c.env).clickhouse), projectId);
-    const stored = await replaceOverrides(c.env.DB, projectId, next);
-    if (stored === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
-    let recompute: { id: string; state: string } | null = null;
-    if (stored.analysisChanged && range) {
-      const params: FleetRecomputeParams = { projectId, sinceMs: range.fromMs, untilMs: range.toMs };
-      try {
-        const job = await startJob(c.env, 'fleet_recompute', params);
-        recompute = { id: job.id, state: job.state };
-      } catch (err) {
-        // Stored rules without their recompute would leave history analysed under the old ones.
-        await replaceOverrides(c.env.DB, projectId, before).catch(() => {});
-        throw err;
-      }
+    const overrides = c.req.valid('json');
+    let set: Awaited<ReturnType<typeof setProjectRules>>;
+    try {
+      set = await setProjectRules(c.env, projectId, overrides);
+    } catch (err) {
+      if (err instanceof RulesContendedError) throw new ApiError(409, 'rules_contended', err.message);
+      throw err;
     }
-    return c.json(rulesView(c.env, projectId, next, recompute), 200);
+    if (set === null) throw new ApiError(404, 'unknown_project', `no project ${projectId}`);
+    const recompute = set.recomputeJobId ? { id: set.recomputeJobId, state: 'enqueued' } : null;
+    return c.json({ projectId, overrides, rules: rulesInForce(c.env, overrides), recompute }, 200);
   });

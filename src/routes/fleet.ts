@@ -304,7 +304,7 @@ export const fleetRoute = router()
     const untilMs = body.until ?? Date.now() + 60_000;
     const sinceMs = body.since ?? untilMs - 92 * DAY_MS;
     if (sinceMs > untilMs) throw new ApiError(400, 'invalid_request', 'since must not be after until');
-    const params: FleetRecomputeParams = { projectId: body.projectId, sinceMs, untilMs, ...(body.deviceId !== undefined ? { deviceId: body.deviceId } : {}) };
+    const params: FleetRecomputeParams = { projectId: body.projectId, sinceMs, untilMs, reason: 'operator', ...(body.deviceId !== undefined ? { deviceId: body.deviceId } : {}) };
     const job = await startJob(c.env, 'fleet_recompute', params);
     return c.json({ id: job.id, state: job.state }, 202);
   });
