@@ -4,8 +4,9 @@ import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { fleetReadRules, getConfig } from '../config';
 import { ApiError } from '../errors';
-import { emptyVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
+import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
 import { assertTimeZone, InvalidTimeZoneError } from '../fleet/mileage';
+import { rebuildMileageInZone } from '../fleet/rezone';
 import { LIVE_STATUSES } from '../fleet/status';
 import { readLive } from '../fleet/store';
 import { CLIENT_SECURITY, createRoute, json, router } from './openapi';
@@ -64,7 +65,7 @@ const putVehicle = createRoute({
   method: 'put',
   path: '/v1/devices/{deviceId}',
   summary: "Set a vehicle's registry entry",
-  description: 'Fields left out keep their value; null clears one.',
+  description: "Fields left out keep their value; null clears one. A new `timezone` starts a `fleet_recompute` job that rebuilds the vehicle's daily mileage rows in it; answers are right meanwhile.",
   tags: ['fleet'],
   security: CLIENT_SECURITY,
   middleware: [requireClient, readRateLimit] as const,
@@ -92,7 +93,13 @@ export const v1DevicesRegistryRoute = router()
     const body = c.req.valid('json');
     const patch: VehiclePatch = { ...body };
     if (typeof body.timezone === 'string') patch.timezone = timeZoneOr400(body.timezone);
-    const vehicle = await upsertVehicle(c.env.DB, c.get('project').projectId, deviceId, patch);
+    const projectId = c.get('project').projectId;
+    const before = patch.timezone !== undefined ? await getVehicle(c.env.DB, projectId, deviceId) : null;
+    const vehicle = await upsertVehicle(c.env.DB, projectId, deviceId, patch);
+    // Mileage rows are keyed by days of the registry zone: a new zone rebuilds them.
+    if (patch.timezone !== undefined && (before?.timezone ?? 'UTC') !== (vehicle.timezone ?? 'UTC')) {
+      await rebuildMileageInZone(c.env, projectId, deviceId, vehicle.timezone ?? 'UTC');
+    }
     return c.json(vehicle, 200);
   })
   .openapi(listDevices, async (c) => {
