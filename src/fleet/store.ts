@@ -472,38 +472,47 @@ interface MileageRow {
 const MAX_WEST_MS = 12 * 3_600_000;
 const MAX_EAST_MS = 14 * 3_600_000;
 
+/** A device whose day rows a read needs: those of `zone` (its registry zone) overlapping [startMs, endMs). */
+export interface MileageRead {
+  deviceId: string;
+  zone: string;
+  startMs: number;
+  endMs: number;
+}
+
 /**
- * Current day rows of `deviceIds` (whose registry zone is `zone`) that overlap [startMs, endMs): the
- * aggregate, never raw fixes. Rows of `zone` are read by their own dates, so a window of N local
- * days of that zone reads N rows per device. Rows of any other zone (a vehicle whose zone changed,
- * until the rebuild has replaced them) are read over every date that can overlap the window; see
- * mileageSpans for how the two are combined. `readRows` is what ClickHouse reports it read.
+ * Current day rows of each device that overlap its window, in one query (one pass over the
+ * project's rows, whatever the mix of zones): the aggregate, never raw fixes. Rows of the device's
+ * `zone` are read by their own dates, so N local days of that zone are N rows per device. Rows of
+ * any other zone (a vehicle whose zone changed, until the rebuild has replaced them) are read over
+ * every date that can overlap the window; see mileageSpans for how the two are combined.
+ * `readRows` is what ClickHouse reports it read.
  */
-export async function readMileageRows(
-  ch: ClickHouse,
-  projectId: string,
-  deviceIds: readonly string[],
-  zone: string,
-  startMs: number,
-  endMs: number,
-): Promise<{ rows: StoredMileageDayRow[]; readRows: number }> {
-  if (deviceIds.length === 0 || endMs <= startMs) return { rows: [], readRows: 0 };
-  const dayOf = localDates(zone);
+export async function readMileageRows(ch: ClickHouse, projectId: string, reads: readonly MileageRead[]): Promise<{ rows: StoredMileageDayRow[]; readRows: number }> {
+  const wanted = reads.filter((r) => r.endMs > r.startMs);
+  if (wanted.length === 0) return { rows: [], readRows: 0 };
+  const dayOf = new Map<string, (ms: number) => string>();
+  const windows = wanted.map((r) => {
+    let f = dayOf.get(r.zone);
+    if (!f) dayOf.set(r.zone, (f = localDates(r.zone)));
+    return [hex(r.deviceId), hex(storedZone(r.zone)), f(r.startMs), f(r.endMs - 1), utcDay(r.startMs - MAX_WEST_MS), utcDay(r.endMs - 1 + MAX_EAST_MS)].join(':');
+  });
   const { rows, readRows } = await ch.queryStats<MileageRow>(
-    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
-      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
-        AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String})
-        AND (zone = {zone:String} AND day >= toDate({from:String}) AND day <= toDate({to:String}) OR zone != {zone:String})
+    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM (
+       SELECT device_id, day, zone, version, bucket_ms, distance_m, moving_ms, trip_starts, win_zone, lo, hi, any_lo, any_hi
+         FROM fleet_mileage ALL INNER JOIN (
+           SELECT unhex(w[1]) AS device_id, unhex(w[2]) AS win_zone, toDate(w[3]) AS lo, toDate(w[4]) AS hi, toDate(w[5]) AS any_lo, toDate(w[6]) AS any_hi
+             FROM (SELECT splitByChar(':', value) AS w FROM windows)) AS win USING (device_id)
+        WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+          AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String}))
+      WHERE zone = win_zone AND day >= lo AND day <= hi OR zone != win_zone AND day >= any_lo AND day <= any_hi
       ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`,
     {
       p: projectId,
-      zone: storedZone(zone),
-      from: dayOf(startMs),
-      to: dayOf(endMs - 1),
-      anyFrom: utcDay(startMs - MAX_WEST_MS),
-      anyTo: utcDay(endMs - 1 + MAX_EAST_MS),
+      anyFrom: utcDay(Math.min(...wanted.map((r) => r.startMs)) - MAX_WEST_MS),
+      anyTo: utcDay(Math.max(...wanted.map((r) => r.endMs)) - 1 + MAX_EAST_MS),
     },
-    { devices: [...deviceIds] },
+    { windows, devices: [...new Set(wanted.map((r) => r.deviceId))] },
   );
   return {
     readRows,

@@ -15,7 +15,7 @@ import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, type
 import { dailyMileage, InvalidDateError, localMidnights, parseDate } from '../fleet/mileage';
 import { FleetRecomputeParams } from '../fleet/recompute';
 import { LIVE_STATUSES } from '../fleet/status';
-import { mileageSpans, readFixes, readLive, readMileageRows, stretchesOverlapping, tripsOverlapping, type StoredMileageDayRow } from '../fleet/store';
+import { mileageSpans, readFixes, readLive, readMileageRows, stretchesOverlapping, tripsOverlapping, type MileageRead, type StoredMileageDayRow } from '../fleet/store';
 import { analyse } from '../fleet/trips';
 import { startJob } from '../jobs/actions';
 import { ADMIN_SECURITY, CLIENT_SECURITY, createRoute, errors, json, router } from './openapi';
@@ -179,10 +179,9 @@ export async function readTrips(env: Env, projectId: string, q: z.infer<typeof T
 }
 
 /**
- * Daily mileage from the day rows: GET /v1/mileage's answer. Devices are read in groups of the same
- * zone of days asked (`tz`, else the vehicle's registry zone) and the same zone their rows are
- * keyed by (the registry zone), one read each; `rows` and `rowsRead` are the day rows returned and
- * the rows ClickHouse read for them.
+ * Daily mileage from the day rows: GET /v1/mileage's answer. Each device's days are those of `tz`,
+ * else of its registry zone, which its rows are keyed by; all devices are read in one query. `rows`
+ * and `rowsRead` are the day rows returned and the rows ClickHouse read for them.
  */
 async function readMileage(env: Env, projectId: string, q: z.infer<typeof MileageQuery>, tz: string | undefined) {
   const vehicles = await selectVehicles(env, projectId, q);
@@ -195,35 +194,32 @@ async function readMileage(env: Env, projectId: string, q: z.infer<typeof Mileag
     if (!g) groups.set(key, (g = { zone, rowZone, deviceIds: [] }));
     g.deviceIds.push(v.deviceId);
   }
-  const ch = clickhouse(getConfig(env).clickhouse);
-  const reads = await Promise.all(
-    [...groups.values()].map(async (g) => {
-      let local;
-      try {
-        local = localMidnights(g.zone, q.from, q.to);
-      } catch (err) {
-        if (err instanceof InvalidDateError) throw new ApiError(400, 'invalid_date', err.message);
-        throw err;
-      }
-      return { g, read: await readMileageRows(ch, projectId, g.deviceIds, g.rowZone, local[0]!.startMs, local[local.length - 1]!.endMs) };
-    }),
-  );
-  const days: Array<{ deviceId: string; date: string; distanceM: number; movingMs: number; trips: number }> = [];
-  let rowsRead = 0;
-  let rows = 0;
-  for (const { g, read } of reads) {
-    rowsRead += read.readRows;
-    rows += read.rows.length;
-    const byDevice = new Map<string, StoredMileageDayRow[]>();
-    for (const r of read.rows) {
-      const list = byDevice.get(r.deviceId);
-      if (list) list.push(r);
-      else byDevice.set(r.deviceId, [r]);
+  const windows: MileageRead[] = [];
+  for (const g of groups.values()) {
+    let local;
+    try {
+      local = localMidnights(g.zone, q.from, q.to);
+    } catch (err) {
+      if (err instanceof InvalidDateError) throw new ApiError(400, 'invalid_date', err.message);
+      throw err;
     }
+    for (const deviceId of g.deviceIds) windows.push({ deviceId, zone: g.rowZone, startMs: local[0]!.startMs, endMs: local[local.length - 1]!.endMs });
+  }
+  const read = await readMileageRows(clickhouse(getConfig(env).clickhouse), projectId, windows);
+  const byDevice = new Map<string, StoredMileageDayRow[]>();
+  for (const r of read.rows) {
+    const list = byDevice.get(r.deviceId);
+    if (list) list.push(r);
+    else byDevice.set(r.deviceId, [r]);
+  }
+  const days: Array<{ deviceId: string; date: string; distanceM: number; movingMs: number; trips: number }> = [];
+  for (const g of groups.values()) {
     for (const deviceId of g.deviceIds) {
       for (const d of dailyMileage(mileageSpans(byDevice.get(deviceId) ?? []), g.zone, q.from, q.to)) days.push({ deviceId, ...d });
     }
   }
+  const rowsRead = read.readRows;
+  const rows = read.rows.length;
   days.sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : a.date < b.date ? -1 : a.date > b.date ? 1 : 0));
   return { days, rowsRead, rows };
 }
