@@ -4,8 +4,10 @@
 //    position runs with plain ones (the machine's load varies; more rounds, a steadier ratio).
 //    BENCH_FLEET_SKIP_INGEST=1 / BENCH_FLEET_SKIP_MILEAGE=1 skip a half. Besides its text, it prints
 //    `RESULT <field> <number>` lines for bench/results.json.
-// 2. daily mileage of 1 000 vehicles × 30 days: rows ClickHouse reads per request (target ≤ 1 per
-//    vehicle-day) and the time, beside reading raw fixes.
+// 2. daily mileage of 1 000 vehicles × 30 local days in Berlin, Tokyo and New York: rows ClickHouse
+//    reads per request as the route itself reports them (Server-Timing; target ≤ 1 per
+//    vehicle-day) and the time, for rows keyed by local days (now) and by UTC days (before), beside
+//    reading raw fixes.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -181,69 +183,119 @@ async function ingestBench(headers) {
   console.log(`RESULT fleet_position_cpu_ratio ${ratio.toFixed(3)}`);
 }
 
-async function mileageBench(project, headers) {
+/** Epoch ms of a local wall-clock time in `zone` (no transition near the hours used here). */
+function zonedMs(zone, y, m, d, h) {
+  const wall = Date.UTC(y, m - 1, d, h);
+  const offset = (t) => {
+    const f = Object.fromEntries(new Intl.DateTimeFormat('en-US', { timeZone: zone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' }).formatToParts(new Date(t)).map((p) => [p.type, p.value]));
+    return Date.UTC(+f.year, +f.month - 1, +f.day, +f.hour, +f.minute, +f.second) - t;
+  };
+  return wall - offset(wall - offset(wall));
+}
 
-  // 2. Mileage: 1 000 vehicles × 30 days of aggregate rows (3 trips a day of 3 buckets each), registered in one group.
-  const today = Math.floor(Date.now() / DAY_MS) * DAY_MS;
-  const firstDay = today - DAYS * DAY_MS;
-  const rows = [];
-  for (let v = 0; v < VEHICLES; v++) {
-    for (let d = 0; d < DAYS; d++) {
-      const day = firstDay + d * DAY_MS;
-      const bucket_ms = [];
-      for (const h of [7, 12, 17]) for (let q = 0; q < 3; q++) bucket_ms.push(day + h * 3600_000 + q * 900_000);
-      rows.push(JSON.stringify({ project_id: project.id, device_id: `veh-${v}`, day: new Date(day).toISOString().slice(0, 10), bucket_ms, distance_m: bucket_ms.map(() => 9000), moving_ms: bucket_ms.map(() => 900_000), trip_starts: bucket_ms.map((_, k) => (k % 3 === 0 ? 1 : 0)), version: 1 }));
-    }
-  }
-  await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', rows.join('\n'));
-  await pool(Array.from({ length: VEHICLES }, (_, v) => v), 8, async (v) => {
-    for (;;) {
-      const res = await fetch(`${gateway.url}/v1/devices/veh-${v}`, { method: 'PUT', headers, body: JSON.stringify({ group: 'bench', timezone: 'Europe/Berlin' }) });
-      await res.text();
-      // The read budget (300 requests / 10 s) covers registry writes too.
-      if (res.status === 429) {
-        await sleep(1000 * Number(res.headers.get('retry-after') ?? 1));
-        continue;
+const ZONES = ['Europe/Berlin', 'Asia/Tokyo', 'America/New_York'];
+const LOCAL_HOURS = [7, 12, 19];
+
+/**
+ * One vehicle's day rows for DAYS local days from `firstDay` (YYYY-MM-DD): three trips a day of
+ * three 15-minute buckets each, at 07:00, 12:00 and 19:00 local time (Tokyo's morning and New
+ * York's evening trips cross UTC midnight). `byZone`: rows keyed by the vehicle's local dates, as
+ * the recompute writes them now; else by UTC dates, as it wrote them before.
+ */
+function vehicleRows(projectId, deviceId, zone, firstDay, byZone) {
+  const [y, m, d0] = firstDay.split('-').map(Number);
+  const rows = new Map();
+  for (let d = 0; d < DAYS; d++) {
+    const local = new Date(Date.UTC(y, m - 1, d0 + d)).toISOString().slice(0, 10);
+    for (const h of LOCAL_HOURS) {
+      const start = zonedMs(zone, y, m, d0 + d, h);
+      for (let q = 0; q < 3; q++) {
+        const at = start + q * 900_000;
+        const day = byZone ? local : new Date(at).toISOString().slice(0, 10);
+        let row = rows.get(day);
+        if (!row) rows.set(day, (row = { project_id: projectId, device_id: deviceId, day, zone: byZone ? zone : '', bucket_ms: [], distance_m: [], moving_ms: [], trip_starts: [], version: 1 }));
+        row.bucket_ms.push(at);
+        row.distance_m.push(9000);
+        row.moving_ms.push(900_000);
+        row.trip_starts.push(q === 0 ? 1 : 0);
       }
-      if (res.status !== 200) throw new Error(`PUT answered ${res.status}`);
-      break;
     }
-  });
-  const from = new Date(firstDay).toISOString().slice(0, 10);
-  const to = new Date(firstDay + (DAYS - 1) * DAY_MS).toISOString().slice(0, 10);
-  const times = [];
-  let days = 0;
-  for (let k = 0; k < 5; k++) {
-    const t0 = performance.now();
-    const res = await fetch(`${gateway.url}/v1/mileage?group=bench&from=${from}&to=${to}`, { headers });
-    const body = await res.json();
-    if (res.status !== 200) throw new Error(`mileage answered ${res.status}: ${JSON.stringify(body).slice(0, 300)}`);
-    times.push(performance.now() - t0);
-    days = body.days.length;
   }
-  times.sort((a, b) => a - b);
-  // The route's query, replayed with the same key ranges (the route sends the device list as external data).
-  const list = Array.from({ length: VEHICLES }, (_, v) => `'veh-${v}'`).join(',');
-  const utcFrom = new Date(firstDay - DAY_MS).toISOString().slice(0, 10);
-  const agg = await chStats(
-    `SELECT device_id, toString(day) AS day_text, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
-      WHERE project_id = '${project.id}' AND device_id IN (${list}) AND day >= toDate('${utcFrom}') AND day <= toDate('${to}')
-      ORDER BY device_id, day, version DESC LIMIT 1 BY device_id, day`,
-  );
-  const vehicleDays = VEHICLES * DAYS;
-  console.log(`daily mileage of ${VEHICLES} vehicles × ${DAYS} days (Europe/Berlin, ${days} day rows answered):`);
-  console.log(`  GET /v1/mileage?group=: median ${times[2].toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[4].toFixed(0)})`);
-  console.log(`  aggregate read: ${agg.rowsRead} rows read by ClickHouse = ${(agg.rowsRead / vehicleDays).toFixed(3)} per vehicle-day (target ≤ 1), ${agg.elapsedMs.toFixed(1)} ms in ClickHouse`);
-  console.log(`RESULT fleet_mileage_rows_per_vehicle_day ${(agg.rowsRead / vehicleDays).toFixed(3)}`);
-  console.log(`RESULT fleet_mileage_median_ms ${times[2].toFixed(0)}`);
+  return [...rows.values()].map((r) => JSON.stringify(r));
+}
 
+async function mileageBench(project, headers) {
+  // 2. Mileage: 1 000 vehicles × 30 local days of aggregate rows, a third each in Berlin, Tokyo and
+  // New York, registered in one group — once with rows keyed by local days (now), once (another
+  // project) with rows keyed by UTC days (as before), read through the route both times.
+  const today = Math.floor(Date.now() / DAY_MS) * DAY_MS;
+  const firstDay = new Date(today - DAYS * DAY_MS).toISOString().slice(0, 10);
+  const lastDay = new Date(today - DAY_MS).toISOString().slice(0, 10);
+  const res = await fetch(`${gateway.url}/admin/projects`, { method: 'POST', headers: { authorization: `Bearer ${gateway.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'mileage-utc-rows' }) });
+  if (res.status !== 201) throw new Error(`POST /admin/projects answered ${res.status}`);
+  const utcProject = await res.json();
+  const utcHeaders = { 'content-type': 'application/json', 'openpanel-client-id': utcProject.clientId, 'openpanel-client-secret': utcProject.clientSecret };
+  const layouts = [
+    { label: 'rows by UTC day (before)', project: utcProject, headers: utcHeaders, byZone: false },
+    { label: 'rows by local day (now)', project, headers, byZone: true },
+  ];
+  for (const l of layouts) {
+    // Registered first: a zone set on a vehicle with rows of another zone starts their rebuild.
+    await pool(Array.from({ length: VEHICLES }, (_, v) => v), 8, async (v) => {
+      for (;;) {
+        const res = await fetch(`${gateway.url}/v1/devices/veh-${v}`, { method: 'PUT', headers: l.headers, body: JSON.stringify({ group: 'bench', timezone: ZONES[v % ZONES.length] }) });
+        await res.text();
+        // The read budget (300 requests / 10 s) covers registry writes too.
+        if (res.status === 429) {
+          await sleep(1000 * Number(res.headers.get('retry-after') ?? 1));
+          continue;
+        }
+        if (res.status !== 200) throw new Error(`PUT answered ${res.status}`);
+        break;
+      }
+    });
+    const rows = [];
+    for (let v = 0; v < VEHICLES; v++) rows.push(...vehicleRows(l.project.id, `veh-${v}`, ZONES[v % ZONES.length], firstDay, l.byZone));
+    l.stored = rows.length;
+    await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', rows.join('\n'));
+  }
+  const vehicleDays = VEHICLES * DAYS;
+  console.log(`daily mileage of ${VEHICLES} vehicles × ${DAYS} local days (${ZONES.join(', ')}; trips at ${LOCAL_HOURS.map((h) => `${h}:00`).join(', ')} local):`);
+  for (const l of layouts) {
+    const times = [];
+    let timing = null;
+    let days = 0;
+    for (let k = 0; k < 5; k++) {
+      const t0 = performance.now();
+      const res = await fetch(`${gateway.url}/v1/mileage?group=bench&from=${firstDay}&to=${lastDay}`, { headers: l.headers });
+      const body = await res.json();
+      if (res.status !== 200) throw new Error(`mileage answered ${res.status}: ${JSON.stringify(body).slice(0, 300)}`);
+      times.push(performance.now() - t0);
+      days = body.days.length;
+      if (body.days.some((d) => d.trips !== 3 || Math.abs(d.distanceM - 81_000) > 1e-6)) throw new Error(`${l.label}: a day is not 3 trips of 81 km`);
+      // The route's own reads: `clickhouse;desc="rows=<answered> read_rows=<read>"`.
+      timing = /rows=(\d+) read_rows=(\d+)/.exec(res.headers.get('server-timing') ?? '');
+    }
+    times.sort((a, b) => a - b);
+    const rowsRead = timing ? Number(timing[2]) : NaN;
+    l.perVehicleDay = rowsRead / vehicleDays;
+    console.log(`  ${l.label}: ${l.stored} rows stored; GET /v1/mileage?group= (${days} days answered) median ${times[2].toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[4].toFixed(0)});`);
+    console.log(`    ClickHouse answered ${timing?.[1]} day rows and read ${rowsRead} = ${l.perVehicleDay.toFixed(3)} per vehicle-day (target ≤ 1)`);
+    l.medianMs = times[2];
+  }
+  const now = layouts[1];
+  console.log(`RESULT fleet_mileage_rows_per_vehicle_day ${now.perVehicleDay.toFixed(3)}`);
+  console.log(`RESULT fleet_mileage_rows_per_vehicle_day_utc_rows ${layouts[0].perVehicleDay.toFixed(3)}`);
+  console.log(`RESULT fleet_mileage_median_ms ${now.medianMs.toFixed(0)}`);
+
+  const firstDayMs = today - DAYS * DAY_MS;
   // Raw fixes beside it: RAW_VEHICLES vehicles × 30 days at one fix a minute while driving (3 × 40 min a day).
   const raw = [];
   for (let v = 0; v < RAW_VEHICLES; v++) {
     for (let d = 0; d < DAYS; d++) {
       for (const h of [7, 12, 17]) {
         for (let m = 0; m < 40; m++) {
-          const at = firstDay + d * DAY_MS + h * 3600_000 + m * 60_000;
+          const at = firstDayMs + d * DAY_MS + h * 3600_000 + m * 60_000;
           raw.push(JSON.stringify({ id: `00000000-0000-4000-8000-${String(raw.length).padStart(12, '0')}`, project_id: project.id, device_id: `veh-${v}`, session_id: '', profile_id: '', type: 'track', name: 'position', created_at_ms: at, received_at_ms: at, synced_at_ms: at, properties: JSON.stringify({ lat: 52 + m * 0.001, lon: 13, speed: 50 }), ref_id: '', ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null }));
         }
       }
@@ -254,7 +306,7 @@ async function mileageBench(project, headers) {
   const rawStats = await chStats(
     `SELECT device_id, created_at_ms, properties FROM events
       WHERE project_id = '${project.id}' AND device_id IN (${rawList}) AND name = 'position'
-        AND created_at >= toDateTime(${Math.floor((firstDay - DAY_MS) / 1000)}) AND created_at_ms <= ${today}`,
+        AND created_at >= toDateTime(${Math.floor((firstDayMs - DAY_MS) / 1000)}) AND created_at_ms <= ${today}`,
   );
   const rawVehicleDays = RAW_VEHICLES * DAYS;
   console.log(`  raw fixes of ${RAW_VEHICLES} vehicles × ${DAYS} days (120 fixes a day): ${rawStats.rowsRead} rows read = ${(rawStats.rowsRead / rawVehicleDays).toFixed(1)} per vehicle-day, ${rawStats.elapsedMs.toFixed(1)} ms in ClickHouse just to read them (before any analysis; ×${VEHICLES / RAW_VEHICLES} for the whole fleet)`);

@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { deleteRows } from '../src/clickhouse/mutations';
 import { haversineM } from '../src/fleet/geo';
 import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
-import { recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fleet/recompute';
+import { upsertVehicle } from '../src/fleet/live';
+import { rebuildDeviceDays, recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fleet/recompute';
 import { DEFAULT_FLEET_RULES } from '../src/fleet/rules';
 import { readFixes, readFixesOf } from '../src/fleet/store';
 import { analyse } from '../src/fleet/trips';
@@ -152,6 +153,141 @@ describe('daily mileage at local midnight', () => {
     // A day without movement is listed with zeros.
     const three = await mileageOf(p, `deviceId=tokyo-1&from=${date(D - DAY_MS)}&to=${next}`);
     expect(three.body.days[0]).toEqual({ deviceId: 'tokyo-1', date: date(D - DAY_MS), distanceM: 0, movingMs: 0, trips: 0 });
+  });
+});
+
+describe('daily mileage rows keyed by the registry zone', () => {
+  const put = (p: { headers: Record<string, string> }, deviceId: string, body: unknown) =>
+    SELF.fetch(`http://gw/v1/devices/${deviceId}`, { method: 'PUT', headers: p.headers, body: JSON.stringify(body) });
+  /** The day rows of a project as stored (newest version of each day and zone, non-empty only). */
+  const storedDays = (projectId: string) =>
+    ch().query<{ device_id: string; day: string; zone: string }>(
+      `SELECT device_id, day, zone FROM (
+         SELECT device_id, toString(day) AS day, zone, bucket_ms FROM fleet_mileage WHERE project_id = {p:String}
+          ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone)
+        WHERE length(bucket_ms) > 0 ORDER BY device_id, day, zone`,
+      { p: projectId },
+    );
+  /** `rows=` of the route's Server-Timing header: the day rows ClickHouse answered. */
+  const mileageRead = async (p: { headers: Record<string, string> }, query: string) => {
+    const res = await SELF.fetch(`http://gw/v1/mileage?${query}`, { headers: p.headers });
+    expect(res.status).toBe(200);
+    const timing = /rows=(\d+) read_rows=(\d+)/.exec(res.headers.get('server-timing') ?? '');
+    expect(timing).not.toBeNull();
+    return { body: (await res.json()) as { days: Array<{ date: string; distanceM: number; movingMs: number; trips: number }> }, rows: Number(timing![1]), readRows: Number(timing![2]) };
+  };
+
+  it('keys a Tokyo vehicle by Tokyo dates, answers in any zone, and rebuilds in a new zone without counting twice', async () => {
+    const p = await createProject('fleet-zone');
+    const D = dayStart(20); // stored and recomputed here, as an import would
+    expect((await put(p, 'tokyo-2', { timezone: 'Asia/Tokyo' })).status).toBe(200);
+    const log = new FixLog(prng(21));
+    // 14:40–15:20 UTC crosses Tokyo midnight (15:00 UTC); 23:40–00:20 UTC crosses UTC midnight
+    // (08:40–09:20 in Tokyo).
+    const a = D + 14 * HOUR + 40 * MIN;
+    let at = straightDrive(log, { lat: 35.68, lon: 139.76 }, a, 241, 60, 10);
+    const b = D + 23 * HOUR + 40 * MIN;
+    log.park(at, a + 2410 * 1000, b, { intervalMs: 10 * MIN });
+    at = straightDrive(log, at, b, 241, 60, 10);
+    log.park(at, b + 2410 * 1000, b + 70 * MIN);
+    await storeFixes(p.id, 'tokyo-2', log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() })));
+    const span = { fromMs: log.fixes[0]!.atMs, toMs: log.fixes[log.fixes.length - 1]!.atMs };
+    await recomputeDevice(ch(), env.DB, p.id, 'tokyo-2', DEFAULT_FLEET_RULES, span);
+
+    const trips = (await tripsOf(p, `deviceId=tokyo-2&since=${D}&until=${D + 2 * DAY_MS}`)).body.trips;
+    expect(trips).toHaveLength(2);
+    const [t1, t2] = trips.map((t) => ({ startMs: Date.parse(t.startAt), endMs: Date.parse(t.endAt), distanceM: t.distanceM }));
+    expect(await storedDays(p.id)).toEqual([
+      { device_id: 'tokyo-2', day: date(D), zone: 'Asia/Tokyo' },
+      { device_id: 'tokyo-2', day: date(D + DAY_MS), zone: 'Asia/Tokyo' },
+    ]);
+
+    const days = `deviceId=tokyo-2&from=${date(D - DAY_MS)}&to=${date(D + 2 * DAY_MS)}`;
+    const answers = async () => ({
+      registry: (await mileageOf(p, days)).body.days,
+      tokyo: (await mileageOf(p, `${days}&tz=Asia/Tokyo`)).body.days,
+      utc: (await mileageOf(p, `${days}&tz=UTC`)).body.days,
+      ny: (await mileageOf(p, `${days}&tz=America/New_York`)).body.days,
+    });
+    const before = await answers();
+    expect(before.registry).toEqual(before.tokyo);
+    const tokyoMidnight = D + 15 * HOUR;
+    const utcMidnight = D + DAY_MS;
+    // Tokyo: the first drive split at 15:00 UTC, the second all on the next day.
+    expect(before.tokyo.map((d) => [d.movingMs, d.trips])).toEqual([
+      [0, 0],
+      [tokyoMidnight - t1!.startMs, 1],
+      [t1!.endMs - tokyoMidnight + (t2!.endMs - t2!.startMs), 1],
+      [0, 0],
+    ]);
+    // UTC: the first drive whole, the second split at UTC midnight.
+    expect(before.utc.map((d) => [d.movingMs, d.trips])).toEqual([
+      [0, 0],
+      [t1!.endMs - t1!.startMs + (utcMidnight - t2!.startMs), 2],
+      [t2!.endMs - utcMidnight, 0],
+      [0, 0],
+    ]);
+    for (const answer of [before.tokyo, before.utc, before.ny]) {
+      expect(answer.reduce((sum, d) => sum + d.distanceM, 0)).toBeCloseTo(t1!.distanceM + t2!.distanceM, 3);
+    }
+    // The registry zone's N days read N rows at most: here the two that exist.
+    expect((await mileageRead(p, days)).rows).toBe(2);
+
+    // A new zone: the answer right after the PUT, whatever the rebuild's progress, counts nothing twice.
+    expect((await put(p, 'tokyo-2', { timezone: 'America/New_York' })).status).toBe(200);
+    const during = await answers();
+    expect(during).toEqual({ ...before, registry: before.ny });
+    const job = await waitUntil(
+      () =>
+        env.DB.prepare("SELECT state FROM jobs WHERE type = 'fleet_recompute' AND json_extract(params, '$.projectId') = ?1 AND json_extract(params, '$.zone') = ?2")
+          .bind(p.id, 'America/New_York')
+          .first<{ state: string }>(),
+      (j) => j?.state === 'succeeded' || j?.state === 'failed',
+      { timeoutMs: 120_000 },
+    );
+    expect(job?.state).toBe('succeeded');
+    // Rebuilt in New York dates (both drives are on one New York day), the Tokyo rows gone.
+    expect(await storedDays(p.id)).toEqual([{ device_id: 'tokyo-2', day: date(D), zone: 'America/New_York' }]);
+    expect(await answers()).toEqual({ ...before, registry: before.ny });
+    expect((await mileageRead(p, days)).rows).toBe(1);
+
+    // Half a rebuild: back to Tokyo in the registry alone (no job), then only the first drive's
+    // stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
+    await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' });
+    await rebuildDeviceDays(ch(), env.DB, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
+    expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo', 'America/New_York']));
+    expect(await answers()).toEqual({ ...before, registry: before.tokyo });
+  });
+
+  it('reads one row per vehicle and local day for a Tokyo fleet driving across UTC midnight', async () => {
+    const p = await createProject('fleet-zone-fleet');
+    const D = dayStart(30);
+    const vehicles = ['jp-1', 'jp-2', 'jp-3'];
+    for (const [k, v] of vehicles.entries()) {
+      expect((await put(p, v, { timezone: 'Asia/Tokyo', group: 'tokyo' })).status).toBe(200);
+      const log = new FixLog(prng(40 + k));
+      // Eight days of a morning drive at 08:40 in Tokyo (23:40 UTC): every one crosses UTC midnight.
+      let at = { lat: 35.6 + k / 100, lon: 139.7 };
+      for (let d = 0; d < 8; d++) {
+        const start = D + d * DAY_MS + 23 * HOUR + 40 * MIN;
+        at = straightDrive(log, at, start, 50, 60, 60);
+        log.park(at, start + 50 * MIN, start + 70 * MIN);
+      }
+      await storeFixes(p.id, v, log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() })));
+      await recomputeDevice(ch(), env.DB, p.id, v, DEFAULT_FLEET_RULES, { fromMs: log.fixes[0]!.atMs, toMs: log.fixes[log.fixes.length - 1]!.atMs });
+    }
+    // Tokyo dates D+1 … D+8 hold the drives: 8 rows a vehicle, not 9 UTC days.
+    expect((await storedDays(p.id)).filter((r) => r.device_id === 'jp-1').map((r) => r.day)).toEqual(Array.from({ length: 8 }, (_, d) => date(D + (d + 1) * DAY_MS)));
+    // Four days in the middle of the history: 4 rows per vehicle answered (rows on either side exist).
+    const read = await mileageRead(p, `group=tokyo&from=${date(D + 3 * DAY_MS)}&to=${date(D + 6 * DAY_MS)}`);
+    expect(read.body.days).toHaveLength(12);
+    expect(read.body.days.every((d) => d.trips === 1 && d.distanceM > 40_000)).toBe(true);
+    expect(read.rows).toBe(12);
+    expect(read.readRows).toBeGreaterThanOrEqual(12);
+    // The same days in UTC re-split from the same rows plus the one holding the first drive's start.
+    const utc = await mileageRead(p, `group=tokyo&from=${date(D + 3 * DAY_MS)}&to=${date(D + 6 * DAY_MS)}&tz=UTC`);
+    expect(utc.rows).toBe(15);
+    expect(utc.body.days.every((d) => d.distanceM > 40_000)).toBe(true);
   });
 });
 

@@ -53,13 +53,16 @@ export function splitStatements(sql) {
 }
 
 // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a run that stopped between an ALTER and its
-// schema_migrations row re-runs the ALTER, and the column it finds (DUPLICATE_COLUMN, code 15) is
-// the one it was about to add.
+// schema_migrations row re-runs the ALTER, and the column it finds is the one it was about to add
+// (DUPLICATE_COLUMN, code 15, on current servers; code 44 "column with this name already exists"
+// on 18.16). One ALTER statement is applied whole, so nothing after the ADD COLUMN in it is missing.
 async function execOnce(target, statement) {
   try {
     await target.exec(statement);
   } catch (err) {
-    if (/^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\b/i.test(statement) && /Code: 15\b/.test(String(err?.message))) return;
+    const message = String(err?.message);
+    const duplicate = /Code: 15\b/.test(message) || (/Code: 44\b/.test(message) && /already exists/.test(message));
+    if (/^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\b/i.test(statement) && duplicate) return;
     throw err;
   }
 }

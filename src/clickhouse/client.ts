@@ -46,6 +46,8 @@ async function read<T>(run: () => Promise<T>): Promise<T> {
 
 export interface ClickHouse {
   query<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<T[]>;
+  /** `query`, with the rows ClickHouse reports it read for it (FORMAT JSON statistics: both generations). */
+  queryStats<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<{ rows: T[]; readRows: number }>;
   /** `settings`: ClickHouse settings for this statement only (e.g. `lightweight_deletes_sync`). */
   command(sql: string, params?: QueryParams, settings?: Record<string, string | number>): Promise<void>;
   insert(table: string, rows: readonly object[]): Promise<void>;
@@ -113,7 +115,9 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
 
   const timeoutMs = opts.timeoutMs ?? 30_000;
   // The client has no external data: a multipart request of our own, the (short) query in the URL.
-  const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> => {
+  const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> =>
+    (await requestWithLists(sql, params, lists, 'JSONEachRow')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
+  const requestWithLists = async (sql: string, params: QueryParams | undefined, lists: ValueLists, format: 'JSONEachRow' | 'JSON'): Promise<string> => {
     const v = await version();
     const url = new URL(config.url);
     const form = new FormData();
@@ -127,9 +131,9 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     assertShortParams(scalar);
     if (v.nativeParams) {
       for (const [k, value] of Object.entries(scalar)) url.searchParams.set(`param_${k}`, formatParam(value));
-      url.searchParams.set('query', `${sql}\nFORMAT JSONEachRow`);
+      url.searchParams.set('query', `${sql}\nFORMAT ${format}`);
     } else {
-      url.searchParams.set('query', `${Object.keys(scalar).length ? bindParams(sql, scalar) : sql}\nFORMAT JSONEachRow`);
+      url.searchParams.set('query', `${Object.keys(scalar).length ? bindParams(sql, scalar) : sql}\nFORMAT ${format}`);
     }
     url.searchParams.set('database', config.database);
     for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
@@ -141,8 +145,9 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     });
     const text = await res.text();
     if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${text.slice(0, 1000)}`);
-    return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
+    return text;
   };
+  const statsOf = <T>(out: { data: T[]; statistics?: { rows_read?: number | string } }) => ({ rows: out.data, readRows: Number(out.statistics?.rows_read ?? 0) });
 
   return {
     version,
@@ -151,6 +156,13 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       return read(async () => {
         const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSONEachRow' });
         return rs.json<T>();
+      });
+    },
+    async queryStats<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
+      if (lists && Object.keys(lists).length) return read(async () => statsOf<T>(JSON.parse(await requestWithLists(sql, params, lists, 'JSON'))));
+      return read(async () => {
+        const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSON' });
+        return statsOf(await rs.json<T>());
       });
     },
     async command(sql: string, params?: QueryParams, settings?: Record<string, string | number>) {

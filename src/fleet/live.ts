@@ -1,10 +1,11 @@
 // The vehicle registry (D1) and the live view of a project's vehicles: registry entries joined
 // with their live positions, the status computed at read time.
-import { and, asc, eq } from 'drizzle-orm';
+import { and, asc, eq, inArray, isNotNull } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { fleetCursors, vehicles } from '../db/schema';
 import type { FleetRules } from './rules';
 import { liveStatus, type LivePosition, type LiveStatus } from './status';
+import { deviceKey } from './store';
 
 export interface Vehicle {
   deviceId: string;
@@ -70,4 +71,34 @@ export function liveView(live: LivePosition, nowMs: number, rules: FleetRules): 
     at: new Date(f.atMs).toISOString(),
     status: liveStatus(live, nowMs, rules),
   };
+}
+
+/** Most devices one D1 statement asks about (D1 binds at most 100 parameters). */
+const ZONES_PER_STATEMENT = 90;
+
+/**
+ * The registry time zone of each device (by deviceKey; only those registered with one), in one D1
+ * batch: the zone its daily mileage rows are keyed by.
+ */
+export async function registryZones(d1: D1Database, devices: readonly { projectId: string; deviceId: string }[]): Promise<Map<string, string>> {
+  const byProject = new Map<string, string[]>();
+  for (const d of devices) byProject.set(d.projectId, [...(byProject.get(d.projectId) ?? []), d.deviceId]);
+  const db = drizzle(d1);
+  const statements = [...byProject].flatMap(([projectId, ids]) => {
+    const out = [];
+    for (let i = 0; i < ids.length; i += ZONES_PER_STATEMENT) {
+      out.push(
+        db
+          .select({ projectId: vehicles.projectId, deviceId: vehicles.deviceId, timezone: vehicles.timezone })
+          .from(vehicles)
+          .where(and(eq(vehicles.projectId, projectId), inArray(vehicles.deviceId, ids.slice(i, i + ZONES_PER_STATEMENT)), isNotNull(vehicles.timezone))),
+      );
+    }
+    return out;
+  });
+  const zones = new Map<string, string>();
+  if (statements.length === 0) return zones;
+  const results = await db.batch(statements as [(typeof statements)[number], ...(typeof statements)[number][]]);
+  for (const rows of results) for (const r of rows) if (r.timezone) zones.set(deviceKey(r), r.timezone);
+  return zones;
 }

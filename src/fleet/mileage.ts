@@ -196,6 +196,25 @@ export function localMidnights(tz: string, fromDate: string, toDate: string): Lo
   return days;
 }
 
+/** The calendar day holding an instant in `tz`, with the instants bounding it. */
+export function localDayOf(tz: string, utcMs: number): LocalDay {
+  const date = localDate(tz, utcMs);
+  return localMidnights(tz, date, date)[0]!;
+}
+
+/**
+ * `localDate` for many instants of one zone, mostly consecutive ones (a trip's buckets): the last
+ * day found answers without Intl while the instants stay in it.
+ */
+export function localDates(tz: string): (utcMs: number) => string {
+  if (tz === 'UTC') return (ms) => new Date(Math.floor(ms / DAY_MS) * DAY_MS).toISOString().slice(0, 10);
+  let day: LocalDay | null = null;
+  return (ms) => {
+    if (!day || ms < day.startMs || ms >= day.endMs) day = localDayOf(tz, ms);
+    return day.date;
+  };
+}
+
 /**
  * A trip's spans: one per segment (the first carrying the trip start), else its buckets, else one
  * even span.

@@ -5,14 +5,17 @@
 // cursor work of all of them in one D1 batch.
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { deleteRows } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import type { EventRow } from '../pipeline/messages';
 import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
+import { registryZones } from './live';
 import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
+import { localDates, localDayOf, localMidnights } from './mileage';
 import { analysisRules } from './project-rules';
 import type { FleetRules } from './rules';
 import {
@@ -25,11 +28,11 @@ import {
   readFixesOf,
   resumeText,
   storedTrip,
+  storedZone,
   stretchesFrom,
   stretchRows,
   tripRows,
   tripsEndingFrom,
-  utcDay,
   type DeviceWindow,
   type MileageDayRow,
   type StoredStretch,
@@ -225,7 +228,20 @@ export interface PassInput {
   v: Versioned;
   span: { fromMs: number; toMs: number };
   rules: FleetRules;
+  /** How its daily mileage rows are written (default: UTC days, only those whose trips changed). */
+  days?: DayRowsOf;
 }
+
+/**
+ * The days a device's mileage rows are keyed by: calendar days of its registry zone. `rebuild`
+ * rewrites the day rows of every trip in the window, changed or not (its zone changed: see
+ * rebuildDeviceDays).
+ */
+export interface DayRowsOf {
+  zone: string;
+  rebuild?: boolean;
+}
+const UTC_DAYS: DayRowsOf = { zone: 'UTC' };
 
 interface Writes {
   stretches: object[];
@@ -236,20 +252,31 @@ interface Writes {
 }
 
 const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-const utcDayStartMs = (ms: number) => Math.floor(ms / DAY_MS) * DAY_MS;
+/** Start of the local day holding `ms` in the zone of the device's day rows. */
+const dayStartMs = (days: DayRowsOf, ms: number) => (days.zone === 'UTC' ? Math.floor(ms / DAY_MS) * DAY_MS : localDayOf(days.zone, ms).startMs);
 
 const sameStretch = (a: StoredStretch | undefined, b: StoredStretch) =>
   a !== undefined && a.endMs === b.endMs && a.lastAcceptedMs === b.lastAcceptedMs && a.countedM === b.countedM && a.end === b.end && a.resume === b.resume;
 
 /**
  * What a device's recompute writes, from what was read: `stretches` (stretchesFrom its span's start),
- * `around` (its trips ending on or after the UTC day of `range.fromMs`) and `fresh` (the analysis
- * of the fixes of `range`). Stretches and trips are compared with what is stored; the daily rows of
- * the UTC days whose trips changed are rebuilt from every trip touching them, and the live position
- * and the resume point are set when the window holds the device's last stretch — written as they
- * are, unread.
+ * `around` (its trips ending on or after the start of the local day, in `days.zone`, of
+ * `range.fromMs`) and `fresh` (the analysis of the fixes of `range`). Stretches and trips are
+ * compared with what is stored; the daily rows of the local days whose trips changed (of every trip
+ * of the window, with `days.rebuild`) are rebuilt from every trip touching them, and the live
+ * position and the resume point are set when the window holds the device's last stretch — written
+ * as they are, unread.
  */
-export function passWrites(v: Versioned, stretches: readonly StoredStretch[], around: readonly StoredTrip[], range: RecomputeRange, fresh: Analysis, fixesRead: number, rules: FleetRules): Writes {
+export function passWrites(
+  v: Versioned,
+  stretches: readonly StoredStretch[],
+  around: readonly StoredTrip[],
+  range: RecomputeRange,
+  fresh: Analysis,
+  fixesRead: number,
+  rules: FleetRules,
+  days: DayRowsOf = UTC_DAYS,
+): Writes {
   const { deviceId } = v;
   const inRange = (t: number) => t >= range.fromMs && t <= range.toMs;
   // `range.fromMs` is the start of the last stretch before the span (or the span's start): trips
@@ -272,26 +299,32 @@ export function passWrites(v: Versioned, stretches: readonly StoredStretch[], ar
   const freshTripStarts = new Set(freshTrips.map((t) => t.startAt));
   const goneTrips = [...oldInRange.keys()].filter((t) => !freshTripStarts.has(t));
 
-  // Daily rows of the UTC days whose trips changed, rebuilt from every trip touching them. Every
-  // trip touched starts in the window, so its days are on or after the day `around` starts from.
+  // Daily rows of the local days (of the registry zone) whose trips changed, rebuilt from every
+  // trip touching them. Every trip touched starts in the window, so its days are on or after the
+  // day `around` starts from.
+  const dayOf = localDates(days.zone);
   const touched = new Set<string>();
   const touch = (t: StoredTrip) => {
-    touched.add(utcDay(t.startAt));
-    for (const b of t.buckets) touched.add(utcDay(b.startMs));
+    touched.add(dayOf(t.startAt));
+    for (const b of t.buckets) touched.add(dayOf(b.startMs));
   };
-  changedTrips.forEach(touch);
+  (days.rebuild ? freshTrips : changedTrips).forEach(touch);
   for (const t of goneTrips) touch(oldInRange.get(t)!);
-  for (const t of changedTrips) {
-    const old = oldInRange.get(t.startAt);
-    if (old) touch(old);
+  if (days.rebuild) oldInRange.forEach(touch);
+  else {
+    for (const t of changedTrips) {
+      const old = oldInRange.get(t.startAt);
+      if (old) touch(old);
+    }
   }
   let dayRows: MileageDayRow[] = [];
   if (touched.size) {
-    const days = [...touched].sort();
-    const firstMs = Date.parse(`${days[0]}T00:00:00Z`);
-    const lastMs = Date.parse(`${days[days.length - 1]}T00:00:00Z`) + DAY_MS - 1;
+    const sorted = [...touched].sort();
+    const firstMs = localMidnights(days.zone, sorted[0]!, sorted[0]!)[0]!.startMs;
+    const lastDay = sorted[sorted.length - 1]!;
+    const lastMs = localMidnights(days.zone, lastDay, lastDay)[0]!.endMs - 1;
     const others = around.filter((t) => !inRange(t.startAt) && t.endAt >= firstMs && t.startAt <= lastMs);
-    dayRows = mileageRows(deviceId, days, [...others, ...freshTrips]);
+    dayRows = mileageRows(deviceId, sorted, [...others, ...freshTrips], days.zone);
   }
 
   // Live: what the device's last stretch gives, when this window holds it.
@@ -341,7 +374,7 @@ export async function recomputePasses(
 
   const window = (p: DevicePass, fromMs: number, toMs: number): DeviceWindow => ({ projectId: p.input.v.projectId, deviceId: p.input.v.deviceId, fromMs, toMs });
   // The trips a pass compares with and rebuilds daily rows from, read beside the first fixes.
-  const around = tripsEndingFrom(ch, passes.map((p) => window(p, utcDayStartMs(p.range.fromMs), p.range.toMs)));
+  const around = tripsEndingFrom(ch, passes.map((p) => window(p, dayStartMs(p.input.days ?? UTC_DAYS, p.range.fromMs), p.range.toMs)));
   around.catch(() => {});
   // Fixes of each window (after the resume point: the new ones only); when an analysis runs on into
   // the next stored stretch, only the added part of the wider window is read (a set of fixes: the
@@ -370,7 +403,7 @@ export async function recomputePasses(
   const writes: Array<{ p: (typeof passes)[number]; w: Writes }> = [];
   for (const p of passes) {
     try {
-      writes.push({ p, w: passWrites(p.input.v, p.stretches, tripsAround.get(p.key) ?? [], p.range, p.fresh!, p.fixes.length, p.input.rules) });
+      writes.push({ p, w: passWrites(p.input.v, p.stretches, tripsAround.get(p.key) ?? [], p.range, p.fresh!, p.fixes.length, p.input.rules, p.input.days) });
     } catch (err) {
       outcomes[p.index] = err instanceof Error ? err : new Error(String(err));
     }
@@ -398,10 +431,11 @@ interface Held extends DeviceKey {
   seq: number;
   pending: Pending;
   passes: number;
+  rebuildDays?: boolean;
 }
 
 /** A device to recompute, with the span of its new fixes to mark pending first (if any). */
-type Due = DeviceKey & { span?: { fromMs: number; toMs: number } };
+type Due = DeviceKey & { span?: { fromMs: number; toMs: number }; rebuildDays?: boolean };
 
 /**
  * Marks the devices' spans pending, then runs the pending recompute of every device that no one
@@ -423,9 +457,11 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
   devices.forEach((d, i) => {
     const row = results[i]!.results[0];
     const pending = row && row.lease_token === token ? pendingOf(row) : null;
-    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0 });
+    if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0, rebuildDays: d.rebuildDays });
   });
   try {
+    // Looked up under the leases: a zone changed before them is the one their day rows are keyed by.
+    const zones = held.length ? await registryZones(db, held) : new Map<string, string>();
     while (held.length) {
       // Versions grow across leases (seq) and across the passes of one lease.
       const rulesOf = fixedRules ? null : await analysisRules(db, held.map((h) => h.projectId));
@@ -433,6 +469,7 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
         v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes },
         span: h.pending,
         rules: fixedRules ?? rulesOf!.get(h.projectId)!,
+        days: { zone: zones.get(h.key) ?? 'UTC', rebuild: h.rebuildDays },
       }));
       const outcomes = await recomputePasses(ch, inputs, async (ds) => {
         if (ds.length === 0) return [];
@@ -502,6 +539,22 @@ export async function recomputeDevice(
 }
 
 /**
+
+ * Marks `span` pending and recomputes the device with the day rows of every trip of it rewritten in
+ * the device's registry zone, changed or not: the step of a rebuild after the zone changed. Throws
+ * when another consumer holds the device (it would write only the days whose trips changed): the
+ * caller tries again later.
+ */
+export async function rebuildDeviceDays(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }, rules?: FleetRules): Promise<number> {
+  let failure: Error | null = null;
+  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span, rebuildDays: true }], rules ?? null, (_k, err) => (failure = err));
+  if (failure) throw failure;
+  const n = passes.get(deviceKey({ projectId, deviceId })) ?? 0;
+  if (n === 0) throw new Error(`fleet recompute of ${deviceId} is held by another consumer; its day rows are rebuilt on the next try`);
+  return n;
+}
+
+/**
  * Marks the spans pending and recomputes their devices together (DEVICES_PER_RUN at a time), each
  * under its project's rules. A failure leaves the spans pending and is logged: the next batch of a
  * device (or the watchdog) retries it. Answers the passes run per deviceKey.
@@ -535,8 +588,14 @@ export const FleetRecomputeParams = z.object({
   deviceId: z.string().min(1).max(128).optional(),
   sinceMs: z.number().int(),
   untilMs: z.number().int(),
-  /** Why it runs, for operators (`rules`: the project's fleet rules changed). */
-  reason: z.enum(['rules', 'import', 'erasure', 'operator']).optional(),
+  /** Why it runs, for operators (`rules`: the project's fleet rules changed; `zone`: a vehicle's time zone did). */
+  reason: z.enum(['rules', 'zone', 'import', 'erasure', 'operator']).optional(),
+  /**
+   * A rebuild of the daily mileage rows in this zone (the device's new registry zone; 'UTC' for
+   * none): every window's day rows are rewritten, and once a device is done its rows of other
+   * zones are deleted.
+   */
+  zone: z.string().min(1).max(64).optional(),
 });
 export type FleetRecomputeParams = z.infer<typeof FleetRecomputeParams>;
 
@@ -544,6 +603,34 @@ interface RecomputeCursor {
   deviceId: string;
   /** Start of the next day window of `deviceId` to recompute. */
   atMs: number;
+  /**
+   * A rebuild: every day row of `deviceId` below this version was written before the rebuild began
+   * (by a recompute that may have looked its zone up before the change).
+   */
+  belowVersion?: number;
+}
+
+/** The first version a recompute of the device that starts from now on writes with (see recomputeHeld). */
+async function nextVersion(db: D1Database, projectId: string, deviceId: string): Promise<number> {
+  const row = await db.prepare('SELECT seq FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2').bind(projectId, deviceId).first<{ seq: number }>();
+  return ((row?.seq ?? 0) + 1) * 1000;
+}
+
+/**
+ * The end of a device's rebuild in `zone`: its day rows of other zones written before the rebuild
+ * began are deleted. Every trip they counted was rewritten in `zone` by the rebuild, at a higher
+ * version, so nothing they held is lost (and a reader never double-counts meanwhile: see
+ * mileageSpans). Skipped when the zone changed again since: the rebuild for that zone does it.
+ */
+async function dropOtherZones(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, zone: string, belowVersion: number): Promise<void> {
+  const now = (await registryZones(db, [{ projectId, deviceId }])).get(deviceKey({ projectId, deviceId })) ?? 'UTC';
+  if (now !== zone) return;
+  await deleteRows(ch, 'fleet_mileage', 'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64}', {
+    p: projectId,
+    d: deviceId,
+    z: storedZone(zone),
+    v: belowVersion,
+  });
 }
 
 /** Day windows per chunk: each is one bounded read and analysis, oldest first, so the history grows in order. */
@@ -594,10 +681,12 @@ export const fleetRecomputeRunner: JobRunner = {
     const planned = job.rowsTotal === null;
     const rowsTotal = planned ? (await countDevices(ch, p)) * daysPerDevice : job.rowsTotal!;
     let cursor: RecomputeCursor | null = job.cursor ? (JSON.parse(job.cursor) as RecomputeCursor) : null;
+    const startAt = async (deviceId: string): Promise<RecomputeCursor> =>
+      p.zone === undefined ? { deviceId, atMs: p.sinceMs } : { deviceId, atMs: p.sinceMs, belowVersion: await nextVersion(env.DB, p.projectId, deviceId) };
     if (!cursor) {
       const first = await nextDevice(ch, p, null);
       if (first === null) return { cursor: null, maxKey: null, rowsTotal, rowsBefore: 0, rows: 0, skippedBefore: 0, skipped: 0, done: true };
-      cursor = { deviceId: first, atMs: p.sinceMs };
+      cursor = await startAt(first);
     }
     let rows = 0;
     for (let k = 0; k < DAYS_PER_CHUNK && cursor; k++) {
@@ -607,15 +696,19 @@ export const fleetRecomputeRunner: JobRunner = {
       rows += Math.ceil((Math.min(fromMs, p.untilMs + 1) - cursor.atMs) / DAY_MS);
       const toMs = Math.min(fromMs + DAY_MS - 1, p.untilMs);
       if (nextFixMs !== null) {
+        const span = { fromMs, toMs };
         // Marked first: if the ingest consumer holds the device, it recomputes this span before it
-        // lets go (under the project's rules as they are when its pass starts).
-        await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, undefined, { fromMs, toMs });
+        // lets go (under the project's rules as they are when its pass starts) — but a rebuild's
+        // rows only the rebuild writes, so it tries the chunk again.
+        if (p.zone === undefined) await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, undefined, span);
+        else await rebuildDeviceDays(ch, env.DB, p.projectId, cursor.deviceId, span);
         rows++;
       }
-      if (toMs < p.untilMs) cursor = { deviceId: cursor.deviceId, atMs: toMs + 1 };
+      if (toMs < p.untilMs) cursor = { ...cursor, atMs: toMs + 1 };
       else {
+        if (p.zone !== undefined && cursor.belowVersion !== undefined) await dropOtherZones(ch, env.DB, p.projectId, cursor.deviceId, p.zone, cursor.belowVersion);
         const next = await nextDevice(ch, p, cursor.deviceId);
-        cursor = next === null ? null : { deviceId: next, atMs: p.sinceMs };
+        cursor = next === null ? null : await startAt(next);
       }
     }
     return {

@@ -4,7 +4,7 @@ import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { averageSpeedKmh } from './geo';
 import type { ResumePoint } from './incremental';
-import { MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
+import { localDates, localMidnights, MILEAGE_BUCKET_MS, type MileageSpan } from './mileage';
 import { checkPositionProperties, fixFromPosition, POSITION_EVENT_NAME, type Fix, type PositionProperties } from './position';
 import { analysisRulesKey, type FleetRules } from './rules';
 import type { LivePosition } from './status';
@@ -401,28 +401,46 @@ export function tripRows(v: Versioned, trips: readonly StoredTrip[], removedStar
 // ---------------------------------------------------------------------------------------------
 // Daily mileage rows
 
-/** One (device, UTC day) aggregate: the day's non-empty 15-minute buckets. */
+/**
+ * One (device, local day) aggregate: the day's non-empty 15-minute buckets. The day is a calendar
+ * day of the vehicle's registry zone when the row was written (UTC without one).
+ */
 export interface MileageDayRow {
   deviceId: string;
-  /** UTC date, YYYY-MM-DD. */
+  /** Calendar date in `zone`, YYYY-MM-DD. */
   day: string;
+  /** IANA zone of `day`. */
+  zone: string;
   buckets: Array<{ startMs: number; distanceM: number; movingMs: number; tripStarts: number }>;
+}
+
+/** A day row as read back, with the version of the recompute that wrote it. */
+export interface StoredMileageDayRow extends MileageDayRow {
+  version: number;
 }
 
 export const utcDay = (ms: number) => new Date(Math.floor(ms / DAY_MS) * DAY_MS).toISOString().slice(0, 10);
 
 /**
- * The day rows `trips` give for the UTC days `days` (every listed day gets a row, empty when no trip
- * touches it). Trips are summed in start order, so equal sets give equal floats.
+ * The stored form of a row's zone: '' for UTC, as rows written before zones were (so a UTC row
+ * written now replaces such a row by key), else the IANA name.
  */
-export function mileageRows(deviceId: string, days: readonly string[], trips: readonly StoredTrip[]): MileageDayRow[] {
+export const storedZone = (zone: string) => (zone === 'UTC' ? '' : zone);
+const zoneOfStored = (stored: string) => stored || 'UTC';
+
+/**
+ * The day rows `trips` give for the local days `days` of `zone` (every listed day gets a row, empty
+ * when no trip touches it). Trips are summed in start order, so equal sets give equal floats.
+ */
+export function mileageRows(deviceId: string, days: readonly string[], trips: readonly StoredTrip[], zone = 'UTC'): MileageDayRow[] {
   const byDay = new Map<string, Map<number, { distanceM: number; movingMs: number; tripStarts: number }>>(days.map((d) => [d, new Map()]));
+  const dayOf = localDates(zone);
   const sorted = [...trips].sort((a, b) => a.startAt - b.startAt);
   for (const t of sorted) {
     const startBucket = Math.floor(t.startAt / MILEAGE_BUCKET_MS) * MILEAGE_BUCKET_MS;
     const buckets = t.buckets.some((b) => b.startMs === startBucket) ? t.buckets : [{ startMs: startBucket, distanceM: 0, movingMs: 0 }, ...t.buckets];
     for (const b of buckets) {
-      const day = byDay.get(utcDay(b.startMs));
+      const day = byDay.get(dayOf(b.startMs));
       if (!day) continue;
       let acc = day.get(b.startMs);
       if (!acc) day.set(b.startMs, (acc = { distanceM: 0, movingMs: 0, tripStarts: 0 }));
@@ -434,6 +452,7 @@ export function mileageRows(deviceId: string, days: readonly string[], trips: re
   return [...byDay.entries()].map(([day, m]) => ({
     deviceId,
     day,
+    zone,
     buckets: [...m.entries()].sort((a, b) => a[0] - b[0]).map(([startMs, b]) => ({ startMs, ...b })),
   }));
 }
@@ -441,28 +460,70 @@ export function mileageRows(deviceId: string, days: readonly string[], trips: re
 interface MileageRow {
   device_id: string;
   day_text: string;
+  zone: string;
+  version: number;
   bucket_ms: number[];
   distance_m: number[];
   moving_ms: number[];
   trip_starts: number[];
 }
 
-/** Current day rows of `deviceIds` for UTC days fromDay..toDay: the aggregate, never raw fixes. */
-export async function readMileageRows(ch: ClickHouse, projectId: string, deviceIds: readonly string[], fromDay: string, toDay: string): Promise<MileageDayRow[]> {
-  if (deviceIds.length === 0) return [];
-  const rows = await ch.query<MileageRow>(
-    `SELECT device_id, toString(day) AS day_text, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
-      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
-        AND day >= toDate({from:String}) AND day <= toDate({to:String})
-      ORDER BY device_id, day, version DESC LIMIT 1 BY device_id, day`,
-    { p: projectId, from: fromDay, to: toDay },
-    { devices: [...deviceIds] },
+/** The widest offsets of any zone from UTC: a local date of an instant is its UTC date ±1. */
+const MAX_WEST_MS = 12 * 3_600_000;
+const MAX_EAST_MS = 14 * 3_600_000;
+
+/** A device whose day rows a read needs: those of `zone` (its registry zone) overlapping [startMs, endMs). */
+export interface MileageRead {
+  deviceId: string;
+  zone: string;
+  startMs: number;
+  endMs: number;
+}
+
+/**
+ * Current day rows of each device that overlap its window, in one query (one pass over the
+ * project's rows, whatever the mix of zones): the aggregate, never raw fixes. Rows of the device's
+ * `zone` are read by their own dates, so N local days of that zone are N rows per device. Rows of
+ * any other zone (a vehicle whose zone changed, until the rebuild has replaced them) are read over
+ * every date that can overlap the window; see mileageSpans for how the two are combined.
+ * `readRows` is what ClickHouse reports it read.
+ */
+export async function readMileageRows(ch: ClickHouse, projectId: string, reads: readonly MileageRead[]): Promise<{ rows: StoredMileageDayRow[]; readRows: number }> {
+  const wanted = reads.filter((r) => r.endMs > r.startMs);
+  if (wanted.length === 0) return { rows: [], readRows: 0 };
+  const dayOf = new Map<string, (ms: number) => string>();
+  const windows = wanted.map((r) => {
+    let f = dayOf.get(r.zone);
+    if (!f) dayOf.set(r.zone, (f = localDates(r.zone)));
+    return [hex(r.deviceId), hex(storedZone(r.zone)), f(r.startMs), f(r.endMs - 1), utcDay(r.startMs - MAX_WEST_MS), utcDay(r.endMs - 1 + MAX_EAST_MS)].join(':');
+  });
+  const { rows, readRows } = await ch.queryStats<MileageRow>(
+    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM (
+       SELECT device_id, day, zone, version, bucket_ms, distance_m, moving_ms, trip_starts, win_zone, lo, hi, any_lo, any_hi
+         FROM fleet_mileage ALL INNER JOIN (
+           SELECT unhex(w[1]) AS device_id, unhex(w[2]) AS win_zone, toDate(w[3]) AS lo, toDate(w[4]) AS hi, toDate(w[5]) AS any_lo, toDate(w[6]) AS any_hi
+             FROM (SELECT splitByChar(':', value) AS w FROM windows)) AS win USING (device_id)
+        WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+          AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String}))
+      WHERE zone = win_zone AND day >= lo AND day <= hi OR zone != win_zone AND day >= any_lo AND day <= any_hi
+      ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`,
+    {
+      p: projectId,
+      anyFrom: utcDay(Math.min(...wanted.map((r) => r.startMs)) - MAX_WEST_MS),
+      anyTo: utcDay(Math.max(...wanted.map((r) => r.endMs)) - 1 + MAX_EAST_MS),
+    },
+    { windows, devices: [...new Set(wanted.map((r) => r.deviceId))] },
   );
-  return rows.map((r) => ({
-    deviceId: r.device_id,
-    day: r.day_text,
-    buckets: r.bucket_ms.map((b, k) => ({ startMs: Number(b), distanceM: Number(r.distance_m[k]), movingMs: Number(r.moving_ms[k]), tripStarts: Number(r.trip_starts[k]) })),
-  }));
+  return {
+    readRows,
+    rows: rows.map((r) => ({
+      deviceId: r.device_id,
+      day: r.day_text,
+      zone: zoneOfStored(r.zone),
+      version: Number(r.version),
+      buckets: r.bucket_ms.map((b, k) => ({ startMs: Number(b), distanceM: Number(r.distance_m[k]), movingMs: Number(r.moving_ms[k]), tripStarts: Number(r.trip_starts[k]) })),
+    })),
+  };
 }
 
 /** `fleet_mileage` rows. */
@@ -471,6 +532,7 @@ export function mileageInsertRows(v: Versioned, rows: readonly MileageDayRow[]):
     project_id: v.projectId,
     device_id: v.deviceId,
     day: r.day,
+    zone: storedZone(r.zone),
     bucket_ms: r.buckets.map((b) => b.startMs),
     distance_m: r.buckets.map((b) => b.distanceM),
     moving_ms: r.buckets.map((b) => b.movingMs),
@@ -479,9 +541,30 @@ export function mileageInsertRows(v: Versioned, rows: readonly MileageDayRow[]):
   }));
 }
 
-/** Day rows as spans for `dailyMileage`. */
-export function mileageSpans(rows: readonly MileageDayRow[]): MileageSpan[] {
-  return rows.flatMap((r) => r.buckets.map((b) => ({ startMs: b.startMs, endMs: b.startMs + MILEAGE_BUCKET_MS, distanceM: b.distanceM, movingMs: b.movingMs, tripStarts: b.tripStarts })));
+const bucketSpan = (b: MileageDayRow['buckets'][number]): MileageSpan => ({ startMs: b.startMs, endMs: b.startMs + MILEAGE_BUCKET_MS, distanceM: b.distanceM, movingMs: b.movingMs, tripStarts: b.tripStarts });
+
+/**
+ * One device's day rows as spans for `dailyMileage`. Rows of one zone never overlap: their buckets
+ * are the answer. Rows of two zones do (the days of a vehicle whose zone changed, some rebuilt in
+ * the new zone, some not yet): each row is the whole truth about its own day as of its version —
+ * the recompute that wrote it summed every trip touching that day — so each bucket is taken from
+ * the newest row whose day holds it, and from no other. A bucket missing from that row is empty,
+ * even if an older row of the other zone still has it. No instant is counted twice, whatever
+ * state the rebuild is in.
+ */
+export function mileageSpans(rows: readonly StoredMileageDayRow[]): MileageSpan[] {
+  if (rows.every((r) => r.zone === rows[0]!.zone)) return rows.flatMap((r) => r.buckets.map(bucketSpan));
+  const newestFirst = [...rows].sort((a, b) => b.version - a.version || (a.zone < b.zone ? -1 : a.zone > b.zone ? 1 : 0) || (a.day < b.day ? -1 : 1));
+  const held: Array<{ startMs: number; endMs: number }> = [];
+  const spans: MileageSpan[] = [];
+  for (const r of newestFirst) {
+    const day = localMidnights(r.zone, r.day, r.day)[0]!;
+    for (const b of r.buckets) {
+      if (!held.some((h) => b.startMs >= h.startMs && b.startMs < h.endMs)) spans.push(bucketSpan(b));
+    }
+    held.push(day);
+  }
+  return spans;
 }
 
 // ---------------------------------------------------------------------------------------------

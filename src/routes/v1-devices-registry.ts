@@ -4,11 +4,13 @@ import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
-import { emptyVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
+import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, upsertVehicle, type VehiclePatch } from '../fleet/live';
 import { assertTimeZone, InvalidTimeZoneError } from '../fleet/mileage';
 import { readRules } from '../fleet/project-rules';
+import { createRezoneJob } from '../fleet/rezone';
 import { LIVE_STATUSES } from '../fleet/status';
 import { readLive } from '../fleet/store';
+import { sendCreatedJob } from '../jobs/actions';
 import { CLIENT_SECURITY, createRoute, json, router } from './openapi';
 import { readErrors } from './read-query';
 
@@ -65,7 +67,7 @@ const putVehicle = createRoute({
   method: 'put',
   path: '/v1/devices/{deviceId}',
   summary: "Set a vehicle's registry entry",
-  description: 'Fields left out keep their value; null clears one.',
+  description: "Fields left out keep their value; null clears one. A new `timezone` starts a `fleet_recompute` job that rebuilds the vehicle's daily mileage rows in it; answers are right meanwhile.",
   tags: ['fleet'],
   security: CLIENT_SECURITY,
   middleware: [requireClient, readRateLimit] as const,
@@ -93,7 +95,13 @@ export const v1DevicesRegistryRoute = router()
     const body = c.req.valid('json');
     const patch: VehiclePatch = { ...body };
     if (typeof body.timezone === 'string') patch.timezone = timeZoneOr400(body.timezone);
-    const vehicle = await upsertVehicle(c.env.DB, c.get('project').projectId, deviceId, patch);
+    const projectId = c.get('project').projectId;
+    // Mileage rows are keyed by days of the registry zone: a new zone rebuilds them.
+    const before = patch.timezone !== undefined ? await getVehicle(c.env.DB, projectId, deviceId) : null;
+    const zoneChange = patch.timezone !== undefined && (before?.timezone ?? 'UTC') !== (patch.timezone ?? 'UTC');
+    const rebuild = zoneChange ? await createRezoneJob(c.env, projectId, deviceId, patch.timezone ?? 'UTC') : null;
+    const vehicle = await upsertVehicle(c.env.DB, projectId, deviceId, patch);
+    if (rebuild) await sendCreatedJob(c.env, rebuild, 'fleet_recompute');
     return c.json(vehicle, 200);
   })
   .openapi(listDevices, async (c) => {

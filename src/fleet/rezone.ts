@@ -1,0 +1,31 @@
+// A vehicle's registry zone changed: its daily mileage rows, keyed by calendar days of the old zone,
+// are rebuilt in the new one by a fleet_recompute job (FleetRecomputeParams.zone).
+import { clickhouse } from '../clickhouse/client';
+import { getConfig } from '../config';
+import type { Env } from '../env';
+import { jobStore } from '../jobs/store';
+import { storedZone } from './store';
+
+const DAY_MS = 86_400_000;
+
+/**
+ * Writes the job that rebuilds the device's day rows in `zone` ('UTC' for none) over the days its
+ * rows of other zones cover; the job's id, or null when it has none. The job is stored before the
+ * registry changes and its first chunk sent after (sendCreatedJob): a zone change is never stored
+ * without its rebuild, and a rebuild whose change did not land rewrites the rows in the zone the
+ * registry still names, which changes nothing. Until the job is done, reads combine the rows of
+ * both zones without counting anything twice (mileageSpans).
+ */
+export async function createRezoneJob(env: Env, projectId: string, deviceId: string, zone: string): Promise<string | null> {
+  const [row] = await clickhouse(getConfig(env).clickhouse).query<{ n: number; lo: string; hi: string }>(
+    `SELECT toUInt64(count()) AS n, toString(min(day)) AS lo, toString(max(day)) AS hi FROM fleet_mileage
+      WHERE project_id = {p:String} AND device_id = {d:String} AND zone != {z:String}`,
+    { p: projectId, d: deviceId, z: storedZone(zone) },
+  );
+  if (!row || Number(row.n) === 0) return null;
+  // A local day of any zone lies within a day either side of the same UTC date.
+  const sinceMs = Date.parse(`${row.lo}T00:00:00Z`) - DAY_MS;
+  const untilMs = Date.parse(`${row.hi}T00:00:00Z`) + 2 * DAY_MS;
+  const job = await jobStore(env.DB).create(crypto.randomUUID(), 'fleet_recompute', { projectId, deviceId, sinceMs, untilMs, zone, reason: 'zone' }, Date.now());
+  return job.id;
+}
