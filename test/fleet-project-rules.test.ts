@@ -37,7 +37,7 @@ function drive() {
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const trackOf = async (p: TestProject) => (await getJson<Track>(p, '/v1/devices/van/track?since=' + iso(Date.now() - 2 * 3_600_000))).body.geometry.coordinates;
-const liveOf = async (p: TestProject) => (await getJson<{ vehicles: LiveVehicle[] }>(p, '/v1/fleet/live')).body.vehicles.find((v) => v.deviceId === 'van');
+const liveOf = async (p: TestProject, deviceId = 'van') => (await getJson<{ vehicles: LiveVehicle[] }>(p, '/v1/fleet/live')).body.vehicles.find((v) => v.deviceId === deviceId);
 const jobDone = async (id: string) => (await waitJob(id, (j) => ['succeeded', 'failed'].includes(j.state), 120_000)).state;
 
 describe('fleet rules per project', () => {
@@ -55,8 +55,13 @@ describe('fleet rules per project', () => {
     for (let i = 0; i < fixes.length; i += 25) {
       for (const p of [strict, plain]) await sendPositions(p, fixes.slice(i, i + 25).map((f) => positionEvent('van', f)), 25);
     }
+    // A second vehicle of the plain project whose every fix reports 50 m accuracy.
+    const blurred = fixes.slice(-5).map((f) => ({ ...f, id: `b-${f.id}`, accuracyM: 50 }));
+    await sendPositions(plain, blurred.map((f) => positionEvent('blur', f)), 5);
     await settled(strict, 'van', fixes.length);
     await settled(plain, 'van', fixes.length);
+    await settled(plain, 'blur', blurred.length);
+    expect(await liveOf(plain, 'blur')).toMatchObject({ at: iso(blurred[blurred.length - 1]!.atMs) });
 
     // The defaults: one trip of the route's length, every fix in the track, the last fix live, parked.
     const plainTrips = (await tripsOf(plain, 'deviceId=van')).body.trips;
@@ -88,6 +93,10 @@ describe('fleet rules per project', () => {
     expect((await tripsOf(plain, 'deviceId=van')).body.trips).toEqual([]);
     expect(await trackOf(plain)).toHaveLength(fixes.length - 4);
     expect(await liveOf(plain)).toMatchObject({ at: iso(lastSure.atMs), status: 'parked' });
+    // No fix of the blurred vehicle is accepted any more: it has no live position.
+    expect(await liveOf(plain, 'blur')).toBeUndefined();
+    const devices = (await getJson<{ devices: Array<{ deviceId: string; live: unknown }> }>(plain, '/v1/devices')).body.devices;
+    expect(devices.find((d) => d.deviceId === 'blur')).toMatchObject({ live: null });
 
     // The offline delay only changes how the live position reads: nothing to recompute.
     const offline = await putRules(strict.id, { offlineAfterS: 300 });

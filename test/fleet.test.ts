@@ -168,7 +168,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
         WHERE length(bucket_ms) > 0 ORDER BY device_id, day, zone`,
       { p: projectId },
     );
-  /** `rows=` of the route's Server-Timing header: the day rows ClickHouse answered. */
+  /** `rows=` of the route's Server-Timing header: the day rows the answer was built from. */
   const mileageRead = async (p: { headers: Record<string, string> }, query: string) => {
     const res = await SELF.fetch(`http://gw/v1/mileage?${query}`, { headers: p.headers });
     expect(res.status).toBe(200);

@@ -21,6 +21,7 @@ import type { FleetRules } from './rules';
 import {
   deviceKey,
   historyTrip,
+  liveDeletion,
   liveRow,
   mileageInsertRows,
   mileageRows,
@@ -327,16 +328,18 @@ export function passWrites(
     dayRows = mileageRows(deviceId, sorted, [...others, ...freshTrips], days.zone);
   }
 
-  // Live: what the device's last stretch gives, when this window holds it.
+  // Live: what the device's last stretch gives, when this window holds it; with no stretch left at
+  // all (the rules ignore every fix), a deletion over the live position an older analysis left.
   const last = next.stretches[next.stretches.length - 1];
   const live = last && inRange(last.startMs) ? fresh.live : null;
+  const liveGone = next.stretches.length === 0;
 
   return {
     stretches: stretchRows(v, newStretches, goneStretches),
     trips: tripRows(v, changedTrips, goneTrips),
     days: mileageInsertRows(v, dayRows),
-    live: live ? liveRow(v, live) : null,
-    result: { range, fixesRead, tripsWritten: changedTrips.length, tripsRemoved: goneTrips.length, daysWritten: dayRows.length, liveWritten: live !== null },
+    live: live ? liveRow(v, live) : liveGone ? liveDeletion(v) : null,
+    result: { range, fixesRead, tripsWritten: changedTrips.length, tripsRemoved: goneTrips.length, daysWritten: dayRows.length, liveWritten: live !== null || liveGone },
   };
 }
 

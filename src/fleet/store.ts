@@ -483,40 +483,44 @@ export interface MileageRead {
 /**
  * Current day rows of each device that overlap its window, in one query (one pass over the
  * project's rows, whatever the mix of zones): the aggregate, never raw fixes. Rows of the device's
- * `zone` are read by their own dates, so N local days of that zone are N rows per device. Rows of
- * any other zone (a vehicle whose zone changed, until the rebuild has replaced them) are read over
- * every date that can overlap the window; see mileageSpans for how the two are combined.
- * `readRows` is what ClickHouse reports it read.
+ * `zone` are kept by their own dates, so N local days of that zone are N rows per device. Rows of
+ * any other zone (a vehicle whose zone changed, until the rebuild has replaced them) are kept over
+ * every date that can overlap the window; see mileageSpans for how the two are combined. The
+ * windows are applied here, not in the query: joined as a table they would add a row read per
+ * device, and ClickHouse reads whole granules of the devices' rows either way. `readRows` is what
+ * ClickHouse reports it read; `rows` are the rows kept.
  */
 export async function readMileageRows(ch: ClickHouse, projectId: string, reads: readonly MileageRead[]): Promise<{ rows: StoredMileageDayRow[]; readRows: number }> {
   const wanted = reads.filter((r) => r.endMs > r.startMs);
   if (wanted.length === 0) return { rows: [], readRows: 0 };
   const dayOf = new Map<string, (ms: number) => string>();
-  const windows = wanted.map((r) => {
-    let f = dayOf.get(r.zone);
-    if (!f) dayOf.set(r.zone, (f = localDates(r.zone)));
-    return [hex(r.deviceId), hex(storedZone(r.zone)), f(r.startMs), f(r.endMs - 1), utcDay(r.startMs - MAX_WEST_MS), utcDay(r.endMs - 1 + MAX_EAST_MS)].join(':');
-  });
+  const windows = new Map(
+    wanted.map((r) => {
+      let f = dayOf.get(r.zone);
+      if (!f) dayOf.set(r.zone, (f = localDates(r.zone)));
+      return [r.deviceId, { zone: storedZone(r.zone), lo: f(r.startMs), hi: f(r.endMs - 1), anyLo: utcDay(r.startMs - MAX_WEST_MS), anyHi: utcDay(r.endMs - 1 + MAX_EAST_MS) }];
+    }),
+  );
   const { rows, readRows } = await ch.queryStats<MileageRow>(
-    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM (
-       SELECT device_id, day, zone, version, bucket_ms, distance_m, moving_ms, trip_starts, win_zone, lo, hi, any_lo, any_hi
-         FROM fleet_mileage ALL INNER JOIN (
-           SELECT unhex(w[1]) AS device_id, unhex(w[2]) AS win_zone, toDate(w[3]) AS lo, toDate(w[4]) AS hi, toDate(w[5]) AS any_lo, toDate(w[6]) AS any_hi
-             FROM (SELECT splitByChar(':', value) AS w FROM windows)) AS win USING (device_id)
-        WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
-          AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String}))
-      WHERE zone = win_zone AND day >= lo AND day <= hi OR zone != win_zone AND day >= any_lo AND day <= any_hi
+    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
+      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
+        AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String})
       ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`,
     {
       p: projectId,
       anyFrom: utcDay(Math.min(...wanted.map((r) => r.startMs)) - MAX_WEST_MS),
       anyTo: utcDay(Math.max(...wanted.map((r) => r.endMs)) - 1 + MAX_EAST_MS),
     },
-    { windows, devices: [...new Set(wanted.map((r) => r.deviceId))] },
+    { devices: [...windows.keys()] },
   );
+  const kept = rows.filter((r) => {
+    const w = windows.get(r.device_id);
+    if (!w) return false;
+    return r.zone === w.zone ? r.day_text >= w.lo && r.day_text <= w.hi : r.day_text >= w.anyLo && r.day_text <= w.anyHi;
+  });
   return {
     readRows,
-    rows: rows.map((r) => ({
+    rows: kept.map((r) => ({
       deviceId: r.device_id,
       day: r.day_text,
       zone: zoneOfStored(r.zone),
@@ -612,9 +616,11 @@ export async function readLive(ch: ClickHouse, projectId: string, deviceIds?: re
   const filter = deviceIds ? 'AND device_id IN (SELECT value FROM devices)' : '';
   if (deviceIds && deviceIds.length === 0) return new Map();
   const rows = await ch.query<LiveRow>(
-    `SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift
-       FROM fleet_live WHERE project_id = {p:String} ${filter}
-      ORDER BY device_id, version DESC LIMIT 1 BY device_id`,
+    `SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift FROM (
+       SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift, deleted
+         FROM fleet_live WHERE project_id = {p:String} ${filter}
+        ORDER BY device_id, version DESC LIMIT 1 BY device_id)
+      WHERE deleted = 0`,
     { p: projectId },
     deviceIds ? { devices: [...deviceIds] } : undefined,
   );
@@ -641,5 +647,29 @@ export function liveRow(v: Versioned, live: LivePosition): object {
     counted_at_ms: live.countedPoint.atMs,
     moved_by_drift: live.movedByDrift ? 1 : 0,
     version: v.version,
+    deleted: 0,
+  };
+}
+
+/** A `fleet_live` row that deletes the device's live position (no fix of it is accepted any more). */
+export function liveDeletion(v: Versioned): object {
+  return {
+    project_id: v.projectId,
+    device_id: v.deviceId,
+    fix_id: '',
+    at_ms: 0,
+    lat: 0,
+    lon: 0,
+    speed_kmh: null,
+    heading: null,
+    accuracy_m: null,
+    altitude_m: null,
+    ignition: null,
+    counted_lat: 0,
+    counted_lon: 0,
+    counted_at_ms: 0,
+    moved_by_drift: 0,
+    version: v.version,
+    deleted: 1,
   };
 }

@@ -269,7 +269,7 @@ const mileage = createRoute({
   path: '/v1/mileage',
   summary: 'Daily mileage per vehicle',
   description:
-    'Every day from `from` to `to` inclusive (0 where nothing moved); distance and moving time across midnight are split at midnight. The `Server-Timing` header tells the day rows ClickHouse answered and read (`clickhouse;desc="rows=N read_rows=M"`).',
+    'Every day from `from` to `to` inclusive (0 where nothing moved); distance and moving time across midnight are split at midnight. The `Server-Timing` header tells the day rows the answer was built from and the rows ClickHouse read (`clickhouse;desc="rows=N read_rows=M"`).',
   tags: ['fleet'],
   security: CLIENT_SECURITY,
   middleware: [requireClient, readRateLimit] as const,
