@@ -34,6 +34,7 @@ import {
   stretchRows,
   tripRows,
   tripsEndingFrom,
+  utcDay,
   type DeviceWindow,
   type MileageDayRow,
   type StoredStretch,
@@ -328,11 +329,11 @@ export function passWrites(
     dayRows = mileageRows(deviceId, sorted, [...others, ...freshTrips], days.zone);
   }
 
-  // Live: what the device's last stretch gives, when this window holds it; with no stretch left at
-  // all (the rules ignore every fix), a deletion over the live position an older analysis left.
+  // Live: what the device's last stretch gives, when this window holds it; when its stored stretches
+  // all went (the rules now ignore every fix), a deletion over the live position they left.
   const last = next.stretches[next.stretches.length - 1];
   const live = last && inRange(last.startMs) ? fresh.live : null;
-  const liveGone = next.stretches.length === 0;
+  const liveGone = stretches.length > 0 && next.stretches.length === 0;
 
   return {
     stretches: stretchRows(v, newStretches, goneStretches),
@@ -463,11 +464,11 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
     if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0, rebuildDays: d.rebuildDays });
   });
   try {
-    // Looked up under the leases: a zone changed before them is the one their day rows are keyed by.
-    const zones = held.length ? await registryZones(db, held) : new Map<string, string>();
     while (held.length) {
+      // Looked up under the leases, each pass: a zone or rules changed before the pass are the ones
+      // it writes under (a rebuild for a zone change drops only rows written before it began).
+      const [zones, rulesOf] = await Promise.all([registryZones(db, held), fixedRules ? null : analysisRules(db, held.map((h) => h.projectId))]);
       // Versions grow across leases (seq) and across the passes of one lease.
-      const rulesOf = fixedRules ? null : await analysisRules(db, held.map((h) => h.projectId));
       const inputs = held.map((h) => ({
         v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes },
         span: h.pending,
@@ -553,8 +554,29 @@ export async function rebuildDeviceDays(ch: ClickHouse, db: D1Database, projectI
   const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span, rebuildDays: true }], rules ?? null, (_k, err) => (failure = err));
   if (failure) throw failure;
   const n = passes.get(deviceKey({ projectId, deviceId })) ?? 0;
-  if (n === 0) throw new Error(`fleet recompute of ${deviceId} is held by another consumer; its day rows are rebuilt on the next try`);
+  if (n === 0) throw new DeviceHeldError(deviceId);
   return n;
+}
+
+/** A rebuild found its device held by another consumer, which would not rewrite unchanged days. */
+export class DeviceHeldError extends Error {
+  override name = 'DeviceHeldError';
+  constructor(readonly deviceId: string) {
+    super(`fleet recompute of ${deviceId} is held by another consumer; its day rows are rebuilt on the next try`);
+  }
+}
+
+/** Waits for a held device a few times within the chunk (a consumer's pass takes seconds), then gives up to the job's retry. */
+async function rebuildWhenFree(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }): Promise<void> {
+  for (let wait = 500; ; wait *= 2) {
+    try {
+      await rebuildDeviceDays(ch, db, projectId, deviceId, span);
+      return;
+    } catch (err) {
+      if (!(err instanceof DeviceHeldError) || wait > 8000) throw err;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
 }
 
 /**
@@ -625,15 +647,16 @@ async function nextVersion(db: D1Database, projectId: string, deviceId: string):
  * version, so nothing they held is lost (and a reader never double-counts meanwhile: see
  * mileageSpans). Skipped when the zone changed again since: the rebuild for that zone does it.
  */
-async function dropOtherZones(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, zone: string, belowVersion: number): Promise<void> {
-  const now = (await registryZones(db, [{ projectId, deviceId }])).get(deviceKey({ projectId, deviceId })) ?? 'UTC';
+async function dropOtherZones(ch: ClickHouse, db: D1Database, p: FleetRecomputeParams, deviceId: string, zone: string, belowVersion: number): Promise<void> {
+  const now = (await registryZones(db, [{ projectId: p.projectId, deviceId }])).get(deviceKey({ projectId: p.projectId, deviceId })) ?? 'UTC';
   if (now !== zone) return;
-  await deleteRows(ch, 'fleet_mileage', 'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64}', {
-    p: projectId,
-    d: deviceId,
-    z: storedZone(zone),
-    v: belowVersion,
-  });
+  // Only the days the rebuild went over (a local day lies within a day of its UTC date).
+  await deleteRows(
+    ch,
+    'fleet_mileage',
+    'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64} AND day >= toDate({lo:String}) AND day <= toDate({hi:String})',
+    { p: p.projectId, d: deviceId, z: storedZone(zone), v: belowVersion, lo: utcDay(p.sinceMs + DAY_MS), hi: utcDay(p.untilMs - DAY_MS) },
+  );
 }
 
 /** Day windows per chunk: each is one bounded read and analysis, oldest first, so the history grows in order. */
@@ -704,12 +727,12 @@ export const fleetRecomputeRunner: JobRunner = {
         // lets go (under the project's rules as they are when its pass starts) — but a rebuild's
         // rows only the rebuild writes, so it tries the chunk again.
         if (p.zone === undefined) await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, undefined, span);
-        else await rebuildDeviceDays(ch, env.DB, p.projectId, cursor.deviceId, span);
+        else await rebuildWhenFree(ch, env.DB, p.projectId, cursor.deviceId, span);
         rows++;
       }
       if (toMs < p.untilMs) cursor = { ...cursor, atMs: toMs + 1 };
       else {
-        if (p.zone !== undefined && cursor.belowVersion !== undefined) await dropOtherZones(ch, env.DB, p.projectId, cursor.deviceId, p.zone, cursor.belowVersion);
+        if (p.zone !== undefined && cursor.belowVersion !== undefined) await dropOtherZones(ch, env.DB, p, cursor.deviceId, p.zone, cursor.belowVersion);
         const next = await nextDevice(ch, p, cursor.deviceId);
         cursor = next === null ? null : await startAt(next);
       }

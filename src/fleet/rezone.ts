@@ -25,7 +25,9 @@ export async function createRezoneJob(env: Env, projectId: string, deviceId: str
   if (!row || Number(row.n) === 0) return null;
   // A local day of any zone lies within a day either side of the same UTC date.
   const sinceMs = Date.parse(`${row.lo}T00:00:00Z`) - DAY_MS;
-  const untilMs = Date.parse(`${row.hi}T00:00:00Z`) + 2 * DAY_MS;
+  // To a minute ahead at least: a consumer that looked the zone up before the change may still be
+  // writing rows of the old zone for recent days; the rebuild rewrites those days too.
+  const untilMs = Math.max(Date.parse(`${row.hi}T00:00:00Z`) + 2 * DAY_MS, Date.now() + 60_000);
   const job = await jobStore(env.DB).create(crypto.randomUUID(), 'fleet_recompute', { projectId, deviceId, sinceMs, untilMs, zone, reason: 'zone' }, Date.now());
   return job.id;
 }
