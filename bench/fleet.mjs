@@ -19,6 +19,8 @@ const INGEST_BATCHES = Number(process.env.BENCH_FLEET_BATCHES ?? 20);
 const BATCH_EVENTS = 1000;
 const VEHICLES = Number(process.env.BENCH_FLEET_VEHICLES ?? 1000);
 const DAYS = 30;
+/** Days stored before the window for the second reading (history a real fleet has). */
+const HISTORY_DAYS = Number(process.env.BENCH_FLEET_HISTORY_DAYS ?? 60);
 const RAW_VEHICLES = Number(process.env.BENCH_FLEET_RAW_VEHICLES ?? 100);
 const ROUNDS = Math.max(1, Number(process.env.BENCH_FLEET_ROUNDS ?? 1));
 const TARGET_CPU_RATIO = 1.2;
@@ -202,10 +204,10 @@ const LOCAL_HOURS = [7, 12, 19];
  * York's evening trips cross UTC midnight). `byZone`: rows keyed by the vehicle's local dates, as
  * the recompute writes them now; else by UTC dates, as it wrote them before.
  */
-function vehicleRows(projectId, deviceId, zone, firstDay, byZone) {
+function vehicleRows(projectId, deviceId, zone, firstDay, byZone, days = DAYS) {
   const [y, m, d0] = firstDay.split('-').map(Number);
   const rows = new Map();
-  for (let d = 0; d < DAYS; d++) {
+  for (let d = 0; d < days; d++) {
     const local = new Date(Date.UTC(y, m - 1, d0 + d)).toISOString().slice(0, 10);
     for (const h of LOCAL_HOURS) {
       const start = zonedMs(zone, y, m, d0 + d, h);
@@ -261,28 +263,52 @@ async function mileageBench(project, headers) {
   }
   const vehicleDays = VEHICLES * DAYS;
   console.log(`daily mileage of ${VEHICLES} vehicles × ${DAYS} local days (${ZONES.join(', ')}; trips at ${LOCAL_HOURS.map((h) => `${h}:00`).join(', ')} local):`);
-  for (const l of layouts) {
+  /** Five reads of the window through the route: the median time and the route's own ClickHouse figures. */
+  const readWindow = async (l, from, to, expectDays) => {
     const times = [];
     let timing = null;
     let days = 0;
     for (let k = 0; k < 5; k++) {
       const t0 = performance.now();
-      const res = await fetch(`${gateway.url}/v1/mileage?group=bench&from=${firstDay}&to=${lastDay}`, { headers: l.headers });
+      const res = await fetch(`${gateway.url}/v1/mileage?group=bench&from=${from}&to=${to}`, { headers: l.headers });
       const body = await res.json();
       if (res.status !== 200) throw new Error(`mileage answered ${res.status}: ${JSON.stringify(body).slice(0, 300)}`);
       times.push(performance.now() - t0);
       days = body.days.length;
-      if (body.days.some((d) => d.trips !== 3 || Math.abs(d.distanceM - 81_000) > 1e-6)) throw new Error(`${l.label}: a day is not 3 trips of 81 km`);
-      // The route's own reads: `clickhouse;desc="rows=<answered> read_rows=<read>"`.
+      if (days !== expectDays || body.days.some((d) => d.trips !== 3 || Math.abs(d.distanceM - 81_000) > 1e-6)) throw new Error(`${l.label}: not ${expectDays} days of 3 trips of 81 km`);
+      // The route's own reads: `clickhouse;desc="rows=<kept> read_rows=<read>"`.
       timing = /rows=(\d+) read_rows=(\d+)/.exec(res.headers.get('server-timing') ?? '');
     }
     times.sort((a, b) => a - b);
     const rowsRead = timing ? Number(timing[2]) : NaN;
-    l.perVehicleDay = rowsRead / vehicleDays;
-    console.log(`  ${l.label}: ${l.stored} rows stored; GET /v1/mileage?group= (${days} days answered) median ${times[2].toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[4].toFixed(0)});`);
-    console.log(`    ClickHouse answered ${timing?.[1]} day rows and read ${rowsRead} = ${l.perVehicleDay.toFixed(3)} per vehicle-day (target ≤ 1)`);
-    l.medianMs = times[2];
+    return { days, kept: timing?.[1], rowsRead, perVehicleDay: rowsRead / days, times };
+  };
+  for (const l of layouts) {
+    const r = await readWindow(l, firstDay, lastDay, vehicleDays);
+    l.perVehicleDay = r.perVehicleDay;
+    l.medianMs = r.times[2];
+    console.log(`  ${l.label}: ${l.stored} rows stored; GET /v1/mileage?group= (${r.days} days answered) median ${r.times[2].toFixed(0)} ms (min ${r.times[0].toFixed(0)}, max ${r.times[4].toFixed(0)});`);
+    console.log(`    ${r.kept} day rows used, ClickHouse read ${r.rowsRead} = ${r.perVehicleDay.toFixed(3)} per vehicle-day (target ≤ 1)`);
   }
+  // The same fleet with HISTORY_DAYS more days stored before the window: the table is sorted by
+  // (project, device, day) in monthly partitions, so a fleet read takes whole granules of each
+  // month it touches — a rolling window across a month boundary reads the rest of that month too.
+  const histFirst = new Date(today - (DAYS + HISTORY_DAYS) * DAY_MS).toISOString().slice(0, 10);
+  const hist = [];
+  for (let v = 0; v < VEHICLES; v++) hist.push(...vehicleRows(project.id, `veh-${v}`, ZONES[v % ZONES.length], histFirst, true, HISTORY_DAYS));
+  await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', hist.join('\n'));
+  const rolling = await readWindow(layouts[1], firstDay, lastDay, vehicleDays);
+  // The first whole calendar month among the stored days.
+  const h = new Date(`${histFirst}T00:00:00Z`);
+  const monthStart = h.getUTCDate() === 1 ? h : new Date(Date.UTC(h.getUTCFullYear(), h.getUTCMonth() + 1, 1));
+  const monthEnd = new Date(Date.UTC(monthStart.getUTCFullYear(), monthStart.getUTCMonth() + 1, 0));
+  const monthDays = monthEnd.getUTCDate();
+  const month = await readWindow(layouts[1], monthStart.toISOString().slice(0, 10), monthEnd.toISOString().slice(0, 10), VEHICLES * monthDays);
+  console.log(`  with ${HISTORY_DAYS} more days stored before the window (rows by local day):`);
+  console.log(`    the last ${DAYS} days again: ClickHouse read ${rolling.rowsRead} = ${rolling.perVehicleDay.toFixed(3)} per vehicle-day, median ${rolling.times[2].toFixed(0)} ms`);
+  console.log(`    calendar month ${monthStart.toISOString().slice(0, 7)} (${monthDays} days): read ${month.rowsRead} = ${month.perVehicleDay.toFixed(3)} per vehicle-day, median ${month.times[2].toFixed(0)} ms`);
+  console.log(`RESULT fleet_mileage_rows_per_vehicle_day_rolling_with_history ${rolling.perVehicleDay.toFixed(3)}`);
+  console.log(`RESULT fleet_mileage_rows_per_vehicle_day_calendar_month ${month.perVehicleDay.toFixed(3)}`);
   const now = layouts[1];
   console.log(`RESULT fleet_mileage_rows_per_vehicle_day ${now.perVehicleDay.toFixed(3)}`);
   console.log(`RESULT fleet_mileage_rows_per_vehicle_day_utc_rows ${layouts[0].perVehicleDay.toFixed(3)}`);
