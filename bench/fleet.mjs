@@ -259,7 +259,7 @@ async function mileageBench(project, headers) {
     const rows = [];
     for (let v = 0; v < VEHICLES; v++) rows.push(...vehicleRows(l.project.id, `veh-${v}`, ZONES[v % ZONES.length], firstDay, l.byZone));
     l.stored = rows.length;
-    await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', rows.join('\n'));
+    await chQuery('INSERT INTO fleet_mileage_days FORMAT JSONEachRow', rows.join('\n'));
   }
   const vehicleDays = VEHICLES * DAYS;
   console.log(`daily mileage of ${VEHICLES} vehicles × ${DAYS} local days (${ZONES.join(', ')}; trips at ${LOCAL_HOURS.map((h) => `${h}:00`).join(', ')} local):`);
@@ -296,7 +296,7 @@ async function mileageBench(project, headers) {
   const histFirst = new Date(today - (DAYS + HISTORY_DAYS) * DAY_MS).toISOString().slice(0, 10);
   const hist = [];
   for (let v = 0; v < VEHICLES; v++) hist.push(...vehicleRows(project.id, `veh-${v}`, ZONES[v % ZONES.length], histFirst, true, HISTORY_DAYS));
-  await chQuery('INSERT INTO fleet_mileage FORMAT JSONEachRow', hist.join('\n'));
+  await chQuery('INSERT INTO fleet_mileage_days FORMAT JSONEachRow', hist.join('\n'));
   const rolling = await readWindow(layouts[1], firstDay, lastDay, vehicleDays);
   // The first whole calendar month among the stored days.
   const h = new Date(`${histFirst}T00:00:00Z`);

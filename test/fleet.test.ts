@@ -163,7 +163,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
   const storedDays = (projectId: string) =>
     ch().query<{ device_id: string; day: string; zone: string }>(
       `SELECT device_id, day, zone FROM (
-         SELECT device_id, toString(day) AS day, zone, bucket_ms FROM fleet_mileage WHERE project_id = {p:String}
+         SELECT device_id, toString(day) AS day, zone, bucket_ms FROM fleet_mileage_days WHERE project_id = {p:String}
           ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone)
         WHERE length(bucket_ms) > 0 ORDER BY device_id, day, zone`,
       { p: projectId },

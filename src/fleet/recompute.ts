@@ -421,7 +421,7 @@ export async function recomputePasses(
   // The daily rows and live position before the trips and stretches they derive from: a retry
   // compares with the stored trips and stretches (and goes on from the stretch's state), so those
   // are written last, once nothing derived from them can be left behind.
-  await Promise.all([ch.insert('fleet_mileage', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
+  await Promise.all([ch.insert('fleet_mileage_days', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
   await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
   for (const { p, w } of go) outcomes[p.index] = w.result;
   return outcomes;
@@ -653,7 +653,7 @@ async function dropOtherZones(ch: ClickHouse, db: D1Database, p: FleetRecomputeP
   // Only the days the rebuild went over (a local day lies within a day of its UTC date).
   await deleteRows(
     ch,
-    'fleet_mileage',
+    'fleet_mileage_days',
     'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64} AND day >= toDate({lo:String}) AND day <= toDate({hi:String})',
     { p: p.projectId, d: deviceId, z: storedZone(zone), v: belowVersion, lo: utcDay(p.sinceMs + DAY_MS), hi: utcDay(p.untilMs - DAY_MS) },
   );

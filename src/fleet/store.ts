@@ -502,7 +502,7 @@ export async function readMileageRows(ch: ClickHouse, projectId: string, reads: 
     }),
   );
   const { rows, readRows } = await ch.queryStats<MileageRow>(
-    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
+    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage_days
       WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
         AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String})
       ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`,
@@ -530,7 +530,7 @@ export async function readMileageRows(ch: ClickHouse, projectId: string, reads: 
   };
 }
 
-/** `fleet_mileage` rows. */
+/** `fleet_mileage_days` rows. */
 export function mileageInsertRows(v: Versioned, rows: readonly MileageDayRow[]): object[] {
   return rows.map((r) => ({
     project_id: v.projectId,
