@@ -235,6 +235,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
 
     // A new zone: the answer right after the PUT, whatever the rebuild's progress, counts nothing twice.
     expect((await put(p, 'tokyo-2', { timezone: 'America/New_York' })).status).toBe(200);
+    expect(await rebuildMarker(p.id, 'tokyo-2')).not.toBeNull();
     const during = await answers();
     expect(during).toEqual({ ...before, registry: before.ny });
     const job = await waitUntil(
@@ -246,14 +247,16 @@ describe('daily mileage rows keyed by the registry zone', () => {
       { timeoutMs: 120_000 },
     );
     expect(job?.state).toBe('succeeded');
+    // Once the rebuild is done, reads stop looking for rows of other zones.
+    expect(await rebuildMarker(p.id, 'tokyo-2')).toBeNull();
     // Rebuilt in New York dates (both drives are on one New York day), the Tokyo rows gone.
     expect(await storedDays(p.id)).toEqual([{ device_id: 'tokyo-2', day: date(D), zone: 'America/New_York' }]);
     expect(await answers()).toEqual({ ...before, registry: before.ny });
     expect((await mileageRead(p, days)).rows).toBe(1);
 
-    // Half a rebuild: back to Tokyo in the registry alone (no job), then only the first drive's
-    // stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
-    await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' });
+    // Half a rebuild: back to Tokyo in the registry (its rebuild not run), then only the first
+    // drive's stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
+    await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' }, Date.now(), 'rebuild-not-run');
     await rebuildDeviceDays(ch(), env.DB, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
     expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo', 'America/New_York']));
     expect(await answers()).toEqual({ ...before, registry: before.tokyo });
@@ -290,6 +293,12 @@ describe('daily mileage rows keyed by the registry zone', () => {
     expect(utc.body.days.every((d) => d.distanceM > 40_000)).toBe(true);
   });
 });
+
+/** The zone-change rebuild a vehicle's mileage reads wait for (vehicles.mileage_rebuild_job). */
+async function rebuildMarker(projectId: string, deviceId: string): Promise<string | null> {
+  const row = await env.DB.prepare('SELECT mileage_rebuild_job AS job FROM vehicles WHERE project_id = ?1 AND device_id = ?2').bind(projectId, deviceId).first<{ job: string | null }>();
+  return row?.job ?? null;
+}
 
 describe('history that arrives without the ingest consumer', () => {
   it('appears in trips and mileage after POST /admin/fleet/recompute', async () => {
