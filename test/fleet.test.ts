@@ -1,12 +1,15 @@
 // Fleet storage and recompute through the real ingest path: shuffled, duplicated, batched positions
 // give the trips, mileage and track of an in-order upload; days split at local midnight; mileage
 // is read from its aggregate.
-import { env, SELF } from 'cloudflare:test';
+import { createExecutionContext, env, SELF } from 'cloudflare:test';
+import worker from '../src/index';
+import { rekickStalledJobs, STALL_MS } from '../src/jobs/engine';
+import { jobStore } from '../src/jobs/store';
 import { describe, expect, it } from 'vitest';
 import { deleteRows } from '../src/clickhouse/mutations';
 import { haversineM } from '../src/fleet/geo';
 import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
-import { upsertVehicle } from '../src/fleet/live';
+import { finishMileageRebuild, upsertVehicle } from '../src/fleet/live';
 import { rebuildDeviceDays, recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fleet/recompute';
 import { DEFAULT_FLEET_RULES } from '../src/fleet/rules';
 import { readFixes, readFixesOf } from '../src/fleet/store';
@@ -208,9 +211,13 @@ describe('daily mileage rows keyed by the registry zone', () => {
       tokyo: (await mileageOf(p, `${days}&tz=Asia/Tokyo`)).body.days,
       utc: (await mileageOf(p, `${days}&tz=UTC`)).body.days,
       ny: (await mileageOf(p, `${days}&tz=America/New_York`)).body.days,
+      // One New York day: while the rows are Tokyo's and the registry says New York, the Tokyo row
+      // of the next date holds most of it (read only because the rebuild is not done).
+      nyDay: (await mileageOf(p, `deviceId=tokyo-2&from=${date(D)}&to=${date(D)}&tz=America/New_York`)).body.days,
     });
     const before = await answers();
     expect(before.registry).toEqual(before.tokyo);
+    expect(before.nyDay).toEqual(before.ny.filter((d) => d.date === date(D)));
     const tokyoMidnight = D + 15 * HOUR;
     const utcMidnight = D + DAY_MS;
     // Tokyo: the first drive split at 15:00 UTC, the second all on the next day.
@@ -234,9 +241,20 @@ describe('daily mileage rows keyed by the registry zone', () => {
     expect((await mileageRead(p, days)).rows).toBe(2);
 
     // A new zone: the answer right after the PUT, whatever the rebuild's progress, counts nothing twice.
-    expect((await put(p, 'tokyo-2', { timezone: 'America/New_York' })).status).toBe(200);
-    expect(await rebuildMarker(p.id, 'tokyo-2')).not.toBeNull();
+    // The job queue refuses: the rebuild waits (for the watchdog) and the rows stay Tokyo's.
+    const refusing = { ...env, JOBS_QUEUE: { send: () => Promise.reject(new Error('queue unavailable')), sendBatch: () => Promise.reject(new Error('queue unavailable')) } };
+    const changed = await worker.fetch(
+      new Request('http://gw/v1/devices/tokyo-2', { method: 'PUT', headers: p.headers, body: JSON.stringify({ timezone: 'America/New_York' }) }),
+      refusing as unknown as typeof env,
+      createExecutionContext(),
+    );
+    expect(changed.status).toBe(200);
+    const rebuild = await rebuildMarker(p.id, 'tokyo-2');
+    expect(rebuild).not.toBeNull();
     const during = await answers();
+    expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo']));
+    const pending = (await jobStore(env.DB).get(rebuild!))!;
+    expect(await rekickStalledJobs(env, pending.lastUpdateAt + STALL_MS + 1)).toContain(rebuild);
     expect(during).toEqual({ ...before, registry: before.ny });
     const job = await waitUntil(
       () =>
@@ -259,6 +277,11 @@ describe('daily mileage rows keyed by the registry zone', () => {
     await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' }, Date.now(), 'rebuild-not-run');
     await rebuildDeviceDays(ch(), env.DB, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
     expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo', 'America/New_York']));
+    expect(await answers()).toEqual({ ...before, registry: before.tokyo });
+    // An earlier rebuild ending meanwhile does not stop the reads looking for the other zone's
+    // rows: only the rebuild the last change named does.
+    await finishMileageRebuild(env.DB, p.id, 'tokyo-2', 'an-earlier-rebuild');
+    expect(await rebuildMarker(p.id, 'tokyo-2')).toBe('rebuild-not-run');
     expect(await answers()).toEqual({ ...before, registry: before.tokyo });
   });
 
