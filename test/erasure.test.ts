@@ -283,7 +283,7 @@ describe('erasure requests', () => {
     }
     const fleetRows = async (deviceId: string) => {
       const counts: Record<string, number> = {};
-      for (const table of ['fleet_live', 'fleet_stretches', 'fleet_trips', 'fleet_mileage']) {
+      for (const table of ['fleet_live', 'fleet_stretches', 'fleet_trips', 'fleet_mileage_days']) {
         const [r] = await ch().query<{ n: number | string }>(`SELECT count() AS n FROM ${table} WHERE project_id = {p:String} AND device_id = {d:String}`, { p: p.id, d: deviceId });
         counts[table] = Number(r!.n);
       }
@@ -295,7 +295,7 @@ describe('erasure requests', () => {
 
     const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
     expect(job.state).toBe('succeeded');
-    expect(await fleetRows(A)).toEqual({ fleet_live: 0, fleet_stretches: 0, fleet_trips: 0, fleet_mileage: 0 });
+    expect(await fleetRows(A)).toEqual({ fleet_live: 0, fleet_stretches: 0, fleet_trips: 0, fleet_mileage_days: 0 });
     expect(await fleetRows(B)).toEqual(bBefore);
     const registry = await getJson<{ devices: Array<{ deviceId: string }> }>(p, '/v1/devices');
     expect(registry.body.devices.map((d) => d.deviceId)).toEqual([B]);

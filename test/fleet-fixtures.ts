@@ -333,7 +333,7 @@ export async function currentFleetRows(projectId: string): Promise<Record<'stret
     q(`SELECT ${TRIP_COLUMNS} FROM (
          SELECT ${TRIP_COLUMNS}, deleted FROM fleet_trips WHERE project_id = {p:String} ORDER BY device_id, start_at_ms, version DESC LIMIT 1 BY device_id, start_at_ms)
         WHERE deleted = 0 ORDER BY device_id, start_at_ms`),
-    q(`SELECT device_id, toString(day) AS day_text, zone, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage WHERE project_id = {p:String}
+    q(`SELECT device_id, toString(day) AS day_text, zone, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage_days WHERE project_id = {p:String}
         ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`),
     q(`SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift FROM (
          SELECT device_id, fix_id, at_ms, lat, lon, speed_kmh, heading, accuracy_m, altitude_m, ignition, counted_lat, counted_lon, counted_at_ms, moved_by_drift, deleted

@@ -157,7 +157,7 @@ describe('a recompute that fails part-way', () => {
     // insert refused): the pass fails, and its span stays pending for a retry.
     await storeFixes(failing.id, 'van-3', tail);
     const real = ch();
-    const refusing: typeof real = { ...real, insert: (table, rows) => (table === 'fleet_mileage' ? Promise.reject(new Error('ClickHouse refused the insert')) : real.insert(table, rows)) };
+    const refusing: typeof real = { ...real, insert: (table, rows) => (table === 'fleet_mileage_days' ? Promise.reject(new Error('ClickHouse refused the insert')) : real.insert(table, rows)) };
     await expect(pass(2, tail, refusing)).rejects.toThrow(/refused/);
     // The retry of the span puts every row right.
     expect((await pass(3, tail))[0]).not.toBeInstanceOf(Error);

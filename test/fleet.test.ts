@@ -1,12 +1,15 @@
 // Fleet storage and recompute through the real ingest path: shuffled, duplicated, batched positions
 // give the trips, mileage and track of an in-order upload; days split at local midnight; mileage
 // is read from its aggregate.
-import { env, SELF } from 'cloudflare:test';
+import { createExecutionContext, env, SELF } from 'cloudflare:test';
+import worker from '../src/index';
+import { rekickStalledJobs, STALL_MS } from '../src/jobs/engine';
+import { jobStore } from '../src/jobs/store';
 import { describe, expect, it } from 'vitest';
 import { deleteRows } from '../src/clickhouse/mutations';
 import { haversineM } from '../src/fleet/geo';
 import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
-import { upsertVehicle } from '../src/fleet/live';
+import { finishMileageRebuild, upsertVehicle } from '../src/fleet/live';
 import { rebuildDeviceDays, recomputeDevice, recomputeDevices, type PositionSpan } from '../src/fleet/recompute';
 import { DEFAULT_FLEET_RULES } from '../src/fleet/rules';
 import { readFixes, readFixesOf } from '../src/fleet/store';
@@ -163,7 +166,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
   const storedDays = (projectId: string) =>
     ch().query<{ device_id: string; day: string; zone: string }>(
       `SELECT device_id, day, zone FROM (
-         SELECT device_id, toString(day) AS day, zone, bucket_ms FROM fleet_mileage WHERE project_id = {p:String}
+         SELECT device_id, toString(day) AS day, zone, bucket_ms FROM fleet_mileage_days WHERE project_id = {p:String}
           ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone)
         WHERE length(bucket_ms) > 0 ORDER BY device_id, day, zone`,
       { p: projectId },
@@ -208,9 +211,13 @@ describe('daily mileage rows keyed by the registry zone', () => {
       tokyo: (await mileageOf(p, `${days}&tz=Asia/Tokyo`)).body.days,
       utc: (await mileageOf(p, `${days}&tz=UTC`)).body.days,
       ny: (await mileageOf(p, `${days}&tz=America/New_York`)).body.days,
+      // One New York day: while the rows are Tokyo's and the registry says New York, the Tokyo row
+      // of the next date holds most of it (read only because the rebuild is not done).
+      nyDay: (await mileageOf(p, `deviceId=tokyo-2&from=${date(D)}&to=${date(D)}&tz=America/New_York`)).body.days,
     });
     const before = await answers();
     expect(before.registry).toEqual(before.tokyo);
+    expect(before.nyDay).toEqual(before.ny.filter((d) => d.date === date(D)));
     const tokyoMidnight = D + 15 * HOUR;
     const utcMidnight = D + DAY_MS;
     // Tokyo: the first drive split at 15:00 UTC, the second all on the next day.
@@ -234,8 +241,20 @@ describe('daily mileage rows keyed by the registry zone', () => {
     expect((await mileageRead(p, days)).rows).toBe(2);
 
     // A new zone: the answer right after the PUT, whatever the rebuild's progress, counts nothing twice.
-    expect((await put(p, 'tokyo-2', { timezone: 'America/New_York' })).status).toBe(200);
+    // The job queue refuses: the rebuild waits (for the watchdog) and the rows stay Tokyo's.
+    const refusing = { ...env, JOBS_QUEUE: { send: () => Promise.reject(new Error('queue unavailable')), sendBatch: () => Promise.reject(new Error('queue unavailable')) } };
+    const changed = await worker.fetch(
+      new Request('http://gw/v1/devices/tokyo-2', { method: 'PUT', headers: p.headers, body: JSON.stringify({ timezone: 'America/New_York' }) }),
+      refusing as unknown as typeof env,
+      createExecutionContext(),
+    );
+    expect(changed.status).toBe(200);
+    const rebuild = await rebuildMarker(p.id, 'tokyo-2');
+    expect(rebuild).not.toBeNull();
     const during = await answers();
+    expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo']));
+    const pending = (await jobStore(env.DB).get(rebuild!))!;
+    expect(await rekickStalledJobs(env, pending.lastUpdateAt + STALL_MS + 1)).toContain(rebuild);
     expect(during).toEqual({ ...before, registry: before.ny });
     const job = await waitUntil(
       () =>
@@ -246,16 +265,23 @@ describe('daily mileage rows keyed by the registry zone', () => {
       { timeoutMs: 120_000 },
     );
     expect(job?.state).toBe('succeeded');
+    // Once the rebuild is done, reads stop looking for rows of other zones.
+    expect(await rebuildMarker(p.id, 'tokyo-2')).toBeNull();
     // Rebuilt in New York dates (both drives are on one New York day), the Tokyo rows gone.
     expect(await storedDays(p.id)).toEqual([{ device_id: 'tokyo-2', day: date(D), zone: 'America/New_York' }]);
     expect(await answers()).toEqual({ ...before, registry: before.ny });
     expect((await mileageRead(p, days)).rows).toBe(1);
 
-    // Half a rebuild: back to Tokyo in the registry alone (no job), then only the first drive's
-    // stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
-    await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' });
+    // Half a rebuild: back to Tokyo in the registry (its rebuild not run), then only the first
+    // drive's stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
+    await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' }, Date.now(), 'rebuild-not-run');
     await rebuildDeviceDays(ch(), env.DB, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
     expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo', 'America/New_York']));
+    expect(await answers()).toEqual({ ...before, registry: before.tokyo });
+    // An earlier rebuild ending meanwhile does not stop the reads looking for the other zone's
+    // rows: only the rebuild the last change named does.
+    await finishMileageRebuild(env.DB, p.id, 'tokyo-2', 'an-earlier-rebuild');
+    expect(await rebuildMarker(p.id, 'tokyo-2')).toBe('rebuild-not-run');
     expect(await answers()).toEqual({ ...before, registry: before.tokyo });
   });
 
@@ -290,6 +316,12 @@ describe('daily mileage rows keyed by the registry zone', () => {
     expect(utc.body.days.every((d) => d.distanceM > 40_000)).toBe(true);
   });
 });
+
+/** The zone-change rebuild a vehicle's mileage reads wait for (vehicles.mileage_rebuild_job). */
+async function rebuildMarker(projectId: string, deviceId: string): Promise<string | null> {
+  const row = await env.DB.prepare('SELECT mileage_rebuild_job AS job FROM vehicles WHERE project_id = ?1 AND device_id = ?2').bind(projectId, deviceId).first<{ job: string | null }>();
+  return row?.job ?? null;
+}
 
 describe('history that arrives without the ingest consumer', () => {
   it('appears in trips and mileage after POST /admin/fleet/recompute', async () => {

@@ -36,11 +36,11 @@ async function filledProject(name: string): Promise<Filled> {
   await archiveOldChunks(p.id, '2025-07', [july]);
   // Fleet state of the project: a registry entry and a daily-mileage row.
   expect((await SELF.fetch('http://gw/v1/devices/veh-1', { method: 'PUT', headers: p.headers, body: JSON.stringify({ name: 'Van 1' }) })).status).toBe(200);
-  await ch().insert('fleet_mileage', [{ project_id: p.id, device_id: 'veh-1', day: '2025-06-03', bucket_ms: [JUNE], distance_m: [1200.5], moving_ms: [600_000], trip_starts: [1], version: 1 }]);
+  await ch().insert('fleet_mileage_days', [{ project_id: p.id, device_id: 'veh-1', day: '2025-06-03', bucket_ms: [JUNE], distance_m: [1200.5], moving_ms: [600_000], trip_starts: [1], version: 1 }]);
   return { p, old: [...june, ...july], liveEvents };
 }
 
-const TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map', 'fleet_mileage'] as const;
+const TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map', 'fleet_mileage_days'] as const;
 
 async function projectCounts(projectId: string) {
   const n = async (sql: string) => Number((await ch().query<{ n: number }>(sql, { p: projectId }))[0]!.n);

@@ -5,7 +5,7 @@ import type { ClickHouse } from './client';
 import type { QueryParams } from './params';
 
 /** Tables rows may be deleted from (a table name cannot be a query parameter). */
-export const DELETABLE_TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map', 'fleet_stretches', 'fleet_trips', 'fleet_mileage', 'fleet_live'] as const;
+export const DELETABLE_TABLES = ['events', 'event_payloads', 'sessions', 'profile_ops', 'legacy_id_map', 'fleet_stretches', 'fleet_trips', 'fleet_mileage_days', 'fleet_live'] as const;
 export type DeletableTable = (typeof DELETABLE_TABLES)[number];
 
 /** A mutation that has not finished in this long fails the caller (the job retries it; it is idempotent). */

@@ -222,6 +222,12 @@ export const vehicles = sqliteTable(
     group: text('group'),
     /** An IANA zone: the default for the vehicle's daily mileage. */
     timezone: text('timezone'),
+    /**
+     * The zone-change rebuild (a fleet_recompute job id) after whose end every daily mileage row of
+     * the vehicle is keyed by days of `timezone`; null when they all are. Until then rows of other
+     * zones may exist and mileage reads widen the vehicle's window by a day each side for them.
+     */
+    mileageRebuildJob: text('mileage_rebuild_job'),
     updatedAt: integer('updated_at').notNull(),
   },
   (t) => [primaryKey({ columns: [t.projectId, t.deviceId] }), index('vehicles_group_idx').on(t.projectId, t.group)],

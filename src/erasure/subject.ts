@@ -44,7 +44,7 @@ function profileSessionsWhere(): string {
 }
 
 /** The tables of events and what they carry (fleet tables are derived per device: see FLEET_TABLES). */
-type EventTable = Exclude<DeletableTable, 'fleet_stretches' | 'fleet_trips' | 'fleet_mileage' | 'fleet_live'>;
+type EventTable = Exclude<DeletableTable, 'fleet_stretches' | 'fleet_trips' | 'fleet_mileage_days' | 'fleet_live'>;
 
 /** WHERE of each table's rows of the subject. All but `events` find them through `events`, so `events` goes last. */
 function tableWhere(s: Subject, table: EventTable): string {
@@ -185,7 +185,7 @@ export async function countProject(ch: ClickHouse, projectId: string): Promise<C
 }
 
 /** What a device's positions were turned into (trips, stretches, mileage, live position): derived rows. */
-export const FLEET_TABLES: readonly DeletableTable[] = ['fleet_live', 'fleet_mileage', 'fleet_trips', 'fleet_stretches'];
+export const FLEET_TABLES: readonly DeletableTable[] = ['fleet_live', 'fleet_mileage_days', 'fleet_trips', 'fleet_stretches'];
 
 export async function deleteProjectRows(ch: ClickHouse, projectId: string): Promise<void> {
   for (const table of [...FLEET_TABLES, ...DELETE_ORDER]) await deleteRows(ch, table, 'project_id = {projectId:String}', { projectId });

@@ -20,9 +20,20 @@ export type VehiclePatch = Partial<Omit<Vehicle, 'deviceId'>>;
 
 const toVehicle = (r: typeof vehicles.$inferSelect): Vehicle => ({ deviceId: r.deviceId, name: r.name, plate: r.plate, driver: r.driver, group: r.group, timezone: r.timezone });
 
-/** Sets the given fields of a vehicle's entry (absent ones keep their value; null clears). */
-export async function upsertVehicle(d1: D1Database, projectId: string, deviceId: string, patch: VehiclePatch, nowMs = Date.now()): Promise<Vehicle> {
-  const set = { ...patch, updatedAt: nowMs };
+/**
+ * Sets the given fields of a vehicle's entry (absent ones keep their value; null clears).
+ * `mileageRebuildJob` (given with a zone change): the rebuild that leaves its mileage rows all in
+ * the new zone, null when they already are.
+ */
+export async function upsertVehicle(
+  d1: D1Database,
+  projectId: string,
+  deviceId: string,
+  patch: VehiclePatch,
+  nowMs = Date.now(),
+  mileageRebuildJob?: string | null,
+): Promise<Vehicle> {
+  const set = { ...patch, ...(mileageRebuildJob !== undefined ? { mileageRebuildJob } : {}), updatedAt: nowMs };
   const [row] = await drizzle(d1)
     .insert(vehicles)
     .values({ projectId, deviceId, name: null, plate: null, driver: null, group: null, timezone: null, ...set })
@@ -40,6 +51,29 @@ export async function getVehicle(d1: D1Database, projectId: string, deviceId: st
 export async function listVehicles(d1: D1Database, projectId: string, group?: string): Promise<Vehicle[]> {
   const where = group === undefined ? eq(vehicles.projectId, projectId) : and(eq(vehicles.projectId, projectId), eq(vehicles.group, group));
   return (await drizzle(d1).select().from(vehicles).where(where).orderBy(asc(vehicles.deviceId)).all()).map(toVehicle);
+}
+
+/**
+ * The project's vehicles whose mileage rows may be keyed by another zone than their registry zone
+ * (a zone-change rebuild not finished yet): mileage reads widen their window. Read after the
+ * registry entries, so a zone change between the two reads is seen here.
+ */
+export async function mileageRebuildDevices(d1: D1Database, projectId: string): Promise<Set<string>> {
+  const rows = await drizzle(d1)
+    .select({ deviceId: vehicles.deviceId })
+    .from(vehicles)
+    .where(and(eq(vehicles.projectId, projectId), isNotNull(vehicles.mileageRebuildJob)))
+    .all();
+  return new Set(rows.map((r) => r.deviceId));
+}
+
+/** The zone-change rebuild `jobId` is done: the vehicle's mileage rows are all of its registry zone, unless a later change started another. */
+export async function finishMileageRebuild(d1: D1Database, projectId: string, deviceId: string, jobId: string): Promise<void> {
+  await drizzle(d1)
+    .update(vehicles)
+    .set({ mileageRebuildJob: null })
+    .where(and(eq(vehicles.projectId, projectId), eq(vehicles.deviceId, deviceId), eq(vehicles.mileageRebuildJob, jobId)))
+    .run();
 }
 
 /** Devices that ever sent positions (they have a fleet cursor), registered or not. */

@@ -12,7 +12,7 @@ import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import type { EventRow } from '../pipeline/messages';
 import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
-import { registryZones } from './live';
+import { finishMileageRebuild, registryZones } from './live';
 import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
 import { localDates, localDayOf, localMidnights } from './mileage';
@@ -421,7 +421,7 @@ export async function recomputePasses(
   // The daily rows and live position before the trips and stretches they derive from: a retry
   // compares with the stored trips and stretches (and goes on from the stretch's state), so those
   // are written last, once nothing derived from them can be left behind.
-  await Promise.all([ch.insert('fleet_mileage', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
+  await Promise.all([ch.insert('fleet_mileage_days', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
   await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
   for (const { p, w } of go) outcomes[p.index] = w.result;
   return outcomes;
@@ -647,16 +647,18 @@ async function nextVersion(db: D1Database, projectId: string, deviceId: string):
  * version, so nothing they held is lost (and a reader never double-counts meanwhile: see
  * mileageSpans). Skipped when the zone changed again since: the rebuild for that zone does it.
  */
-async function dropOtherZones(ch: ClickHouse, db: D1Database, p: FleetRecomputeParams, deviceId: string, zone: string, belowVersion: number): Promise<void> {
+async function dropOtherZones(ch: ClickHouse, db: D1Database, jobId: string, p: FleetRecomputeParams, deviceId: string, zone: string, belowVersion: number): Promise<void> {
   const now = (await registryZones(db, [{ projectId: p.projectId, deviceId }])).get(deviceKey({ projectId: p.projectId, deviceId })) ?? 'UTC';
   if (now !== zone) return;
   // Only the days the rebuild went over (a local day lies within a day of its UTC date).
   await deleteRows(
     ch,
-    'fleet_mileage',
+    'fleet_mileage_days',
     'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64} AND day >= toDate({lo:String}) AND day <= toDate({hi:String})',
     { p: p.projectId, d: deviceId, z: storedZone(zone), v: belowVersion, lo: utcDay(p.sinceMs + DAY_MS), hi: utcDay(p.untilMs - DAY_MS) },
   );
+  // Only once they are gone: reads stop looking for them (unless a later zone change named another rebuild).
+  await finishMileageRebuild(db, p.projectId, deviceId, jobId);
 }
 
 /** Day windows per chunk: each is one bounded read and analysis, oldest first, so the history grows in order. */
@@ -732,7 +734,7 @@ export const fleetRecomputeRunner: JobRunner = {
       }
       if (toMs < p.untilMs) cursor = { ...cursor, atMs: toMs + 1 };
       else {
-        if (p.zone !== undefined && cursor.belowVersion !== undefined) await dropOtherZones(ch, env.DB, p, cursor.deviceId, p.zone, cursor.belowVersion);
+        if (p.zone !== undefined && cursor.belowVersion !== undefined) await dropOtherZones(ch, env.DB, job.id, p, cursor.deviceId, p.zone, cursor.belowVersion);
         const next = await nextDevice(ch, p, cursor.deviceId);
         cursor = next === null ? null : await startAt(next);
       }

@@ -18,7 +18,7 @@ const DAY_MS = 86_400_000;
  */
 export async function createRezoneJob(env: Env, projectId: string, deviceId: string, zone: string): Promise<string | null> {
   const [row] = await clickhouse(getConfig(env).clickhouse).query<{ n: number; lo: string; hi: string }>(
-    `SELECT toUInt64(count()) AS n, toString(min(day)) AS lo, toString(max(day)) AS hi FROM fleet_mileage
+    `SELECT toUInt64(count()) AS n, toString(min(day)) AS lo, toString(max(day)) AS hi FROM fleet_mileage_days
       WHERE project_id = {p:String} AND device_id = {d:String} AND zone != {z:String}`,
     { p: projectId, d: deviceId, z: storedZone(zone) },
   );

@@ -472,23 +472,31 @@ interface MileageRow {
 const MAX_WEST_MS = 12 * 3_600_000;
 const MAX_EAST_MS = 14 * 3_600_000;
 
-/** A device whose day rows a read needs: those of `zone` (its registry zone) overlapping [startMs, endMs). */
+/**
+ * A device whose day rows a read needs: those of `zone` (its registry zone) overlapping [startMs,
+ * endMs). `otherZones`: rows of other zones may exist (a zone-change rebuild not finished yet).
+ */
 export interface MileageRead {
   deviceId: string;
   zone: string;
   startMs: number;
   endMs: number;
+  otherZones?: boolean;
 }
 
+const MILEAGE_ROWS = `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage_days
+      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)`;
+const NEWEST_PER_KEY = 'ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone';
+
 /**
- * Current day rows of each device that overlap its window, in one query (one pass over the
- * project's rows, whatever the mix of zones): the aggregate, never raw fixes. Rows of the device's
- * `zone` are kept by their own dates, so N local days of that zone are N rows per device. Rows of
- * any other zone (a vehicle whose zone changed, until the rebuild has replaced them) are kept over
- * every date that can overlap the window; see mileageSpans for how the two are combined. The
- * windows are applied here, not in the query: joined as a table they would add a row read per
- * device, and ClickHouse reads whole granules of the devices' rows either way. `readRows` is what
- * ClickHouse reports it read; `rows` are the rows kept.
+ * Current day rows of each device that overlap its window: the aggregate, never raw fixes. The
+ * table is sorted by (project, day, device), so one query over the window's dates reads the
+ * project's rows of those days, about one per vehicle-day for a fleet. Rows of the device's `zone`
+ * are kept by their own dates, so N local days of that zone are N rows per device. Rows of any
+ * other zone can overlap the window from a date either side: those dates are read only for the
+ * devices that may have such rows (`otherZones`), in a second query; see mileageSpans for how the
+ * zones are combined. The windows are applied here, not in the query: joined as a table they would
+ * add a row read per device. `readRows` is what ClickHouse reports it read; `rows` those kept.
  */
 export async function readMileageRows(ch: ClickHouse, projectId: string, reads: readonly MileageRead[]): Promise<{ rows: StoredMileageDayRow[]; readRows: number }> {
   const wanted = reads.filter((r) => r.endMs > r.startMs);
@@ -498,28 +506,39 @@ export async function readMileageRows(ch: ClickHouse, projectId: string, reads: 
     wanted.map((r) => {
       let f = dayOf.get(r.zone);
       if (!f) dayOf.set(r.zone, (f = localDates(r.zone)));
-      return [r.deviceId, { zone: storedZone(r.zone), lo: f(r.startMs), hi: f(r.endMs - 1), anyLo: utcDay(r.startMs - MAX_WEST_MS), anyHi: utcDay(r.endMs - 1 + MAX_EAST_MS) }];
+      const lo = f(r.startMs);
+      const hi = f(r.endMs - 1);
+      const other = r.otherZones === true;
+      return [r.deviceId, { zone: storedZone(r.zone), lo, hi, other, anyLo: other ? utcDay(r.startMs - MAX_WEST_MS) : lo, anyHi: other ? utcDay(r.endMs - 1 + MAX_EAST_MS) : hi }];
     }),
   );
-  const { rows, readRows } = await ch.queryStats<MileageRow>(
-    `SELECT device_id, toString(day) AS day_text, zone, version, bucket_ms, distance_m, moving_ms, trip_starts FROM fleet_mileage
-      WHERE project_id = {p:String} AND device_id IN (SELECT value FROM devices)
-        AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String})
-      ORDER BY device_id, day, zone, version DESC LIMIT 1 BY device_id, day, zone`,
-    {
-      p: projectId,
-      anyFrom: utcDay(Math.min(...wanted.map((r) => r.startMs)) - MAX_WEST_MS),
-      anyTo: utcDay(Math.max(...wanted.map((r) => r.endMs)) - 1 + MAX_EAST_MS),
-    },
-    { devices: [...windows.keys()] },
-  );
-  const kept = rows.filter((r) => {
+  const all = [...windows.values()];
+  const from = all.reduce((m, w) => (w.lo < m ? w.lo : m), all[0]!.lo);
+  const to = all.reduce((m, w) => (w.hi > m ? w.hi : m), all[0]!.hi);
+  const widened = [...windows].filter(([, w]) => w.other).map(([d]) => d);
+  const [own, others] = await Promise.all([
+    ch.queryStats<MileageRow>(`${MILEAGE_ROWS} AND day >= toDate({from:String}) AND day <= toDate({to:String}) ${NEWEST_PER_KEY}`, { p: projectId, from, to }, { devices: [...windows.keys()] }),
+    widened.length === 0
+      ? { rows: [] as MileageRow[], readRows: 0 }
+      : ch.queryStats<MileageRow>(
+          `${MILEAGE_ROWS} AND day >= toDate({anyFrom:String}) AND day <= toDate({anyTo:String}) AND (day < toDate({from:String}) OR day > toDate({to:String})) ${NEWEST_PER_KEY}`,
+          {
+            p: projectId,
+            from,
+            to,
+            anyFrom: utcDay(Math.min(...wanted.filter((r) => r.otherZones).map((r) => r.startMs)) - MAX_WEST_MS),
+            anyTo: utcDay(Math.max(...wanted.filter((r) => r.otherZones).map((r) => r.endMs)) - 1 + MAX_EAST_MS),
+          },
+          { devices: widened },
+        ),
+  ]);
+  const kept = [...own.rows, ...others.rows].filter((r) => {
     const w = windows.get(r.device_id);
     if (!w) return false;
     return r.zone === w.zone ? r.day_text >= w.lo && r.day_text <= w.hi : r.day_text >= w.anyLo && r.day_text <= w.anyHi;
   });
   return {
-    readRows,
+    readRows: own.readRows + others.readRows,
     rows: kept.map((r) => ({
       deviceId: r.device_id,
       day: r.day_text,
@@ -530,7 +549,7 @@ export async function readMileageRows(ch: ClickHouse, projectId: string, reads: 
   };
 }
 
-/** `fleet_mileage` rows. */
+/** `fleet_mileage_days` rows. */
 export function mileageInsertRows(v: Versioned, rows: readonly MileageDayRow[]): object[] {
   return rows.map((r) => ({
     project_id: v.projectId,

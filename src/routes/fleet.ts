@@ -11,7 +11,7 @@ import type { Env } from '../env';
 import { ApiError } from '../errors';
 import { averageSpeedKmh, simplifyTrack } from '../fleet/geo';
 import { planTrackRead } from '../fleet/incremental';
-import { emptyVehicle, getVehicle, listVehicles, liveView, positionDevices, type Vehicle } from '../fleet/live';
+import { emptyVehicle, getVehicle, listVehicles, liveView, mileageRebuildDevices, positionDevices, type Vehicle } from '../fleet/live';
 import { dailyMileage, InvalidDateError, localMidnights, parseDate } from '../fleet/mileage';
 import { readRules } from '../fleet/project-rules';
 import { FleetRecomputeParams } from '../fleet/recompute';
@@ -182,11 +182,13 @@ export async function readTrips(env: Env, projectId: string, q: z.infer<typeof T
 
 /**
  * Daily mileage from the day rows: GET /v1/mileage's answer. Each device's days are those of `tz`,
- * else of its registry zone, which its rows are keyed by; all devices are read in one query. `rows`
+ * else of its registry zone, which its rows are keyed by; all devices are read in one query (and
+ * the dates either side in a second one for devices whose zone-change rebuild is not done). `rows`
  * and `rowsRead` are the day rows returned and the rows ClickHouse read for them.
  */
 async function readMileage(env: Env, projectId: string, q: z.infer<typeof MileageQuery>, tz: string | undefined) {
   const vehicles = await selectVehicles(env, projectId, q);
+  const rebuilding = await mileageRebuildDevices(env.DB, projectId);
   const groups = new Map<string, { zone: string; rowZone: string; deviceIds: string[] }>();
   for (const v of vehicles) {
     const rowZone = v.timezone ?? 'UTC';
@@ -205,7 +207,7 @@ async function readMileage(env: Env, projectId: string, q: z.infer<typeof Mileag
       if (err instanceof InvalidDateError) throw new ApiError(400, 'invalid_date', err.message);
       throw err;
     }
-    for (const deviceId of g.deviceIds) windows.push({ deviceId, zone: g.rowZone, startMs: local[0]!.startMs, endMs: local[local.length - 1]!.endMs });
+    for (const deviceId of g.deviceIds) windows.push({ deviceId, zone: g.rowZone, startMs: local[0]!.startMs, endMs: local[local.length - 1]!.endMs, otherZones: rebuilding.has(deviceId) });
   }
   const read = await readMileageRows(clickhouse(getConfig(env).clickhouse), projectId, windows);
   const byDevice = new Map<string, StoredMileageDayRow[]>();

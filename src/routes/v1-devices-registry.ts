@@ -100,7 +100,8 @@ export const v1DevicesRegistryRoute = router()
     const before = patch.timezone !== undefined ? await getVehicle(c.env.DB, projectId, deviceId) : null;
     const zoneChange = patch.timezone !== undefined && (before?.timezone ?? 'UTC') !== (patch.timezone ?? 'UTC');
     const rebuild = zoneChange ? await createRezoneJob(c.env, projectId, deviceId, patch.timezone ?? 'UTC') : null;
-    const vehicle = await upsertVehicle(c.env.DB, projectId, deviceId, patch);
+    // Until the rebuild is done, reads of its mileage also look for rows of other zones.
+    const vehicle = await upsertVehicle(c.env.DB, projectId, deviceId, patch, Date.now(), zoneChange ? rebuild : undefined);
     if (rebuild) await sendCreatedJob(c.env, rebuild, 'fleet_recompute');
     return c.json(vehicle, 200);
   })
