@@ -7,27 +7,32 @@ import { jobStore } from '../jobs/store';
 import { storedZone } from './store';
 
 const DAY_MS = 86_400_000;
+/** Live positions are at most 5 days old: the days a consumer may still be writing in the old zone. */
+const RECENT_MS = 6 * DAY_MS;
 
 /**
  * Writes the job that rebuilds the device's day rows in `zone` ('UTC' for none) over the days its
- * rows of other zones cover; the job's id, or null when it has none. The job is stored before the
+ * rows of other zones cover and the last few days; the job's id. The job is stored before the
  * registry changes and its first chunk sent after (sendCreatedJob): a zone change is never stored
  * without its rebuild, and a rebuild whose change did not land rewrites the rows in the zone the
  * registry still names, which changes nothing. Until the job is done, reads combine the rows of
  * both zones without counting anything twice (mileageSpans).
  */
-export async function createRezoneJob(env: Env, projectId: string, deviceId: string, zone: string): Promise<string | null> {
+export async function createRezoneJob(env: Env, projectId: string, deviceId: string, zone: string): Promise<string> {
   const [row] = await clickhouse(getConfig(env).clickhouse).query<{ n: number; lo: string; hi: string }>(
     `SELECT toUInt64(count()) AS n, toString(min(day)) AS lo, toString(max(day)) AS hi FROM fleet_mileage_days
       WHERE project_id = {p:String} AND device_id = {d:String} AND zone != {z:String}`,
     { p: projectId, d: deviceId, z: storedZone(zone) },
   );
-  if (!row || Number(row.n) === 0) return null;
-  // A local day of any zone lies within a day either side of the same UTC date.
-  const sinceMs = Date.parse(`${row.lo}T00:00:00Z`) - DAY_MS;
-  // To a minute ahead at least: a consumer that looked the zone up before the change may still be
-  // writing rows of the old zone for recent days; the rebuild rewrites those days too.
-  const untilMs = Math.max(Date.parse(`${row.hi}T00:00:00Z`) + 2 * DAY_MS, Date.now() + 60_000);
+  const now = Date.now();
+  const some = row !== undefined && Number(row.n) > 0;
+  // A local day of any zone lies within a day either side of the same UTC date. With no rows of
+  // another zone yet, the job still covers the last days: a consumer that looked the zone up
+  // before the change may be writing rows of the old zone for them (positions are at most 5 days
+  // old), and the reads widen for the vehicle until the job is done.
+  const sinceMs = Math.min(some ? Date.parse(`${row!.lo}T00:00:00Z`) - DAY_MS : Infinity, now - RECENT_MS);
+  // To a minute ahead at least, for the same consumers.
+  const untilMs = Math.max(some ? Date.parse(`${row!.hi}T00:00:00Z`) + 2 * DAY_MS : -Infinity, now + 60_000);
   const job = await jobStore(env.DB).create(crypto.randomUUID(), 'fleet_recompute', { projectId, deviceId, sinceMs, untilMs, zone, reason: 'zone' }, Date.now());
   return job.id;
 }
