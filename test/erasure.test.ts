@@ -275,12 +275,14 @@ describe('erasure requests', () => {
         type: 'track',
         payload: { name: 'position', properties: { __deviceId: deviceId, __eventId: `${deviceId}-fix-${i}`, __timestamp: t0 + i * 10_000, lat: 52.5, lon: lon0 + i * 0.0003, speed: 30 } },
       }));
-    const posted = await postBatch(p, { events: [...drive(A, 13.4), ...drive(B, 13.5)] });
-    expect(((await posted.json()) as { accepted: number }).accepted).toBe(80);
+    // Registered before they drive: a zone set after positions arrived would start a rebuild job
+    // running beside the erasure.
     for (const d of [A, B]) {
       const put = await SELF.fetch(`http://gw/v1/devices/${d}`, { method: 'PUT', headers: p.headers, body: JSON.stringify({ name: `Van ${d}`, timezone: 'Europe/Berlin' }) });
       expect(put.status).toBe(200);
     }
+    const posted = await postBatch(p, { events: [...drive(A, 13.4), ...drive(B, 13.5)] });
+    expect(((await posted.json()) as { accepted: number }).accepted).toBe(80);
     const fleetRows = async (deviceId: string) => {
       const counts: Record<string, number> = {};
       for (const table of ['fleet_live', 'fleet_stretches', 'fleet_trips', 'fleet_mileage_days']) {

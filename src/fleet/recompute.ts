@@ -650,13 +650,12 @@ async function nextVersion(db: D1Database, projectId: string, deviceId: string):
 async function dropOtherZones(ch: ClickHouse, db: D1Database, jobId: string, p: FleetRecomputeParams, deviceId: string, zone: string, belowVersion: number): Promise<void> {
   const now = (await registryZones(db, [{ projectId: p.projectId, deviceId }])).get(deviceKey({ projectId: p.projectId, deviceId })) ?? 'UTC';
   if (now !== zone) return;
-  // Only the days the rebuild went over (a local day lies within a day of its UTC date).
-  await deleteRows(
-    ch,
-    'fleet_mileage_days',
-    'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64} AND day >= toDate({lo:String}) AND day <= toDate({hi:String})',
-    { p: p.projectId, d: deviceId, z: storedZone(zone), v: belowVersion, lo: utcDay(p.sinceMs + DAY_MS), hi: utcDay(p.untilMs - DAY_MS) },
-  );
+  // Only the days the rebuild went over (a local day lies within a day of its UTC date); counted
+  // first, as on 18.16 each delete is a mutation rewriting parts.
+  const where = 'project_id = {p:String} AND device_id = {d:String} AND zone != {z:String} AND version < {v:UInt64} AND day >= toDate({lo:String}) AND day <= toDate({hi:String})';
+  const params = { p: p.projectId, d: deviceId, z: storedZone(zone), v: belowVersion, lo: utcDay(p.sinceMs + DAY_MS), hi: utcDay(p.untilMs - DAY_MS) };
+  const [stale] = await ch.query<{ n: string }>(`SELECT count() AS n FROM fleet_mileage_days WHERE ${where}`, params);
+  if (Number(stale?.n ?? 0) > 0) await deleteRows(ch, 'fleet_mileage_days', where, params);
   // Only once they are gone: reads stop looking for them (unless a later zone change named another rebuild).
   await finishMileageRebuild(db, p.projectId, deviceId, jobId);
 }
