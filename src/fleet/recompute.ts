@@ -464,10 +464,13 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
     if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0, rebuildDays: d.rebuildDays });
   });
   try {
+    // Looked up once under the leases: a zone changed later is rebuilt by its job, which waits for
+    // the lease and rewrites the recent days after this holder (see createRezoneJob).
+    const zones = held.length ? await registryZones(db, held) : new Map<string, string>();
     while (held.length) {
-      // Looked up under the leases, each pass: a zone or rules changed before the pass are the ones
-      // it writes under (a rebuild for a zone change drops only rows written before it began).
-      const [zones, rulesOf] = await Promise.all([registryZones(db, held), fixedRules ? null : analysisRules(db, held.map((h) => h.projectId))]);
+      // Rules are read each pass: a rules job's span marked while this holder works is recomputed by
+      // it, under the rules as they are now.
+      const rulesOf = fixedRules ? null : await analysisRules(db, held.map((h) => h.projectId));
       // Versions grow across leases (seq) and across the passes of one lease.
       const inputs = held.map((h) => ({
         v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes },
