@@ -9,7 +9,7 @@ import { packEvent, unpackEvents } from '../src/device/packed';
 import { createOrUpgradeTables, databaseBytes, hasTables, MetaStore, RETIRED_META_KEYS } from '../src/device/schema';
 import { SESSION_RETENTION_MS, SessionStore } from '../src/device/session-store';
 import type { Session } from '../src/device/sessions';
-import type { DeviceErasureResult, DeviceIngest, DeviceIngestResult, DeviceState, PackedEvent, ProfileErasure } from '../src/device/types';
+import type { DeviceErasureResult, DeviceIngest, DeviceIngestResult, DeviceState, FleetLiveUpdate, PackedEvent, ProfileErasure } from '../src/device/types';
 import type { Env } from '../src/env';
 
 export { DEDUP_WINDOW_MS } from '../src/device/dedup-store';
@@ -239,6 +239,19 @@ export class DeviceObject extends DurableObject<Env> {
       pendingRows: outbox.pendingRows(),
       storageBytes: databaseBytes(this.sql),
     }));
+  }
+
+  /**
+   * The fleet recompute's live position for this vehicle (see LiveStore.setFleetLive): kept unless
+   * a newer pass wrote one. An object without storage is not created just to hold "none".
+   */
+  async setFleetLive(update: FleetLiveUpdate): Promise<boolean> {
+    if (!this.hasSchema() && update.live === null) return false;
+    return this.transaction(() => {
+      this.ensureSchema();
+      this.stores.live.claim(update.projectId, update.deviceId);
+      return this.stores.live.setFleetLive(update);
+    });
   }
 
   /** Current (unmerged) sessions, oldest first: for tests and operators. */

@@ -294,11 +294,16 @@ describe('erasure requests', () => {
     await waitUntil(() => fleetRows(A), (c) => (c.fleet_live ?? 0) > 0 && (c.fleet_stretches ?? 0) > 0);
     await waitUntil(() => fleetRows(B), (c) => (c.fleet_live ?? 0) > 0 && (c.fleet_stretches ?? 0) > 0);
     const bBefore = await fleetRows(B);
+    // Both objects hold their vehicle's live position.
+    for (const d of [A, B]) await waitUntil(() => deviceStub(p.id, d).state(), (st) => st?.fleetLive != null);
+    const bLive = (await deviceStub(p.id, B).state())!.fleetLive;
 
     const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
     expect(job.state).toBe('succeeded');
     expect(await fleetRows(A)).toEqual({ fleet_live: 0, fleet_stretches: 0, fleet_trips: 0, fleet_mileage_days: 0 });
     expect(await fleetRows(B)).toEqual(bBefore);
+    expect(await deviceStub(p.id, A).state()).toBeNull();
+    expect((await deviceStub(p.id, B).state())!.fleetLive).toEqual(bLive);
     const registry = await getJson<{ devices: Array<{ deviceId: string }> }>(p, '/v1/devices');
     expect(registry.body.devices.map((d) => d.deviceId)).toEqual([B]);
     const live = await getJson<{ vehicles: Array<{ deviceId: string }> }>(p, '/v1/fleet/live');

@@ -1,8 +1,11 @@
 // An in-order stream of positions continues the analysis from the state stored with the device's
 // last stretch: each recompute reads only its own fixes, and the stored rows are those of one
 // recompute of every fix. Late fixes and rows from before the stored state fall back to the window.
+// A pass whose device object does not take the live position is retried as a whole.
+import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { recomputePasses, type PassResult } from '../src/fleet/recompute';
+import { deviceStub } from '../src/device/stub';
+import { deviceObjectsLive, recomputePasses, type LiveWriter, type PassResult } from '../src/fleet/recompute';
 import { DEFAULT_FLEET_RULES, resolveFleetRules } from '../src/fleet/rules';
 import { parseResume, resumeText, stretchesFrom } from '../src/fleet/store';
 import type { Fix } from '../src/fleet/position';
@@ -167,5 +170,53 @@ describe('a recompute that fails part-way', () => {
     const [got, want] = await Promise.all([currentFleetRows(failing.id), currentFleetRows(reference.id)]);
     expect(got.trips).toHaveLength(1);
     expect(got).toEqual(want);
+  });
+});
+
+describe('a device object that does not take its live position', () => {
+  it("fails that device's pass only, writes none of its trips, and the retry leaves the object equal to the analysis", async () => {
+    const p = await createProject('fleet-live-refused');
+    const reference = await createProject('fleet-live-refused-ref');
+    const D = dayStart(2);
+    const drive = (seed: number) => {
+      const log = new FixLog(prng(seed), `r${seed}-`);
+      const end = straightDrive(log, HOME, D + 9 * HOUR, 120, 40);
+      log.park(end, D + 9 * HOUR + 120 * 5000, D + 9.5 * HOUR);
+      return log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() }));
+    };
+    const fixes = { refuser: drive(5), taker: drive(6) };
+    const span = (fs: Fix[]) => ({ fromMs: fs[0]!.atMs, toMs: fs[fs.length - 1]!.atMs });
+    const input = (projectId: string, deviceId: 'refuser' | 'taker', version: number) => ({ v: { projectId, deviceId, version }, span: span(fixes[deviceId]), rules: RULES });
+    for (const d of ['refuser', 'taker'] as const) {
+      await storeFixes(p.id, d, fixes[d]);
+      await storeFixes(reference.id, d, fixes[d]);
+    }
+
+    // The objects: the refuser's answers an error (overloaded, say), the taker's is the real one.
+    const objects = deviceObjectsLive(env);
+    const refusing: LiveWriter = async (updates) => {
+      const real = await objects(updates.filter((u) => u.deviceId !== 'refuser'));
+      let k = 0;
+      return updates.map((u) => (u.deviceId === 'refuser' ? new Error('object overloaded') : real[k++]!));
+    };
+    const [a, b] = await recomputePasses(ch(), [input(p.id, 'refuser', 1), input(p.id, 'taker', 1)], undefined, refusing);
+    expect(a).toBeInstanceOf(Error);
+    expect((a as Error).message).toMatch(/refuser did not take its live position: object overloaded/);
+    expect(b).not.toBeInstanceOf(Error);
+    const after = await currentFleetRows(p.id);
+    // Nothing the retry compares with was written for the refuser (its span stays pending).
+    expect(after.stretches.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
+    expect(after.trips.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
+    expect(after.trips.filter((r) => (r as { device_id: string }).device_id === 'taker')).toHaveLength(1);
+    const state = (d: string) => deviceStub(env, p.id, d).state();
+    expect((await state('taker'))!.fleetLive).toEqual(analyse(fixes.taker, RULES).live);
+    expect(await state('refuser')).toBeNull();
+
+    // The retry (a later pass) gives the refuser's object the analysis, and the rows of one clean pass.
+    const [retry] = await recomputePasses(ch(), [input(p.id, 'refuser', 2)], undefined, objects);
+    expect(retry).not.toBeInstanceOf(Error);
+    expect((await state('refuser'))!.fleetLive).toEqual(analyse(fixes.refuser, RULES).live);
+    await recomputePasses(ch(), [input(reference.id, 'refuser', 1), input(reference.id, 'taker', 1)]);
+    expect(await currentFleetRows(p.id)).toEqual(await currentFleetRows(reference.id));
   });
 });

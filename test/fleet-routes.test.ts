@@ -1,7 +1,8 @@
 // Fleet routes: the registry, live positions and statuses (a late fix never wins), and bad input —
 // coded 4xx, or empty answers, never another project's data.
-import { SELF } from 'cloudflare:test';
+import { env, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
+import { deviceStub } from '../src/device/stub';
 import type { Fix } from '../src/fleet/position';
 import { createProject, getJson, type TestProject } from './helpers';
 import { destination, HOME, HOUR, MIN, mileageOf, positionEvent, sendPositions, settled, tripsOf } from './fleet-fixtures';
@@ -62,6 +63,24 @@ describe('live positions', () => {
     expect(await changed.json()).toMatchObject({ deviceId: 'idler', name: 'Idler', plate: null, driver: 'Ida', group: 'north' });
     const after = await getJson<{ devices: Device[] }>(p, '/v1/devices');
     expect(after.body.devices.find((d) => d.deviceId === 'spare')).toMatchObject({ name: 'Spare', live: null });
+
+    // Each vehicle's own object keeps the same live position and status as the fleet list shows.
+    for (const v of live.body.vehicles) {
+      const own = await getJson<{ live: Device['live']; lastPosition: { at: string } | null }>(p, `/v1/devices/${v.deviceId}`);
+      const { deviceId: _d, name: _n, plate: _p, group: _g, ...position } = v;
+      expect(own.body.live, v.deviceId).toEqual(position);
+    }
+    // The object's last position as received is the ignored fuzzy fix; its live position is not.
+    expect((await getJson<{ lastPosition: { at: string } }>(p, '/v1/devices/mover')).body.lastPosition.at).toBe(new Date(now - MIN).toISOString());
+    // A recompute pass that finishes late (an older version) never sets an older answer back.
+    const mover = deviceStub(env, p.id, 'mover');
+    const kept = (await mover.state())!.fleetLive;
+    expect(kept?.fix.atMs).toBe(newest.atMs);
+    expect(await mover.setFleetLive({ projectId: p.id, deviceId: 'mover', version: 1, live: null })).toBe(false);
+    expect((await mover.state())!.fleetLive).toEqual(kept);
+    // A device that never sent anything gets no object just to hold "none".
+    expect(await deviceStub(env, p.id, 'ghost').setFleetLive({ projectId: p.id, deviceId: 'ghost', version: 1, live: null })).toBe(false);
+    expect(await deviceStub(env, p.id, 'ghost').state()).toBeNull();
   });
 });
 

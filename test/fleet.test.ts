@@ -7,6 +7,7 @@ import { rekickStalledJobs, STALL_MS } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
 import { describe, expect, it } from 'vitest';
 import { deleteRows } from '../src/clickhouse/mutations';
+import { deviceStub } from '../src/device/stub';
 import { haversineM } from '../src/fleet/geo';
 import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet/position';
 import { finishMileageRebuild, upsertVehicle } from '../src/fleet/live';
@@ -56,6 +57,21 @@ describe('a synthetic day through the ingest path', () => {
     await sendPositions(p, ordered, 500);
     await settled(p, 'van-shuffled', total);
     await settled(p, 'van-ordered', total);
+
+    // The live position each device object keeps is the analysis of the whole set of stored fixes,
+    // whatever the order they came in, and ClickHouse's copy (fleet-wide lists) is the same fix.
+    const liveOf = async (deviceId: string) => (await deviceStub(env, p.id, deviceId).state())!.fleetLive;
+    const shuffledLive = await liveOf('van-shuffled');
+    expect(shuffledLive).toEqual(analyse(await readFixes(ch(), p.id, 'van-shuffled', DAY - DAY_MS, DAY + 2 * DAY_MS), DEFAULT_FLEET_RULES).live);
+    expect(await liveOf('van-ordered')).toEqual(analyse(await readFixes(ch(), p.id, 'van-ordered', DAY - DAY_MS, DAY + 2 * DAY_MS), DEFAULT_FLEET_RULES).live);
+    const { id: _id, ...newest } = shuffledLive!.fix;
+    expect((await liveOf('van-ordered'))!.fix).toMatchObject(newest);
+    const lastAccepted = [...day.fixes].filter((f) => (f.accuracyM ?? 0) <= 100).sort((x, y) => x.atMs - y.atMs).at(-1)!;
+    expect(newest).toMatchObject({ atMs: lastAccepted.atMs, lat: lastAccepted.lat, lon: lastAccepted.lon });
+    const listed = await getJson<{ vehicles: Array<{ deviceId: string; lat: number; lon: number; at: string; status: string }> }>(p, '/v1/fleet/live');
+    const own = await getJson<{ live: { lat: number; lon: number; at: string; status: string } | null }>(p, '/v1/devices/van-shuffled');
+    expect(own.body.live).toEqual(expect.objectContaining({ lat: newest.lat, lon: newest.lon, at: new Date(newest.atMs).toISOString() }));
+    expect(listed.body.vehicles.find((v) => v.deviceId === 'van-shuffled')).toMatchObject(own.body.live!);
 
     const window = `since=${DAY - HOUR}&until=${DAY + 25 * HOUR}`;
     const a = await tripsOf(p, `deviceId=van-shuffled&${window}`);
@@ -195,7 +211,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
     log.park(at, b + 2410 * 1000, b + 70 * MIN);
     await storeFixes(p.id, 'tokyo-2', log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() })));
     const span = { fromMs: log.fixes[0]!.atMs, toMs: log.fixes[log.fixes.length - 1]!.atMs };
-    await recomputeDevice(ch(), env.DB, p.id, 'tokyo-2', DEFAULT_FLEET_RULES, span);
+    await recomputeDevice(ch(), env, p.id, 'tokyo-2', DEFAULT_FLEET_RULES, span);
 
     const trips = (await tripsOf(p, `deviceId=tokyo-2&since=${D}&until=${D + 2 * DAY_MS}`)).body.trips;
     expect(trips).toHaveLength(2);
@@ -275,7 +291,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
     // Half a rebuild: back to Tokyo in the registry (its rebuild not run), then only the first
     // drive's stretch rewritten in Tokyo. Rows of both zones overlap; each instant is counted once.
     await upsertVehicle(env.DB, p.id, 'tokyo-2', { timezone: 'Asia/Tokyo' }, Date.now(), 'rebuild-not-run');
-    await rebuildDeviceDays(ch(), env.DB, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
+    await rebuildDeviceDays(ch(), env, p.id, 'tokyo-2', { fromMs: a, toMs: a + 40 * MIN });
     expect(new Set((await storedDays(p.id)).map((r) => r.zone))).toEqual(new Set(['Asia/Tokyo', 'America/New_York']));
     expect(await answers()).toEqual({ ...before, registry: before.tokyo });
     // An earlier rebuild ending meanwhile does not stop the reads looking for the other zone's
@@ -300,7 +316,7 @@ describe('daily mileage rows keyed by the registry zone', () => {
         log.park(at, start + 50 * MIN, start + 70 * MIN);
       }
       await storeFixes(p.id, v, log.fixes.map((f) => ({ ...f, id: crypto.randomUUID() })));
-      await recomputeDevice(ch(), env.DB, p.id, v, DEFAULT_FLEET_RULES, { fromMs: log.fixes[0]!.atMs, toMs: log.fixes[log.fixes.length - 1]!.atMs });
+      await recomputeDevice(ch(), env, p.id, v, DEFAULT_FLEET_RULES, { fromMs: log.fixes[0]!.atMs, toMs: log.fixes[log.fixes.length - 1]!.atMs });
     }
     // Tokyo dates D+1 … D+8 hold the drives: 8 rows a vehicle, not 9 UTC days.
     expect((await storedDays(p.id)).filter((r) => r.device_id === 'jp-1').map((r) => r.day)).toEqual(Array.from({ length: 8 }, (_, d) => date(D + (d + 1) * DAY_MS)));
@@ -439,12 +455,12 @@ describe('the devices of a batch recomputed together', () => {
         }
       }
       // One run for every device of `together` and `other`; one device at a time for `alone`.
-      const passes = await recomputeDevices(ch(), env.DB, spans);
+      const passes = await recomputeDevices(ch(), env, spans);
       expect([...passes.values()].every((n) => n >= 1), JSON.stringify([...passes])).toBe(true);
       expect(passes.size).toBe(spans.length);
       for (const d of rounds[0]!) {
         const fixes = d.parts[round]!;
-        if (fixes.length) expect(await recomputeDevice(ch(), env.DB, alone.id, d.id, DEFAULT_FLEET_RULES, spanOf(alone.id, d.id, fixes))).toBeGreaterThan(0);
+        if (fixes.length) expect(await recomputeDevice(ch(), env, alone.id, d.id, DEFAULT_FLEET_RULES, spanOf(alone.id, d.id, fixes))).toBeGreaterThan(0);
       }
     }
 
@@ -487,20 +503,20 @@ describe('a device another consumer holds', () => {
         .first<{ pendingFrom: number | null; pendingTo: number | null; dirty: number; seq: number; token: string | null }>();
 
     await storeFixes(p.id, 'held-1', first);
-    expect((await recomputeDevices(ch(), env.DB, [span(first)])).get(`${p.id}\u0000held-1`)).toBe(1);
+    expect((await recomputeDevices(ch(), env, [span(first)])).get(`${p.id}\u0000held-1`)).toBe(1);
     expect(await cursor()).toMatchObject({ pendingFrom: null, seq: 1, token: null });
 
     // Another consumer holds the device: this run only widens its pending span.
     await env.DB.prepare('UPDATE fleet_cursors SET lease_token = ?3, lease_until = ?4 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'held-1', 'someone-else', Date.now() + 60_000).run();
     await storeFixes(p.id, 'held-1', rest);
-    expect((await recomputeDevices(ch(), env.DB, [span(rest)])).get(`${p.id}\u0000held-1`)).toBe(0);
+    expect((await recomputeDevices(ch(), env, [span(rest)])).get(`${p.id}\u0000held-1`)).toBe(0);
     const marked = await cursor();
     expect(marked).toMatchObject({ pendingFrom: rest[0]!.atMs, pendingTo: rest[rest.length - 1]!.atMs, seq: 1, token: 'someone-else' });
     expect((await tripsOf(p, `deviceId=held-1&since=${D}&until=${D + DAY_MS}`)).body.trips[0]?.endAt).not.toBe(new Date(fixes[119]!.atMs).toISOString());
 
     // Its lease runs out: the next run (here without new fixes) recomputes the marked span.
     await env.DB.prepare('UPDATE fleet_cursors SET lease_until = 0 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'held-1').run();
-    expect(await recomputeDevice(ch(), env.DB, p.id, 'held-1')).toBe(1);
+    expect(await recomputeDevice(ch(), env, p.id, 'held-1')).toBe(1);
     expect(await cursor()).toMatchObject({ pendingFrom: null, seq: 2, token: null });
     const trips = (await tripsOf(p, `deviceId=held-1&since=${D}&until=${D + DAY_MS}`)).body.trips;
     expect(trips.map((t) => [t.startAt, t.endAt])).toEqual(analyse(fixes, DEFAULT_FLEET_RULES).trips.map((t) => [new Date(t.startAt).toISOString(), new Date(t.endAt).toISOString()]));

@@ -23,7 +23,7 @@ export function heldCounts(s: DeviceStores): ErasedCounts {
 /**
  * Removes what the stores hold of one profile — its events still in the outbox, the dedup entries
  * of its events (those given, and those found in the outbox), the sessions made only of its events,
- * and the last event, position and profile when they are its. Run inside one transaction. Returns
+ * and the last event, position, fleet live position and profile when they are its. Run inside one transaction. Returns
  * what it removed, whether it removed anything, and whether anything of anyone else is left.
  */
 export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolean; othersRemain: boolean; removed: ErasedCounts } {
@@ -34,9 +34,9 @@ export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolea
   const sessions = s.sessions.erase(p.sessionIds);
   s.outbox.dropSessionRows(p.sessionIds);
   const cleared = s.live.eraseProfile(p.profileId, ids, times);
-  const othersRemain = s.dedup.holdsAny() || s.sessions.countAll() > 0 || s.outbox.pendingRows() > 0 || s.live.hasLastEvent();
+  const othersRemain = s.dedup.holdsAny() || s.sessions.countAll() > 0 || s.outbox.pendingRows() > 0 || s.live.hasLastEvent() || s.live.fleetLive()?.live != null;
   return {
-    held: outboxEvents + seenIds + sessions > 0 || cleared.profile || cleared.lastEvent || cleared.position,
+    held: outboxEvents + seenIds + sessions > 0 || cleared.profile || cleared.lastEvent || cleared.position || cleared.fleet,
     othersRemain,
     removed: { outboxEvents, seenIds, sessions },
   };

@@ -1,7 +1,7 @@
 // The device's identity and live state in `meta` (ids, session gap, last event, position, profile,
 // last seen), and the state() answer built from it and the other stores' figures.
 import type { MetaStore } from './schema';
-import type { DeviceIdent, DeviceState, PackedEvent, StoredLastEvent } from './types';
+import type { DeviceIdent, DeviceState, FleetLiveUpdate, PackedEvent, StoredFleetLive, StoredLastEvent } from './types';
 
 type LastProfile = { id: string; atMs: number };
 
@@ -33,6 +33,11 @@ export class LiveStore {
 
   ident(): DeviceIdent | null {
     return this.meta.get<DeviceIdent>('ident');
+  }
+
+  /** Records who the object is, once (an object the fleet recompute reaches before any ingest call). */
+  claim(projectId: string, deviceId: string): void {
+    if (!this.meta.get('ident')) this.meta.set('ident', { projectId, deviceId });
   }
 
   /** Records who the object is (once) and the project's current session gap. */
@@ -68,6 +73,25 @@ export class LiveStore {
   }
 
   /**
+   * The vehicle's live position as the fleet recompute derived it from the set of its fixes (its own
+   * `fleet` row: written by the recompute, not by ingest calls). Null before any, or once deleted.
+   */
+  fleetLive(): StoredFleetLive | null {
+    return this.meta.get<StoredFleetLive>('fleet');
+  }
+
+  /**
+   * Takes the recompute's live position (null: none is left) unless a newer recompute already wrote
+   * one: versions only grow, so a pass that finishes late never sets an older answer back.
+   */
+  setFleetLive(update: Pick<FleetLiveUpdate, 'version' | 'live'>): boolean {
+    const current = this.fleetLive();
+    if (current && current.version > update.version) return false;
+    this.meta.set('fleet', { version: update.version, live: update.live });
+    return true;
+  }
+
+  /**
    * Live state; null for a device that never sent an event. `sessions` answers for the session
    * store (the live session, what a merged session id now is); `counts` are the stores' sizes.
    */
@@ -89,6 +113,7 @@ export class LiveStore {
       lastSeenMs: live.lastSeenMs,
       lastEvent: last ? { ...last, sessionId: lastSessionId } : null,
       lastPosition: live.lastPosition,
+      fleetLive: this.fleetLive()?.live ?? null,
       profileId: live.lastProfile?.id ?? null,
       liveSession,
       ...counts(),
@@ -99,7 +124,7 @@ export class LiveStore {
    * Clears the last event, position and profile when they are the erased profile's: events of its
    * (`ids`, `times`), or at the very time of its newest event. Returns what it cleared.
    */
-  eraseProfile(profileId: string, ids: ReadonlySet<string>, times: ReadonlySet<number>): { profile: boolean; lastEvent: boolean; position: boolean } {
+  eraseProfile(profileId: string, ids: ReadonlySet<string>, times: ReadonlySet<number>): { profile: boolean; lastEvent: boolean; position: boolean; fleet: boolean } {
     const live = this.live();
     const { lastProfile, lastEvent: last, lastPosition: position } = live;
     const ofProfile = lastProfile?.id === profileId;
@@ -110,6 +135,12 @@ export class LiveStore {
     if (ofProfile || lastCleared || positionCleared) {
       this.setLive({ ...live, lastProfile: ofProfile ? null : lastProfile, lastEvent: lastCleared ? null : last, lastPosition: positionCleared ? null : position });
     }
-    return { profile: ofProfile, lastEvent: lastCleared, position: positionCleared };
+    // The fleet live position goes when its fix was the profile's; the erasure's recompute job then
+    // writes what the remaining fixes give (at a higher version).
+    const fleet = this.fleetLive();
+    const fix = fleet?.live?.fix;
+    const fleetCleared = fix !== undefined && (ids.has(fix.id.toLowerCase()) || itsTime(fix.atMs));
+    if (fleetCleared) this.meta.set('fleet', { version: fleet!.version, live: null });
+    return { profile: ofProfile, lastEvent: lastCleared, position: positionCleared, fleet: fleetCleared };
   }
 }

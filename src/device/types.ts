@@ -1,6 +1,7 @@
 // What crosses the device object's RPC boundary, and the records its stores share. Imports nothing
 // at runtime, so the route side (packing, accept, legacy release) never loads the object's module.
 import type { EventRow, PayloadRow } from '../pipeline/messages';
+import type { LivePosition } from '../fleet/status';
 import type { Session } from './sessions';
 
 export interface DeviceEvent {
@@ -80,6 +81,12 @@ export interface DeviceState {
   /** The event with the latest event time. */
   lastEvent: StoredLastEvent | null;
   lastPosition: { lat: number; lon: number; atMs: number } | null;
+  /**
+   * The vehicle's live position from the fleet recompute: the newest fix by event time that its
+   * rules accept, with what its status is derived from. Null when none (no positions, or none
+   * recomputed yet).
+   */
+  fleetLive: LivePosition | null;
   /** Profile of the latest event that named one. */
   profileId: string | null;
   /** The session that is still open (not idle for the gap yet), if any. */
@@ -89,6 +96,15 @@ export interface DeviceState {
   pendingRows: number;
   storageBytes: number;
 }
+
+/** The fleet recompute's live position as the object keeps it, with the version of the pass that wrote it. */
+export interface StoredFleetLive {
+  version: number;
+  live: LivePosition | null;
+}
+
+/** What a fleet recompute pass hands a device object: its live position at that pass's version. */
+export interface FleetLiveUpdate extends DeviceIdent, StoredFleetLive {}
 
 /** What erase() is asked to remove of one profile (the `erasure` job found these in ClickHouse). */
 export interface ProfileErasure {

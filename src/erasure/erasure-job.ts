@@ -185,14 +185,19 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     case 'fleet': {
       // Trips, mileage and live positions are derived from positions: a device's go with it. A
       // profile's positions leave its devices' history changed: it is rebuilt from what remains.
-      await deleteDeviceFleet(ch, s.projectId, c.devices);
       if (s.kind === 'device') {
+        // The fleet cursor first: no recompute can take the device's lease after it, so once the
+        // fleet rows are deleted, clearing the object again removes any live position a recompute
+        // under way wrote back after the object was first cleared.
         const db = drizzle(env.DB);
         await db.batch([
           db.delete(vehicles).where(and(eq(vehicles.projectId, s.projectId), eq(vehicles.deviceId, s.deviceId))),
           db.delete(fleetCursors).where(and(eq(fleetCursors.projectId, s.projectId), eq(fleetCursors.deviceId, s.deviceId))),
         ]);
+        await deleteDeviceFleet(ch, s.projectId, c.devices);
+        await deviceStub(env, s.projectId, s.deviceId).erase();
       } else {
+        await deleteDeviceFleet(ch, s.projectId, c.devices);
         for (const span of await remainingPositionSpans(ch, s.projectId, c.devices)) {
           await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1, reason: 'erasure' });
         }

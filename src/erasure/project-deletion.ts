@@ -10,6 +10,7 @@ import { getConfig } from '../config';
 import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
+import { positionDevices } from '../fleet/live';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
@@ -142,6 +143,10 @@ export async function runProjectDeletionStep(
       return 'commit';
     }
     case 'd1': {
+      // Vehicles a fleet recompute may have handed a live position after their objects were
+      // cleared: once their cursors are gone no recompute takes them again, and they are cleared
+      // once more below.
+      const fleetDevices = await positionDevices(env.DB, projectId);
       await db.batch([
         db.delete(heldEvents).where(eq(heldEvents.projectId, projectId)),
         db.delete(legacyDatasets).where(eq(legacyDatasets.projectId, projectId)),
@@ -152,6 +157,7 @@ export async function runProjectDeletionStep(
         db.delete(fleetCursors).where(eq(fleetCursors.projectId, projectId)),
         db.delete(clients).where(eq(clients.projectId, projectId)),
       ]);
+      await eraseDeviceObjects(env, projectId, fleetDevices);
       units.n += 1;
       c.step = 'verify';
       return 'continue';

@@ -8,8 +8,11 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { deleteRows } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
+import { deviceStub } from '../device/stub';
+import type { FleetLiveUpdate } from '../device/types';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
+import { mapPool } from '../lib/pool';
 import type { EventRow } from '../pipeline/messages';
 import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
 import { finishMileageRebuild, registryZones } from './live';
@@ -41,6 +44,7 @@ import {
   type StoredTrip,
   type Versioned,
 } from './store';
+import type { LivePosition } from './status';
 import type { Analysis } from './trips';
 
 /** A recompute holds its device this long; a consumer that dies lets the next batch take over. */
@@ -50,6 +54,14 @@ const MAX_PASSES = 4;
 /** Devices recomputed together: bounds the fixes held in memory and the statements of one D1 batch. */
 const DEVICES_PER_RUN = 100;
 const DAY_MS = 86_400_000;
+/** Device objects one pass hands live positions to at once. */
+const OBJECT_CALL_CONCURRENCY = 16;
+
+/**
+ * What a recompute reaches besides ClickHouse: D1 (cursors, leases, rules, zones) and the device
+ * objects, which keep each vehicle's live position.
+ */
+export type FleetEnv = Pick<Env, 'DB' | 'DEVICE'>;
 
 export interface DeviceKey {
   projectId: string;
@@ -154,8 +166,8 @@ export const ORPHAN_PENDING_MS = 60_000;
  * The watchdog's step: recomputes devices whose span stayed pending with no lease held (a recompute
  * that failed, or an isolate that went away between the ack and the recompute).
  */
-export async function recomputeLeftPending(ch: ClickHouse, db: D1Database, nowMs: number, limit = DEVICES_PER_RUN): Promise<number> {
-  const { results } = await db
+export async function recomputeLeftPending(ch: ClickHouse, env: FleetEnv, nowMs: number, limit = DEVICES_PER_RUN): Promise<number> {
+  const { results } = await env.DB
     .prepare(
       `SELECT project_id, device_id, pending_from_ms, pending_to_ms FROM fleet_cursors
         WHERE pending_from_ms IS NOT NULL AND lease_until < ?1 AND updated_at < ?2
@@ -166,7 +178,7 @@ export async function recomputeLeftPending(ch: ClickHouse, db: D1Database, nowMs
   if (!results.length) return 0;
   await recomputeDevices(
     ch,
-    db,
+    env,
     results.map((r) => ({ projectId: r.project_id, deviceId: r.device_id, fromMs: r.pending_from_ms, toMs: r.pending_to_ms })),
   );
   return results.length;
@@ -250,6 +262,8 @@ interface Writes {
   trips: object[];
   days: object[];
   live: object | null;
+  /** The live position for the device object (null: none is left); undefined when this pass sets none. */
+  liveState: LivePosition | null | undefined;
   result: PassResult;
 }
 
@@ -340,6 +354,7 @@ export function passWrites(
     trips: tripRows(v, changedTrips, goneTrips),
     days: mileageInsertRows(v, dayRows),
     live: live ? liveRow(v, live) : liveGone ? liveDeletion(v) : null,
+    liveState: live ?? (liveGone ? null : undefined),
     result: { range, fixesRead, tripsWritten: changedTrips.length, tripsRemoved: goneTrips.length, daysWritten: dayRows.length, liveWritten: live !== null || liveGone },
   };
 }
@@ -353,15 +368,34 @@ interface DevicePass {
   fresh: Analysis | null;
 }
 
+/** Hands each device object the live position its pass derived: an Error for each object that did not take it. */
+export type LiveWriter = (updates: readonly FleetLiveUpdate[]) => Promise<Array<Error | null>>;
+
+/** The LiveWriter of the device objects: one RPC per device, a bounded number at once. */
+export const deviceObjectsLive =
+  (env: FleetEnv): LiveWriter =>
+  (updates) =>
+    mapPool(updates, OBJECT_CALL_CONCURRENCY, async (u) => {
+      try {
+        await deviceStub(env, u.projectId, u.deviceId).setFleetLive(u);
+        return null;
+      } catch (err) {
+        return err instanceof Error ? err : new Error(String(err));
+      }
+    });
+
 /**
  * Recomputes every device for the fixes stored in its span, reading and writing all of them
  * together. `beforeWrite` answers, once the analyses are done, which devices may still write (their
- * leases still held); the others get an error. Answers a PassResult or an Error per input.
+ * leases still held); the others get an error. `writeLive` hands the live positions to the device
+ * objects (none: ClickHouse only); a device whose object refused gets an error too. Answers a
+ * PassResult or an Error per input.
  */
 export async function recomputePasses(
   ch: ClickHouse,
   inputs: readonly PassInput[],
   beforeWrite: (devices: readonly DeviceKey[]) => Promise<boolean[]> = async (ds) => ds.map(() => true),
+  writeLive?: LiveWriter,
 ): Promise<Array<PassResult | Error>> {
   const outcomes: Array<PassResult | Error> = inputs.map(() => ({ range: null, fixesRead: 0, tripsWritten: 0, tripsRemoved: 0, daysWritten: 0, liveWritten: false }));
   const stretches = await stretchesFrom(ch, inputs.map((i) => ({ projectId: i.v.projectId, deviceId: i.v.deviceId, fromMs: i.span.fromMs })));
@@ -418,12 +452,24 @@ export async function recomputePasses(
     outcomes[w.p.index] = new Error(`fleet lease of ${w.p.input.v.deviceId} ran out before its recompute could write`);
     return false;
   });
-  // The daily rows and live position before the trips and stretches they derive from: a retry
-  // compares with the stored trips and stretches (and goes on from the stretch's state), so those
-  // are written last, once nothing derived from them can be left behind.
-  await Promise.all([ch.insert('fleet_mileage_days', go.flatMap(({ w }) => w.days)), ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
-  await Promise.all([ch.insert('fleet_stretches', go.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', go.flatMap(({ w }) => w.trips))]);
-  for (const { p, w } of go) outcomes[p.index] = w.result;
+  // The daily rows and live position (ClickHouse's copy for fleet-wide lists, and the device
+  // object's) before the trips and stretches they derive from: a retry compares with the stored
+  // trips and stretches (and goes on from the stretch's state), so those are written last, once
+  // nothing derived from them can be left behind.
+  const toObjects = writeLive ? go.filter(({ w }) => w.liveState !== undefined) : [];
+  const [, , refused] = await Promise.all([
+    ch.insert('fleet_mileage_days', go.flatMap(({ w }) => w.days)),
+    ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : []))),
+    toObjects.length ? writeLive!(toObjects.map(({ p, w }) => ({ ...p.input.v, live: w.liveState! }))) : [],
+  ]);
+  const refusedOf = new Map(toObjects.map(({ p }, k) => [p, refused[k]]));
+  const written = go.filter(({ p }) => {
+    const err = refusedOf.get(p);
+    if (err) outcomes[p.index] = new Error(`device object of ${p.input.v.deviceId} did not take its live position: ${err.message}`);
+    return !err;
+  });
+  await Promise.all([ch.insert('fleet_stretches', written.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', written.flatMap(({ w }) => w.trips))]);
+  for (const { p, w } of written) outcomes[p.index] = w.result;
   return outcomes;
 }
 
@@ -450,7 +496,9 @@ type Due = DeviceKey & { span?: { fromMs: number; toMs: number }; rebuildDays?: 
  * pending); an error that fails them all (D1 or ClickHouse down) is thrown after the leases are let
  * go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
  */
-async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly Due[], fixedRules: FleetRules | null, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
+async function recomputeHeld(ch: ClickHouse, env: FleetEnv, devices: readonly Due[], fixedRules: FleetRules | null, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
+  const db = env.DB;
+  const writeLive = deviceObjectsLive(env);
   const token = crypto.randomUUID();
   const passes = new Map(devices.map((d) => [deviceKey(d), 0]));
   const nowMs = Date.now();
@@ -478,12 +526,17 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
         rules: fixedRules ?? rulesOf!.get(h.projectId)!,
         days: { zone: zones.get(h.key) ?? 'UTC', rebuild: h.rebuildDays },
       }));
-      const outcomes = await recomputePasses(ch, inputs, async (ds) => {
-        if (ds.length === 0) return [];
-        const at = Date.now();
-        const r = await db.batch(ds.map((d) => holdsStatement(db, d, token, at)));
-        return r.map((x) => x.meta.changes === 1);
-      });
+      const outcomes = await recomputePasses(
+        ch,
+        inputs,
+        async (ds) => {
+          if (ds.length === 0) return [];
+          const at = Date.now();
+          const r = await db.batch(ds.map((d) => holdsStatement(db, d, token, at)));
+          return r.map((x) => x.meta.changes === 1);
+        },
+        writeLive,
+      );
       const done: Held[] = [];
       const lost: Held[] = [];
       held.forEach((h, i) => {
@@ -533,14 +586,14 @@ async function recomputeHeld(ch: ClickHouse, db: D1Database, devices: readonly D
  */
 export async function recomputeDevice(
   ch: ClickHouse,
-  db: D1Database,
+  env: FleetEnv,
   projectId: string,
   deviceId: string,
   rules?: FleetRules,
   span?: { fromMs: number; toMs: number },
 ): Promise<number> {
   let failure: Error | null = null;
-  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span }], rules ?? null, (_k, err) => (failure = err));
+  const passes = await recomputeHeld(ch, env, [{ projectId, deviceId, span }], rules ?? null, (_k, err) => (failure = err));
   if (failure) throw failure;
   return passes.get(deviceKey({ projectId, deviceId })) ?? 0;
 }
@@ -552,9 +605,9 @@ export async function recomputeDevice(
  * when another consumer holds the device (it would write only the days whose trips changed): the
  * caller tries again later.
  */
-export async function rebuildDeviceDays(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }, rules?: FleetRules): Promise<number> {
+export async function rebuildDeviceDays(ch: ClickHouse, env: FleetEnv, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }, rules?: FleetRules): Promise<number> {
   let failure: Error | null = null;
-  const passes = await recomputeHeld(ch, db, [{ projectId, deviceId, span, rebuildDays: true }], rules ?? null, (_k, err) => (failure = err));
+  const passes = await recomputeHeld(ch, env, [{ projectId, deviceId, span, rebuildDays: true }], rules ?? null, (_k, err) => (failure = err));
   if (failure) throw failure;
   const n = passes.get(deviceKey({ projectId, deviceId })) ?? 0;
   if (n === 0) throw new DeviceHeldError(deviceId);
@@ -570,10 +623,10 @@ export class DeviceHeldError extends Error {
 }
 
 /** Waits for a held device a few times within the chunk (a consumer's pass takes seconds), then gives up to the job's retry. */
-async function rebuildWhenFree(ch: ClickHouse, db: D1Database, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }): Promise<void> {
+async function rebuildWhenFree(ch: ClickHouse, env: FleetEnv, projectId: string, deviceId: string, span: { fromMs: number; toMs: number }): Promise<void> {
   for (let wait = 500; ; wait *= 2) {
     try {
-      await rebuildDeviceDays(ch, db, projectId, deviceId, span);
+      await rebuildDeviceDays(ch, env, projectId, deviceId, span);
       return;
     } catch (err) {
       if (!(err instanceof DeviceHeldError) || wait > 8000) throw err;
@@ -587,7 +640,7 @@ async function rebuildWhenFree(ch: ClickHouse, db: D1Database, projectId: string
  * under its project's rules. A failure leaves the spans pending and is logged: the next batch of a
  * device (or the watchdog) retries it. Answers the passes run per deviceKey.
  */
-export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[]): Promise<Map<string, number>> {
+export async function recomputeDevices(ch: ClickHouse, env: FleetEnv, spans: readonly PositionSpan[]): Promise<Map<string, number>> {
   const passes = new Map<string, number>();
   const log = (k: DeviceKey, err: unknown) =>
     console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
@@ -595,7 +648,7 @@ export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: re
     const run = spans.slice(i, i + DEVICES_PER_RUN);
     try {
       const due = run.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
-      for (const [k, n] of await recomputeHeld(ch, db, due, null, log)) passes.set(k, n);
+      for (const [k, n] of await recomputeHeld(ch, env, due, null, log)) passes.set(k, n);
     } catch (err) {
       for (const s of run) log(s, err);
     }
@@ -604,8 +657,8 @@ export async function recomputeDevices(ch: ClickHouse, db: D1Database, spans: re
 }
 
 /** The ingest consumer's step after a durable insert: mark and recompute every device with new positions. */
-export async function recomputeAfterWrite(ch: ClickHouse, db: D1Database, spans: readonly PositionSpan[]): Promise<void> {
-  await recomputeDevices(ch, db, spans);
+export async function recomputeAfterWrite(ch: ClickHouse, env: FleetEnv, spans: readonly PositionSpan[]): Promise<void> {
+  await recomputeDevices(ch, env, spans);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,8 +783,8 @@ export const fleetRecomputeRunner: JobRunner = {
         // Marked first: if the ingest consumer holds the device, it recomputes this span before it
         // lets go (under the project's rules as they are when its pass starts) — but a rebuild's
         // rows only the rebuild writes, so it tries the chunk again.
-        if (p.zone === undefined) await recomputeDevice(ch, env.DB, p.projectId, cursor.deviceId, undefined, span);
-        else await rebuildWhenFree(ch, env.DB, p.projectId, cursor.deviceId, span);
+        if (p.zone === undefined) await recomputeDevice(ch, env, p.projectId, cursor.deviceId, undefined, span);
+        else await rebuildWhenFree(ch, env, p.projectId, cursor.deviceId, span);
         rows++;
       }
       if (toMs < p.untilMs) cursor = { ...cursor, atMs: toMs + 1 };

@@ -31,7 +31,7 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
   });
   await pruneIdempotencyKeys(env.DB, nowMs).catch((err: unknown) => failures.push(`prune idempotency keys: ${String(err)}`));
   await maybeSweepArchives(env, nowMs).catch((err: unknown) => failures.push(`archive sweep: ${String(err)}`));
-  await recomputeLeftPending(clickhouse(getConfig(env).clickhouse), env.DB, nowMs).catch((err: unknown) => failures.push(`fleet recompute: ${String(err)}`));
+  await recomputeLeftPending(clickhouse(getConfig(env).clickhouse), env, nowMs).catch((err: unknown) => failures.push(`fleet recompute: ${String(err)}`));
   const redriven = redrive?.redriven ?? 0;
   const quarantined = redrive?.quarantined ?? 0;
   if (rekicked.length || released || redriven || quarantined) console.log(JSON.stringify({ msg: 'watchdog', rekicked, released, redriven, quarantined }));

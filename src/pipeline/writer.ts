@@ -131,7 +131,7 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const mayBeRedelivery = decoded.map((d) => d.m.attempts > 1 || d.body.redelivery === true);
   // Fleet state follows the durable insert: the spans are marked pending in D1 before the ack, so
   // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
-  const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env.DB, positions) : undefined);
+  const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env, positions) : undefined);
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
     await markPending(env.DB, positions);

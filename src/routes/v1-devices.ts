@@ -1,13 +1,16 @@
-// GET /v1/devices/:deviceId — a device's live state from its object, with its profile.
+// GET /v1/devices/:deviceId — a device's live state from its object (its fleet live position
+// included), with its profile.
 import { readRateLimit, requireClient } from '../auth';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { ApiError } from '../errors';
 import { deviceStub } from '../device/stub';
+import { liveView } from '../fleet/live';
+import { readRules } from '../fleet/project-rules';
 import { readProfile } from '../read/profiles';
 import { CLIENT_SECURITY, createRoute, json, router, z } from './openapi';
 import { readErrors } from './read-query';
-import { DeviceParam } from './v1-devices-registry';
+import { DeviceParam, LiveView } from './v1-devices-registry';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const Instant = z.iso.datetime();
@@ -20,7 +23,13 @@ const DeviceView = z
       .object({ id: z.string(), type: z.string(), name: z.string(), createdAt: Instant, sessionId: z.string().nullable() })
       .nullable()
       .describe('the event with the latest event time'),
-    lastPosition: z.object({ lat: z.number(), lon: z.number(), at: Instant }).nullable(),
+    lastPosition: z
+      .object({ lat: z.number(), lon: z.number(), at: Instant })
+      .nullable()
+      .describe('the position event with the latest event time, as received (the fleet rules not applied)'),
+    live: LiveView.nullable().describe(
+      'the vehicle\'s live position as the fleet keeps it: the newest fix by event time its rules accept, status derived now; null until its positions are recomputed',
+    ),
     liveSession: z
       .object({
         id: z.string(),
@@ -54,6 +63,8 @@ export const v1DevicesRoute = router().openapi(route, async (c) => {
   const projectId = c.get('project').projectId;
   const state = await deviceStub(c.env, projectId, deviceId).state();
   if (!state) throw new ApiError(404, 'device_not_found', `no events have been received for device ${deviceId}`);
+  // Status depends on the project's rules (offline delay) and the time of the read.
+  const live = state.fleetLive ? liveView(state.fleetLive, Date.now(), await readRules(c.env, projectId)) : null;
   let profile = null;
   if (state.profileId) {
     // ClickHouse being down answers 503 storage_unavailable (app.onError), never its error text.
@@ -68,6 +79,7 @@ export const v1DevicesRoute = router().openapi(route, async (c) => {
         ? { id: state.lastEvent.id, type: state.lastEvent.type, name: state.lastEvent.name, createdAt: iso(state.lastEvent.createdAtMs), sessionId: state.lastEvent.sessionId || null }
         : null,
       lastPosition: state.lastPosition ? { lat: state.lastPosition.lat, lon: state.lastPosition.lon, at: iso(state.lastPosition.atMs) } : null,
+      live,
       liveSession: state.liveSession
         ? {
             id: state.liveSession.id,
