@@ -254,6 +254,12 @@ export class DeviceObject extends DurableObject<Env> {
     });
   }
 
+  /** Forgets the fleet live position (a profile erasure, once its positions are gone): whether there was one. */
+  async clearFleetLive(): Promise<boolean> {
+    if (!this.hasSchema()) return false;
+    return this.transaction(() => this.stores.live.clearFleetLive());
+  }
+
   /** Current (unmerged) sessions, oldest first: for tests and operators. */
   async sessions(): Promise<Array<Session & { ended: boolean }>> {
     if (!this.hasSchema()) return [];

@@ -312,6 +312,35 @@ describe('erasure requests', () => {
     expect(cursors!.n).toBe(0);
   });
 
+  it("leaves a shared vehicle's object the live position of the fixes left once a profile's are erased", async () => {
+    const p = await createProject('erase-profile-fleet');
+    const t0 = Date.now() - 3 * 3_600_000;
+    // One vehicle: 30 anonymous fixes, then 20 newer ones sent under profile P (the live position).
+    const fix = (i: number, profileId?: string) => ({
+      type: 'track',
+      payload: { name: 'position', ...(profileId ? { profileId } : {}), properties: { __deviceId: A, __eventId: `shared-fix-${i}`, __timestamp: t0 + i * 10_000, lat: 52.5, lon: 13.4 + i * 0.0003, speed: 30 } },
+    });
+    const posted = await postBatch(p, { events: Array.from({ length: 50 }, (_, i) => fix(i, i >= 30 ? P : undefined)) });
+    expect(((await posted.json()) as { accepted: number }).accepted).toBe(50);
+    const liveAt = async () => (await deviceStub(p.id, A).state())?.fleetLive?.fix.atMs ?? null;
+    await waitUntil(liveAt, (at) => at === t0 + 49 * 10_000);
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: P }));
+    expect(job.state).toBe('succeeded');
+    // Once the erasure is done the object never shows one of P's fixes: none, until the recompute
+    // job has run, or the last anonymous one.
+    expect([null, t0 + 29 * 10_000]).toContain(await liveAt());
+    // The recompute the erasure started gives the object, and ClickHouse's copy, the last anonymous fix.
+    expect(await waitUntil(liveAt, (at) => at === t0 + 29 * 10_000)).toBe(t0 + 29 * 10_000);
+    const own = await getJson<{ live: { at: string; lat: number; lon: number } | null }>(p, `/v1/devices/${A}`);
+    expect(own.body.live).toMatchObject({ at: new Date(t0 + 29 * 10_000).toISOString(), lon: 13.4 + 29 * 0.0003 });
+    const listed = await waitUntil(
+      () => getJson<{ vehicles: Array<{ deviceId: string; at: string }> }>(p, '/v1/fleet/live'),
+      (r) => r.body.vehicles[0]?.at === own.body.live!.at,
+    );
+    expect(listed.body.vehicles.map((v) => v.deviceId)).toEqual([A]);
+  });
+
   it('waits for an archive job of the project to stop before it erases anything', async () => {
     const p = await createProject('erase-after-archive');
     const posted = await postBatch(p, { events: [liveEvent(A, 'w1', Date.now() - 60_000)] });

@@ -204,9 +204,12 @@ describe('a device object that does not take its live position', () => {
     expect((a as Error).message).toMatch(/refuser did not take its live position: object overloaded/);
     expect(b).not.toBeInstanceOf(Error);
     const after = await currentFleetRows(p.id);
-    // Nothing the retry compares with was written for the refuser (its span stays pending).
+    // Nothing at all was written for the refuser (its span stays pending): no day row counts a trip
+    // the retry might not find again.
     expect(after.stretches.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
     expect(after.trips.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
+    expect(after.mileage.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
+    expect(after.live.filter((r) => (r as { device_id: string }).device_id === 'refuser')).toEqual([]);
     expect(after.trips.filter((r) => (r as { device_id: string }).device_id === 'taker')).toHaveLength(1);
     const state = (d: string) => deviceStub(env, p.id, d).state();
     expect((await state('taker'))!.fleetLive).toEqual(analyse(fixes.taker, RULES).live);

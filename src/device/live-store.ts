@@ -35,6 +35,14 @@ export class LiveStore {
     return this.meta.get<DeviceIdent>('ident');
   }
 
+  /** Forgets the live position (an erasure's positions were in it); the version stays, so no older pass brings it back. */
+  clearFleetLive(): boolean {
+    const current = this.fleetLive();
+    if (!current?.live) return false;
+    this.meta.set('fleet', { version: current.version, live: null });
+    return true;
+  }
+
   /** Records who the object is, once (an object the fleet recompute reaches before any ingest call). */
   claim(projectId: string, deviceId: string): void {
     if (!this.meta.get('ident')) this.meta.set('ident', { projectId, deviceId });
@@ -86,6 +94,8 @@ export class LiveStore {
    */
   setFleetLive(update: Pick<FleetLiveUpdate, 'version' | 'live'>): boolean {
     const current = this.fleetLive();
+    // An equal version is the same pass's answer again: each lease moves the cursor's seq on, so
+    // two passes never share a version.
     if (current && current.version > update.version) return false;
     this.meta.set('fleet', { version: update.version, live: update.live });
     return true;

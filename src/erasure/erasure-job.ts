@@ -9,6 +9,7 @@ import { getConfig } from '../config';
 import { fleetCursors, heldEvents, legacyDatasets, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
+import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
@@ -185,22 +186,29 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     case 'fleet': {
       // Trips, mileage and live positions are derived from positions: a device's go with it. A
       // profile's positions leave its devices' history changed: it is rebuilt from what remains.
-      if (s.kind === 'device') {
-        // The fleet cursor first: no recompute can take the device's lease after it, so once the
-        // fleet rows are deleted, clearing the object again removes any live position a recompute
-        // under way wrote back after the object was first cleared.
-        const db = drizzle(env.DB);
-        await db.batch([
-          db.delete(vehicles).where(and(eq(vehicles.projectId, s.projectId), eq(vehicles.deviceId, s.deviceId))),
-          db.delete(fleetCursors).where(and(eq(fleetCursors.projectId, s.projectId), eq(fleetCursors.deviceId, s.deviceId))),
-        ]);
+      // Under the devices' fleet leases: a recompute that read positions before the deletion cannot
+      // write what it derived from them (to ClickHouse or an object) after it.
+      const keys = c.devices.map((deviceId) => ({ projectId: s.projectId, deviceId }));
+      const spans = await withFleetLeases(env.DB, keys, async () => {
         await deleteDeviceFleet(ch, s.projectId, c.devices);
-        await deviceStub(env, s.projectId, s.deviceId).erase();
-      } else {
-        await deleteDeviceFleet(ch, s.projectId, c.devices);
-        for (const span of await remainingPositionSpans(ch, s.projectId, c.devices)) {
-          await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1, reason: 'erasure' });
+        if (s.kind === 'device') {
+          const db = drizzle(env.DB);
+          await db.batch([
+            db.delete(vehicles).where(and(eq(vehicles.projectId, s.projectId), eq(vehicles.deviceId, s.deviceId))),
+            db.delete(fleetCursors).where(and(eq(fleetCursors.projectId, s.projectId), eq(fleetCursors.deviceId, s.deviceId))),
+          ]);
+          // Cleared again: a pass that ran between the first clearing and the deletion of the
+          // positions may have handed it the device's live position.
+          await deviceStub(env, s.projectId, s.deviceId).erase();
+          return [];
         }
+        // The profile's fixes may be what a pass since the first clearing left as live: the
+        // recompute jobs below write what the remaining fixes give.
+        await mapPool(c.devices, DEVICE_CALL_CONCURRENCY, (deviceId) => deviceStub(env, s.projectId, deviceId).clearFleetLive());
+        return remainingPositionSpans(ch, s.projectId, c.devices);
+      });
+      for (const span of spans) {
+        await startJob(env, 'fleet_recompute', { projectId: s.projectId, deviceId: span.deviceId, sinceMs: span.fromMs, untilMs: span.toMs + 1, reason: 'erasure' });
       }
       c.step = 'done';
       return 'done';

@@ -1,6 +1,6 @@
 // The `project_deletion` job's steps: credentials revoked first, then every store emptied of the
 // project (device objects, R2, ClickHouse, D1), checked, and the project row removed last.
-import { eq } from 'drizzle-orm';
+import { and, eq, inArray } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { chunkKeyPrefix } from '../archive/chunk';
 import { chunkCacheUrl } from '../archive/lazy-read';
@@ -10,14 +10,15 @@ import { getConfig } from '../config';
 import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
-import { positionDevices } from '../fleet/live';
+import { fleetCursorPage } from '../fleet/live';
+import { withFleetLeases } from '../fleet/recompute';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
 export interface ProjectDeletionCursor {
-  step: 'revoke' | 'settle' | 'count' | 'devices' | 'archive' | 'clickhouse' | 'd1' | 'verify' | 'project' | 'done';
+  step: 'revoke' | 'settle' | 'count' | 'devices' | 'archive' | 'fleet' | 'clickhouse' | 'd1' | 'verify' | 'project' | 'done';
   /** When the project's clients were deleted. */
   revokedAt: number;
   /** Device objects are cleared in device id order: the last one done. */
@@ -36,6 +37,8 @@ export interface ProjectDeletionCursor {
 export const REVOKE_SETTLE_MARGIN_MS = 5_000;
 export const revokeSettleMs = (env: Env) => getConfig(env).clientCacheMs + REVOKE_SETTLE_MARGIN_MS;
 const DEVICES_PER_STEP = 100;
+/** Fleet cursors deleted per step: one D1 statement names them all (at most 100 bound parameters). */
+const FLEET_CURSORS_PER_STEP = 90;
 const DEVICE_CALL_CONCURRENCY = 8;
 const R2_PAGE = 1000;
 
@@ -133,8 +136,28 @@ export async function runProjectDeletionStep(
       crash('project.afterObjectsDelete');
       await manifestStore(env.DB).forgetProject(projectId);
       units.n += 1;
-      c.step = 'clickhouse';
+      c.step = 'fleet';
       return 'continue';
+    }
+    case 'fleet': {
+      // Vehicles, a page at a time, under their fleet leases: a recompute under way since their
+      // objects were cleared may have handed them a live position, so they are cleared again, and
+      // their cursors deleted, so that no recompute takes them again. A re-run goes on with the
+      // cursors left.
+      const page = await fleetCursorPage(env.DB, projectId, FLEET_CURSORS_PER_STEP);
+      if (!page.length) {
+        c.step = 'clickhouse';
+        return 'continue';
+      }
+      await withFleetLeases(
+        env.DB,
+        page.map((deviceId) => ({ projectId, deviceId })),
+        async () => {
+          await eraseDeviceObjects(env, projectId, page);
+          await db.delete(fleetCursors).where(and(eq(fleetCursors.projectId, projectId), inArray(fleetCursors.deviceId, page)));
+        },
+      );
+      return 'commit';
     }
     case 'clickhouse': {
       await deleteProjectRows(ch, projectId);
@@ -143,10 +166,6 @@ export async function runProjectDeletionStep(
       return 'commit';
     }
     case 'd1': {
-      // Vehicles a fleet recompute may have handed a live position after their objects were
-      // cleared: once their cursors are gone no recompute takes them again, and they are cleared
-      // once more below.
-      const fleetDevices = await positionDevices(env.DB, projectId);
       await db.batch([
         db.delete(heldEvents).where(eq(heldEvents.projectId, projectId)),
         db.delete(legacyDatasets).where(eq(legacyDatasets.projectId, projectId)),
@@ -157,7 +176,6 @@ export async function runProjectDeletionStep(
         db.delete(fleetCursors).where(eq(fleetCursors.projectId, projectId)),
         db.delete(clients).where(eq(clients.projectId, projectId)),
       ]);
-      await eraseDeviceObjects(env, projectId, fleetDevices);
       units.n += 1;
       c.step = 'verify';
       return 'continue';

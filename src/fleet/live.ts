@@ -82,6 +82,12 @@ export async function positionDevices(d1: D1Database, projectId: string): Promis
   return rows.map((r) => r.deviceId);
 }
 
+/** The first `limit` devices of the project that have a fleet cursor, by device id. */
+export async function fleetCursorPage(d1: D1Database, projectId: string, limit: number): Promise<string[]> {
+  const rows = await drizzle(d1).select({ deviceId: fleetCursors.deviceId }).from(fleetCursors).where(eq(fleetCursors.projectId, projectId)).orderBy(asc(fleetCursors.deviceId)).limit(limit).all();
+  return rows.map((r) => r.deviceId);
+}
+
 export const emptyVehicle = (deviceId: string): Vehicle => ({ deviceId, name: null, plate: null, driver: null, group: null, timezone: null });
 
 export interface LiveView {

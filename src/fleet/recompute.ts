@@ -56,6 +56,8 @@ const DEVICES_PER_RUN = 100;
 const DAY_MS = 86_400_000;
 /** Device objects one pass hands live positions to at once. */
 const OBJECT_CALL_CONCURRENCY = 16;
+/** An object that has not taken its live position by then counts as refusing (its pass is retried). */
+const OBJECT_CALL_TIMEOUT_MS = 10_000;
 
 /**
  * What a recompute reaches besides ClickHouse: D1 (cursors, leases, rules, zones) and the device
@@ -225,6 +227,53 @@ async function release(db: D1Database, keys: readonly DeviceKey[], token: string
   if (keys.length) await db.batch(keys.map((k) => releaseStatement(db, k, token)));
 }
 
+/** How long an erasure holds the fleet leases of its devices: its ClickHouse deletions are mutations on 18.16. */
+const ERASURE_LEASE_MS = 15 * 60_000;
+
+/** Takes the device's lease for an erasure when free, pending span or not (`seq` moves on, as for any lease). */
+const holdForErasureStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: number) =>
+  db
+    .prepare(
+      `UPDATE fleet_cursors SET lease_token = ?3, lease_until = ?4, seq = seq + 1
+        WHERE project_id = ?1 AND device_id = ?2 AND lease_until < ?5
+        RETURNING device_id`,
+    )
+    .bind(k.projectId, k.deviceId, token, nowMs + ERASURE_LEASE_MS, nowMs);
+
+const cursorExistsStatement = (db: D1Database, k: DeviceKey) =>
+  db.prepare('SELECT device_id FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2').bind(k.projectId, k.deviceId);
+
+/**
+ * Runs `fn` while holding the fleet leases of `devices` (those that have a cursor): no recompute
+ * pass is under way for any of them meanwhile and none starts, so nothing derived from positions
+ * read before an erasure is written after it. A device held by a pass is waited for (a pass takes
+ * seconds); one still held after about 15 s fails with DeviceHeldError, for the job to retry. The
+ * leases are let go afterwards, pending spans kept (`fn` may delete the cursors instead).
+ */
+export async function withFleetLeases<T>(db: D1Database, devices: readonly DeviceKey[], fn: () => Promise<T>): Promise<T> {
+  const token = crypto.randomUUID();
+  const held: DeviceKey[] = [];
+  try {
+    let waiting = [...devices];
+    for (let wait = 500; waiting.length; wait *= 2) {
+      const at = Date.now();
+      const took = await db.batch(waiting.flatMap((d) => [holdForErasureStatement(db, d, token, at), cursorExistsStatement(db, d)]));
+      const busy: DeviceKey[] = [];
+      waiting.forEach((d, i) => {
+        if (took[2 * i]!.results.length) held.push(d);
+        else if (took[2 * i + 1]!.results.length) busy.push(d);
+      });
+      waiting = busy;
+      if (!waiting.length) break;
+      if (wait > 8000) throw new DeviceHeldError(waiting[0]!.deviceId);
+      await new Promise((r) => setTimeout(r, wait));
+    }
+    return await fn();
+  } finally {
+    await release(db, held, token).catch(() => {});
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // One pass over many devices
 
@@ -376,11 +425,17 @@ export const deviceObjectsLive =
   (env: FleetEnv): LiveWriter =>
   (updates) =>
     mapPool(updates, OBJECT_CALL_CONCURRENCY, async (u) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
       try {
-        await deviceStub(env, u.projectId, u.deviceId).setFleetLive(u);
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${OBJECT_CALL_TIMEOUT_MS} ms`)), OBJECT_CALL_TIMEOUT_MS);
+        });
+        await Promise.race([deviceStub(env, u.projectId, u.deviceId).setFleetLive(u), timeout]);
         return null;
       } catch (err) {
         return err instanceof Error ? err : new Error(String(err));
+      } finally {
+        clearTimeout(timer);
       }
     });
 
@@ -452,22 +507,21 @@ export async function recomputePasses(
     outcomes[w.p.index] = new Error(`fleet lease of ${w.p.input.v.deviceId} ran out before its recompute could write`);
     return false;
   });
-  // The daily rows and live position (ClickHouse's copy for fleet-wide lists, and the device
-  // object's) before the trips and stretches they derive from: a retry compares with the stored
-  // trips and stretches (and goes on from the stretch's state), so those are written last, once
-  // nothing derived from them can be left behind.
+  // The device objects first: a device whose object does not take its live position writes
+  // nothing else (its span stays pending, and the retry finds nothing of this pass to compare
+  // with). Then the daily rows and ClickHouse's copy of the live position (for fleet-wide lists)
+  // before the trips and stretches they derive from: a retry compares with the stored trips and
+  // stretches (and goes on from the stretch's state), so those are written last, once nothing
+  // derived from them can be left behind.
   const toObjects = writeLive ? go.filter(({ w }) => w.liveState !== undefined) : [];
-  const [, , refused] = await Promise.all([
-    ch.insert('fleet_mileage_days', go.flatMap(({ w }) => w.days)),
-    ch.insert('fleet_live', go.flatMap(({ w }) => (w.live ? [w.live] : []))),
-    toObjects.length ? writeLive!(toObjects.map(({ p, w }) => ({ ...p.input.v, live: w.liveState! }))) : [],
-  ]);
+  const refused = toObjects.length ? await writeLive!(toObjects.map(({ p, w }) => ({ ...p.input.v, live: w.liveState! }))) : [];
   const refusedOf = new Map(toObjects.map(({ p }, k) => [p, refused[k]]));
   const written = go.filter(({ p }) => {
     const err = refusedOf.get(p);
     if (err) outcomes[p.index] = new Error(`device object of ${p.input.v.deviceId} did not take its live position: ${err.message}`);
     return !err;
   });
+  await Promise.all([ch.insert('fleet_mileage_days', written.flatMap(({ w }) => w.days)), ch.insert('fleet_live', written.flatMap(({ w }) => (w.live ? [w.live] : [])))]);
   await Promise.all([ch.insert('fleet_stretches', written.flatMap(({ w }) => w.stretches)), ch.insert('fleet_trips', written.flatMap(({ w }) => w.trips))]);
   for (const { p, w } of written) outcomes[p.index] = w.result;
   return outcomes;
@@ -614,11 +668,11 @@ export async function rebuildDeviceDays(ch: ClickHouse, env: FleetEnv, projectId
   return n;
 }
 
-/** A rebuild found its device held by another consumer, which would not rewrite unchanged days. */
+/** A rebuild or an erasure found its device held by another consumer (which would not rewrite unchanged days, or could write after an erasure). */
 export class DeviceHeldError extends Error {
   override name = 'DeviceHeldError';
   constructor(readonly deviceId: string) {
-    super(`fleet recompute of ${deviceId} is held by another consumer; its day rows are rebuilt on the next try`);
+    super(`fleet recompute of ${deviceId} is held by another consumer; the step is tried again later`);
   }
 }
 

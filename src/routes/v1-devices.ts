@@ -64,13 +64,14 @@ export const v1DevicesRoute = router().openapi(route, async (c) => {
   const state = await deviceStub(c.env, projectId, deviceId).state();
   if (!state) throw new ApiError(404, 'device_not_found', `no events have been received for device ${deviceId}`);
   // Status depends on the project's rules (offline delay) and the time of the read.
-  const live = state.fleetLive ? liveView(state.fleetLive, Date.now(), await readRules(c.env, projectId)) : null;
-  let profile = null;
-  if (state.profileId) {
+  const readLive = async () => (state.fleetLive ? liveView(state.fleetLive, Date.now(), await readRules(c.env, projectId)) : null);
+  const readOwnProfile = async () => {
+    if (!state.profileId) return null;
     // ClickHouse being down answers 503 storage_unavailable (app.onError), never its error text.
     const p = await readProfile(clickhouse(getConfig(c.env).clickhouse), projectId, state.profileId);
-    profile = { id: state.profileId, properties: p?.properties ?? {}, updatedAt: p ? iso(p.lastUpdatedMs) : null };
-  }
+    return { id: state.profileId, properties: p?.properties ?? {}, updatedAt: p ? iso(p.lastUpdatedMs) : null };
+  };
+  const [live, profile] = await Promise.all([readLive(), readOwnProfile()]);
   return c.json(
     {
       deviceId: state.deviceId,
