@@ -24,7 +24,7 @@ export function packEvent(e: DeviceEvent): PackedEvent {
     n: e.row.name,
     c: e.row.created_at_ms,
     pr: e.row.profile_id,
-    pos: readPosition(e.row.properties),
+    pos: e.position !== undefined ? e.position : readPosition(e.row.properties),
     rp,
     // The entry is `{"s":"<session id>",` + rp + `}`, spliced into the message as it is.
     b: utf8Bytes(rp) + 64,
@@ -66,8 +66,12 @@ export function unpackEvents(packed: PackedEvents): PackedEvent[] {
   return events;
 }
 
+/** `[lat, lon]` of an event's properties when both are numbers (its last position for the device object). */
+export function positionOf(p: { lat?: unknown; lon?: unknown }): [number, number] | null {
+  return typeof p.lat === 'number' && typeof p.lon === 'number' ? [p.lat, p.lon] : null;
+}
+
 function readPosition(propertiesJson: string): [number, number] | null {
   if (!propertiesJson.includes('"lat"')) return null;
-  const p = JSON.parse(propertiesJson) as { lat?: unknown; lon?: unknown };
-  return typeof p.lat === 'number' && typeof p.lon === 'number' ? [p.lat, p.lon] : null;
+  return positionOf(JSON.parse(propertiesJson) as { lat?: unknown; lon?: unknown });
 }

@@ -10,6 +10,8 @@ export interface DeviceEvent {
   row: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
   /** The raw payload row; its id, project and times are the row's (the outbox keeps only `payload`). */
   payload: PayloadRow;
+  /** `[lat, lon]` when its properties carry both as numbers, null when not; absent: read from `row.properties`. */
+  position?: [number, number] | null;
 }
 
 /**

@@ -88,12 +88,19 @@ function formatter(tz: string): Intl.DateTimeFormat {
 /** The canonical name of a valid IANA time zone; throws InvalidTimeZoneError otherwise. */
 export function assertTimeZone(tz: unknown): string {
   if (typeof tz !== 'string' || tz.trim() === '' || tz.length > 64) throw new InvalidTimeZoneError(tz);
+  let zone = canonicalZones.get(tz);
+  if (zone !== undefined) return zone;
   try {
-    return formatter(tz).resolvedOptions().timeZone;
+    zone = formatter(tz).resolvedOptions().timeZone;
   } catch {
     throw new InvalidTimeZoneError(tz);
   }
+  canonicalZones.set(tz, zone);
+  return zone;
 }
+
+/** Canonical names of the zones seen valid (each recompute pass asks for its devices' zones). */
+const canonicalZones = new Map<string, string>();
 
 export function isValidTimeZone(tz: unknown): boolean {
   try {
@@ -133,6 +140,8 @@ function nextYmd({ y, m, d }: Ymd): Ymd {
 
 /** Local wall-clock fields at an instant, as a UTC timestamp, and the local date. */
 function wallClock(tz: string, utcMs: number): { wallMs: number; date: string } {
+  // UTC (most devices: no registry zone) without Intl; the same whole-second answer.
+  if (tz === 'UTC') return { wallMs: Math.floor(utcMs / 1000) * 1000, date: new Date(utcMs).toISOString().slice(0, 10) };
   const parts: Record<string, string> = {};
   for (const p of formatter(tz).formatToParts(new Date(utcMs))) parts[p.type] = p.value;
   const y = Number(parts.year);

@@ -79,15 +79,19 @@ export interface PositionSpan extends DeviceKey {
 /** The devices with `position` events among `events`, with the span of their times. */
 export function positionSpans(events: readonly Pick<EventRow, 'project_id' | 'device_id' | 'type' | 'name' | 'created_at_ms'>[]): PositionSpan[] {
   const spans = new Map<string, PositionSpan>();
+  // A message holds one device's events: the span of the one before is most often the one.
+  let last: PositionSpan | undefined;
   for (const e of events) {
     if (e.type !== 'track' || e.name !== POSITION_EVENT_NAME) continue;
-    const key = `${e.project_id}\u0000${e.device_id}`;
-    const s = spans.get(key);
-    if (!s) spans.set(key, { projectId: e.project_id, deviceId: e.device_id, fromMs: e.created_at_ms, toMs: e.created_at_ms });
-    else {
-      s.fromMs = Math.min(s.fromMs, e.created_at_ms);
-      s.toMs = Math.max(s.toMs, e.created_at_ms);
+    let s = last && last.deviceId === e.device_id && last.projectId === e.project_id ? last : undefined;
+    if (!s) {
+      const key = `${e.project_id}\u0000${e.device_id}`;
+      s = spans.get(key);
+      if (!s) spans.set(key, (s = { projectId: e.project_id, deviceId: e.device_id, fromMs: e.created_at_ms, toMs: e.created_at_ms }));
     }
+    if (e.created_at_ms < s.fromMs) s.fromMs = e.created_at_ms;
+    if (e.created_at_ms > s.toMs) s.toMs = e.created_at_ms;
+    last = s;
   }
   return [...spans.values()];
 }

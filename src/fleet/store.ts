@@ -83,7 +83,18 @@ export interface DeviceWindow {
 
 export const deviceKey = (d: { projectId: string; deviceId: string }) => `${d.projectId}\u0000${d.deviceId}`;
 
-const hex = (s: string) => Array.from(new TextEncoder().encode(s), (b) => b.toString(16).padStart(2, '0')).join('');
+const HEX_BYTE = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const utf8 = new TextEncoder();
+/** The UTF-8 bytes of `s` as hex (ASCII ids, the common case, without encoding them first). */
+function hex(s: string): string {
+  let out = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return Array.from(utf8.encode(s), (b) => HEX_BYTE[b]!).join('');
+    out += HEX_BYTE[c]!;
+  }
+  return out;
+}
 
 /**
  * The windows as external data: `windows` rows `hex(project):hex(device):from:to` (ids may hold any

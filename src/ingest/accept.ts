@@ -1,7 +1,7 @@
 // Validate → enrich → hand each device's rows to its object. A row counts as accepted only once
 // its device object has written it to the outbox.
 import type { ProjectAuth } from '../auth';
-import { packDeviceEvents } from '../device/packed';
+import { packDeviceEvents, positionOf } from '../device/packed';
 import { deviceStub } from '../device/stub';
 import type { DeviceEvent } from '../device/types';
 import type { Env } from '../env';
@@ -58,6 +58,8 @@ export function toDeviceEvent(projectId: string, deviceId: string, e: Normalized
       longitude: e.geo.longitude,
     },
     payload: { id, project_id: projectId, created_at_ms: e.createdAtMs, received_at_ms: e.receivedAtMs, payload: e.payloadJson },
+    // From the parsed properties: packing does not parse the row's JSON again to find it.
+    position: positionOf(e.properties),
   };
 }
 
