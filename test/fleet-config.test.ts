@@ -50,3 +50,39 @@ it('recomputes, from the cron, a span left pending when no recompute followed th
   const left = await env.DB.prepare('SELECT pending_from_ms FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-9').first<{ pending_from_ms: number | null }>();
   expect(left!.pending_from_ms).toBeNull();
 });
+
+it('leaves a device a consumer leased before its ack to that lease, then recomputes it from the cron once the lease ran out', async () => {
+  const { claimPositions } = await import('../src/fleet/recompute');
+  const { default: worker } = await import('../src/index');
+  const { createScheduledController } = await import('cloudflare:test');
+  const { ch } = await import('./helpers');
+  const p = await createProject('fleet-claimed');
+  const at = Date.now() - 30 * 60_000;
+  await ch().insert(
+    'events',
+    [0, 1, 2].map((i) => ({
+      id: crypto.randomUUID(), project_id: p.id, device_id: 'van-8', session_id: '', profile_id: '', type: 'track', name: 'position',
+      created_at_ms: at + i * 20_000, received_at_ms: at + i * 20_000, synced_at_ms: at + i * 20_000,
+      properties: JSON.stringify({ lat: 50.1, lon: 8.6 + i * 0.001, speed: 30 }), ref_id: '', ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null,
+    })),
+  );
+  // The consumer marked and leased the device before its ack, then went away before recomputing.
+  const [claim] = await claimPositions(env.DB, [{ projectId: p.id, deviceId: 'van-8', fromMs: at, toMs: at + 40_000 }]);
+  expect(claim!.held.map((h) => h.deviceId)).toEqual(['van-8']);
+  const liveNow = async () => {
+    const res = await app.fetch(new Request('http://gw/v1/fleet/live', { headers: p.headers }), env, createExecutionContext());
+    return ((await res.json()) as { vehicles: Array<{ deviceId: string; lon: number }> }).vehicles;
+  };
+  const cron = () => worker.scheduled!(createScheduledController({ scheduledTime: Date.now(), cron: '* * * * *' }), env, createExecutionContext()).catch(() => {});
+  const cursor = () => env.DB.prepare('UPDATE fleet_cursors SET updated_at = ?3 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-8', Date.now() - 5 * 60_000).run();
+  // Long pending, but leased: the watchdog leaves it to the holder.
+  await cursor();
+  await cron();
+  expect(await liveNow()).toEqual([]);
+  // The lease ran out: the watchdog recomputes it.
+  await env.DB.prepare('UPDATE fleet_cursors SET lease_until = ?3 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-8', Date.now() - 1000).run();
+  await cron();
+  const vehicles = await liveNow();
+  expect(vehicles.map((v) => v.deviceId)).toEqual(['van-8']);
+  expect(vehicles[0]!.lon).toBeCloseTo(8.602, 6);
+});

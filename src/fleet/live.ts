@@ -1,6 +1,6 @@
 // The vehicle registry (D1) and the live view of a project's vehicles: registry entries joined
 // with their live positions, the status computed at read time.
-import { and, asc, eq, inArray, isNotNull } from 'drizzle-orm';
+import { and, asc, eq, isNotNull } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { fleetCursors, vehicles } from '../db/schema';
 import type { FleetRules } from './rules';
@@ -117,28 +117,37 @@ export function liveView(live: LivePosition, nowMs: number, rules: FleetRules): 
 const ZONES_PER_STATEMENT = 90;
 
 /**
- * The registry time zone of each device (by deviceKey; only those registered with one), in one D1
- * batch: the zone its daily mileage rows are keyed by.
+ * Statements reading the registry time zone of each device (to ride in a D1 batch with others;
+ * `zonesFrom` reads their answers): the zone its daily mileage rows are keyed by.
  */
-export async function registryZones(d1: D1Database, devices: readonly { projectId: string; deviceId: string }[]): Promise<Map<string, string>> {
+export function zoneStatements(d1: D1Database, devices: readonly { projectId: string; deviceId: string }[]): D1PreparedStatement[] {
   const byProject = new Map<string, string[]>();
   for (const d of devices) byProject.set(d.projectId, [...(byProject.get(d.projectId) ?? []), d.deviceId]);
-  const db = drizzle(d1);
-  const statements = [...byProject].flatMap(([projectId, ids]) => {
-    const out = [];
+  const out: D1PreparedStatement[] = [];
+  for (const [projectId, ids] of byProject) {
     for (let i = 0; i < ids.length; i += ZONES_PER_STATEMENT) {
+      const part = ids.slice(i, i + ZONES_PER_STATEMENT);
       out.push(
-        db
-          .select({ projectId: vehicles.projectId, deviceId: vehicles.deviceId, timezone: vehicles.timezone })
-          .from(vehicles)
-          .where(and(eq(vehicles.projectId, projectId), inArray(vehicles.deviceId, ids.slice(i, i + ZONES_PER_STATEMENT)), isNotNull(vehicles.timezone))),
+        d1
+          .prepare(`SELECT project_id, device_id, timezone FROM vehicles WHERE project_id = ?1 AND timezone IS NOT NULL AND device_id IN (${part.map((_, k) => `?${k + 2}`).join(', ')})`)
+          .bind(projectId, ...part),
       );
     }
-    return out;
-  });
+  }
+  return out;
+}
+
+/** The zones the answers of zoneStatements name, by deviceKey (only devices registered with one). */
+export function zonesFrom(results: readonly D1Result[]): Map<string, string> {
   const zones = new Map<string, string>();
-  if (statements.length === 0) return zones;
-  const results = await db.batch(statements as [(typeof statements)[number], ...(typeof statements)[number][]]);
-  for (const rows of results) for (const r of rows) if (r.timezone) zones.set(deviceKey(r), r.timezone);
+  for (const r of results) for (const row of r.results as Array<{ project_id: string; device_id: string; timezone: string | null }>) {
+    if (row.timezone) zones.set(deviceKey({ projectId: row.project_id, deviceId: row.device_id }), row.timezone);
+  }
   return zones;
+}
+
+/** The registry time zone of each device (by deviceKey; only those registered with one), in one D1 batch. */
+export async function registryZones(d1: D1Database, devices: readonly { projectId: string; deviceId: string }[]): Promise<Map<string, string>> {
+  const statements = zoneStatements(d1, devices);
+  return statements.length ? zonesFrom(await d1.batch(statements)) : new Map();
 }

@@ -59,6 +59,24 @@ async function storedTexts(db: D1Database, projectIds: readonly string[]): Promi
   return out;
 }
 
+/** Statements reading the stored rules of `projectIds` (to ride in a D1 batch with others; `analysisRulesFrom` reads their answers). */
+export function rulesStatements(db: D1Database, projectIds: readonly string[]): D1PreparedStatement[] {
+  const ids = [...new Set(projectIds)];
+  const out: D1PreparedStatement[] = [];
+  for (let i = 0; i < ids.length; i += 90) {
+    const part = ids.slice(i, i + 90);
+    out.push(db.prepare(`SELECT id, fleet_rules FROM projects WHERE id IN (${part.map((_, k) => `?${k + 1}`).join(', ')})`).bind(...part));
+  }
+  return out;
+}
+
+/** The analysis rules of each of `projectIds` from the answers of rulesStatements (the defaults for a project not found). */
+export function analysisRulesFrom(projectIds: readonly string[], results: readonly D1Result[]): Map<string, FleetRules> {
+  const texts = new Map<string, string | null>();
+  for (const r of results) for (const row of r.results as Array<{ id: string; fleet_rules: string | null }>) texts.set(row.id, row.fleet_rules);
+  return new Map(projectIds.map((id) => [id, applyOverrides(DEFAULT_FLEET_RULES, parseStored(id, texts.get(id) ?? null))]));
+}
+
 /** The rules each project's fixes are analysed under (the defaults for a project not found). */
 export async function analysisRules(db: D1Database, projectIds: readonly string[]): Promise<Map<string, FleetRules>> {
   const texts = await storedTexts(db, projectIds);

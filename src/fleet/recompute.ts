@@ -15,11 +15,11 @@ import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner
 import { mapPool } from '../lib/pool';
 import type { EventRow } from '../pipeline/messages';
 import { analyseRange, applyRecompute, planRecompute, readWindow, resumeAfter, widenRecompute, type FleetHistory, type RecomputeRange } from './incremental';
-import { finishMileageRebuild, registryZones } from './live';
+import { finishMileageRebuild, registryZones, zoneStatements, zonesFrom } from './live';
 import type { Fix } from './position';
 import { POSITION_EVENT_NAME } from './position';
 import { localDates, localDayOf, localMidnights } from './mileage';
-import { analysisRules } from './project-rules';
+import { analysisRules, analysisRulesFrom, rulesStatements } from './project-rules';
 import type { FleetRules } from './rules';
 import {
   deviceKey,
@@ -555,28 +555,60 @@ type Due = DeviceKey & { span?: { fromMs: number; toMs: number }; rebuildDays?: 
  * go. Answers the passes run per device (0: another consumer holds it, or nothing was pending).
  */
 async function recomputeHeld(ch: ClickHouse, env: FleetEnv, devices: readonly Due[], fixedRules: FleetRules | null, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
-  const db = env.DB;
-  const writeLive = deviceObjectsLive(env);
+  return runClaimed(ch, env, await claimDevices(env.DB, devices, fixedRules === null), fixedRules, failed);
+}
+
+/** Devices marked and leased in one D1 batch, with what their first pass needs from D1. */
+export interface FleetClaim {
+  token: string;
+  devices: readonly Due[];
+  held: Held[];
+  /** Registry zones of the devices, read in the same batch: under the leases. */
+  zones: Map<string, string>;
+  /** Their projects' rules, read in the same batch (null: the caller fixes the rules). */
+  rules: Map<string, FleetRules> | null;
+}
+
+/**
+ * Marks the devices' spans pending and takes the lease of each that no one else holds, reading
+ * their registry zones and (with `readRules`) their projects' rules in the same D1 batch: one round
+ * trip, and the zones and rules are read once the leases are held, as a pass needs them.
+ */
+async function claimDevices(db: D1Database, devices: readonly Due[], readRules: boolean): Promise<FleetClaim> {
   const token = crypto.randomUUID();
-  const passes = new Map(devices.map((d) => [deviceKey(d), 0]));
   const nowMs = Date.now();
-  const results = await db.batch<CursorRow & { lease_token: string | null }>(
-    devices.map((d) => (d.span ? markAndAcquireStatement(db, { projectId: d.projectId, deviceId: d.deviceId, ...d.span }, token, nowMs) : acquireStatement(db, d, token, nowMs))),
-  );
-  let held: Held[] = [];
+  const projectIds = [...new Set(devices.map((d) => d.projectId))];
+  const leases = devices.map((d) => (d.span ? markAndAcquireStatement(db, { projectId: d.projectId, deviceId: d.deviceId, ...d.span }, token, nowMs) : acquireStatement(db, d, token, nowMs)));
+  const zoneReads = zoneStatements(db, devices);
+  const ruleReads = readRules ? rulesStatements(db, projectIds) : [];
+  const results = devices.length ? await db.batch([...leases, ...zoneReads, ...ruleReads]) : [];
+  const held: Held[] = [];
   devices.forEach((d, i) => {
-    const row = results[i]!.results[0];
+    const row = results[i]!.results[0] as (CursorRow & { lease_token: string | null }) | undefined;
     const pending = row && row.lease_token === token ? pendingOf(row) : null;
     if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0, rebuildDays: d.rebuildDays });
   });
+  const zones = zonesFrom(results.slice(leases.length, leases.length + zoneReads.length));
+  const rules = readRules ? analysisRulesFrom(projectIds, results.slice(leases.length + zoneReads.length)) : null;
+  return { token, devices, held, zones, rules };
+}
+
+/** Runs the recompute of a claim's held devices (see recomputeHeld); the leases are let go or finished. */
+async function runClaimed(ch: ClickHouse, env: FleetEnv, claim: FleetClaim, fixedRules: FleetRules | null, failed: (k: DeviceKey, err: Error) => void): Promise<Map<string, number>> {
+  const db = env.DB;
+  const writeLive = deviceObjectsLive(env);
+  const { token, zones } = claim;
+  const passes = new Map(claim.devices.map((d) => [deviceKey(d), 0]));
+  let held = claim.held;
+  let claimedRules = claim.rules;
   try {
-    // Looked up once under the leases: a zone changed later is rebuilt by its job, which waits for
-    // the lease and rewrites the recent days after this holder (see createRezoneJob).
-    const zones = held.length ? await registryZones(db, held) : new Map<string, string>();
+    // Zones are looked up once under the leases: a zone changed later is rebuilt by its job, which
+    // waits for the lease and rewrites the recent days after this holder (see createRezoneJob).
     while (held.length) {
-      // Rules are read each pass: a rules job's span marked while this holder works is recomputed by
-      // it, under the rules as they are now.
-      const rulesOf = fixedRules ? null : await analysisRules(db, held.map((h) => h.projectId));
+      // Rules are read each pass (the first pass's with the leases): a rules job's span marked while
+      // this holder works is recomputed by it, under the rules as they are now.
+      const rulesOf = fixedRules ? null : (claimedRules ?? (await analysisRules(db, held.map((h) => h.projectId))));
+      claimedRules = null;
       // Versions grow across leases (seq) and across the passes of one lease.
       const inputs = held.map((h) => ({
         v: { projectId: h.projectId, deviceId: h.deviceId, version: h.seq * 1000 + h.passes },
@@ -700,8 +732,7 @@ async function rebuildWhenFree(ch: ClickHouse, env: FleetEnv, projectId: string,
  */
 export async function recomputeDevices(ch: ClickHouse, env: FleetEnv, spans: readonly PositionSpan[]): Promise<Map<string, number>> {
   const passes = new Map<string, number>();
-  const log = (k: DeviceKey, err: unknown) =>
-    console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
+  const log = logFailure;
   for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
     const run = spans.slice(i, i + DEVICES_PER_RUN);
     try {
@@ -718,6 +749,36 @@ export async function recomputeDevices(ch: ClickHouse, env: FleetEnv, spans: rea
 export async function recomputeAfterWrite(ch: ClickHouse, env: FleetEnv, spans: readonly PositionSpan[]): Promise<void> {
   await recomputeDevices(ch, env, spans);
 }
+
+/**
+ * The ingest consumer's step before it acks a durable insert: marks the positions' spans pending
+ * and takes the leases of the devices no one else holds, in one D1 batch per DEVICES_PER_RUN
+ * devices (see claimDevices). Positions it stored are never acked without a trace: if the
+ * recompute after the ack fails or never runs, the leases run out and the watchdog finds the spans
+ * still pending.
+ */
+export async function claimPositions(db: D1Database, spans: readonly PositionSpan[]): Promise<FleetClaim[]> {
+  const claims: FleetClaim[] = [];
+  for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
+    const run = spans.slice(i, i + DEVICES_PER_RUN).map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
+    claims.push(await claimDevices(db, run, true));
+  }
+  return claims;
+}
+
+/** The consumer's step after the ack: recomputes what claimPositions leased. A failure is logged and leaves the spans pending. */
+export async function recomputeClaimed(ch: ClickHouse, env: FleetEnv, claims: readonly FleetClaim[]): Promise<void> {
+  for (const claim of claims) {
+    try {
+      await runClaimed(ch, env, claim, null, logFailure);
+    } catch (err) {
+      for (const d of claim.devices) logFailure(d, err);
+    }
+  }
+}
+
+const logFailure = (k: DeviceKey, err: unknown) =>
+  console.error(JSON.stringify({ msg: 'fleet recompute failed; the next batch of the device retries it', projectId: k.projectId, deviceId: k.deviceId, error: String(err) }));
 
 // ---------------------------------------------------------------------------------------------
 // The `fleet_recompute` job: history that arrived without the ingest consumer (a legacy import)

@@ -3,7 +3,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import { markPending, positionSpans, recomputeAfterWrite, type PositionSpan } from '../fleet/recompute';
+import { claimPositions, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -132,11 +132,13 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   // Fleet state follows the durable insert: the spans are marked pending in D1 before the ack, so
   // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
   const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env, positions) : undefined);
+  // Marked and leased in one D1 round trip before the ack; recomputed after it.
+  const claimed = async (positions: PositionSpan[]) => (positions.length ? claimPositions(env.DB, positions) : []);
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
-    await markPending(env.DB, positions);
+    const claims = await claimed(positions);
     ackAll();
-    await fleet(positions);
+    await recomputeClaimed(ch, env, claims);
     return;
   } catch (err) {
     // One immediate second try (a stale keep-alive connection after a ClickHouse restart fails once);
@@ -145,9 +147,9 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   }
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), true);
-    await markPending(env.DB, positions);
+    const claims = await claimed(positions);
     ackAll();
-    await fleet(positions);
+    await recomputeClaimed(ch, env, claims);
     return;
   } catch (err) {
     console.error(JSON.stringify({ msg: 'ingest write failed twice; writing messages one by one', messages: batch.messages.length, error: String(err) }));
