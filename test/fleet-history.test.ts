@@ -44,9 +44,15 @@ it('recomputes the fleet views after an import of positions', async () => {
     );
   });
   const { p } = await importPositions('fleet-history', table);
-  const live = await getJson<{ vehicles: Array<{ deviceId: string; lat: number; lon: number }> }>(p, '/v1/fleet/live');
+  const live = await getJson<{ vehicles: Array<{ deviceId: string; lat: number; lon: number; at: string }> }>(p, '/v1/fleet/live');
   expect(live.body.vehicles).toEqual([expect.objectContaining({ deviceId: 'van-7', lat: 52.52 })]);
   expect(live.body.vehicles[0]!.lon).toBeCloseTo(13.43, 6);
+  // The vehicle never sent anything through the gateway: its object exists for its live position.
+  const own = await getJson<{ live: { lat: number; lon: number; at: string } | null; lastEvent: unknown }>(p, '/v1/devices/van-7');
+  expect(own.status).toBe(200);
+  expect(own.body.lastEvent).toBeNull();
+  expect(own.body.live).toMatchObject({ lat: 52.52, at: live.body.vehicles[0]!.at });
+  expect(own.body.live!.lon).toBeCloseTo(13.43, 6);
 });
 
 it('shows imported history in the track, the trips and the daily mileage', async () => {
