@@ -260,13 +260,17 @@ export async function withFleetLeases<T>(db: D1Database, devices: readonly Devic
   try {
     let waiting = [...devices];
     for (let wait = 500; waiting.length; wait *= 2) {
-      const at = Date.now();
-      const took = await db.batch(waiting.flatMap((d) => [holdForErasureStatement(db, d, token, at), cursorExistsStatement(db, d)]));
       const busy: DeviceKey[] = [];
-      waiting.forEach((d, i) => {
-        if (took[2 * i]!.results.length) held.push(d);
-        else if (took[2 * i + 1]!.results.length) busy.push(d);
-      });
+      // DEVICES_PER_RUN devices (two statements each) per D1 batch: a profile may span many devices.
+      for (let i = 0; i < waiting.length; i += DEVICES_PER_RUN) {
+        const run = waiting.slice(i, i + DEVICES_PER_RUN);
+        const at = Date.now();
+        const took = await db.batch(run.flatMap((d) => [holdForErasureStatement(db, d, token, at), cursorExistsStatement(db, d)]));
+        run.forEach((d, k) => {
+          if (took[2 * k]!.results.length) held.push(d);
+          else if (took[2 * k + 1]!.results.length) busy.push(d);
+        });
+      }
       waiting = busy;
       if (!waiting.length) break;
       if (wait > 8000) throw new DeviceHeldError(waiting[0]!.deviceId);
