@@ -9,6 +9,7 @@ import {
   MIN_DUTY,
   needsBaseline,
   nextThrottle,
+  observeWindow,
   quantile,
   restFor,
   restoreThrottle,
@@ -106,6 +107,15 @@ describe('throttle controller', () => {
     expect(between).toMatchObject({ stepRows: s.stepRows, duty: s.duty, ratio: 1.4 });
     const blind = nextThrottle(s, { probesMs: [], longestRestMs: 0, workedMs: 0, restedMs: 0 }, limits);
     expect(blind).toMatchObject({ stepRows: s.stepRows, duty: s.duty, probeMs: s.probeMs });
+  });
+
+  it('reports what readers saw in a window too short to judge, without changing its pace', () => {
+    const s = measured();
+    const seen = observeWindow(s, [30, 20]);
+    expect(seen).toMatchObject({ stepRows: s.stepRows, duty: s.duty, probeMs: 30, ratio: 3 });
+    expect(observeWindow(s, [])).toEqual(s);
+    // Nothing to compare with before the idle latency is known.
+    expect(observeWindow(initialThrottle(limits), [30])).toMatchObject({ probeMs: null, ratio: null });
   });
 
   it('judges a window by the upper quartile of its probes: a few slow reads pass, a third do not', () => {

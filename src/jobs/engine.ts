@@ -9,7 +9,7 @@ import { fleetRecomputeRunner } from '../fleet/recompute';
 import { advance, chunkRetryDelaySec, MAX_CHUNK_ATTEMPTS } from './states';
 import { PermanentChunkError, type ChunkInput, type ChunkPace, type JobRunner } from './runner';
 import { jobStore, type JobRow, type JobStore } from './store';
-import { IDLE_PROBES, MIN_WINDOW_PROBES, needsBaseline, nextThrottle, restFor, restoreThrottle, splitThrottleState, WINDOW_PROBES, withBaseline, type ThrottleLimits, type ThrottleState } from './throttle';
+import { IDLE_PROBES, MIN_WINDOW_PROBES, needsBaseline, nextThrottle, observeWindow, restFor, restoreThrottle, splitThrottleState, WINDOW_PROBES, withBaseline, type ThrottleLimits, type ThrottleState } from './throttle';
 import { saveThrottleState } from './throttle-store';
 
 import { sendChunk, type ChunkMessage } from './queue';
@@ -180,6 +180,8 @@ function pacer(throttle: Throttle, startedAt: number): ChunkPace & { finish(): T
       if (probes) window.push(...probes.stop());
       workedMs += Date.now() - since;
       judge(MIN_WINDOW_PROBES);
+      // Too few probes to judge the pace on: still report what the readers saw.
+      if (window.length > 0) state = observeWindow(withBaseline(state, window.filter((p) => p.idle).map((p) => p.ms), Date.now()), window.map((p) => p.ms));
       return state;
     },
   };

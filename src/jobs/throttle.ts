@@ -197,6 +197,17 @@ export function nextThrottle(s: ThrottleState, w: ProbeWindow, limits: ThrottleL
   };
 }
 
+/**
+ * What a window too short to judge still shows: the readers' latency meanwhile, recorded without
+ * changing the pace. A chunk that ends before its first full window (a small import, slow reads)
+ * reports what its readers saw instead of nothing.
+ */
+export function observeWindow(s: ThrottleState, probesMs: readonly number[]): ThrottleState {
+  if (probesMs.length === 0 || s.baselineMs === null) return s;
+  const probeMs = quantile(probesMs, PROBE_QUANTILE);
+  return { ...s, probeMs: round1(probeMs), ratio: Math.round((probeMs / Math.max(s.baselineMs, MIN_BASELINE_MS)) * 100) / 100 };
+}
+
 /** What the job's answer shows of its controller. */
 export interface ThrottleView {
   stepRows: number;
