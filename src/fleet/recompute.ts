@@ -759,15 +759,69 @@ export async function recomputeAfterWrite(ch: ClickHouse, env: FleetEnv, spans: 
  * and takes the leases of the devices no one else holds, in one D1 batch per DEVICES_PER_RUN
  * devices (see claimDevices). Positions it stored are never acked without a trace: if the
  * recompute after the ack fails or never runs, the leases run out and the watchdog finds the spans
- * still pending.
+ * still pending. `due` are devices whose spans are already marked (deferred earlier): their leases
+ * are taken in the same batches, if something is still pending.
  */
-export async function claimPositions(db: D1Database, spans: readonly PositionSpan[]): Promise<FleetClaim[]> {
+export async function claimPositions(db: D1Database, spans: readonly PositionSpan[], due: readonly DeviceKey[] = []): Promise<FleetClaim[]> {
+  const marked = new Set(spans.map(deviceKey));
+  const all: Due[] = [
+    ...spans.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } })),
+    ...due.filter((d) => !marked.has(deviceKey(d))).map((d) => ({ projectId: d.projectId, deviceId: d.deviceId })),
+  ];
   const claims: FleetClaim[] = [];
-  for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
-    const run = spans.slice(i, i + DEVICES_PER_RUN).map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
-    claims.push(await claimDevices(db, run, true));
-  }
+  for (let i = 0; i < all.length; i += DEVICES_PER_RUN) claims.push(await claimDevices(db, all.slice(i, i + DEVICES_PER_RUN), true));
   return claims;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deferral while the ingest queue has a backlog
+
+/**
+ * The longest a consumer defers a device's recompute while the queue keeps a backlog: a vehicle's
+ * live position, trips and mileage lag a draining backlog by at most this much (plus one pass).
+ */
+export const FLEET_DEFER_MAX_MS = 10_000;
+/** Devices one isolate keeps deferred at most; beyond that the oldest are recomputed at once. */
+const MAX_DEFERRED = 10_000;
+
+/**
+ * Devices this isolate deferred (by deviceKey, with when it first did). Their spans are marked in
+ * D1, so the record is only a reminder: an isolate that goes away leaves them to the device's next
+ * batch or the watchdog.
+ */
+const deferred = new Map<string, DeviceKey & { sinceMs: number }>();
+
+/**
+ * A batch with more messages queued behind it defers its positions' recompute: another batch of the
+ * same devices is probably next, and a pass now would be redone by it. Marks the spans pending (one
+ * D1 batch, before the ack) and remembers the devices.
+ */
+export async function deferPositions(db: D1Database, spans: readonly PositionSpan[], nowMs = Date.now()): Promise<void> {
+  await markPending(db, spans, nowMs);
+  for (const s of spans) {
+    const key = deviceKey(s);
+    if (!deferred.has(key)) deferred.set(key, { projectId: s.projectId, deviceId: s.deviceId, sinceMs: nowMs });
+  }
+}
+
+/**
+ * The deferred devices to recompute now, forgotten as they are handed out: every one once the
+ * queue has drained (a batch with nothing behind it), otherwise those deferred for
+ * FLEET_DEFER_MAX_MS (and the oldest beyond MAX_DEFERRED), so a backlog that never drains delays a
+ * vehicle by that much at most. Devices in `spans` are forgotten too: their batch recomputes them.
+ */
+export function takeDeferred(drained: boolean, spans: readonly DeviceKey[] = [], nowMs = Date.now()): DeviceKey[] {
+  for (const s of spans) deferred.delete(deviceKey(s));
+  const out: DeviceKey[] = [];
+  let over = deferred.size - MAX_DEFERRED;
+  // Oldest first (insertion order).
+  for (const [key, d] of deferred) {
+    if (!drained && over <= 0 && nowMs - d.sinceMs < FLEET_DEFER_MAX_MS) continue;
+    over--;
+    deferred.delete(key);
+    out.push({ projectId: d.projectId, deviceId: d.deviceId });
+  }
+  return out;
 }
 
 /** The consumer's step after the ack: recomputes what claimPositions leased. A failure is logged and leaves the spans pending. */

@@ -3,7 +3,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import { claimPositions, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
+import { claimPositions, deferPositions, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, takeDeferred, type PositionSpan } from '../fleet/recompute';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -132,8 +132,17 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   // Fleet state follows the durable insert: the spans are marked pending in D1 before the ack, so
   // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
   const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env, positions) : undefined);
-  // Marked and leased in one D1 round trip before the ack; recomputed after it.
-  const claimed = async (positions: PositionSpan[]) => (positions.length ? claimPositions(env.DB, positions) : []);
+  // Marked and leased in one D1 round trip before the ack; recomputed after it. With more messages
+  // queued behind this batch, the positions' recompute is deferred (marked only): the next batch
+  // of the same devices would redo it. Deferred devices are recomputed once the queue drains, or
+  // after FLEET_DEFER_MAX_MS if it never does.
+  const backlog = batch.metadata?.metrics?.backlogCount ?? 0;
+  const claimed = async (positions: PositionSpan[]) => {
+    if (backlog > 0 && positions.length) await deferPositions(env.DB, positions);
+    const due = takeDeferred(backlog === 0, backlog > 0 ? [] : positions);
+    const now = backlog > 0 ? [] : positions;
+    return now.length || due.length ? claimPositions(env.DB, now, due) : [];
+  };
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
     const claims = await claimed(positions);
