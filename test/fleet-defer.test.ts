@@ -1,9 +1,10 @@
-// The ingest consumer defers the fleet recompute of a batch that has more messages queued behind it,
-// and recomputes the devices it deferred once the queue drains (or after FLEET_DEFER_MAX_MS).
-import { createExecutionContext, createMessageBatch, env, getQueueResult } from 'cloudflare:test';
+// The ingest consumer defers the fleet recompute of a batch that has more messages queued behind it;
+// deferred devices are recomputed by the next batch once the queue drains (or after
+// FLEET_DEFER_MAX_MS), whichever consumer takes it, or by the watchdog.
+import { createExecutionContext, createMessageBatch, createScheduledController, env, getQueueResult } from 'cloudflare:test';
 import { expect, it } from 'vitest';
 import worker, { app } from '../src/index';
-import { deferPositions, FLEET_DEFER_MAX_MS } from '../src/fleet/recompute';
+import { claimPositions, FLEET_DEFER_MAX_MS } from '../src/fleet/recompute';
 import type { Fix } from '../src/fleet/position';
 import type { IngestMessage } from '../src/pipeline/messages';
 import { storeFixes } from './fleet-fixtures';
@@ -45,9 +46,17 @@ async function objectLive(p: TestProject, deviceId: string): Promise<{ lon: numb
 }
 
 const cursorOf = (p: TestProject, deviceId: string) =>
-  env.DB.prepare('SELECT pending_from_ms AS pending, lease_until AS lease FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2')
+  env.DB.prepare('SELECT pending_from_ms AS pending, lease_until AS lease, deferred_since AS deferredSince, seq FROM fleet_cursors WHERE project_id = ?1 AND device_id = ?2')
     .bind(p.id, deviceId)
-    .first<{ pending: number | null; lease: number }>();
+    .first<{ pending: number | null; lease: number; deferredSince: number | null; seq: number }>();
+
+/** Marks a device's stored fixes deferred, as a consumer with a backlog did `agoMs` ago. */
+async function deferredAgo(p: TestProject, deviceId: string, fs: readonly Fix[], agoMs: number): Promise<void> {
+  await storeFixes(p.id, deviceId, fs);
+  expect(await claimPositions(env.DB, [{ projectId: p.id, deviceId, fromMs: fs[0]!.atMs, toMs: fs.at(-1)!.atMs }], { defer: true })).toEqual([]);
+  const at = Date.now() - agoMs;
+  await env.DB.prepare('UPDATE fleet_cursors SET deferred_since = ?3, updated_at = ?3 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, deviceId, at).run();
+}
 
 it('defers the recompute while messages wait behind a batch, and recomputes every deferred device once the queue drains', async () => {
   const p = await createProject('fleet-defer');
@@ -57,35 +66,44 @@ it('defers the recompute while messages wait behind a batch, and recomputes ever
   // Two batches of van-a with more queued behind them: stored and acked, marked pending, not recomputed.
   expect((await deliver([message(p.id, 'van-a', a1)], 5)).ackAll).toBe(true);
   expect((await deliver([message(p.id, 'van-a', a2)], 2)).ackAll).toBe(true);
-  expect(await cursorOf(p, 'van-a')).toMatchObject({ pending: at, lease: 0 });
+  const deferred = (await cursorOf(p, 'van-a'))!;
+  expect(deferred).toMatchObject({ pending: at, lease: 0 });
+  expect(deferred.deferredSince).not.toBeNull();
   expect(await live(p)).toEqual(new Map());
-  // The queue drains with a batch of another vehicle: van-a is recomputed with it, over both batches.
+  // The queue drains with a batch of another vehicle (a backlog no larger than the batch itself
+  // counts as none: the figure may include the batch): van-a is recomputed with it.
   const b = fixes(at, 3, 9.1);
-  expect((await deliver([message(p.id, 'van-b', b)], 0)).ackAll).toBe(true);
+  expect((await deliver([message(p.id, 'van-b', b)], 1)).ackAll).toBe(true);
   const vehicles = await live(p);
   expect([...vehicles.keys()].sort()).toEqual(['van-a', 'van-b']);
   expect(vehicles.get('van-a')).toBeCloseTo(8.605, 6);
   expect(vehicles.get('van-b')).toBeCloseTo(9.102, 6);
   expect((await objectLive(p, 'van-a'))!.lon).toBeCloseTo(8.605, 6);
-  expect(await cursorOf(p, 'van-a')).toMatchObject({ pending: null, lease: 0 });
+  // One pass over both deferred batches: one lease since.
+  expect(await cursorOf(p, 'van-a')).toMatchObject({ pending: null, lease: 0, deferredSince: null, seq: deferred.seq + 1 });
   expect(await cursorOf(p, 'van-b')).toMatchObject({ pending: null, lease: 0 });
 });
 
-it(`recomputes a device deferred for ${FLEET_DEFER_MAX_MS / 1000} s even while the backlog lasts`, async () => {
+it(`recomputes a device deferred for ${FLEET_DEFER_MAX_MS / 1000} s even while the backlog lasts, and the watchdog takes one no batch comes for`, async () => {
   const p = await createProject('fleet-defer-bound');
   const at = Date.now() - 30 * 60_000;
-  // van-c was deferred a while ago (its batch had a backlog behind it) and sent nothing since.
-  const c = fixes(at, 3, 8.6);
-  await storeFixes(p.id, 'van-c', c);
-  await deferPositions(env.DB, [{ projectId: p.id, deviceId: 'van-c', fromMs: c[0]!.atMs, toMs: c[2]!.atMs }], Date.now() - FLEET_DEFER_MAX_MS - 1000);
+  // van-c was deferred a while ago (by some consumer: the record is in D1) and sent nothing since.
+  await deferredAgo(p, 'van-c', fixes(at, 3, 8.6), FLEET_DEFER_MAX_MS + 1000);
   // The backlog goes on: van-d's batch is deferred, van-c is recomputed now.
   expect((await deliver([message(p.id, 'van-d', fixes(at, 3, 9.1))], 40)).ackAll).toBe(true);
   const vehicles = await live(p);
   expect([...vehicles.keys()]).toEqual(['van-c']);
   expect(vehicles.get('van-c')).toBeCloseTo(8.602, 6);
+  expect(await cursorOf(p, 'van-c')).toMatchObject({ pending: null, deferredSince: null });
   expect(await cursorOf(p, 'van-d')).toMatchObject({ lease: 0 });
   expect((await cursorOf(p, 'van-d'))!.pending).not.toBeNull();
-  // Drained: van-d too.
+  // Drained: van-d too, taken by a batch of another vehicle.
   expect((await deliver([message(p.id, 'van-e', fixes(at, 3, 7.1))], 0)).ackAll).toBe(true);
   expect([...(await live(p)).keys()].sort()).toEqual(['van-c', 'van-d', 'van-e']);
+  // A device deferred past the bound that no batch comes for: the every-minute watchdog takes it
+  // (its span was marked just now, too recently for the watchdog's orphan rule alone).
+  await deferredAgo(p, 'van-g', fixes(at, 3, 5.1), FLEET_DEFER_MAX_MS + 1000);
+  await env.DB.prepare('UPDATE fleet_cursors SET updated_at = ?3 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-g', Date.now()).run();
+  await worker.scheduled!(createScheduledController({ scheduledTime: Date.now(), cron: '* * * * *' }), env, createExecutionContext());
+  expect([...(await live(p)).keys()].sort()).toEqual(['van-c', 'van-d', 'van-e', 'van-g']);
 });

@@ -1,4 +1,5 @@
 // Control plane in D1. drizzle-kit generates migrations/d1 from this file.
+import { sql } from 'drizzle-orm';
 import { sqliteTable, text, integer, index, primaryKey } from 'drizzle-orm/sqlite-core';
 
 export const projects = sqliteTable('projects', {
@@ -251,6 +252,15 @@ export const fleetCursors = sqliteTable(
     leaseUntil: integer('lease_until').notNull().default(0),
     seq: integer('seq').notNull().default(0),
     updatedAt: integer('updated_at').notNull(),
+    /**
+     * When a consumer first deferred the pending span's recompute (its queue batch had a backlog
+     * behind it); null when nothing deferred is pending. Such spans are taken by the next batch with
+     * nothing behind it, or once deferred for FLEET_DEFER_MAX_MS.
+     */
+    deferredSince: integer('deferred_since'),
   },
-  (t) => [primaryKey({ columns: [t.projectId, t.deviceId] })],
+  (t) => [
+    primaryKey({ columns: [t.projectId, t.deviceId] }),
+    index('fleet_cursors_deferred').on(t.deferredSince).where(sql`deferred_since IS NOT NULL`),
+  ],
 );

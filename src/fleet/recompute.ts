@@ -176,10 +176,11 @@ export async function recomputeLeftPending(ch: ClickHouse, env: FleetEnv, nowMs:
   const { results } = await env.DB
     .prepare(
       `SELECT project_id, device_id, pending_from_ms, pending_to_ms FROM fleet_cursors
-        WHERE pending_from_ms IS NOT NULL AND lease_until < ?1 AND updated_at < ?2
+        WHERE pending_from_ms IS NOT NULL AND lease_until < ?1
+          AND (updated_at < ?2 OR (deferred_since IS NOT NULL AND deferred_since < ?4))
         ORDER BY updated_at LIMIT ?3`,
     )
-    .bind(nowMs, nowMs - ORPHAN_PENDING_MS, limit)
+    .bind(nowMs, nowMs - ORPHAN_PENDING_MS, limit, nowMs - FLEET_DEFER_MAX_MS)
     .all<{ project_id: string; device_id: string; pending_from_ms: number; pending_to_ms: number }>();
   if (!results.length) return 0;
   await recomputeDevices(
@@ -212,14 +213,19 @@ const finishStatement = (db: D1Database, k: DeviceKey, token: string, done: Pend
          pending_from_ms = CASE WHEN dirty = ?4 THEN NULL ELSE pending_from_ms END,
          pending_to_ms = CASE WHEN dirty = ?4 THEN NULL ELSE pending_to_ms END,
          lease_token = CASE WHEN dirty = ?4 THEN NULL ELSE lease_token END,
-         lease_until = CASE WHEN dirty = ?4 THEN 0 ELSE ?5 END
+         lease_until = CASE WHEN dirty = ?4 THEN 0 ELSE ?5 END,
+         deferred_since = CASE WHEN dirty = ?4 THEN NULL ELSE deferred_since END
         WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3
         RETURNING pending_from_ms, pending_to_ms, dirty, seq, lease_token`,
     )
     .bind(k.projectId, k.deviceId, token, done.dirty, nowMs + FLEET_LEASE_MS);
 
 const releaseStatement = (db: D1Database, k: DeviceKey, token: string) =>
-  db.prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`).bind(k.projectId, k.deviceId, token);
+  // A span let go unfinished (a failed pass, or passes enough for one lease) is no longer deferred:
+  // the device's next batch or the watchdog takes it, as any pending span.
+  db
+    .prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0, deferred_since = NULL WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`)
+    .bind(k.projectId, k.deviceId, token);
 
 /** Still ours (and extended): a pass whose lease ran out must not write over its successor's rows. */
 const holdsStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: number) =>
@@ -578,14 +584,15 @@ export interface FleetClaim {
  * their registry zones and (with `readRules`) their projects' rules in the same D1 batch: one round
  * trip, and the zones and rules are read once the leases are held, as a pass needs them.
  */
-async function claimDevices(db: D1Database, devices: readonly Due[], readRules: boolean): Promise<FleetClaim> {
+async function claimDevices(db: D1Database, devices: readonly Due[], readRules: boolean, extra?: DueTake): Promise<FleetClaim> {
   const token = crypto.randomUUID();
   const nowMs = Date.now();
   const projectIds = [...new Set(devices.map((d) => d.projectId))];
   const leases = devices.map((d) => (d.span ? markAndAcquireStatement(db, { projectId: d.projectId, deviceId: d.deviceId, ...d.span }, token, nowMs) : acquireStatement(db, d, token, nowMs)));
   const zoneReads = zoneStatements(db, devices);
   const ruleReads = readRules ? rulesStatements(db, projectIds) : [];
-  const results = devices.length ? await db.batch([...leases, ...zoneReads, ...ruleReads]) : [];
+  const results = devices.length ? await db.batch([...leases, ...zoneReads, ...ruleReads, ...(extra ? [extra.statement] : [])]) : [];
+  if (extra) extra.rows = (results.at(-1)?.results ?? []) as DueRow[];
   const held: Held[] = [];
   devices.forEach((d, i) => {
     const row = results[i]!.results[0] as (CursorRow & { lease_token: string | null }) | undefined;
@@ -759,17 +766,39 @@ export async function recomputeAfterWrite(ch: ClickHouse, env: FleetEnv, spans: 
  * and takes the leases of the devices no one else holds, in one D1 batch per DEVICES_PER_RUN
  * devices (see claimDevices). Positions it stored are never acked without a trace: if the
  * recompute after the ack fails or never runs, the leases run out and the watchdog finds the spans
- * still pending. `due` are devices whose spans are already marked (deferred earlier): their leases
- * are taken in the same batches, if something is still pending.
+ * still pending.
+ *
+ * With `defer` (more messages are queued behind the batch) the spans are only marked, as deferred.
+ * With `dueBeforeMs`, the same round trip also takes the leases of up to DEVICES_PER_RUN devices
+ * deferred before then (by any consumer), as one more claim.
  */
-export async function claimPositions(db: D1Database, spans: readonly PositionSpan[], due: readonly DeviceKey[] = []): Promise<FleetClaim[]> {
-  const marked = new Set(spans.map(deviceKey));
-  const all: Due[] = [
-    ...spans.map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } })),
-    ...due.filter((d) => !marked.has(deviceKey(d))).map((d) => ({ projectId: d.projectId, deviceId: d.deviceId })),
-  ];
+export async function claimPositions(db: D1Database, spans: readonly PositionSpan[], opts: { defer?: boolean; dueBeforeMs?: number } = {}): Promise<FleetClaim[]> {
+  const nowMs = Date.now();
+  const due = opts.dueBeforeMs === undefined ? undefined : takeDueStatement(db, opts.dueBeforeMs, nowMs);
   const claims: FleetClaim[] = [];
-  for (let i = 0; i < all.length; i += DEVICES_PER_RUN) claims.push(await claimDevices(db, all.slice(i, i + DEVICES_PER_RUN), true));
+  try {
+    if (opts.defer) {
+      for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
+        const last = i + DEVICES_PER_RUN >= spans.length;
+        const marks = spans.slice(i, i + DEVICES_PER_RUN).map((s) => deferStatement(db, s, nowMs));
+        const results = await db.batch([...marks, ...(last && due ? [due.statement] : [])]);
+        if (last && due) due.rows = (results.at(-1)?.results ?? []) as DueRow[];
+      }
+      if (!spans.length && due) due.rows = (await due.statement.all<DueRow>()).results;
+    } else {
+      for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
+        const run = spans.slice(i, i + DEVICES_PER_RUN).map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
+        claims.push(await claimDevices(db, run, true, i === 0 ? due : undefined));
+      }
+      if (!spans.length && due) due.rows = (await due.statement.all<DueRow>()).results;
+    }
+    if (due?.rows?.length) claims.push(await claimTaken(db, due.token, due.rows));
+  } catch (err) {
+    // Leases taken by a batch that went through before another failed are let go, not left to run out.
+    const taken = [...claims.map((c) => ({ token: c.token, keys: c.held })), ...(due?.rows?.length ? [{ token: due.token, keys: due.rows.map((r) => ({ projectId: r.project_id, deviceId: r.device_id })) }] : [])];
+    await Promise.all(taken.map((t) => release(db, t.keys, t.token))).catch(() => {});
+    throw err;
+  }
   return claims;
 }
 
@@ -777,51 +806,75 @@ export async function claimPositions(db: D1Database, spans: readonly PositionSpa
 // Deferral while the ingest queue has a backlog
 
 /**
- * The longest a consumer defers a device's recompute while the queue keeps a backlog: a vehicle's
- * live position, trips and mileage lag a draining backlog by at most this much (plus one pass).
+ * The longest a deferred span waits while batches keep arriving with a backlog behind them: then
+ * the next batch with positions takes it (the watchdog, within its minute, if none comes).
  */
 export const FLEET_DEFER_MAX_MS = 10_000;
-/** Devices one isolate keeps deferred at most; beyond that the oldest are recomputed at once. */
-const MAX_DEFERRED = 10_000;
 
-/**
- * Devices this isolate deferred (by deviceKey, with when it first did). Their spans are marked in
- * D1, so the record is only a reminder: an isolate that goes away leaves them to the device's next
- * batch or the watchdog.
- */
-const deferred = new Map<string, DeviceKey & { sinceMs: number }>();
+/** Widens the pending span as markStatement does, and records when its recompute was first deferred. */
+const deferStatement = (db: D1Database, s: PositionSpan, nowMs: number) =>
+  db
+    .prepare(
+      `INSERT INTO fleet_cursors (project_id, device_id, pending_from_ms, pending_to_ms, dirty, lease_until, seq, updated_at, deferred_since)
+       VALUES (?1, ?2, ?3, ?4, 1, 0, 0, ?5, ?5)
+       ON CONFLICT (project_id, device_id) DO UPDATE SET
+         pending_from_ms = min(coalesce(pending_from_ms, excluded.pending_from_ms), excluded.pending_from_ms),
+         pending_to_ms = max(coalesce(pending_to_ms, excluded.pending_to_ms), excluded.pending_to_ms),
+         dirty = dirty + 1,
+         updated_at = excluded.updated_at,
+         deferred_since = coalesce(deferred_since, excluded.deferred_since)`,
+    )
+    .bind(s.projectId, s.deviceId, Math.trunc(s.fromMs), Math.trunc(s.toMs), nowMs);
 
-/**
- * A batch with more messages queued behind it defers its positions' recompute: another batch of the
- * same devices is probably next, and a pass now would be redone by it. Marks the spans pending (one
- * D1 batch, before the ack) and remembers the devices.
- */
-export async function deferPositions(db: D1Database, spans: readonly PositionSpan[], nowMs = Date.now()): Promise<void> {
-  await markPending(db, spans, nowMs);
-  for (const s of spans) {
-    const key = deviceKey(s);
-    if (!deferred.has(key)) deferred.set(key, { projectId: s.projectId, deviceId: s.deviceId, sinceMs: nowMs });
-  }
+interface DueRow extends CursorRow {
+  project_id: string;
+  device_id: string;
+}
+
+/** A statement taking the leases of deferred devices, with its token and (once run) the rows it took. */
+interface DueTake {
+  token: string;
+  statement: D1PreparedStatement;
+  rows?: DueRow[];
 }
 
 /**
- * The deferred devices to recompute now, forgotten as they are handed out: every one once the
- * queue has drained (a batch with nothing behind it), otherwise those deferred for
- * FLEET_DEFER_MAX_MS (and the oldest beyond MAX_DEFERRED), so a backlog that never drains delays a
- * vehicle by that much at most. Devices in `spans` are forgotten too: their batch recomputes them.
+ * Takes the leases of up to DEVICES_PER_RUN devices whose span was deferred at or before
+ * `dueBeforeMs`, oldest first, that no one holds (the partial index on deferred_since finds them).
  */
-export function takeDeferred(drained: boolean, spans: readonly DeviceKey[] = [], nowMs = Date.now()): DeviceKey[] {
-  for (const s of spans) deferred.delete(deviceKey(s));
-  const out: DeviceKey[] = [];
-  let over = deferred.size - MAX_DEFERRED;
-  // Oldest first (insertion order).
-  for (const [key, d] of deferred) {
-    if (!drained && over <= 0 && nowMs - d.sinceMs < FLEET_DEFER_MAX_MS) continue;
-    over--;
-    deferred.delete(key);
-    out.push({ projectId: d.projectId, deviceId: d.deviceId });
-  }
-  return out;
+function takeDueStatement(db: D1Database, dueBeforeMs: number, nowMs: number): DueTake {
+  const token = crypto.randomUUID();
+  const statement = db
+    .prepare(
+      `UPDATE fleet_cursors SET lease_token = ?1, lease_until = ?2, seq = seq + 1
+        WHERE rowid IN (
+          SELECT rowid FROM fleet_cursors
+           WHERE deferred_since IS NOT NULL AND deferred_since <= ?3 AND lease_until < ?4 AND pending_from_ms IS NOT NULL
+           ORDER BY deferred_since LIMIT ?5)
+        RETURNING project_id, device_id, pending_from_ms, pending_to_ms, dirty, seq, lease_token`,
+    )
+    .bind(token, nowMs + FLEET_LEASE_MS, Math.trunc(dueBeforeMs), nowMs, DEVICES_PER_RUN);
+  return { token, statement };
+}
+
+/** A claim of devices whose leases `token` took: their zones and projects' rules read now (under the leases). */
+async function claimTaken(db: D1Database, token: string, rows: readonly DueRow[]): Promise<FleetClaim> {
+  const devices = rows.map((r) => ({ projectId: r.project_id, deviceId: r.device_id }));
+  const projectIds = [...new Set(devices.map((d) => d.projectId))];
+  const zoneReads = zoneStatements(db, devices);
+  const results = await db.batch([...zoneReads, ...rulesStatements(db, projectIds)]);
+  const held: Held[] = [];
+  rows.forEach((r, i) => {
+    const pending = pendingOf(r);
+    if (pending) held.push({ ...devices[i]!, key: deviceKey(devices[i]!), seq: pending.seq, pending, passes: 0 });
+  });
+  return {
+    token,
+    devices,
+    held,
+    zones: zonesFrom(results.slice(0, zoneReads.length)),
+    rules: analysisRulesFrom(projectIds, results.slice(zoneReads.length)),
+  };
 }
 
 /** The consumer's step after the ack: recomputes what claimPositions leased. A failure is logged and leaves the spans pending. */

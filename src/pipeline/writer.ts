@@ -3,7 +3,7 @@ import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
-import { claimPositions, deferPositions, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, takeDeferred, type PositionSpan } from '../fleet/recompute';
+import { claimPositions, FLEET_DEFER_MAX_MS, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -133,16 +133,13 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   // a recompute that fails after it (never failing the acked batch) is left to the watchdog.
   const fleet = (positions: PositionSpan[]) => (positions.length ? recomputeAfterWrite(ch, env, positions) : undefined);
   // Marked and leased in one D1 round trip before the ack; recomputed after it. With more messages
-  // queued behind this batch, the positions' recompute is deferred (marked only): the next batch
-  // of the same devices would redo it. Deferred devices are recomputed once the queue drains, or
-  // after FLEET_DEFER_MAX_MS if it never does.
-  const backlog = batch.metadata?.metrics?.backlogCount ?? 0;
-  const claimed = async (positions: PositionSpan[]) => {
-    if (backlog > 0 && positions.length) await deferPositions(env.DB, positions);
-    const due = takeDeferred(backlog === 0, backlog > 0 ? [] : positions);
-    const now = backlog > 0 ? [] : positions;
-    return now.length || due.length ? claimPositions(env.DB, now, due) : [];
-  };
+  // queued than this batch holds (runtimes differ on whether the count includes the batch), the
+  // recompute is deferred: spans marked only, since the next batch of the same devices would redo
+  // it. Any batch with positions also takes deferred devices that are due: all of them once
+  // nothing is queued behind it, else those deferred for FLEET_DEFER_MAX_MS.
+  const defer = (batch.metadata?.metrics?.backlogCount ?? 0) > batch.messages.length;
+  const claimed = async (positions: PositionSpan[]) =>
+    positions.length ? claimPositions(env.DB, positions, { defer, dueBeforeMs: Date.now() - (defer ? FLEET_DEFER_MAX_MS : 0) }) : [];
   try {
     const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
     const claims = await claimed(positions);
