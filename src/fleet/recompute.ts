@@ -172,7 +172,22 @@ export const ORPHAN_PENDING_MS = 60_000;
  * The watchdog's step: recomputes devices whose span stayed pending with no lease held (a recompute
  * that failed, or an isolate that went away between the ack and the recompute).
  */
-export async function recomputeLeftPending(ch: ClickHouse, env: FleetEnv, nowMs: number, limit = DEVICES_PER_RUN): Promise<number> {
+export async function recomputeLeftPending(ch: ClickHouse, env: FleetEnv, nowMs: number, limit = DEVICES_PER_RUN, maxRuns = WATCHDOG_RUNS): Promise<number> {
+  let total = 0;
+  // A full run means more is left (a fleet that caught up and went quiet): up to maxRuns a minute.
+  // A run with a failure stops it: the next minute retries (a failing device is not retried at once).
+  for (let run = 0; run < maxRuns; run++) {
+    const { found, recomputed } = await recomputeLeftPendingOnce(ch, env, nowMs, limit);
+    total += found;
+    if (found < limit || recomputed < found) break;
+  }
+  return total;
+}
+
+/** Runs of DEVICES_PER_RUN devices one watchdog minute recomputes at most. */
+const WATCHDOG_RUNS = 10;
+
+async function recomputeLeftPendingOnce(ch: ClickHouse, env: FleetEnv, nowMs: number, limit: number): Promise<{ found: number; recomputed: number }> {
   const { results } = await env.DB
     .prepare(
       `SELECT project_id, device_id, pending_from_ms, pending_to_ms FROM fleet_cursors
@@ -182,13 +197,13 @@ export async function recomputeLeftPending(ch: ClickHouse, env: FleetEnv, nowMs:
     )
     .bind(nowMs, nowMs - ORPHAN_PENDING_MS, limit, nowMs - FLEET_DEFER_MAX_MS)
     .all<{ project_id: string; device_id: string; pending_from_ms: number; pending_to_ms: number }>();
-  if (!results.length) return 0;
-  await recomputeDevices(
+  if (!results.length) return { found: 0, recomputed: 0 };
+  const passes = await recomputeDevices(
     ch,
     env,
     results.map((r) => ({ projectId: r.project_id, deviceId: r.device_id, fromMs: r.pending_from_ms, toMs: r.pending_to_ms })),
   );
-  return results.length;
+  return { found: results.length, recomputed: [...passes.values()].filter((n) => n > 0).length };
 }
 
 /** Takes the device's lease if it is free and something is pending; `seq` grows with each lease. */
@@ -221,8 +236,13 @@ const finishStatement = (db: D1Database, k: DeviceKey, token: string, done: Pend
     .bind(k.projectId, k.deviceId, token, done.dirty, nowMs + FLEET_LEASE_MS);
 
 const releaseStatement = (db: D1Database, k: DeviceKey, token: string) =>
-  // A span let go unfinished (a failed pass, or passes enough for one lease) is no longer deferred:
-  // the device's next batch or the watchdog takes it, as any pending span.
+  db.prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`).bind(k.projectId, k.deviceId, token);
+
+/**
+ * As releaseStatement, for a failed pass: its span is no longer deferred (no batch takes it at
+ * once again), but pending as after any failed recompute: the device's next batch or the watchdog.
+ */
+const releaseFailedStatement = (db: D1Database, k: DeviceKey, token: string) =>
   db
     .prepare(`UPDATE fleet_cursors SET lease_token = NULL, lease_until = 0, deferred_since = NULL WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3`)
     .bind(k.projectId, k.deviceId, token);
@@ -233,8 +253,9 @@ const holdsStatement = (db: D1Database, k: DeviceKey, token: string, nowMs: numb
     .prepare(`UPDATE fleet_cursors SET lease_until = ?4 WHERE project_id = ?1 AND device_id = ?2 AND lease_token = ?3 AND lease_until >= ?5`)
     .bind(k.projectId, k.deviceId, token, nowMs + FLEET_LEASE_MS, nowMs);
 
-async function release(db: D1Database, keys: readonly DeviceKey[], token: string): Promise<void> {
-  if (keys.length) await db.batch(keys.map((k) => releaseStatement(db, k, token)));
+/** Lets the leases go; `failed`: their passes failed (see releaseFailedStatement). */
+async function release(db: D1Database, keys: readonly DeviceKey[], token: string, failed = false): Promise<void> {
+  if (keys.length) await db.batch(keys.map((k) => (failed ? releaseFailedStatement : releaseStatement)(db, k, token)));
 }
 
 /** How long an erasure holds the fleet leases of its devices: its ClickHouse deletions are mutations on 18.16. */
@@ -600,7 +621,7 @@ async function claimDevices(db: D1Database, devices: readonly Due[], readRules: 
     if (pending) held.push({ projectId: d.projectId, deviceId: d.deviceId, key: deviceKey(d), seq: pending.seq, pending, passes: 0, rebuildDays: d.rebuildDays });
   });
   const zones = zonesFrom(results.slice(leases.length, leases.length + zoneReads.length));
-  const rules = readRules ? analysisRulesFrom(projectIds, results.slice(leases.length + zoneReads.length)) : null;
+  const rules = readRules ? analysisRulesFrom(projectIds, results.slice(leases.length + zoneReads.length, leases.length + zoneReads.length + ruleReads.length)) : null;
   return { token, devices, held, zones, rules };
 }
 
@@ -648,7 +669,7 @@ async function runClaimed(ch: ClickHouse, env: FleetEnv, claim: FleetClaim, fixe
         } else done.push(h);
       });
       // The pending span stays for whoever comes next (the device's next batch or a recompute job).
-      await release(db, lost, token);
+      await release(db, lost, token, true);
       const at = Date.now();
       const finished = done.length ? await db.batch<CursorRow & { lease_token: string | null }>(done.map((h) => finishStatement(db, h, token, h.pending, at))) : [];
       const again: Held[] = [];
@@ -788,7 +809,8 @@ export async function claimPositions(db: D1Database, spans: readonly PositionSpa
     } else {
       for (let i = 0; i < spans.length; i += DEVICES_PER_RUN) {
         const run = spans.slice(i, i + DEVICES_PER_RUN).map((s) => ({ projectId: s.projectId, deviceId: s.deviceId, span: { fromMs: s.fromMs, toMs: s.toMs } }));
-        claims.push(await claimDevices(db, run, true, i === 0 ? due : undefined));
+        // The due take rides on the last batch: it cannot take a device a later batch marks.
+        claims.push(await claimDevices(db, run, true, i + DEVICES_PER_RUN >= spans.length ? due : undefined));
       }
       if (!spans.length && due) due.rows = (await due.statement.all<DueRow>()).results;
     }
