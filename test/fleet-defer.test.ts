@@ -4,20 +4,31 @@
 import { createExecutionContext, createMessageBatch, createScheduledController, env, getQueueResult } from 'cloudflare:test';
 import { expect, it } from 'vitest';
 import worker, { app } from '../src/index';
-import { claimPositions, FLEET_DEFER_MAX_MS } from '../src/fleet/recompute';
+import { claimPositions, FLEET_DEFER_MAX_MS, recomputeDevice } from '../src/fleet/recompute';
+import { ch } from './helpers';
 import type { Fix } from '../src/fleet/position';
 import type { IngestMessage } from '../src/pipeline/messages';
-import { storeFixes } from './fleet-fixtures';
+import { currentFleetRows, shuffledWithDuplicates, storeFixes, syntheticDay } from './fleet-fixtures';
 import { createProject, NO_REF_OR_GEO, type TestProject } from './helpers';
 
 const fixes = (at: number, n: number, lon0: number): Fix[] => Array.from({ length: n }, (_, i) => ({ id: crypto.randomUUID(), atMs: at + i * 20_000, lat: 50.1, lon: lon0 + i * 0.001, speedKmh: 30 }));
+
+function propertiesOf(f: Fix): Record<string, unknown> {
+  const p: Record<string, unknown> = { lat: f.lat, lon: f.lon };
+  if (f.speedKmh !== undefined) p.speed = f.speedKmh;
+  if (f.heading !== undefined) p.heading = f.heading;
+  if (f.accuracyM !== undefined) p.accuracy = f.accuracyM;
+  if (f.altitudeM !== undefined) p.altitude = f.altitudeM;
+  if (f.ignition !== undefined) p.ignition = f.ignition;
+  return p;
+}
 
 function message(projectId: string, deviceId: string, fs: readonly Fix[]): IngestMessage {
   const now = Date.now();
   return {
     events: fs.map((f) => ({
       id: f.id, project_id: projectId, device_id: deviceId, session_id: '', profile_id: '', type: 'track', name: 'position',
-      created_at_ms: f.atMs, received_at_ms: now, synced_at_ms: 0, properties: JSON.stringify({ lat: f.lat, lon: f.lon, speed: f.speedKmh }),
+      created_at_ms: f.atMs, received_at_ms: now, synced_at_ms: 0, properties: JSON.stringify(propertiesOf(f)),
       ...NO_REF_OR_GEO,
     })),
     payloads: [],
@@ -109,4 +120,28 @@ it(`recomputes a device deferred for ${FLEET_DEFER_MAX_MS / 1000} s even while t
   await env.DB.prepare('UPDATE fleet_cursors SET updated_at = ?3 WHERE project_id = ?1 AND device_id = ?2').bind(p.id, 'van-g', Date.now()).run();
   await worker.scheduled!(createScheduledController({ scheduledTime: Date.now(), cron: '* * * * *' }), env, createExecutionContext());
   expect([...(await live(p)).keys()].sort()).toEqual(['van-c', 'van-d', 'van-e', 'van-g']);
+});
+
+it('gives the trips, mileage and live position of one recompute of every fix, whichever batches were deferred', async () => {
+  const deferredP = await createProject('fleet-defer-day');
+  const wholeP = await createProject('fleet-defer-whole');
+  const D = Math.floor((Date.now() - 3 * 86_400_000) / 86_400_000) * 86_400_000;
+  // Event ids are UUIDs, the same in both projects (ties break alike); delivered shuffled, with duplicates.
+  const day = syntheticDay(4242, D).fixes.map((f) => ({ ...f, id: crypto.randomUUID() }));
+  const sent = shuffledWithDuplicates(day, 99);
+  const size = Math.ceil(sent.length / 8);
+  // Most batches have a backlog behind them; two in the middle do not, and the last drains the queue.
+  const backlogs = [5, 5, 1, 5, 5, 5, 1, 0];
+  for (let i = 0, b = 0; i < sent.length; i += size, b++) {
+    expect((await deliver([message(deferredP.id, 'van-1', sent.slice(i, i + size))], backlogs[b] ?? 0)).ackAll).toBe(true);
+  }
+  expect(await cursorOf(deferredP, 'van-1')).toMatchObject({ pending: null, lease: 0, deferredSince: null });
+  // The same fixes stored at once and recomputed in one pass.
+  await storeFixes(wholeP.id, 'van-1', day);
+  const times = day.map((f) => f.atMs);
+  await recomputeDevice(ch(), env, wholeP.id, 'van-1', undefined, { fromMs: Math.min(...times), toMs: Math.max(...times) });
+  const [a, b] = await Promise.all([currentFleetRows(deferredP.id), currentFleetRows(wholeP.id)]);
+  expect(a).toEqual(b);
+  expect(a.trips).toHaveLength(3);
+  expect((await objectLive(deferredP, 'van-1'))!.lon).toBeCloseTo((await live(wholeP)).get('van-1')!, 9);
 });
