@@ -8,27 +8,17 @@ import { claimPositions, FLEET_DEFER_MAX_MS, recomputeDevice } from '../src/flee
 import { ch } from './helpers';
 import type { Fix } from '../src/fleet/position';
 import type { IngestMessage } from '../src/pipeline/messages';
-import { currentFleetRows, shuffledWithDuplicates, storeFixes, syntheticDay } from './fleet-fixtures';
+import { currentFleetRows, positionProperties, shuffledWithDuplicates, storeFixes, syntheticDay } from './fleet-fixtures';
 import { createProject, NO_REF_OR_GEO, type TestProject } from './helpers';
 
 const fixes = (at: number, n: number, lon0: number): Fix[] => Array.from({ length: n }, (_, i) => ({ id: crypto.randomUUID(), atMs: at + i * 20_000, lat: 50.1, lon: lon0 + i * 0.001, speedKmh: 30 }));
-
-function propertiesOf(f: Fix): Record<string, unknown> {
-  const p: Record<string, unknown> = { lat: f.lat, lon: f.lon };
-  if (f.speedKmh !== undefined) p.speed = f.speedKmh;
-  if (f.heading !== undefined) p.heading = f.heading;
-  if (f.accuracyM !== undefined) p.accuracy = f.accuracyM;
-  if (f.altitudeM !== undefined) p.altitude = f.altitudeM;
-  if (f.ignition !== undefined) p.ignition = f.ignition;
-  return p;
-}
 
 function message(projectId: string, deviceId: string, fs: readonly Fix[]): IngestMessage {
   const now = Date.now();
   return {
     events: fs.map((f) => ({
       id: f.id, project_id: projectId, device_id: deviceId, session_id: '', profile_id: '', type: 'track', name: 'position',
-      created_at_ms: f.atMs, received_at_ms: now, synced_at_ms: 0, properties: JSON.stringify(propertiesOf(f)),
+      created_at_ms: f.atMs, received_at_ms: now, synced_at_ms: 0, properties: JSON.stringify(positionProperties(f)),
       ...NO_REF_OR_GEO,
     })),
     payloads: [],

@@ -290,18 +290,24 @@ export interface ApiDay {
 export const tripsOf = (p: TestProject, query: string) => getJson<{ trips: ApiTrip[] }>(p, `/v1/trips?${query}`);
 export const mileageOf = (p: TestProject, query: string) => getJson<{ days: ApiDay[] }>(p, `/v1/mileage?${query}`);
 
+/** The properties of the `position` event that carries `f`. */
+export function positionProperties(f: Fix): Record<string, unknown> {
+  const properties: Record<string, unknown> = { lat: f.lat, lon: f.lon };
+  if (f.speedKmh !== undefined) properties.speed = f.speedKmh;
+  if (f.heading !== undefined) properties.heading = f.heading;
+  if (f.accuracyM !== undefined) properties.accuracy = f.accuracyM;
+  if (f.altitudeM !== undefined) properties.altitude = f.altitudeM;
+  if (f.ignition !== undefined) properties.ignition = f.ignition;
+  return properties;
+}
+
 /** Stores fixes straight into `events` (as an import does: no ingest consumer, no recompute); each fix's id is its event id (a UUID). */
 export async function storeFixes(projectId: string, deviceId: string, fixes: readonly Fix[]): Promise<void> {
   const now = Date.now();
   await ch().insert(
     'events',
     fixes.map((f) => {
-      const properties: Record<string, unknown> = { lat: f.lat, lon: f.lon };
-      if (f.speedKmh !== undefined) properties.speed = f.speedKmh;
-      if (f.heading !== undefined) properties.heading = f.heading;
-      if (f.accuracyM !== undefined) properties.accuracy = f.accuracyM;
-      if (f.altitudeM !== undefined) properties.altitude = f.altitudeM;
-      if (f.ignition !== undefined) properties.ignition = f.ignition;
+      const properties = positionProperties(f);
       return {
         id: f.id,
         project_id: projectId,
