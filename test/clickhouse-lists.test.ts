@@ -2,7 +2,7 @@
 // generations; the version-specific branches of src/clickhouse are the ones under test.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseVersion } from '../src/clickhouse/client';
+import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
 import { writeImportedChunk, lookupNewIds } from '../src/legacy/store';
@@ -48,6 +48,31 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     const values = ['plain', 'tab\there', 'new\nline', 'back\\slash', "quo'te", '中文', '', 'null\\N'];
     const rows = await ch().query<{ value: string }>('SELECT value FROM ids', {}, { ids: values });
     expect(rows.map((r) => r.value)).toEqual(values);
+  });
+
+  it('round-trips tricky text through TabSeparated inserts and reads (insertFields, queryFields)', async () => {
+    const p = await createProject();
+    const texts = ['plain', 'tab\there', 'new\nline', 'cr\rlf', 'back\\slash \\n \\t', "quo'te", 'nul\0byte', 'bell\u0007 esc\u001b del\u007f', '\b\f', '中文 ✓ 😀', '', '\\N', '{"a":"\\"q\\"","b":"x\\ny"}'];
+    const base = Date.UTC(2026, 0, 5);
+    const ids = texts.map((_, i) => uuidv7At(base + i, hash128(`tsv:${i}`)));
+    await ch().insertFields('event_payloads', ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'], texts.map((t, i) => [ids[i]!, p.id, base + i, base + i + 1, t]));
+    const rows = await ch().queryFields(
+      'SELECT toString(id), created_at_ms, received_at_ms, payload FROM event_payloads WHERE project_id = {p:String} ORDER BY created_at_ms',
+      { p: p.id },
+      4,
+    );
+    expect(rows).toEqual(texts.map((t, i) => [ids[i], String(base + i), String(base + i + 1), t]));
+    expect(parseTabSeparated('a\\tb\\\\c\\\'d\tx\n', 2)).toEqual([["a\tb\\c'd", 'x']]);
+  });
+
+  it('never takes an error met in the middle of a TabSeparated answer for rows', async () => {
+    // More than the server's first output buffer goes out before the error, so the answer is a 200
+    // whose text ends with the exception.
+    const sql = "SELECT toString(number) AS n, concat('row ', toString(number), ' of padding padding padding padding') AS pad FROM numbers(400000) WHERE throwIf(number = 300000) = 0 SETTINGS max_block_size = 4096";
+    const err = await ch().queryFields(sql, undefined, 2).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(String(err)).toMatch(/Code: 395|throwIf|FUNCTION_THROW_IF_VALUE_IS_NON_ZERO/);
+    expect(() => parseTabSeparated('1\ta\nCode: 395, e.displayText() = DB::Exception: boom\n', 2)).toThrow(/a line of 1 fields, not 2/);
   });
 
   it('refuses a long list as a URL parameter', async () => {
