@@ -25,6 +25,7 @@ import {
   postArchive,
   runArchiveJob,
 } from './archive-helpers';
+import { withMergesStopped } from './archive-fixtures';
 
 const byId = <T extends { id: string }>(rows: readonly T[]) => new Map(rows.map((r) => [r.id, r]));
 
@@ -47,6 +48,33 @@ describe('archive jobs', () => {
     expect(chunks.every((c) => c.rowCount <= 3)).toBe(true);
     const archived = await expectConverged(p.id, '2026-03');
     expect([...archived.keys()].sort()).toEqual([...tied, ...after].map((r) => r.id).sort());
+    expect((await payloadsInClickHouse(p.id, '2026-03')).size).toBe(0);
+  });
+
+  it('archives an event stored twice (a copy not merged yet) once, in chunks cut between copies', async () => {
+    const p = await createProject('archive-copies');
+    // Ten events a second apart, every one written twice (two parts): chunks of 5 rows take the
+    // copies of two events. Merges stay stopped while the chunks are read, so the copies are there;
+    // a crash seam stops the run after the last chunk is verified, before any clear (a clear is a
+    // mutation, which needs merges), and a second run with merges back on finishes the month.
+    const rows = makeRows('copy', 10, Date.parse('2026-03-12T08:00:00.000Z'));
+    const crashed = await withMergesStopped('event_payloads', async () => {
+      await insertRows(p.id, rows);
+      await insertRows(p.id, rows, false);
+      const [copies] = await ch().query<{ n: number }>('SELECT count() AS n FROM event_payloads WHERE project_id = {p:String}', { p: p.id });
+      expect(Number(copies!.n)).toBe(20);
+      return runArchiveJob({ projectId: p.id, month: '2026-03', chunkRows: 5, faults: { at: 'afterVerify', chunk: 5, mode: 'fail' } });
+    });
+    expect(crashed.state).toBe('failed');
+    const chunks = await chunksOf(p.id, '2026-03');
+    expect(chunks.map((c) => [c.number, c.rowCount, c.verifiedAt !== null, c.clearedAt])).toEqual([1, 2, 3, 4, 5].map((n) => [n, 2, true, null]));
+    const lines = (await Promise.all(chunks.map(decodeRecorded))).flat();
+    expect(lines).toHaveLength(10);
+    expect(byId(lines)).toEqual(byId(rows));
+
+    expect(await archiveMonth(p.id, '2026-03')).toMatchObject({ state: 'succeeded' });
+    expect((await chunksOf(p.id, '2026-03')).length).toBe(5);
+    expect(byId([...(await expectConverged(p.id, '2026-03')).values()])).toEqual(byId(rows));
     expect((await payloadsInClickHouse(p.id, '2026-03')).size).toBe(0);
   });
 

@@ -9,7 +9,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { ArchiveChunkError, chunkKeyPrefix, decodeChunk, encodeChunk, parseChunkKey, sha256Hex, verifyWrittenChunk, type ArchiveRow, type WrittenText } from './chunk';
+import { ArchiveChunkError, chunkKeyPrefix, compareRows, decodeChunk, encodeChunk, parseChunkKey, sha256Hex, verifyWrittenChunk, type ArchiveRow, type WrittenText } from './chunk';
 import { archiveState, ERASURE_JOB_TYPES, monthJobs, MONTH_JOB_TYPES } from './listing';
 import { manifestStore, toChunkManifest, type ManifestRow, type ManifestStore } from './manifest';
 import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
@@ -352,48 +352,57 @@ async function reconcileSlice(run: Run, after: number): Promise<number | null> {
 
 /**
  * Up to `limit` payload rows of the month after the cursor, in (createdAt, id) order (the id as
- * text, as the cursor and the chunk compare it), with their device; `more` when rows are left
- * after them. The window is found on event times alone (the time of the row `limit` places on,
- * an integer sort; the rows before it are at most `limit`), then its payloads and their events'
- * devices are read side by side (no id list goes back and forth, no payload outside the window is
- * read). When more than `limit` rows share the window's first time, the window takes that time
- * whole and the payload query stops at `limit`.
+ * text, as the cursor and the chunk compare it), each id once, with their device; `more` when rows
+ * are left after them. The window is found on event times alone (the time of the row `limit`
+ * places on, an integer sort; the rows before it are at most `limit`), then its payloads and their
+ * events' devices are read side by side (no id list goes back and forth, no payload outside the
+ * window is read). The window's rows come as ClickHouse stores them and are put in order here:
+ * sorting wide payload rows is what costs ClickHouse most, and they come almost in order already
+ * (ids are UUIDv7). Only when more than `limit` rows share the window's first time does the window
+ * take that time whole, ClickHouse sorting it and stopping at `limit`.
  */
 async function readRows(run: Run, afterMs: number, afterId: string, limit: number): Promise<{ rows: ArchiveRow[]; more: boolean }> {
   const w = timeWhere(run.startMs, run.endMs - 1);
   const after = '(created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))';
-  const [next] = await run.ch.query<{ created_at_ms: number }>(
+  const [next] = await run.ch.queryFields(
     `SELECT created_at_ms FROM event_payloads WHERE ${w.sql} AND ${after} ORDER BY created_at_ms LIMIT {limit:UInt32}, 1`,
     { p: run.p.projectId, ...w.params, afterMs, afterId, limit },
+    1,
   );
-  const nextMs = next ? Number(next.created_at_ms) : null;
-  const read = async (toMs: number, below: boolean) => {
+  const nextMs = next ? Number(next[0]) : null;
+  /** `whole`: the window holds at most `limit` rows (duplicates included), so nothing is cut. */
+  const read = async (toMs: number, below: boolean, whole: boolean) => {
     const rw = timeWhere(Math.max(afterMs, run.startMs), toMs);
     const window = `${rw.sql} AND ${after}${below ? ' AND created_at_ms < {toMs:Int64}' : ''}`;
     const params = { p: run.p.projectId, ...rw.params, afterMs, afterId, limit };
     const [payloads, devices] = await Promise.all([
-      run.ch.query<{ sid: string; created_at_ms: number; received_at_ms: number; payload: string }>(
-        `SELECT toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY sid LIMIT {limit:UInt32}`,
+      run.ch.queryFields(
+        `SELECT toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window}` +
+          (whole ? '' : ' ORDER BY created_at_ms, sid LIMIT 1 BY sid LIMIT {limit:UInt32}'),
         params,
+        4,
       ),
-      run.ch.query<{ sid: string; device_id: string }>(
-        `SELECT toString(id) AS sid, device_id FROM events WHERE ${rw.sql} AND id IN (SELECT id FROM event_payloads WHERE ${window}) LIMIT 1 BY sid`,
-        params,
-      ),
+      run.ch.queryFields(`SELECT toString(id) AS sid, device_id FROM events WHERE ${rw.sql} AND id IN (SELECT id FROM event_payloads WHERE ${window}) LIMIT 1 BY sid`, params, 2),
     ]);
-    const deviceOf = new Map(devices.map((d) => [d.sid, d.device_id]));
-    return payloads.map((p) => ({
-      id: p.sid,
+    const deviceOf = new Map<string, string>();
+    for (const [sid, deviceId] of devices) deviceOf.set(sid!, deviceId!);
+    const rows: ArchiveRow[] = payloads.map(([sid, createdAtMs, receivedAtMs, payload]) => ({
+      id: sid!,
       // A payload whose event row is missing is archived all the same, without a device.
-      deviceId: deviceOf.get(p.sid) ?? '',
-      createdAtMs: Number(p.created_at_ms),
-      receivedAtMs: Number(p.received_at_ms),
-      payload: p.payload,
+      deviceId: deviceOf.get(sid!) ?? '',
+      createdAtMs: Number(createdAtMs),
+      receivedAtMs: Number(receivedAtMs),
+      payload: payload!,
     }));
+    if (!whole) return rows;
+    rows.sort(compareRows);
+    // A copy of an event not yet merged away by the ReplacingMergeTree: the chunk holds it once.
+    const seen = new Set<string>();
+    return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
   };
-  if (nextMs === null) return { rows: await read(run.endMs - 1, false), more: false };
-  const rows = await read(nextMs, true);
-  return { rows: rows.length ? rows : await read(nextMs, false), more: true };
+  if (nextMs === null) return { rows: await read(run.endMs - 1, false, true), more: false };
+  const rows = await read(nextMs, true, true);
+  return { rows: rows.length ? rows : await read(nextMs, false, false), more: true };
 }
 
 /**

@@ -8,7 +8,6 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import type { PayloadRow } from '../pipeline/messages';
 import { assertSoleWriter } from './archive-job';
 import { ArchiveChunkError, chunkKey, decodeChunk, type ArchiveRow } from './chunk';
 import { manifestStore, type ManifestRow } from './manifest';
@@ -88,16 +87,16 @@ async function presentIds(ch: ClickHouse, projectId: string, rows: readonly Arch
   return found;
 }
 
+const PAYLOAD_COLUMNS = ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'] as const;
+
 /** Rows per insert: a 50 000-row chunk goes to ClickHouse in one request. */
 const INSERT_BATCH = 50_000;
 
 /** Writes back the rows ClickHouse does not hold; returns how many it wrote. */
 export async function writeBackRows(ch: ClickHouse, projectId: string, rows: readonly ArchiveRow[]): Promise<number> {
   const present = await presentIds(ch, projectId, rows);
-  const fresh: PayloadRow[] = rows
-    .filter((r) => !present.has(r.id))
-    .map((r) => ({ id: r.id, project_id: projectId, created_at_ms: r.createdAtMs, received_at_ms: r.receivedAtMs, payload: r.payload }));
-  for (let i = 0; i < fresh.length; i += INSERT_BATCH) await ch.insert('event_payloads', fresh.slice(i, i + INSERT_BATCH));
+  const fresh = rows.filter((r) => !present.has(r.id)).map((r) => [r.id, projectId, r.createdAtMs, r.receivedAtMs, r.payload] as const);
+  for (let i = 0; i < fresh.length; i += INSERT_BATCH) await ch.insertFields('event_payloads', PAYLOAD_COLUMNS, fresh.slice(i, i + INSERT_BATCH));
   return fresh.length;
 }
 
