@@ -89,14 +89,20 @@ async function presentIds(ch: ClickHouse, projectId: string, rows: readonly Arch
 
 const PAYLOAD_COLUMNS = ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'] as const;
 
-/** Rows per insert: a 50 000-row chunk goes to ClickHouse in one request. */
-const INSERT_BATCH = 50_000;
+/**
+ * Rows per insert. A default 50 000-row chunk goes to ClickHouse as two inserts side by side: an
+ * insert is parsed and sorted on one server thread, so two halves take about half the time. One
+ * that fails leaves its rows to the retry (rows already there are never written twice).
+ */
+const INSERT_BATCH = 25_000;
 
 /** Writes back the rows ClickHouse does not hold; returns how many it wrote. */
 export async function writeBackRows(ch: ClickHouse, projectId: string, rows: readonly ArchiveRow[]): Promise<number> {
   const present = await presentIds(ch, projectId, rows);
   const fresh = rows.filter((r) => !present.has(r.id)).map((r) => [r.id, projectId, r.createdAtMs, r.receivedAtMs, r.payload] as const);
-  for (let i = 0; i < fresh.length; i += INSERT_BATCH) await ch.insertFields('event_payloads', PAYLOAD_COLUMNS, fresh.slice(i, i + INSERT_BATCH));
+  const inserts: Array<Promise<void>> = [];
+  for (let i = 0; i < fresh.length; i += INSERT_BATCH) inserts.push(ch.insertFields('event_payloads', PAYLOAD_COLUMNS, fresh.slice(i, i + INSERT_BATCH)));
+  await Promise.all(inserts);
   return fresh.length;
 }
 

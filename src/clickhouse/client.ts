@@ -197,14 +197,8 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     async insertFields(table: string, columns: readonly string[], rows: ReadonlyArray<ReadonlyArray<string | number>>) {
       if (rows.length === 0) return;
       for (const name of [table, ...columns]) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`${name} is not an identifier`);
-      let body = '';
-      for (const row of rows) {
-        for (let i = 0; i < row.length; i++) {
-          const v = row[i]!;
-          body += (i ? '\t' : '') + (typeof v === 'number' ? String(v) : TSV_SPECIAL.test(v) ? tsvEscape(v) : v);
-        }
-        body += '\n';
-      }
+      const field = (v: string | number) => (typeof v === 'number' ? String(v) : TSV_SPECIAL.test(v) ? tsvEscape(v) : v);
+      const body = rows.map((row) => row.map(field).join('\t')).join('\n') + '\n';
       const url = new URL(config.url);
       url.searchParams.set('query', `INSERT INTO ${table} (${columns.join(', ')}) FORMAT TabSeparated`);
       url.searchParams.set('database', config.database);
