@@ -72,7 +72,10 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     const err = await ch().queryFields(sql, undefined, 2).then(() => null, (e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect(String(err)).toMatch(/Code: 395|throwIf|FUNCTION_THROW_IF_VALUE_IS_NON_ZERO/);
-    expect(() => parseTabSeparated('1\ta\nCode: 395, e.displayText() = DB::Exception: boom\n', 2)).toThrow(/a line of 1 fields, not 2/);
+    expect(() => parseTabSeparated('1\ta\nCode: 395, e.displayText() = DB::Exception: boom\n', 2)).toThrow(/a line of 1 fields, not 2: Code: 395/);
+    // A cut-short answer, and a line of another width that is no exception: no row text in the message.
+    expect(() => parseTabSeparated('1\tsecret payload', 2)).toThrow(/cut short/);
+    expect(() => parseTabSeparated('1\tsecret\tpayload\n', 2)).toThrow(/^ClickHouse answered a line of 3 fields, not 2$/);
   });
 
   it('refuses a long list as a URL parameter', async () => {

@@ -400,9 +400,12 @@ async function readRows(run: Run, afterMs: number, afterId: string, limit: numbe
     const seen = new Set<string>();
     return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
   };
-  if (nextMs === null) return { rows: await read(run.endMs - 1, false, true), more: false };
+  // Rows written into the window after its bound was found (late data) may take it past `limit`:
+  // the chunk keeps the first `limit`, and the rest are read next.
+  const cut = (rows: ArchiveRow[], more: boolean) => (rows.length > limit ? { rows: rows.slice(0, limit), more: true } : { rows, more });
+  if (nextMs === null) return cut(await read(run.endMs - 1, false, true), false);
   const rows = await read(nextMs, true, true);
-  return { rows: rows.length ? rows : await read(nextMs, false, false), more: true };
+  return rows.length ? cut(rows, true) : { rows: await read(nextMs, false, false), more: true };
 }
 
 /**

@@ -40,16 +40,11 @@ export interface ArchiveChunkManifest {
 }
 
 /**
- * What the encoder fed to gzip, kept until the chunk is verified: the object read back right
- * after its upload must inflate to exactly these bytes, and its lines carry exactly these ids.
+ * The JSON Lines text as the encoder fed it to gzip, piece by piece (byte length and SHA-256 of
+ * each): what the object read back right after its upload must inflate to, byte for byte.
  */
 export interface WrittenText {
-  /** The JSON Lines bytes, piece by piece as they went to gzip. */
-  pieces: Uint8Array[];
-  /** The id of every line, in the order the lines were written. */
-  ids: string[];
-  /** idsChecksum of those ids (the chunk's, computed once when it was encoded). */
-  idsChecksumHex: string;
+  pieces: Array<{ bytes: number; sha256Hex: string }>;
 }
 
 export interface EncodedArchiveChunk {
@@ -341,7 +336,7 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
   const writer = gzip.writable.getWriter();
   const compressed = new Response(gzip.readable).arrayBuffer();
   const encoder = new TextEncoder();
-  const written: WrittenText = { pieces: [], ids: [], idsChecksumHex: '' };
+  const pieces: Array<Promise<{ bytes: number; sha256Hex: string }>> = [];
   let rawBytes = 0;
   try {
     let batch = '';
@@ -349,14 +344,15 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
       const bytes = encoder.encode(batch);
       rawBytes += bytes.byteLength;
       batch = '';
-      written.pieces.push(bytes);
+      const piece = sha256Hex(bytes).then((sha) => ({ bytes: bytes.byteLength, sha256Hex: sha }));
+      piece.catch(() => {}); // awaited below, unless the write fails first
+      pieces.push(piece);
       await writer.write(bytes);
     };
     // Two formatters: created and received times each come in (nearly) ascending order per device.
     const iso = { created: isoFormatter(), received: isoFormatter() };
     for (const row of byDevice(rows)) {
       batch += chunkLine(row, iso) + '\n';
-      written.ids.push(row.id);
       if (batch.length >= ENCODE_BATCH_CHARS) await flush();
     }
     if (batch) await flush();
@@ -367,7 +363,6 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
     throw err;
   }
   const body = new Uint8Array(await compressed);
-  written.idsChecksumHex = await idsChecksum(rows.map((r) => r.id));
   const manifest: ArchiveChunkManifest = {
     projectId: chunk.projectId,
     month: chunk.month,
@@ -377,11 +372,11 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
     rawBytes,
     compressedBytes: body.byteLength,
     sha256Hex: await sha256Hex(body),
-    idsChecksumHex: written.idsChecksumHex,
+    idsChecksumHex: await idsChecksum(rows.map((r) => r.id)),
     firstCreatedAtMs: rows[0]!.createdAtMs,
     lastCreatedAtMs: rows[rows.length - 1]!.createdAtMs,
   };
-  return { manifest, body, written };
+  return { manifest, body, written: { pieces: await Promise.all(pieces) } };
 }
 
 const toBytes = (body: ArrayBuffer | ArrayBufferView): Uint8Array =>
@@ -531,22 +526,13 @@ function lineIds(bytes: Uint8Array, key: string | undefined): string[] {
   return ids;
 }
 
-/** Whether two byte ranges are equal (natively where the runtime offers a comparison). */
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false;
-  const subtle = crypto.subtle as SubtleCrypto & { timingSafeEqual?: (a: ArrayBufferView, b: ArrayBufferView) => boolean };
-  if (typeof subtle.timingSafeEqual === 'function') return subtle.timingSafeEqual(a, b);
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 /**
  * Proves that a chunk object just written holds the rows it was made from, before any of them is
  * cleared from ClickHouse: its SHA-256 is the manifest's; it inflates to exactly the bytes the
- * encoder wrote (`written`, compared byte for byte, so every payload, time and device is the one
- * encoded); and the ids on its lines are, line by line, the ids the encoder wrote, whose ids
- * checksum (computed when the chunk was encoded) must be the source rows' (`sourceIdsChecksumHex`)
- * and the manifest's. Throws an ArchiveChunkError naming what differs.
+ * encoder wrote (`written`, digest by digest, so every payload, time and device is the one
+ * encoded); and the ids on its lines, as many as the rows, have the ids checksum of the source
+ * rows (`sourceIdsChecksumHex`, computed from them when the chunk was encoded), which must be the
+ * manifest's. Throws an ArchiveChunkError naming what differs.
  */
 export async function verifyWrittenChunk(
   body: ArrayBuffer | ArrayBufferView,
@@ -555,32 +541,34 @@ export async function verifyWrittenChunk(
   sourceIdsChecksumHex: string,
 ): Promise<void> {
   const { key } = expected;
-  for (const [what, actual] of [
-    ['the ids checksum of the source rows', sourceIdsChecksumHex],
-    ['the ids checksum of the rows encoded', written.idsChecksumHex],
-  ] as const) {
-    if (actual !== expected.idsChecksumHex) {
-      throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}${what} ${actual} is not the expected ${expected.idsChecksumHex}`, { key, expected: expected.idsChecksumHex, actual });
-    }
+  if (sourceIdsChecksumHex !== expected.idsChecksumHex) {
+    throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}the ids checksum of the source rows ${sourceIdsChecksumHex} is not the expected ${expected.idsChecksumHex}`, {
+      key,
+      expected: expected.idsChecksumHex,
+      actual: sourceIdsChecksumHex,
+    });
   }
   const bytes = await inflateBytes(body, expected);
   const textMismatch = (what: string) => new ArchiveChunkError('text_mismatch', `${where(key)}the inflated object ${what} the text that was encoded`, { key });
-  const total = written.pieces.reduce((n, piece) => n + piece.byteLength, 0);
-  if (total !== bytes.byteLength) throw textMismatch(`holds ${bytes.byteLength} bytes, not the ${total} bytes of`);
   let offset = 0;
-  for (const piece of written.pieces) {
-    if (!sameBytes(bytes.subarray(offset, offset + piece.byteLength), piece)) throw textMismatch('differs from');
-    offset += piece.byteLength;
-  }
+  const digests = written.pieces.map((piece) => {
+    const at = offset;
+    offset += piece.bytes;
+    return offset <= bytes.byteLength ? sha256Hex(bytes.subarray(at, offset)) : Promise.resolve(null);
+  });
+  if (offset !== bytes.byteLength) throw textMismatch(`holds ${bytes.byteLength} bytes, not the ${offset} bytes of`);
+  const actual = await Promise.all(digests);
+  if (actual.some((sha, i) => sha !== written.pieces[i]!.sha256Hex)) throw textMismatch('differs from');
   const ids = lineIds(bytes, key);
   if (ids.length !== expected.rowCount) {
     throw new ArchiveChunkError('row_count_mismatch', `${where(key)}${ids.length} rows, the chunk was made from ${expected.rowCount}`, { key, expected: expected.rowCount, actual: ids.length });
   }
-  const differing = ids.findIndex((id, i) => id !== written.ids[i]);
-  if (differing >= 0 || written.ids.length !== ids.length) {
-    throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}the ids on its lines are not the ids of the rows it was made from (line ${differing + 1})`, {
+  const idsActual = await idsChecksum(ids);
+  if (idsActual !== expected.idsChecksumHex) {
+    throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}the ids checksum ${idsActual} of its lines is not the source rows' ${expected.idsChecksumHex}`, {
       key,
-      line: differing + 1,
+      expected: expected.idsChecksumHex,
+      actual: idsActual,
     });
   }
 }

@@ -91,8 +91,8 @@ const PAYLOAD_COLUMNS = ['id', 'project_id', 'created_at_ms', 'received_at_ms', 
 
 /**
  * Rows per insert. A default 50 000-row chunk goes to ClickHouse as two inserts side by side: an
- * insert is parsed and sorted on one server thread, so two halves take about half the time. One
- * that fails leaves its rows to the retry (rows already there are never written twice).
+ * insert is parsed and sorted on one server thread, so two halves take about half the time. When
+ * one fails, the other is let finish before the chunk fails, so the retry writes only what is missing.
  */
 const INSERT_BATCH = 25_000;
 
@@ -102,7 +102,9 @@ export async function writeBackRows(ch: ClickHouse, projectId: string, rows: rea
   const fresh = rows.filter((r) => !present.has(r.id)).map((r) => [r.id, projectId, r.createdAtMs, r.receivedAtMs, r.payload] as const);
   const inserts: Array<Promise<void>> = [];
   for (let i = 0; i < fresh.length; i += INSERT_BATCH) inserts.push(ch.insertFields('event_payloads', PAYLOAD_COLUMNS, fresh.slice(i, i + INSERT_BATCH)));
-  await Promise.all(inserts);
+  // Every insert ends before the chunk fails: a retry then finds all that was written.
+  const failed = (await Promise.allSettled(inserts)).find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
   return fresh.length;
 }
 

@@ -159,7 +159,7 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     const res = await fetch(url, {
       method: 'POST',
       body: names.length ? form : query,
-      headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}`},
+      headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
       signal: AbortSignal.timeout(timeoutMs),
     });
     const text = await res.text();
@@ -235,13 +235,18 @@ function assertShortParams(params: QueryParams) {
  * answer, so such an error is never taken for rows.
  */
 export function parseTabSeparated(text: string, columns: number): string[][] {
+  // Row text (payloads) never goes into the message: it may end up in a job's error.
+  if (text && !text.endsWith('\n')) throw new Error("ClickHouse's answer ends in the middle of a line (cut short)");
   const rows: string[][] = [];
   let start = 0;
   while (start < text.length) {
-    let end = text.indexOf('\n', start);
-    if (end < 0) end = text.length;
+    const end = text.indexOf('\n', start);
     const fields = text.slice(start, end).split('\t');
-    if (fields.length !== columns) throw new Error(`ClickHouse answered a line of ${fields.length} fields, not ${columns}: ${text.slice(start, Math.min(end, start + 300))}`);
+    if (fields.length !== columns) {
+      const line = text.slice(start, end);
+      const exception = /\bCode: \d+|DB::Exception|__exception__/.test(line) ? `: ${line.slice(0, 1000)}` : '';
+      throw new Error(`ClickHouse answered a line of ${fields.length} fields, not ${columns}${exception}`);
+    }
     for (let i = 0; i < fields.length; i++) {
       const f = fields[i]!;
       if (f.includes('\\')) fields[i] = f.replace(TSV_ESCAPED, (_, c: string) => TSV_UNESCAPES[c] ?? c);
