@@ -2,7 +2,7 @@
 // generations; the version-specific branches of src/clickhouse are the ones under test.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion } from '../src/clickhouse/client';
+import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion, tsvField } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
 import { writeImportedChunk, lookupNewIds } from '../src/legacy/store';
@@ -50,12 +50,13 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(rows.map((r) => r.value)).toEqual(values);
   });
 
-  it('round-trips tricky text through TabSeparated inserts and reads (insertFields, queryFields)', async () => {
+  it('round-trips tricky text through TabSeparated inserts and reads (insertTabSeparated, queryFields)', async () => {
     const p = await createProject();
     const texts = ['plain', 'tab\there', 'new\nline', 'cr\rlf', 'back\\slash \\n \\t', "quo'te", 'nul\0byte', 'bell\u0007 esc\u001b del\u007f', '\b\f', '中文 ✓ 😀', '', '\\N', '{"a":"\\"q\\"","b":"x\\ny"}'];
     const base = Date.UTC(2026, 0, 5);
     const ids = texts.map((_, i) => uuidv7At(base + i, hash128(`tsv:${i}`)));
-    await ch().insertFields('event_payloads', ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'], texts.map((t, i) => [ids[i]!, p.id, base + i, base + i + 1, t]));
+    const text = texts.map((t, i) => [ids[i]!, p.id, base + i, base + i + 1, t].map(tsvField).join('\t') + '\n').join('');
+    await ch().insertTabSeparated('event_payloads', ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'], text);
     const rows = await ch().queryFields(
       'SELECT toString(id), created_at_ms, received_at_ms, payload FROM event_payloads WHERE project_id = {p:String} ORDER BY created_at_ms',
       { p: p.id },

@@ -2,7 +2,7 @@
 // chunk (several per job chunk, the next one read and proven while the one before is written), each
 // object proven against its manifest row first. The chunks stay in R2.
 import { z } from 'zod';
-import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import { clickhouse, tsvField, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
@@ -99,13 +99,17 @@ const INSERT_BATCH = 25_000;
 /** Writes back the rows ClickHouse does not hold; returns how many it wrote. */
 export async function writeBackRows(ch: ClickHouse, projectId: string, rows: readonly ArchiveRow[]): Promise<number> {
   const present = await presentIds(ch, projectId, rows);
-  const fresh = rows.filter((r) => !present.has(r.id)).map((r) => [r.id, projectId, r.createdAtMs, r.receivedAtMs, r.payload] as const);
+  const project = tsvField(projectId);
+  const lines: string[] = [];
+  for (const r of rows) {
+    if (!present.has(r.id)) lines.push(`${tsvField(r.id)}\t${project}\t${r.createdAtMs}\t${r.receivedAtMs}\t${tsvField(r.payload)}\n`);
+  }
   const inserts: Array<Promise<void>> = [];
-  for (let i = 0; i < fresh.length; i += INSERT_BATCH) inserts.push(ch.insertFields('event_payloads', PAYLOAD_COLUMNS, fresh.slice(i, i + INSERT_BATCH)));
+  for (let i = 0; i < lines.length; i += INSERT_BATCH) inserts.push(ch.insertTabSeparated('event_payloads', PAYLOAD_COLUMNS, lines.slice(i, i + INSERT_BATCH).join('')));
   // Every insert ends before the chunk fails: a retry then finds all that was written.
   const failed = (await Promise.allSettled(inserts)).find((r) => r.status === 'rejected');
   if (failed) throw failed.reason;
-  return fresh.length;
+  return lines.length;
 }
 
 /**

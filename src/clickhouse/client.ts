@@ -57,10 +57,11 @@ export interface ClickHouse {
   command(sql: string, params?: QueryParams, settings?: Record<string, string | number>): Promise<void>;
   insert(table: string, rows: readonly object[]): Promise<void>;
   /**
-   * `insert` of rows given as their fields in `columns` order, sent as TabSeparated: far cheaper
-   * to build, and for ClickHouse to read, than JSON when a column holds long text.
+   * `insert` of rows given as TabSeparated text (each field made with `tsvField`, `columns` in
+   * order, every line ending in a line feed): far cheaper to build, and for ClickHouse to read,
+   * than JSON when a column holds long text.
    */
-  insertFields(table: string, columns: readonly string[], rows: ReadonlyArray<ReadonlyArray<string | number>>): Promise<void>;
+  insertTabSeparated(table: string, columns: readonly string[], text: string): Promise<void>;
   ping(): Promise<boolean>;
   version(): Promise<ServerVersion>;
 }
@@ -194,23 +195,22 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       if (rows.length === 0) return;
       await client.insert({ table, values: rows as object[], format: 'JSONEachRow' });
     },
-    async insertFields(table: string, columns: readonly string[], rows: ReadonlyArray<ReadonlyArray<string | number>>) {
-      if (rows.length === 0) return;
+    async insertTabSeparated(table: string, columns: readonly string[], text: string) {
+      if (!text) return;
       for (const name of [table, ...columns]) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`${name} is not an identifier`);
-      const field = (v: string | number) => (typeof v === 'number' ? String(v) : TSV_SPECIAL.test(v) ? tsvEscape(v) : v);
-      const body = rows.map((row) => row.map(field).join('\t')).join('\n') + '\n';
+      if (!text.endsWith('\n')) throw new TypeError('TabSeparated rows end with a line feed');
       const url = new URL(config.url);
       url.searchParams.set('query', `INSERT INTO ${table} (${columns.join(', ')}) FORMAT TabSeparated`);
       url.searchParams.set('database', config.database);
       for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
       const res = await fetch(url, {
         method: 'POST',
-        body,
+        body: text,
         headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
         signal: AbortSignal.timeout(timeoutMs),
       });
-      const text = await res.text();
-      if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${text.slice(0, 1000)}`);
+      const answer = await res.text();
+      if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${answer.slice(0, 1000)}`);
     },
     async ping() {
       const r = await client.ping();
@@ -260,6 +260,11 @@ const TSV_ESCAPED = /\\([\s\S])/g;
 const TSV_UNESCAPES: Record<string, string> = { '\\': '\\', "'": "'", t: '\t', n: '\n', r: '\r', '0': '\0', b: '\b', f: '\f' };
 
 const TSV_SPECIAL = /[\\\t\n\r\0]/;
+
+/** A value as one TabSeparated field: a number as its digits, text escaped where it must be. */
+export function tsvField(value: string | number): string {
+  return typeof value === 'number' ? String(value) : TSV_SPECIAL.test(value) ? tsvEscape(value) : value;
+}
 
 /** A value as one TabSeparated field. */
 function tsvEscape(value: string): string {
