@@ -51,7 +51,7 @@ describe('archive jobs', () => {
     expect((await payloadsInClickHouse(p.id, '2026-03')).size).toBe(0);
   });
 
-  it('archives an event stored twice (a copy not merged yet) once, in chunks cut between copies', async () => {
+  it('archives an event stored twice (a copy not merged yet) once, when the bound of a chunk falls on a copy', async () => {
     const p = await createProject('archive-copies');
     // Ten events a second apart, every one written twice (two parts): chunks of 5 rows take the
     // copies of two events. Merges stay stopped while the chunks are read, so the copies are there;

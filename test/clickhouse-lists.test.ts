@@ -67,8 +67,9 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
   });
 
   it('never takes an error met in the middle of a TabSeparated answer for rows', async () => {
-    // More than the server's first output buffer goes out before the error, so the answer is a 200
-    // whose text ends with the exception.
+    // More than the server's first output buffer goes out before the error, so on 18.16 the answer
+    // is a 200 whose text ends with the exception (the chDB test server holds answers whole and
+    // answers a 500); current servers' error block is checked on its own below.
     const sql = "SELECT toString(number) AS n, concat('row ', toString(number), ' of padding padding padding padding') AS pad FROM numbers(400000) WHERE throwIf(number = 300000) = 0 SETTINGS max_block_size = 4096";
     const err = await ch().queryFields(sql, undefined, 2).then(() => null, (e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
@@ -77,6 +78,10 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     // A cut-short answer, and a line of another width that is no exception: no row text in the message.
     expect(() => parseTabSeparated('1\tsecret payload', 2)).toThrow(/cut short/);
     expect(() => parseTabSeparated('1\tsecret\tpayload\n', 2)).toThrow(/^ClickHouse answered a line of 3 fields, not 2$/);
+    // 18.16's appended exception in a one-column answer; a current server's error block.
+    expect(() => parseTabSeparated('17\nCode: 241, e.displayText() = DB::Exception: Memory limit exceeded\n', 1)).toThrow(/Code: 241/);
+    const block = '17\n\r\n__exception__\r\nAbCdEfGh\r\nCode: 395. DB::Exception: Value passed to throwIf function is non-zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)\n95 AbCdEfGh\r\n__exception__\r\n';
+    expect(() => parseTabSeparated(block, 1)).toThrow(/ended its answer with an error: .*Code: 395\. DB::Exception/);
   });
 
   it('refuses a long list as a URL parameter', async () => {

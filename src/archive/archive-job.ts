@@ -370,7 +370,10 @@ async function readRows(run: Run, afterMs: number, afterId: string, limit: numbe
     1,
   );
   const nextMs = next ? Number(next[0]) : null;
-  /** `whole`: the window holds at most `limit` rows (duplicates included), so nothing is cut. */
+  /**
+   * `whole`: the window was bounded to at most `limit` rows (duplicates included) when its bound
+   * was found, so it is read without ClickHouse sorting it (late rows are cut off below).
+   */
   const read = async (toMs: number, below: boolean, whole: boolean) => {
     const rw = timeWhere(Math.max(afterMs, run.startMs), toMs);
     const window = `${rw.sql} AND ${after}${below ? ' AND created_at_ms < {toMs:Int64}' : ''}`;

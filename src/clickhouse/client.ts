@@ -1,4 +1,5 @@
-// The one module that talks to ClickHouse: version detection, typed parameters, JSONEachRow I/O.
+// The one module that talks to ClickHouse: version detection, typed parameters, JSONEachRow and
+// TabSeparated I/O.
 import { createClient, type ClickHouseClient } from '@clickhouse/client-web';
 import type { Config } from '../config';
 import { bindParams, formatParam, type QueryParams } from './params';
@@ -125,7 +126,7 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
   };
 
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  // The client has no external data: a multipart request of our own, the (short) query in the URL.
+  // The client has no external data: a multipart request of our own (see `request`).
   const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> =>
     (await request(sql, params, lists, 'JSONEachRow')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
   /**
@@ -210,7 +211,12 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
         signal: AbortSignal.timeout(timeoutMs),
       });
       const answer = await res.text();
-      if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${answer.slice(0, 1000)}`);
+      // A parse error quotes the rows (payloads): only its code and name go into the message.
+      if (!res.ok) {
+        const code = /Code: \d+/.exec(answer)?.[0] ?? 'no error code';
+        const name = /\([A-Z][A-Z_]+\)/.exec(answer)?.[0];
+        throw new Error(`ClickHouse refused the insert into ${table} (${res.status}): ${code}${name ? ` ${name}` : ''}`);
+      }
     },
     async ping() {
       const r = await client.ping();
@@ -235,17 +241,23 @@ function assertShortParams(params: QueryParams) {
  * answer, so such an error is never taken for rows.
  */
 export function parseTabSeparated(text: string, columns: number): string[][] {
+  // TabSeparated data never holds a raw carriage return (it is escaped): current servers open the
+  // error block they end a failed answer with (`\r\n__exception__\r\n…`) with one.
+  const cr = text.indexOf('\r');
+  if (cr >= 0) throw new Error(`ClickHouse ended its answer with an error: ${text.slice(cr, cr + 1000).replace(/__exception__/g, ' ').replace(/\s+/g, ' ').trim()}`);
   // Row text (payloads) never goes into the message: it may end up in a job's error.
   if (text && !text.endsWith('\n')) throw new Error("ClickHouse's answer ends in the middle of a line (cut short)");
   const rows: string[][] = [];
   let start = 0;
   while (start < text.length) {
     const end = text.indexOf('\n', start);
-    const fields = text.slice(start, end).split('\t');
-    if (fields.length !== columns) {
-      const line = text.slice(start, end);
-      const exception = /\bCode: \d+|DB::Exception|__exception__/.test(line) ? `: ${line.slice(0, 1000)}` : '';
-      throw new Error(`ClickHouse answered a line of ${fields.length} fields, not ${columns}${exception}`);
+    const line = text.slice(start, end);
+    const fields = line.split('\t');
+    // 18.16 appends the exception as a line of text: of another width, or (one column) a first
+    // field no query of ours answers with.
+    const exception = /^Code: \d+[.,].*DB::Exception/.test(fields[0]!);
+    if (exception || fields.length !== columns) {
+      throw new Error(`ClickHouse answered a line of ${fields.length} fields, not ${columns}${exception ? `: ${line.slice(0, 1000)}` : ''}`);
     }
     for (let i = 0; i < fields.length; i++) {
       const f = fields[i]!;
