@@ -18,6 +18,16 @@ export class MutationFailed extends Error {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * Polling `system.mutations`: every 50 ms at most for the first seconds, where most deletes of a
+ * job end (a coarser step would leave the caller waiting up to twice a mutation's own time), then
+ * up to once a second for the long ones. The poll itself is a cheap system-table read.
+ */
+const POLL_FIRST_MS = 10;
+const QUICK_POLL_MAX_MS = 50;
+const QUICK_POLL_FOR_MS = 5_000;
+const POLL_MAX_MS = 1000;
+
+/**
  * Deletes the rows of `table` matching `where` (SQL with `{name:Type}` parameters; subqueries on
  * other tables allowed, no external data: an 18.16 mutation runs after the request has ended).
  */
@@ -35,8 +45,9 @@ export async function deleteRows(ch: ClickHouse, table: DeletableTable, where: s
 
 /** Waits until `table` has no unfinished mutation (18.16 has no `mutations_sync`). */
 export async function waitForMutations(ch: ClickHouse, table: DeletableTable, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 20; ; delay = Math.min(delay * 2, 1000)) {
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  for (let delay = POLL_FIRST_MS; ; delay = Math.min(delay * 2, Date.now() - started < QUICK_POLL_FOR_MS ? QUICK_POLL_MAX_MS : POLL_MAX_MS)) {
     const [row] = await ch.query<{ pending: number }>(
       'SELECT toUInt32(count()) AS pending FROM system.mutations WHERE database = currentDatabase() AND table = {t:String} AND is_done = 0',
       { t: table },
