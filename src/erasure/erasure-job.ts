@@ -13,13 +13,14 @@ import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
+import { eraseFromDeadLetters } from '../pipeline/dead-letters';
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
 import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
-import { addCounts, countSubject, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
+import { addCounts, countSubject, deadLetterLookup, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
-type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
+type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'deadLetters' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
 
 interface ErasureCursor {
   step: ErasureStep;
@@ -27,11 +28,15 @@ interface ErasureCursor {
   months: string[];
   /** Devices of the subject's events. */
   devices: string[];
+  /** A profile erasure's devices with a stalled outbox and no event of the profile in ClickHouse: their objects are asked too. */
+  stalledDevices?: string[];
   /** The last manifest row examined, in (month, number) order. */
   at: { month: string; number: number } | null;
   /** An old chunk whose replacement is in place, to retire before anything else. */
   retire: Retirement | null;
   deviceAt: number;
+  /** The last dead-letter key examined ('' or absent: none yet). */
+  deadLetterAfter?: string;
   progress: Progress;
   result: ErasureResult;
 }
@@ -94,9 +99,17 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       await assertNoArchiveWriter(env, s.projectId);
       c.months = await subjectMonths(ch, s);
       c.devices = await subjectDevices(ch, s);
+      if (s.kind === 'profile') {
+        // A device whose outbox cannot reach the queue may hold events of the profile that
+        // ClickHouse never saw: its object is asked too (it drops the profile's unsent events, if
+        // any). Only asked: its fleet history is not the profile's unless ClickHouse says so.
+        const known = new Set(c.devices);
+        const stalled = await drizzle(env.DB).select({ deviceId: stalledOutboxes.deviceId }).from(stalledOutboxes).where(eq(stalledOutboxes.projectId, s.projectId)).all();
+        c.stalledDevices = [...new Set(stalled.map((r) => r.deviceId))].filter((d) => !known.has(d)).sort();
+      }
       const months = new Set(c.months);
       const chunks = (await store.list(s.projectId)).filter((r) => months.has(r.month)).length;
-      c.progress.total = chunks + c.devices.length + 2;
+      c.progress.total = chunks + c.devices.length + (c.stalledDevices?.length ?? 0) + 2;
       c.step = 'archive';
       return 'continue';
     }
@@ -137,7 +150,8 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       return 'continue';
     }
     case 'devices': {
-      const batch = c.devices.slice(c.deviceAt, c.deviceAt + DEVICES_PER_STEP);
+      const asked = c.stalledDevices?.length ? [...c.devices, ...c.stalledDevices] : c.devices;
+      const batch = asked.slice(c.deviceAt, c.deviceAt + DEVICES_PER_STEP);
       if (batch.length) {
         c.result.deviceObjects += await eraseDevices(env, ch, s, batch);
         crash('devices.afterErase');
@@ -152,8 +166,17 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
           .delete(stalledOutboxes)
           .where(and(eq(stalledOutboxes.projectId, s.projectId), eq(stalledOutboxes.deviceId, s.deviceId)));
       }
-      c.step = 'count';
+      c.step = 'deadLetters';
       return 'continue';
+    }
+    case 'deadLetters': {
+      // After the device objects (nothing of the subject is parked anew from them), before ClickHouse
+      // (a lone payload's event is found there): a re-drive would otherwise bring the rows back.
+      const r = await eraseFromDeadLetters(env.ARCHIVE, s, deadLetterLookup(ch, s), c.deadLetterAfter ?? '', Date.now());
+      c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.rewritten, objectsDeleted: r.deleted, rows: r.rows });
+      if (r.next === null) c.step = 'count';
+      else c.deadLetterAfter = r.next;
+      return 'commit';
     }
     case 'count': {
       // Counted and committed before anything is deleted: a re-run of the deletion counts nothing twice.

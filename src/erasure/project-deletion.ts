@@ -14,17 +14,20 @@ import { fleetCursorPage } from '../fleet/live';
 import { withFleetLeases } from '../fleet/recompute';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
+import { eraseFromDeadLetters } from '../pipeline/dead-letters';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
 export interface ProjectDeletionCursor {
-  step: 'revoke' | 'settle' | 'count' | 'devices' | 'archive' | 'fleet' | 'clickhouse' | 'd1' | 'verify' | 'project' | 'done';
+  step: 'revoke' | 'settle' | 'count' | 'devices' | 'deadLetters' | 'archive' | 'fleet' | 'clickhouse' | 'd1' | 'verify' | 'project' | 'done';
   /** When the project's clients were deleted. */
   revokedAt: number;
   /** Device objects are cleared in device id order: the last one done. */
   deviceAfter: string;
   /** The devices whose outbox reported a stall (they may have nothing in ClickHouse yet) are done. */
   stalledDone?: boolean;
+  /** The last dead-letter key examined ('' or absent: none yet). */
+  deadLetterAfter?: string;
   progress: Progress;
   result: ErasureResult;
 }
@@ -126,7 +129,16 @@ export async function runProjectDeletionStep(
       c.result.deviceObjects += await eraseDeviceObjects(env, projectId, page);
       units.n += page.length;
       if (page.length) c.deviceAfter = page[page.length - 1]!;
-      if (page.length < DEVICES_PER_STEP) c.step = 'archive';
+      if (page.length < DEVICES_PER_STEP) c.step = 'deadLetters';
+      return 'commit';
+    }
+    case 'deadLetters': {
+      // Parked ingest messages of the project: a re-drive would otherwise bring its rows back.
+      const noLookup = { subjectEventIds: async () => new Set<string>(), sharedSessions: async () => new Set<string>() };
+      const r = await eraseFromDeadLetters(env.ARCHIVE, { kind: 'project', projectId }, noLookup, c.deadLetterAfter ?? '', Date.now());
+      c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.rewritten, objectsDeleted: r.deleted, rows: r.rows });
+      if (r.next === null) c.step = 'archive';
+      else c.deadLetterAfter = r.next;
       return 'commit';
     }
     case 'archive': {

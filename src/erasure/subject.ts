@@ -5,6 +5,7 @@ import type { ClickHouse } from '../clickhouse/client';
 import { deleteRows, type DeletableTable } from '../clickhouse/mutations';
 import type { QueryParams } from '../clickhouse/params';
 import { dateTimeBounds } from '../clickhouse/time';
+import type { SubjectLookup } from '../pipeline/dead-letters';
 import type { Subject } from './params';
 
 /** What an erasure removed from ClickHouse (distinct ids; a redelivered copy of a row counts once). */
@@ -169,6 +170,34 @@ export async function profileOnDevice(
   const events = new Map<string, number>();
   for (const r of [...recent, ...newest, ...position]) events.set(r.id.toLowerCase(), Number(r.t));
   return { profileId: s.profileId, eventIds: [...events.keys()], eventTimesMs: [...new Set(events.values())], sessionIds: sessions.map((r) => r.id) };
+}
+
+/**
+ * What a parked ingest message alone does not tell about the subject (dead letters are erased
+ * before ClickHouse is): whose event a payload sent apart from it is, and which of a profile's
+ * sessions hold events of anyone else.
+ */
+export function deadLetterLookup(ch: ClickHouse, s: Subject): SubjectLookup {
+  return {
+    async subjectEventIds(ids) {
+      const rows = await ch.query<{ id: string }>(
+        `SELECT DISTINCT toString(id) AS id FROM events WHERE ${eventsWhere(s)} AND toString(id) IN (SELECT value FROM ids)`,
+        subjectParams(s),
+        { ids: [...ids] },
+      );
+      return new Set(rows.map((r) => r.id));
+    },
+    async sharedSessions(sessionIds) {
+      if (s.kind !== 'profile') return new Set();
+      const rows = await ch.query<{ id: string }>(
+        `SELECT DISTINCT session_id AS id FROM events
+           WHERE project_id = {projectId:String} AND profile_id != {profileId:String} AND session_id IN (SELECT value FROM ids)`,
+        subjectParams(s),
+        { ids: [...sessionIds] },
+      );
+      return new Set(rows.map((r) => r.id));
+    },
+  };
 }
 
 /** Everything of a project in one table (project deletion). */

@@ -1,0 +1,211 @@
+// Erasure reaches rows that are not in ClickHouse yet: rows of the subject parked in R2 for a
+// re-drive are taken out (or their object deleted), so a later re-drive or replay cannot bring them
+// back, and everyone else's parked rows still arrive once; a stalled outbox gives up a profile's
+// unsent events.
+import { createExecutionContext, createMessageBatch, env, getQueueResult, runInDurableObject } from 'cloudflare:test';
+import { describe, expect, it } from 'vitest';
+import worker from '../src/index';
+import { hash128, uuidv7At } from '../src/lib/ids';
+import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, REDRIVE_LOCK_KEY, redriveDeadLetters } from '../src/pipeline/dead-letters';
+import { decodeMessage, expandMessage, type IngestBody, type OutboxEvent, type SessionRow } from '../src/pipeline/messages';
+import { admin, getJob } from './backfill-helpers';
+import { countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
+import { deviceStub } from '../src/device/stub';
+import { ch, createProject, postBatch, trackEvent, waitUntil } from './helpers';
+
+function entry(projectId: string, deviceId: string, name: string, atMs: number, opts: { profileId?: string; session?: string } = {}): OutboxEvent {
+  return {
+    s: opts.session ?? '',
+    r: {
+      id: uuidv7At(atMs, hash128(`${projectId}:${deviceId}:${name}:${atMs}`)), project_id: projectId, device_id: deviceId, profile_id: opts.profileId ?? '',
+      type: 'track', name, created_at_ms: atMs, received_at_ms: atMs, properties: '{}', ref_id: '', ip: '', country: '', region: '', city: '', timezone: '',
+      latitude: null, longitude: null,
+    },
+    p: `{"name":"${name}","device":"${deviceId}"}`,
+  };
+}
+
+function session(projectId: string, deviceId: string, id: string, atMs: number, events: number): SessionRow {
+  return { project_id: projectId, device_id: deviceId, id, started_at_ms: atMs, ended_at_ms: atMs + 1000, event_count: events, ended: 0, merged_into: '', version: 1, updated_at_ms: atMs };
+}
+
+/** A message as a device object sends it (its outbox entries spliced in), or any rows the consumer takes. */
+const message = (entries: OutboxEvent[], sessions: SessionRow[] = [], extra: Record<string, unknown> = {}) => JSON.stringify({ events: [], payloads: [], sessions, entries, ...extra });
+
+/** Parks messages the way the platform does: through the dead-letter queue's consumer. */
+async function park(bodies: Record<string, string>): Promise<void> {
+  const batch = createMessageBatch<IngestBody>(
+    'driftline-ingest-dlq',
+    Object.entries(bodies).map(([id, body]) => ({ id, timestamp: new Date(), attempts: 101, body })),
+  );
+  const ctx = createExecutionContext();
+  await worker.queue(batch, env, ctx);
+  expect((await getQueueResult(batch, ctx)).explicitAcks.sort()).toEqual(Object.keys(bodies).sort());
+}
+
+/** Every parked or quarantined object, as text, by message id. */
+async function parkedTexts(): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const prefix of [DEAD_LETTER_PREFIX, QUARANTINE_PREFIX]) {
+    const listing = await env.ARCHIVE.list({ prefix });
+    for (const o of listing.objects) out.set(o.key.replace(/^.*\/\d{13}-/, '').replace(/\.json$/, ''), await (await env.ARCHIVE.get(o.key))!.text());
+  }
+  return out;
+}
+
+const eventIds = (projectId: string, where: string, params: Record<string, string> = {}) =>
+  ch()
+    .query<{ id: string }>(`SELECT DISTINCT toString(id) AS id FROM events WHERE project_id = {p:String} AND ${where} ORDER BY id`, { p: projectId, ...params })
+    .then((rows) => rows.map((r) => r.id));
+
+describe('erasure and parked messages', () => {
+  it("takes a device's rows out of parked messages: a re-drive afterwards stores only the others'", async () => {
+    const p = await createProject('erase-dead-letters');
+    const other = await createProject('erase-dead-letters-other');
+    const t = Date.now() - 30 * 60_000;
+    // One live event of veh-a reaches ClickHouse, so the erasure has the device in every store.
+    await ingest(p, [liveEvent('veh-a', 'live-1', t)]);
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    const [liveA] = await eventIds(p.id, "device_id = 'veh-a'");
+
+    const aOnly = [entry(p.id, 'veh-a', 'a1', t + 1), entry(p.id, 'veh-a', 'a2', t + 2)];
+    const mixedA = entry(p.id, 'veh-a', 'a3', t + 3);
+    const mixedB = entry(p.id, 'veh-b', 'b1', t + 4);
+    const bOnly = entry(p.id, 'veh-b', 'b2', t + 5);
+    // The same device name in another project is another device.
+    const otherA = entry(other.id, 'veh-a', 'x1', t + 6);
+    const bodies = {
+      'a-only': message(aOnly, [session(p.id, 'veh-a', 'sess-a', t, 2)]),
+      mixed: message([mixedA, mixedB], [session(p.id, 'veh-a', 'sess-a2', t, 1), session(p.id, 'veh-b', 'sess-b', t, 1)], { parkedAtMs: t, redrives: 1 }),
+      'b-only': message([bOnly]),
+      'other-project': message([otherA]),
+      // The raw payload of veh-a's live event, sent apart from its event (an oversized chunk's split).
+      'lone-payload': JSON.stringify({ events: [], sessions: [], payloads: [{ id: liveA, project_id: p.id, created_at_ms: t, received_at_ms: t, payload: '{"lone":true}' }] }),
+    };
+    await park(bodies);
+    // A parked object that does not decode, naming the device, is quarantined for an operator.
+    await env.ARCHIVE.put(`${QUARANTINE_PREFIX}0000000000001-broken.json`, `{"events":[{"project_id":${JSON.stringify(p.id)},"device_id":"veh-a"`);
+    const before = await parkedTexts();
+    expect([...before.keys()].sort()).toEqual(['a-only', 'b-only', 'broken', 'lone-payload', 'mixed', 'other-project']);
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: 'veh-a' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null });
+    // No archive here: every R2 figure is the parked messages' (a-only, lone-payload, broken deleted; mixed rewritten).
+    expect(job.result).toMatchObject({ r2: { chunksRewritten: 1, objectsDeleted: 3, rows: 2 + 1 + 1 } });
+
+    const after = await parkedTexts();
+    expect([...after.keys()].sort()).toEqual(['b-only', 'mixed', 'other-project']);
+    // Untouched byte for byte: objects holding nothing of the subject.
+    expect(after.get('b-only')).toBe(before.get('b-only'));
+    expect(after.get('other-project')).toBe(before.get('other-project'));
+    // Rewritten in its own form (outbox entries stay entries), as the consumer reads it.
+    expect(JSON.parse(after.get('mixed')!)).toMatchObject({ events: [], payloads: [], entries: [mixedB] });
+    const mixed = expandMessage(decodeMessage(after.get('mixed')!), 0);
+    expect(mixed.events.map((e) => [e.id, e.device_id])).toEqual([[mixedB.r.id, 'veh-b']]);
+    expect(mixed.payloads.map((r) => r.id)).toEqual([mixedB.r.id]);
+    expect(mixed.sessions.map((r) => r.id)).toEqual(['sess-b']);
+    // What the re-drive needs to keep counting its attempts and age.
+    expect(JSON.parse(after.get('mixed')!)).toMatchObject({ parkedAtMs: t, redrives: 1 });
+    for (const text of after.values()) {
+      for (const id of [...aOnly, mixedA].map((e) => e.r.id)) expect(text).not.toContain(id);
+      expect(text).not.toContain('"sess-a"');
+    }
+
+    // The re-drive sends what is left: veh-b's two events and the other project's one, nothing of veh-a.
+    const redrive = await redriveDeadLetters(env, Date.now(), { requireClickHouse: false });
+    expect(redrive).toMatchObject({ redriven: 3, quarantined: 0, failed: 0 });
+    await waitUntil(() => countTable('events', p.id), (n) => n === 2);
+    await waitUntil(() => countTable('events', other.id), (n) => n === 1);
+    expect(await eventIds(p.id, '1')).toEqual([mixedB.r.id, bOnly.r.id].sort());
+    expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(0);
+    expect(await countTable('sessions', p.id, "device_id = 'veh-a'")).toBe(0);
+    expect(await countTable('event_payloads', p.id, 'toString(id) = {id:String}', { id: liveA! })).toBe(0);
+    expect(await countTable('sessions', p.id, "id = 'sess-b'")).toBe(1);
+  });
+
+  it("takes a profile's events out of a parked message, and the sessions only it made", async () => {
+    const p = await createProject('erase-dead-letters-profile');
+    const t = Date.now() - 20 * 60_000;
+    const mine = [entry(p.id, 'veh-c', 'p1', t, { profileId: 'prof-p', session: 'only-p' }), entry(p.id, 'veh-c', 'p2', t + 1, { profileId: 'prof-p', session: 'shared' })];
+    const anon = entry(p.id, 'veh-c', 'anon', t + 2, { session: 'shared' });
+    const sessions = [session(p.id, 'veh-c', 'only-p', t, 1), session(p.id, 'veh-c', 'shared', t, 2)];
+    await park({ c: message([...mine, anon], sessions) });
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 1, objectsDeleted: 0, rows: 2 } } });
+    const left = expandMessage(decodeMessage((await parkedTexts()).get('c')!), 0);
+    expect(left.events.map((e) => e.id)).toEqual([anon.r.id]);
+    expect(left.payloads.map((r) => r.id)).toEqual([anon.r.id]);
+    expect(left.sessions.map((r) => r.id)).toEqual(['shared']);
+
+    await redriveDeadLetters(env, Date.now(), { requireClickHouse: false });
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    expect(await countTable('events', p.id, "profile_id = 'prof-p'")).toBe(0);
+    expect(await eventIds(p.id, '1')).toEqual([anon.r.id]);
+    expect(await countTable('sessions', p.id, "id = 'only-p'")).toBe(0);
+  });
+
+  it('waits for a re-drive under way to end before it touches a parked message', async () => {
+    const p = await createProject('erase-dead-letters-lock');
+    const t = Date.now() - 10 * 60_000;
+    await park({ locked: message([entry(p.id, 'veh-l', 'l1', t)]) });
+    // A re-drive holds the lock (taken just now, so not stale).
+    await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'other-run', { customMetadata: { takenAt: String(Date.now()) } });
+    const id = await startErasure({ projectId: p.id, deviceId: 'veh-l' });
+    const waiting = await waitUntil(() => getJob(id), (j) => (j.error ?? '').includes('re-drive is under way'), { timeoutMs: 30_000 });
+    expect(waiting.state).not.toBe('succeeded');
+    expect((await parkedTexts()).has('locked')).toBe(true);
+    await env.ARCHIVE.delete(REDRIVE_LOCK_KEY);
+    expect(await waitFinished(id)).toMatchObject({ state: 'succeeded', result: { r2: { objectsDeleted: 1, rows: 1 } } });
+    expect((await parkedTexts()).has('locked')).toBe(false);
+  });
+
+  it("deletes a project's parked messages with it and leaves another project's", async () => {
+    const doomed = await createProject('dead-letters-doomed');
+    const kept = await createProject('dead-letters-kept');
+    const t = Date.now() - 10 * 60_000;
+    await park({ d1: message([entry(doomed.id, 'veh-1', 'd', t)]), d2: message([entry(doomed.id, 'veh-2', 'd', t)]), k1: message([entry(kept.id, 'veh-1', 'k', t)]) });
+    const keptBefore = (await parkedTexts()).get('k1');
+
+    const started = await admin('DELETE', `/admin/projects/${doomed.id}`);
+    expect(started.status).toBe(202);
+    const job = await waitFinished(started.body.id as string);
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { objectsDeleted: 2, rows: 2 } } });
+    const after = await parkedTexts();
+    expect([...after.keys()]).toEqual(['k1']);
+    expect(after.get('k1')).toBe(keptBefore);
+  });
+
+  it("clears a profile's unsent events from a device whose outbox is stalled, though ClickHouse never saw them", async () => {
+    const p = await createProject('erase-stalled-profile');
+    const deviceId = 'stall-p';
+    const stub = deviceStub(env, p.id, deviceId);
+    const send = (events: unknown[]) => postBatch(p, { events }).then(async (r) => expect(await r.json()).toMatchObject({ accepted: events.length }));
+    await send([trackEvent('anon', { __deviceId: deviceId, __eventId: 'anon-1' })]);
+    await stub.maintain(Date.now());
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    // A row the queue refuses (too large) stalls the outbox from here on.
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'poison', ?)", 'x'.repeat(200 * 1024));
+    });
+    expect((await stub.maintain(Date.now())).flushed).toBe(0);
+    const mine = { type: 'track', payload: { name: 'mine', profileId: 'prof-s', properties: { __deviceId: deviceId, __eventId: 'mine-1' } } };
+    await send([mine, trackEvent('anon', { __deviceId: deviceId, __eventId: 'anon-2' })]);
+    expect((await stub.maintain(Date.now())).flushed).toBe(0);
+    const stalled = await env.DB.prepare('SELECT device_id FROM stalled_outboxes WHERE project_id = ?').bind(p.id).all<{ device_id: string }>();
+    expect(stalled.results.map((r) => r.device_id)).toEqual([deviceId]);
+    expect(await countTable('events', p.id, "profile_id = 'prof-s'")).toBe(0);
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-s' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { deviceObjects: 1 } });
+
+    // The queue takes the outbox again: the anonymous event arrives, the profile's never does.
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec("DELETE FROM outbox WHERE ref = 'poison'");
+    });
+    await stub.maintain(Date.now());
+    await waitUntil(() => countTable('events', p.id), (n) => n === 2);
+    expect(await countTable('events', p.id, "profile_id = 'prof-s'")).toBe(0);
+    expect(await countTable('events', p.id, "name = 'mine'")).toBe(0);
+  });
+});
