@@ -74,27 +74,39 @@ describe('erasure and parked messages', () => {
     const bOnly = entry(p.id, 'veh-b', 'b2', t + 5);
     // The same device name in another project is another device.
     const otherA = entry(other.id, 'veh-a', 'x1', t + 6);
-    const bodies = {
+    const split = entry(p.id, 'veh-a', 'big', t + 7);
+    const bodies: Record<string, string> = {
       'a-only': message(aOnly, [session(p.id, 'veh-a', 'sess-a', t, 2)]),
       mixed: message([mixedA, mixedB], [session(p.id, 'veh-a', 'sess-a2', t, 1), session(p.id, 'veh-b', 'sess-b', t, 1)], { parkedAtMs: t, redrives: 1 }),
       'b-only': message([bOnly]),
       'other-project': message([otherA]),
       // The raw payload of veh-a's live event, sent apart from its event (an oversized chunk's split).
       'lone-payload': JSON.stringify({ events: [], sessions: [], payloads: [{ id: liveA, project_id: p.id, created_at_ms: t, received_at_ms: t, payload: '{"lone":true}' }] }),
+      // An oversized event of veh-a split in two, both parked: the payload first, its event last of all
+      // (first-parked times order the keys), more than a page of objects apart.
+      'split-payload': JSON.stringify({ events: [], sessions: [], payloads: [{ id: split.r.id, project_id: p.id, created_at_ms: split.r.created_at_ms, received_at_ms: split.r.created_at_ms, payload: '{"big":true}' }], parkedAtMs: t - 60_000 }),
+      'split-event': JSON.stringify({ events: [{ ...split.r, session_id: '', synced_at_ms: 0 }], payloads: [], sessions: [], parkedAtMs: Date.now() + 3_600_000 }),
     };
+    // More objects than one erasure page (100), of another project.
+    for (let i = 0; i < 105; i++) bodies[`filler-${i}`] = message([entry(other.id, 'veh-f', `f${i}`, t + 100 + i)]);
     await park(bodies);
     // A parked object that does not decode, naming the device, is quarantined for an operator.
     await env.ARCHIVE.put(`${QUARANTINE_PREFIX}0000000000001-broken.json`, `{"events":[{"project_id":${JSON.stringify(p.id)},"device_id":"veh-a"`);
     const before = await parkedTexts();
-    expect([...before.keys()].sort()).toEqual(['a-only', 'b-only', 'broken', 'lone-payload', 'mixed', 'other-project']);
+    const named = (keys: Iterable<string>) => [...keys].filter((k) => !k.startsWith('filler-')).sort();
+    expect(named(before.keys())).toEqual(['a-only', 'b-only', 'broken', 'lone-payload', 'mixed', 'other-project', 'split-event', 'split-payload']);
+    expect(before.size).toBe(8 + 105);
 
     const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: 'veh-a' }));
     expect(job).toMatchObject({ state: 'succeeded', error: null });
-    // No archive here: every R2 figure is the parked messages' (a-only, lone-payload, broken deleted; mixed rewritten).
-    expect(job.result).toMatchObject({ r2: { chunksRewritten: 1, objectsDeleted: 3, rows: 2 + 1 + 1 } });
+    // No archive here: every R2 figure is the parked messages' (a-only, lone-payload, broken and
+    // both split halves deleted; mixed rewritten). Rows: a1, a2, a3, the lone payload, and the split
+    // event once in each half.
+    expect(job.result).toMatchObject({ r2: { chunksRewritten: 1, objectsDeleted: 5, rows: 2 + 1 + 1 + 2 } });
 
     const after = await parkedTexts();
-    expect([...after.keys()].sort()).toEqual(['b-only', 'mixed', 'other-project']);
+    expect(named(after.keys())).toEqual(['b-only', 'mixed', 'other-project']);
+    expect(after.size).toBe(3 + 105);
     // Untouched byte for byte: objects holding nothing of the subject.
     expect(after.get('b-only')).toBe(before.get('b-only'));
     expect(after.get('other-project')).toBe(before.get('other-project'));
@@ -107,19 +119,19 @@ describe('erasure and parked messages', () => {
     // What the re-drive needs to keep counting its attempts and age.
     expect(JSON.parse(after.get('mixed')!)).toMatchObject({ parkedAtMs: t, redrives: 1 });
     for (const text of after.values()) {
-      for (const id of [...aOnly, mixedA].map((e) => e.r.id)) expect(text).not.toContain(id);
+      for (const id of [...aOnly, mixedA, split].map((e) => e.r.id)) expect(text).not.toContain(id);
       expect(text).not.toContain('"sess-a"');
     }
 
     // The re-drive sends what is left: veh-b's two events and the other project's one, nothing of veh-a.
     const redrive = await redriveDeadLetters(env, Date.now(), { requireClickHouse: false });
-    expect(redrive).toMatchObject({ redriven: 3, quarantined: 0, failed: 0 });
+    expect(redrive).toMatchObject({ redriven: 3 + 105, quarantined: 0, failed: 0 });
     await waitUntil(() => countTable('events', p.id), (n) => n === 2);
-    await waitUntil(() => countTable('events', other.id), (n) => n === 1);
+    await waitUntil(() => countTable('events', other.id), (n) => n === 1 + 105);
     expect(await eventIds(p.id, '1')).toEqual([mixedB.r.id, bOnly.r.id].sort());
     expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(0);
     expect(await countTable('sessions', p.id, "device_id = 'veh-a'")).toBe(0);
-    expect(await countTable('event_payloads', p.id, 'toString(id) = {id:String}', { id: liveA! })).toBe(0);
+    for (const id of [liveA!, split.r.id]) expect(await countTable('event_payloads', p.id, 'toString(id) = {id:String}', { id })).toBe(0);
     expect(await countTable('sessions', p.id, "id = 'sess-b'")).toBe(1);
   });
 
@@ -129,11 +141,21 @@ describe('erasure and parked messages', () => {
     const mine = [entry(p.id, 'veh-c', 'p1', t, { profileId: 'prof-p', session: 'only-p' }), entry(p.id, 'veh-c', 'p2', t + 1, { profileId: 'prof-p', session: 'shared' })];
     const anon = entry(p.id, 'veh-c', 'anon', t + 2, { session: 'shared' });
     const sessions = [session(p.id, 'veh-c', 'only-p', t, 1), session(p.id, 'veh-c', 'shared', t, 2)];
-    await park({ c: message([...mine, anon], sessions) });
+    const ended = (id: string, events: number) => ({ ...session(p.id, 'veh-c', id, t, events), ended: 1, version: 2 });
+    await park({
+      c: message([...mine, anon], sessions),
+      // Session rows parked on their own (a session's end): one only the profile made, one it shares.
+      'c-end-mine': message([], [ended('only-p', 1)]),
+      'c-end-shared': message([], [ended('shared', 2)]),
+    });
+    const before = await parkedTexts();
 
     const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
-    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 1, objectsDeleted: 0, rows: 2 } } });
-    const left = expandMessage(decodeMessage((await parkedTexts()).get('c')!), 0);
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 1, objectsDeleted: 1, rows: 2 } } });
+    const after = await parkedTexts();
+    expect([...after.keys()].sort()).toEqual(['c', 'c-end-shared']);
+    expect(after.get('c-end-shared')).toBe(before.get('c-end-shared'));
+    const left = expandMessage(decodeMessage(after.get('c')!), 0);
     expect(left.events.map((e) => e.id)).toEqual([anon.r.id]);
     expect(left.payloads.map((r) => r.id)).toEqual([anon.r.id]);
     expect(left.sessions.map((r) => r.id)).toEqual(['shared']);
@@ -143,6 +165,7 @@ describe('erasure and parked messages', () => {
     expect(await countTable('events', p.id, "profile_id = 'prof-p'")).toBe(0);
     expect(await eventIds(p.id, '1')).toEqual([anon.r.id]);
     expect(await countTable('sessions', p.id, "id = 'only-p'")).toBe(0);
+    await waitUntil(() => countTable('sessions', p.id, "id = 'shared'"), (n) => n >= 1);
   });
 
   it('waits for a re-drive under way to end before it touches a parked message', async () => {
@@ -152,11 +175,12 @@ describe('erasure and parked messages', () => {
     // A re-drive holds the lock (taken just now, so not stale).
     await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'other-run', { customMetadata: { takenAt: String(Date.now()) } });
     const id = await startErasure({ projectId: p.id, deviceId: 'veh-l' });
-    const waiting = await waitUntil(() => getJob(id), (j) => (j.error ?? '').includes('re-drive is under way'), { timeoutMs: 30_000 });
-    expect(waiting.state).not.toBe('succeeded');
+    // It waits at the dead-letter step, a chunk after another, without spending an attempt.
+    const waiting = await waitUntil(() => getJob(id), (j) => (j.cursor ?? '').includes('"step":"deadLetters"'), { timeoutMs: 30_000 });
+    expect(waiting).toMatchObject({ state: expect.stringMatching(/^(running|enqueued)$/), attempts: 0, error: null });
     expect((await parkedTexts()).has('locked')).toBe(true);
     await env.ARCHIVE.delete(REDRIVE_LOCK_KEY);
-    expect(await waitFinished(id)).toMatchObject({ state: 'succeeded', result: { r2: { objectsDeleted: 1, rows: 1 } } });
+    expect(await waitFinished(id)).toMatchObject({ state: 'succeeded', attempts: 0, error: null, result: { r2: { objectsDeleted: 1, rows: 1 } } });
     expect((await parkedTexts()).has('locked')).toBe(false);
   });
 
@@ -174,6 +198,14 @@ describe('erasure and parked messages', () => {
     const after = await parkedTexts();
     expect([...after.keys()]).toEqual(['k1']);
     expect(after.get('k1')).toBe(keptBefore);
+
+    // A message of the deleted project parked only now (it was still in the queue's retries): the
+    // re-drive drops it instead of writing rows of a project that no longer exists.
+    await park({ late: message([entry(doomed.id, 'veh-1', 'late', t + 1)]) });
+    expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 1, quarantined: 0, failed: 0 });
+    expect([...(await parkedTexts()).keys()]).toEqual([]);
+    await waitUntil(() => countTable('events', kept.id), (n) => n === 1);
+    expect(await countTable('events', doomed.id)).toBe(0);
   });
 
   it("clears a profile's unsent events from a device whose outbox is stalled, though ClickHouse never saw them", async () => {

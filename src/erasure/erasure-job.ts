@@ -13,7 +13,7 @@ import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
-import { eraseFromDeadLetters } from '../pipeline/dead-letters';
+import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
@@ -35,8 +35,8 @@ interface ErasureCursor {
   /** An old chunk whose replacement is in place, to retire before anything else. */
   retire: Retirement | null;
   deviceAt: number;
-  /** The last dead-letter key examined ('' or absent: none yet). */
-  deadLetterAfter?: string;
+  /** Where the erasure of parked messages stands (absent: not started). */
+  deadLetters?: DeadLetterCursor;
   progress: Progress;
   result: ErasureResult;
 }
@@ -172,10 +172,12 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     case 'deadLetters': {
       // After the device objects (nothing of the subject is parked anew from them), before ClickHouse
       // (a lone payload's event is found there): a re-drive would otherwise bring the rows back.
-      const r = await eraseFromDeadLetters(env.ARCHIVE, s, deadLetterLookup(ch, s), c.deadLetterAfter ?? '', Date.now());
+      const r = await eraseDeadLetters(env.ARCHIVE, s, deadLetterLookup(ch, s), c.deadLetters ?? startDeadLetterErasure(s));
+      // A re-drive holding the lock: the same step again in the next chunk (not a failed attempt).
+      if (r.busy) console.log(JSON.stringify({ msg: 'erasure waits for a dead-letter re-drive to end', job: job.id }));
       c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.rewritten, objectsDeleted: r.deleted, rows: r.rows });
-      if (r.next === null) c.step = 'count';
-      else c.deadLetterAfter = r.next;
+      if (r.cursor === null) c.step = 'count';
+      else c.deadLetters = r.cursor;
       return 'commit';
     }
     case 'count': {

@@ -14,7 +14,7 @@ import { fleetCursorPage } from '../fleet/live';
 import { withFleetLeases } from '../fleet/recompute';
 import { mapPool } from '../lib/pool';
 import type { CrashPoint } from './params';
-import { eraseFromDeadLetters } from '../pipeline/dead-letters';
+import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
@@ -26,8 +26,8 @@ export interface ProjectDeletionCursor {
   deviceAfter: string;
   /** The devices whose outbox reported a stall (they may have nothing in ClickHouse yet) are done. */
   stalledDone?: boolean;
-  /** The last dead-letter key examined ('' or absent: none yet). */
-  deadLetterAfter?: string;
+  /** Where the erasure of parked messages stands (absent: not started). */
+  deadLetters?: DeadLetterCursor;
   progress: Progress;
   result: ErasureResult;
 }
@@ -134,11 +134,14 @@ export async function runProjectDeletionStep(
     }
     case 'deadLetters': {
       // Parked ingest messages of the project: a re-drive would otherwise bring its rows back.
-      const noLookup = { subjectEventIds: async () => new Set<string>(), sharedSessions: async () => new Set<string>() };
-      const r = await eraseFromDeadLetters(env.ARCHIVE, { kind: 'project', projectId }, noLookup, c.deadLetterAfter ?? '', Date.now());
+      // Every row of the project goes: nothing needs looking up in ClickHouse.
+      const none = { subjectEventIds: async () => new Set<string>(), profileSessions: async () => ({ subject: new Set<string>(), others: new Set<string>() }) };
+      const subject = { kind: 'project', projectId } as const;
+      const r = await eraseDeadLetters(env.ARCHIVE, subject, none, c.deadLetters ?? startDeadLetterErasure(subject));
+      if (r.busy) console.log(JSON.stringify({ msg: 'project deletion waits for a dead-letter re-drive to end', projectId }));
       c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.rewritten, objectsDeleted: r.deleted, rows: r.rows });
-      if (r.next === null) c.step = 'archive';
-      else c.deadLetterAfter = r.next;
+      if (r.cursor === null) c.step = 'archive';
+      else c.deadLetters = r.cursor;
       return 'commit';
     }
     case 'archive': {

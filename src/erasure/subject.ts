@@ -5,7 +5,7 @@ import type { ClickHouse } from '../clickhouse/client';
 import { deleteRows, type DeletableTable } from '../clickhouse/mutations';
 import type { QueryParams } from '../clickhouse/params';
 import { dateTimeBounds } from '../clickhouse/time';
-import type { SubjectLookup } from '../pipeline/dead-letters';
+import type { SubjectLookup } from '../pipeline/dead-letter-erasure';
 import type { Subject } from './params';
 
 /** What an erasure removed from ClickHouse (distinct ids; a redelivered copy of a row counts once). */
@@ -174,28 +174,20 @@ export async function profileOnDevice(
 
 /**
  * What a parked ingest message alone does not tell about the subject (dead letters are erased
- * before ClickHouse is): whose event a payload sent apart from it is, and which of a profile's
- * sessions hold events of anyone else.
+ * before ClickHouse is): whose event a payload parked apart from it is, and which sessions hold
+ * events of the profile or of anyone else.
  */
 export function deadLetterLookup(ch: ClickHouse, s: Subject): SubjectLookup {
+  const idsIn = async (sql: string, ids: readonly string[]) =>
+    new Set((await ch.query<{ id: string }>(sql, subjectParams(s), { ids: [...ids] })).map((r) => r.id));
   return {
-    async subjectEventIds(ids) {
-      const rows = await ch.query<{ id: string }>(
-        `SELECT DISTINCT toString(id) AS id FROM events WHERE ${eventsWhere(s)} AND toString(id) IN (SELECT value FROM ids)`,
-        subjectParams(s),
-        { ids: [...ids] },
-      );
-      return new Set(rows.map((r) => r.id));
-    },
-    async sharedSessions(sessionIds) {
-      if (s.kind !== 'profile') return new Set();
-      const rows = await ch.query<{ id: string }>(
-        `SELECT DISTINCT session_id AS id FROM events
-           WHERE project_id = {projectId:String} AND profile_id != {profileId:String} AND session_id IN (SELECT value FROM ids)`,
-        subjectParams(s),
-        { ids: [...sessionIds] },
-      );
-      return new Set(rows.map((r) => r.id));
+    subjectEventIds: (ids) => idsIn(`SELECT DISTINCT toString(id) AS id FROM events WHERE ${eventsWhere(s)} AND toString(id) IN (SELECT value FROM ids)`, ids),
+    async profileSessions(sessionIds) {
+      if (s.kind !== 'profile') return { subject: new Set(), others: new Set() };
+      const sessions = (profile: '=' | '!=') =>
+        idsIn(`SELECT DISTINCT session_id AS id FROM events WHERE project_id = {projectId:String} AND profile_id ${profile} {profileId:String} AND session_id IN (SELECT value FROM ids)`, sessionIds);
+      const [subject, others] = await Promise.all([sessions('='), sessions('!=')]);
+      return { subject, others };
     },
   };
 }

@@ -1,10 +1,13 @@
 // Dead letters: ingest messages that outlived their queue retries. They are parked in R2 and sent back
 // by the cron once ClickHouse answers; queue machinery never deletes one, an unreadable one is quarantined.
+import { inArray } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
+import { projects } from '../db/schema';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { mapPool } from '../lib/pool';
-import { decodeMessage, expandMessage, MAX_SEND_BATCH_BYTES, MAX_SEND_BATCH_MESSAGES, utf8Bytes, type EventRow, type IngestMessage, type OutboxEvent, type SessionRow } from './messages';
+import { decodeMessage, expandMessage, MAX_SEND_BATCH_BYTES, MAX_SEND_BATCH_MESSAGES, utf8Bytes, type IngestMessage } from './messages';
 
 export const DEAD_LETTER_PREFIX = 'dead-letters/ingest/';
 export const QUARANTINE_PREFIX = 'dead-letters/quarantine/';
@@ -21,7 +24,7 @@ export const MAX_REDRIVES = 5;
 const STATS_MAX_PAGES = 10;
 
 /** A parked message carries, beyond its rows, how long it has been waiting across re-drives. */
-interface ParkedMessage extends IngestMessage {
+export interface ParkedMessage extends IngestMessage {
   /** When it was first parked: a message that fails again after a re-drive keeps its age. */
   parkedAtMs?: number;
   /** How many times the cron has sent it back. */
@@ -91,12 +94,14 @@ async function clickhouseAnswers(env: Env): Promise<boolean> {
 }
 
 /** A parked object as the ingest queue takes it back, or why it cannot go back. */
-function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number } | { reason: string } {
+function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number; projects: string[] } | { reason: string } {
   let message: ParkedMessage;
+  let projects: string[];
   try {
     message = decodeMessage(new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes)) as ParkedMessage;
     // The consumer must be able to expand it too, or it would come back here every 9 minutes.
-    expandMessage(message, 0);
+    const rows = expandMessage(message, 0);
+    projects = [...new Set([...rows.events, ...rows.payloads, ...rows.sessions].map((r) => r.project_id))];
   } catch (err) {
     return { reason: `does not decode: ${String(err)}`.slice(0, 500) };
   }
@@ -106,7 +111,7 @@ function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: nu
   // Flagged as a redelivery: the writer skips rows ClickHouse already holds, so a copy adds nothing.
   const body = JSON.stringify({ ...rows, redelivery: true, parkedAtMs: parkedAtMs ?? parkedAtOf(key) ?? undefined, redrives: (redrives ?? 0) + 1 });
   const size = utf8Bytes(body);
-  return size > MAX_REDRIVE_BYTES ? { reason: `too large to re-send: ${size} bytes` } : { body, bytes: size };
+  return size > MAX_REDRIVE_BYTES ? { reason: `too large to re-send: ${size} bytes` } : { body, bytes: size, projects };
 }
 
 /** Moves an object that cannot be re-driven aside, byte for byte, with the reason; re-running is harmless. */
@@ -140,7 +145,7 @@ const REDRIVE_LOCK_STALE_MS = 5 * 60_000;
  * twice at once (a copy would be absorbed by the writer, but would also be parked twice if it
  * failed again). Returns the release function, or null while another run holds it.
  */
-async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<(() => Promise<void>) | null> {
+export async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<(() => Promise<void>) | null> {
   const token = crypto.randomUUID();
   const lock = { customMetadata: { takenAt: String(nowMs) } };
   let put = await bucket.put(REDRIVE_LOCK_KEY, token, { ...lock, onlyIf: { etagDoesNotMatch: '*' } });
@@ -160,22 +165,41 @@ async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<(() => 
   };
 }
 
+/** Which of these project ids name no project (deleted ones: rows are only accepted for existing projects). */
+async function deletedProjects(db: D1Database, ids: readonly string[]): Promise<Set<string>> {
+  const unique = [...new Set(ids)];
+  const found = new Set<string>();
+  // D1 binds at most 100 parameters per statement.
+  for (let i = 0; i < unique.length; i += 90) {
+    const part = unique.slice(i, i + 90);
+    for (const r of await drizzle(db).select({ id: projects.id }).from(projects).where(inArray(projects.id, part)).all()) found.add(r.id);
+  }
+  return new Set(unique.filter((id) => !found.has(id)));
+}
+
 async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omit<RedriveResult, 'remaining'>> {
   const result = { redriven: 0, quarantined: 0, failed: 0 };
   const loaded = await mapPool(keys, 8, async (key) => {
     const obj = await env.ARCHIVE.get(key);
     return obj ? { key, bytes: await obj.arrayBuffer() } : null; // null: a concurrent run took it
   });
+  const prepared = loaded.flatMap((item) => (item ? [{ ...item, prepared: redriveBody(item.key, item.bytes) }] : []));
+  // A message of a deleted project (parked after its deletion cleared the dead letters) is not sent
+  // back: its rows would be written for a project that no longer exists.
+  const gone = await deletedProjects(env.DB, prepared.flatMap((i) => ('projects' in i.prepared ? i.prepared.projects : [])));
   const ready: Array<{ key: string; body: string; bytes: number }> = [];
-  for (const item of loaded) {
-    if (!item) continue;
-    const prepared = redriveBody(item.key, item.bytes);
-    if ('body' in prepared) {
-      ready.push({ key: item.key, ...prepared });
+  for (const { prepared: p, ...item } of prepared) {
+    if ('body' in p && p.projects.length && p.projects.every((id) => gone.has(id))) {
+      console.log(JSON.stringify({ msg: 'dead letter of a deleted project dropped', key: item.key }));
+      await env.ARCHIVE.delete(item.key);
+      continue;
+    }
+    if ('body' in p) {
+      ready.push({ key: item.key, body: p.body, bytes: p.bytes });
       continue;
     }
     try {
-      await quarantine(env.ARCHIVE, item.key, item.bytes, prepared.reason, nowMs);
+      await quarantine(env.ARCHIVE, item.key, item.bytes, p.reason, nowMs);
       result.quarantined++;
     } catch (err) {
       console.error(JSON.stringify({ msg: 'dead letter could not be quarantined', key: item.key, error: String(err) }));
@@ -316,127 +340,4 @@ export async function listQuarantine(bucket: R2Bucket, limit = 100): Promise<Qua
     quarantinedAt: o.customMetadata?.quarantinedAt ?? null,
     size: o.size,
   }));
-}
-
-/** Whose rows an erasure takes out of parked messages: a device or a profile of a project, or a whole project. */
-export type DeadLetterSubject =
-  | { kind: 'device'; projectId: string; deviceId: string }
-  | { kind: 'profile'; projectId: string; profileId: string }
-  | { kind: 'project'; projectId: string };
-
-/** What one call took out of parked and quarantined messages. `rows`: events (or lone payloads) removed. */
-export interface DeadLetterErasure {
-  rewritten: number;
-  deleted: number;
-  rows: number;
-  /** The last key examined when more may follow (the next call starts after it); null when all were examined. */
-  next: string | null;
-}
-
-/** Objects examined per call; an erasure step commits between calls. */
-export const ERASE_PAGE = 100;
-const DEAD_LETTERS_ROOT = 'dead-letters/';
-
-/**
- * Answers what ClickHouse knows that a parked message alone does not tell: whose event a lone
- * payload row is, and which sessions hold events of other profiles.
- */
-export interface SubjectLookup {
-  subjectEventIds(ids: readonly string[]): Promise<Set<string>>;
-  sharedSessions(sessionIds: readonly string[]): Promise<Set<string>>;
-}
-
-type Verdict = { action: 'keep' } | { action: 'delete'; rows: number } | { action: 'rewrite'; body: string; rows: number };
-
-/** What a parked object becomes without the subject's rows. */
-async function withoutSubject(bytes: ArrayBuffer, s: DeadLetterSubject, lookup: SubjectLookup): Promise<Verdict> {
-  const text = new TextDecoder().decode(bytes);
-  const quoted = (v: string) => JSON.stringify(v);
-  // Every row carries its project id: a message without it holds nothing of the subject.
-  if (!text.includes(quoted(s.projectId).slice(1, -1))) return { action: 'keep' };
-  let message: ParkedMessage;
-  let rows: ReturnType<typeof expandMessage>;
-  try {
-    message = decodeMessage(new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes)) as ParkedMessage;
-    rows = expandMessage(message, 0);
-  } catch {
-    // An object that does not decode cannot be filtered row by row: it goes whole when it names the subject.
-    const names = s.kind === 'project' ? text.includes(quoted(s.projectId)) : text.includes(quoted(s.projectId)) && text.includes(quoted(s.kind === 'device' ? s.deviceId : s.profileId));
-    return names ? { action: 'delete', rows: 0 } : { action: 'keep' };
-  }
-  const inProject = (r: { project_id: string }) => r.project_id === s.projectId;
-  const isSubject = (e: EventRow) => inProject(e) && (s.kind === 'project' || (s.kind === 'device' ? e.device_id === s.deviceId : e.profile_id === s.profileId));
-  const removedIds = new Set(rows.events.filter(isSubject).map((e) => e.id));
-  const eventIds = new Set(rows.events.map((e) => e.id));
-  // A payload sent apart from its event (an oversized chunk goes out a row per message).
-  const lone = rows.payloads.filter((p) => inProject(p) && !eventIds.has(p.id)).map((p) => p.id);
-  if (lone.length) {
-    if (s.kind === 'project') for (const id of lone) removedIds.add(id);
-    else for (const id of await lookup.subjectEventIds(lone)) removedIds.add(id);
-  }
-  const keptEvents = rows.events.filter((e) => !removedIds.has(e.id));
-  let dropSession: (r: SessionRow) => boolean;
-  if (s.kind === 'profile') {
-    // A session goes with the profile when every event of it is the profile's, here and in ClickHouse.
-    const kept = new Set(keptEvents.map((e) => e.session_id));
-    const candidates = [...new Set(rows.events.filter((e) => removedIds.has(e.id) && e.session_id !== '' && !kept.has(e.session_id)).map((e) => e.session_id))];
-    const shared = candidates.length ? await lookup.sharedSessions(candidates) : new Set<string>();
-    const gone = new Set(candidates.filter((id) => !shared.has(id)));
-    dropSession = (r) => inProject(r) && gone.has(r.id);
-  } else {
-    dropSession = (r) => inProject(r) && (s.kind === 'project' || r.device_id === s.deviceId);
-  }
-  const keptPayloads = rows.payloads.filter((p) => !(inProject(p) && removedIds.has(p.id)));
-  const keptSessions = rows.sessions.filter((r) => !dropSession(r));
-  const removed = rows.events.length - keptEvents.length + rows.payloads.length - keptPayloads.length + rows.sessions.length - keptSessions.length;
-  if (removed === 0) return { action: 'keep' };
-  if (!keptEvents.length && !keptPayloads.length && !keptSessions.length) return { action: 'delete', rows: removedIds.size };
-  // The rest in the message's own form (outbox entries stay entries: the re-drive's size bound
-  // holds for what is left), with what the re-drive counts: its first-parked time and re-drives.
-  const entries = message.entries ?? (message.chunk ? (JSON.parse(message.chunk) as OutboxEvent[]) : undefined);
-  const { chunk: _chunk, entries: _entries, ...rest } = message;
-  const body = JSON.stringify({
-    ...rest,
-    events: message.events.filter((e) => !removedIds.has(e.id)),
-    payloads: message.payloads.filter((p) => !(inProject(p) && removedIds.has(p.id))),
-    sessions: keptSessions,
-    ...(entries ? { entries: entries.filter((e) => !removedIds.has(e.r.id)) } : {}),
-  });
-  return { action: 'rewrite', body, rows: removedIds.size };
-}
-
-/**
- * Takes the subject's rows out of parked (and quarantined) ingest messages, so that neither a later
- * re-drive nor an operator's replay brings them back: an object holding only the subject's rows is
- * deleted, one holding others' too is rewritten in place without them. Examines up to ERASE_PAGE
- * objects after `after` (a key; '' from the start), under the re-drive lock: a re-drive never sends
- * an object while it is being rewritten. Throws while a re-drive holds the lock (the job retries).
- */
-export async function eraseFromDeadLetters(bucket: R2Bucket, s: DeadLetterSubject, lookup: SubjectLookup, after: string, nowMs: number): Promise<DeadLetterErasure> {
-  const release = await takeRedriveLock(bucket, nowMs);
-  if (!release) throw new Error('a dead-letter re-drive is under way; parked messages are erased once it has ended (the job retries)');
-  try {
-    const listing = await bucket.list({ prefix: DEAD_LETTERS_ROOT, limit: ERASE_PAGE, ...(after ? { startAfter: after } : {}) });
-    const result: DeadLetterErasure = { rewritten: 0, deleted: 0, rows: 0, next: listing.truncated ? (listing.objects.at(-1)?.key ?? null) : null };
-    for (const o of listing.objects) {
-      if (!o.key.startsWith(DEAD_LETTER_PREFIX) && !o.key.startsWith(QUARANTINE_PREFIX)) continue;
-      const obj = await bucket.get(o.key);
-      if (!obj) continue;
-      const verdict = await withoutSubject(await obj.arrayBuffer(), s, lookup);
-      if (verdict.action === 'keep') continue;
-      if (verdict.action === 'delete') {
-        // The key only: a parked message's rows never go into a log.
-        console.log(JSON.stringify({ msg: 'erasure: parked message deleted, it held only rows of the subject or could not be read row by row', key: o.key }));
-        await bucket.delete(o.key);
-        result.deleted += 1;
-      } else {
-        await bucket.put(o.key, verdict.body, { httpMetadata: { contentType: 'application/json' }, ...(obj.customMetadata ? { customMetadata: obj.customMetadata } : {}) });
-        result.rewritten += 1;
-      }
-      result.rows += verdict.rows;
-    }
-    return result;
-  } finally {
-    await release().catch((err: unknown) => console.error(JSON.stringify({ msg: 're-drive lock not released; the next run takes it once stale', error: String(err) })));
-  }
 }
