@@ -221,8 +221,11 @@ describe('erasure and parked messages', () => {
       state.storage.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'poison', ?)", 'x'.repeat(200 * 1024));
     });
     expect((await stub.maintain(Date.now())).flushed).toBe(0);
-    const mine = { type: 'track', payload: { name: 'mine', profileId: 'prof-s', properties: { __deviceId: deviceId, __eventId: 'mine-1' } } };
-    await send([mine, trackEvent('anon', { __deviceId: deviceId, __eventId: 'anon-2' })]);
+    // Two of the profile's events: one beside an anonymous event (a shared session), one two hours
+    // back (a session of its own, which must not reach ClickHouse either).
+    const mine = (id: string, atMs?: number) => ({ type: 'track', payload: { name: 'mine', profileId: 'prof-s', properties: { __deviceId: deviceId, __eventId: id, ...(atMs ? { __timestamp: atMs } : {}) } } });
+    await send([mine('mine-1'), trackEvent('anon', { __deviceId: deviceId, __eventId: 'anon-2' }), mine('mine-2', Date.now() - 2 * 3_600_000)]);
+    expect((await stub.sessions()).length).toBe(2);
     expect((await stub.maintain(Date.now())).flushed).toBe(0);
     const stalled = await env.DB.prepare('SELECT device_id FROM stalled_outboxes WHERE project_id = ?').bind(p.id).all<{ device_id: string }>();
     expect(stalled.results.map((r) => r.device_id)).toEqual([deviceId]);
@@ -239,5 +242,11 @@ describe('erasure and parked messages', () => {
     await waitUntil(() => countTable('events', p.id), (n) => n === 2);
     expect(await countTable('events', p.id, "profile_id = 'prof-s'")).toBe(0);
     expect(await countTable('events', p.id, "name = 'mine'")).toBe(0);
+    // The object forgot the profile's own session; ClickHouse holds only the anonymous events' one.
+    expect((await stub.sessions()).length).toBe(1);
+    const sessions = await ch().query<{ id: string }>("SELECT DISTINCT id FROM sessions WHERE project_id = {p:String} AND device_id = {d:String}", { p: p.id, d: deviceId });
+    const anonSessions = await ch().query<{ id: string }>("SELECT DISTINCT session_id AS id FROM events WHERE project_id = {p:String} AND device_id = {d:String}", { p: p.id, d: deviceId });
+    expect(sessions.map((r) => r.id)).toEqual(anonSessions.map((r) => r.id));
+    expect(sessions).toHaveLength(1);
   });
 });

@@ -22,17 +22,22 @@ export function heldCounts(s: DeviceStores): ErasedCounts {
 
 /**
  * Removes what the stores hold of one profile — its events still in the outbox, the dedup entries
- * of its events (those given, and those found in the outbox), the sessions made only of its events,
+ * of its events (those given, and those found in the outbox), the sessions made only of its events
+ * (those given, and those whose every event was among its unsent ones),
  * and the last event, position, fleet live position and profile when they are its. Run inside one transaction. Returns
  * what it removed, whether it removed anything, and whether anything of anyone else is left.
  */
 export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolean; othersRemain: boolean; removed: ErasedCounts } {
   const ids = new Set(p.eventIds.map((id) => id.toLowerCase()));
   const times = new Set(p.eventTimesMs);
-  const outboxEvents = s.outbox.eraseProfileEvents(p.profileId, ids, times);
+  const bySession = new Map<string, number>();
+  const outboxEvents = s.outbox.eraseProfileEvents(p.profileId, ids, times, bySession);
   const seenIds = s.dedup.eraseEvents(ids);
-  const sessions = s.sessions.erase(p.sessionIds);
-  s.outbox.dropSessionRows(p.sessionIds);
+  // ClickHouse names the profile's sessions it has seen; a session made only of its unsent events
+  // (a stalled outbox) is found here.
+  const sessionIds = [...p.sessionIds, ...s.sessions.madeOnlyOf(bySession)];
+  const sessions = s.sessions.erase(sessionIds);
+  s.outbox.dropSessionRows(sessionIds);
   const cleared = s.live.eraseProfile(p.profileId, ids, times);
   const othersRemain = s.dedup.holdsAny() || s.sessions.countAll() > 0 || s.outbox.pendingRows() > 0 || s.live.hasLastEvent() || s.live.fleetLive()?.live != null;
   return {

@@ -269,9 +269,10 @@ export class OutboxStore {
 
   /**
    * Removes the unsent events of a profile, adding their ids (lower-case) and event times to
-   * `ids` and `times`. Returns how many events went.
+   * `ids` and `times`, and to `bySession` how many went from each session they were written in.
+   * Returns how many events went.
    */
-  eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>): number {
+  eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>, bySession?: Map<string, number>): number {
     let removed = 0;
     for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
@@ -281,6 +282,7 @@ export class OutboxStore {
         if (e.r.profile_id !== profileId) continue;
         ids.add(e.r.id);
         times.add(e.r.created_at_ms);
+        if (bySession && e.s) bySession.set(e.s, (bySession.get(e.s) ?? 0) + 1);
       }
       removed += entries.length - keep.length;
       // A chunk whose session rows ride along stays (empty) until they are sent: they may be others'.

@@ -207,6 +207,25 @@ export class SessionStore {
   }
 
   /** Deletes these sessions and those merged into them; returns how many rows went. */
+  /**
+   * The sessions made only of these events: `removed` counts events per session they were written
+   * in (a session merged since counts for the one it went into), and a session whose every event
+   * is among them is returned.
+   */
+  madeOnlyOf(removed: ReadonlyMap<string, number>): string[] {
+    if (!removed.size) return [];
+    const rows = this.sql.exec<{ id: string; event_count: number; merged_into: string | null }>('SELECT id, event_count, merged_into FROM sessions').toArray();
+    const into = new Map(rows.map((r) => [r.id, r.merged_into]));
+    const survivor = (id: string) => {
+      let at = id;
+      for (let hops = 0; hops < rows.length && into.get(at); hops++) at = into.get(at)!;
+      return at;
+    };
+    const counted = new Map<string, number>();
+    for (const [id, n] of removed) counted.set(survivor(id), (counted.get(survivor(id)) ?? 0) + n);
+    return rows.filter((r) => r.merged_into === null && counted.has(r.id) && counted.get(r.id)! >= r.event_count).map((r) => r.id);
+  }
+
   erase(sessionIds: readonly string[]): number {
     let removed = 0;
     const ids = [...new Set(sessionIds)];
