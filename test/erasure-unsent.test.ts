@@ -3,7 +3,7 @@
 // back, and everyone else's parked rows still arrive once; a stalled outbox gives up a profile's
 // unsent events.
 import { createExecutionContext, createMessageBatch, env, getQueueResult, runInDurableObject } from 'cloudflare:test';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, REDRIVE_LOCK_KEY, redriveDeadLetters } from '../src/pipeline/dead-letters';
@@ -59,6 +59,14 @@ const eventIds = (projectId: string, where: string, params: Record<string, strin
     .then((rows) => rows.map((r) => r.id));
 
 describe('erasure and parked messages', () => {
+  // Each test counts the parked objects it made: none is left to the next.
+  afterEach(async () => {
+    for (const prefix of [DEAD_LETTER_PREFIX, QUARANTINE_PREFIX]) {
+      const keys = (await env.ARCHIVE.list({ prefix })).objects.map((o) => o.key);
+      if (keys.length) await env.ARCHIVE.delete(keys);
+    }
+  });
+
   it("takes a device's rows out of parked messages: a re-drive afterwards stores only the others'", async () => {
     const p = await createProject('erase-dead-letters');
     const other = await createProject('erase-dead-letters-other');
@@ -168,6 +176,24 @@ describe('erasure and parked messages', () => {
     await waitUntil(() => countTable('sessions', p.id, "id = 'shared'"), (n) => n >= 1);
   });
 
+  it("keeps a session row a profile shares with someone else's parked events, though ClickHouse knows only the profile in it", async () => {
+    const p = await createProject('erase-dead-letters-shared');
+    const t = Date.now() - 15 * 60_000;
+    await ingest(p, [liveEvent('veh-d', 'd-p', t, 'prof-p')]);
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    const [{ s: sessionId } = { s: '' }] = await ch().query<{ s: string }>('SELECT session_id AS s FROM events WHERE project_id = {p:String}', { p: p.id });
+    expect(sessionId).not.toBe('');
+    // Another profile's events in that session, parked; the session's end row parked on its own.
+    await park({
+      q: message([entry(p.id, 'veh-d', 'q1', t + 60_000, { profileId: 'prof-q', session: sessionId })]),
+      end: message([], [{ ...session(p.id, 'veh-d', sessionId, t, 2), ended: 1, version: 3 }]),
+    });
+    const before = await parkedTexts();
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 0, objectsDeleted: 0, rows: 0 } } });
+    expect(await parkedTexts()).toEqual(before);
+  });
+
   it('waits for a re-drive under way to end before it touches a parked message', async () => {
     const p = await createProject('erase-dead-letters-lock');
     const t = Date.now() - 10 * 60_000;
@@ -175,9 +201,11 @@ describe('erasure and parked messages', () => {
     // A re-drive holds the lock (taken just now, so not stale).
     await env.ARCHIVE.put(REDRIVE_LOCK_KEY, 'other-run', { customMetadata: { takenAt: String(Date.now()) } });
     const id = await startErasure({ projectId: p.id, deviceId: 'veh-l' });
-    // It waits at the dead-letter step, a chunk after another, without spending an attempt.
+    // It waits at the dead-letter step, a chunk after another, without spending an attempt and
+    // without examining anything (its first pass has not started).
     const waiting = await waitUntil(() => getJob(id), (j) => (j.cursor ?? '').includes('"step":"deadLetters"'), { timeoutMs: 30_000 });
     expect(waiting).toMatchObject({ state: expect.stringMatching(/^(running|enqueued)$/), attempts: 0, error: null });
+    expect(JSON.parse(waiting.cursor!).deadLetters).toMatchObject({ phase: 'scan', after: '' });
     expect((await parkedTexts()).has('locked')).toBe(true);
     await env.ARCHIVE.delete(REDRIVE_LOCK_KEY);
     expect(await waitFinished(id)).toMatchObject({ state: 'succeeded', attempts: 0, error: null, result: { r2: { objectsDeleted: 1, rows: 1 } } });
@@ -248,5 +276,36 @@ describe('erasure and parked messages', () => {
     const anonSessions = await ch().query<{ id: string }>("SELECT DISTINCT session_id AS id FROM events WHERE project_id = {p:String} AND device_id = {d:String}", { p: p.id, d: deviceId });
     expect(sessions.map((r) => r.id)).toEqual(anonSessions.map((r) => r.id));
     expect(sessions).toHaveLength(1);
+  });
+
+  it("keeps a session in a stalled device object while someone else's unsent event is in it, though ClickHouse knows only the profile there", async () => {
+    const p = await createProject('erase-stalled-shared');
+    const deviceId = 'stall-s';
+    const stub = deviceStub(env, p.id, deviceId);
+    const t = Date.now() - 10 * 60_000;
+    await ingest(p, [liveEvent(deviceId, 'p-1', t, 'prof-p')]);
+    await stub.maintain(Date.now());
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'poison', ?)", 'x'.repeat(200 * 1024));
+    });
+    expect((await stub.maintain(Date.now())).flushed).toBe(0);
+    // An anonymous event a minute later joins the profile's session; it stays unsent.
+    await ingest(p, [liveEvent(deviceId, 'anon-1', t + 60_000)]);
+    expect((await stub.sessions()).map((x) => x.eventCount)).toEqual([2]);
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null });
+    // ClickHouse held only the profile's event in that session, but the object keeps it for the
+    // anonymous event, which arrives with its session once the outbox flows again.
+    expect((await stub.sessions()).length).toBe(1);
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec("DELETE FROM outbox WHERE ref = 'poison'");
+    });
+    await stub.maintain(Date.now());
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    const [anon] = await ch().query<{ s: string }>('SELECT session_id AS s FROM events WHERE project_id = {p:String}', { p: p.id });
+    await waitUntil(() => countTable('sessions', p.id, 'id = {s:String}', { s: anon!.s }), (n) => n >= 1);
+    expect(await countTable('events', p.id, "profile_id = 'prof-p'")).toBe(0);
   });
 });

@@ -31,11 +31,15 @@ export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolea
   const ids = new Set(p.eventIds.map((id) => id.toLowerCase()));
   const times = new Set(p.eventTimesMs);
   const bySession = new Map<string, number>();
-  const outboxEvents = s.outbox.eraseProfileEvents(p.profileId, ids, times, bySession);
+  const keptSessions = new Set<string>();
+  const outboxEvents = s.outbox.eraseProfileEvents(p.profileId, ids, times, bySession, keptSessions);
   const seenIds = s.dedup.eraseEvents(ids);
-  // ClickHouse names the profile's sessions it has seen; a session made only of its unsent events
-  // (a stalled outbox) is found here.
-  const sessionIds = [...p.sessionIds, ...s.sessions.madeOnlyOf(bySession)];
+  // ClickHouse names the profile's sessions it has seen (made only of its events there); a session
+  // made only of its unsent events (a stalled outbox) is found here. Neither goes while someone
+  // else's unsent event is in it.
+  const survivor = s.sessions.survivors();
+  const inUse = new Set([...keptSessions].map(survivor));
+  const sessionIds = [...p.sessionIds, ...s.sessions.madeOnlyOf(bySession)].filter((id) => !inUse.has(survivor(id)));
   const sessions = s.sessions.erase(sessionIds);
   s.outbox.dropSessionRows(sessionIds);
   const cleared = s.live.eraseProfile(p.profileId, ids, times);

@@ -269,14 +269,15 @@ export class OutboxStore {
 
   /**
    * Removes the unsent events of a profile, adding their ids (lower-case) and event times to
-   * `ids` and `times`, and to `bySession` how many went from each session they were written in.
-   * Returns how many events went.
+   * `ids` and `times`, to `bySession` how many went from each session they were written in, and to
+   * `keptSessions` the sessions of the unsent events of others. Returns how many events went.
    */
-  eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>, bySession?: Map<string, number>): number {
+  eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>, bySession?: Map<string, number>, keptSessions?: Set<string>): number {
     let removed = 0;
     for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
       const keep = entries.filter((e) => e.r.profile_id !== profileId);
+      if (keptSessions) for (const e of keep) if (e.s) keptSessions.add(e.s);
       if (keep.length === entries.length) continue;
       for (const e of entries) {
         if (e.r.profile_id !== profileId) continue;

@@ -207,6 +207,16 @@ export class SessionStore {
   }
 
   /** Deletes these sessions and those merged into them; returns how many rows went. */
+  /** Each session id mapped to the session it went into through merges (itself when it was not merged). */
+  survivors(): (id: string) => string {
+    const into = new Map(this.sql.exec<{ id: string; merged_into: string | null }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL').toArray().map((r) => [r.id, r.merged_into!]));
+    return (id) => {
+      let at = id;
+      for (let hops = 0; hops <= into.size && into.has(at); hops++) at = into.get(at)!;
+      return at;
+    };
+  }
+
   /**
    * The sessions made only of these events: `removed` counts events per session they were written
    * in (a session merged since counts for the one it went into), and a session whose every event
@@ -214,16 +224,11 @@ export class SessionStore {
    */
   madeOnlyOf(removed: ReadonlyMap<string, number>): string[] {
     if (!removed.size) return [];
-    const rows = this.sql.exec<{ id: string; event_count: number; merged_into: string | null }>('SELECT id, event_count, merged_into FROM sessions').toArray();
-    const into = new Map(rows.map((r) => [r.id, r.merged_into]));
-    const survivor = (id: string) => {
-      let at = id;
-      for (let hops = 0; hops < rows.length && into.get(at); hops++) at = into.get(at)!;
-      return at;
-    };
+    const survivor = this.survivors();
     const counted = new Map<string, number>();
     for (const [id, n] of removed) counted.set(survivor(id), (counted.get(survivor(id)) ?? 0) + n);
-    return rows.filter((r) => r.merged_into === null && counted.has(r.id) && counted.get(r.id)! >= r.event_count).map((r) => r.id);
+    const rows = this.sql.exec<{ id: string; event_count: number }>('SELECT id, event_count FROM sessions WHERE merged_into IS NULL').toArray();
+    return rows.filter((r) => (counted.get(r.id) ?? 0) >= r.event_count && counted.has(r.id)).map((r) => r.id);
   }
 
   erase(sessionIds: readonly string[]): number {

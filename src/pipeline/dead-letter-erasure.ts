@@ -13,8 +13,10 @@ export type DeadLetterSubject =
  * Where an erasure of parked messages stands (kept in the job's cursor). `scan` reads every object
  * first for what one message alone does not tell: the ids of the subject's events parked apart
  * from their payloads (an oversized event goes out as a payload message and an event message),
- * and the sessions of its parked events; for a profile, `sessions` then finds which of those
- * sessions also hold someone else's parked events. `erase` rewrites or deletes objects.
+ * the sessions of its parked events and, for a profile, the devices they came from; `sessions`
+ * then collects, for a profile, the sessions of everyone else's parked events on those devices
+ * (sessions belong to one device: only there can a session hold both). `erase` rewrites or
+ * deletes objects.
  */
 export interface DeadLetterCursor {
   phase: 'scan' | 'sessions' | 'erase';
@@ -22,15 +24,24 @@ export interface DeadLetterCursor {
   after: string;
   subjectIds: string[];
   subjectSessions: string[];
-  /** Of `subjectSessions`, those holding a parked event of anyone else. */
+  /** Profile: the devices of its events (ClickHouse's, and those of its parked events). */
+  devices?: string[];
+  /** Profile: sessions of anyone else's parked events on those devices. */
   otherSessions?: string[];
 }
 
-export const startDeadLetterErasure = (s: DeadLetterSubject): DeadLetterCursor => ({ phase: s.kind === 'project' ? 'erase' : 'scan', after: '', subjectIds: [], subjectSessions: [] });
+/** `devices`: a profile's devices as ClickHouse knows them. */
+export const startDeadLetterErasure = (s: DeadLetterSubject, devices: readonly string[] = []): DeadLetterCursor => ({
+  phase: s.kind === 'project' ? 'erase' : 'scan',
+  after: '',
+  subjectIds: [],
+  subjectSessions: [],
+  ...(s.kind === 'profile' ? { devices: [...devices] } : {}),
+});
 
 /** The phase after `c`'s, once every object was examined in it. */
 function nextPhase(s: DeadLetterSubject, c: DeadLetterCursor): DeadLetterCursor | null {
-  if (c.phase === 'scan' && s.kind === 'profile' && c.subjectSessions.length) return { ...c, phase: 'sessions', after: '', otherSessions: [] };
+  if (c.phase === 'scan' && s.kind === 'profile' && c.devices?.length) return { ...c, phase: 'sessions', after: '', otherSessions: [] };
   if (c.phase !== 'erase') return { ...c, phase: 'erase', after: '' };
   return null;
 }
@@ -80,16 +91,20 @@ const inProject = (s: DeadLetterSubject, r: { project_id: string }) => r.project
 const isSubjectEvent = (s: DeadLetterSubject, e: EventRow) =>
   inProject(s, e) && (s.kind === 'project' || (s.kind === 'device' ? e.device_id === s.deviceId : e.profile_id === s.profileId));
 
-/** What the scan phase takes from one message: the subject's events without their payload here, and the sessions of its events. */
-export function scanMessage(s: DeadLetterSubject, rows: Decoded['rows']): { splitIds: string[]; sessions: string[] } {
+/** What the scan phase takes from one message: the subject's events without their payload here, the sessions and devices of its events. */
+export function scanMessage(s: DeadLetterSubject, rows: Decoded['rows']): { splitIds: string[]; sessions: string[]; devices: string[] } {
   const payloadIds = new Set(rows.payloads.map((p) => p.id));
   const mine = rows.events.filter((e) => isSubjectEvent(s, e));
-  return { splitIds: mine.filter((e) => !payloadIds.has(e.id)).map((e) => e.id), sessions: [...new Set(mine.map((e) => e.session_id).filter((id) => id !== ''))] };
+  return {
+    splitIds: mine.filter((e) => !payloadIds.has(e.id)).map((e) => e.id),
+    sessions: [...new Set(mine.map((e) => e.session_id).filter((id) => id !== ''))],
+    devices: [...new Set(mine.map((e) => e.device_id))],
+  };
 }
 
-/** The sessions phase: which of the subject's sessions one message shows holding someone else's event. */
-export function sharedIn(s: DeadLetterSubject, rows: Decoded['rows'], subjectSessions: ReadonlySet<string>): string[] {
-  return [...new Set(rows.events.filter((e) => inProject(s, e) && !isSubjectEvent(s, e) && subjectSessions.has(e.session_id)).map((e) => e.session_id))];
+/** The sessions phase: the sessions of everyone else's events in one message on the profile's devices. */
+export function sharedIn(s: DeadLetterSubject, rows: Decoded['rows'], devices: ReadonlySet<string>): string[] {
+  return [...new Set(rows.events.filter((e) => inProject(s, e) && !isSubjectEvent(s, e) && e.session_id !== '' && devices.has(e.device_id)).map((e) => e.session_id))];
 }
 
 /** Everything known of the subject when one message is filtered. */
@@ -145,15 +160,17 @@ export function filterMessage(s: DeadLetterSubject, { message, rows }: Decoded, 
 }
 
 /**
- * Whether an object that does not decode names the subject (its project and device or profile id,
- * as a JSON string, also escaped inside a string): such an object cannot be split row by row.
+ * Whether an object that does not decode names the subject: a `"project_id":` field with its
+ * project, and (unless the whole project goes) a `"device_id":` or `"profile_id":` field with its
+ * id, as JSON writes them, also escaped inside a string (a `chunk`). Such an object cannot be split
+ * row by row.
  */
 export function namesSubject(text: string, s: DeadLetterSubject): boolean {
-  const named = (v: string) => {
-    const q = JSON.stringify(v);
-    return text.includes(q) || text.includes(JSON.stringify(q).slice(1, -1));
+  const field = (name: string, v: string) => {
+    const pair = `${JSON.stringify(name)}:${JSON.stringify(v)}`;
+    return text.includes(pair) || text.includes(JSON.stringify(pair).slice(1, -1));
   };
-  return named(s.projectId) && (s.kind === 'project' || named(s.kind === 'device' ? s.deviceId : s.profileId));
+  return field('project_id', s.projectId) && (s.kind === 'project' || (s.kind === 'device' ? field('device_id', s.deviceId) : field('profile_id', s.profileId)));
 }
 
 async function lockOrWait(bucket: R2Bucket): Promise<(() => Promise<void>) | null> {
@@ -212,7 +229,8 @@ export async function eraseDeadLetters(bucket: R2Bucket, s: DeadLetterSubject, l
       if (!text.includes(projectText)) continue;
       const d = decode(bytes);
       if (c.phase === 'sessions') {
-        if (d) next.otherSessions = [...new Set([...(next.otherSessions ?? []), ...sharedIn(s, d.rows, new Set(c.subjectSessions))])];
+        if (d) next.otherSessions = [...new Set([...(next.otherSessions ?? []), ...sharedIn(s, d.rows, new Set(c.devices))])];
+        if ((next.otherSessions?.length ?? 0) > MAX_SCAN_IDS) throw new Error(`parked messages hold more than ${MAX_SCAN_IDS} sessions on the profile's devices; re-drive them first (they are then erased from ClickHouse)`);
         continue;
       }
       if (c.phase === 'scan') {
@@ -220,6 +238,7 @@ export async function eraseDeadLetters(bucket: R2Bucket, s: DeadLetterSubject, l
         const found = scanMessage(s, d.rows);
         next.subjectIds = [...new Set([...next.subjectIds, ...found.splitIds])];
         next.subjectSessions = [...new Set([...next.subjectSessions, ...found.sessions])];
+        if (next.devices) next.devices = [...new Set([...next.devices, ...found.devices])];
         if (next.subjectIds.length + next.subjectSessions.length > MAX_SCAN_IDS) {
           throw new Error(`parked messages hold more than ${MAX_SCAN_IDS} split events and sessions of the subject; re-drive them first (they are then erased from ClickHouse)`);
         }

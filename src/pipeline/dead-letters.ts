@@ -3,6 +3,7 @@
 import { inArray } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
+import { monthJobs } from '../archive/listing';
 import { projects } from '../db/schema';
 import { getConfig } from '../config';
 import type { Env } from '../env';
@@ -94,7 +95,7 @@ async function clickhouseAnswers(env: Env): Promise<boolean> {
 }
 
 /** A parked object as the ingest queue takes it back, or why it cannot go back. */
-function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number; projects: string[] } | { reason: string } {
+function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number; projects: string[] } | { reason: string; projects?: string[] } {
   let message: ParkedMessage;
   let projects: string[];
   try {
@@ -107,11 +108,11 @@ function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: nu
   }
   const { parkedAtMs, redrives, redelivery: _flag, ...rows } = message;
   // ClickHouse answered and still refused it this often: an operator must look, not the cron loop.
-  if ((redrives ?? 0) >= MAX_REDRIVES) return { reason: `refused by ClickHouse after ${redrives} re-drives while it answered` };
+  if ((redrives ?? 0) >= MAX_REDRIVES) return { reason: `refused by ClickHouse after ${redrives} re-drives while it answered`, projects };
   // Flagged as a redelivery: the writer skips rows ClickHouse already holds, so a copy adds nothing.
   const body = JSON.stringify({ ...rows, redelivery: true, parkedAtMs: parkedAtMs ?? parkedAtOf(key) ?? undefined, redrives: (redrives ?? 0) + 1 });
   const size = utf8Bytes(body);
-  return size > MAX_REDRIVE_BYTES ? { reason: `too large to re-send: ${size} bytes` } : { body, bytes: size, projects };
+  return size > MAX_REDRIVE_BYTES ? { reason: `too large to re-send: ${size} bytes`, projects } : { body, bytes: size, projects };
 }
 
 /** Moves an object that cannot be re-driven aside, byte for byte, with the reason; re-running is harmless. */
@@ -165,16 +166,21 @@ export async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<
   };
 }
 
-/** Which of these project ids name no project (deleted ones: rows are only accepted for existing projects). */
+/**
+ * Which of these project ids name no project (deleted ones: rows are only accepted for existing
+ * projects, and project ids are never reused) or a project a deletion job is emptying.
+ */
 async function deletedProjects(db: D1Database, ids: readonly string[]): Promise<Set<string>> {
   const unique = [...new Set(ids)];
+  if (!unique.length) return new Set();
+  const deleting = new Set((await monthJobs(db, { types: ['project_deletion'], holdingOnly: true })).map((j) => j.projectId));
   const found = new Set<string>();
   // D1 binds at most 100 parameters per statement.
   for (let i = 0; i < unique.length; i += 90) {
     const part = unique.slice(i, i + 90);
     for (const r of await drizzle(db).select({ id: projects.id }).from(projects).where(inArray(projects.id, part)).all()) found.add(r.id);
   }
-  return new Set(unique.filter((id) => !found.has(id)));
+  return new Set(unique.filter((id) => !found.has(id) || deleting.has(id)));
 }
 
 async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omit<RedriveResult, 'remaining'>> {
@@ -186,10 +192,10 @@ async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omi
   const prepared = loaded.flatMap((item) => (item ? [{ ...item, prepared: redriveBody(item.key, item.bytes) }] : []));
   // A message of a deleted project (parked after its deletion cleared the dead letters) is not sent
   // back: its rows would be written for a project that no longer exists.
-  const gone = await deletedProjects(env.DB, prepared.flatMap((i) => ('projects' in i.prepared ? i.prepared.projects : [])));
+  const gone = await deletedProjects(env.DB, prepared.flatMap((i) => i.prepared.projects ?? []));
   const ready: Array<{ key: string; body: string; bytes: number }> = [];
   for (const { prepared: p, ...item } of prepared) {
-    if ('body' in p && p.projects.length && p.projects.every((id) => gone.has(id))) {
+    if (p.projects?.length && p.projects.every((id) => gone.has(id))) {
       console.log(JSON.stringify({ msg: 'dead letter of a deleted project dropped', key: item.key }));
       await env.ARCHIVE.delete(item.key);
       continue;
