@@ -234,6 +234,22 @@ describe('erasure and parked messages', () => {
     expect([...(await parkedTexts()).keys()]).toEqual([]);
     await waitUntil(() => countTable('events', kept.id), (n) => n === 1);
     expect(await countTable('events', doomed.id)).toBe(0);
+
+    // A deletion asked for but not begun (paused before it revoked anything) drops nothing; one that
+    // revoked the clients and was then cancelled leaves a project that takes no row again: dropped.
+    const waiting = await createProject('dead-letters-deletion-paused');
+    const revoked = await createProject('dead-letters-deletion-revoked');
+    const deletionJob = (projectId: string, state: string, cursor: string | null) =>
+      env.DB.prepare('INSERT INTO jobs (id, type, state, params, cursor, created_at, last_update_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .bind(crypto.randomUUID(), 'project_deletion', state, JSON.stringify({ projectId }), cursor, Date.now(), Date.now())
+        .run();
+    await deletionJob(waiting.id, 'paused', null);
+    await deletionJob(revoked.id, 'cancelled', JSON.stringify({ step: 'settle', revokedAt: Date.now() - 1000 }));
+    await park({ w: message([entry(waiting.id, 'veh-1', 'w', t + 2)]), r: message([entry(revoked.id, 'veh-1', 'r', t + 3)]) });
+    expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 1, quarantined: 0, failed: 0 });
+    expect([...(await parkedTexts()).keys()]).toEqual([]);
+    await waitUntil(() => countTable('events', waiting.id), (n) => n === 1);
+    expect(await countTable('events', revoked.id)).toBe(0);
   });
 
   it("clears a profile's unsent events from a device whose outbox is stalled, though ClickHouse never saw them", async () => {

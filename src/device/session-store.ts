@@ -206,7 +206,6 @@ export class SessionStore {
     return this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM sessions').one().n;
   }
 
-  /** Deletes these sessions and those merged into them; returns how many rows went. */
   /** Each session id mapped to the session it went into through merges (itself when it was not merged). */
   survivors(): (id: string) => string {
     const into = new Map(this.sql.exec<{ id: string; merged_into: string | null }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL').toArray().map((r) => [r.id, r.merged_into!]));
@@ -231,6 +230,7 @@ export class SessionStore {
     return rows.filter((r) => (counted.get(r.id) ?? 0) >= r.event_count && counted.has(r.id)).map((r) => r.id);
   }
 
+  /** Deletes these sessions and those merged into them; returns how many rows went. */
   erase(sessionIds: readonly string[]): number {
     let removed = 0;
     const ids = [...new Set(sessionIds)];

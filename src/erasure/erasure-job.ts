@@ -172,7 +172,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     case 'deadLetters': {
       // After the device objects (nothing of the subject is parked anew from them), before ClickHouse
       // (a lone payload's event is found there): a re-drive would otherwise bring the rows back.
-      const r = await eraseDeadLetters(env.ARCHIVE, s, deadLetterLookup(ch, s), c.deadLetters ?? startDeadLetterErasure(s, [...c.devices, ...(c.stalledDevices ?? [])]));
+      const r = await eraseDeadLetters(env.ARCHIVE, s, deadLetterLookup(ch, s), c.deadLetters ?? startDeadLetterErasure(s, c.devices));
       // A re-drive holding the lock: the same step again in the next chunk (not a failed attempt).
       if (r.busy) console.log(JSON.stringify({ msg: 'erasure waits for a dead-letter re-drive to end', job: job.id }));
       c.result.r2 = addArchiveCounts(c.result.r2, { chunksRewritten: r.rewritten, objectsDeleted: r.deleted, rows: r.rows });

@@ -14,9 +14,9 @@ export type DeadLetterSubject =
  * first for what one message alone does not tell: the ids of the subject's events parked apart
  * from their payloads (an oversized event goes out as a payload message and an event message),
  * the sessions of its parked events and, for a profile, the devices they came from; `sessions`
- * then collects, for a profile, the sessions of everyone else's parked events on those devices
- * (sessions belong to one device: only there can a session hold both). `erase` rewrites or
- * deletes objects.
+ * then collects, for a profile, which of its sessions (parked or in ClickHouse) also hold someone
+ * else's parked event (looked for on its devices only: a session belongs to one device). `erase`
+ * rewrites or deletes objects.
  */
 export interface DeadLetterCursor {
   phase: 'scan' | 'sessions' | 'erase';
@@ -26,7 +26,7 @@ export interface DeadLetterCursor {
   subjectSessions: string[];
   /** Profile: the devices of its events (ClickHouse's, and those of its parked events). */
   devices?: string[];
-  /** Profile: sessions of anyone else's parked events on those devices. */
+  /** Profile: its sessions (parked or in ClickHouse) that also hold anyone else's parked events. */
   otherSessions?: string[];
 }
 
@@ -229,7 +229,12 @@ export async function eraseDeadLetters(bucket: R2Bucket, s: DeadLetterSubject, l
       if (!text.includes(projectText)) continue;
       const d = decode(bytes);
       if (c.phase === 'sessions') {
-        if (d) next.otherSessions = [...new Set([...(next.otherSessions ?? []), ...sharedIn(s, d.rows, new Set(c.devices))])];
+        const others = d ? sharedIn(s, d.rows, new Set(c.devices)) : [];
+        if (others.length) {
+          // Only the profile's own sessions matter (parked, or in ClickHouse): the list stays as short as its history.
+          const mine = new Set([...c.subjectSessions, ...(await lookup.profileSessions(others)).subject]);
+          next.otherSessions = [...new Set([...(next.otherSessions ?? []), ...others.filter((id) => mine.has(id))])];
+        }
         if ((next.otherSessions?.length ?? 0) > MAX_SCAN_IDS) throw new Error(`parked messages hold more than ${MAX_SCAN_IDS} sessions on the profile's devices; re-drive them first (they are then erased from ClickHouse)`);
         continue;
       }

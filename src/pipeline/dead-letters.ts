@@ -1,10 +1,9 @@
 // Dead letters: ingest messages that outlived their queue retries. They are parked in R2 and sent back
 // by the cron once ClickHouse answers; queue machinery never deletes one, an unreadable one is quarantined.
-import { inArray } from 'drizzle-orm';
+import { and, eq, inArray, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
-import { monthJobs } from '../archive/listing';
-import { projects } from '../db/schema';
+import { jobs, projects } from '../db/schema';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { mapPool } from '../lib/pool';
@@ -168,12 +167,18 @@ export async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<
 
 /**
  * Which of these project ids name no project (deleted ones: rows are only accepted for existing
- * projects, and project ids are never reused) or a project a deletion job is emptying.
+ * projects, and project ids are never reused) or a project a deletion job has begun to empty (its
+ * clients revoked: from there on the project never takes a row again, whatever becomes of the job).
  */
 async function deletedProjects(db: D1Database, ids: readonly string[]): Promise<Set<string>> {
   const unique = [...new Set(ids)];
   if (!unique.length) return new Set();
-  const deleting = new Set((await monthJobs(db, { types: ['project_deletion'], holdingOnly: true })).map((j) => j.projectId));
+  const emptying = await drizzle(db)
+    .select({ projectId: sql<string>`json_extract(${jobs.params}, '$.projectId')` })
+    .from(jobs)
+    .where(and(eq(jobs.type, 'project_deletion'), sql`coalesce(json_extract(${jobs.cursor}, '$.revokedAt'), 0) > 0`))
+    .all();
+  const deleting = new Set(emptying.map((j) => j.projectId));
   const found = new Set<string>();
   // D1 binds at most 100 parameters per statement.
   for (let i = 0; i < unique.length; i += 90) {
