@@ -244,6 +244,10 @@ describe('erasure and parked messages', () => {
         .bind(crypto.randomUUID(), 'project_deletion', state, JSON.stringify({ projectId }), cursor, Date.now(), Date.now())
         .run();
     await deletionJob(waiting.id, 'paused', null);
+    // Other jobs' cursors are not all JSON (an import's is its last key): the check must not trip on them.
+    await env.DB.prepare('INSERT INTO jobs (id, type, state, params, cursor, created_at, last_update_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .bind(crypto.randomUUID(), 'legacy_import', 'paused', JSON.stringify({ projectId: waiting.id }), '2024-01-01T00:00:00.000Z', Date.now(), Date.now())
+      .run();
     await deletionJob(revoked.id, 'cancelled', JSON.stringify({ step: 'settle', revokedAt: Date.now() - 1000 }));
     await park({ w: message([entry(waiting.id, 'veh-1', 'w', t + 2)]), r: message([entry(revoked.id, 'veh-1', 'r', t + 3)]) });
     expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 1, quarantined: 0, failed: 0 });

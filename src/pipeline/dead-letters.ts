@@ -1,6 +1,6 @@
 // Dead letters: ingest messages that outlived their queue retries. They are parked in R2 and sent back
 // by the cron once ClickHouse answers; queue machinery never deletes one, an unreadable one is quarantined.
-import { and, eq, inArray, sql } from 'drizzle-orm';
+import { and, inArray, ne, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
 import { jobs, projects } from '../db/schema';
@@ -168,7 +168,7 @@ export async function takeRedriveLock(bucket: R2Bucket, nowMs: number): Promise<
 /**
  * Which of these project ids name no project (deleted ones: rows are only accepted for existing
  * projects, and project ids are never reused) or a project a deletion job has begun to empty (its
- * clients revoked: from there on the project never takes a row again, whatever becomes of the job).
+ * clients revoked: no request of it is accepted again, whatever becomes of the job).
  */
 async function deletedProjects(db: D1Database, ids: readonly string[]): Promise<Set<string>> {
   const unique = [...new Set(ids)];
@@ -176,7 +176,13 @@ async function deletedProjects(db: D1Database, ids: readonly string[]): Promise<
   const emptying = await drizzle(db)
     .select({ projectId: sql<string>`json_extract(${jobs.params}, '$.projectId')` })
     .from(jobs)
-    .where(and(eq(jobs.type, 'project_deletion'), sql`coalesce(json_extract(${jobs.cursor}, '$.revokedAt'), 0) > 0`))
+    // CASE, not AND: SQLite may evaluate AND terms in any order, and other jobs' cursors are not all JSON.
+    .where(
+      and(
+        ne(jobs.state, 'succeeded'),
+        sql`CASE WHEN ${jobs.type} <> 'project_deletion' OR NOT json_valid(${jobs.cursor}) THEN 0 ELSE coalesce(json_extract(${jobs.cursor}, '$.revokedAt'), 0) END > 0`,
+      ),
+    )
     .all();
   const deleting = new Set(emptying.map((j) => j.projectId));
   const found = new Set<string>();
