@@ -227,7 +227,7 @@ export class SessionStore {
     const counted = new Map<string, number>();
     for (const [id, n] of removed) counted.set(survivor(id), (counted.get(survivor(id)) ?? 0) + n);
     const rows = this.sql.exec<{ id: string; event_count: number }>('SELECT id, event_count FROM sessions WHERE merged_into IS NULL').toArray();
-    return rows.filter((r) => (counted.get(r.id) ?? 0) >= r.event_count && counted.has(r.id)).map((r) => r.id);
+    return rows.filter((r) => counted.has(r.id) && counted.get(r.id)! >= r.event_count).map((r) => r.id);
   }
 
   /** Deletes these sessions and those merged into them; returns how many rows went. */

@@ -13,8 +13,8 @@ import { deviceStub } from '../device/stub';
 import { fleetCursorPage } from '../fleet/live';
 import { withFleetLeases } from '../fleet/recompute';
 import { mapPool } from '../lib/pool';
-import type { CrashPoint } from './params';
 import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
+import type { CrashPoint } from './params';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 

@@ -3,8 +3,8 @@
 import { and, inArray, ne, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
-import { jobs, projects } from '../db/schema';
 import { getConfig } from '../config';
+import { jobs, projects } from '../db/schema';
 import type { Env } from '../env';
 import { mapPool } from '../lib/pool';
 import { decodeMessage, expandMessage, MAX_SEND_BATCH_BYTES, MAX_SEND_BATCH_MESSAGES, utf8Bytes, type IngestMessage } from './messages';
