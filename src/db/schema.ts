@@ -264,3 +264,23 @@ export const fleetCursors = sqliteTable(
     index('fleet_cursors_deferred').on(t.deferredSince).where(sql`deferred_since IS NOT NULL`),
   ],
 );
+
+/**
+ * What an erasure or a project deletion forgot, for rows still on their way: a message in the
+ * ingest queue's retries, or parked and re-driven later, would otherwise write the subject's rows
+ * back after the job removed them. The ingest writer drops a device's or profile's rows received
+ * before `beforeMs` (when the erasure began), and every row of a deleted project. One row per job;
+ * pruned `TOMBSTONE_RETENTION_MS` after it was written. Neither id column set: the whole project.
+ */
+export const erasureTombstones = sqliteTable(
+  'erasure_tombstones',
+  {
+    jobId: text('job_id').primaryKey(),
+    projectId: text('project_id').notNull(),
+    deviceId: text('device_id'),
+    profileId: text('profile_id'),
+    beforeMs: integer('before_ms').notNull(),
+    createdAt: integer('created_at').notNull(),
+  },
+  (t) => [index('erasure_tombstones_project_idx').on(t.projectId), index('erasure_tombstones_created_idx').on(t.createdAt)],
+);

@@ -319,13 +319,14 @@ export class OutboxStore {
  * order the writer inserts them in, so a send that fails part-way never leaves an event stored
  * without its payload).
  */
-function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
+export function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
   const out: Array<{ body: IngestBody; bytes: number }> = [];
   const flag = redelivery ? { redelivery } : {};
   for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
     const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
     const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
-    for (const body of [{ events: [], payloads: [payload], sessions: [], ...flag }, { events: [row], payloads: [], sessions: [], ...flag }]) {
+    const owner = { device_id: row.device_id, profile_id: row.profile_id };
+    for (const body of [{ events: [], payloads: [payload], sessions: [], owner, ...flag }, { events: [row], payloads: [], sessions: [], ...flag }]) {
       out.push({ body, bytes: utf8Bytes(JSON.stringify(body)) });
     }
   }

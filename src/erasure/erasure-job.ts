@@ -11,6 +11,7 @@ import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
 import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
+import { jobStore } from '../jobs/store';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
 import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
@@ -18,6 +19,7 @@ import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveCon
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
 import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { recordErasure } from './tombstones';
 import { addCounts, countSubject, deadLetterLookup, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
 type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'deadLetters' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
@@ -97,6 +99,10 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
   switch (c.step) {
     case 'plan': {
       await assertNoArchiveWriter(env, s.projectId);
+      // Before anything is removed: rows of the subject received before the operator asked, still
+      // on their way (queue retries, parked messages), are dropped by the writer from now on.
+      const asked = (await jobStore(env.DB).get(job.id))?.createdAt ?? Date.now();
+      await recordErasure(env.DB, job.id, s, asked);
       c.months = await subjectMonths(ch, s);
       c.devices = await subjectDevices(ch, s);
       if (s.kind === 'profile') {
@@ -266,7 +272,7 @@ export const projectDeletionRunner: JobRunner = {
     const p = parseParams(ProjectDeletionParams, job.params);
     const crash = crashHook(p.faults, !job.verifyWrites);
     const initial = (): ProjectDeletionCursor => ({ step: 'revoke', revokedAt: 0, deviceAfter: '', progress: { done: 0, total: 0 }, result: emptyResult() });
-    return runSteps(job, initial, (c, units) => runProjectDeletionStep(env, p.projectId, crash, c, units));
+    return runSteps(job, initial, (c, units) => runProjectDeletionStep(env, job.id, p.projectId, crash, c, units));
   },
 
   async complete(env: Env, job: ChunkInput): Promise<ErasureResult> {

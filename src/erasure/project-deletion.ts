@@ -1,13 +1,13 @@
 // The `project_deletion` job's steps: credentials revoked first, then every store emptied of the
 // project (device objects, R2, ClickHouse, D1), checked, and the project row removed last.
-import { and, eq, inArray } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, or } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { chunkKeyPrefix } from '../archive/chunk';
 import { chunkCacheUrl } from '../archive/lazy-read';
 import { manifestStore, toChunkManifest } from '../archive/manifest';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
-import { clients, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
+import { clients, erasureTombstones, fleetCursors, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
 import { deviceStub } from '../device/stub';
 import { fleetCursorPage } from '../fleet/live';
@@ -16,6 +16,7 @@ import { mapPool } from '../lib/pool';
 import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
 import type { CrashPoint } from './params';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { recordProjectDeletion } from './tombstones';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
 export interface ProjectDeletionCursor {
@@ -79,6 +80,7 @@ async function deleteArchiveObjects(env: Env, projectId: string): Promise<number
 
 export async function runProjectDeletionStep(
   env: Env,
+  jobId: string,
   projectId: string,
   crash: (p: CrashPoint) => void,
   c: ProjectDeletionCursor,
@@ -89,6 +91,9 @@ export async function runProjectDeletionStep(
   switch (c.step) {
     case 'revoke': {
       await assertNoArchiveWriter(env, projectId);
+      // Rows of the project still on their way (queue retries, parked messages) are dropped by the
+      // writer from now on.
+      await recordProjectDeletion(env.DB, jobId, projectId, Date.now());
       // First, so that nothing new of the project arrives while it is emptied.
       await db.delete(clients).where(eq(clients.projectId, projectId));
       c.revokedAt = Date.now();
@@ -190,6 +195,8 @@ export async function runProjectDeletionStep(
         db.delete(vehicles).where(eq(vehicles.projectId, projectId)),
         db.delete(fleetCursors).where(eq(fleetCursors.projectId, projectId)),
         db.delete(clients).where(eq(clients.projectId, projectId)),
+        // Its devices' and profiles' tombstones name people: the project's own one covers them.
+        db.delete(erasureTombstones).where(and(eq(erasureTombstones.projectId, projectId), or(isNotNull(erasureTombstones.deviceId), isNotNull(erasureTombstones.profileId)))),
       ]);
       units.n += 1;
       c.step = 'verify';

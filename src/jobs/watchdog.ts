@@ -1,11 +1,12 @@
 // The cron watchdog: re-kicks stalled jobs, lets held legacy events of completed datasets flow,
-// re-drives parked dead letters once ClickHouse answers, forgets expired idempotency keys, and
-// (hourly, when ARCHIVE_RAW_PAYLOADS is on) sweeps closed months into archive jobs, and recomputes
-// fleet spans a failed recompute left pending.
+// re-drives parked dead letters once ClickHouse answers, forgets expired idempotency keys and
+// erasure tombstones, and (hourly, when ARCHIVE_RAW_PAYLOADS is on) sweeps closed months into
+// archive jobs, and recomputes fleet spans a failed recompute left pending.
 import { maybeSweepArchives } from '../archive/sweep';
 import { clickhouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
+import { pruneTombstones } from '../erasure/tombstones';
 import { recomputeLeftPending } from '../fleet/recompute';
 import { pruneIdempotencyKeys } from '../ingest/idempotency';
 import { releasableDatasets } from '../legacy/datasets';
@@ -30,6 +31,7 @@ export async function runWatchdog(env: Env, nowMs: number): Promise<{ rekicked: 
     return null;
   });
   await pruneIdempotencyKeys(env.DB, nowMs).catch((err: unknown) => failures.push(`prune idempotency keys: ${String(err)}`));
+  await pruneTombstones(env.DB, nowMs).catch((err: unknown) => failures.push(`prune erasure tombstones: ${String(err)}`));
   await maybeSweepArchives(env, nowMs).catch((err: unknown) => failures.push(`archive sweep: ${String(err)}`));
   await recomputeLeftPending(clickhouse(getConfig(env).clickhouse), env, nowMs).catch((err: unknown) => failures.push(`fleet recompute: ${String(err)}`));
   const redriven = redrive?.redriven ?? 0;

@@ -65,6 +65,11 @@ export interface IngestMessage {
   aliases?: Record<string, string>;
   /** Set when some rows may already be in ClickHouse (a resend after an unconfirmed send). */
   redelivery?: boolean;
+  /**
+   * The device and profile of payloads sent apart from their event (an oversized event goes out as
+   * two messages), so that an erasure's tombstone can be applied to them too.
+   */
+  owner?: { device_id: string; profile_id: string };
 }
 
 /**

@@ -4,6 +4,7 @@ import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { claimPositions, FLEET_DEFER_MAX_MS, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
+import { Forgotten, messageProjects, tombstonesOf } from '../erasure/tombstones';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -70,15 +71,27 @@ function latestSessions(rows: readonly SessionRow[]): SessionRow[] {
  * `positions`: the devices with `position` events in the messages and the span of their times — all
  * of them, new or already stored (a redelivery after a crash before the recompute redoes it).
  */
-export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage[], syncedAtMs: number, mayBeRedelivery: boolean | readonly boolean[]): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
+export async function writeRows(
+  ch: ClickHouse,
+  messages: readonly IngestMessage[],
+  syncedAtMs: number,
+  mayBeRedelivery: boolean | readonly boolean[],
+  forgotten?: Forgotten,
+): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
   const events: EventRow[] = [];
   const payloads: PayloadRow[] = [];
   const sessions: SessionRow[] = [];
   const checkEvents: EventRow[] = [];
   // Payloads of checked messages, each with whether its own message also carries its event.
   const checkPayloads: Array<{ row: PayloadRow; withEvent: boolean }> = [];
+  let dropped = 0;
   messages.forEach((m, i) => {
-    const rows = expandMessage(m, syncedAtMs);
+    let rows = expandMessage(m, syncedAtMs);
+    if (forgotten && !forgotten.empty) {
+      const kept = forgotten.keep(m, rows);
+      dropped += kept.dropped;
+      rows = kept;
+    }
     events.push(...rows.events);
     payloads.push(...rows.payloads);
     sessions.push(...rows.sessions);
@@ -88,6 +101,7 @@ export async function writeRows(ch: ClickHouse, messages: readonly IngestMessage
       for (const row of rows.payloads) checkPayloads.push({ row, withEvent: carried.has(row.id) });
     }
   });
+  if (dropped) console.log(JSON.stringify({ msg: 'rows of an erased subject dropped on their way to ClickHouse', rows: dropped }));
   let newEvents = dedupeById(events);
   let newPayloads = dedupeById(payloads);
   if (checkEvents.length || checkPayloads.length) {
@@ -138,10 +152,15 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   // it. Any batch with positions also takes deferred devices that are due: all of them once
   // nothing is queued behind it, else those deferred for FLEET_DEFER_MAX_MS.
   const defer = (batch.metadata?.metrics?.backlogCount ?? 0) > batch.messages.length;
+  // Rows an erasure forgot that were still on their way (see erasure/tombstones.ts): one D1 read
+  // per try, so a tombstone written during the tries is seen by the next one.
+  const projects = new Set<string>();
+  for (const b of bodies) for (const id of messageProjects(b)) projects.add(id);
+  const forgotten = async () => new Forgotten(await tombstonesOf(env.DB, projects));
   const claimed = async (positions: PositionSpan[]) =>
     positions.length ? claimPositions(env.DB, positions, { defer, dueBeforeMs: Date.now() - (defer ? FLEET_DEFER_MAX_MS : 0) }) : [];
   try {
-    const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery);
+    const { positions } = await writeRows(ch, bodies, Date.now(), mayBeRedelivery, await forgotten());
     const claims = await claimed(positions);
     ackAll();
     await recomputeClaimed(ch, env, claims);
@@ -152,7 +171,7 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
     console.error(JSON.stringify({ msg: 'ingest write failed; trying once more', messages: batch.messages.length, error: String(err) }));
   }
   try {
-    const { positions } = await writeRows(ch, bodies, Date.now(), true);
+    const { positions } = await writeRows(ch, bodies, Date.now(), true, await forgotten());
     const claims = await claimed(positions);
     ackAll();
     await recomputeClaimed(ch, env, claims);
@@ -164,7 +183,7 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const positions: PositionSpan[] = [];
   for (const { m, body } of decoded) {
     try {
-      const written = (await writeRows(ch, [body], Date.now(), true)).positions;
+      const written = (await writeRows(ch, [body], Date.now(), true, new Forgotten(await tombstonesOf(env.DB, messageProjects(body))))).positions;
       await markPending(env.DB, written);
       positions.push(...written);
       m.ack();
