@@ -19,7 +19,7 @@ import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveCon
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
 import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
-import { recordErasure } from './tombstones';
+import { raiseTombstone, recordErasure } from './tombstones';
 import { addCounts, countSubject, deadLetterLookup, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
 type ErasureStep = 'plan' | 'archive' | 'orphans' | 'devices' | 'deadLetters' | 'count' | 'clickhouse' | 'verify' | 'fleet' | 'done';
@@ -100,7 +100,8 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     case 'plan': {
       await assertNoArchiveWriter(env, s.projectId);
       // Before anything is removed: rows of the subject received before the operator asked, still
-      // on their way (queue retries, parked messages), are dropped by the writer from now on.
+      // on their way (queue retries, parked messages), are dropped by the writer from now on (and
+      // those received before its device objects are cleared, from then on).
       const asked = (await jobStore(env.DB).get(job.id))?.createdAt ?? Date.now();
       await recordErasure(env.DB, job.id, s, asked);
       c.months = await subjectMonths(ch, s);
@@ -159,6 +160,8 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       const asked = c.stalledDevices?.length ? [...c.devices, ...c.stalledDevices] : c.devices;
       const batch = asked.slice(c.deviceAt, c.deviceAt + DEVICES_PER_STEP);
       if (batch.length) {
+        // What the objects hold until now goes with them: so do their copies still on their way.
+        await raiseTombstone(env.DB, job.id, Date.now());
         c.result.deviceObjects += await eraseDevices(env, ch, s, batch);
         crash('devices.afterErase');
         c.deviceAt += batch.length;
@@ -230,6 +233,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
           ]);
           // Cleared again: a pass that ran between the first clearing and the deletion of the
           // positions may have handed it the device's live position.
+          await raiseTombstone(env.DB, job.id, Date.now());
           await deviceStub(env, s.projectId, s.deviceId).erase();
           return [];
         }

@@ -16,7 +16,7 @@ import { mapPool } from '../lib/pool';
 import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from '../pipeline/dead-letter-erasure';
 import type { CrashPoint } from './params';
 import { addArchiveCounts, assertNoArchiveWriter, type ErasureResult, type Progress, type StepEnd } from './steps';
-import { recordProjectDeletion } from './tombstones';
+import { projectTombstone } from './tombstones';
 import { addCounts, countProject, deleteProjectRows, projectDevicesAfter, type ClickHouseCounts } from './subject';
 
 export interface ProjectDeletionCursor {
@@ -91,11 +91,10 @@ export async function runProjectDeletionStep(
   switch (c.step) {
     case 'revoke': {
       await assertNoArchiveWriter(env, projectId);
-      // Rows of the project still on their way (queue retries, parked messages) are dropped by the
-      // writer from now on.
-      await recordProjectDeletion(env.DB, jobId, projectId, Date.now());
-      // First, so that nothing new of the project arrives while it is emptied.
-      await db.delete(clients).where(eq(clients.projectId, projectId));
+      // First, so that nothing new of the project arrives while it is emptied; with the tombstone
+      // (in one batch: neither without the other), so that rows of it still on their way (queue
+      // retries, parked messages) are dropped by the writer from now on.
+      await db.batch([projectTombstone(db, jobId, projectId, Date.now()), db.delete(clients).where(eq(clients.projectId, projectId))]);
       c.revokedAt = Date.now();
       crash('project.afterRevoke');
       c.step = 'settle';

@@ -4,17 +4,14 @@
 // fails its delivery is retried for minutes, then parked in R2 and re-driven later. Such rows could
 // reach ClickHouse after the job removed the subject from every store. The ingest writer, which every
 // row passes on its way to ClickHouse, asks this table first and drops them.
-import { inArray, lt } from 'drizzle-orm';
-import { drizzle } from 'drizzle-orm/d1';
-import { erasureTombstones } from '../db/schema';
-import type { EventRow, IngestMessage, PayloadRow, SessionRow } from '../pipeline/messages';
+import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
+import { drizzle, type DrizzleD1Database } from 'drizzle-orm/d1';
+import { erasureTombstones, jobs } from '../db/schema';
+import type { EventRow, IngestMessage, OutboxEvent, PayloadRow, SessionRow } from '../pipeline/messages';
 import type { Subject } from './params';
 
 /** How long a tombstone is kept: far beyond a message's retries, and a re-drive's wait for ClickHouse. */
 export const TOMBSTONE_RETENTION_MS = 30 * 86_400_000;
-
-/** D1 binds at most 100 parameters per statement. */
-const PROJECTS_PER_READ = 90;
 
 export type Tombstone =
   | { kind: 'project'; projectId: string }
@@ -22,10 +19,11 @@ export type Tombstone =
   | { kind: 'profile'; projectId: string; profileId: string; beforeMs: number };
 
 /**
- * Records that an erasure of `s` began at `beforeMs`: rows of the subject received before then are
- * its to forget, later ones are new data. Written once per job (a re-run keeps the first time).
+ * Records that an erasure of `s` was asked for at `beforeMs`: rows of the subject received before
+ * then are its to forget, later ones are new data (until `raiseTombstone` moves the line). Written
+ * once per job: a re-run keeps the first row.
  */
-export async function recordErasure(db: D1Database, jobId: string, s: Subject, beforeMs: number): Promise<void> {
+export async function recordErasure(db: D1Database, jobId: string, s: Subject, beforeMs: number, nowMs = Date.now()): Promise<void> {
   await drizzle(db)
     .insert(erasureTombstones)
     .values({
@@ -34,17 +32,30 @@ export async function recordErasure(db: D1Database, jobId: string, s: Subject, b
       deviceId: s.kind === 'device' ? s.deviceId : null,
       profileId: s.kind === 'profile' ? s.profileId : null,
       beforeMs,
-      createdAt: beforeMs,
+      createdAt: nowMs,
     })
     .onConflictDoNothing();
 }
 
-/** Records that a project is being deleted: none of its rows is written again, whenever received. */
-export async function recordProjectDeletion(db: D1Database, jobId: string, projectId: string, nowMs: number): Promise<void> {
-  await drizzle(db).insert(erasureTombstones).values({ jobId, projectId, deviceId: null, profileId: null, beforeMs: nowMs, createdAt: nowMs }).onConflictDoNothing();
+/**
+ * Moves an erasure's line up to now, just before it clears device objects: what an object held
+ * until then is gone with it, so its copies still on their way go too, whenever they arrive.
+ */
+export async function raiseTombstone(db: D1Database, jobId: string, nowMs: number): Promise<void> {
+  await drizzle(db)
+    .update(erasureTombstones)
+    .set({ beforeMs: sql`max(${erasureTombstones.beforeMs}, ${nowMs})`, createdAt: nowMs })
+    .where(eq(erasureTombstones.jobId, jobId));
 }
 
-/** Drops tombstones older than the retention; run by the watchdog. */
+/**
+ * The insert of a project deletion's tombstone: none of the project's rows is written again,
+ * whenever received. Batched with the revocation of its clients, so neither happens alone.
+ */
+export const projectTombstone = (db: DrizzleD1Database, jobId: string, projectId: string, nowMs: number) =>
+  db.insert(erasureTombstones).values({ jobId, projectId, deviceId: null, profileId: null, beforeMs: nowMs, createdAt: nowMs }).onConflictDoNothing();
+
+/** Drops tombstones last written more than the retention ago; run by the watchdog. */
 export async function pruneTombstones(db: D1Database, nowMs: number): Promise<number> {
   const r = await drizzle(db)
     .delete(erasureTombstones)
@@ -53,34 +64,74 @@ export async function pruneTombstones(db: D1Database, nowMs: number): Promise<nu
   return r.meta.changes ?? 0;
 }
 
-/** The tombstones of these projects (usually none). */
-export async function tombstonesOf(db: D1Database, projectIds: Iterable<string>): Promise<Tombstone[]> {
-  const ids = [...new Set(projectIds)];
-  const out: Tombstone[] = [];
-  for (let i = 0; i < ids.length; i += PROJECTS_PER_READ) {
-    const rows = await drizzle(db)
-      .select({ projectId: erasureTombstones.projectId, deviceId: erasureTombstones.deviceId, profileId: erasureTombstones.profileId, beforeMs: erasureTombstones.beforeMs })
-      .from(erasureTombstones)
-      .where(inArray(erasureTombstones.projectId, ids.slice(i, i + PROJECTS_PER_READ)))
-      .all();
-    for (const r of rows) {
-      if (r.deviceId !== null) out.push({ kind: 'device', projectId: r.projectId, deviceId: r.deviceId, beforeMs: r.beforeMs });
-      else if (r.profileId !== null) out.push({ kind: 'profile', projectId: r.projectId, profileId: r.profileId, beforeMs: r.beforeMs });
-      else out.push({ kind: 'project', projectId: r.projectId });
-    }
-  }
-  return out;
+/** The projects, devices and profiles whose rows some messages carry. */
+export interface Subjects {
+  projects: Set<string>;
+  devices: Set<string>;
+  profiles: Set<string>;
 }
 
-/** The projects whose rows a message carries. */
-export function messageProjects(m: IngestMessage): Set<string> {
-  const ids = new Set<string>();
-  for (const r of m.events) ids.add(r.project_id);
-  for (const r of m.payloads) ids.add(r.project_id);
-  for (const r of m.sessions) ids.add(r.project_id);
-  for (const e of m.entries ?? []) ids.add(e.r.project_id);
-  if (m.chunk) for (const e of JSON.parse(m.chunk) as Array<{ r: { project_id: string } }>) ids.add(e.r.project_id);
-  return ids;
+export const noSubjects = (): Subjects => ({ projects: new Set(), devices: new Set(), profiles: new Set() });
+
+/**
+ * Adds the subjects of a message's rows to `into`. A message whose rows cannot be read adds what it
+ * can: expanding it fails the same way later, and it is then retried alone.
+ */
+export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
+  const event = (r: { project_id: string; device_id: string; profile_id: string }) => {
+    into.projects.add(r.project_id);
+    into.devices.add(r.device_id);
+    if (r.profile_id) into.profiles.add(r.profile_id);
+  };
+  try {
+    for (const r of m.events) event(r);
+    for (const e of m.entries ?? []) event(e.r);
+    if (m.chunk) for (const e of JSON.parse(m.chunk) as OutboxEvent[]) event(e.r);
+    for (const r of m.payloads) into.projects.add(r.project_id);
+    for (const r of m.sessions) {
+      into.projects.add(r.project_id);
+      into.devices.add(r.device_id);
+    }
+    if (m.owner) {
+      into.devices.add(m.owner.device_id);
+      if (m.owner.profile_id) into.profiles.add(m.owner.profile_id);
+    }
+  } catch {
+    // A malformed message: see above.
+  }
+  return into;
+}
+
+/**
+ * The tombstones that may apply to these subjects (usually none), in one D1 read: the lists are
+ * bound as JSON arrays (D1 binds at most 100 parameters). A cancelled job's tombstone is not
+ * applied: cancelling an erasure stops it forgetting rows still on their way.
+ */
+export async function tombstonesOf(db: D1Database, subjects: Subjects): Promise<Tombstone[]> {
+  if (!subjects.projects.size) return [];
+  const list = (set: Set<string>) => JSON.stringify([...set]);
+  const t = erasureTombstones;
+  const rows = await drizzle(db)
+    .select({ projectId: t.projectId, deviceId: t.deviceId, profileId: t.profileId, beforeMs: t.beforeMs })
+    .from(t)
+    .leftJoin(jobs, eq(jobs.id, t.jobId))
+    .where(
+      and(
+        sql`${t.projectId} IN (SELECT value FROM json_each(${list(subjects.projects)}))`,
+        or(
+          and(isNull(t.deviceId), isNull(t.profileId)),
+          sql`${t.deviceId} IN (SELECT value FROM json_each(${list(subjects.devices)}))`,
+          sql`${t.profileId} IN (SELECT value FROM json_each(${list(subjects.profiles)}))`,
+        ),
+        sql`coalesce(${jobs.state}, '') <> 'cancelled'`,
+      ),
+    )
+    .all();
+  return rows.map((r): Tombstone => {
+    if (r.deviceId !== null) return { kind: 'device', projectId: r.projectId, deviceId: r.deviceId, beforeMs: r.beforeMs };
+    if (r.profileId !== null) return { kind: 'profile', projectId: r.projectId, profileId: r.profileId, beforeMs: r.beforeMs };
+    return { kind: 'project', projectId: r.projectId };
+  });
 }
 
 const key = (...parts: string[]) => parts.join('\u0000');

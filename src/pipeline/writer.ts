@@ -4,7 +4,7 @@ import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
 import { claimPositions, FLEET_DEFER_MAX_MS, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
-import { Forgotten, messageProjects, tombstonesOf } from '../erasure/tombstones';
+import { addSubjects, Forgotten, noSubjects, tombstonesOf } from '../erasure/tombstones';
 import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
@@ -154,9 +154,9 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   const defer = (batch.metadata?.metrics?.backlogCount ?? 0) > batch.messages.length;
   // Rows an erasure forgot that were still on their way (see erasure/tombstones.ts): one D1 read
   // per try, so a tombstone written during the tries is seen by the next one.
-  const projects = new Set<string>();
-  for (const b of bodies) for (const id of messageProjects(b)) projects.add(id);
-  const forgotten = async () => new Forgotten(await tombstonesOf(env.DB, projects));
+  const subjects = noSubjects();
+  for (const b of bodies) addSubjects(subjects, b);
+  const forgotten = async () => new Forgotten(await tombstonesOf(env.DB, subjects));
   const claimed = async (positions: PositionSpan[]) =>
     positions.length ? claimPositions(env.DB, positions, { defer, dueBeforeMs: Date.now() - (defer ? FLEET_DEFER_MAX_MS : 0) }) : [];
   try {
@@ -181,9 +181,18 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   }
   // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
   const positions: PositionSpan[] = [];
+  // One read for all of them; if D1 cannot answer, nothing is written and every message retries.
+  let erased: Forgotten;
+  try {
+    erased = await forgotten();
+  } catch (err) {
+    console.error(JSON.stringify({ msg: 'erasure tombstones could not be read; retrying the batch later', messages: decoded.length, error: String(err) }));
+    for (const { m } of decoded) m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
+    return;
+  }
   for (const { m, body } of decoded) {
     try {
-      const written = (await writeRows(ch, [body], Date.now(), true, new Forgotten(await tombstonesOf(env.DB, messageProjects(body))))).positions;
+      const written = (await writeRows(ch, [body], Date.now(), true, erased)).positions;
       await markPending(env.DB, written);
       positions.push(...written);
       m.ack();
