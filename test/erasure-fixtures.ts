@@ -6,6 +6,7 @@ import { decodeChunk, encodeChunk, type ArchiveRow } from '../src/archive/chunk'
 import { manifestStore, type ManifestRow } from '../src/archive/manifest';
 import { putChunkCreateOnly, readObject } from '../src/archive/r2';
 import { hash128, uuidv7At } from '../src/lib/ids';
+import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX } from '../src/pipeline/dead-letters';
 import type { JobView } from '../src/jobs/store';
 import { admin, getJob } from './backfill-helpers';
 import { ch, postBatch, waitUntil, type TestProject, NO_REF_OR_GEO } from './helpers';
@@ -173,4 +174,12 @@ export async function startErasure(body: Record<string, unknown>): Promise<strin
   const r = await admin('POST', '/admin/erasures', body);
   if (r.status !== 202) throw new Error(`erasure: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.id as string;
+}
+
+/** Deletes every parked and quarantined ingest message: a test that parks some leaves none to the next. */
+export async function clearDeadLetters(): Promise<void> {
+  for (const prefix of [DEAD_LETTER_PREFIX, QUARANTINE_PREFIX]) {
+    const keys = (await env.ARCHIVE.list({ prefix })).objects.map((o) => o.key);
+    if (keys.length) await env.ARCHIVE.delete(keys);
+  }
 }

@@ -8,10 +8,10 @@ import { splitChunk } from '../src/device/outbox-store';
 import { Forgotten, pruneTombstones, raiseTombstone, recordErasure, tombstonesOf, TOMBSTONE_RETENTION_MS, type Tombstone } from '../src/erasure/tombstones';
 import { runWatchdog } from '../src/jobs/watchdog';
 import { hash128, uuidv7At } from '../src/lib/ids';
-import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, redriveDeadLetters } from '../src/pipeline/dead-letters';
+import { DEAD_LETTER_PREFIX, redriveDeadLetters } from '../src/pipeline/dead-letters';
 import type { EventRow, IngestBody, IngestMessage, OutboxEvent, PayloadRow, SessionRow } from '../src/pipeline/messages';
 import { admin } from './backfill-helpers';
-import { countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
+import { clearDeadLetters, countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
 import { createProject, waitUntil } from './helpers';
 
 function entry(projectId: string, deviceId: string, name: string, receivedAtMs: number, profileId = '', type = 'track'): OutboxEvent {
@@ -64,12 +64,7 @@ const jobRow = (id: string, type: string, state: string, params: Record<string, 
 const has = (table: string, projectId: string, id: string) => countTable(table, projectId, 'toString(id) = {id:String}', { id });
 
 describe('erasure tombstones', () => {
-  afterEach(async () => {
-    for (const prefix of [DEAD_LETTER_PREFIX, QUARANTINE_PREFIX]) {
-      const keys = (await env.ARCHIVE.list({ prefix })).objects.map((o) => o.key);
-      if (keys.length) await env.ARCHIVE.delete(keys);
-    }
-  });
+  afterEach(clearDeadLetters);
 
   it("drops a device's rows received before its erasure when they arrive afterwards, and keeps newer ones and everyone else's", async () => {
     const p = await createProject('tombstone-device');

@@ -9,7 +9,7 @@ import { hash128, uuidv7At } from '../src/lib/ids';
 import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, REDRIVE_LOCK_KEY, redriveDeadLetters } from '../src/pipeline/dead-letters';
 import { decodeMessage, expandMessage, type IngestBody, type OutboxEvent, type SessionRow } from '../src/pipeline/messages';
 import { admin, getJob } from './backfill-helpers';
-import { countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
+import { clearDeadLetters, countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
 import { deviceStub } from '../src/device/stub';
 import { ch, createProject, postBatch, trackEvent, waitUntil } from './helpers';
 
@@ -60,12 +60,7 @@ const eventIds = (projectId: string, where: string, params: Record<string, strin
 
 describe('erasure and parked messages', () => {
   // Each test counts the parked objects it made: none is left to the next.
-  afterEach(async () => {
-    for (const prefix of [DEAD_LETTER_PREFIX, QUARANTINE_PREFIX]) {
-      const keys = (await env.ARCHIVE.list({ prefix })).objects.map((o) => o.key);
-      if (keys.length) await env.ARCHIVE.delete(keys);
-    }
-  });
+  afterEach(clearDeadLetters);
 
   it("takes a device's rows out of parked messages: a re-drive afterwards stores only the others'", async () => {
     const p = await createProject('erase-dead-letters');

@@ -233,7 +233,6 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
           ]);
           // Cleared again: a pass that ran between the first clearing and the deletion of the
           // positions may have handed it the device's live position.
-          await raiseTombstone(env.DB, job.id, Date.now());
           await deviceStub(env, s.projectId, s.deviceId).erase();
           return [];
         }

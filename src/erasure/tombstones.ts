@@ -86,7 +86,6 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
   try {
     for (const r of m.events) event(r);
     for (const e of m.entries ?? []) event(e.r);
-    if (m.chunk) for (const e of JSON.parse(m.chunk) as OutboxEvent[]) event(e.r);
     for (const r of m.payloads) into.projects.add(r.project_id);
     for (const r of m.sessions) {
       into.projects.add(r.project_id);
@@ -96,6 +95,8 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
       into.devices.add(m.owner.device_id);
       if (m.owner.profile_id) into.profiles.add(m.owner.profile_id);
     }
+    // Last: the one part that is parsed here (and whose failure stops the rest).
+    if (m.chunk && !m.entries) for (const e of JSON.parse(m.chunk) as OutboxEvent[]) event(e.r);
   } catch {
     // A malformed message: see above.
   }

@@ -181,17 +181,10 @@ export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: En
   }
   // One message ClickHouse refuses must not hold up the rows of every other device in the batch.
   const positions: PositionSpan[] = [];
-  // One read for all of them; if D1 cannot answer, nothing is written and every message retries.
-  let erased: Forgotten;
-  try {
-    erased = await forgotten();
-  } catch (err) {
-    console.error(JSON.stringify({ msg: 'erasure tombstones could not be read; retrying the batch later', messages: decoded.length, error: String(err) }));
-    for (const { m } of decoded) m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
-    return;
-  }
   for (const { m, body } of decoded) {
     try {
+      // Read for each message: this loop can outlast a whole erasure.
+      const erased = new Forgotten(await tombstonesOf(env.DB, addSubjects(noSubjects(), body)));
       const written = (await writeRows(ch, [body], Date.now(), true, erased)).positions;
       await markPending(env.DB, written);
       positions.push(...written);
