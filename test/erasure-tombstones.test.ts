@@ -132,8 +132,18 @@ describe('erasure tombstones', () => {
 
     const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'user-1' }));
     expect(job).toMatchObject({ state: 'succeeded', error: null });
+    // Alone in a session its device object made after the erasure asked it (the object had been
+    // cleared when the call arrived): the session row carries only the profile's change.
+    const alone = { ...entry(p.id, 'phone-1', 'alone', t + 6, 'user-1'), s: 'sess-alone' };
+    const aloneSession = { ...session(p.id, 'phone-1', Date.now()), id: 'sess-alone' };
     // As a first delivery this time (no redelivery check): the same.
-    await deliver({ mixed: message([ident, mine, theirs, anonymous]), 'lone-payload': lonePayload(big) }, { attempts: 1 });
+    await deliver(
+      { mixed: message([ident, mine, theirs, anonymous], [session(p.id, 'phone-1', Date.now())]), 'lone-payload': lonePayload(big), alone: message([alone], [aloneSession]) },
+      { attempts: 1 },
+    );
+    expect(await countTable('sessions', p.id, "id = 'sess-alone'")).toBe(0);
+    // A session row that also carries someone else's events stays.
+    expect(await countTable('sessions', p.id, "id = 'sess-phone-1'")).toBe(1);
 
     expect(await countTable('events', p.id, "profile_id = 'user-1'")).toBe(0);
     expect(await countTable('profile_ops', p.id, "profile_id = 'user-1'")).toBe(0);
@@ -263,10 +273,30 @@ describe('Forgotten (the writer’s filter)', () => {
     expect(f.keep(payloadMessage!, { events: [], payloads: payloadMessage!.payloads, sessions: [] }).payloads).toEqual([]);
   });
 
+  const s = (device: string, updatedAtMs: number, id = `${device}-${updatedAtMs}`): SessionRow => ({ project_id: 'p', device_id: device, id, started_at_ms: 0, ended_at_ms: 0, event_count: 1, ended: 0, merged_into: '', version: 1, updated_at_ms: updatedAtMs });
+
   it("drops a device's session rows last changed before its erasure", () => {
     const f = new Forgotten([{ kind: 'device', projectId: 'p', deviceId: 'd1', beforeMs: 100 }]);
-    const s = (device: string, updatedAtMs: number): SessionRow => ({ project_id: 'p', device_id: device, id: `${device}-${updatedAtMs}`, started_at_ms: 0, ended_at_ms: 0, event_count: 1, ended: 0, merged_into: '', version: 1, updated_at_ms: updatedAtMs });
     const kept = f.keep(m(), { events: [], payloads: [], sessions: [s('d1', 99), s('d1', 100), s('d2', 1)] });
     expect(kept.sessions.map((r) => r.id)).toEqual(['d1-100', 'd2-1']);
+  });
+
+  it('drops a session row whose events in the message were all dropped, and keeps one that also carries a kept event', () => {
+    const f = new Forgotten([
+      { kind: 'device', projectId: 'p', deviceId: 'd1', beforeMs: 100 },
+      { kind: 'profile', projectId: 'p', profileId: 'u1', beforeMs: 100 },
+    ]);
+    const inSession = (e: EventRow, sessionId: string): EventRow => ({ ...e, session_id: sessionId });
+    const events = [
+      // Received before the line, changed in the object after it (it had just been cleared).
+      inSession(row('d1', '', 50, 'late-call'), 'sa'),
+      // A profile's event alone in its session, and one beside someone else's.
+      inSession(row('d2', 'u1', 50, 'mine'), 'sb'),
+      inSession(row('d2', 'u1', 51, 'mine-2'), 'sc'),
+      inSession(row('d2', 'u2', 52, 'theirs'), 'sc'),
+    ];
+    const kept = f.keep(m(), { events, payloads: [], sessions: [s('d1', 150, 'sa'), s('d2', 150, 'sb'), s('d2', 150, 'sc'), s('d2', 150, 'sd')] });
+    expect(kept.events.map((e) => e.id)).toEqual(['theirs']);
+    expect(kept.sessions.map((r) => r.id)).toEqual(['sc', 'sd']);
   });
 });

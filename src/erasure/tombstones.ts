@@ -170,7 +170,10 @@ export class Forgotten {
    * The rows of one message an erasure did not forget. A payload goes with its event; a payload
    * sent apart from its event (an oversized one) is judged by the owner its message names, and kept
    * when an older message names none. A session row goes with its device's erasure when it was
-   * last changed before it began (a profile's sessions are not told apart from their device's here).
+   * last changed before the line, and whenever the events of its session in this message were all
+   * dropped (the change it carries is theirs: an event received before the line can reach a device
+   * object just after it was cleared). A session row that travels without events (an idle end) is
+   * judged by its device and time alone.
    */
   keep(m: IngestMessage, rows: { events: EventRow[]; payloads: PayloadRow[]; sessions: SessionRow[] }): { events: EventRow[]; payloads: PayloadRow[]; sessions: SessionRow[]; dropped: number } {
     if (this.empty) return { ...rows, dropped: 0 };
@@ -188,7 +191,14 @@ export class Forgotten {
       if (this.projects.has(p.project_id)) return false;
       return !(owner && this.forgets(p.project_id, owner.device_id, owner.profile_id, p.received_at_ms));
     });
-    const sessions = rows.sessions.filter((s) => !this.forgets(s.project_id, s.device_id, '', s.updated_at_ms));
+    const keptIn = new Set<string>();
+    const droppedIn = new Set<string>();
+    for (const e of rows.events) (droppedIds.has(e.id) ? droppedIn : keptIn).add(key(e.project_id, e.device_id, e.session_id));
+    const sessions = rows.sessions.filter((s) => {
+      if (this.forgets(s.project_id, s.device_id, '', s.updated_at_ms)) return false;
+      const k = key(s.project_id, s.device_id, s.id);
+      return !(droppedIn.has(k) && !keptIn.has(k));
+    });
     const dropped = rows.events.length - events.length + (rows.payloads.length - payloads.length) + (rows.sessions.length - sessions.length);
     return { events, payloads, sessions, dropped };
   }
