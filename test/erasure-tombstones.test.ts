@@ -177,8 +177,12 @@ describe('erasure tombstones', () => {
     for (const table of ['events', 'event_payloads', 'sessions', 'profile_ops']) expect(await countTable(table, doomed.id)).toBe(0);
   });
 
-  it("does not apply a cancelled job's tombstone, and applies a failed one's", async () => {
+  it("does not apply a cancelled erasure's tombstone, and applies a failed one's and a cancelled project deletion's", async () => {
     const p = await createProject('tombstone-cancelled');
+    const revoked = await createProject('tombstone-cancelled-deletion');
+    const deletion = crypto.randomUUID();
+    await jobRow(deletion, 'project_deletion', 'cancelled', { projectId: revoked.id });
+    await env.DB.prepare('INSERT INTO erasure_tombstones (job_id, project_id, before_ms, created_at) VALUES (?, ?, ?, ?)').bind(deletion, revoked.id, Date.now(), Date.now()).run();
     const t = Date.now() - 20 * 60_000;
     const cancelled = crypto.randomUUID();
     const failed = crypto.randomUUID();
@@ -188,9 +192,11 @@ describe('erasure tombstones', () => {
     await recordErasure(env.DB, failed, { kind: 'device', projectId: p.id, deviceId: 'veh-f' }, Date.now());
     const c = entry(p.id, 'veh-c', 'c', t);
     const f = entry(p.id, 'veh-f', 'f', t);
-    await deliver({ c: message([c]), f: message([f]) });
+    const r = entry(revoked.id, 'veh-r', 'r', t);
+    await deliver({ c: message([c]), f: message([f]), r: message([r]) });
     expect(await has('events', p.id, c.r.id)).toBe(1);
     expect(await has('events', p.id, f.r.id)).toBe(0);
+    expect(await countTable('events', revoked.id)).toBe(0);
   });
 
   it('reads only the tombstones of the subjects at hand, and only ever raises the line', async () => {

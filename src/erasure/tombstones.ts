@@ -105,8 +105,10 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
 
 /**
  * The tombstones that may apply to these subjects (usually none), in one D1 read: the lists are
- * bound as JSON arrays (D1 binds at most 100 parameters). A cancelled job's tombstone is not
- * applied: cancelling an erasure stops it forgetting rows still on their way.
+ * bound as JSON arrays (D1 binds at most 100 parameters). A cancelled erasure's tombstone is not
+ * applied: cancelling it stops it forgetting rows still on their way. A project deletion's always
+ * is: it was written with the revocation of the project's clients, and the project takes no row
+ * again whatever becomes of the job (as for the re-drive, see dead-letters.ts).
  */
 export async function tombstonesOf(db: D1Database, subjects: Subjects): Promise<Tombstone[]> {
   if (!subjects.projects.size) return [];
@@ -124,7 +126,7 @@ export async function tombstonesOf(db: D1Database, subjects: Subjects): Promise<
           sql`${t.deviceId} IN (SELECT value FROM json_each(${list(subjects.devices)}))`,
           sql`${t.profileId} IN (SELECT value FROM json_each(${list(subjects.profiles)}))`,
         ),
-        sql`coalesce(${jobs.state}, '') <> 'cancelled'`,
+        or(and(isNull(t.deviceId), isNull(t.profileId)), sql`coalesce(${jobs.state}, '') <> 'cancelled'`),
       ),
     )
     .all();
