@@ -269,8 +269,9 @@ export const fleetCursors = sqliteTable(
  * What an erasure or a project deletion forgot, for rows still on their way: a message in the
  * ingest queue's retries, or parked and re-driven later, would otherwise write the subject's rows
  * back after the job removed them. The ingest writer drops a device's or profile's rows received
- * before `beforeMs` (when the erasure began), and every row of a deleted project. One row per job;
- * pruned `TOMBSTONE_RETENTION_MS` after it was written. Neither id column set: the whole project.
+ * before `beforeMs` (when the erasure was asked for, raised just before its device objects are
+ * cleared), and every row of a deleted project. One row per job; pruned `TOMBSTONE_RETENTION_MS`
+ * after it was last written. Neither id column set: the whole project.
  */
 export const erasureTombstones = sqliteTable(
   'erasure_tombstones',

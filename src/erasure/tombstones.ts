@@ -3,7 +3,8 @@
 // A device object hands its rows to the ingest queue before an erasure clears it; a message that
 // fails its delivery is retried for minutes, then parked in R2 and re-driven later. Such rows could
 // reach ClickHouse after the job removed the subject from every store. The ingest writer, which every
-// row passes on its way to ClickHouse, asks this table first and drops them.
+// ingested row passes on its way to ClickHouse, asks this table first and drops them. (Legacy
+// imports write straight to ClickHouse; an erasure does not start beside one.)
 import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
 import { drizzle, type DrizzleD1Database } from 'drizzle-orm/d1';
 import { erasureTombstones, jobs } from '../db/schema';
@@ -142,7 +143,7 @@ const key = (...parts: string[]) => parts.join('\u0000');
 /** Tombstones indexed for the writer's per-row questions. */
 export class Forgotten {
   private readonly projects = new Set<string>();
-  /** (project, device) → the latest erasure start of that device. */
+  /** (project, device) → the latest line of that device's erasures; the same for profiles. */
   private readonly devices = new Map<string, number>();
   private readonly profiles = new Map<string, number>();
 
