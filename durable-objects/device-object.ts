@@ -59,7 +59,7 @@ export class DeviceObject extends DurableObject<Env> {
       const exists = hasTables(this.sql);
       if (exists) {
         this.transaction(() => {
-          createOrUpgradeTables(this.sql);
+          createOrUpgradeTables(this.sql, true);
           this.stores.dedup.detectLegacyTable();
         });
       }
@@ -70,7 +70,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   private ensureSchema(): void {
     if (this.hasSchema()) return;
-    createOrUpgradeTables(this.sql);
+    createOrUpgradeTables(this.sql, false);
     this.schemaReady = true;
   }
 

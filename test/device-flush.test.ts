@@ -5,7 +5,7 @@ import type { DeviceObject } from '../durable-objects/device-object';
 import { OutboxStore } from '../src/device/outbox-store';
 import type { MetaStore } from '../src/device/schema';
 import { deviceStub } from '../src/ingest/accept';
-import { countEvents, createProject, postBatch, trackEvent, waitUntil } from './helpers';
+import { ch, countEvents, createProject, postBatch, trackEvent, waitUntil } from './helpers';
 
 describe('device outbox flush', () => {
   it('keeps its back-off while the queue refuses, through new events, and flushes once it accepts', async () => {
@@ -99,5 +99,77 @@ describe('device outbox resends', () => {
     await runInDurableObject(stub, restart);
     await runDurableObjectAlarm(stub);
     expect(flagOf('fifth')).toEqual([false, true]);
+  });
+});
+
+describe('device storage keys', () => {
+  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void } } };
+  const keyDdl = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('outbox', 'seen_chunks') ORDER BY name").toArray().map((r) => r.sql),
+    );
+  const sequenceRows = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql;
+      if (!sql.exec("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").toArray().length) return 0;
+      return sql.exec<{ n: number }>("SELECT count(*) AS n FROM sqlite_sequence WHERE name IN ('outbox', 'seen_chunks')").one().n;
+    });
+
+  it("rebuilds an older object's AUTOINCREMENT keys with every row kept, and a new object has none", async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'old-keys');
+    const t = Date.now() - 60_000;
+    const ev = (name: string, id: string) => trackEvent(name, { __deviceId: 'old-keys', __timestamp: t, __eventId: id });
+    expect((await postBatch(p, { events: [ev('one', 'id-1')] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 1);
+    for (const ddl of await keyDdl(stub)) expect(ddl).not.toMatch(/AUTOINCREMENT/i);
+    expect(await sequenceRows(stub)).toBe(0);
+
+    // The older layout: both keys AUTOINCREMENT, and an unsent session row in the outbox.
+    const sessionRow = { project_id: p.id, device_id: 'old-keys', id: 'sess-old', started_at_ms: t, ended_at_ms: t, event_count: 1, ended: 0, merged_into: '', version: 1, updated_at_ms: t };
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      const sql = state.storage.sql;
+      for (const [table, key] of [['seen_chunks', 'id'], ['outbox', 'seq']] as const) {
+        const ddl = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).one().sql;
+        sql.exec(`ALTER TABLE ${table} RENAME TO ${table}_was`);
+        sql.exec(ddl.replace(`${key} INTEGER PRIMARY KEY`, `${key} INTEGER PRIMARY KEY AUTOINCREMENT`));
+        sql.exec(`INSERT INTO ${table} SELECT * FROM ${table}_was`);
+        sql.exec(`DROP TABLE ${table}_was`);
+      }
+      sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'sess-old', ?)", JSON.stringify(sessionRow));
+      // A new life of the object: nothing it knew in memory.
+      const self = o as unknown as Internals;
+      self.schemaReady = false;
+      self.stores.dedup.reset();
+    });
+    expect((await keyDdl(stub)).every((ddl) => /AUTOINCREMENT/i.test(ddl))).toBe(true);
+    expect(await sequenceRows(stub)).toBeGreaterThan(0);
+
+    // Its next call rebuilds both tables: the dedup chunk still knows id-1, the outbox row is sent.
+    const again = await postBatch(p, { events: [ev('one', 'id-1'), ev('two', 'id-2')] });
+    expect(await again.json()).toMatchObject({ accepted: 1, duplicates: 1, rejected: [] });
+    for (const ddl of await keyDdl(stub)) expect(ddl).not.toMatch(/AUTOINCREMENT/i);
+    expect(await sequenceRows(stub)).toBe(0);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 2);
+    await waitUntil(
+      async () => Number((await ch().query<{ n: number }>("SELECT count() AS n FROM sessions WHERE project_id = {p:String} AND id = 'sess-old'", { p: p.id }))[0]!.n),
+      (n) => n === 1,
+    );
+  });
+
+  it('does not flag rows written after the outbox emptied, though their seqs start over', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'reused-seqs');
+    const sent: string[] = [];
+    await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { env: typeof env };
+      const queue = { send: () => Promise.reject(new Error('unused')), sendBatch: async (messages: Array<{ body: unknown }>) => void sent.push(...messages.map((m) => m.body as string)) };
+      self.env = { ...self.env, INGEST_QUEUE: queue as unknown as typeof env.INGEST_QUEUE };
+    });
+    for (let i = 1; i <= 3; i++) {
+      expect((await postBatch(p, { events: [trackEvent(`e${i}`, { __deviceId: 'reused-seqs', __timestamp: Date.now() - 1000 })] })).status).toBe(202);
+      await waitUntil(async () => sent.length, (n) => n === i);
+    }
+    expect(sent.map((b) => (JSON.parse(b) as { redelivery?: boolean }).redelivery ?? false)).toEqual([false, false, false]);
   });
 });

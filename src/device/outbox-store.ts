@@ -32,9 +32,11 @@ export class OutboxStore {
    * as possible redeliveries. Held in memory, not written before every send: a row goes out only in a
    * flush of this object's life or of an earlier one, and rows of an earlier life are all below the
    * first seq this life writes (or, flushed before this life wrote any, all count as attempted).
-   * null until this life first writes or flushes.
+   * null until this life first writes or flushes, and again once a flush leaves the outbox empty.
    */
   private attemptedThrough: number | null = null;
+  /** Rows this life has written to the outbox: a flush tells from it that none came in meanwhile. */
+  private writes = 0;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -52,6 +54,7 @@ export class OutboxStore {
   /** Notes the first seq this life writes: every row below it is an earlier life's. */
   private inserted(cursor: SqlStorageCursor<{ seq: number }>): void {
     const seq = cursor.one().seq;
+    this.writes++;
     this.attemptedThrough ??= seq - 1;
   }
 
@@ -131,6 +134,7 @@ export class OutboxStore {
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
+    const writesBefore = this.writes;
     const rows = this.sql
       .exec<{ seq: number; kind: string; body: string; payload: string | null }>('SELECT seq, kind, body, payload FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
       .toArray();
@@ -198,6 +202,10 @@ export class OutboxStore {
     pushSessions();
     await sendMessages(queue, messages);
     this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
+    // Keys are plain rowids: once the outbox is empty, the next row's seq starts over, and must not
+    // read as attempted. It is empty when this flush took every row and none was written since.
+    // (Rows written meanwhile have seqs above the sent ones, and keep the watermark.)
+    if (rows.length < FLUSH_OUTBOX_ROWS && this.writes === writesBefore) this.attemptedThrough = null;
     return rows.length;
   }
 

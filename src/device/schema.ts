@@ -1,15 +1,26 @@
 // The device object's SQLite tables, and its `meta` key-value table with a write-through cache.
 // Table and column names are what objects in production hold: never rename them.
 
+/**
+ * Tables whose integer key an older layout declared AUTOINCREMENT: SQLite then writes a
+ * `sqlite_sequence` row with every insert, a billed row write per table per call. A plain rowid key
+ * is enough: a new row's key is above every row present, which is all the readers rely on (the
+ * outbox's send order and its watermark, the dedup chunks' age order).
+ */
+const REKEYED_TABLES: Record<string, string> = {
+  seen_chunks: `CREATE TABLE IF NOT EXISTS seen_chunks (id INTEGER PRIMARY KEY, seen_at_ms INTEGER NOT NULL, n INTEGER NOT NULL,
+    fps BLOB NOT NULL, entries TEXT NOT NULL)`,
+  outbox: `CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref TEXT NOT NULL,
+    session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0)`,
+};
+
 /** The object's tables; every statement is idempotent, so it also completes an older layout. */
 const SCHEMA_SQL = `
-  CREATE TABLE IF NOT EXISTS seen_chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, seen_at_ms INTEGER NOT NULL, n INTEGER NOT NULL,
-    fps BLOB NOT NULL, entries TEXT NOT NULL);
+  ${REKEYED_TABLES.seen_chunks};
   CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
     event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
   CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
-  CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ref TEXT NOT NULL,
-    session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+  ${REKEYED_TABLES.outbox};
   CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 `;
@@ -38,9 +49,34 @@ export function hasTables(sql: SqlStorage): boolean {
   return tableExists(sql, 'meta');
 }
 
-/** Creates the tables, or brings an older layout up to date (idempotent). */
-export function createOrUpgradeTables(sql: SqlStorage): void {
+/**
+ * Creates the tables, or brings an older layout up to date (idempotent; run in a transaction).
+ * `existing`: the object had tables already (a new one needs no look at older layouts).
+ */
+export function createOrUpgradeTables(sql: SqlStorage, existing: boolean): void {
   sql.exec(SCHEMA_SQL);
+  if (!existing) return;
+  let rekeyed = false;
+  for (const [table, ddl] of Object.entries(REKEYED_TABLES)) rekeyed = dropAutoincrement(sql, table, ddl) || rekeyed;
+  // A dropped table takes its indexes with it.
+  if (rekeyed) sql.exec(SCHEMA_SQL);
+}
+
+/**
+ * Rebuilds an older layout's table without AUTOINCREMENT, every row and key kept (once per
+ * object, inside the caller's transaction). Returns whether it did.
+ */
+function dropAutoincrement(sql: SqlStorage, table: string, ddl: string): boolean {
+  const [found] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).toArray();
+  if (!found || !/\bAUTOINCREMENT\b/i.test(found.sql)) return false;
+  const rebuilt = `${table}_rekeyed`;
+  sql.exec(`DROP TABLE IF EXISTS ${rebuilt}`);
+  sql.exec(ddl.replace(`IF NOT EXISTS ${table} `, `${rebuilt} `));
+  const columns = sql.exec(`SELECT * FROM ${table} LIMIT 0`).columnNames.join(', ');
+  sql.exec(`INSERT INTO ${rebuilt} (${columns}) SELECT ${columns} FROM ${table}`);
+  sql.exec(`DROP TABLE ${table}`);
+  sql.exec(`ALTER TABLE ${rebuilt} RENAME TO ${table}`);
+  return true;
 }
 
 /** SQLite's size of the object's whole database, in bytes. */
