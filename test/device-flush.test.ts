@@ -3,7 +3,7 @@ import { env, runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { describe, expect, it } from 'vitest';
 import type { DeviceObject } from '../durable-objects/device-object';
 import { OutboxStore } from '../src/device/outbox-store';
-import type { MetaStore } from '../src/device/schema';
+import { REKEY_MAX_BYTES, type MetaStore } from '../src/device/schema';
 import { deviceStub } from '../src/ingest/accept';
 import { ch, countEvents, createProject, postBatch, trackEvent, waitUntil } from './helpers';
 
@@ -157,7 +157,61 @@ describe('device storage keys', () => {
     );
   });
 
-  it('does not flag rows written after the outbox emptied, though their seqs start over', async () => {
+  it('leaves an older object larger than the rebuild copies for a later life', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'old-keys-large');
+    const ev = (name: string) => trackEvent(name, { __deviceId: 'old-keys-large', __timestamp: Date.now() - 1000 });
+    expect((await postBatch(p, { events: [ev('one')] })).status).toBe(202);
+    const olderLayout = (extraBytes: number) =>
+      runInDurableObject(stub, (o: DeviceObject, state) => {
+        const sql = state.storage.sql;
+        const ddl = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'seen_chunks'").one().sql;
+        sql.exec('ALTER TABLE seen_chunks RENAME TO seen_chunks_was');
+        sql.exec(ddl.replace('id INTEGER PRIMARY KEY', 'id INTEGER PRIMARY KEY AUTOINCREMENT'));
+        sql.exec('INSERT INTO seen_chunks SELECT * FROM seen_chunks_was');
+        sql.exec('DROP TABLE seen_chunks_was');
+        // Chunks of an old window, 512 KB each (no fingerprints: no lookup reads them).
+        const filler = `[${'0'.repeat(512 * 1024 - 2)}]`;
+        for (let i = 0; i * filler.length < extraBytes; i++) sql.exec("INSERT INTO seen_chunks (seen_at_ms, n, fps, entries) VALUES (?, 0, x'', ?)", Date.now(), filler);
+        const self = o as unknown as Internals;
+        self.schemaReady = false;
+        self.stores.dedup.reset();
+      });
+    await olderLayout(REKEY_MAX_BYTES + 1024 * 1024);
+    expect((await postBatch(p, { events: [ev('two')] })).status).toBe(202);
+    expect((await keyDdl(stub)).find((ddl) => ddl.includes('seen_chunks'))).toMatch(/AUTOINCREMENT/);
+    // Fewer rows in a later life: rebuilt then.
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      state.storage.sql.exec('DELETE FROM seen_chunks WHERE n = 0');
+      (o as unknown as Internals).schemaReady = false;
+    });
+    expect((await postBatch(p, { events: [ev('three')] })).status).toBe(202);
+    for (const ddl of await keyDdl(stub)) expect(ddl).not.toMatch(/AUTOINCREMENT/i);
+  });
+
+  it('keeps a row replaced while a flush sends the one it replaces, though the sent one was the top row', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'replaced-mid-flush');
+    expect((await postBatch(p, { events: [trackEvent('seed', { __deviceId: 'replaced-mid-flush', __timestamp: Date.now() - 1000 })] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 1);
+    const versions = await runInDurableObject(stub, async (o: DeviceObject, state) => {
+      const outbox = (o as unknown as { stores: { outbox: OutboxStore } }).stores.outbox;
+      const session = (version: number) => ({ project_id: p.id, device_id: 'replaced-mid-flush', id: 'sess-x', started_at_ms: 1, ended_at_ms: 2, event_count: version, ended: 1, merged_into: '', version, updated_at_ms: 3 });
+      outbox.enqueueSessions([session(1)]);
+      let release = () => {};
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      const queue = { send: () => Promise.reject(new Error('unused')), sendBatch: () => gate };
+      // The flush reads its rows and waits on the send; meanwhile the session's newer state replaces its row.
+      const flushing = outbox.flush(queue as unknown as typeof env.INGEST_QUEUE, () => ({}));
+      outbox.enqueueSessions([session(2)]);
+      release();
+      await flushing;
+      return state.storage.sql.exec<{ body: string }>('SELECT body FROM outbox').toArray().map((r) => (JSON.parse(r.body) as { version: number }).version);
+    });
+    expect(versions).toEqual([2]);
+  });
+
+  it('does not flag rows written after a flush emptied the outbox', async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'reused-seqs');
     const sent: string[] = [];

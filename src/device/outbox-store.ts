@@ -31,12 +31,19 @@ export class OutboxStore {
    * Rows at or below this seq may have reached the queue once already: their messages are flagged
    * as possible redeliveries. Held in memory, not written before every send: a row goes out only in a
    * flush of this object's life or of an earlier one, and rows of an earlier life are all below the
-   * first seq this life writes (or, flushed before this life wrote any, all count as attempted).
-   * null until this life first writes or flushes, and again once a flush leaves the outbox empty.
+   * first seq this life writes (or, flushed before this life wrote any, the rows that flush read
+   * count as attempted: an earlier life can only have sent from the lowest rows).
+   * null until this life first writes or flushes.
    */
   private attemptedThrough: number | null = null;
-  /** Rows this life has written to the outbox: a flush tells from it that none came in meanwhile. */
-  private writes = 0;
+  /**
+   * The highest seq this life has written or a flush has read. Seqs are plain rowids, which SQLite
+   * would give again once the top row is deleted: a row replaced while a flush is sending (a
+   * session row's newer state) would take the seq of the one sent and be deleted with it, unsent.
+   * So rows are written above this and above every row present: seqs only grow within a life
+   * (until the object is erased whole). null until this life first writes or flushes.
+   */
+  private highSeq: number | null = null;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -47,20 +54,26 @@ export class OutboxStore {
   enqueueSessions(rows: readonly SessionRow[]): void {
     for (const row of rows) {
       this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
-      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body) VALUES ('session', ?, ?) RETURNING seq", row.id, JSON.stringify(row)));
+      this.inserted(
+        this.sql.exec<{ seq: number }>(`INSERT INTO outbox (seq, kind, ref, body) VALUES (${OutboxStore.NEXT_SEQ}, 'session', ?, ?) RETURNING seq`, this.highSeq ?? 0, row.id, JSON.stringify(row)),
+      );
     }
   }
 
-  /** Notes the first seq this life writes: every row below it is an earlier life's. */
+  /** SQL for the next row's seq: above every row present and every seq this life used (bound to `highSeq`). */
+  private static readonly NEXT_SEQ = '(SELECT max(coalesce(max(seq), 0), ?) + 1 FROM outbox)';
+
+  /** Notes the first seq this life writes (every row below it is an earlier life's) and the highest. */
   private inserted(cursor: SqlStorageCursor<{ seq: number }>): void {
     const seq = cursor.one().seq;
-    this.writes++;
+    this.highSeq = Math.max(this.highSeq ?? 0, seq);
     this.attemptedThrough ??= seq - 1;
   }
 
   /** Forgets what it holds in memory once storage is deleted (seqs start over). */
   reset(): void {
     this.attemptedThrough = null;
+    this.highSeq = null;
   }
 
   /**
@@ -81,7 +94,14 @@ export class OutboxStore {
     let chunkBytes = ridingBytes;
     const writeChunk = () => {
       if (!chunk.length) return;
-      this.inserted(this.sql.exec<{ seq: number }>("INSERT INTO outbox (kind, ref, body, payload) VALUES ('events', '', ?, ?) RETURNING seq", `[${chunk.join(',')}]`, riding));
+      this.inserted(
+        this.sql.exec<{ seq: number }>(
+          `INSERT INTO outbox (seq, kind, ref, body, payload) VALUES (${OutboxStore.NEXT_SEQ}, 'events', '', ?, ?) RETURNING seq`,
+          this.highSeq ?? 0,
+          `[${chunk.join(',')}]`,
+          riding,
+        ),
+      );
       riding = null;
       chunk = [];
       chunkBytes = 0;
@@ -134,12 +154,12 @@ export class OutboxStore {
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
-    const writesBefore = this.writes;
     const rows = this.sql
       .exec<{ seq: number; kind: string; body: string; payload: string | null }>('SELECT seq, kind, body, payload FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
       .toArray();
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
+    this.highSeq = Math.max(this.highSeq ?? 0, maxSeq);
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
     // writing them. Taken before the send, so a failed or partial send marks these rows too.
     const attemptedThrough = this.attemptedThrough ?? maxSeq;
@@ -202,10 +222,6 @@ export class OutboxStore {
     pushSessions();
     await sendMessages(queue, messages);
     this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
-    // Keys are plain rowids: once the outbox is empty, the next row's seq starts over, and must not
-    // read as attempted. It is empty when this flush took every row and none was written since.
-    // (Rows written meanwhile have seqs above the sent ones, and keep the watermark.)
-    if (rows.length < FLUSH_OUTBOX_ROWS && this.writes === writesBefore) this.attemptedThrough = null;
     return rows.length;
   }
 

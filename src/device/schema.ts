@@ -3,9 +3,9 @@
 
 /**
  * Tables whose integer key an older layout declared AUTOINCREMENT: SQLite then writes a
- * `sqlite_sequence` row with every insert, a billed row write per table per call. A plain rowid key
- * is enough: a new row's key is above every row present, which is all the readers rely on (the
- * outbox's send order and its watermark, the dedup chunks' age order).
+ * `sqlite_sequence` row with every insert, a billed row write per table per call. Plain rowid keys
+ * do: the dedup chunks need only a key above every row present (their age order); the outbox writes
+ * its seqs itself, since SQLite would give a deleted top row's rowid again (see outbox-store.ts).
  */
 const REKEYED_TABLES: Record<string, string> = {
   seen_chunks: `CREATE TABLE IF NOT EXISTS seen_chunks (id INTEGER PRIMARY KEY, seen_at_ms INTEGER NOT NULL, n INTEGER NOT NULL,
@@ -63,12 +63,21 @@ export function createOrUpgradeTables(sql: SqlStorage, existing: boolean): void 
 }
 
 /**
+ * The largest object whose tables the rebuild below copies: it runs inside the first call's
+ * transaction, so a larger object (a long-stalled outbox, a very busy device's dedup window) waits
+ * for a later life in which it is smaller, and meanwhile keeps its AUTOINCREMENT keys. The size
+ * SQLite reports is known without reading a row.
+ */
+export const REKEY_MAX_BYTES = 16 * 1024 * 1024;
+
+/**
  * Rebuilds an older layout's table without AUTOINCREMENT, every row and key kept (once per
  * object, inside the caller's transaction). Returns whether it did.
  */
 function dropAutoincrement(sql: SqlStorage, table: string, ddl: string): boolean {
   const [found] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).toArray();
   if (!found || !/\bAUTOINCREMENT\b/i.test(found.sql)) return false;
+  if (sql.databaseSize > REKEY_MAX_BYTES) return false;
   const rebuilt = `${table}_rekeyed`;
   sql.exec(`DROP TABLE IF EXISTS ${rebuilt}`);
   sql.exec(ddl.replace(`IF NOT EXISTS ${table} `, `${rebuilt} `));
