@@ -338,8 +338,10 @@ describe('archive jobs', () => {
 
 describe('the archive sweep', () => {
   it('enqueues the months at least ARCHIVE_LAG_MONTHS old that hold payloads, skips restored and failing months, and does nothing when off', async () => {
-    const now = Date.now();
-    const current = monthOfMs(now);
+    // The sweeps run at a chosen instant mid-month: an hour after it (the back-off) is the same month
+    // whenever the suite runs, so a run near the end of a month sees the same due months.
+    const current = monthOfMs(Date.now());
+    const now = Date.parse(`${current}-15T12:00:00.000Z`);
     const due = addMonths(current, -3);
     const inLag = addMonths(current, -2);
     const recent = addMonths(current, -1);
@@ -352,6 +354,8 @@ describe('the archive sweep', () => {
     await insertRows(failing.id, makeRows('fail', 2, start(due)));
     const failed = await runArchiveJob({ projectId: failing.id, month: due, faults: { at: 'afterManifest', mode: 'fail' } });
     expect(failed.state).toBe('failed');
+    // Its end, put ten minutes before the sweeps' instant: it backs off until 50 minutes after it.
+    await env.DB.prepare('UPDATE jobs SET ended_at = ? WHERE id = ?').bind(now - 600_000, failed.id).run();
     // A restored month stays in ClickHouse until an operator archives it by hand.
     const restored = await createProject('sweep-restored');
     const restoredRows = makeRows('restored', 2, start(due));
