@@ -17,6 +17,12 @@ export type { DeviceEvent, DeviceIngest, DeviceIngestResult, DeviceState } from 
 
 /** A reported stall that D1 would not take back is tried again this soon. */
 const STALL_CLEAR_RETRY_MS = 60 * 1000;
+/**
+ * A call flushes its own rows once they are committed. While rows wait, an alarm stands within this
+ * long all the same: it sends them should that flush be lost (the object evicted or restarted
+ * mid-send). One alarm per object per minute of traffic, not one per call.
+ */
+export const FLUSH_SAFETY_MS = 60 * 1000;
 
 export class DeviceObject extends DurableObject<Env> {
   private readonly sql: SqlStorage;
@@ -103,7 +109,28 @@ export class DeviceObject extends DurableObject<Env> {
     await this.scheduleAlarm(nowMs, true).catch((err: unknown) =>
       console.error(JSON.stringify({ msg: 'device alarm could not be set', error: String(err) })),
     );
+    // Sent after the answer, not before: the caller waits for durability, not for the queue. While
+    // flushes fail, the back-off alarm alone retries (one send per back-off, not one per call).
+    if (this.stores.outbox.failures() === 0) this.ctx.waitUntil(this.flushOutbox());
     return { results };
+  }
+
+  /** Drains the outbox; on failure backs off (an alarm) and reports the stall. Null when it failed. */
+  private async flushOutbox(): Promise<number | null> {
+    const { sessions, outbox, live } = this.stores;
+    try {
+      const flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
+      outbox.recordSuccess();
+      return flushed;
+    } catch (err) {
+      // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
+      // try again for as long as it takes.
+      const { failures, delayMs } = outbox.recordFailure();
+      console.error(JSON.stringify({ msg: 'outbox flush failed; retrying', failures, delayMs, error: String(err) }));
+      await this.ctx.storage.setAlarm(Date.now() + delayMs);
+      await outbox.reportStall(this.env.DB, live.ident(), failures, err);
+      return null;
+    }
   }
 
   /** Dedup, sessions, then the new events' ids, outbox rows and live state: all in the caller's transaction. */
@@ -168,19 +195,8 @@ export class DeviceObject extends DurableObject<Env> {
       // Housekeeping must never hold up the outbox: flush anyway, and try again on the next alarm.
       console.error(JSON.stringify({ msg: 'device housekeeping failed; flushing anyway', error: String(err) }));
     }
-    let flushed: number;
-    try {
-      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
-    } catch (err) {
-      // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
-      // try again for as long as it takes.
-      const { failures, delayMs } = outbox.recordFailure();
-      console.error(JSON.stringify({ msg: 'outbox flush failed; retrying', failures, delayMs, error: String(err) }));
-      await this.ctx.storage.setAlarm(Date.now() + delayMs);
-      await outbox.reportStall(this.env.DB, live.ident(), failures, err);
-      return { ended, pruned, flushed: 0 };
-    }
-    outbox.recordSuccess();
+    const flushed = await this.flushOutbox();
+    if (flushed === null) return { ended, pruned, flushed: 0 };
     // A stall was reported: the first flush that succeeds takes it back (the only D1 write of a
     // healthy object, once per recovery).
     const cleared = !outbox.stallReported() || (await outbox.clearStall(this.env.DB, live.ident()));
@@ -206,9 +222,14 @@ export class DeviceObject extends DurableObject<Env> {
     return { ended, pruned };
   }
 
-  private async scheduleAlarm(nowMs: number, soon: boolean): Promise<void> {
+  /**
+   * Plans the next alarm. After a call (`afterCall`) it only ever pulls the alarm earlier: within
+   * FLUSH_SAFETY_MS while rows wait (the call flushes them itself), else to when the next session
+   * may end. After an alarm run it sets the exact next time.
+   */
+  private async scheduleAlarm(nowMs: number, afterCall: boolean): Promise<void> {
     const { dedup, sessions, outbox, live } = this.stores;
-    let next: number | null = outbox.pendingRows() > 0 || soon ? Date.now() : null;
+    let next: number | null = outbox.pendingRows() > 0 ? Date.now() + (afterCall ? FLUSH_SAFETY_MS : 0) : null;
     const gapMs = live.gapMs();
     if (next === null && gapMs !== null) {
       const open = sessions.firstOpenEndMs();
@@ -221,12 +242,12 @@ export class DeviceObject extends DurableObject<Env> {
       const due = [seenSweep, oldestSession === null ? null : oldestSession + SESSION_RETENTION_MS].filter((t): t is number => t !== null);
       if (due.length) next = Date.now() + Math.max(60_000, Math.min(...due) - nowMs);
     }
-    const current = await this.ctx.storage.getAlarm();
     if (next === null) return;
+    const current = await this.ctx.storage.getAlarm();
     // While flushes fail, the back-off alarm stands: new rows wait for it rather than pulling it
     // earlier on every call (which would send a retry per request into the outage).
-    if (soon && current !== null && outbox.failures() > 0) return;
-    if (current === null || next < current || !soon) await this.ctx.storage.setAlarm(next);
+    if (afterCall && current !== null && outbox.failures() > 0) return;
+    if (current === null || next < current || !afterCall) await this.ctx.storage.setAlarm(next);
   }
 
   /** Live state for GET /v1/devices/:deviceId; null for a device that never sent an event. */

@@ -1,7 +1,7 @@
 // A device object whose outbox cannot be flushed backs off, and new events do not undo the back-off.
 import { env, runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import type { DeviceObject } from '../durable-objects/device-object';
+import { FLUSH_SAFETY_MS, type DeviceObject } from '../durable-objects/device-object';
 import { OutboxStore } from '../src/device/outbox-store';
 import { REKEY_MAX_BYTES, type MetaStore } from '../src/device/schema';
 import { deviceStub } from '../src/ingest/accept';
@@ -35,6 +35,74 @@ describe('device outbox flush', () => {
     await runDurableObjectAlarm(stub);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 5);
     expect(await countEvents(p.id)).toEqual({ rows: 5, ids: 5 });
+  });
+});
+
+describe('device outbox flush from the call', () => {
+  type Queue = typeof env.INGEST_QUEUE;
+  const useQueue = (stub: DurableObjectStub<DeviceObject>, queue: Queue) =>
+    runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { env: typeof env };
+      const real = self.env.INGEST_QUEUE;
+      self.env = { ...self.env, INGEST_QUEUE: queue };
+      return real;
+    });
+  const alarmOf = (stub: DurableObjectStub<DeviceObject>) => runInDurableObject(stub, (_o, state) => state.storage.getAlarm());
+
+  it("sends a call's rows itself, with no alarm run, and leaves only an alarm a minute out", async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'direct-1');
+    const before = Date.now();
+    const r = await postBatch(p, { events: Array.from({ length: 3 }, (_, i) => trackEvent('d', { __deviceId: 'direct-1', __timestamp: before - 1000 + i })) });
+    expect(r.status).toBe(202);
+    // Stored while the object's only alarm is tens of seconds away: no alarm carried them.
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+    const alarm = await alarmOf(stub);
+    expect(alarm).not.toBeNull();
+    expect(alarm! - before).toBeGreaterThan(FLUSH_SAFETY_MS / 2);
+    expect(alarm! - Date.now()).toBeLessThanOrEqual(FLUSH_SAFETY_MS);
+    expect((await stub.state())?.pendingRows).toBe(0);
+  });
+
+  it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'direct-lost');
+    let sends = 0;
+    // A send that never answers: the object's life ends with it under way.
+    const real = await useQueue(stub, { send: () => new Promise(() => {}), sendBatch: () => ((sends += 1), new Promise(() => {})) } as unknown as Queue);
+    const before = Date.now();
+    expect((await postBatch(p, { events: [trackEvent('lost', { __deviceId: 'direct-lost', __timestamp: before - 1000 })] })).status).toBe(202);
+    await waitUntil(async () => sends, (n) => n === 1);
+    const alarm = await alarmOf(stub);
+    expect(alarm).not.toBeNull();
+    expect(alarm! - before).toBeLessThanOrEqual(FLUSH_SAFETY_MS + 1000);
+    // Stands for the restart: a new life's outbox store (no flush under way) and a working queue.
+    await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
+      self.stores.outbox = new OutboxStore(self.sql, self.meta);
+    });
+    await useQueue(stub, real);
+    expect((await stub.state())?.pendingRows).toBe(1);
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    expect((await stub.state())?.pendingRows).toBe(0);
+  });
+
+  it('while its flushes fail, a call sends nothing itself: only the back-off alarm retries', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'direct-down');
+    let sends = 0;
+    const real = await useQueue(stub, { send: () => Promise.reject(new Error('queue down')), sendBatch: () => ((sends += 1), Promise.reject(new Error('queue down'))) } as unknown as Queue);
+    const send = () => postBatch(p, { events: [trackEvent('down', { __deviceId: 'direct-down', __timestamp: Date.now() - 1000 })] });
+    expect((await send()).status).toBe(202);
+    await waitUntil(async () => sends, (n) => n === 1);
+    const backoff = await alarmOf(stub);
+    for (let i = 0; i < 3; i++) expect((await send()).status).toBe(202);
+    expect(sends).toBe(1);
+    expect(await alarmOf(stub)).toBe(backoff);
+    await useQueue(stub, real);
+    await runDurableObjectAlarm(stub);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
   });
 });
 
