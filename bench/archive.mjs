@@ -156,6 +156,7 @@ try {
   gateway = await startGateway({
     localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
     port: 0,
+    localObservability: false,
     dataDir,
     quiet: !process.env.BENCH_VERBOSE,
     clickhouseDatabase: database,

@@ -58,6 +58,23 @@ async function chQuery(sql, body) {
   return text;
 }
 
+/** CPU seconds used so far by each command (workerd, node, …) of a process group (Linux). */
+function cpuByCommand(pgid) {
+  const out = {};
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[2]) !== pgid) continue;
+      out[comm] = (out[comm] ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      /* exited */
+    }
+  }
+  return out;
+}
+
 /** CPU seconds (user + system) used so far by the processes of a process group, or by one pid (Linux). */
 function cpuSeconds({ pgid, pid }) {
   let ticks = 0;
@@ -153,7 +170,7 @@ const median = (xs) => {
 async function main() {
   console.log(`e2e: starting a gateway (own data dir, ClickHouse database ${database})...`);
   const t = Date.now();
-  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
+  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, localObservability: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
   console.log(`  gateway ${gateway.url} up in ${((Date.now() - t) / 1000).toFixed(1)} s; ClickHouse ${gateway.clickhouse.url}${gateway.clickhouse.started ? ' (started for this run)' : ''}`);
   const { project } = gateway;
   const headers = {
@@ -194,6 +211,7 @@ async function main() {
     let duplicates = 0;
     let rejected = 0;
     let lastAcceptedAt = 0;
+    const byCommandBefore = cpuByCommand(gateway.wranglerPid);
     const cpuBefore = { workerd: cpuSeconds({ pgid: gateway.wranglerPid }), clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
     const queriesBefore = benchQueries;
     const started = performance.now();
@@ -252,6 +270,8 @@ async function main() {
     visibleBefore = want;
     latencies.sort((a, b) => a - b);
     const workerdCpu = cpuSeconds({ pgid: gateway.wranglerPid }) - cpuBefore.workerd;
+    const byCommand = Object.entries(cpuByCommand(gateway.wranglerPid)).map(([comm, s]) => `${comm} ${(s - (byCommandBefore[comm] ?? 0)).toFixed(1)} s`);
+    console.log(`  ${label}: gateway CPU by process: ${byCommand.join(', ')}`);
     await settle();
     const measured = {
       label,

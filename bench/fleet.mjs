@@ -172,7 +172,7 @@ async function liveAtNewest(kind, atMs) {
 
 async function main() {
   console.log(`fleet: starting a gateway (ClickHouse database ${database})...`);
-  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
+  gateway = await startGateway({ localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server', port: 0, dataDir, quiet: process.env.BENCH_VERBOSE !== '1', crons: false, localObservability: false, clickhouseDatabase: database, adminToken: randomBytes(18).toString('hex'), log: () => {} });
   const { project } = gateway;
   const headers = { 'content-type': 'application/json', 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
 

@@ -154,6 +154,7 @@ try {
     // a ClickHouse process of its own, so its CPU is measured apart (LOCAL_CLICKHOUSE=chdb for 26.x)
     localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
     port: 0,
+    localObservability: false,
     dataDir,
     quiet: true,
     clickhouseDatabase: database,

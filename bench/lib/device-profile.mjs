@@ -114,7 +114,7 @@ export class ProfiledDevice extends DeviceObject {
     wrap(stores.sessions, 'at', 'duplicates\\' sessions');
     wrap(this, 'scheduleAlarm', 'alarm scheduling');
     wrap(this, 'endAndPrune', 'alarm: end idle + prune');
-    wrap(stores.outbox, 'flush', 'alarm: flush to queue');
+    wrap(stores.outbox, 'flush', 'flush to queue');
   }
 
   override async ingest(input: any) {

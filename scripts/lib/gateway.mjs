@@ -261,6 +261,9 @@ async function stopsAnswering(url, wrangler, stopped, log, { idleMs = 30_000, af
  * - signal: an AbortSignal that cancels a start in progress (what was started is stopped)
  * - supervise: restart wrangler dev when it exits or stops answering (as `npm start` does)
  * - localClickHouse: `chdb` (embedded, default) or `server` when no configured ClickHouse answers
+ * - localObservability: false turns off wrangler dev's local trace collector (every invocation's
+ *   trace written to local storage for its explorer); the benches do, since a deployment has no
+ *   such collector in its CPU. Default: wrangler's (on, or X_LOCAL_OBSERVABILITY)
  * - wranglerConfig: another wrangler config to run instead of the project's wrangler.toml (tests
  *   shorten queue retries with it; paths in it must be absolute)
  * Returns { url, adminToken, adminTokenSource, clickhouse: { url, started }, project, crons, exited, stop }.
@@ -356,6 +359,7 @@ export async function startGateway(options = {}) {
 
     const childEnv = { ...env, CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1', FORCE_COLOR: '0' };
     delete childEnv.NODE_OPTIONS;
+    if (options.localObservability === false) childEnv.X_LOCAL_OBSERVABILITY = 'false';
     // wrangler's debug log (it can reach hundreds of MB under load) stays with the data it belongs to
     childEnv.WRANGLER_LOG_PATH = env.WRANGLER_LOG_PATH || join(dataDir, 'logs');
 
