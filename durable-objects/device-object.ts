@@ -24,6 +24,8 @@ const STALL_CLEAR_RETRY_MS = 60 * 1000;
  */
 export const FLUSH_SAFETY_MS = 60 * 1000;
 
+const afterThisTask = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
 export class DeviceObject extends DurableObject<Env> {
   private readonly sql: SqlStorage;
   private readonly meta: MetaStore;
@@ -109,14 +111,44 @@ export class DeviceObject extends DurableObject<Env> {
     await this.scheduleAlarm(nowMs, true).catch((err: unknown) =>
       console.error(JSON.stringify({ msg: 'device alarm could not be set', error: String(err) })),
     );
-    // Sent after the answer, not before: the caller waits for durability, not for the queue. While
-    // flushes fail, the back-off alarm alone retries (one send per back-off, not one per call).
-    if (this.stores.outbox.failures() === 0) this.ctx.waitUntil(this.flushOutbox());
+    this.flushAfterCall();
     return { results };
   }
 
+  /**
+   * Sends the outbox once the call's answer has left (a macrotask later): the caller waits for
+   * durability, not for the queue. A flush under way is waited for first, and while flushes fail the
+   * call sends nothing: the back-off alarm alone retries (one send per back-off, not one per call).
+   * Nothing waits for this promise (an object stays alive while its I/O is pending; should it be
+   * evicted mid-send, the alarm scheduleAlarm left within FLUSH_SAFETY_MS sends the rows).
+   */
+  private flushAfterCall(): void {
+    const { outbox } = this.stores;
+    void (async () => {
+      await afterThisTask();
+      // The flush under way ends first, its failure recorded, so a failed one stops the others.
+      while (this.flushRun) await this.flushRun.catch(() => null);
+      // An erasure may have run in between (no tables left), or a flush just failed.
+      if (outbox.failures() > 0 || !this.hasSchema()) return;
+      await this.flushOutbox();
+    })().catch((err: unknown) => console.error(JSON.stringify({ msg: 'flush after a call failed', error: String(err) })));
+  }
+
+  /** The flushOutbox() under way, failure handling included. */
+  private flushRun: Promise<number | null> | null = null;
+
   /** Drains the outbox; on failure backs off (an alarm) and reports the stall. Null when it failed. */
-  private async flushOutbox(): Promise<number | null> {
+  private flushOutbox(): Promise<number | null> {
+    const run = this.flushOutboxOnce();
+    this.flushRun = run;
+    const done = () => {
+      if (this.flushRun === run) this.flushRun = null;
+    };
+    run.then(done, done);
+    return run;
+  }
+
+  private async flushOutboxOnce(): Promise<number | null> {
     const { sessions, outbox, live } = this.stores;
     try {
       const flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
@@ -127,7 +159,10 @@ export class DeviceObject extends DurableObject<Env> {
       // try again for as long as it takes.
       const { failures, delayMs } = outbox.recordFailure();
       console.error(JSON.stringify({ msg: 'outbox flush failed; retrying', failures, delayMs, error: String(err) }));
-      await this.ctx.storage.setAlarm(Date.now() + delayMs);
+      // An earlier alarm still standing (a session's end) is kept; one past or running is not.
+      const standing = await this.ctx.storage.getAlarm();
+      const retryAt = Date.now() + delayMs;
+      await this.ctx.storage.setAlarm(standing !== null && standing > Date.now() ? Math.min(standing, retryAt) : retryAt);
       await outbox.reportStall(this.env.DB, live.ident(), failures, err);
       return null;
     }
@@ -231,9 +266,10 @@ export class DeviceObject extends DurableObject<Env> {
     const { dedup, sessions, outbox, live } = this.stores;
     let next: number | null = outbox.pendingRows() > 0 ? Date.now() + (afterCall ? FLUSH_SAFETY_MS : 0) : null;
     const gapMs = live.gapMs();
-    if (next === null && gapMs !== null) {
+    if (gapMs !== null) {
+      // A session that goes idle sooner than the flush's safety alarm ends on time.
       const open = sessions.firstOpenEndMs();
-      if (open !== null) next = Date.now() + Math.max(0, open + gapMs - nowMs);
+      if (open !== null) next = Math.min(next ?? Infinity, Date.now() + Math.max(0, open + gapMs - nowMs));
     }
     if (next === null) {
       // Nothing live: wake up when the oldest id or session leaves its window, so state stays bounded.
@@ -297,7 +333,8 @@ export class DeviceObject extends DurableObject<Env> {
    * anything to remove. Idempotent.
    */
   async erase(profile?: ProfileErasure): Promise<DeviceErasureResult> {
-    while (this.stores.outbox.inFlight) await this.stores.outbox.inFlight.catch(() => 0);
+    // (Its failure handling too: a back-off alarm set after the deletion would outlive it.)
+    while (this.flushRun || this.stores.outbox.inFlight) await (this.flushRun ?? this.stores.outbox.inFlight)!.catch(() => 0);
     if (!this.hasSchema()) {
       await this.ctx.storage.deleteAlarm();
       return { held: false, whole: true, outboxEvents: 0, seenIds: 0, sessions: 0 };

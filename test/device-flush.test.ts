@@ -64,6 +64,19 @@ describe('device outbox flush from the call', () => {
     expect((await stub.state())?.pendingRows).toBe(0);
   });
 
+  it('keeps the alarm at the end of a session that goes idle sooner than the safety minute', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'direct-idle');
+    const gapMs = 30 * 60 * 1000;
+    // An event whose session goes idle 15 s from now.
+    const r = await postBatch(p, { events: [trackEvent('idle', { __deviceId: 'direct-idle', __timestamp: Date.now() - gapMs + 15_000 })] });
+    expect(r.status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    const alarm = await alarmOf(stub);
+    expect(alarm).not.toBeNull();
+    expect(alarm! - Date.now()).toBeLessThanOrEqual(15_000);
+  });
+
   it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'direct-lost');
@@ -96,10 +109,50 @@ describe('device outbox flush from the call', () => {
     const send = () => postBatch(p, { events: [trackEvent('down', { __deviceId: 'direct-down', __timestamp: Date.now() - 1000 })] });
     expect((await send()).status).toBe(202);
     await waitUntil(async () => sends, (n) => n === 1);
+    // Five more failed alarms: the back-off is a minute or more, so no alarm fires by itself below.
+    for (let i = 0; i < 5; i++) await runDurableObjectAlarm(stub);
+    expect(sends).toBe(6);
     const backoff = await alarmOf(stub);
+    expect(backoff! - Date.now()).toBeGreaterThan(30_000);
     for (let i = 0; i < 3; i++) expect((await send()).status).toBe(202);
-    expect(sends).toBe(1);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(sends).toBe(6);
     expect(await alarmOf(stub)).toBe(backoff);
+    expect((await stub.state())?.pendingRows).toBe(4);
+    await useQueue(stub, real);
+    await runDurableObjectAlarm(stub);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
+  });
+
+  it('calls that arrive while a send hangs add no sends once it fails: the back-off alarm retries them', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'direct-hang');
+    let sends = 0;
+    let failSend: (err: Error) => void = () => {};
+    // The first send hangs until the test fails it; any later one fails at once.
+    const real = await useQueue(stub, {
+      send: () => Promise.reject(new Error('unused')),
+      sendBatch: () => {
+        sends += 1;
+        return sends === 1 ? new Promise((_, reject) => (failSend = reject)) : Promise.reject(new Error('queue down'));
+      },
+    } as unknown as Queue);
+    const send = (i: number) => postBatch(p, { events: [trackEvent('hang', { __deviceId: 'direct-hang', __timestamp: Date.now() - 1000 + i })] });
+    expect((await send(0)).status).toBe(202);
+    await waitUntil(async () => sends, (n) => n === 1);
+    // Three calls while the first send hangs: each commits and answers, none sends yet.
+    for (let i = 1; i <= 3; i++) expect((await send(i)).status).toBe(202);
+    expect(sends).toBe(1);
+    const failures = () => runInDurableObject(stub, (o: DeviceObject) => (o as unknown as { stores: { outbox: OutboxStore } }).stores.outbox.failures());
+    // Failed from within the object (its I/O belongs to it), as a real send's answer would come.
+    await runInDurableObject(stub, () => failSend(new Error('queue down')));
+    // (Checked well within the 2 s back-off of a first failure, before its alarm fires by itself.)
+    await waitUntil(failures, (n) => n >= 1, { intervalMs: 20 });
+    await new Promise((r) => setTimeout(r, 100));
+    // One failure recorded, one back-off alarm: the waiting calls did not each send into the outage.
+    expect(sends).toBe(1);
+    expect(await failures()).toBe(1);
+    expect((await stub.state())?.pendingRows).toBe(4);
     await useQueue(stub, real);
     await runDurableObjectAlarm(stub);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
