@@ -445,7 +445,7 @@ async function main() {
     workersRequests: 1 / BATCH_EVENTS + (consumerInvocations / calls.calls) * deviceCallsPerEvent,
     workersCpuMs: perEventUs(mix.workerdCpu) / 1000,
     doRequests: perCall(calls.calls + calls.alarms),
-    doActiveSeconds: perCall((calls.ingestMs + calls.alarmMs - calls.sendMs) / 1000),
+    doActiveSeconds: perCall(calls.objectMs / 1000),
     doRowsWritten: perCall(calls.rowsWritten),
     queueOperations: perCall(queueOps),
   };
