@@ -24,6 +24,8 @@ const STALL_CLEAR_RETRY_MS = 60 * 1000;
  */
 export const FLUSH_SAFETY_MS = 60 * 1000;
 
+type FlushRun = { flushed: number; cleared: boolean };
+
 const afterThisTask = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
 export class DeviceObject extends DurableObject<Env> {
@@ -31,6 +33,8 @@ export class DeviceObject extends DurableObject<Env> {
   private readonly meta: MetaStore;
   private readonly stores: DeviceStores;
   private schemaReady = false;
+  /** An erase() is under way: flushes after calls hold off (what they would send is being deleted). */
+  private erasing = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -128,17 +132,20 @@ export class DeviceObject extends DurableObject<Env> {
       await afterThisTask();
       // The flush under way ends first, its failure recorded, so a failed one stops the others.
       while (this.flushRun) await this.flushRun.catch(() => null);
-      // An erasure may have run in between (no tables left), or a flush just failed.
-      if (outbox.failures() > 0 || !this.hasSchema()) return;
+      // An erasure may be under way or have run in between, or a flush just failed.
+      if (this.erasing || outbox.failures() > 0 || !this.hasSchema()) return;
       await this.flushOutbox();
     })().catch((err: unknown) => console.error(JSON.stringify({ msg: 'flush after a call failed', error: String(err) })));
   }
 
-  /** The flushOutbox() under way, failure handling included. */
-  private flushRun: Promise<number | null> | null = null;
+  /** The flushOutbox() under way, failure handling and stall clearing included. */
+  private flushRun: Promise<FlushRun | null> | null = null;
 
-  /** Drains the outbox; on failure backs off (an alarm) and reports the stall. Null when it failed. */
-  private flushOutbox(): Promise<number | null> {
+  /**
+   * Drains the outbox and takes back a reported stall; on failure backs off (an alarm) and reports
+   * the stall. Null when it failed; `cleared: false` when D1 would not take the stall back.
+   */
+  private flushOutbox(): Promise<FlushRun | null> {
     const run = this.flushOutboxOnce();
     this.flushRun = run;
     const done = () => {
@@ -148,12 +155,11 @@ export class DeviceObject extends DurableObject<Env> {
     return run;
   }
 
-  private async flushOutboxOnce(): Promise<number | null> {
+  private async flushOutboxOnce(): Promise<FlushRun | null> {
     const { sessions, outbox, live } = this.stores;
+    let flushed: number;
     try {
-      const flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
-      outbox.recordSuccess();
-      return flushed;
+      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
     } catch (err) {
       // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
       // try again for as long as it takes.
@@ -166,6 +172,11 @@ export class DeviceObject extends DurableObject<Env> {
       await outbox.reportStall(this.env.DB, live.ident(), failures, err);
       return null;
     }
+    outbox.recordSuccess();
+    // A stall was reported: the first flush that succeeds takes it back (the only D1 write of a
+    // healthy object, once per recovery), inside the flush so no later one reports in between.
+    const cleared = !outbox.stallReported() || (await outbox.clearStall(this.env.DB, live.ident()));
+    return { flushed, cleared };
   }
 
   /** Dedup, sessions, then the new events' ids, outbox rows and live state: all in the caller's transaction. */
@@ -230,15 +241,17 @@ export class DeviceObject extends DurableObject<Env> {
       // Housekeeping must never hold up the outbox: flush anyway, and try again on the next alarm.
       console.error(JSON.stringify({ msg: 'device housekeeping failed; flushing anyway', error: String(err) }));
     }
-    const flushed = await this.flushOutbox();
-    if (flushed === null) return { ended, pruned, flushed: 0 };
-    // A stall was reported: the first flush that succeeds takes it back (the only D1 write of a
-    // healthy object, once per recovery).
-    const cleared = !outbox.stallReported() || (await outbox.clearStall(this.env.DB, live.ident()));
+    // A call's flush under way ends first. Should it fail, its back-off alarm retries: sending now
+    // would send again into the same failure.
+    const failuresBefore = outbox.failures();
+    while (this.flushRun) await this.flushRun.catch(() => null);
+    if (outbox.failures() > failuresBefore) return { ended, pruned, flushed: 0 };
+    const run = await this.flushOutbox();
+    if (run === null) return { ended, pruned, flushed: 0 };
     await this.scheduleAlarm(nowMs, false);
     // Should D1 refuse, the row stays visible until an alarm soon takes it back.
-    if (!cleared) await this.ctx.storage.setAlarm(Math.min((await this.ctx.storage.getAlarm()) ?? Infinity, Date.now() + STALL_CLEAR_RETRY_MS));
-    return { ended, pruned, flushed };
+    if (!run.cleared) await this.ctx.storage.setAlarm(Math.min((await this.ctx.storage.getAlarm()) ?? Infinity, Date.now() + STALL_CLEAR_RETRY_MS));
+    return { ended, pruned, flushed: run.flushed };
   }
 
   private endAndPrune(nowMs: number): { ended: number; pruned: number } {
@@ -264,7 +277,9 @@ export class DeviceObject extends DurableObject<Env> {
    */
   private async scheduleAlarm(nowMs: number, afterCall: boolean): Promise<void> {
     const { dedup, sessions, outbox, live } = this.stores;
-    let next: number | null = outbox.pendingRows() > 0 ? Date.now() + (afterCall ? FLUSH_SAFETY_MS : 0) : null;
+    // Rows still waiting were committed by calls whose own flushes come next (after a call, or after
+    // an alarm's flush that succeeded): the alarm only stands by for them.
+    let next: number | null = outbox.pendingRows() > 0 ? Date.now() + FLUSH_SAFETY_MS : null;
     const gapMs = live.gapMs();
     if (gapMs !== null) {
       // A session that goes idle sooner than the flush's safety alarm ends on time.
@@ -333,6 +348,17 @@ export class DeviceObject extends DurableObject<Env> {
    * anything to remove. Idempotent.
    */
   async erase(profile?: ProfileErasure): Promise<DeviceErasureResult> {
+    this.erasing = true;
+    try {
+      return await this.eraseHeld(profile);
+    } finally {
+      this.erasing = false;
+      // What others' calls committed meanwhile (a profile's erasure keeps it) goes out now.
+      if (this.schemaReady) this.flushAfterCall();
+    }
+  }
+
+  private async eraseHeld(profile?: ProfileErasure): Promise<DeviceErasureResult> {
     // (Its failure handling too: a back-off alarm set after the deletion would outlive it.)
     while (this.flushRun || this.stores.outbox.inFlight) await (this.flushRun ?? this.stores.outbox.inFlight)!.catch(() => 0);
     if (!this.hasSchema()) {
