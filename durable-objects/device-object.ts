@@ -33,8 +33,8 @@ export class DeviceObject extends DurableObject<Env> {
   private readonly meta: MetaStore;
   private readonly stores: DeviceStores;
   private schemaReady = false;
-  /** An erase() is under way: flushes after calls hold off (what they would send is being deleted). */
-  private erasing = false;
+  /** The erase() under way: flushes hold off (what they would send is being deleted). */
+  private eraseRun: Promise<DeviceErasureResult> | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -133,7 +133,7 @@ export class DeviceObject extends DurableObject<Env> {
       // The flush under way ends first, its failure recorded, so a failed one stops the others.
       while (this.flushRun) await this.flushRun.catch(() => null);
       // An erasure may be under way or have run in between, or a flush just failed.
-      if (this.erasing || outbox.failures() > 0 || !this.hasSchema()) return;
+      if (this.eraseRun || outbox.failures() > 0 || !this.hasSchema()) return;
       await this.flushOutbox();
     })().catch((err: unknown) => console.error(JSON.stringify({ msg: 'flush after a call failed', error: String(err) })));
   }
@@ -224,7 +224,10 @@ export class DeviceObject extends DurableObject<Env> {
     });
   }
 
-  /** The alarm: end idle sessions, prune old ids, flush the outbox, then plan the next run. */
+  /**
+   * The alarm: end idle sessions, prune old ids, flush the outbox, then plan the next run (unless a
+   * flush it waited for failed: that flush's back-off alarm is the next run).
+   */
   override async alarm(): Promise<void> {
     await this.maintain(Date.now());
   }
@@ -241,11 +244,15 @@ export class DeviceObject extends DurableObject<Env> {
       // Housekeeping must never hold up the outbox: flush anyway, and try again on the next alarm.
       console.error(JSON.stringify({ msg: 'device housekeeping failed; flushing anyway', error: String(err) }));
     }
-    // A call's flush under way ends first. Should it fail, its back-off alarm retries: sending now
-    // would send again into the same failure.
-    const failuresBefore = outbox.failures();
-    while (this.flushRun) await this.flushRun.catch(() => null);
-    if (outbox.failures() > failuresBefore) return { ended, pruned, flushed: 0 };
+    // A flush under way (a call's) and an erasure end first. Should that flush have failed, its
+    // back-off alarm retries: sending now would send again into the same failure.
+    let waited: FlushRun | null | undefined;
+    while (this.flushRun || this.eraseRun) {
+      if (this.flushRun) waited = await this.flushRun.catch(() => undefined);
+      else await this.eraseRun!.catch(() => null);
+    }
+    if (waited === null) return { ended, pruned, flushed: 0 };
+    if (!this.hasSchema()) return { ended, pruned, flushed: 0 };
     const run = await this.flushOutbox();
     if (run === null) return { ended, pruned, flushed: 0 };
     await this.scheduleAlarm(nowMs, false);
@@ -278,7 +285,8 @@ export class DeviceObject extends DurableObject<Env> {
   private async scheduleAlarm(nowMs: number, afterCall: boolean): Promise<void> {
     const { dedup, sessions, outbox, live } = this.stores;
     // Rows still waiting were committed by calls whose own flushes come next (after a call, or after
-    // an alarm's flush that succeeded): the alarm only stands by for them.
+    // an alarm's flush that succeeded), or wait for the back-off alarm that stands while sends fail:
+    // this alarm only stands by for them.
     let next: number | null = outbox.pendingRows() > 0 ? Date.now() + FLUSH_SAFETY_MS : null;
     const gapMs = live.gapMs();
     if (gapMs !== null) {
@@ -348,11 +356,13 @@ export class DeviceObject extends DurableObject<Env> {
    * anything to remove. Idempotent.
    */
   async erase(profile?: ProfileErasure): Promise<DeviceErasureResult> {
-    this.erasing = true;
+    while (this.eraseRun) await this.eraseRun.catch(() => null);
+    const run = this.eraseHeld(profile);
+    this.eraseRun = run;
     try {
-      return await this.eraseHeld(profile);
+      return await run;
     } finally {
-      this.erasing = false;
+      if (this.eraseRun === run) this.eraseRun = null;
       // What others' calls committed meanwhile (a profile's erasure keeps it) goes out now.
       if (this.schemaReady) this.flushAfterCall();
     }
