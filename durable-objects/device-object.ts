@@ -105,8 +105,9 @@ export class DeviceObject extends DurableObject<Env> {
 
   async ingest(request: DeviceIngest): Promise<DeviceIngestResult> {
     const nowMs = request.nowMs ?? Date.now();
-    const events = Array.isArray(request.events) ? request.events.map(packEvent) : unpackEvents(request.events);
-    const input = { ...request, events };
+    const events = Array.isArray(request.events) ? request.events.map((e) => packEvent(e)) : unpackEvents(request.events);
+    const base = Array.isArray(request.events) ? null : (request.events.base ?? null);
+    const input = { ...request, events, base };
     // Outside the ingest transaction: an older layout is upgraded in its own.
     if (this.hasSchema() && this.stores.dedup.hasLegacyRows) this.transaction(() => this.stores.dedup.migrateLegacyRows());
     const results = this.transaction(() => this.ingestSync(input, nowMs));
@@ -180,7 +181,7 @@ export class DeviceObject extends DurableObject<Env> {
   }
 
   /** Dedup, sessions, then the new events' ids, outbox rows and live state: all in the caller's transaction. */
-  private ingestSync(input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[] }, nowMs: number): DeviceIngestResult['results'] {
+  private ingestSync(input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[]; base: string | null }, nowMs: number): DeviceIngestResult['results'] {
     const { dedup, sessions, outbox, live } = this.stores;
     this.ensureSchema();
     this.meta.drop(RETIRED_META_KEYS);
@@ -207,7 +208,7 @@ export class DeviceObject extends DurableObject<Env> {
     const freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
     dedup.record(freshEvents, nowMs);
     // The changed session rows ride with the events' chunk, ahead of them in its message.
-    outbox.appendEvents(freshEvents, freshSessions, assigned.rows);
+    outbox.appendEvents(freshEvents, freshSessions, assigned.rows, input.base);
     live.record(freshEvents, freshSessions, nowMs);
 
     const freshSet = new Set(fresh);

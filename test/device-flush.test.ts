@@ -287,6 +287,76 @@ describe('device storage keys', () => {
     );
   });
 
+  it("sends the fields a call's events share once per message, and brings an older outbox's held chunks out whole", async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'old-outbox');
+    const t = Date.now() - 60_000;
+    const ev = (name: string) => trackEvent(name, { __deviceId: 'old-outbox', __timestamp: t });
+    expect((await postBatch(p, { events: [ev('first')] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 1);
+
+    // The older layout: an outbox without the base column, holding a chunk whose entry has every field.
+    const held = {
+      id: crypto.randomUUID(), project_id: p.id, device_id: 'old-outbox', profile_id: '', type: 'track', name: 'held', created_at_ms: t + 1,
+      received_at_ms: t + 2, properties: '{}', ref_id: '', ip: '198.51.100.7', country: 'FR', region: '', city: 'Lyon', timezone: '', latitude: 45.76, longitude: 4.83,
+    };
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      const sql = state.storage.sql;
+      const ddl = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").one().sql;
+      sql.exec('DROP TABLE outbox');
+      sql.exec(ddl.replace(', base TEXT', ''));
+      sql.exec("INSERT INTO outbox (seq, kind, ref, body) VALUES (1, 'events', '', ?)", JSON.stringify([{ s: '', r: held, p: '{"held":true}' }]));
+      const self = o as unknown as Internals;
+      self.schemaReady = false;
+      self.stores.dedup.reset();
+    });
+    expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
+
+    // The next call adds the column and sends both chunks; its own rows leave the shared fields to the base.
+    const sent: string[] = [];
+    const real = await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { env: typeof env };
+      const queue = self.env.INGEST_QUEUE;
+      self.env = {
+        ...self.env,
+        INGEST_QUEUE: {
+          send: (body: unknown, opts?: QueueSendOptions) => queue.send(body as never, opts),
+          sendBatch: (messages: Iterable<MessageSendRequest>, opts?: QueueSendBatchOptions) => {
+            for (const m of messages) sent.push(String(m.body));
+            return queue.sendBatch(messages as never, opts);
+          },
+        } as unknown as typeof queue,
+      };
+      return queue;
+    });
+    expect((await postBatch(p, { events: [ev('second'), ev('third')] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 4);
+    await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { env: typeof env };
+      self.env = { ...self.env, INGEST_QUEUE: real };
+    });
+    expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).toMatch(/\bbase\b/);
+
+    const messages = sent.map((b) => JSON.parse(b) as { base?: Record<string, unknown>; entries?: Array<{ r: Record<string, unknown> }> });
+    const older = messages.find((m) => m.entries?.some((e) => e.r.name === 'held'));
+    expect(older?.base).toBeUndefined();
+    const newer = messages.find((m) => m.entries?.some((e) => e.r.name === 'second'));
+    expect(newer?.base).toMatchObject({ project_id: p.id, device_id: 'old-outbox' });
+    for (const e of newer!.entries!) for (const k of ['project_id', 'device_id', 'received_at_ms', 'ip', 'country', 'latitude']) expect(e.r).not.toHaveProperty(k);
+
+    // Every row stored whole: the held one as it was written, the new ones with their call's fields.
+    const rows = await ch().query<{ name: string; device_id: string; received_at_ms: number; ip: string; city: string; latitude: number | null }>(
+      'SELECT name, device_id, received_at_ms, ip, city, latitude FROM events WHERE project_id = {p:String} ORDER BY name',
+      { p: p.id },
+    );
+    expect(rows.map((r) => r.name)).toEqual(['first', 'held', 'second', 'third']);
+    expect(rows.every((r) => r.device_id === 'old-outbox')).toBe(true);
+    expect(rows.find((r) => r.name === 'held')).toMatchObject({ received_at_ms: t + 2, ip: '198.51.100.7', city: 'Lyon', latitude: 45.76 });
+    const second = rows.find((r) => r.name === 'second')!;
+    expect(second.received_at_ms).toBe(newer!.base!.received_at_ms);
+    expect(Number(second.received_at_ms)).toBeGreaterThan(t);
+  });
+
   it('leaves an older object larger than the rebuild copies for a later life', async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'old-keys-large');

@@ -9,7 +9,7 @@ import { Forgotten, pruneTombstones, raiseTombstone, recordErasure, tombstonesOf
 import { runWatchdog } from '../src/jobs/watchdog';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { DEAD_LETTER_PREFIX, redriveDeadLetters } from '../src/pipeline/dead-letters';
-import type { EventRow, IngestBody, IngestMessage, OutboxEvent, PayloadRow, SessionRow } from '../src/pipeline/messages';
+import { CALL_BASE_FIELDS, type EventRow, type IngestBody, type IngestMessage, type OutboxEvent, type PayloadRow, type SessionRow } from '../src/pipeline/messages';
 import { admin } from './backfill-helpers';
 import { clearDeadLetters, countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
 import { createProject, waitUntil } from './helpers';
@@ -32,6 +32,14 @@ const session = (projectId: string, deviceId: string, updatedAtMs: number): Sess
 });
 
 const message = (entries: OutboxEvent[], sessions: SessionRow[] = []) => JSON.stringify({ events: [], payloads: [], sessions, entries });
+
+/** A message as device objects send it now: the fields a call's events share once, as its base, not in each entry. */
+const baseMessage = (entries: OutboxEvent[]) => {
+  const base = Object.fromEntries(CALL_BASE_FIELDS.map((k) => [k, entries[0]!.r[k]]));
+  // An entry keeps a shared field whose value is its own (another device's event, here).
+  const slim = entries.map((e) => ({ ...e, r: Object.fromEntries(Object.entries(e.r).filter(([k, v]) => !(k in base) || base[k] !== v)) }));
+  return JSON.stringify({ events: [], payloads: [], sessions: [], base, entries: slim });
+};
 
 /** A payload sent apart from its event (the first half of an oversized event), naming its owner as device objects do. */
 const lonePayload = (e: OutboxEvent, owner = true) =>
@@ -77,6 +85,9 @@ describe('erasure tombstones', () => {
     const bigA = entry(p.id, 'veh-a', 'a-big', t + 2);
     const oldB = entry(p.id, 'veh-b', 'b-old', t + 3);
     const otherA = entry(other.id, 'veh-a', 'x-old', t + 4);
+    // The same in messages whose entries leave their device and project to the message's base.
+    const baseA = entry(p.id, 'veh-a', 'a-base', t + 7);
+    const baseB = entry(p.id, 'veh-b', 'b-base', t + 8);
 
     const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: 'veh-a' }));
     expect(job).toMatchObject({ state: 'succeeded', error: null });
@@ -90,10 +101,14 @@ describe('erasure tombstones', () => {
       'big-event': JSON.stringify({ events: [{ ...bigA.r, session_id: '', synced_at_ms: 0 }], payloads: [], sessions: [] }),
       'new-a': message([newA], [{ ...session(p.id, 'veh-a', Date.now()), id: 'sess-new' }]),
       'other-project': message([otherA]),
+      'base-a': baseMessage([baseA]),
+      'base-b': baseMessage([baseB]),
       // A message the consumer cannot expand goes back alone; the others are written.
       broken: JSON.stringify({ events: [], payloads: [], sessions: [], chunk: '[{"r":' }),
     }, { failing: ['broken'] });
-    expect(await countTable('events', p.id, "device_id = 'veh-b'")).toBe(1);
+    expect(await countTable('events', p.id, "device_id = 'veh-b'")).toBe(2);
+    expect(await has('events', p.id, baseB.r.id)).toBe(1);
+    expect(await has('event_payloads', p.id, baseB.r.id)).toBe(1);
     expect(await has('event_payloads', p.id, oldB.r.id)).toBe(1);
     expect(await countTable('sessions', p.id, "device_id = 'veh-b'")).toBe(1);
     expect(await has('events', other.id, otherA.r.id)).toBe(1);
@@ -101,7 +116,7 @@ describe('erasure tombstones', () => {
     expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(1);
     expect(await has('events', p.id, newA.r.id)).toBe(1);
     expect(await has('event_payloads', p.id, newA.r.id)).toBe(1);
-    for (const e of [oldA, bigA]) {
+    for (const e of [oldA, bigA, baseA]) {
       expect(await has('events', p.id, e.r.id)).toBe(0);
       expect(await has('event_payloads', p.id, e.r.id)).toBe(0);
     }
@@ -111,11 +126,18 @@ describe('erasure tombstones', () => {
     // Parked only after the erasure (its retries ran out) and re-driven: the same.
     const parkedA = entry(p.id, 'veh-a', 'a-parked', t + 5);
     const parkedB = entry(p.id, 'veh-b', 'b-parked', t + 6);
+    const parkedBaseA = entry(p.id, 'veh-a', 'a-parked-base', t + 9);
+    const parkedBaseB = entry(p.id, 'veh-b', 'b-parked-base', t + 10);
     await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-late.json`, message([parkedA, parkedB]));
-    expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 1, failed: 0 });
+    await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-late-base.json`, baseMessage([parkedBaseA, parkedBaseB]));
+    expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 2, failed: 0 });
     await waitUntil(() => has('events', p.id, parkedB.r.id), (n) => n === 1);
-    expect(await has('events', p.id, parkedA.r.id)).toBe(0);
-    expect(await has('event_payloads', p.id, parkedA.r.id)).toBe(0);
+    await waitUntil(() => has('events', p.id, parkedBaseB.r.id), (n) => n === 1);
+    expect(await has('event_payloads', p.id, parkedBaseB.r.id)).toBe(1);
+    for (const e of [parkedA, parkedBaseA]) {
+      expect(await has('events', p.id, e.r.id)).toBe(0);
+      expect(await has('event_payloads', p.id, e.r.id)).toBe(0);
+    }
     expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(1);
   });
 

@@ -2,7 +2,7 @@
 // device mix, stored exactly once, and deduplicated and sessionised as smaller batches are.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { MAX_HANDOFF_BYTES, packDeviceEvents, packEvent, unpackEvents } from '../src/device/packed';
+import { callBaseOf, MAX_HANDOFF_BYTES, packDeviceEvents, packEvent, unpackEvents } from '../src/device/packed';
 import { deviceStub, toDeviceEvent } from '../src/ingest/accept';
 import { NO_GEO, normalizeEvent } from '../src/ingest/normalize';
 import { MAX_BODY_BYTES, MAX_EVENT_BYTES } from '../src/ingest/wire';
@@ -144,12 +144,30 @@ describe('the hand-off to a device object', () => {
     const calls = packDeviceEvents(events);
     expect(calls.length).toBeGreaterThan(1);
     for (const call of calls) {
-      const bytes = 2 * (call.fields.length + call.rp.reduce((n, rp) => n + rp.length, 0));
+      const bytes = 2 * (call.fields.length + call.rp.reduce((n, rp) => n + rp.length, 0) + (call.base?.length ?? 0));
       expect(bytes).toBeLessThanOrEqual(MAX_HANDOFF_BYTES);
       // Rows travel as strings of their own, not escaped again inside the fields' JSON.
       expect(call.fields).not.toContain('Łódź');
     }
-    expect(calls.flatMap(unpackEvents)).toEqual(events.map(packEvent));
+    const base = callBaseOf(events[0]!.row);
+    expect(calls.flatMap(unpackEvents)).toEqual(events.map((e) => packEvent(e, base)));
+  });
+
+  it('sends the fields a call\'s events share once, and each event\'s own where they differ', () => {
+    const events = deviceEvents([trackEvent('a', { n: 1 }), trackEvent('b', { n: 2 }), trackEvent('c', { n: 3 })]);
+    // An event that came another way (its own address and place) keeps them in its row.
+    events[2] = { ...events[2]!, row: { ...events[2]!.row, ip: '198.51.100.4', city: 'Lyon', latitude: 45.76 } };
+    const [call, ...more] = packDeviceEvents(events);
+    expect(more).toEqual([]);
+    const base = JSON.parse(call!.base!) as Record<string, unknown>;
+    expect(base).toEqual({ project_id: 'p', device_id: 'd', received_at_ms: events[0]!.row.received_at_ms, ip: '203.0.113.9', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null });
+    const rows = call!.rp.map((rp) => (JSON.parse(`{${rp}}`) as { r: Record<string, unknown> }).r);
+    expect(Object.keys(rows[0]!)).not.toContain('project_id');
+    expect(Object.keys(rows[0]!)).not.toContain('ip');
+    expect(rows[2]).toMatchObject({ ip: '198.51.100.4', city: 'Lyon', latitude: 45.76 });
+    expect(Object.keys(rows[2]!)).not.toContain('country');
+    // The base under each row gives back the row, field for field.
+    rows.forEach((r, i) => expect({ ...base, ...r }).toEqual(events[i]!.row));
   });
 
   it('sends an event larger than a call\'s budget on its own', () => {

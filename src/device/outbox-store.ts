@@ -3,7 +3,7 @@
 import { and, eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { stalledOutboxes } from '../db/schema';
-import { MAX_MESSAGE_BYTES, sendMessages, utf8Bytes, type EventRow, type IngestBody, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
+import { entryRow, MAX_MESSAGE_BYTES, sendMessages, utf8Bytes, type CallBase, type EventRow, type IngestBody, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
 import { marks, PARAMS_PER_STATEMENT, type MetaStore } from './schema';
 import type { DeviceIdent } from './types';
 
@@ -80,7 +80,7 @@ export class OutboxStore {
    * New events go in a chunk at a time: one row per chunk, not per event, keeps the object's writes
    * close to the bytes it must store. Session ids are resolved again at flush.
    */
-  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[], sessionRows: readonly SessionRow[] = []): void {
+  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[], sessionRows: readonly SessionRow[] = [], base: string | null = null): void {
     // The session rows the events changed go out with them, in the message of their first chunk,
     // ahead of the events (as rows of their own written just before the chunk would).
     let riding: string | null = sessionRows.length ? JSON.stringify(sessionRows) : null;
@@ -91,20 +91,22 @@ export class OutboxStore {
       ridingBytes = 0;
     }
     let chunk: string[] = [];
-    let chunkBytes = ridingBytes;
+    const baseBytes = base === null ? 0 : utf8Bytes(base);
+    let chunkBytes = ridingBytes + baseBytes;
     const writeChunk = () => {
       if (!chunk.length) return;
       this.inserted(
         this.sql.exec<{ seq: number }>(
-          `INSERT INTO outbox (seq, kind, ref, body, payload) VALUES (${OutboxStore.NEXT_SEQ}, 'events', '', ?, ?) RETURNING seq`,
+          `INSERT INTO outbox (seq, kind, ref, body, payload, base) VALUES (${OutboxStore.NEXT_SEQ}, 'events', '', ?, ?, ?) RETURNING seq`,
           this.highSeq ?? 0,
           `[${chunk.join(',')}]`,
           riding,
+          base,
         ),
       );
       riding = null;
       chunk = [];
-      chunkBytes = 0;
+      chunkBytes = baseBytes;
     };
     events.forEach((e, i) => {
       // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
@@ -155,7 +157,7 @@ export class OutboxStore {
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
     const rows = this.sql
-      .exec<{ seq: number; kind: string; body: string; payload: string | null }>('SELECT seq, kind, body, payload FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
+      .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>('SELECT seq, kind, body, payload, base FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
       .toArray();
     if (!rows.length) return 0;
     const maxSeq = rows[rows.length - 1]!.seq;
@@ -199,18 +201,18 @@ export class OutboxStore {
           chunk = JSON.stringify((JSON.parse(chunk) as OutboxEvent[]).map((e) => ({ ...e, s: aliases[e.s] ?? e.s })));
         }
         const withAliases = aliasBytes > 2 && aliasBytes <= MAX_ALIAS_BYTES;
-        const size = utf8Bytes(chunk) + (withAliases ? aliasBytes : 0) + 128;
+        const size = utf8Bytes(chunk) + (withAliases ? aliasBytes : 0) + (r.base === null ? 0 : utf8Bytes(r.base)) + 128;
         if (size > MAX_MESSAGE_BYTES) {
           // Rare (one event near the size limit): its rows go out one per message.
           pushSessions();
-          for (const m of splitChunk(chunk, aliases, redelivery)) messages.push(m);
+          for (const m of splitChunk(chunk, aliases, redelivery, r.base)) messages.push(m);
           continue;
         }
         // The session rows written just before this chunk ride in the same message when they fit:
         // half the messages, and the writer still inserts them before the events.
         if (sessionBytes + size > MAX_MESSAGE_BYTES) pushSessions();
         const flag = redelivery || sessionsRedelivery ? ',"redelivery":true' : '';
-        const body = `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${withAliases ? `,"aliases":${aliasJson}` : ''}${flag},"entries":${chunk}}`;
+        const body = `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${withAliases ? `,"aliases":${aliasJson}` : ''}${flag}${r.base === null ? '' : `,"base":${r.base}`},"entries":${chunk}}`;
         messages.push({ body, bytes: sessionBytes + size });
         sessions = [];
         sessionBytes = 0;
@@ -343,11 +345,12 @@ export class OutboxStore {
  * order the writer inserts them in, so a send that fails part-way never leaves an event stored
  * without its payload).
  */
-export function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean): Array<{ body: IngestBody; bytes: number }> {
+export function splitChunk(chunk: string, aliases: Record<string, string>, redelivery: boolean, base: string | null = null): Array<{ body: IngestBody; bytes: number }> {
   const out: Array<{ body: IngestBody; bytes: number }> = [];
   const flag = redelivery ? { redelivery } : {};
+  const shared = base === null ? undefined : (JSON.parse(base) as Partial<CallBase>);
   for (const entry of JSON.parse(chunk) as OutboxEvent[]) {
-    const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
+    const row: EventRow = { ...entryRow(entry, shared), session_id: aliases[entry.s] ?? entry.s, synced_at_ms: 0 };
     const payload: PayloadRow = { id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p };
     const owner = { device_id: row.device_id, profile_id: row.profile_id };
     for (const body of [{ events: [], payloads: [payload], sessions: [], owner, ...flag }, { events: [row], payloads: [], sessions: [], ...flag }]) {

@@ -1,6 +1,6 @@
 // The hand-off from the route to a device object: each event packed once, at the edge, and a
 // device's events cut into calls that stay far below the RPC size limit.
-import { utf8Bytes } from '../pipeline/messages';
+import { CALL_BASE_FIELDS, utf8Bytes, type CallBase } from '../pipeline/messages';
 import type { DeviceEvent, PackedEvent, PackedEvents } from './types';
 
 export type { PackedEvent, PackedEvents } from './types';
@@ -11,12 +11,32 @@ export type { PackedEvent, PackedEvents } from './types';
  */
 export const MAX_HANDOFF_BYTES = 8 * 1024 * 1024;
 
-export function packEvent(e: DeviceEvent): PackedEvent {
+const BASE_KEYS: ReadonlySet<string> = new Set(CALL_BASE_FIELDS);
+
+/** The fields of `row` that a call's events share, as its base. */
+export function callBaseOf(row: DeviceEvent['row']): CallBase {
+  const base: Record<string, unknown> = {};
+  for (const key of CALL_BASE_FIELDS) base[key] = row[key];
+  return base as CallBase;
+}
+
+/** `row` as JSON, without the fields whose value is the base's (the outbox entry's row). */
+function rowJson(row: DeviceEvent['row'], base: CallBase | undefined): string {
+  if (!base) return JSON.stringify(row);
+  const own: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(row)) {
+    if (!BASE_KEYS.has(key) || base[key as keyof CallBase] !== value) own[key] = value;
+  }
+  return JSON.stringify(own);
+}
+
+/** One event packed; with `base`, its row leaves out what the base holds (see CALL_BASE_FIELDS). */
+export function packEvent(e: DeviceEvent, base?: CallBase): PackedEvent {
   const p = e.payload;
   if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
     throw new Error(`payload row of event ${e.row.id} does not match the event row`);
   }
-  const rp = `"r":${JSON.stringify(e.row)},"p":${JSON.stringify(p.payload)}`;
+  const rp = `"r":${rowJson(e.row, base)},"p":${JSON.stringify(p.payload)}`;
   return {
     k: e.dedupKey,
     id: e.row.id,
@@ -38,24 +58,28 @@ export function packEvent(e: DeviceEvent): PackedEvent {
  */
 export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_HANDOFF_BYTES): PackedEvents[] {
   const calls: PackedEvents[] = [];
+  // The first event's shared fields stand for all: an event whose own differ keeps them in its row.
+  const shared = events.length ? callBaseOf(events[0]!.row) : undefined;
+  const base = shared ? JSON.stringify(shared) : undefined;
   let fields: string[] = [];
   let rp: string[] = [];
-  let bytes = 0;
+  let bytes = base ? 2 * base.length : 0;
+  const call = () => ({ fields: `[${fields.join(',')}]`, rp, ...(base ? { base } : {}) });
   for (const e of events) {
-    const { rp: json, ...rest } = packEvent(e);
+    const { rp: json, ...rest } = packEvent(e, shared);
     const f = JSON.stringify(rest);
     const size = 2 * (f.length + json.length) + 16;
     if (rp.length && bytes + size > maxBytes) {
-      calls.push({ fields: `[${fields.join(',')}]`, rp });
+      calls.push(call());
       fields = [];
       rp = [];
-      bytes = 0;
+      bytes = base ? 2 * base.length : 0;
     }
     fields.push(f);
     rp.push(json);
     bytes += size;
   }
-  if (rp.length) calls.push({ fields: `[${fields.join(',')}]`, rp });
+  if (rp.length) calls.push(call());
   return calls;
 }
 

@@ -11,7 +11,7 @@ const REKEYED_TABLES: Record<string, string> = {
   seen_chunks: `CREATE TABLE IF NOT EXISTS seen_chunks (id INTEGER PRIMARY KEY, seen_at_ms INTEGER NOT NULL, n INTEGER NOT NULL,
     fps BLOB NOT NULL, entries TEXT NOT NULL)`,
   outbox: `CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref TEXT NOT NULL,
-    session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0)`,
+    session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0, base TEXT)`,
 };
 
 /** The object's tables; every statement is idempotent, so it also completes an older layout. */
@@ -56,10 +56,18 @@ export function hasTables(sql: SqlStorage): boolean {
 export function createOrUpgradeTables(sql: SqlStorage, existing: boolean): void {
   sql.exec(SCHEMA_SQL);
   if (!existing) return;
-  let rekeyed = false;
-  for (const [table, ddl] of Object.entries(REKEYED_TABLES)) rekeyed = dropAutoincrement(sql, table, ddl) || rekeyed;
+  const rekeyed = new Set<string>();
+  let outboxDdl = '';
+  for (const [table, ddl] of Object.entries(REKEYED_TABLES)) {
+    const [found] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).toArray();
+    if (table === 'outbox') outboxDdl = found?.sql ?? '';
+    if (found && dropAutoincrement(sql, table, ddl, found.sql)) rekeyed.add(table);
+  }
   // A dropped table takes its indexes with it.
-  if (rekeyed) sql.exec(SCHEMA_SQL);
+  if (rekeyed.size) sql.exec(SCHEMA_SQL);
+  // An outbox from before its event chunks kept their calls' shared fields apart gains the column
+  // (NULL in the chunks it holds: their entries carry every field). A rebuilt one has it already.
+  if (!rekeyed.has('outbox') && !/[(,]\s*base\s/i.test(outboxDdl)) sql.exec('ALTER TABLE outbox ADD COLUMN base TEXT');
 }
 
 /**
@@ -74,9 +82,8 @@ export const REKEY_MAX_BYTES = 16 * 1024 * 1024;
  * Rebuilds an older layout's table without AUTOINCREMENT, every row and key kept (once per
  * object, inside the caller's transaction). Returns whether it did.
  */
-function dropAutoincrement(sql: SqlStorage, table: string, ddl: string): boolean {
-  const [found] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).toArray();
-  if (!found || !/\bAUTOINCREMENT\b/i.test(found.sql)) return false;
+function dropAutoincrement(sql: SqlStorage, table: string, ddl: string, existingDdl: string): boolean {
+  if (!/\bAUTOINCREMENT\b/i.test(existingDdl)) return false;
   if (sql.databaseSize > REKEY_MAX_BYTES) return false;
   const rebuilt = `${table}_rekeyed`;
   sql.exec(`DROP TABLE IF EXISTS ${rebuilt}`);

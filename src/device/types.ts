@@ -40,6 +40,11 @@ export interface PackedEvent {
 export interface PackedEvents {
   fields: string;
   rp: string[];
+  /**
+   * The row fields the events share (JSON of a CallBase), left out of each `rp` row where equal:
+   * kept once per outbox chunk and sent once per message. Absent: every `rp` row is whole.
+   */
+  base?: string;
 }
 
 /** A session as the object stores it: its ClickHouse `ended` flag and row version too. */

@@ -8,7 +8,7 @@
 import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
 import { drizzle, type DrizzleD1Database } from 'drizzle-orm/d1';
 import { erasureTombstones, jobs } from '../db/schema';
-import type { EventRow, IngestMessage, OutboxEvent, PayloadRow, SessionRow } from '../pipeline/messages';
+import { entryRow, type EventRow, type IngestMessage, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
 import type { Subject } from './params';
 
 /** How long a tombstone is kept: far beyond a message's retries, and a re-drive's wait for ClickHouse. */
@@ -86,7 +86,7 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
   };
   try {
     for (const r of m.events) event(r);
-    for (const e of m.entries ?? []) event(e.r);
+    for (const e of m.entries ?? []) event(entryRow(e, m.base));
     for (const r of m.payloads) into.projects.add(r.project_id);
     for (const r of m.sessions) {
       into.projects.add(r.project_id);
@@ -97,7 +97,7 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
       if (m.owner.profile_id) into.profiles.add(m.owner.profile_id);
     }
     // Last: the one part that is parsed here (and whose failure stops the rest).
-    if (m.chunk && !m.entries) for (const e of JSON.parse(m.chunk) as OutboxEvent[]) event(e.r);
+    if (m.chunk && !m.entries) for (const e of JSON.parse(m.chunk) as OutboxEvent[]) event(entryRow(e, m.base));
   } catch {
     // A malformed message: see above.
   }

@@ -43,11 +43,27 @@ export interface SessionRow {
   updated_at_ms: number;
 }
 
+/**
+ * Row fields that every event of one device call shares (its project and device, and the request's
+ * time, address and place): written once per outbox chunk as its `base`, not once per event.
+ */
+export const CALL_BASE_FIELDS = ['project_id', 'device_id', 'received_at_ms', 'ip', 'country', 'region', 'city', 'timezone', 'latitude', 'longitude'] as const;
+export type CallBaseField = (typeof CALL_BASE_FIELDS)[number];
+export type CallBase = Pick<EventRow, CallBaseField>;
+
+/** An event's row as its outbox entry holds it: the base's fields only where its value differs. */
+export type OutboxRow = Omit<EventRow, 'session_id' | 'synced_at_ms' | CallBaseField> & Partial<CallBase>;
+
 /** One event as a device object's outbox keeps it: its session when written, its row, its raw payload. */
 export interface OutboxEvent {
   s: string;
-  r: Omit<EventRow, 'session_id' | 'synced_at_ms'>;
+  r: OutboxRow;
   p: string;
+}
+
+/** An entry's whole row: its chunk's base under its own fields (entries written before bases carry every field). */
+export function entryRow(entry: OutboxEvent, base: Partial<CallBase> | undefined): Omit<EventRow, 'session_id' | 'synced_at_ms'> {
+  return (base ? { ...base, ...entry.r } : entry.r) as Omit<EventRow, 'session_id' | 'synced_at_ms'>;
 }
 
 export interface IngestMessage {
@@ -61,6 +77,8 @@ export interface IngestMessage {
   chunk?: string;
   /** Events as a device object's outbox stored them, spliced into a text message (see IngestBody). */
   entries?: OutboxEvent[];
+  /** The row fields the entries share (see CALL_BASE_FIELDS); absent in messages of entries that carry them all. */
+  base?: Partial<CallBase>;
   /** Sessions absorbed by a merge since `chunk` was written, mapped to their survivor. */
   aliases?: Record<string, string>;
   /** Set when some rows may already be in ClickHouse (a resend after an unconfirmed send). */
@@ -93,7 +111,7 @@ export function expandMessage(m: IngestMessage, syncedAtMs: number): { events: E
   // `chunk` is the earlier form of `entries` (a JSON string inside a json message); both may be in flight.
   const entries = m.entries ?? (m.chunk ? (JSON.parse(m.chunk) as OutboxEvent[]) : []);
   for (const entry of entries) {
-    const row: EventRow = { ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
+    const row: EventRow = { ...entryRow(entry, m.base), session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
     events.push(row);
     payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
   }
