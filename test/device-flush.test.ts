@@ -262,8 +262,10 @@ describe('device storage keys', () => {
       for (const [table, key] of [['seen_chunks', 'id'], ['outbox', 'seq']] as const) {
         const ddl = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).one().sql;
         sql.exec(`ALTER TABLE ${table} RENAME TO ${table}_was`);
-        sql.exec(ddl.replace(`${key} INTEGER PRIMARY KEY`, `${key} INTEGER PRIMARY KEY AUTOINCREMENT`));
-        sql.exec(`INSERT INTO ${table} SELECT * FROM ${table}_was`);
+        // An outbox that old had no base column either.
+        sql.exec(ddl.replace(`${key} INTEGER PRIMARY KEY`, `${key} INTEGER PRIMARY KEY AUTOINCREMENT`).replace(', base TEXT', ''));
+        const columns = sql.exec(`SELECT * FROM ${table} LIMIT 0`).columnNames.join(', ');
+        sql.exec(`INSERT INTO ${table} (${columns}) SELECT ${columns} FROM ${table}_was`);
         sql.exec(`DROP TABLE ${table}_was`);
       }
       sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'sess-old', ?)", JSON.stringify(sessionRow));
@@ -273,12 +275,14 @@ describe('device storage keys', () => {
       self.stores.dedup.reset();
     });
     expect((await keyDdl(stub)).every((ddl) => /AUTOINCREMENT/i.test(ddl))).toBe(true);
+    expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
     expect(await sequenceRows(stub)).toBeGreaterThan(0);
 
     // Its next call rebuilds both tables: the dedup chunk still knows id-1, the outbox row is sent.
     const again = await postBatch(p, { events: [ev('one', 'id-1'), ev('two', 'id-2')] });
     expect(await again.json()).toMatchObject({ accepted: 1, duplicates: 1, rejected: [] });
     for (const ddl of await keyDdl(stub)) expect(ddl).not.toMatch(/AUTOINCREMENT/i);
+    expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).toMatch(/\bbase\b/);
     expect(await sequenceRows(stub)).toBe(0);
     await waitUntil(() => countEvents(p.id), (n) => n.ids === 2);
     await waitUntil(
@@ -339,7 +343,8 @@ describe('device storage keys', () => {
 
     const messages = sent.map((b) => JSON.parse(b) as { base?: Record<string, unknown>; entries?: Array<{ r: Record<string, unknown> }> });
     const older = messages.find((m) => m.entries?.some((e) => e.r.name === 'held'));
-    expect(older?.base).toBeUndefined();
+    expect(older).toBeDefined();
+    expect(older!.base).toBeUndefined();
     const newer = messages.find((m) => m.entries?.some((e) => e.r.name === 'second'));
     expect(newer?.base).toMatchObject({ project_id: p.id, device_id: 'old-outbox' });
     for (const e of newer!.entries!) for (const k of ['project_id', 'device_id', 'received_at_ms', 'ip', 'country', 'latitude']) expect(e.r).not.toHaveProperty(k);

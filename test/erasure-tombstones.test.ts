@@ -122,6 +122,11 @@ describe('erasure tombstones', () => {
     }
     expect(await countTable('sessions', p.id, "device_id = 'veh-a'")).toBe(1);
     expect(await countTable('sessions', p.id, "id = 'sess-new'")).toBe(1);
+    // Alone in its delivery, a message names its device only through its base: still dropped.
+    const aloneA = entry(p.id, 'veh-a', 'a-alone', t + 11);
+    await deliver({ 'base-a-alone': baseMessage([aloneA]) });
+    expect(await has('events', p.id, aloneA.r.id)).toBe(0);
+    expect(await has('event_payloads', p.id, aloneA.r.id)).toBe(0);
 
     // Parked only after the erasure (its retries ran out) and re-driven: the same.
     const parkedA = entry(p.id, 'veh-a', 'a-parked', t + 5);
@@ -299,6 +304,13 @@ describe('Forgotten (the writer’s filter)', () => {
     expect(eventMessage).toMatchObject({ events: [{ id: 'big' }], payloads: [] });
     const f = new Forgotten([{ kind: 'profile', projectId: 'p', profileId: 'u1', beforeMs: 100 }]);
     expect(f.keep(payloadMessage!, { events: [], payloads: payloadMessage!.payloads, sessions: [] }).payloads).toEqual([]);
+
+    // An entry that leaves its call's shared fields to the chunk's base gets them back in both messages.
+    const { project_id, device_id, received_at_ms, ip, country, region, city, timezone, latitude, longitude, ...own } = e.r;
+    const base = { project_id, device_id, received_at_ms, ip, country, region, city, timezone, latitude, longitude };
+    const [payloadOnly, eventOnly] = splitChunk(JSON.stringify([{ ...e, r: own }]), {}, false, JSON.stringify(base)).map((x) => x.body as IngestMessage);
+    expect(payloadOnly).toMatchObject({ payloads: [{ id: 'big', project_id: 'p', received_at_ms }], owner: { device_id: 'd1', profile_id: 'u1' } });
+    expect(eventOnly!.events).toEqual([{ ...e.r, session_id: 'sess-1', synced_at_ms: 0 }]);
   });
 
   const s = (device: string, updatedAtMs: number, id = `${device}-${updatedAtMs}`): SessionRow => ({ project_id: 'p', device_id: device, id, started_at_ms: 0, ended_at_ms: 0, event_count: 1, ended: 0, merged_into: '', version: 1, updated_at_ms: updatedAtMs });

@@ -171,6 +171,32 @@ describe('erasure and parked messages', () => {
     await waitUntil(() => countTable('sessions', p.id, "id = 'shared'"), (n) => n >= 1);
   });
 
+  it("leaves nothing of a profile's request in a parked message whose entries shared it as their base", async () => {
+    const p = await createProject('erase-dead-letters-base');
+    const t = Date.now() - 20 * 60_000;
+    // The call's first event was the profile's: its address and place became the message's base.
+    const request = { ip: '198.51.100.9', country: 'FR', region: 'ARA', city: 'Lyon', timezone: 'Europe/Paris', latitude: 45.76, longitude: 4.83 };
+    const mine = entry(p.id, 'veh-e', 'p1', t, { profileId: 'prof-p' });
+    const theirs = entry(p.id, 'veh-e', 'q1', t + 1, { profileId: 'prof-q' });
+    const base = { project_id: p.id, device_id: 'veh-e', received_at_ms: t, ...request };
+    const slim = (e: OutboxEvent) => {
+      const { project_id: _p, device_id: _d, received_at_ms: _r, ip: _i, country: _c, region: _g, city: _y, timezone: _z, latitude: _a, longitude: _o, ...own } = e.r;
+      return { ...e, r: own };
+    };
+    // The other profile's event came another way: it keeps its own (empty) address and place.
+    const theirsOwn = { ...slim(theirs), r: { ...slim(theirs).r, received_at_ms: t + 1, ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null } };
+    await park({ e: message([slim(mine) as OutboxEvent, theirsOwn as OutboxEvent], [], { base }) });
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 1, rows: 1 } } });
+    const text = (await parkedTexts()).get('e')!;
+    expect(JSON.parse(text)).not.toHaveProperty('base');
+    for (const v of ['198.51.100.9', 'Lyon', 'Europe/Paris', '45.76']) expect(text).not.toContain(v);
+    const left = expandMessage(decodeMessage(text), 0);
+    expect(left.events).toHaveLength(1);
+    expect(left.events[0]).toMatchObject({ id: theirs.r.id, project_id: p.id, device_id: 'veh-e', profile_id: 'prof-q', received_at_ms: t + 1, ip: '' });
+  });
+
   it("keeps a session row a profile shares with someone else's parked events, though ClickHouse knows only the profile in it", async () => {
     const p = await createProject('erase-dead-letters-shared');
     const t = Date.now() - 15 * 60_000;
@@ -276,6 +302,15 @@ describe('erasure and parked messages', () => {
 
     const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-s' }));
     expect(job).toMatchObject({ state: 'succeeded', error: null, result: { deviceObjects: 1 } });
+    // What stays unsent carries whole rows and no base (which was the profile's event's request).
+    const held = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<{ body: string; base: string | null }>("SELECT body, base FROM outbox WHERE kind = 'events'").toArray(),
+    );
+    expect(held.length).toBeGreaterThan(0);
+    for (const r of held) {
+      expect(r.base).toBeNull();
+      for (const e of JSON.parse(r.body) as OutboxEvent[]) expect(e.r).toMatchObject({ project_id: p.id, device_id: deviceId, profile_id: '' });
+    }
 
     // The queue takes the outbox again: the anonymous event arrives, the profile's never does.
     await runInDurableObject(stub, (_o, state) => {
