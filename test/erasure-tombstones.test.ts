@@ -33,11 +33,10 @@ const session = (projectId: string, deviceId: string, updatedAtMs: number): Sess
 
 const message = (entries: OutboxEvent[], sessions: SessionRow[] = []) => JSON.stringify({ events: [], payloads: [], sessions, entries });
 
-/** A message as device objects send it now: the fields a call's events share once, as its base, not in each entry. */
+/** A message as device objects send it now: the fields all its entries share once, as its base, not in each entry. */
 const baseMessage = (entries: OutboxEvent[]) => {
-  const base = Object.fromEntries(CALL_BASE_FIELDS.map((k) => [k, entries[0]!.r[k]]));
-  // An entry keeps a shared field whose value is its own (another device's event, here).
-  const slim = entries.map((e) => ({ ...e, r: Object.fromEntries(Object.entries(e.r).filter(([k, v]) => !(k in base) || base[k] !== v)) }));
+  const base = Object.fromEntries(CALL_BASE_FIELDS.filter((k) => entries.every((e) => e.r[k] === entries[0]!.r[k])).map((k) => [k, entries[0]!.r[k]]));
+  const slim = entries.map((e) => ({ ...e, r: Object.fromEntries(Object.entries(e.r).filter(([k]) => !(k in base))) }));
   return JSON.stringify({ events: [], payloads: [], sessions: [], base, entries: slim });
 };
 

@@ -7,9 +7,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import worker from '../src/index';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, REDRIVE_LOCK_KEY, redriveDeadLetters } from '../src/pipeline/dead-letters';
-import { decodeMessage, expandMessage, type IngestBody, type OutboxEvent, type SessionRow } from '../src/pipeline/messages';
+import { decodeMessage, entryRow, expandMessage, type IngestBody, type OutboxEvent, type SessionRow } from '../src/pipeline/messages';
 import { admin, getJob } from './backfill-helpers';
 import { clearDeadLetters, countTable, ingest, liveEvent, startErasure, waitFinished } from './erasure-fixtures';
+import type { OutboxStore } from '../src/device/outbox-store';
 import { deviceStub } from '../src/device/stub';
 import { ch, createProject, postBatch, trackEvent, waitUntil } from './helpers';
 
@@ -174,27 +175,33 @@ describe('erasure and parked messages', () => {
   it("leaves nothing of a profile's request in a parked message whose entries shared it as their base", async () => {
     const p = await createProject('erase-dead-letters-base');
     const t = Date.now() - 20 * 60_000;
-    // The call's first event was the profile's: its address and place became the message's base.
     const request = { ip: '198.51.100.9', country: 'FR', region: 'ARA', city: 'Lyon', timezone: 'Europe/Paris', latitude: 45.76, longitude: 4.83 };
-    const mine = entry(p.id, 'veh-e', 'p1', t, { profileId: 'prof-p' });
-    const theirs = entry(p.id, 'veh-e', 'q1', t + 1, { profileId: 'prof-q' });
-    const base = { project_id: p.id, device_id: 'veh-e', received_at_ms: t, ...request };
     const slim = (e: OutboxEvent) => {
       const { project_id: _p, device_id: _d, received_at_ms: _r, ip: _i, country: _c, region: _g, city: _y, timezone: _z, latitude: _a, longitude: _o, ...own } = e.r;
-      return { ...e, r: own };
+      return { ...e, r: own } as OutboxEvent;
     };
-    // The other profile's event came another way: it keeps its own (empty) address and place.
-    const theirsOwn = { ...slim(theirs), r: { ...slim(theirs).r, received_at_ms: t + 1, ip: '', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null } };
-    await park({ e: message([slim(mine) as OutboxEvent, theirsOwn as OutboxEvent], [], { base }) });
+    const base = { project_id: p.id, device_id: 'veh-e', received_at_ms: t, ...request };
+    // The profile's call alone, and a session row of the device's that rides with it and stays.
+    const mine = entry(p.id, 'veh-e', 'p1', t, { profileId: 'prof-p' });
+    // A call of the profile's and another's events from one request: the base is both events' own.
+    const shared = [entry(p.id, 'veh-e', 'p2', t + 1, { profileId: 'prof-p' }), entry(p.id, 'veh-e', 'q2', t + 2, { profileId: 'prof-q' })];
+    await park({
+      alone: message([slim(mine)], [session(p.id, 'veh-e', 'sess-other', t, 3)], { base }),
+      both: message(shared.map(slim), [], { base }),
+    });
 
     const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-p' }));
-    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 1, rows: 1 } } });
-    const text = (await parkedTexts()).get('e')!;
-    expect(JSON.parse(text)).not.toHaveProperty('base');
-    for (const v of ['198.51.100.9', 'Lyon', 'Europe/Paris', '45.76']) expect(text).not.toContain(v);
-    const left = expandMessage(decodeMessage(text), 0);
-    expect(left.events).toHaveLength(1);
-    expect(left.events[0]).toMatchObject({ id: theirs.r.id, project_id: p.id, device_id: 'veh-e', profile_id: 'prof-q', received_at_ms: t + 1, ip: '' });
+    expect(job).toMatchObject({ state: 'succeeded', error: null, result: { r2: { chunksRewritten: 2, rows: 2 } } });
+    const after = await parkedTexts();
+    // No entry left: the base went with the last one, the session row stays.
+    const alone = after.get('alone')!;
+    expect(JSON.parse(alone)).not.toHaveProperty('base');
+    for (const v of ['198.51.100.9', 'Lyon', 'Europe/Paris', '45.76']) expect(alone).not.toContain(v);
+    expect(expandMessage(decodeMessage(alone), 0)).toMatchObject({ events: [], sessions: [{ id: 'sess-other' }] });
+    // An entry left: the base stays, and gives it back whole.
+    const both = expandMessage(decodeMessage(after.get('both')!), 0);
+    expect(both.events).toHaveLength(1);
+    expect(both.events[0]).toMatchObject({ id: shared[1]!.r.id, project_id: p.id, device_id: 'veh-e', profile_id: 'prof-q', received_at_ms: t, ...request });
   });
 
   it("keeps a session row a profile shares with someone else's parked events, though ClickHouse knows only the profile in it", async () => {
@@ -302,14 +309,15 @@ describe('erasure and parked messages', () => {
 
     const job = await waitFinished(await startErasure({ projectId: p.id, profileId: 'prof-s' }));
     expect(job).toMatchObject({ state: 'succeeded', error: null, result: { deviceObjects: 1 } });
-    // What stays unsent carries whole rows and no base (which was the profile's event's request).
+    // What stays unsent is the others' entries, each whole under its chunk's base.
     const held = await runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<{ body: string; base: string | null }>("SELECT body, base FROM outbox WHERE kind = 'events'").toArray(),
     );
-    expect(held.length).toBeGreaterThan(0);
+    expect(held.flatMap((r) => JSON.parse(r.body) as OutboxEvent[]).map((e) => e.r.name)).toEqual(['anon']);
     for (const r of held) {
-      expect(r.base).toBeNull();
-      for (const e of JSON.parse(r.body) as OutboxEvent[]) expect(e.r).toMatchObject({ project_id: p.id, device_id: deviceId, profile_id: '' });
+      for (const e of JSON.parse(r.body) as OutboxEvent[]) {
+        expect(entryRow(e, r.base === null ? undefined : JSON.parse(r.base))).toMatchObject({ project_id: p.id, device_id: deviceId, profile_id: '' });
+      }
     }
 
     // The queue takes the outbox again: the anonymous event arrives, the profile's never does.
@@ -357,5 +365,28 @@ describe('erasure and parked messages', () => {
     const [anon] = await ch().query<{ s: string }>('SELECT session_id AS s FROM events WHERE project_id = {p:String}', { p: p.id });
     await waitUntil(() => countTable('sessions', p.id, 'id = {s:String}', { s: anon!.s }), (n) => n >= 1);
     expect(await countTable('events', p.id, "profile_id = 'prof-p'")).toBe(0);
+  });
+});
+
+describe('an outbox chunk a profile erasure empties', () => {
+  it('keeps its riding session rows and drops its base, the erased events\' request', async () => {
+    const p = await createProject('erase-outbox-base');
+    const stub = deviceStub(env, p.id, 'base-e');
+    expect((await postBatch(p, { events: [trackEvent('seed', { __deviceId: 'base-e' })] })).status).toBe(202);
+    await waitUntil(() => countTable('events', p.id), (n) => n === 1);
+    const rows = await runInDurableObject(stub, (o, state) => {
+      const outbox = (o as unknown as { stores: { outbox: OutboxStore } }).stores.outbox;
+      const mine = entry(p.id, 'base-e', 'p1', Date.now() - 1000, { profileId: 'prof-p' });
+      const { project_id, device_id, received_at_ms, ip: _ip, country, region, city: _city, timezone, latitude, longitude, ...own } = mine.r;
+      const base = { project_id, device_id, received_at_ms, ip: '198.51.100.9', country, region, city: 'Lyon', timezone, latitude, longitude };
+      const rp = `"r":${JSON.stringify(own)},"p":${JSON.stringify(mine.p)}`;
+      state.storage.transactionSync(() => outbox.appendEvents([{ rp }], [''], [session(p.id, 'base-e', 'sess-other', Date.now(), 2)], JSON.stringify(base)));
+      const removed = state.storage.transactionSync(() => outbox.eraseProfileEvents('prof-p', new Set(), new Set()));
+      return { removed, left: state.storage.sql.exec<{ body: string; payload: string | null; base: string | null }>("SELECT body, payload, base FROM outbox WHERE kind = 'events'").toArray() };
+    });
+    expect(rows.removed).toBe(1);
+    expect(rows.left).toHaveLength(1);
+    expect(rows.left[0]).toMatchObject({ body: '[]', base: null });
+    expect(JSON.parse(rows.left[0]!.payload!)).toMatchObject([{ id: 'sess-other' }]);
   });
 });

@@ -149,23 +149,28 @@ describe('the hand-off to a device object', () => {
       // Rows travel as strings of their own, not escaped again inside the fields' JSON.
       expect(call.fields).not.toContain('Łódź');
     }
-    const base = callBaseOf(events[0]!.row);
+    const base = callBaseOf(events.map((e) => e.row));
     expect(calls.flatMap(unpackEvents)).toEqual(events.map((e) => packEvent(e, base)));
   });
 
-  it('sends the fields a call\'s events share once, and each event\'s own where they differ', () => {
+  it('sends the fields a call\'s events share once, and only those all of them share', () => {
     const events = deviceEvents([trackEvent('a', { n: 1 }), trackEvent('b', { n: 2 }), trackEvent('c', { n: 3 })]);
-    // An event that came another way (its own address and place) keeps them in its row.
+    const [whole] = packDeviceEvents(events);
+    expect(JSON.parse(whole!.base!)).toEqual({ ...callBaseOf(events.map((e) => e.row)), ip: '203.0.113.9', project_id: 'p', device_id: 'd' });
+    expect(Object.keys(JSON.parse(whole!.base!)).sort()).toEqual(['city', 'country', 'device_id', 'ip', 'latitude', 'longitude', 'project_id', 'received_at_ms', 'region', 'timezone']);
+
+    // An event that came another way (its own address and place): those fields leave the base, and
+    // every row keeps its own, so no base value is any one event's alone.
     events[2] = { ...events[2]!, row: { ...events[2]!.row, ip: '198.51.100.4', city: 'Lyon', latitude: 45.76 } };
     const [call, ...more] = packDeviceEvents(events);
     expect(more).toEqual([]);
     const base = JSON.parse(call!.base!) as Record<string, unknown>;
-    expect(base).toEqual({ project_id: 'p', device_id: 'd', received_at_ms: events[0]!.row.received_at_ms, ip: '203.0.113.9', country: '', region: '', city: '', timezone: '', latitude: null, longitude: null });
+    expect(base).toMatchObject({ project_id: 'p', device_id: 'd', country: '', region: '', timezone: '', longitude: null });
+    for (const k of ['ip', 'city', 'latitude']) expect(base).not.toHaveProperty(k);
     const rows = call!.rp.map((rp) => (JSON.parse(`{${rp}}`) as { r: Record<string, unknown> }).r);
-    expect(Object.keys(rows[0]!)).not.toContain('project_id');
-    expect(Object.keys(rows[0]!)).not.toContain('ip');
+    for (const r of rows) for (const k of Object.keys(base)) expect(r).not.toHaveProperty(k);
+    expect(rows[0]).toMatchObject({ ip: '203.0.113.9', city: '', latitude: null });
     expect(rows[2]).toMatchObject({ ip: '198.51.100.4', city: 'Lyon', latitude: 45.76 });
-    expect(Object.keys(rows[2]!)).not.toContain('country');
     // The base under each row gives back the row, field for field.
     rows.forEach((r, i) => expect({ ...base, ...r }).toEqual(events[i]!.row));
   });

@@ -300,14 +300,11 @@ export class OutboxStore {
    */
   eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>, bySession?: Map<string, number>, keptSessions?: Set<string>): number {
     let removed = 0;
-    for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null; base: string | null }>("SELECT seq, body, payload, base FROM outbox WHERE kind = 'events'").toArray()) {
+    for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
       const keep = entries.filter((e) => e.r.profile_id !== profileId);
       if (keptSessions) for (const e of keep) if (e.s) keptSessions.add(e.s);
-      // A chunk with a base is rewritten even when none of its entries goes: the base is the first
-      // event's of its call, which may have been the profile's (another request's, in a call of
-      // released held events), and then holds its address and place.
-      if (keep.length === entries.length && r.base === null) continue;
+      if (keep.length === entries.length) continue;
       for (const e of entries) {
         if (e.r.profile_id !== profileId) continue;
         ids.add(e.r.id);
@@ -316,10 +313,9 @@ export class OutboxStore {
       }
       removed += entries.length - keep.length;
       // A chunk whose session rows ride along stays (empty) until they are sent: they may be others'.
-      // What is kept carries its whole rows and no base.
-      const base = r.base === null ? undefined : (JSON.parse(r.base) as Partial<CallBase>);
-      const whole = keep.map((e) => ({ ...e, r: entryRow(e, base) }));
-      if (keep.length || r.payload !== null) this.sql.exec('UPDATE outbox SET body = ?, base = NULL WHERE seq = ?', JSON.stringify(whole), r.seq);
+      // Its base, every removed event's values, goes with its last entry; kept entries share it.
+      if (keep.length) this.sql.exec('UPDATE outbox SET body = ? WHERE seq = ?', JSON.stringify(keep), r.seq);
+      else if (r.payload !== null) this.sql.exec("UPDATE outbox SET body = '[]', base = NULL WHERE seq = ?", r.seq);
       else this.sql.exec('DELETE FROM outbox WHERE seq = ?', r.seq);
     }
     return removed;

@@ -13,25 +13,34 @@ export const MAX_HANDOFF_BYTES = 8 * 1024 * 1024;
 
 const BASE_KEYS: ReadonlySet<string> = new Set(CALL_BASE_FIELDS);
 
-/** The fields of `row` that a call's events share, as its base. */
-export function callBaseOf(row: DeviceEvent['row']): CallBase {
+/**
+ * The base of a call: each of CALL_BASE_FIELDS on which every one of its events agrees (all of them
+ * when they came in one request). A base value is then every event's own, so erasing some of the
+ * events never leaves a value that only they had; null when the events agree on none.
+ */
+export function callBaseOf(rows: ReadonlyArray<DeviceEvent['row']>): Partial<CallBase> | null {
+  const [first, ...rest] = rows;
+  if (!first) return null;
   const base: Record<string, unknown> = {};
-  for (const key of CALL_BASE_FIELDS) base[key] = row[key];
-  return base as CallBase;
+  for (const key of CALL_BASE_FIELDS) base[key] = first[key];
+  for (const row of rest) {
+    for (const key of Object.keys(base)) if (row[key as keyof CallBase] !== base[key]) delete base[key];
+  }
+  return Object.keys(base).length ? (base as Partial<CallBase>) : null;
 }
 
-/** `row` as JSON, without the fields whose value is the base's (the outbox entry's row). */
-function rowJson(row: DeviceEvent['row'], base: CallBase | undefined): string {
+/** `row` as JSON, without the fields the base holds (the outbox entry's row). */
+function rowJson(row: DeviceEvent['row'], base: Partial<CallBase> | null): string {
   if (!base) return JSON.stringify(row);
   const own: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(row)) {
-    if (!BASE_KEYS.has(key) || base[key as keyof CallBase] !== value) own[key] = value;
+    if (!BASE_KEYS.has(key) || !(key in base) || base[key as keyof CallBase] !== value) own[key] = value;
   }
   return JSON.stringify(own);
 }
 
-/** One event packed; with `base`, its row leaves out what the base holds (see CALL_BASE_FIELDS). */
-export function packEvent(e: DeviceEvent, base?: CallBase): PackedEvent {
+/** One event packed; with `base`, its row leaves out what the base holds (see callBaseOf). */
+export function packEvent(e: DeviceEvent, base: Partial<CallBase> | null = null): PackedEvent {
   const p = e.payload;
   if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
     throw new Error(`payload row of event ${e.row.id} does not match the event row`);
@@ -58,8 +67,7 @@ export function packEvent(e: DeviceEvent, base?: CallBase): PackedEvent {
  */
 export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_HANDOFF_BYTES): PackedEvents[] {
   const calls: PackedEvents[] = [];
-  // The first event's shared fields stand for all: an event whose own differ keeps them in its row.
-  const shared = events.length ? callBaseOf(events[0]!.row) : undefined;
+  const shared = callBaseOf(events.map((e) => e.row));
   const base = shared ? JSON.stringify(shared) : undefined;
   let fields: string[] = [];
   let rp: string[] = [];

@@ -1,7 +1,7 @@
 // Erasure of parked ingest messages (dead letters): the subject's rows are taken out of every parked
 // and quarantined object, so that no re-drive or replay brings them back after the erasure.
 import { DEAD_LETTER_PREFIX, QUARANTINE_PREFIX, takeRedriveLock, type ParkedMessage } from './dead-letters';
-import { decodeMessage, entryRow, expandMessage, type EventRow, type OutboxEvent, type SessionRow } from './messages';
+import { decodeMessage, expandMessage, type EventRow, type OutboxEvent, type SessionRow } from './messages';
 
 /** Whose rows an erasure takes out of parked messages: a device or a profile of a project, or a whole project. */
 export type DeadLetterSubject =
@@ -148,15 +148,16 @@ export function filterMessage(s: DeadLetterSubject, { message, rows }: Decoded, 
   if (keptEvents.length === rows.events.length && keptPayloads.length === rows.payloads.length && keptSessions.length === rows.sessions.length) return { action: 'keep' };
   if (!keptEvents.length && !keptPayloads.length && !keptSessions.length) return { action: 'delete', rows: removed.size };
   const entries = message.entries ?? (message.chunk ? (JSON.parse(message.chunk) as OutboxEvent[]) : undefined);
-  // Kept entries carry their whole rows and the base goes: it may be the subject's request (its
-  // address and place), which no kept entry may still need.
+  const keptEntries = entries?.filter((e) => !removed.has(e.r.id));
+  // The base holds values every entry shares: it stays while an entry does, and goes with the last.
   const { chunk: _chunk, entries: _entries, base, ...rest } = message;
   const body = JSON.stringify({
     ...rest,
     events: message.events.filter((e) => !removed.has(e.id)),
     payloads: message.payloads.filter((p) => !(inProject(s, p) && removed.has(p.id))),
     sessions: keptSessions,
-    ...(entries ? { entries: entries.filter((e) => !removed.has(e.r.id)).map((e) => ({ ...e, r: entryRow(e, base) })) } : {}),
+    ...(keptEntries?.length && base ? { base } : {}),
+    ...(keptEntries ? { entries: keptEntries } : {}),
   });
   return { action: 'rewrite', body, rows: removed.size };
 }
