@@ -130,19 +130,23 @@ describe('erasure tombstones', () => {
     // Parked only after the erasure (its retries ran out) and re-driven: the same.
     const parkedA = entry(p.id, 'veh-a', 'a-parked', t + 5);
     const parkedB = entry(p.id, 'veh-b', 'b-parked', t + 6);
+    // One device's message, its device only in its base: the row received before the erasure goes,
+    // the one received after it (which shows the message was written) stays.
     const parkedBaseA = entry(p.id, 'veh-a', 'a-parked-base', t + 9);
-    const parkedBaseB = entry(p.id, 'veh-b', 'b-parked-base', t + 10);
+    const laterBaseA = entry(p.id, 'veh-a', 'a-later-base', Date.now());
     await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-late.json`, message([parkedA, parkedB]));
-    await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-late-base.json`, baseMessage([parkedBaseA, parkedBaseB]));
+    await env.ARCHIVE.put(`${DEAD_LETTER_PREFIX}${Date.now()}-late-base.json`, baseMessage([parkedBaseA, laterBaseA]));
+    expect(JSON.parse(baseMessage([parkedBaseA, laterBaseA])).base).toMatchObject({ project_id: p.id, device_id: 'veh-a' });
     expect(await redriveDeadLetters(env, Date.now(), { requireClickHouse: false })).toMatchObject({ redriven: 2, failed: 0 });
     await waitUntil(() => has('events', p.id, parkedB.r.id), (n) => n === 1);
-    await waitUntil(() => has('events', p.id, parkedBaseB.r.id), (n) => n === 1);
-    expect(await has('event_payloads', p.id, parkedBaseB.r.id)).toBe(1);
+    await waitUntil(() => has('events', p.id, laterBaseA.r.id), (n) => n === 1);
+    expect(await has('event_payloads', p.id, laterBaseA.r.id)).toBe(1);
     for (const e of [parkedA, parkedBaseA]) {
       expect(await has('events', p.id, e.r.id)).toBe(0);
       expect(await has('event_payloads', p.id, e.r.id)).toBe(0);
     }
-    expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(1);
+    // newA and laterBaseA, both received after the erasure began.
+    expect(await countTable('events', p.id, "device_id = 'veh-a'")).toBe(2);
   });
 
   it("drops a profile's rows received before its erasure, on the same device as others' rows that stay", async () => {

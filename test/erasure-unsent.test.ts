@@ -172,7 +172,7 @@ describe('erasure and parked messages', () => {
     await waitUntil(() => countTable('sessions', p.id, "id = 'shared'"), (n) => n >= 1);
   });
 
-  it("leaves nothing of a profile's request in a parked message whose entries shared it as their base", async () => {
+  it("leaves nothing of a profile's request in a parked message once its last entry goes, and keeps the base the others share", async () => {
     const p = await createProject('erase-dead-letters-base');
     const t = Date.now() - 20 * 60_000;
     const request = { ip: '198.51.100.9', country: 'FR', region: 'ARA', city: 'Lyon', timezone: 'Europe/Paris', latitude: 45.76, longitude: 4.83 };
@@ -198,7 +198,10 @@ describe('erasure and parked messages', () => {
     expect(JSON.parse(alone)).not.toHaveProperty('base');
     for (const v of ['198.51.100.9', 'Lyon', 'Europe/Paris', '45.76']) expect(alone).not.toContain(v);
     expect(expandMessage(decodeMessage(alone), 0)).toMatchObject({ events: [], sessions: [{ id: 'sess-other' }] });
-    // An entry left: the base stays, and gives it back whole.
+    // An entry left: it stays as it was (the base gives it back whole).
+    const raw = JSON.parse(after.get('both')!) as { base?: Record<string, unknown>; entries: OutboxEvent[] };
+    expect(raw.base).toEqual(base);
+    expect(raw.entries).toEqual([slim(shared[1]!)]);
     const both = expandMessage(decodeMessage(after.get('both')!), 0);
     expect(both.events).toHaveLength(1);
     expect(both.events[0]).toMatchObject({ id: shared[1]!.r.id, project_id: p.id, device_id: 'veh-e', profile_id: 'prof-q', received_at_ms: t, ...request });
@@ -315,8 +318,11 @@ describe('erasure and parked messages', () => {
     );
     expect(held.flatMap((r) => JSON.parse(r.body) as OutboxEvent[]).map((e) => e.r.name)).toEqual(['anon']);
     for (const r of held) {
+      // One request's events: the base kept all ten shared fields, and the entry stays without them.
+      expect(r.base).not.toBeNull();
       for (const e of JSON.parse(r.body) as OutboxEvent[]) {
-        expect(entryRow(e, r.base === null ? undefined : JSON.parse(r.base))).toMatchObject({ project_id: p.id, device_id: deviceId, profile_id: '' });
+        expect(e.r).not.toHaveProperty('project_id');
+        expect(entryRow(e, JSON.parse(r.base!))).toMatchObject({ project_id: p.id, device_id: deviceId, profile_id: '' });
       }
     }
 

@@ -132,9 +132,10 @@ describe('batches at the limits', { timeout: 400_000 }, () => {
 });
 
 describe('the hand-off to a device object', () => {
-  const deviceEvents = (rows: unknown[]) =>
+  // One request's events: one receive time, as the route gives them.
+  const deviceEvents = (rows: unknown[], receivedAtMs = Date.now()) =>
     rows.map((raw, i) => {
-      const r = normalizeEvent(raw, { receivedAtMs: Date.now(), ip: '203.0.113.9', userAgent: 'test', geo: NO_GEO }, i);
+      const r = normalizeEvent(raw, { receivedAtMs, ip: '203.0.113.9', userAgent: 'test', geo: NO_GEO }, i);
       if (!r.ok) throw new Error(r.rejection.error);
       return toDeviceEvent('p', 'd', r.event);
     });
