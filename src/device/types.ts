@@ -41,7 +41,7 @@ export interface PackedEvents {
   fields: string;
   rp: string[];
   /**
-   * The row fields the events share (JSON of a CallBase), left out of each `rp` row where equal:
+   * The row fields all the events agree on (JSON of a partial CallBase), left out of each `rp` row:
    * kept once per outbox chunk and sent once per message. Absent: every `rp` row is whole.
    */
   base?: string;

@@ -44,14 +44,15 @@ export interface SessionRow {
 }
 
 /**
- * Row fields that every event of one device call shares (its project and device, and the request's
- * time, address and place): written once per outbox chunk as its `base`, not once per event.
+ * Row fields the events of one device call usually share (its project and device, and the request's
+ * time, address and place): those all of them agree on are written once per outbox chunk as its
+ * `base`, not once per event.
  */
 export const CALL_BASE_FIELDS = ['project_id', 'device_id', 'received_at_ms', 'ip', 'country', 'region', 'city', 'timezone', 'latitude', 'longitude'] as const;
 export type CallBaseField = (typeof CALL_BASE_FIELDS)[number];
 export type CallBase = Pick<EventRow, CallBaseField>;
 
-/** An event's row as its outbox entry holds it: the base's fields only where its value differs. */
+/** An event's row as its outbox entry holds it: without the fields its chunk's base holds. */
 export type OutboxRow = Omit<EventRow, 'session_id' | 'synced_at_ms' | CallBaseField> & Partial<CallBase>;
 
 /** One event as a device object's outbox keeps it: its session when written, its row, its raw payload. */
