@@ -2,13 +2,14 @@
 // its ratio to inserting the same rows straight into the same ClickHouse (target ≥ 0.5); workerd and
 // ClickHouse CPU per event for the default mix and for one device per batch; the estimated bill.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { importBundled, makeBatch } from './lib/batch.mjs';
 import { printCost, queueOperationsPerMessage } from './lib/cost.mjs';
 import { startDeviceProfile } from './lib/device-profile.mjs';
+import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
 import { floor, result } from './lib/results.mjs';
 
 const TARGET_RATIO = 0.5;
@@ -56,45 +57,6 @@ async function chQuery(sql, body) {
   const text = await res.text();
   if (!res.ok) throw new Error(`ClickHouse ${res.status}: ${text.slice(0, 300)}`);
   return text;
-}
-
-/** CPU seconds used so far by each command (workerd, node, …) of a process group (Linux). */
-function cpuByCommand(pgid) {
-  const out = {};
-  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[2]) !== pgid) continue;
-      out[comm] = (out[comm] ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
-    } catch {
-      /* exited */
-    }
-  }
-  return out;
-}
-
-/** CPU seconds (user + system) used so far by the processes of a process group, or by one pid (Linux). */
-function cpuSeconds({ pgid, pid }) {
-  let ticks = 0;
-  let pids;
-  try {
-    pids = pid ? [String(pid)] : readdirSync('/proc').filter((d) => /^\d+$/.test(d));
-  } catch {
-    return null;
-  }
-  for (const p of pids) {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (pgid && Number(f[2]) !== pgid) continue;
-      ticks += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* exited */
-    }
-  }
-  return ticks / 100;
 }
 
 async function pool(items, limit, fn) {

@@ -9,10 +9,11 @@
 //    vehicle-day) and the time, for the last 30 days and, with 60 more days stored before them, for
 //    those days again and a calendar month, beside reading raw fixes.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway } from '../scripts/lib/gateway.mjs';
+import { cpuSeconds } from './lib/cpu.mjs';
 
 const INGEST_DEVICES = Number(process.env.BENCH_FLEET_DEVICES ?? 50);
 const INGEST_BATCHES = Number(process.env.BENCH_FLEET_BATCHES ?? 20);
@@ -59,21 +60,6 @@ async function chQuery(sql, body) {
 async function chStats(sql) {
   const out = JSON.parse(await chQuery(`${sql} FORMAT JSON`));
   return { rows: out.rows, rowsRead: Number(out.statistics?.rows_read ?? NaN), elapsedMs: Number(out.statistics?.elapsed ?? NaN) * 1000 };
-}
-
-function cpuSeconds({ pgid, pid }) {
-  let ticks = 0;
-  for (const p of pid ? [String(pid)] : readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (pgid && Number(f[2]) !== pgid) continue;
-      ticks += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* exited */
-    }
-  }
-  return ticks / 100;
 }
 
 async function pool(items, limit, fn) {

@@ -17,7 +17,7 @@ import { checkPositionProperties, fixFromPosition, type Fix } from '../src/fleet
 import { DEFAULT_FLEET_RULES, resolveFleetRules, type FleetRules } from '../src/fleet/rules';
 import { advanceLive, liveFromAccepted, liveStatus, newerFix, type LivePosition } from '../src/fleet/status';
 import { analyse, canonicalFixes, resumeAnalysis, type Analysis, type AnalysisState, type Trip } from '../src/fleet/trips';
-import { ACCEL, FixLog, HOME, HOUR, MIN, RAD, destination, jitter, makeRoute, movePhase, phaseState, pointAlong, prng, shuffledWithDuplicates, type Phase, type Rng, type Route, type SyntheticDay } from './fleet-fixtures';
+import { FixLog, HOME, HOUR, MIN, destination, jitter, makeRoute, prng, shuffledWithDuplicates, straightDrive, syntheticDay as syntheticDayOn, type Rng, type SyntheticDay } from './fleet-fixtures';
 
 const RULES: FleetRules = { ...DEFAULT_FLEET_RULES };
 const DAY = Date.UTC(2024, 5, 15); // 2024-06-15T00:00Z
@@ -25,46 +25,8 @@ const DAY = Date.UTC(2024, 5, 15); // 2024-06-15T00:00Z
 // ---------------------------------------------------------------------------------------------
 // Seeded generators
 
-/**
- * One vehicle's day: parked hours with 3–5 m jitter, three trips along known routes (one with a
- * 60 s wait at a light, one reporting ignition), two teleport fixes and some low-accuracy fixes.
- */
-function syntheticDay(seed: number): SyntheticDay {
-  const rng = prng(seed);
-  const log = new FixLog(rng);
-  const routeA = makeRoute(HOME, [[80, 2600], [110, 3100], [60, 2400], [95, 2200], [130, 1800]]);
-  const routeB = makeRoute(routeA.vertices[routeA.vertices.length - 1]!, [[200, 2500], [170, 2200], [215, 1900], [190, 2300]]);
-  const routeC = makeRoute(routeB.vertices[routeB.vertices.length - 1]!, [[300, 3500], [330, 3000], [285, 2800], [320, 3200], [300, 2600]]);
-  const endOf = (r: Route) => r.vertices[r.vertices.length - 1]!;
-  const parked: Array<[LatLon, number, number]> = [];
-  const park = (at: LatLon, from: number, to: number, opts?: Parameters<FixLog['park']>[3]) => {
-    parked.push([at, from, to]);
-    log.park(at, from, to, opts);
-  };
-
-  park(HOME, DAY, DAY + 7 * HOUR);
-  const aEnd = log.drive(routeA, DAY + 7 * HOUR);
-  park(endOf(routeA), aEnd + MIN, DAY + 9.5 * HOUR);
-  const bEnd = log.drive(routeB, DAY + 9.5 * HOUR, { waits: [[4200, 60]] });
-  park(endOf(routeB), bEnd + MIN, DAY + 12 * HOUR);
-  const cStart = DAY + 12 * HOUR;
-  const cEnd = log.drive(routeC, cStart, { ignition: true, cruiseKmh: 70 });
-  park(endOf(routeC), cEnd + MIN, DAY + 24 * HOUR, { ignition: false });
-
-  const parkedCount = log.fixes.length;
-  // Two teleports: one while parked at home, one in the middle of trip C.
-  log.add({ atMs: DAY + 3 * HOUR + 30_500, ...destination(HOME, 45, 8000), speedKmh: 0, accuracyM: 6 });
-  const mid = cStart + Math.round((cEnd - cStart) / 2 / 5000) * 5000 + 2500;
-  log.add({ atMs: mid, ...destination(pointAlong(routeC, routeC.lengthM / 2), 250, 30_000), speedKmh: 70, accuracyM: 5, ignition: true });
-  // Low-accuracy fixes, far off, spread over the day.
-  for (let k = 0; k < 8; k++) {
-    const atMs = DAY + Math.round(rng.between(0.5, 23.5) * HOUR) + 1;
-    log.add({ atMs, ...jitter(rng, HOME, 300, 2000), speedKmh: rng.between(0, 40), accuracyM: rng.between(150, 900) });
-  }
-  const generated = log.fixes.slice(0, parkedCount);
-  const parkedPeriods = parked.map(([, from, to]) => generated.filter((f) => f.atMs >= from && f.atMs < to));
-  return { fixes: log.fixes, routes: [routeA, routeB, routeC], parkedPeriods };
-}
+/** One vehicle's day (see fleet-fixtures) on DAY. */
+const syntheticDay = (seed: number): SyntheticDay => syntheticDayOn(seed, DAY);
 
 function totalDistance(trips: readonly Trip[]) {
   return trips.reduce((s, t) => s + t.distanceM, 0);
@@ -151,16 +113,6 @@ describe('canonical order and dedup', () => {
     expect(r.accepted.map((f) => f.id)).toEqual(['ok']);
   });
 });
-
-/** A straight drive east at `kmh`, one fix every `intervalS`, from `fromMs`. */
-function straightDrive(log: FixLog, start: LatLon, fromMs: number, count: number, kmh: number, intervalS = 5, extra: Partial<Fix> = {}): LatLon {
-  let p = start;
-  for (let i = 0; i < count; i++) {
-    if (i > 0) p = destination(p, 90, (kmh / 3.6) * intervalS);
-    log.add({ atMs: fromMs + i * intervalS * 1000, ...p, speedKmh: kmh, ...extra });
-  }
-  return p; // where the last fix is
-}
 
 describe('outliers', () => {
   it('ignores a single spike and keeps the fix after it', () => {

@@ -1,7 +1,7 @@
 // The ingest path per device call, measured on the real DeviceObject inside workerd (Miniflare): the
 // route's work to hand a device its events, and the object's statements, rows written, transactions,
 // alarms and queue messages, with the time of each stage. No ClickHouse: the bench consumer only counts.
-import { readdirSync, readFileSync } from 'node:fs';
+import { cpuSeconds } from './cpu.mjs';
 import { startDeviceWorker } from './device-worker.mjs';
 
 const entry = `
@@ -264,21 +264,6 @@ export default {
 };
 `;
 
-/** CPU seconds (user + system) of this process's children: the workerd that Miniflare runs (Linux). */
-function childrenCpuSeconds() {
-  let ticks = 0;
-  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[1]) === process.pid) ticks += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* exited */
-    }
-  }
-  return ticks / 100;
-}
-
 /** Starts the profiled worker; `run(shape)` drives batches through it and answers the tallies. */
 export async function startDeviceProfile() {
   const mf = await startDeviceWorker({ name: 'bench-profile', source: entry, className: 'ProfiledDevice' });
@@ -295,11 +280,11 @@ export async function startDeviceProfile() {
         return res.json();
       };
       if (cold) await get(`/evict?fleet=${fleet}`);
-      const cpu = childrenCpuSeconds();
+      const cpu = cpuSeconds({ ppid: process.pid });
       await get(`/run?batches=${batches}&events=${events}&devicesPerBatch=${devicesPerBatch}&fleet=${fleet}&offset=${offset}`);
       offset += batches;
       const taken = await get(`/take?events=${batches * events}&fleet=${fleet}`);
-      return { ...summarize(taken), workerdCpuSec: childrenCpuSeconds() - cpu };
+      return { ...summarize(taken), workerdCpuSec: cpuSeconds({ ppid: process.pid }) - cpu };
     },
     dispose: () => mf.dispose(),
   };
