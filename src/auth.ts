@@ -103,10 +103,11 @@ function basicCredentials(encoded: string): ClientCredentials | null {
 /**
  * Credentials as a tracker app can carry them, in this order: the OpenPanel headers;
  * `Authorization: Bearer <clientId>:<clientSecret>`; HTTP Basic (user = client id, password =
- * client secret); the `token` query parameter `<clientId>:<clientSecret>` (least preferred: URLs
- * end up in proxy logs). The first one present is the one checked. Null when none is usable.
+ * client secret); the `token` query parameter `<clientId>:<clientSecret>`, else the same token as
+ * the route's last path segment where it has one (least preferred: URLs end up in proxy logs).
+ * The first one present is the one checked. Null when none is usable.
  */
-export function appCredentials(request: Request): ClientCredentials | null {
+export function appCredentials(request: Request, pathToken?: string): ClientCredentials | null {
   const h = request.headers;
   const clientId = h.get('openpanel-client-id');
   const secret = h.get('openpanel-client-secret');
@@ -120,33 +121,54 @@ export function appCredentials(request: Request): ClientCredentials | null {
     if (scheme === 'basic') return basicCredentials(value);
     return null;
   }
-  const token = new URL(request.url).searchParams.get('token');
+  const token = new URL(request.url).searchParams.get('token') ?? pathToken;
   return token ? credentialPair(token) : null;
 }
 
 /** Project authentication of the `/ingest/*` routes, for apps that hold only a URL and a token or a user and password. */
 export const requireAppClient: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const credentials = appCredentials(c.req.raw);
+  const credentials = appCredentials(c.req.raw, c.req.param('token'));
+  // The challenge lets an app that holds `user:password@` in its URL send them (iOS apps answer it).
+  const challenge = { 'WWW-Authenticate': 'Basic realm="Driftline", charset="UTF-8"' };
   if (!credentials) {
     throw new ApiError(
       401,
       'unauthorized',
       'credentials are required: Authorization: Bearer <clientId>:<clientSecret>, HTTP Basic (user = client id, password = client secret), or ?token=<clientId>:<clientSecret>',
+      undefined,
+      challenge,
     );
   }
-  c.set('project', await verifyClient(c.env, credentials.clientId, credentials.secret));
+  try {
+    c.set('project', await verifyClient(c.env, credentials.clientId, credentials.secret));
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) throw new ApiError(401, err.code, err.message, err.details, challenge);
+    throw err;
+  }
   await next();
 };
 
-/** Spends one unit of the client's ingestion budget; 429 with Retry-After when it is gone. */
-export const ingestRateLimit: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const { clientId } = c.get('project');
-  const { success } = await c.env.INGEST_LIMITER.limit({ key: clientId });
-  if (!success) {
-    throw new ApiError(429, 'rate_limited', 'too many requests for this client; retry later', { retryAfterSec: 10 }, { 'Retry-After': '10' });
-  }
-  await next();
-};
+/** Spends one unit of the client's ingestion budget; `status` with Retry-After when it is gone. */
+const spendIngestBudget =
+  (status: 429 | 503): MiddlewareHandler<AppEnv> =>
+  async (c, next) => {
+    const { clientId } = c.get('project');
+    const { success } = await c.env.INGEST_LIMITER.limit({ key: clientId });
+    if (!success) {
+      throw new ApiError(status, 'rate_limited', 'too many requests for this client; retry later', { retryAfterSec: 10 }, { 'Retry-After': '10' });
+    }
+    await next();
+  };
+
+/** The ingestion budget of `/track` and `/track/batch`: 429 with Retry-After when it is gone. */
+export const ingestRateLimit = spendIngestBudget(429);
+
+/**
+ * The same budget for the tracker apps, which answer it with 503: OwnTracks (iOS) deletes a message
+ * on any 4xx and its Android app holds its whole queue behind one for weeks, while every app keeps
+ * and resends what got a 5xx. The code (`rate_limited`) and Retry-After say what it is.
+ */
+export const trackerRateLimit = spendIngestBudget(503);
 
 /**
  * Spends one unit of the project's read budget (every client of a project shares it); 429 with

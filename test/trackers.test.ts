@@ -318,6 +318,50 @@ describe('OwnTracks', () => {
     await new Promise((r) => setTimeout(r, 1000));
     expect(await storedPositions(p.id)).toEqual({ rows: 2, ids: 2 });
   });
+
+  it('stores the good messages of a list that holds one that is not an object, and counts that one', async () => {
+    const p = await createProject('owntracks-list');
+    const tst = Math.floor(Date.now() / 1000) - 600;
+    const headers = { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'ot-list' };
+    const res = await post('/ingest/owntracks', { headers, body: JSON.stringify([{ ...owntracksLocation, tst }, null, 'x', { ...owntracksLocation, tst: tst + 60 }]) });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual([]);
+    expect(await positionsOf(p, 'ot-list', 2)).toHaveLength(2);
+    expect((await trackerHealth()).recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'owntracks', count: 2, lastReason: 'validation', lastError: expect.stringMatching(/JSON object/) });
+    // A body that is no message at all is still the client's fault as a whole.
+    const scalar = await post('/ingest/owntracks', { headers, body: '42' });
+    expect(scalar.status).toBe(400);
+    expect(((await scalar.json()) as { error: { code: string } }).error.code).toBe('invalid_request');
+  });
+
+  it("takes the device from the endpoint URL's ?d= when the app sends no X-Limit-D, before its tid", async () => {
+    const p = await createProject('owntracks-d');
+    const tst = Math.floor(Date.now() / 1000) - 600;
+    const res = await post('/ingest/owntracks?d=van-7', { headers: { ...bearer(p), 'content-type': 'application/json' }, body: JSON.stringify({ ...owntracksLocation, tst }) });
+    expect(await res.json()).toEqual([]);
+    expect(await positionsOf(p, 'van-7', 1)).toHaveLength(1);
+    // X-Limit-D still wins over it.
+    await post('/ingest/owntracks?d=van-7', { headers: { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'van-8' }, body: JSON.stringify({ ...owntracksLocation, tst: tst + 60 }) });
+    expect(await positionsOf(p, 'van-8', 1)).toHaveLength(1);
+    expect(await positionsOf(p, 'van-7', 1)).toHaveLength(1);
+  });
+
+  it('answers 503 rate_limited with Retry-After once the client spends its budget, so no app deletes its copy', async () => {
+    const p = await createProject('owntracks-limit');
+    const headers = { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'ot-limit' };
+    let limited: Response | undefined;
+    // Past the test budget (120 per minute per client; vitest.config.mts), in parallel waves of ignored messages.
+    for (let wave = 0; wave < 40 && !limited; wave++) {
+      const responses = await Promise.all(Array.from({ length: 10 }, () => post('/ingest/owntracks', { headers, body: '{"_type":"lwt"}' })));
+      for (const res of responses) {
+        if (res.status !== 200) limited ??= res;
+        else await res.body?.cancel();
+      }
+    }
+    expect(limited?.status).toBe(503);
+    expect(Number(limited!.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(((await limited!.json()) as { error: { code: string } }).error.code).toBe('rate_limited');
+  });
 });
 
 describe('Traccar Client and OsmAnd', () => {
@@ -415,6 +459,70 @@ describe('Traccar Client and OsmAnd', () => {
   });
 });
 
+describe('Traccar Client and OsmAnd as the apps really send', () => {
+  it("takes the token from the path for Traccar Client (iOS), which replaces the URL's query with its own", async () => {
+    const p = await createProject('traccar-path');
+    const at = Math.floor(Date.now() / 1000) - 600;
+    // What the iOS app sends to a server URL of …/ingest/traccar/<clientId>:<clientSecret>.
+    const res = await post(`/ingest/traccar/${token(p)}?id=ios-1&timestamp=${at}&lat=52.520000&lon=13.405000&speed=10.0&bearing=90.0&altitude=34.0&accuracy=5.0&batt=80.0`, { method: 'GET' });
+    expect(res.status).toBe(200);
+    const [fix] = await positionsOf(p, 'ios-1', 1);
+    expect(fix!.properties).toEqual({ lat: 52.52, lon: 13.405, speed: 18.52, heading: 90, altitude: 34, accuracy: 5, batt: 80 });
+    // A wrong token in the path is refused, with a Basic challenge an app with URL credentials answers.
+    const wrong = await post(`/ingest/traccar/${encodeURIComponent(`${p.clientId}:nope`)}?id=ios-1&lat=1&lon=2`, { method: 'POST' });
+    expect(wrong.status).toBe(401);
+    expect(wrong.headers.get('www-authenticate')).toMatch(/^Basic realm=/);
+    expect(((await wrong.json()) as { error: { code: string } }).error.code).toBe('unauthorized');
+  });
+
+  it('leaves out the accuracy of 0 m that Traccar Client (Android) sends for every GPS fix', async () => {
+    const p = await createProject('traccar-acc0');
+    const at = Math.floor(Date.now() / 1000) - 600;
+    expect((await post(`/ingest/traccar?token=${token(p)}&id=and-1&timestamp=${at}&lat=52.5&lon=13.4&speed=0.0&bearing=0.0&altitude=0.0&accuracy=0.0&batt=55.0`, { method: 'POST' })).status).toBe(200);
+    const [fix] = await positionsOf(p, 'and-1', 1);
+    expect(fix!.properties).not.toHaveProperty('accuracy');
+    expect(fix!.properties).toMatchObject({ lat: 52.5, lon: 13.4, speed: 0, heading: 0, altitude: 0, batt: 55 });
+  });
+
+  it("acknowledges a heartbeat (a request with no position in it) without storing or counting a row", async () => {
+    const p = await createProject('traccar-heartbeat');
+    const at = Math.floor(Date.now() / 1000) - 600;
+    const beat = await post(`/ingest/traccar?token=${token(p)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: `id=hb-1&timestamp=${at}&batt=77&charge=false`,
+    });
+    expect(beat.status).toBe(200);
+    expect((await post(`/ingest/traccar?token=${token(p)}&id=hb-1&timestamp=${at + 60}&lat=52.5&lon=13.4`, { method: 'GET' })).status).toBe(200);
+    expect(await positionsOf(p, 'hb-1', 1)).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await storedPositions(p.id)).toEqual({ rows: 1, ids: 1 });
+    expect((await trackerHealth()).recent.find((r) => r.projectId === p.id)).toBeUndefined();
+  });
+
+  it('stores nothing for a HEAD (a link checker or prefetch) and answers 405', async () => {
+    const p = await createProject('traccar-head');
+    const at = Math.floor(Date.now() / 1000) - 600;
+    const head = await post(`/ingest/traccar?token=${token(p)}&id=head-1&timestamp=${at}&lat=1&lon=1`, { method: 'HEAD' });
+    expect(head.status).toBe(405);
+    expect(head.headers.get('allow')).toBe('GET, POST');
+    expect((await post(`/ingest/traccar?token=${token(p)}&id=head-1&timestamp=${at + 60}&lat=2&lon=2`, { method: 'GET' })).status).toBe(200);
+    const fixes = await positionsOf(p, 'head-1', 1);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await storedPositions(p.id)).toEqual({ rows: 1, ids: 1 });
+    expect(fixes[0]!.properties).toMatchObject({ lat: 2, lon: 2 });
+  });
+
+  it("refuses a speedUnit that names one of an object's own properties", async () => {
+    const p = await createProject('traccar-unit');
+    for (const unit of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
+      const res = await post(`/ingest/traccar?token=${token(p)}&id=u-1&lat=52&lon=13&speed=10&speedUnit=${unit}`, { method: 'GET' });
+      expect(res.status, unit).toBe(400);
+      expect(((await res.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/speedUnit must be one of kn, kmh, ms/) });
+    }
+  });
+});
+
 describe('bad requests', () => {
   it('answers 401 for missing or wrong credentials in every form an app carries them', async () => {
     const p = await createProject('trackers-401');
@@ -432,6 +540,7 @@ describe('bad requests', () => {
     for (const [path, init] of cases) {
       const res = await post(path, init);
       expect(res.status, path).toBe(401);
+      expect(res.headers.get('www-authenticate'), path).toBe('Basic realm="Driftline", charset="UTF-8"');
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unauthorized');
     }
     // The right pair in the OpenPanel headers works on these routes too.

@@ -1,7 +1,7 @@
 // POST /ingest/overland, POST /ingest/owntracks, GET|POST /ingest/traccar — tracker apps unchanged:
 // each request is mapped to position events and handed to the same path as /track/batch.
-import type { Context } from 'hono';
-import { ingestRateLimit, requireAppClient, type AppEnv } from '../auth';
+import type { Context, MiddlewareHandler } from 'hono';
+import { requireAppClient, trackerRateLimit, type AppEnv } from '../auth';
 import { ApiError } from '../errors';
 import { acceptEvents } from '../ingest/accept';
 import { readBodyBytes, readJsonBodyBytes } from '../ingest/body';
@@ -30,14 +30,15 @@ async function deliver(c: Context<AppEnv>, source: TrackerSource, adapted: Adapt
   if (events.length > MAX_BATCH_EVENTS) {
     throw new ApiError(413, 'too_many_events', `a request holds at most ${MAX_BATCH_EVENTS} positions`, { limitEvents: MAX_BATCH_EVENTS, events: events.length });
   }
-  if (!events.length) return;
+  const refused = adapted.rejected ?? [];
+  if (!events.length && !refused.length) return;
   const project = c.get('project');
   const context = requestContext(c.req.raw);
-  const result = await acceptEvents(c.env, project, events, context);
+  const result = events.length ? await acceptEvents(c.env, project, events, context) : { rejected: [] };
   const retryable = result.rejected.filter((r) => r.retryable).length;
   if (retryable) throw retryLater(`${retryable} of ${events.length} positions could not be stored yet; send them again later`, { retryable });
   try {
-    await countRejectedRows(c.env.DB, project.projectId, source, result.rejected, context.receivedAtMs);
+    await countRejectedRows(c.env.DB, project.projectId, source, [...refused, ...result.rejected], context.receivedAtMs);
   } catch (err) {
     // Uncounted, a rejected row would vanish unseen: the app resends, and the row is counted then.
     console.error(JSON.stringify({ msg: 'counting rejected tracker rows failed', projectId: project.projectId, source, error: String(err) }));
@@ -152,8 +153,9 @@ const trackerErrors = (bad: string) =>
     { 401: 'unauthorized: no usable credentials, unknown client or wrong secret' },
     { 413: 'payload_too_large (`details.limitBytes`) or too_many_events (`details.limitEvents`)' },
     { 415: 'unsupported_media_type or unsupported_encoding (gzip or none)' },
-    { 429: 'rate_limited: see Retry-After' },
-    { 503: 'storage_unavailable (some positions are not durable yet: the app keeps its copy and resends) or misconfigured; see Retry-After' },
+    {
+      503: 'storage_unavailable (some positions are not durable yet: the app keeps its copy and resends), rate_limited (the client\'s ingestion budget is spent: a 503, not a 429, since OwnTracks deletes a message on any 4xx) or misconfigured; see Retry-After',
+    },
   );
 
 const overland = createRoute({
@@ -177,12 +179,14 @@ const ownTracks = createRoute({
   method: 'post',
   path: '/ingest/owntracks',
   summary: 'An OwnTracks HTTP message',
-  description: 'OwnTracks treats any answer as delivered, so the rows are durable before it is sent. An empty body stores nothing.',
+  description:
+    'OwnTracks deletes a message on a 2xx (on iOS also on a 4xx) and resends it after a 5xx: the rows are durable before 200 is sent, and a spent budget answers 503. In a list, a message that is not an object is rejected and counted alone. An empty body stores nothing.',
   tags: ['trackers'],
   security: appSecurity,
   request: {
+    query: z.object({ d: z.string().optional().describe('the device, for an endpoint URL written `…/ingest/owntracks?d=<device>`') }),
     headers: z.object({
-      'x-limit-d': z.string().optional().describe('the device (OwnTracks sends its Device ID here); else the message\'s `tid`'),
+      'x-limit-d': z.string().optional().describe('the device (OwnTracks sends its Device ID here); else the `d` query parameter, else the message\'s `tid`'),
       'x-limit-u': z.string().optional().describe('the user OwnTracks sends; not used'),
     }),
     body: { required: false, content: { 'application/json': { schema: z.union([OwnTracksMessage, z.array(OwnTracksMessage)]) } } },
@@ -225,28 +229,45 @@ export const ingestTrackersRoute = router();
 
 // Each handler reads its own body (byte limits, gzip, apps' formats checked row by row), so the
 // routes are mounted as they are and described beside them.
+/** A GET stores a fix; a HEAD (a link checker, a proxy's prefetch) must not. */
+const getOrPostOnly: MiddlewareHandler<AppEnv> = async (c, next) => {
+  if (c.req.method !== 'GET' && c.req.method !== 'POST') {
+    throw new ApiError(405, 'method_not_allowed', `${c.req.method} is not allowed here: send the fix with GET or POST`, { allow: ['GET', 'POST'] }, { Allow: 'GET, POST' });
+  }
+  await next();
+};
+
+const traccar = async (c: Context<AppEnv>) => {
+  const request = c.req.raw;
+  const adapted =
+    request.method === 'POST' && isJson(request)
+      ? adaptTraccarJson((await readJsonBodyBytes(request, MAX_BODY_BYTES)).json, c.req.query('device_id'))
+      : adaptOsmAnd(await osmAndParams(request));
+  await deliver(c, 'traccar', adapted);
+  return c.body(null, 200);
+};
+
 ingestTrackersRoute
   // Overland deletes its copy only on exactly {"result":"ok"}; anything else and it resends the batch.
-  .post('/ingest/overland', requireAppClient, ingestRateLimit, async (c) => {
+  .post('/ingest/overland', requireAppClient, trackerRateLimit, async (c) => {
     const { json } = await readJsonBodyBytes(c.req.raw, MAX_BODY_BYTES);
     await deliver(c, 'overland', adaptOverland(json, c.req.query('device_id')));
     return c.json({ result: 'ok' });
   })
-  .post('/ingest/owntracks', requireAppClient, ingestRateLimit, async (c) => {
+  .post('/ingest/owntracks', requireAppClient, trackerRateLimit, async (c) => {
     // OwnTracks posts an empty body when a friend is deleted: nothing to store.
     if (!c.req.raw.body || c.req.header('content-length') === '0') return c.json([]);
     const { json } = await readJsonBodyBytes(c.req.raw, MAX_BODY_BYTES);
-    await deliver(c, 'owntracks', adaptOwnTracks(json, c.req.header('x-limit-d')));
+    await deliver(c, 'owntracks', adaptOwnTracks(json, c.req.header('x-limit-d') || c.req.query('d')));
     return c.json([]);
   })
-  .on(['GET', 'POST'], '/ingest/traccar', requireAppClient, ingestRateLimit, async (c) => {
-    const request = c.req.raw;
-    const adapted =
-      request.method === 'POST' && isJson(request)
-        ? adaptTraccarJson((await readJsonBodyBytes(request, MAX_BODY_BYTES)).json, c.req.query('device_id'))
-        : adaptOsmAnd(await osmAndParams(request));
-    await deliver(c, 'traccar', adapted);
-    return c.body(null, 200);
-  });
+  // A HEAD comes in as a GET (Hono answers it from the GET handler): getOrPostOnly turns it away.
+  .on(['GET', 'POST'], '/ingest/traccar', getOrPostOnly, requireAppClient, trackerRateLimit, traccar)
+  // Traccar Client (iOS) replaces the server URL's query with its own parameters: its token rides in the path.
+  .on(['GET', 'POST'], '/ingest/traccar/:token', getOrPostOnly, requireAppClient, trackerRateLimit, traccar);
 
-for (const route of [overland, ownTracks, traccarGet, traccarPost]) documentRoute(ingestTrackersRoute, route);
+const PathToken = z.object({ token: z.string().describe('`<clientId>:<clientSecret>`, for apps that replace the URL\'s query with their own (Traccar Client on iOS)') });
+const traccarGetWithToken = createRoute({ ...traccarGet, path: '/ingest/traccar/{token}', summary: `${traccarGet.summary}, the token in the path`, request: { ...traccarGet.request, params: PathToken } });
+const traccarPostWithToken = createRoute({ ...traccarPost, path: '/ingest/traccar/{token}', summary: `${traccarPost.summary}, the token in the path`, request: { ...traccarPost.request, params: PathToken } });
+
+for (const route of [overland, ownTracks, traccarGet, traccarPost, traccarGetWithToken, traccarPostWithToken]) documentRoute(ingestTrackersRoute, route);

@@ -1,18 +1,29 @@
 // OwnTracks (HTTP mode): one JSON message per request. `location` messages become position events;
 // every other `_type` (transition, lwt, waypoint, encrypted, ...) is acknowledged and ignored.
 import { badRequest } from '../errors';
+import type { Rejection } from '../ingest/normalize';
 import { extraFields, fixTime, isPlainObject, knownNumber, positionEvent, type AdaptedRequest, type PositionEvent } from './position-event';
 
 /** Elements that become the position's own fields (`vel` is already km/h). */
 const MAPPED = new Set(['_type', 'lat', 'lon', 'vel', 'cog', 'acc', 'alt', 'tst']);
 
-/** `limitDevice`: the `X-Limit-D` header, the app's device name; else the message's `tid`. */
+const NOT_A_MESSAGE = 'an OwnTracks message must be a JSON object with a "_type"';
+
+/**
+ * `limitDevice`: the `X-Limit-D` header (the app's Device ID), else the endpoint URL's `d` parameter;
+ * else the message's `tid`. In a list of messages, one that is not an object is refused alone.
+ */
 export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): AdaptedRequest {
+  if (!Array.isArray(body) && !isPlainObject(body)) throw badRequest('invalid_request', NOT_A_MESSAGE);
   const messages = Array.isArray(body) ? body : [body];
   const events: PositionEvent[] = [];
+  const rejected: Rejection[] = [];
   let ignored = 0;
   for (const message of messages) {
-    if (!isPlainObject(message)) throw badRequest('invalid_request', 'an OwnTracks message must be a JSON object with a "_type"');
+    if (!isPlainObject(message)) {
+      rejected.push({ reason: 'validation', error: NOT_A_MESSAGE, retryable: false });
+      continue;
+    }
     if (message._type !== 'location') {
       ignored++;
       continue;
@@ -34,5 +45,5 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
       }),
     );
   }
-  return { events, ignored };
+  return { events, ignored, rejected };
 }

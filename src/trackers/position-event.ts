@@ -2,6 +2,7 @@
 // metres and degrees. Values that cannot be read are passed on as they came, so the ingest path's
 // position check rejects the row and names the field.
 import { POSITION_EVENT_NAME } from '../fleet/position';
+import type { Rejection } from '../ingest/normalize';
 import { hash128 } from '../lib/ids';
 
 export type TrackerSource = 'overland' | 'owntracks' | 'traccar';
@@ -15,6 +16,8 @@ export interface PositionEvent {
 export interface AdaptedRequest {
   events: PositionEvent[];
   ignored: number;
+  /** Messages the adapter itself refused (not an object, say): counted like rejected rows, never failing the others. */
+  rejected?: Rejection[];
 }
 
 /** A fix as an adapter read it; `unknown` fields are raw values the position check will refuse. */
@@ -52,7 +55,8 @@ export function positionEvent(f: FixFields): PositionEvent {
   }
   properties.lat = f.lat;
   properties.lon = f.lon;
-  const optional = { speed: f.speedKmh, heading: f.heading, accuracy: f.accuracyM, altitude: f.altitudeM };
+  // An accuracy of exactly 0 m is no accuracy at all: Traccar Client (Android) sends 0 for every GPS fix.
+  const optional = { speed: f.speedKmh, heading: f.heading, accuracy: f.accuracyM === 0 ? undefined : f.accuracyM, altitude: f.altitudeM };
   for (const [key, value] of Object.entries(optional)) {
     if (value !== undefined) properties[key] = value;
     else delete properties[key];

@@ -54,7 +54,11 @@ export function adaptTraccarJson(body: unknown, queryDeviceId: string | undefine
 }
 
 /** km/h per unit of the OsmAnd `speed` parameter; Traccar documents knots unless `speedUnit` says otherwise. */
-const SPEED_UNITS: Record<string, number> = { kn: KMH_PER_KNOT, kmh: 1, ms: KMH_PER_MS };
+const SPEED_UNITS: ReadonlyMap<string, number> = new Map([
+  ['kn', KMH_PER_KNOT],
+  ['kmh', 1],
+  ['ms', KMH_PER_MS],
+]);
 
 /** Parameters that become the position's own fields, or are settings and credentials, never stored. */
 const PARAMS_MAPPED = new Set(['id', 'deviceid', 'lat', 'lon', 'location', 'timestamp', 'speed', 'bearing', 'heading', 'altitude', 'accuracy', 'speedUnit', 'token']);
@@ -64,8 +68,10 @@ export function adaptOsmAnd(params: ReadonlyMap<string, string>): AdaptedRequest
   const deviceId = deviceIdOf(params.get('id')) ?? deviceIdOf(params.get('deviceid'));
   if (!deviceId) throw noDevice();
   const unit = params.get('speedUnit') ?? 'kn';
-  const factor = SPEED_UNITS[unit];
-  if (factor === undefined) throw badRequest('invalid_request', `speedUnit must be one of ${Object.keys(SPEED_UNITS).join(', ')}`, { speedUnit: unit });
+  const factor = SPEED_UNITS.get(unit);
+  if (factor === undefined) throw badRequest('invalid_request', `speedUnit must be one of ${[...SPEED_UNITS.keys()].join(', ')}`, { speedUnit: unit });
+  // Traccar Client's heartbeat (no fix since the last one): a sign of life with no position in it.
+  if (!params.has('lat') && !params.has('lon') && !params.has('location')) return { events: [], ignored: 1 };
 
   let lat = paramNumber(params.get('lat'));
   let lon = paramNumber(params.get('lon'));
