@@ -195,6 +195,26 @@ describe('GET /v1/events pages', () => {
     expect(sessions.status).toBe(400);
     expect(sessions.body.error.code).toBe('invalid_cursor');
   });
+
+  it('holds a hand-made cursor to the 92-day bound of a read across all devices', async () => {
+    const p = await createProject('reads-forged-cursor');
+    const wide = { sinceMs: -8.64e15, untilMs: 8.64e15 };
+    const forged = [
+      ['/v1/events', encodeEventsCursor(wide, { atMs: 8.64e15, rank: 2, key: '~' })],
+      ['/v1/sessions', encodeSessionsCursor(wide, { startedAtMs: 8.64e15, id: '~' })],
+    ] as const;
+    for (const [path, cursor] of forged) {
+      const res = await getJson<ErrorBody>(p, `${path}?cursor=${cursor}`);
+      expect(res.status, path).toBe(400);
+      expect(res.body.error.code, path).toBe('invalid_cursor');
+    }
+    // The same window for one device is a window any page of that device may have.
+    const one = { deviceId: 'c-1', ...wide };
+    expect((await getJson<EventsBody>(p, `/v1/events?cursor=${encodeEventsCursor(one, { atMs: 8.64e15, rank: 2, key: '~' })}`)).status).toBe(200);
+    // At the bound itself a cursor is one the API issues.
+    const bound = { sinceMs: Date.now() - 92 * 24 * 3_600_000, untilMs: Date.now() };
+    expect((await getJson<EventsBody>(p, `/v1/events?cursor=${encodeEventsCursor(bound, { atMs: bound.untilMs, rank: 2, key: '~' })}`)).status).toBe(200);
+  });
 });
 
 describe('GET /v1/sessions pages', () => {

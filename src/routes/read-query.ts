@@ -40,19 +40,25 @@ export function readPage<P>(q: ReadQuery, decode: (cursor: string) => Page<P>, n
     if (q.deviceId !== undefined && q.deviceId !== w.deviceId) throw invalidCursor('it was issued for another deviceId');
     if (q.since !== undefined && q.since !== w.sinceMs) throw invalidCursor('it was issued for another since');
     if (q.until !== undefined && q.until !== w.untilMs) throw invalidCursor('it was issued for another until');
+    // Cursors are not signed: one never issued (a hand-made window) is held to the same bound.
+    if (tooWide(w)) throw invalidCursor('its window spans more than 92 days across all devices, which no page is issued for');
     return page;
   }
   const untilMs = q.until ?? nowMs + DEFAULT_UNTIL_AHEAD_MS;
   const sinceMs = q.since ?? untilMs - DEFAULT_LOOKBACK_MS;
   if (sinceMs > untilMs) throw new ApiError(400, 'invalid_request', 'since must not be after until');
-  if (q.deviceId === undefined && untilMs - sinceMs > MAX_PROJECT_WINDOW_MS) {
+  const window: ReadWindow = { ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), sinceMs, untilMs };
+  if (tooWide(window)) {
     throw new ApiError(400, 'window_too_large', 'a read across all devices spans at most 92 days: narrow since/until, or name a deviceId', {
       maxWindowMs: MAX_PROJECT_WINDOW_MS,
       windowMs: untilMs - sinceMs,
     });
   }
-  return { window: { ...(q.deviceId !== undefined ? { deviceId: q.deviceId } : {}), sinceMs, untilMs }, after: null };
+  return { window, after: null };
 }
+
+/** A read across all devices over more than MAX_PROJECT_WINDOW_MS. */
+const tooWide = (w: ReadWindow): boolean => w.deviceId === undefined && w.untilMs - w.sinceMs > MAX_PROJECT_WINDOW_MS;
 
 /**
  * The error answers every project-authenticated read shares, plus the route's own: `extra400`
