@@ -1,5 +1,6 @@
 // Driftline: the Worker's entry. Routes, queue consumers and crons, wired once.
 import { OpenAPIHono } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import { ZodError } from 'zod';
 import type { AppEnv } from './auth';
@@ -41,6 +42,21 @@ import { validationHook } from './routes/validation';
 export { DeviceObject } from '../durable-objects/device-object';
 
 export const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+
+/**
+ * The JSON bodies of the read, registry and admin routes are small (a vehicle, a job's parameters):
+ * past this they are refused before they are read whole. Ingestion reads its own bodies, with
+ * limits of their own (10 MB).
+ */
+export const MAX_JSON_BODY_BYTES = 1024 * 1024;
+const jsonBodyLimit = bodyLimit({
+  maxSize: MAX_JSON_BODY_BYTES,
+  onError: () => {
+    throw new ApiError(413, 'payload_too_large', `the body is over ${MAX_JSON_BODY_BYTES} bytes`, { limitBytes: MAX_JSON_BODY_BYTES });
+  },
+});
+app.use('/v1/*', jsonBodyLimit);
+app.use('/admin/*', jsonBodyLimit);
 
 // Operator answers (a client secret, job state, health) are never kept by a browser or a proxy.
 app.use('/admin/*', async (c, next) => {

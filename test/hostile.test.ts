@@ -6,7 +6,7 @@ import worker from '../src/index';
 import { ADMIN_TOKEN, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
 
 interface ErrorBody {
-  error: { code: string; message: string };
+  error: { code: string; message: string; details?: unknown };
 }
 interface BatchResult {
   accepted: number;
@@ -131,6 +131,46 @@ describe('hostile requests', () => {
     expect(body.rejected.map((r) => r.reason)).toEqual(Array(6).fill('validation'));
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(await countEvents(p.id)).toEqual({ rows: 0, ids: 0 });
+  });
+
+  it('refuses an oversized body on the registry and admin routes before reading it whole, streamed or declared', async () => {
+    const p = await createProject();
+    const huge = new Uint8Array(8 * 1024 * 1024).fill(0x61);
+    huge.set(new TextEncoder().encode('{"name":"'), 0);
+    for (const { method, path, headers } of jsonRoutes(p).filter((r) => r.path.startsWith('/v1/') || r.path.startsWith('/admin/'))) {
+      const declared = await SELF.fetch(`http://gw${path}`, { method, headers, body: huge });
+      expect((await expectCoded(declared, 413, 'payload_too_large')).error.details).toEqual({ limitBytes: 1024 * 1024 });
+      // Without a length (chunked): refused once the first MiB has come in.
+      let sent = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (sent >= huge.length) return controller.close();
+          controller.enqueue(huge.subarray(sent, sent + 64 * 1024));
+          sent += 64 * 1024;
+        },
+      });
+      await expectCoded(await SELF.fetch(`http://gw${path}`, { method, headers, body: stream, duplex: 'half' } as RequestInit), 413, 'payload_too_large');
+    }
+    // A body within the limit still reaches its route.
+    const vehicle = await SELF.fetch('http://gw/v1/devices/van-1', { method: 'PUT', headers: p.headers, body: JSON.stringify({ name: 'Van 1' }) });
+    expect(vehicle.status).toBe(200);
+  });
+
+  it('refuses text with an unpaired surrogate on the registry and project routes instead of storing it changed', async () => {
+    const p = await createProject();
+    for (const [path, method, headers, body] of [
+      ['/v1/devices/van-2', 'PUT', p.headers, '{"name":"\\ud800"}'],
+      ['/v1/devices/van-2', 'PUT', p.headers, '{"plate":"x\\udc00y"}'],
+      ['/admin/projects', 'POST', admin, '{"name":"\\ud800x"}'],
+    ] as const) {
+      const res = await SELF.fetch(`http://gw${path}`, { method, headers, body });
+      const err = await expectCoded(res, 400, 'invalid_request');
+      expect(JSON.stringify(err), path).toMatch(/unpaired UTF-16 surrogate/);
+    }
+    // A well-formed pair (an emoji) is text like any other.
+    expect((await SELF.fetch('http://gw/v1/devices/van-2', { method: 'PUT', headers: p.headers, body: '{"name":"Van \\ud83d\\ude90"}' })).status).toBe(200);
+    const devices = await getJson<{ devices: Array<{ deviceId: string; name: string | null }> }>(p, '/v1/devices');
+    expect(devices.body.devices.find((d) => d.deviceId === 'van-2')?.name).toBe('Van \u{1F690}');
   });
 
   it('clamps far-future times to receipt and refuses the year 3000 as nothing else', async () => {

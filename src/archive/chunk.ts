@@ -1,5 +1,6 @@
 // One archive chunk: a (project, month)'s raw payloads as gzip JSON Lines at an append-only R2 key,
 // with the figures its manifest row records, the plan that cuts rows into chunks, and checked reads.
+import { hasLoneSurrogate } from '../lib/unicode';
 import { isValidMonth, monthBoundsMs, monthOfMs } from './month';
 
 export const DEFAULT_ARCHIVE_CHUNK_ROWS = 50_000;
@@ -93,8 +94,6 @@ const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
 const SHA256_HEX_PATTERN = /^[0-9a-f]{64}$/;
 const CHUNK_KEY_PATTERN = /^archives\/([A-Za-z0-9][A-Za-z0-9_-]{0,127})\/(\d{4}-\d{2})\/(\d{6})\.jsonl\.gz$/;
-/** With the `u` flag a surrogate range matches only unpaired halves, which UTF-8 cannot carry. */
-const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 /** Every line is `{"id":…,"deviceId":…,"createdAt":…,"receivedAt":…,"payload":<payload text>}`. */
 const PAYLOAD_FIELD = ',"payload":';
 /** A line's first bytes up to its id (`{"id":"`), then 36 ASCII characters and `"`. */
@@ -109,13 +108,6 @@ const ENCODE_BATCH_CHARS = 1 << 20;
 const PLAIN_HEAD = /^\{"id":"([^"\\\u0000-\u001f]*)","deviceId":"([^"\\\u0000-\u001f]*)","createdAt":"([^"\\\u0000-\u001f]*)","receivedAt":"([^"\\\u0000-\u001f]*)"$/;
 /** The latest time a JS Date can hold, either side of 1970 (ECMA-262: 8.64e15 ms). */
 const MAX_TIME_MS = 8.64e15;
-
-type WellFormed = { isWellFormed?: () => boolean };
-/** Whether a string holds an unpaired surrogate half (native `isWellFormed` where the runtime has it). */
-const hasLoneSurrogate = (text: string): boolean => {
-  const wf = (text as unknown as WellFormed).isWellFormed;
-  return wf ? !wf.call(text) : LONE_SURROGATE.test(text);
-};
 
 export const isSha256Hex = (value: unknown): value is string => typeof value === 'string' && SHA256_HEX_PATTERN.test(value);
 

@@ -5,10 +5,11 @@ import { requireAdmin } from '../auth';
 import { getConfig } from '../config';
 import { clients, projects } from '../db/schema';
 import { sha256Hex } from '../ingest/device-id';
+import { hasLoneSurrogate, UNPAIRED_SURROGATE_MESSAGE } from '../lib/unicode';
 import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router } from './openapi';
 
 const CreateProject = z.object({
-  name: z.string().trim().min(1).max(200),
+  name: z.string().trim().min(1).max(200).refine((t) => !hasLoneSurrogate(t), UNPAIRED_SURROGATE_MESSAGE),
   sessionGapMs: z.number().int().min(60_000).max(24 * 60 * 60 * 1000).optional(),
 });
 

@@ -11,10 +11,11 @@ import { createRezoneJob } from '../fleet/rezone';
 import { LIVE_STATUSES } from '../fleet/status';
 import { readLive } from '../fleet/store';
 import { sendCreatedJob } from '../jobs/actions';
+import { hasLoneSurrogate, UNPAIRED_SURROGATE_MESSAGE } from '../lib/unicode';
 import { CLIENT_SECURITY, createRoute, json, router } from './openapi';
 import { readErrors } from './read-query';
 
-const Text = z.string().trim().min(1).max(200).nullable();
+const Text = z.string().trim().min(1).max(200).refine((t) => !hasLoneSurrogate(t), UNPAIRED_SURROGATE_MESSAGE).nullable();
 
 export const VehicleBody = z.strictObject({
   name: Text.optional(),
