@@ -173,6 +173,20 @@ describe('hostile requests', () => {
     expect(devices.body.devices.find((d) => d.deviceId === 'van-2')?.name).toBe('Van \u{1F690}');
   });
 
+  it('refuses a counter step too large to add up, so a profile never reads an overflowed sum back as 0', async () => {
+    const p = await createProject();
+    const step = (value: number, profileId = 'ovf') => ({ type: 'increment', payload: { profileId, property: 'n', value } });
+    await expectCoded(await SELF.fetch('http://gw/track', { method: 'POST', headers: p.headers, body: JSON.stringify(step(1e308)) }), 400, 'invalid_event');
+    const batch = (await (await postBatch(p, { events: [step(-1e300), step(Number.MAX_SAFE_INTEGER, 'big'), step(1000), step(2)] })).json()) as BatchResult;
+    expect(batch.accepted).toBe(3);
+    expect(batch.rejected.map((r) => r.reason)).toEqual(['validation']);
+    const profile = await waitUntil(
+      () => getJson<{ properties: Record<string, unknown> }>(p, '/v1/profiles/ovf'),
+      (r) => r.status === 200 && r.body.properties.n === 1002,
+    );
+    expect(profile.body.properties).toEqual({ n: 1002 });
+  });
+
   it('clamps far-future times to receipt and refuses the year 3000 as nothing else', async () => {
     const p = await createProject();
     const before = Date.now();

@@ -48,7 +48,8 @@ export const IdentifyPayload = z.object({
 export const IncrementPayload = z.object({
   profileId: ProfileId,
   property: z.string().min(1).max(256),
-  value: z.number().finite().optional(),
+  /** A step a counter's sum can add up without overflowing (ClickHouse sums Float64: 1e308 twice is inf). */
+  value: z.number().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).optional(),
   properties: Properties.optional(),
 });
 
