@@ -121,7 +121,7 @@ export function appCredentials(request: Request, pathToken?: string): ClientCred
     if (scheme === 'basic') return basicCredentials(value);
     return null;
   }
-  const token = new URL(request.url).searchParams.get('token') ?? pathToken;
+  const token = new URL(request.url).searchParams.get('token') || pathToken;
   return token ? credentialPair(token) : null;
 }
 

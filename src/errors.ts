@@ -20,3 +20,8 @@ export class ApiError extends Error {
 
 export const badRequest = (code: string, message: string, details?: Record<string, unknown>) =>
   new ApiError(400, code, message, details);
+
+/** A request path as logs may show it: a token in the path (Traccar Client on iOS) is left out. */
+export function loggedPath(path: string): string {
+  return path.replace(/^(\/ingest\/traccar\/)[^/]+/, '$1<token>');
+}

@@ -1,5 +1,6 @@
 // Driftline: the Worker's entry. Routes, queue consumers and crons, wired once.
 import { OpenAPIHono } from '@hono/zod-openapi';
+import type { MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import { ZodError } from 'zod';
@@ -7,7 +8,7 @@ import type { AppEnv } from './auth';
 import { ClickHouseUnavailable } from './clickhouse/client';
 import { ConfigError } from './config';
 import type { Env } from './env';
-import { ApiError } from './errors';
+import { ApiError, loggedPath } from './errors';
 import type { IngestBody } from './pipeline/messages';
 import { handleJobsBatch, JOBS_QUEUE } from './jobs/engine';
 import { runWatchdog } from './jobs/watchdog';
@@ -43,26 +44,28 @@ export { DeviceObject } from '../durable-objects/device-object';
 
 export const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 
-/**
- * The JSON bodies of the read, registry and admin routes are small (a vehicle, a job's parameters):
- * past this they are refused before they are read whole. Ingestion reads its own bodies, with
- * limits of their own (10 MB).
- */
-export const MAX_JSON_BODY_BYTES = 1024 * 1024;
-const jsonBodyLimit = bodyLimit({
-  maxSize: MAX_JSON_BODY_BYTES,
-  onError: () => {
-    throw new ApiError(413, 'payload_too_large', `the body is over ${MAX_JSON_BODY_BYTES} bytes`, { limitBytes: MAX_JSON_BODY_BYTES });
-  },
-});
-app.use('/v1/*', jsonBodyLimit);
-app.use('/admin/*', jsonBodyLimit);
-
 // Operator answers (a client secret, job state, health) are never kept by a browser or a proxy.
 app.use('/admin/*', async (c, next) => {
   await next();
   c.res.headers.set('Cache-Control', 'no-store');
 });
+
+/**
+ * The JSON bodies of the read, registry and admin routes are small (a vehicle, a job's parameters):
+ * past this they are refused before they are read whole. Ingestion reads its own bodies, with
+ * limits of their own (10 MB).
+ */
+const MAX_JSON_BODY_BYTES = 1024 * 1024;
+const limitJsonBody = bodyLimit({
+  maxSize: MAX_JSON_BODY_BYTES,
+  onError: () => {
+    throw new ApiError(413, 'payload_too_large', `the body is over ${MAX_JSON_BODY_BYTES} bytes`, { limitBytes: MAX_JSON_BODY_BYTES });
+  },
+});
+// A GET or HEAD reads no body (and a request rebuilt with one would be refused by the runtime).
+const jsonBodyLimit: MiddlewareHandler<AppEnv> = (c, next) => (c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : limitJsonBody(c, next));
+app.use('/v1/*', jsonBodyLimit);
+app.use('/admin/*', jsonBodyLimit);
 
 app
   .route('/', healthRoute)
@@ -102,13 +105,13 @@ app.onError((err, c) => {
     return c.json(err.toJSON(), err.status);
   }
   if (err instanceof ClickHouseUnavailable) {
-    console.error(JSON.stringify({ msg: 'ClickHouse unavailable', path: c.req.path, error: err.message }));
+    console.error(JSON.stringify({ msg: 'ClickHouse unavailable', path: loggedPath(c.req.path), error: err.message }));
     c.header('Retry-After', '5');
     return c.json({ error: { code: 'storage_unavailable', message: 'the event store is unavailable; retry later' } }, 503);
   }
   if (err instanceof ConfigError) {
     // The deployment's fault: the client learns only that; the log and /admin/health name the setting.
-    console.error(JSON.stringify({ msg: 'misconfigured', path: c.req.path, settings: err.settings, error: err.message }));
+    console.error(JSON.stringify({ msg: 'misconfigured', path: loggedPath(c.req.path), settings: err.settings, error: err.message }));
     c.header('Retry-After', '60');
     return c.json({ error: { code: 'misconfigured', message: 'the gateway is misconfigured; its operator has been told' } }, 503);
   }
@@ -119,7 +122,7 @@ app.onError((err, c) => {
   if (err instanceof ZodError) {
     return c.json({ error: { code: 'invalid_request', message: err.issues[0]?.message ?? 'invalid request' } }, 400);
   }
-  console.error(JSON.stringify({ msg: 'unhandled error', path: c.req.path, error: String(err), stack: (err as Error).stack }));
+  console.error(JSON.stringify({ msg: 'unhandled error', path: loggedPath(c.req.path), error: String(err), stack: (err as Error).stack }));
   return c.json({ error: { code: 'internal', message: 'internal error' } }, 500);
 });
 

@@ -1,7 +1,7 @@
 // Hostile and broken requests on every route: each answer is a coded 4xx (or a coded 503 that is the
 // deployment's fault), nothing is stored, and no 5xx comes from the input.
 import { createExecutionContext, env, SELF } from 'cloudflare:test';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import worker from '../src/index';
 import { ADMIN_TOKEN, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil, type TestProject } from './helpers';
 
@@ -139,6 +139,8 @@ describe('hostile requests', () => {
     huge.set(new TextEncoder().encode('{"name":"'), 0);
     for (const { method, path, headers } of jsonRoutes(p).filter((r) => r.path.startsWith('/v1/') || r.path.startsWith('/admin/'))) {
       const declared = await SELF.fetch(`http://gw${path}`, { method, headers, body: huge });
+      // An operator answer is never cached, a refusal included.
+      if (path.startsWith('/admin/')) expect(declared.headers.get('cache-control'), path).toBe('no-store');
       expect((await expectCoded(declared, 413, 'payload_too_large')).error.details).toEqual({ limitBytes: 1024 * 1024 });
       // Without a length (chunked): refused once the first MiB has come in.
       let sent = 0;
@@ -244,5 +246,21 @@ describe('failures that are not the client\'s', () => {
     const report = (await health.json()) as { ok: boolean; misconfigured: string[]; errors: string[] };
     expect(report.ok).toBe(false);
     expect(report.misconfigured).toEqual(['CLICKHOUSE_URL', 'SESSION_GAP_MS']);
+  });
+
+  it('logs a failed request on the Traccar path-token route without the token', async () => {
+    const p = await createProject();
+    const badEnv = { ...env, CLICKHOUSE_URL: 'not a url' };
+    const logged: string[] = [];
+    const spy = vi.spyOn(console, 'error').mockImplementation((...args: unknown[]) => void logged.push(args.map(String).join(' ')));
+    try {
+      const path = `/ingest/traccar/${encodeURIComponent(`${p.clientId}:${p.clientSecret}`)}?id=t-1&lat=1&lon=2`;
+      await expectCoded(await worker.fetch(new Request(`http://gw${path}`), badEnv, createExecutionContext()), 503, 'misconfigured');
+    } finally {
+      spy.mockRestore();
+    }
+    const line = logged.find((l) => l.includes('misconfigured'));
+    expect(line).toContain('"path":"/ingest/traccar/<token>"');
+    expect(logged.join('\n')).not.toContain(p.clientSecret);
   });
 });

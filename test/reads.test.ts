@@ -212,7 +212,8 @@ describe('GET /v1/events pages', () => {
     const one = { deviceId: 'c-1', ...wide };
     expect((await getJson<EventsBody>(p, `/v1/events?cursor=${encodeEventsCursor(one, { atMs: 8.64e15, rank: 2, key: '~' })}`)).status).toBe(200);
     // At the bound itself a cursor is one the API issues.
-    const bound = { sinceMs: Date.now() - 92 * 24 * 3_600_000, untilMs: Date.now() };
+    const now = Date.now();
+    const bound = { sinceMs: now - 92 * 24 * 3_600_000, untilMs: now };
     expect((await getJson<EventsBody>(p, `/v1/events?cursor=${encodeEventsCursor(bound, { atMs: bound.untilMs, rank: 2, key: '~' })}`)).status).toBe(200);
   });
 });

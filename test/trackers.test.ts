@@ -328,6 +328,10 @@ describe('OwnTracks', () => {
     expect(await res.json()).toEqual([]);
     expect(await positionsOf(p, 'ot-list', 2)).toHaveLength(2);
     expect((await trackerHealth()).recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'owntracks', count: 2, lastReason: 'validation', lastError: expect.stringMatching(/JSON object/) });
+    // Refused messages count toward the 2000 a request may hold.
+    const nulls = await post('/ingest/owntracks', { headers, body: JSON.stringify(Array(2001).fill(null)) });
+    expect(nulls.status).toBe(413);
+    expect(((await nulls.json()) as { error: { code: string } }).error.code).toBe('too_many_events');
     // A body that is no message at all is still the client's fault as a whole.
     const scalar = await post('/ingest/owntracks', { headers, body: '42' });
     expect(scalar.status).toBe(400);
@@ -468,6 +472,9 @@ describe('Traccar Client and OsmAnd as the apps really send', () => {
     expect(res.status).toBe(200);
     const [fix] = await positionsOf(p, 'ios-1', 1);
     expect(fix!.properties).toEqual({ lat: 52.52, lon: 13.405, speed: 18.52, heading: 90, altitude: 34, accuracy: 5, batt: 80 });
+    // An empty token parameter next to it does not hide it.
+    expect((await post(`/ingest/traccar/${token(p)}?token=&id=ios-1&timestamp=${at + 60}&lat=52.53&lon=13.405`, { method: 'GET' })).status).toBe(200);
+    expect(await positionsOf(p, 'ios-1', 2)).toHaveLength(2);
     // A wrong token in the path is refused, with a Basic challenge an app with URL credentials answers.
     const wrong = await post(`/ingest/traccar/${encodeURIComponent(`${p.clientId}:nope`)}?id=ios-1&lat=1&lon=2`, { method: 'POST' });
     expect(wrong.status).toBe(401);

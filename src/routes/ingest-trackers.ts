@@ -27,10 +27,12 @@ const retryLater = (message: string, details: Record<string, unknown> = {}) =>
  */
 async function deliver(c: Context<AppEnv>, source: TrackerSource, adapted: AdaptedRequest): Promise<void> {
   const { events } = adapted;
-  if (events.length > MAX_BATCH_EVENTS) {
-    throw new ApiError(413, 'too_many_events', `a request holds at most ${MAX_BATCH_EVENTS} positions`, { limitEvents: MAX_BATCH_EVENTS, events: events.length });
-  }
   const refused = adapted.rejected ?? [];
+  // Messages refused by the adapter count too: a list of nulls is not a way past the limit.
+  if (events.length + refused.length > MAX_BATCH_EVENTS) {
+    const rows = events.length + refused.length;
+    throw new ApiError(413, 'too_many_events', `a request holds at most ${MAX_BATCH_EVENTS} positions`, { limitEvents: MAX_BATCH_EVENTS, events: rows });
+  }
   if (!events.length && !refused.length) return;
   const project = c.get('project');
   const context = requestContext(c.req.raw);

@@ -30,7 +30,7 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
     }
     const tid = typeof message.tid === 'string' && message.tid.trim() !== '' ? message.tid.trim() : undefined;
     const deviceId = limitDevice?.trim() || tid;
-    if (!deviceId) throw badRequest('device_id_required', 'no device id: OwnTracks sends it as the X-Limit-D header (its Device ID setting) or as "tid"');
+    if (!deviceId) throw badRequest('device_id_required', 'no device id: OwnTracks sends it as the X-Limit-D header (its Device ID setting) or as "tid"; or name it in the endpoint URL as ?d=<device>');
     events.push(
       positionEvent({
         deviceId,
