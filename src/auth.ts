@@ -165,8 +165,9 @@ export const ingestRateLimit = spendIngestBudget(429);
 
 /**
  * The same budget for the tracker apps, which answer it with 503: OwnTracks (iOS) deletes a message
- * on any 4xx and its Android app holds its whole queue behind one for weeks, while every app keeps
- * and resends what got a 5xx. The code (`rate_limited`) and Retry-After say what it is.
+ * on any 4xx and its Android app holds its whole queue behind one for weeks, while OwnTracks,
+ * Overland and current Traccar Client keep and resend what got a 5xx. The code (`rate_limited`)
+ * and Retry-After say what it is.
  */
 export const trackerRateLimit = spendIngestBudget(503);
 

@@ -229,8 +229,6 @@ const traccarPost = createRoute({
 
 export const ingestTrackersRoute = router();
 
-// Each handler reads its own body (byte limits, gzip, apps' formats checked row by row), so the
-// routes are mounted as they are and described beside them.
 /** A GET stores a fix; a HEAD (a link checker, a proxy's prefetch) must not. */
 const getOrPostOnly: MiddlewareHandler<AppEnv> = async (c, next) => {
   if (c.req.method !== 'GET' && c.req.method !== 'POST') {
@@ -249,6 +247,8 @@ const traccar = async (c: Context<AppEnv>) => {
   return c.body(null, 200);
 };
 
+// Each handler reads its own body (byte limits, gzip, apps' formats checked row by row), so the
+// routes are mounted as they are and described beside them.
 ingestTrackersRoute
   // Overland deletes its copy only on exactly {"result":"ok"}; anything else and it resends the batch.
   .post('/ingest/overland', requireAppClient, trackerRateLimit, async (c) => {
