@@ -7,9 +7,11 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
+import { gzip } from 'node:zlib';
 
 const require = createRequire(import.meta.url);
+const gzipAsync = promisify(gzip);
 const { Session } = require('chdb');
 // chDB's own bind path escapes every string as if it were a raw JS value, but HTTP `param_*`
 // values already are ClickHouse escaped text (`a\'b`, `['x','y']`): they go to the addon as they came.
@@ -185,6 +187,12 @@ export async function startChdbServer({ dir, port = 0, host = '127.0.0.1', log =
         'X-ClickHouse-Format': format,
         'X-ClickHouse-Summary': JSON.stringify(Object.fromEntries(Object.entries(summary).map(([k, v]) => [k, String(v)]))),
       });
+      // HTTP compression, as ClickHouse does it: asked for by the setting and the client's Accept-Encoding.
+      if (params.get('enable_http_compression') === '1' && /\bgzip\b/i.test(req.headers['accept-encoding'] ?? '')) {
+        const level = Math.min(9, Math.max(1, Number(params.get('http_zlib_compression_level') ?? 3) || 3));
+        headers['Content-Encoding'] = 'gzip';
+        return { status: 200, headers, body: await gzipAsync(r.body, { level }) };
+      }
       return { status: 200, headers, body: r.body };
     } catch (err) {
       const failure = toFailure(err, version);
