@@ -1,6 +1,7 @@
 // Pure cores of raw-payload archival: months, chunk planning and encoding, checked decoding, lazy reads.
 import { describe, expect, it } from 'vitest';
 import {
+  adoptEncodedChunk,
   ArchiveChunkError,
   chunkKey,
   chunkKeyPrefix,
@@ -347,6 +348,58 @@ describe('chunk encoding', () => {
       expect(await chunkError(encode([row(1, jan, payload)]), JSON.stringify(payload))).toBe('invalid_payload');
     }
     expect(await chunkError(encodeChunk({ projectId: 'p1', month: '2026-01', number: 1_000_000, rows: [row(1, jan)] }))).toBe('invalid_key');
+  });
+});
+
+describe('chunks compressed by ClickHouse', () => {
+  // The archive job's chunks: ClickHouse writes the lines (a device's together) and gzips them; the
+  // Worker checks every line before anything is uploaded.
+  const t0 = at('2026-01-10T00:00:00.000Z');
+  const rows = Array.from({ length: 40 }, (_, i) => row(i, t0 + i * 1000, JSON.stringify({ lat: 48.85 + i / 1e4, n: i })));
+  const adopt = async (text: string, month = '2026-01') => adoptEncodedChunk({ projectId: 'p1', month, number: 3, body: await gzip(text) });
+  /** The text `encodeChunk` writes for `rs`, inflated from its object. */
+  const textOf = async (rs: ArchiveRow[]) => {
+    const { manifest, body } = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 3, rows: rs });
+    return inflateChunk(body, manifest);
+  };
+
+  it('takes the lines as they come, gives the rows back in time order, and records what encodeChunk would', async () => {
+    const text = await textOf(rows);
+    const lines = text.split('\n').filter(Boolean);
+    const shuffled = [...lines].reverse().join('\n') + '\n';
+    const adopted = await adopt(shuffled);
+    expect(adopted!.rows).toEqual(rows);
+    const expected = (await encodeChunk({ projectId: 'p1', month: '2026-01', number: 3, rows })).manifest;
+    expect(adopted!.manifest).toMatchObject({
+      key: expected.key,
+      rowCount: 40,
+      rawBytes: expected.rawBytes,
+      idsChecksumHex: expected.idsChecksumHex,
+      firstCreatedAtMs: rows[0]!.createdAtMs,
+      lastCreatedAtMs: rows.at(-1)!.createdAtMs,
+      compressedBytes: adopted!.body.byteLength,
+      sha256Hex: await sha256Hex(adopted!.body),
+    });
+    // What verification compares the read-back object with: the digest of the whole text.
+    expect(adopted!.written.pieces).toEqual([{ bytes: expected.rawBytes, sha256Hex: await sha256Hex(shuffled) }]);
+    expect(await decodeChunk(adopted!.body, adopted!.manifest)).toEqual(rows);
+  });
+
+  it('is nothing for an empty window', async () => {
+    expect(await adopt('')).toBeNull();
+  });
+
+  it('refuses before any upload what it cannot keep: broken gzip, a bad line, a payload that is not JSON, another month, an id twice', async () => {
+    const good = await textOf(rows.slice(0, 3));
+    const body = await gzip(good);
+    expect(await chunkError(adoptEncodedChunk({ projectId: 'p1', month: '2026-01', number: 3, body: body.subarray(0, body.byteLength - 9) }))).toBe('not_gzip');
+    expect(await chunkError(adopt(good.replace('"receivedAt":"2026', '"receivedAt":"not a representable time')), 'unformatted time')).toBe('malformed_line');
+    expect(await chunkError(adopt(good.replace('{"lat":', '{\n"lat":')), 'raw newline')).toBe('malformed_line');
+    expect(await chunkError(adopt(good.replace('{"lat":', '{lat:')), 'not JSON')).toBe('invalid_payload');
+    expect(await chunkError(adopt(good, '2026-02'))).toBe('month_mismatch');
+    const first = good.split('\n')[0]!;
+    expect(await chunkError(adopt(`${good}${first}\n`), 'an id twice')).toBe('rows_out_of_order');
+    expect(await chunkError(adopt(good.replace('"id":"01900000', '"id":"0190000A')), 'uppercase id')).toBe('invalid_row');
   });
 });
 

@@ -6,6 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { sweepArchives, maybeSweepArchives, SWEEP_MINUTE } from '../src/archive/sweep';
 import { addMonths, monthOfMs } from '../src/archive/month';
 import { manifestStore } from '../src/archive/manifest';
+import { inflateChunk } from '../src/archive/chunk';
+import { readObject } from '../src/archive/r2';
 import { sendChunk } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
 import { app } from '../src/index';
@@ -27,6 +29,7 @@ import {
 } from './archive-helpers';
 import { withMergesStopped } from './archive-fixtures';
 
+type ArchiveRowLike = { id: string; deviceId: string; createdAtMs: number; receivedAtMs: number; payload: string };
 const byId = <T extends { id: string }>(rows: readonly T[]) => new Map(rows.map((r) => [r.id, r]));
 
 async function eventCount(projectId: string): Promise<number> {
@@ -53,27 +56,28 @@ describe('archive jobs', () => {
 
   it('archives an event stored twice (a copy not merged yet) once, when the bound of a chunk falls on a copy', async () => {
     const p = await createProject('archive-copies');
-    // Ten events a second apart, every one written twice (two parts): chunks of 5 rows take the
-    // copies of two events. Merges stay stopped while the chunks are read, so the copies are there;
-    // a crash seam stops the run after the last chunk is verified, before any clear (a clear is a
-    // mutation, which needs merges), and a second run with merges back on finishes the month.
+    // Ten events a second apart, every one written twice (two parts): a window of 5 rows is bounded
+    // at the 5th stored row, a copy, so it holds three events (1–3, 4–6, 7–9, then 10), each once.
+    // Merges stay stopped while the chunks are read, so the copies are there; a crash seam stops
+    // the run after the last chunk is verified, before any clear (a clear is a mutation, which
+    // needs merges), and a second run with merges back on finishes the month.
     const rows = makeRows('copy', 10, Date.parse('2026-03-12T08:00:00.000Z'));
     const crashed = await withMergesStopped('event_payloads', async () => {
       await insertRows(p.id, rows);
       await insertRows(p.id, rows, false);
       const [copies] = await ch().query<{ n: number }>('SELECT count() AS n FROM event_payloads WHERE project_id = {p:String}', { p: p.id });
       expect(Number(copies!.n)).toBe(20);
-      return runArchiveJob({ projectId: p.id, month: '2026-03', chunkRows: 5, faults: { at: 'afterVerify', chunk: 5, mode: 'fail' } });
+      return runArchiveJob({ projectId: p.id, month: '2026-03', chunkRows: 5, faults: { at: 'afterVerify', chunk: 4, mode: 'fail' } });
     });
     expect(crashed.state).toBe('failed');
     const chunks = await chunksOf(p.id, '2026-03');
-    expect(chunks.map((c) => [c.number, c.rowCount, c.verifiedAt !== null, c.clearedAt])).toEqual([1, 2, 3, 4, 5].map((n) => [n, 2, true, null]));
+    expect(chunks.map((c) => [c.number, c.rowCount, c.verifiedAt !== null, c.clearedAt])).toEqual([1, 2, 3, 4].map((n) => [n, n < 4 ? 3 : 1, true, null]));
     const lines = (await Promise.all(chunks.map(decodeRecorded))).flat();
     expect(lines).toHaveLength(10);
     expect(byId(lines)).toEqual(byId(rows));
 
     expect(await archiveMonth(p.id, '2026-03')).toMatchObject({ state: 'succeeded' });
-    expect((await chunksOf(p.id, '2026-03')).length).toBe(5);
+    expect((await chunksOf(p.id, '2026-03')).length).toBe(4);
     expect(byId([...(await expectConverged(p.id, '2026-03')).values()])).toEqual(byId(rows));
     expect((await payloadsInClickHouse(p.id, '2026-03')).size).toBe(0);
   });
@@ -269,6 +273,47 @@ describe('archive jobs', () => {
     expect(job.result).toMatchObject({ chunks: 0, rows: 0, rawBytes: 0, compressedBytes: 0, monthChunks: 0 });
     expect(await objectKeys(p.id)).toEqual([]);
     expect((await listArchives(`?projectId=${p.id}`)).body).toEqual({ archives: [] });
+  });
+
+  it('writes every device id exactly, as JSON any reader takes, whatever characters it holds', async () => {
+    // ClickHouse writes the chunk lines: quotes, backslashes and control characters must come out
+    // escaped, and the rest as UTF-8, or an erasure by device would miss the rows.
+    const p = await createProject('archive-device-text');
+    const devices = ['say "hi"', 'back\\slash\\', 'tab\there', 'line\nfeed\r', 'ctl\u0000\u0001\u001f\u007f', 'é 😀 日本', '\u2028sep', "quote'single"];
+    const rows = makeRows('devtext', devices.length, Date.parse('2026-03-05T10:00:00.000Z')).map((r, i) => ({ ...r, deviceId: devices[i]! }));
+    await insertRows(p.id, rows);
+    // A payload whose event row is missing is archived without a device.
+    const [orphan] = makeRows('devtext-orphan', 1, Date.parse('2026-03-05T11:00:00.000Z'));
+    await insertRows(p.id, [orphan!], false);
+    expect(await archiveMonth(p.id, '2026-03')).toMatchObject({ state: 'succeeded', rowsProcessed: devices.length + 1 });
+    const archived = await expectConverged(p.id, '2026-03');
+    expect(byId([...archived.values()])).toEqual(byId([...rows, { ...orphan!, deviceId: '' }]));
+    // Each line is plain JSON to any reader, with the same device and payload.
+    const [chunk] = await chunksOf(p.id, '2026-03');
+    const text = await inflateChunk((await readObject(env.ARCHIVE, chunk!.key))!, { sha256Hex: chunk!.sha256 });
+    const lines = text.trimEnd().split('\n').map((l) => JSON.parse(l) as { id: string; deviceId: string; payload: unknown });
+    expect(new Map(lines.map((l) => [l.id, l.deviceId]))).toEqual(new Map([...rows, { ...orphan!, deviceId: '' }].map((r) => [r.id, r.deviceId])));
+    expect(lines.every((l) => JSON.stringify(l.payload) === JSON.stringify(JSON.parse(archived.get(l.id)!.payload)))).toBe(true);
+  });
+
+  it('refuses a month it cannot archive exactly: nothing uploaded, recorded or cleared, the reason in the job', async () => {
+    const cases: Array<[string, (r: ArchiveRowLike) => ArchiveRowLike, RegExp]> = [
+      ['payload not JSON', (r) => ({ ...r, payload: '{"a":1' }), /cannot be written \(invalid_payload\)/],
+      ['payload over two lines', (r) => ({ ...r, payload: '{\n"a":1}' }), /cannot be written \(malformed_line\)/],
+      ['receipt time no DateTime holds', (r) => ({ ...r, receivedAtMs: 5_000_000_000_000 }), /cannot be written \(malformed_line\)/],
+    ];
+    for (const [label, spoil, reason] of cases) {
+      const p = await createProject(`archive-refuse-${label}`);
+      const rows = makeRows(`refuse-${label}`, 5, Date.parse('2026-03-07T10:00:00.000Z'));
+      rows[2] = spoil(rows[2]!) as (typeof rows)[number];
+      await insertRows(p.id, rows);
+      const job = await archiveMonth(p.id, '2026-03');
+      expect(job.state, label).toBe('failed');
+      expect(job.error, label).toMatch(reason);
+      expect(await objectKeys(p.id), label).toEqual([]);
+      expect(await chunksOf(p.id, '2026-03'), label).toEqual([]);
+      expect((await payloadsInClickHouse(p.id, '2026-03')).size, label).toBe(5);
+    }
   });
 
   it('refuses bad input with coded errors', async () => {

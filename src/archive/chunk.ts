@@ -371,6 +371,68 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
   return { manifest, body, written: { pieces: await Promise.all(pieces) } };
 }
 
+/**
+ * A chunk whose gzip JSON Lines were made elsewhere: ClickHouse formats a window's lines and
+ * compresses them itself (the archive job's read). Before anything is uploaded the object is
+ * inflated and every line checked as `encodeChunk` checks its rows (a chunk line, a lowercase UUID,
+ * times of the month, a JSON payload, each id once); the manifest figures and the digest of the
+ * text (what verification compares the read-back object with) come from what was checked. The
+ * rows come back in (createdAt, id) order. Null when the text is empty (a window that held nothing).
+ */
+export async function adoptEncodedChunk(chunk: {
+  projectId: string;
+  month: string;
+  number: number;
+  body: Uint8Array;
+}): Promise<(EncodedArchiveChunk & { rows: ArchiveRow[] }) | null> {
+  const key = chunkKey(chunk.projectId, chunk.month, chunk.number);
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await gunzip(chunk.body));
+  } catch (err) {
+    throw new ArchiveChunkError('not_gzip', `${key}: the text read for it is not a complete gzip stream (${String(err)})`, { key });
+  }
+  if (bytes.byteLength === 0) return null;
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw new ArchiveChunkError('not_utf8', `${key}: the text read for it is not UTF-8`, { key });
+  }
+  const rows = parseChunkText(text, key);
+  const bounds = monthBoundsMs(chunk.month);
+  for (const row of rows) checkRow(row, chunk.month, bounds);
+  rows.sort(compareRows);
+  const ids = rows.map((r) => r.id);
+  if (new Set(ids).size !== ids.length) {
+    const twice = ids.find((id, i) => i > 0 && ids[i - 1] === id) ?? ids.find((id, i) => ids.indexOf(id) !== i);
+    throw new ArchiveChunkError('rows_out_of_order', `${key}: each id once: ${twice} is there twice`, { key, id: twice });
+  }
+  const [sha, textSha, idsSum] = await Promise.all([sha256Hex(chunk.body), sha256Hex(bytes), idsChecksum(ids)]);
+  const manifest: ArchiveChunkManifest = {
+    projectId: chunk.projectId,
+    month: chunk.month,
+    number: chunk.number,
+    key,
+    rowCount: rows.length,
+    rawBytes: bytes.byteLength,
+    compressedBytes: chunk.body.byteLength,
+    sha256Hex: sha,
+    idsChecksumHex: idsSum,
+    firstCreatedAtMs: rows[0]!.createdAtMs,
+    lastCreatedAtMs: rows[rows.length - 1]!.createdAtMs,
+  };
+  return { manifest, body: chunk.body, written: { pieces: [{ bytes: bytes.byteLength, sha256Hex: textSha }] }, rows };
+}
+
+/** Gzips bytes with `CompressionStream` (text a server sent uncompressed). */
+export async function gzipBytes(bytes: Uint8Array): Promise<Uint8Array> {
+  const stream = new CompressionStream('gzip');
+  const writer = stream.writable.getWriter();
+  const [compressed] = await Promise.all([new Response(stream.readable).arrayBuffer(), writer.write(bytes).then(() => writer.close())]);
+  return new Uint8Array(compressed);
+}
+
 const toBytes = (body: ArrayBuffer | ArrayBufferView): Uint8Array =>
   body instanceof Uint8Array ? body : ArrayBuffer.isView(body) ? new Uint8Array(body.buffer, body.byteOffset, body.byteLength) : new Uint8Array(body);
 

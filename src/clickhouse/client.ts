@@ -52,6 +52,12 @@ export interface ClickHouse {
    * decode than JSON when a column holds long text, such as raw payloads.
    */
   queryFields(sql: string, params: QueryParams | undefined, columns: number): Promise<string[][]>;
+  /**
+   * `sql` answered as TabSeparatedRaw (each row one line, as it is), compressed by ClickHouse itself
+   * (gzip at `level`, 1–9) and handed over still compressed: a large text the Worker need not take
+   * in or compress. `gzipped` is false when the server sent the text uncompressed.
+   */
+  queryGzip(sql: string, params: QueryParams | undefined, level: number): Promise<{ bytes: Uint8Array; gzipped: boolean }>;
   /** `query`, with the rows ClickHouse reports it read for it (FORMAT JSON statistics: both generations). */
   queryStats<T>(sql: string, params?: QueryParams, lists?: ValueLists): Promise<{ rows: T[]; readRows: number }>;
   /** `settings`: ClickHouse settings for this statement only (e.g. `lightweight_deletes_sync`). */
@@ -130,11 +136,11 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
   const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> =>
     (await request(sql, params, lists, 'JSONEachRow')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
   /**
-   * A query as a request of our own, its answer as one text decoded at once (the client decodes
-   * a stream piece by piece): with lists, multipart with the query in the URL; else the query is
-   * the body.
+   * A query as a request of our own, with lists multipart with the query in the URL; else the
+   * query is the body. `gzipLevel`: ClickHouse compresses its answer (HTTP compression) and it is
+   * handed over still compressed (`encodeResponseBody: 'manual'`).
    */
-  const request = async (sql: string, params: QueryParams | undefined, lists: ValueLists, format: 'JSONEachRow' | 'JSON' | 'TabSeparated'): Promise<string> => {
+  const send = async (sql: string, params: QueryParams | undefined, lists: ValueLists, format: string, gzipLevel?: number): Promise<Response> => {
     const v = await version();
     const url = new URL(config.url);
     const names = Object.keys(lists);
@@ -158,12 +164,26 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     if (names.length) url.searchParams.set('query', query);
     url.searchParams.set('database', config.database);
     for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
-    const res = await fetch(url, {
+    const headers: Record<string, string> = { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` };
+    if (gzipLevel !== undefined) {
+      url.searchParams.set('enable_http_compression', '1');
+      url.searchParams.set('http_zlib_compression_level', String(gzipLevel));
+      // The whole answer is made before any of it is sent: ClickHouse finishes its work even
+      // while the Worker is busy and not reading (a full socket would stop it).
+      url.searchParams.set('wait_end_of_query', '1');
+      headers['accept-encoding'] = 'gzip';
+    }
+    return fetch(url, {
       method: 'POST',
       body: names.length ? form : query,
-      headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
+      headers,
       signal: AbortSignal.timeout(timeoutMs),
+      ...(gzipLevel !== undefined ? { encodeResponseBody: 'manual' as const } : {}),
     });
+  };
+  /** `send`, its answer as one text decoded at once (the client decodes a stream piece by piece). */
+  const request = async (sql: string, params: QueryParams | undefined, lists: ValueLists, format: 'JSONEachRow' | 'JSON' | 'TabSeparated'): Promise<string> => {
+    const res = await send(sql, params, lists, format);
     const text = await res.text();
     if (!res.ok) throw new Error(`ClickHouse answered ${res.status}: ${text.slice(0, 1000)}`);
     return text;
@@ -181,6 +201,19 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     },
     async queryFields(sql: string, params: QueryParams | undefined, columns: number) {
       return read(async () => parseTabSeparated(await request(sql, params, {}, 'TabSeparated'), columns));
+    },
+    async queryGzip(sql: string, params: QueryParams | undefined, level: number) {
+      if (!Number.isInteger(level) || level < 1 || level > 9) throw new TypeError(`gzip level ${level} is not 1–9`);
+      return read(async () => {
+        const res = await send(sql, params, {}, 'TabSeparatedRaw', level);
+        const gzipped = /^\s*gzip\s*$/i.test(res.headers.get('content-encoding') ?? '');
+        const bytes = new Uint8Array(await res.arrayBuffer());
+        if (!res.ok) {
+          const body = gzipped ? new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))) : new Response(bytes);
+          throw new Error(`ClickHouse answered ${res.status}: ${(await body.text().catch(() => '(an unreadable answer)')).slice(0, 1000)}`);
+        }
+        return { bytes, gzipped };
+      });
     },
     async queryStats<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
       if (lists && Object.keys(lists).length) return read(async () => statsOf<T>(JSON.parse(await request(sql, params, lists, 'JSON'))));
