@@ -299,7 +299,7 @@ describe('archive jobs', () => {
   it('refuses a month it cannot archive exactly: nothing uploaded, recorded or cleared, the reason in the job', async () => {
     const cases: Array<[string, (r: ArchiveRowLike) => ArchiveRowLike, RegExp]> = [
       ['payload not JSON', (r) => ({ ...r, payload: '{"a":1' }), /cannot be written \(invalid_payload\)/],
-      ['payload over two lines', (r) => ({ ...r, payload: '{\n"a":1}' }), /cannot be written \(malformed_line\)/],
+      ['payload over two lines', (r) => ({ ...r, payload: '{\n"a":1}' }), /cannot be written \(invalid_payload\)/],
       ['receipt time no DateTime holds', (r) => ({ ...r, receivedAtMs: 5_000_000_000_000 }), /cannot be written \(malformed_line\)/],
     ];
     for (const [label, spoil, reason] of cases) {

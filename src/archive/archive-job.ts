@@ -380,68 +380,87 @@ function isoTimeSql(column: string): string {
     'not a representable time')`;
 }
 
-/** One chunk line per row, exactly as `encodeChunk` writes it (`{"id":…,"deviceId":…,"createdAt":…,"receivedAt":…,"payload":<payload>}`). */
+/**
+ * One chunk line per row, in the format `encodeChunk` writes (`{"id":…,"deviceId":…,"createdAt":…,
+ * "receivedAt":…,"payload":<payload>}`; a control character in a device id comes out as `\u00XX`).
+ * A payload over more than one line would split its line: it comes out as text that is not JSON,
+ * so the chunk is refused before it is uploaded.
+ */
 const CHUNK_LINE_SQL = `concat('{"id":"', p.sid, '","deviceId":"', ${jsonStringSql('d.device_id')}, '","createdAt":"', ${isoTimeSql('p.created_at_ms')},
-  '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":', p.payload, '}')`;
+  '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":',
+  if(position(p.payload, '\\n') = 0, p.payload, 'a payload over more than one line'), '}')`;
 
 /** How long the job waits for the next window's queries to leave before it works on a chunk. */
 const SEND_AHEAD_MS = 1;
 
-/** The next window of the month's payloads: its chunk's gzip JSON Lines, and where its last row should be. */
+/** What ClickHouse says of a window apart from its text: how many events it holds and its last one. */
+interface WindowFacts {
+  rows: number;
+  last: { afterMs: number; afterId: string };
+}
+
+/** The next window of the month's payloads, its queries under way. */
 interface Window {
-  body: Promise<Uint8Array>;
-  /** The window's last row in (createdAt, id) order, as ClickHouse finds it on its own; null: the window is empty. */
-  last: Promise<{ afterMs: number; afterId: string } | null>;
+  /** Settles once the window's queries have been sent. */
+  sent: Promise<void>;
+  /** The chunk's gzip JSON Lines; null: nothing is left after the cursor. */
+  body: Promise<Uint8Array | null>;
+  facts: Promise<WindowFacts | null>;
 }
 
 /**
  * The first `limit` payload rows of the month after the cursor, in (createdAt, id) order (the id as
  * text, as the cursor and the chunk compare it), each id once, with their device, as one chunk's
  * gzip JSON Lines that ClickHouse formats (a device's lines together) and compresses itself: the
- * Worker takes in ~2.7 MB instead of ~20 MB of rows, and neither builds lines nor compresses.
+ * Worker takes in ~2.6 MB instead of ~20 MB of rows, and neither builds lines nor compresses.
  *
- * ClickHouse bounds the window itself (the time of the `limit`-th row, an integer sort, so no
- * payload outside it is read; copies of one event count there, so a window may hold fewer events
- * than `limit` while more are left), and a second, small query finds the window's last row: both leave
- * at once, so the job can send the next window's queries before it works on this chunk, and
- * ClickHouse makes the next chunk meanwhile. The chunk's own rows are the truth: the job goes on
- * from the prediction only when it is the chunk's last row. A row written into a window after it was
+ * A small query first bounds the window on event times alone (the time of the `limit`-th stored
+ * row, copies counted: a top-k integer sort whatever the month holds, so no payload outside the
+ * window is read); with that one bound, the chunk's text and the window's facts (its event count
+ * and last row, which the chunk's lines must match) leave side by side. The facts name the next
+ * window's cursor, so the job sends the next window's queries before it works on this chunk, and
+ * ClickHouse makes the next chunk meanwhile. A row written behind the cursor after its window was
  * read (late data) waits in ClickHouse for the next run, like any late row.
  */
 function readWindow(run: Run, afterMs: number, afterId: string, limit: number): Window {
   const w = timeWhere(run.startMs, run.endMs - 1);
-  const params = { p: run.p.projectId, ...w.params, afterMs, afterId, limit };
   const after = `${w.sql} AND (created_at_ms > {afterMs:Int64} OR (created_at_ms = {afterMs:Int64} AND toString(id) > {afterId:String}))`;
-  // The time of the `limit`-th row (copies counted: a top-k integer sort, whatever the month holds).
-  const bound = `(SELECT max(t) FROM (SELECT created_at_ms AS t FROM event_payloads WHERE ${after} ORDER BY t LIMIT {limit:UInt32}))`;
-  const rows = `SELECT id, toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${after} AND created_at_ms <= ${bound}
-     ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
-  const body = run.ch
-    .queryGzip(
-      `SELECT ${CHUNK_LINE_SQL}
-       FROM (${rows}) AS p
-       ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${after} AND created_at_ms <= ${bound}) AS d USING id
-       ORDER BY d.device_id, p.created_at_ms, p.sid`,
-      params,
-      CHUNK_GZIP_LEVEL,
-    )
-    // A server that does not compress its answers: the Worker compresses the text itself.
-    .then(({ bytes, gzipped }) => (gzipped ? bytes : gzipBytes(bytes)));
-  const last = run.ch
-    .queryFields(
-      `SELECT created_at_ms, toString(id) AS sid FROM event_payloads WHERE ${after} AND created_at_ms <= ${bound}
-       ORDER BY created_at_ms DESC, sid DESC LIMIT 1`,
-      params,
-      2,
-    )
-    .then(([row]) => (row ? { afterMs: Number(row[0]), afterId: row[1]! } : null));
-  return { body, last };
+  const base = { p: run.p.projectId, ...w.params, afterMs, afterId, limit };
+  const requests = run.ch
+    .queryFields(`SELECT count(), max(t) FROM (SELECT created_at_ms AS t FROM event_payloads WHERE ${after} ORDER BY t LIMIT {limit:UInt32})`, base, 2)
+    .then(([bound]) => {
+      if (!bound || Number(bound[0]) === 0) return null;
+      const params = { ...base, toMs: Number(bound[1]) };
+      const window = `${after} AND created_at_ms <= {toMs:Int64}`;
+      const rows = `SELECT id, toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window}
+         ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
+      const body = run.ch
+        .queryGzip(
+          `SELECT ${CHUNK_LINE_SQL}
+           FROM (${rows}) AS p
+           ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${window}) AS d USING id
+           ORDER BY d.device_id, p.created_at_ms, p.sid`,
+          params,
+          CHUNK_GZIP_LEVEL,
+        )
+        // A server that does not compress its answers: the Worker compresses the text itself.
+        .then(({ bytes, gzipped }) => (gzipped ? bytes : gzipBytes(bytes)));
+      const facts = run.ch
+        .queryFields(`SELECT created_at_ms, sid, (SELECT count() FROM (${rows})) FROM (${rows}) ORDER BY created_at_ms DESC, sid DESC LIMIT 1`, params, 3)
+        .then(([row]): WindowFacts | null => (row ? { rows: Number(row[2]), last: { afterMs: Number(row[0]), afterId: row[1]! } } : null));
+      return { body, facts };
+    });
+  return {
+    sent: requests.then(() => {}),
+    body: requests.then((r) => r?.body ?? null),
+    facts: requests.then((r) => r?.facts ?? null),
+  };
 }
 
 /**
  * Proves a freshly written chunk: its object, read back from R2, has the manifest's SHA-256 and
- * inflates to exactly the text the encoder wrote from the source rows (`written`), whose lines carry
- * the source rows' ids (`sourceIdsChecksum`, from the encoder, which the manifest must record).
+ * inflates to exactly the text that was checked before its upload (`written`), whose lines carry
+ * the ids the manifest records (`sourceIdsChecksum`, from that check).
  */
 async function verifyNewChunk(run: Run, row: ManifestRow, written: WrittenText, sourceIdsChecksum: string): Promise<void> {
   const body = await readObject(run.bucket, row.key);
@@ -456,20 +475,31 @@ async function verifyNewChunk(run: Run, row: ManifestRow, written: WrittenText, 
 }
 
 /**
- * One new chunk from a window's gzip JSON Lines: check every line, upload create-only, record, read
- * back and prove, then stage its ids for the slice's clear (a chunk is cleared only once verified,
- * and only by clearSlice or settleChunk). Its rows in (createdAt, id) order; null for an empty window.
+ * One new chunk from a window's gzip JSON Lines: check every line and that they are the window
+ * ClickHouse described (`facts`), upload create-only, record, read back and prove, then stage its
+ * ids for the slice's clear (a chunk is cleared only once verified, and only by clearSlice or
+ * settleChunk).
  */
-async function writeChunk(run: Run, body: Uint8Array, slice: Slice): Promise<ArchiveRow[] | null> {
+async function writeChunk(run: Run, body: Uint8Array, facts: WindowFacts, slice: Slice): Promise<void> {
   const number = await run.manifests.nextNumber(run.p.projectId, run.p.month);
   let encoded;
   try {
     encoded = await adoptEncodedChunk({ projectId: run.p.projectId, month: run.p.month, number, body });
   } catch (err) {
+    // A broken transfer: nothing was written, and the retry reads the window again.
+    if (err instanceof ArchiveChunkError && err.code === 'not_gzip') throw new Error(`chunk ${number} of ${run.p.month}: ${err.message}; the retry reads it again`);
     if (err instanceof ArchiveChunkError) throw new PermanentChunkError(`chunk ${number} of ${run.p.month} cannot be written (${err.code}): ${err.message}`);
     throw err;
   }
-  if (!encoded) return null;
+  const last = encoded?.rows.at(-1);
+  if (!encoded || encoded.rows.length !== facts.rows || encoded.rows.length > run.chunkRows || last!.createdAtMs !== facts.last.afterMs || last!.id !== facts.last.afterId) {
+    // Rows written or merged while the window was read; nothing was uploaded.
+    throw new Error(
+      `chunk ${number} of ${run.p.month}: its text holds ${encoded?.rows.length ?? 0} events ending at ${last?.id ?? 'none'}, ClickHouse counted ${facts.rows} ending at ${facts.last.afterId}; the retry reads the window again`,
+    );
+  }
+  // Only ids and times are needed from here on: the payload texts (slices of the whole text) go.
+  encoded.rows = encoded.rows.map((r) => ({ ...r, payload: '' }));
   const { manifest } = encoded;
   if ((await putChunkCreateOnly(run.bucket, encoded)) === 'exists') {
     // Never overwritten: an object already there is reused only when it is this very chunk.
@@ -486,7 +516,6 @@ async function writeChunk(run: Run, body: Uint8Array, slice: Slice): Promise<Arc
   await verifyNewChunk(run, row, encoded.written, manifest.idsChecksumHex);
   maybeCrash(run, 'afterVerify', number);
   await stageChunk(run, slice, number, encoded.rows);
-  return encoded.rows;
 }
 
 /**
@@ -595,25 +624,25 @@ export const archiveRunner: JobRunner = {
     let window = readWindow(run, cursor.afterMs, cursor.afterId, run.chunkRows);
     let done = false;
     for (;;) {
-      const [body, predicted] = await Promise.all([window.body, window.last]);
-      const ahead = predicted && goOn() ? readWindow(run, predicted.afterMs, predicted.afterId, run.chunkRows) : null;
-      // Awaited below, unless this chunk fails first.
-      ahead?.body.catch(() => {});
-      ahead?.last.catch(() => {});
-      // A real timer lets the requests leave now: workerd sends a subrequest only when its event
-      // loop goes idle, and the chunk's checks, upload and verification never leave it idle locally.
-      if (ahead) await scheduler.wait(SEND_AHEAD_MS);
-      const rows = await writeChunk(run, body, slice);
-      const last = rows?.at(-1);
-      if (!last) {
+      const [body, facts] = await Promise.all([window.body, window.facts]);
+      if (!body || !facts) {
         done = true;
         break;
       }
-      cursor = { phase: 'archive', afterMs: last.createdAtMs, afterId: last.id };
-      // The month is done at the first empty window (a short chunk may be short for copies not merged yet).
-      if (!goOn()) break;
-      const onTrack = ahead && predicted!.afterMs === last.createdAtMs && predicted!.afterId === last.id;
-      window = onTrack ? ahead : readWindow(run, cursor.afterMs, cursor.afterId, run.chunkRows);
+      const ahead = goOn() ? readWindow(run, facts.last.afterMs, facts.last.afterId, run.chunkRows) : null;
+      if (ahead) {
+        // Awaited below, unless this chunk fails first.
+        ahead.body.catch(() => {});
+        ahead.facts.catch(() => {});
+        await ahead.sent;
+        // A real timer lets the requests leave now: workerd sends a subrequest only when its event
+        // loop goes idle, and the chunk's checks, upload and verification never leave it idle locally.
+        await scheduler.wait(SEND_AHEAD_MS);
+      }
+      await writeChunk(run, body, facts, slice);
+      cursor = { phase: 'archive', ...facts.last };
+      if (!ahead) break;
+      window = ahead;
     }
     await clearSlice(run, slice);
     return outcome(cursor, before, slice.rows, total, done);

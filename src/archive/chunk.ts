@@ -386,6 +386,7 @@ export async function adoptEncodedChunk(chunk: {
   body: Uint8Array;
 }): Promise<(EncodedArchiveChunk & { rows: ArchiveRow[] }) | null> {
   const key = chunkKey(chunk.projectId, chunk.month, chunk.number);
+  if (chunk.body.byteLength === 0) return null;
   let bytes: Uint8Array;
   try {
     bytes = new Uint8Array(await gunzip(chunk.body));

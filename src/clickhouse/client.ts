@@ -206,7 +206,10 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       if (!Number.isInteger(level) || level < 1 || level > 9) throw new TypeError(`gzip level ${level} is not 1–9`);
       return read(async () => {
         const res = await send(sql, params, {}, 'TabSeparatedRaw', level);
-        const gzipped = /^\s*gzip\s*$/i.test(res.headers.get('content-encoding') ?? '');
+        const encoding = (res.headers.get('content-encoding') ?? '').trim().toLowerCase();
+        const gzipped = encoding === 'gzip';
+        // Something on the way compressed the answer some other way: an error the caller retries.
+        if (res.ok && !gzipped && encoding !== '' && encoding !== 'identity') throw new Error(`ClickHouse's answer came with Content-Encoding ${encoding}, not gzip`);
         const bytes = new Uint8Array(await res.arrayBuffer());
         if (!res.ok) {
           const body = gzipped ? new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))) : new Response(bytes);
