@@ -1,6 +1,7 @@
 // Raw-payload archival through a local gateway: archive throughput (ClickHouse → verified R2 chunks,
 // target ≥ 50k rows/s), restore throughput (target ≥ 100k rows/s), the compression ratio of
-// realistic tracker and analytics payloads (target ≥ 10:1), and the R2 bytes a lazy read costs
+// realistic tracker and analytics payloads (target ≥ 10:1; also printed for tracker rows as the
+// gateway stores them, archived in a second project), and the R2 bytes a lazy read costs
 // (at most one chunk; 0 when cached). Each rate is printed beside a floor measured in the same run:
 // reading the same rows out of ClickHouse and gzipping them in this process. Prints, asserts nothing.
 import { randomBytes } from 'node:crypto';
@@ -93,19 +94,22 @@ async function runJob(label, path, body) {
   return { job, runMs, wallMs: Date.now() - started };
 }
 
-/**
- * Realistic payloads, generated inside ClickHouse (fast, and the same text on both generations):
- * a third each of OwnTracks locations, Overland GeoJSON features and OpenPanel analytics events,
- * over 2000 devices through one month.
- */
-async function seed(projectId) {
-  const t = `toInt64(${MONTH_START_MS} + number * 8000 + (number % 997))`;
-  // Ids as the gateway makes them: UUIDv7 carrying the event time, the rest from a hash.
-  // hex() drops leading zero bytes: pad to 16 digits.
-  const pad16 = (x) => `substring(concat('0000000000000000', ${x}), length(${x}) + 1, 16)`;
-  const h = pad16('lower(hex(cityHash64(number)))');
+// Ids as the gateway makes them: UUIDv7 carrying the event time, the rest from a hash.
+// hex() drops leading zero bytes: pad to 16 digits.
+const pad16 = (x) => `substring(concat('0000000000000000', ${x}), length(${x}) + 1, 16)`;
+function uuidv7Sql(t, salt) {
+  const h = pad16(`lower(hex(cityHash64(number, ${salt})))`);
   const ms = pad16(`lower(hex(toUInt64(${t})))`);
-  const uuidv7 = `toUUID(concat(substring(${ms}, 5, 8), '-', substring(${ms}, 13, 4), '-7', substring(${h}, 1, 3), '-8', substring(${h}, 4, 3), '-', substring(${h}, 7, 10), substring(${pad16('lower(hex(cityHash64(number, 1)))')}, 1, 2)))`;
+  return `toUUID(concat(substring(${ms}, 5, 8), '-', substring(${ms}, 13, 4), '-7', substring(${h}, 1, 3), '-8', substring(${h}, 4, 3), '-', substring(${h}, 7, 10), substring(${pad16(`lower(hex(cityHash64(number, ${salt}, 1)))`)}, 1, 2)))`;
+}
+
+/**
+ * The default data: a third each of OwnTracks locations, Overland GeoJSON features and OpenPanel
+ * analytics events, over 2000 devices through one month, as clients would send them through
+ * `/track/batch`, each field cycling on its own (a device's rows hours apart, sharing little).
+ */
+function mixedPayloads() {
+  const t = `toInt64(${MONTH_START_MS} + number * 8000 + (number % 997))`;
   const dev = "concat('veh-', toString(number % 2000))";
   const lat = 'toString(round(48.80 + (number % 10000) / 100000.0, 6))';
   const lon = 'toString(round(2.30 + (number % 7777) / 100000.0, 6))';
@@ -122,15 +126,52 @@ async function seed(projectId) {
     concat('{"type":"track","payload":{"name":"screen_view","profileId":"user-', toString(number % 5000), '","properties":{"path":"/fleet/', toString(number % 50),
            '/vehicles","title":"Fleet overview","referrer":"https://app.example.com/","os":"Android","osVersion":"14","model":"Pixel 8","appVersion":"3.', toString(number % 12),
            '.0","__deviceId":"', ${dev}, '","__timestamp":', toString(${t}), '}}}'))`;
+  return { t, dev, payload };
+}
+
+/**
+ * Rows as the gateway itself stores them from tracker apps, in traces: each of 2000 devices makes
+ * three trips of 50 fixes 5 s apart, 8 days between trips. A third are OwnTracks and a third
+ * Overland locations after their adapters (position events keeping the app's other fields, each
+ * with its `fix:` id, a 128-bit hash), a third an app's analytics events (no event id of their own).
+ */
+function tracePayloads() {
+  const d = 'number % 2000';
+  const i = 'intDiv(number, 2000)';
+  const step = `(${i} % 50)`;
+  const t = `toInt64(${MONTH_START_MS} + intDiv(${i}, 50) * 691200000 + (${d}) * 20000 + ${step} * 5000)`;
+  const dev = `concat('veh-', toString(${d}))`;
+  const lat = `toString(round(48.80 + (${d} % 97) / 1000.0 + intDiv(${i}, 50) / 100.0 + ${step} * 0.00043 + (number % 7) / 100000.0, 6))`;
+  const lon = `toString(round(2.30 + (${d} % 89) / 1000.0 + ${step} * 0.00031, 6))`;
+  const speed = `toString(round((11 + number % 4 + 0.25) * 3.6, 3))`;
+  const heading = `toString((${d} * 7 + intDiv(${i}, 50) * 13) % 360)`;
+  const tail = `',"lat":', ${lat}, ',"lon":', ${lon}, ',"speed":', ${speed}, ',"heading":', ${heading}, ',"accuracy":', toString(5 + number % 3),
+           ',"altitude":', toString(35 + ${step} % 4), ',"__deviceId":"', ${dev}, '","__timestamp":', toString(${t}),
+           ',"__eventId":"fix:', lower(hex(MD5(concat(${dev}, toString(${t}), ${lat}, ${lon})))), '"}}}'`;
+  const payload = `multiIf(
+    ${d} % 3 = 0,
+    concat('{"type":"track","payload":{"name":"position","properties":{"batt":', toString(95 - ${step}), ',"bs":1,"conn":"m","created_at":', toString(intDiv(${t}, 1000) + 1),
+           ',"m":1,"t":"u","tid":"', substring(${dev}, 5, 2), '","vac":3', ${tail}),
+    ${d} % 3 = 1,
+    concat('{"type":"track","payload":{"name":"position","properties":{"motion":["driving","automotive_navigation"],"battery_state":"unplugged","battery_level":0.', toString(95 - ${step}),
+           ',"wifi":"","vertical_accuracy":3,"speed_accuracy":1,"course_accuracy":10', ${tail}),
+    concat('{"type":"track","payload":{"name":"screen_view","profileId":"user-', toString(${d} * 7 % 5000), '","properties":{"path":"/fleet/', toString(${step} % 5),
+           '/vehicles","title":"Fleet overview","referrer":"https://app.example.com/","os":"Android","osVersion":"14","model":"Pixel 8","appVersion":"3.', toString(${d} % 12),
+           '.0","__deviceId":"', ${dev}, '","__timestamp":', toString(${t}), '}}}'))`;
+  return { t, dev, payload };
+}
+
+/** Writes `rows` payloads of one kind for the project, and each event's row naming its device. */
+async function seed(projectId, { t, dev, payload }, rows, salt) {
+  const uuidv7 = uuidv7Sql(t, salt);
   await sql(
     `INSERT INTO event_payloads (id, project_id, created_at_ms, received_at_ms, payload)
-     SELECT ${uuidv7}, {p:String}, ${t}, ${t} + 1500, ${payload} FROM numbers(${ROWS})`,
+     SELECT ${uuidv7}, {p:String}, ${t}, ${t} + 1500, ${payload} FROM numbers(${rows})`,
     { p: projectId },
   );
-  // Each event's device is the vehicle its payload names.
   await sql(
     `INSERT INTO events (id, project_id, device_id, session_id, profile_id, type, name, created_at_ms, received_at_ms, synced_at_ms, properties, ref_id, ip, country, region, city, timezone, latitude, longitude)
-     SELECT ${uuidv7}, {p:String}, ${dev}, '', '', 'track', 'bench', ${t}, ${t} + 1500, ${t} + 1500, '{}', '', '', '', '', '', '', NULL, NULL FROM numbers(${ROWS})`,
+     SELECT ${uuidv7}, {p:String}, ${dev}, '', '', 'track', 'bench', ${t}, ${t} + 1500, ${t} + 1500, '{}', '', '', '', '', '', '', NULL, NULL FROM numbers(${rows})`,
     { p: projectId },
   );
 }
@@ -167,7 +208,7 @@ try {
   const project = gateway.project;
   const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
   console.log(`seeding ${fmt(ROWS)} payloads of ${MONTH} (OwnTracks, Overland, analytics) on ${gateway.clickhouse.kind}`);
-  await seed(project.id);
+  await seed(project.id, mixedPayloads(), ROWS, 0);
   const [rawBytes] = (await sql('SELECT sum(length(payload)) FROM event_payloads WHERE project_id = {p:String}', { p: project.id })).trim().split('\n').map(Number);
   const sample = (await sql('SELECT toString(id) FROM event_payloads WHERE project_id = {p:String} ORDER BY cityHash64(toString(id)) LIMIT {n:UInt32}', { p: project.id, n: LAZY_READS }))
     .trim()
@@ -196,6 +237,14 @@ try {
   const restore = await runJob('restore', '/admin/archives/restore', { projectId: project.id, month: MONTH });
   const back = Number((await sql('SELECT count() FROM event_payloads WHERE project_id = {p:String}', { p: project.id })).trim());
 
+  // The same month again in a second project, as tracker apps' rows are stored: its compression.
+  const traces = await admin('POST', '/admin/projects', { name: 'archive bench: tracker traces' });
+  console.log(`\nseeding ${fmt(ROWS)} payloads of ${MONTH} as the gateway stores them from tracker apps (traces, fix ids) and archiving them`);
+  await seed(traces.id, tracePayloads(), ROWS, 1);
+  const tracesJob = await runJob('archive (traces)', '/admin/archives', { projectId: traces.id, month: MONTH });
+  const tracesEntry = (await admin('GET', `/admin/archives?projectId=${traces.id}&month=${MONTH}`)).archives.find((a) => a.month === MONTH);
+  if (tracesEntry?.state !== 'archived') throw new Error(`traces archive: ${JSON.stringify(tracesEntry)} after job ${tracesJob.job.state}`);
+
   const archiveRate = (archive.job.rowsProcessed * 1000) / archive.runMs;
   const restoreRate = (restore.job.rowsProcessed * 1000) / restore.runMs;
   const ratio = entry.bytes / entry.compressedBytes;
@@ -210,6 +259,8 @@ try {
   console.log(`archive (→ verified R2 chunks)       ${fmt(archiveRate)} rows/s (job ${(archive.runMs / 1000).toFixed(1)} s, ${entry.chunks} chunks) = ${(archiveRate / floorRate).toFixed(2)}× the floor; target ≥ ${fmt(TARGET_ARCHIVE)}: ${met(archiveRate >= TARGET_ARCHIVE)}`);
   console.log(`restore (R2 → ClickHouse)            ${fmt(restoreRate)} rows/s (job ${(restore.runMs / 1000).toFixed(1)} s) = ${(restoreRate / floorRate).toFixed(2)}× the floor; target ≥ ${fmt(TARGET_RESTORE)}: ${met(restoreRate >= TARGET_RESTORE)}`);
   console.log(`compression (archive listing)        ${fmt(entry.bytes / 1e6)} MB → ${(entry.compressedBytes / 1e6).toFixed(2)} MB = ${ratio.toFixed(1)}:1 (payload text alone: ${(rawBytes / entry.compressedBytes).toFixed(1)}:1; gzip of the plain JSON Lines here: ${(rawBytes / base.compressed).toFixed(1)}:1); target ≥ ${TARGET_RATIO}:1: ${met(ratio >= TARGET_RATIO)}`);
+  const tracesRatio = tracesEntry.bytes / tracesEntry.compressedBytes;
+  console.log(`compression, tracker traces as stored ${fmt(tracesEntry.bytes / 1e6)} MB → ${(tracesEntry.compressedBytes / 1e6).toFixed(2)} MB = ${tracesRatio.toFixed(1)}:1 (each line carries two 128-bit ids: the event's and the fix's); target ≥ ${TARGET_RATIO}:1: ${met(tracesRatio >= TARGET_RATIO)}`);
   console.log(`lazy read, first of a chunk          ${fmt(avg(firstReads.map((l) => l.bytes)))} R2 bytes per request on average (${firstReads.filter((l) => l.cache === 'miss').length}/${firstReads.length} misses; a chunk averages ${fmt(avgChunk)} bytes)`);
   console.log(`lazy read, again                     ${fmt(avg(secondReads.map((l) => l.bytes)))} R2 bytes per request (${secondReads.filter((l) => l.cache === 'hit').length}/${secondReads.length} cache hits)`);
   result('archive_rows_per_s', archiveRate);
@@ -217,6 +268,7 @@ try {
   result('restore_rows_per_s', restoreRate);
   floor('restore_rows_per_s', floorRate);
   result('archive_compression_ratio', ratio);
+  result('archive_compression_ratio_traces', tracesRatio);
   result('archive_floor_rows_per_s', floorRate);
 } catch (err) {
   console.error(err);
