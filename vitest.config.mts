@@ -30,6 +30,7 @@ export default defineConfig(async () => {
                   CLICKHOUSE_URL: inject<string>('clickhouseUrl'),
                   CLICKHOUSE_DATABASE: inject<string>('clickhouseDatabase'),
                   TEST_CLICKHOUSE_FAULT_CONTROL: inject<string>('clickhouseFaultControl'),
+                  TEST_CLICKHOUSE_IDENTITY_URL: inject<string>('clickhouseIdentityUrl'),
                   TEST_CLICKHOUSE_GENERATION: inject<string>('clickhouseGeneration'),
                   ADMIN_TOKEN: TEST_ADMIN_TOKEN,
                   LEGACY_DATASETS: 'citylens,fleetone',

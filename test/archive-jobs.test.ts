@@ -6,7 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { sweepArchives, maybeSweepArchives, SWEEP_MINUTE } from '../src/archive/sweep';
 import { addMonths, monthOfMs } from '../src/archive/month';
 import { manifestStore } from '../src/archive/manifest';
-import { inflateChunk } from '../src/archive/chunk';
+import { adoptEncodedChunk, encodeChunk, inflateChunk } from '../src/archive/chunk';
+import { CHUNK_GZIP_LEVEL, gzippedAnswer } from '../src/archive/archive-job';
+import { clickhouse } from '../src/clickhouse/client';
+import { getConfig } from '../src/config';
 import { readObject } from '../src/archive/r2';
 import { sendChunk } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
@@ -294,6 +297,26 @@ describe('archive jobs', () => {
     const lines = text.trimEnd().split('\n').map((l) => JSON.parse(l) as { id: string; deviceId: string; payload: unknown });
     expect(new Map(lines.map((l) => [l.id, l.deviceId]))).toEqual(new Map([...rows, { ...orphan!, deviceId: '' }].map((r) => [r.id, r.deviceId])));
     expect(lines.every((l) => JSON.stringify(l.payload) === JSON.stringify(JSON.parse(archived.get(l.id)!.payload)))).toBe(true);
+  });
+
+  it('gzips a chunk in the Worker when ClickHouse answers uncompressed (a proxy before it, say): the same chunk either way', async () => {
+    // A chunk's lines read back through ClickHouse the way the job reads a window: as raw text.
+    const rows = makeRows('identity', 5, Date.parse('2026-03-06T10:00:00.000Z'));
+    const { manifest, body } = await encodeChunk({ projectId: 'p-identity', month: '2026-03', number: 1, rows });
+    const text = await inflateChunk(body, manifest);
+    const sql = "SELECT line FROM (SELECT arrayJoin(splitByChar('\\n', {text:String})) AS line) WHERE line != ''";
+    const direct = ch();
+    const behindProxy = clickhouse({ ...getConfig(env).clickhouse, url: env.TEST_CLICKHOUSE_IDENTITY_URL });
+    const compressed = await direct.queryGzip(sql, { text }, CHUNK_GZIP_LEVEL);
+    const plain = await behindProxy.queryGzip(sql, { text }, CHUNK_GZIP_LEVEL);
+    expect(compressed.gzipped).toBe(true);
+    expect(plain.gzipped).toBe(false);
+    expect(new TextDecoder().decode(plain.bytes)).toBe(text);
+    for (const client of [direct, behindProxy]) {
+      const adopted = await adoptEncodedChunk({ projectId: 'p-identity', month: '2026-03', number: 1, body: await gzippedAnswer(client, sql, { text }, CHUNK_GZIP_LEVEL) });
+      expect(adopted!.rows).toEqual(rows);
+      expect(adopted!.manifest).toMatchObject({ rowCount: 5, rawBytes: manifest.rawBytes, idsChecksumHex: manifest.idsChecksumHex });
+    }
   });
 
   it('refuses a month it cannot archive exactly: nothing uploaded, recorded or cleared, the reason in the job', async () => {

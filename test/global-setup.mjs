@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { migrateClickHouse } from '../scripts/lib/clickhouse-migrate.mjs';
 import { startFaultProxy } from '../scripts/lib/fault-proxy.mjs';
+import { startIdentityProxy } from '../scripts/lib/identity-proxy.mjs';
 import { clickhouseAnswers, clickhouseServerInstalled, clickhouseVersion, startClickHouse, startPostgres } from '../scripts/lib/services.mjs';
 
 /** @param {import('vitest/node').TestProject} project */
@@ -64,6 +65,10 @@ async function start(project, dir, stops, teardown) {
   stops.push(() => proxy.stop());
   project.provide('clickhouseUrl', proxy.url);
   project.provide('clickhouseFaultControl', proxy.controlUrl);
+  // The same server behind a proxy that keeps it from compressing its answers.
+  const identity = await startIdentityProxy({ targetHost: target.hostname, targetPort: Number(target.port || 8123) });
+  stops.push(() => identity.stop());
+  project.provide('clickhouseIdentityUrl', identity.url);
   project.provide('clickhouseDatabase', clickhouseDatabase);
   project.provide('clickhouseGeneration', version);
   project.provide('postgresUrl', postgresUrl);

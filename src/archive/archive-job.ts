@@ -3,6 +3,7 @@
 // made from; every step may be cut short and run again, and a re-run converges.
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
+import type { QueryParams } from '../clickhouse/params';
 import { deleteRows } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
@@ -390,6 +391,15 @@ const CHUNK_LINE_SQL = `concat('{"id":"', p.sid, '","deviceId":"', ${jsonStringS
   '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":',
   if(position(p.payload, '\\n') = 0, p.payload, 'a payload over more than one line'), '}')`;
 
+/**
+ * A query's answer (TabSeparatedRaw) gzipped: by ClickHouse at `level`, or here, by the Worker, when
+ * the server (or a proxy before it) does not compress its answers.
+ */
+export async function gzippedAnswer(ch: ClickHouse, sql: string, params: QueryParams, level: number): Promise<Uint8Array> {
+  const { bytes, gzipped } = await ch.queryGzip(sql, params, level);
+  return gzipped ? bytes : gzipBytes(bytes);
+}
+
 /** How long the job waits for the next window's queries to leave before it works on a chunk. */
 const SEND_AHEAD_MS = 1;
 
@@ -434,17 +444,15 @@ function readWindow(run: Run, afterMs: number, afterId: string, limit: number): 
       const window = `${after} AND created_at_ms <= {toMs:Int64}`;
       const rows = `SELECT id, toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window}
          ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
-      const body = run.ch
-        .queryGzip(
-          `SELECT ${CHUNK_LINE_SQL}
-           FROM (${rows}) AS p
-           ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${window}) AS d USING id
-           ORDER BY d.device_id, p.created_at_ms, p.sid`,
-          params,
-          CHUNK_GZIP_LEVEL,
-        )
-        // A server that does not compress its answers: the Worker compresses the text itself.
-        .then(({ bytes, gzipped }) => (gzipped ? bytes : gzipBytes(bytes)));
+      const body = gzippedAnswer(
+        run.ch,
+        `SELECT ${CHUNK_LINE_SQL}
+         FROM (${rows}) AS p
+         ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${window}) AS d USING id
+         ORDER BY d.device_id, p.created_at_ms, p.sid`,
+        params,
+        CHUNK_GZIP_LEVEL,
+      );
       const facts = run.ch
         .queryFields(`SELECT created_at_ms, sid, (SELECT count() FROM (${rows})) FROM (${rows}) ORDER BY created_at_ms DESC, sid DESC LIMIT 1`, params, 3)
         .then(([row]): WindowFacts | null => (row ? { rows: Number(row[2]), last: { afterMs: Number(row[0]), afterId: row[1]! } } : null));
