@@ -117,6 +117,11 @@ describe('lazy payload reads', () => {
     const r = await readPayload(p, unknown.id);
     expect(r.status).toBe(404);
     expect(r.body.error!.code).toBe('event_not_found');
+    // UUIDv7s whose time no stored event can have (the years 10332 and 2186): not found, never a 5xx.
+    for (const far of ['f0000000-0000-7000-8000-000000000000', '0634d8f4-3400-7000-8000-000000000000']) {
+      const r = await readPayload(p, far);
+      expect([r.status, r.body.error?.code], far).toEqual([404, 'event_not_found']);
+    }
     const anon = await SELF.fetch(`http://gw/v1/events/${archived[0]!.id}/payload`);
     expect(anon.status).toBe(401);
     expect(((await anon.json()) as { error: { code: string } }).error.code).toBe('unauthorized');

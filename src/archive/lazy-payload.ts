@@ -54,17 +54,21 @@ export interface PayloadStores {
 
 /** The largest time a UUIDv7 carries: ids of events outside [1970, this] carry a clamped time. */
 const MAX_UUIDV7_MS = 2 ** 48 - 1;
+/** The last instant ClickHouse's `DateTime` holds (2106-02-07): no event is stored past it. */
+const MAX_STORED_MS = (2 ** 32 - 1) * 1000;
 
 /**
  * The event time an id carries. Every event id the gateway writes is a UUIDv7 whose time part is
  * the event's `createdAt` (ingest and legacy import alike, see src/lib/ids.ts uuidv7At), so it
  * bounds the lookup to one partition and one instant. Null when the id is no UUIDv7 (rows written
- * by other means) or its time was clamped (an event before 1970): the lookup then goes by id alone.
+ * by other means), its time was clamped (an event before 1970) or lies past 2106, where no stored
+ * event can be: the lookup then goes by id alone.
  */
 export function eventTimeOfId(id: string): number | null {
   if (id[14] !== '7') return null;
   const t = uuidv7Time(id);
-  return t > 0 && t < MAX_UUIDV7_MS ? t : null;
+  // Past what ClickHouse stores (an id made up, not one the gateway wrote): looked up by id alone.
+  return t > 0 && t < MAX_UUIDV7_MS && t <= MAX_STORED_MS ? t : null;
 }
 
 /** The WHERE fragment (and its parameters) that pins `created_at_ms` to the id's time, or nothing. */
