@@ -65,12 +65,18 @@ export function positionEvent(f: FixFields): PositionEvent {
   const timeMs = typeof f.time === 'number' ? f.time : undefined;
   if (timeMs !== undefined) properties.__timestamp = timeMs;
   // An unreadable time goes on as text: the ingest path refuses it for this row alone.
-  else if (typeof f.time === 'object') properties.__timestamp = String(f.time.unreadable);
+  else if (typeof f.time === 'object') properties.__timestamp = unreadableText(f.time.unreadable);
   if (f.eventId) properties.__eventId = f.eventId;
   else if (timeMs !== undefined && isFiniteNumber(f.lat) && isFiniteNumber(f.lon)) {
     properties.__eventId = fixEventId(f.deviceId, timeMs, f.lat, f.lon);
   }
   return { type: 'track', payload: { name: POSITION_EVENT_NAME, properties } };
+}
+
+/** An unreadable value as text for the row's error: JSON for objects (`String()` of `{"toString":0}` throws). */
+function unreadableText(v: unknown): string {
+  if (typeof v === 'string') return v;
+  return JSON.stringify(v) ?? typeof v;
 }
 
 export const isFiniteNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
