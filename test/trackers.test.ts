@@ -338,6 +338,21 @@ describe('OwnTracks', () => {
     expect(((await scalar.json()) as { error: { code: string } }).error.code).toBe('invalid_request');
   });
 
+  it('stores the messages of a list that name their device when one names none, and counts that one; a list naming none is refused', async () => {
+    const p = await createProject('owntracks-no-device');
+    const tst = Math.floor(Date.now() / 1000) - 600;
+    const { tid: _tid, ...withoutTid } = owntracksLocation as Record<string, unknown>;
+    const headers = { ...bearer(p), 'content-type': 'application/json' };
+    const res = await post('/ingest/owntracks', { headers, body: JSON.stringify([{ ...owntracksLocation, tid: 'nd', tst }, { ...withoutTid, tst: tst + 60 }]) });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual([]);
+    expect((await positionsOf(p, 'nd', 1)).map((e) => Date.parse(e.createdAt))).toEqual([tst * 1000]);
+    expect((await trackerHealth()).recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'owntracks', count: 1, lastReason: 'validation', lastError: expect.stringMatching(/no device id/) });
+    const none = await post('/ingest/owntracks', { headers, body: JSON.stringify([{ ...withoutTid, tst }]) });
+    expect(none.status).toBe(400);
+    expect(((await none.json()) as { error: { code: string } }).error.code).toBe('device_id_required');
+  });
+
   it("takes the device from the endpoint URL's ?d= when the app sends no X-Limit-D, before its tid", async () => {
     const p = await createProject('owntracks-d');
     const tst = Math.floor(Date.now() / 1000) - 600;
@@ -571,6 +586,29 @@ describe('bad requests', () => {
     const shape = await postOverland(p, { points: [] });
     expect(shape.status).toBe(400);
     expect(((await shape.json()) as { error: { code: string } }).error.code).toBe('invalid_request');
+  });
+});
+
+describe('fix times no app sends', () => {
+  it('rejects and counts a fix whose time is an object, in every app format, and stores the good fix beside it', async () => {
+    const p = await createProject('trackers-object-time');
+    const nowS = Math.floor(Date.now() / 1000) - 600;
+    const hostile = { toString: 0 };
+    const overland = overlandBatch('ov-time', 2, nowS * 1000);
+    (overland.body.locations as Array<Record<string, any>>)[1]!.properties.timestamp = hostile;
+    expect((await postOverland(p, overland.body)).status).toBe(200);
+    const owntracks = [{ ...owntracksLocation, tst: nowS }, { ...owntracksLocation, tst: hostile }];
+    const ot = await post('/ingest/owntracks', { headers: { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'ot-time' }, body: JSON.stringify(owntracks) });
+    expect(ot.status).toBe(200);
+    const traccar = clone(traccarClient) as unknown as { device_id: string; location: Record<string, unknown> };
+    traccar.device_id = 'tc-time';
+    traccar.location.timestamp = hostile;
+    expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(traccar) })).status).toBe(200);
+    expect(await positionsOf(p, 'ov-time', 1)).toHaveLength(1);
+    expect(await positionsOf(p, 'ot-time', 1)).toHaveLength(1);
+    const rows = await getJson<{ rejectedRows: number }>(p, '/v1/rejections');
+    expect(rows.body.rejectedRows).toBe(3);
+    expect(await storedPositions(p.id)).toEqual({ rows: 2, ids: 2 });
   });
 });
 

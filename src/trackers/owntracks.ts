@@ -8,10 +8,12 @@ import { extraFields, fixTime, isPlainObject, knownNumber, positionEvent, type A
 const MAPPED = new Set(['_type', 'lat', 'lon', 'vel', 'cog', 'acc', 'alt', 'tst']);
 
 const NOT_A_MESSAGE = 'an OwnTracks message must be a JSON object with a "_type"';
+const NO_DEVICE = 'no device id: OwnTracks sends it as the X-Limit-D header (its Device ID setting) or as "tid"; or name it in the endpoint URL as ?d=<device>';
 
 /**
  * `limitDevice`: the `X-Limit-D` header (the app's Device ID), else the endpoint URL's `d` parameter;
- * else the message's `tid`. In a list of messages, one that is not an object is refused alone.
+ * else the message's `tid`. In a list of messages, one that is not an object, or a location that names
+ * no device while others do, is refused alone.
  */
 export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): AdaptedRequest {
   if (!Array.isArray(body) && !isPlainObject(body)) throw badRequest('invalid_request', NOT_A_MESSAGE);
@@ -19,6 +21,7 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
   const events: PositionEvent[] = [];
   const rejected: Rejection[] = [];
   let ignored = 0;
+  let withoutDevice = 0;
   for (const message of messages) {
     if (!isPlainObject(message)) {
       rejected.push({ reason: 'validation', error: NOT_A_MESSAGE, retryable: false });
@@ -30,7 +33,13 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
     }
     const tid = typeof message.tid === 'string' && message.tid.trim() !== '' ? message.tid.trim() : undefined;
     const deviceId = limitDevice?.trim() || tid;
-    if (!deviceId) throw badRequest('device_id_required', 'no device id: OwnTracks sends it as the X-Limit-D header (its Device ID setting) or as "tid"; or name it in the endpoint URL as ?d=<device>');
+    if (!deviceId) {
+      // In a list, a message without a device is refused alone (the app drops a whole list on a
+      // 4xx); a request in which no location names one is set up wrong, and says so.
+      withoutDevice++;
+      rejected.push({ reason: 'validation', error: NO_DEVICE, retryable: false });
+      continue;
+    }
     events.push(
       positionEvent({
         deviceId,
@@ -45,5 +54,6 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
       }),
     );
   }
+  if (withoutDevice && !events.length) throw badRequest('device_id_required', NO_DEVICE);
   return { events, ignored, rejected };
 }
