@@ -175,6 +175,15 @@ describe('hostile requests', () => {
     expect(devices.body.devices.find((d) => d.deviceId === 'van-2')?.name).toBe('Van \u{1F690}');
   });
 
+  it('refuses per row a number beyond a double (read as Infinity, it would be stored as null), on /track and in batches', async () => {
+    const p = await createProject();
+    const res = await SELF.fetch('http://gw/track', { method: 'POST', headers: p.headers, body: '{"type":"track","payload":{"name":"m","properties":{"__deviceId":"inf","v":1e400}}}' });
+    expect(JSON.stringify(await expectCoded(res, 400, 'invalid_event'))).toMatch(/range of a double/);
+    const batch = await postBatch(p, '{"events":[{"type":"track","payload":{"name":"m","properties":{"__deviceId":"inf","deep":[{"v":-1e999}]}}},{"type":"track","payload":{"name":"m","properties":{"__deviceId":"inf","v":1.7e308}}}]}');
+    const body = (await batch.json()) as BatchResult;
+    expect([body.accepted, body.rejected.map((r) => [r.index, r.reason])]).toEqual([1, [[0, 'validation']]]);
+  });
+
   it('refuses a counter step too large to add up, so a profile never reads an overflowed sum back as 0', async () => {
     const p = await createProject();
     const step = (value: number, profileId = 'ovf') => ({ type: 'increment', payload: { profileId, property: 'n', value } });

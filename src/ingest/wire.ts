@@ -7,11 +7,13 @@ export const MAX_EVENT_BYTES = 32 * 1024;
 export const MAX_PROPERTY_DEPTH = 8;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
-/** Checks nesting depth and prototype-polluting keys without recursion limits of the runtime. */
+/** Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold, without recursion limits of the runtime. */
 export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH): string | null {
   const stack: Array<[unknown, number]> = [[value, 0]];
   while (stack.length) {
     const [v, depth] = stack.pop()!;
+    // JSON.parse reads 1e400 as Infinity, which would be stored as null: refused, not changed.
+    if (typeof v === 'number' && !Number.isFinite(v)) return 'a number beyond the range of a double (about ±1.8e308) cannot be stored';
     if (v === null || typeof v !== 'object') continue;
     if (depth > maxDepth) return `properties nested deeper than ${maxDepth} levels`;
     if (Array.isArray(v)) {
