@@ -2,7 +2,7 @@
 // pause / resume / cancel / retry, a chunk that throws, progress that adds up, request validation.
 import { env, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import type { JobView } from '../src/jobs/store';
+import { jobStore, type JobView } from '../src/jobs/store';
 import { legacyEventId } from '../src/legacy/translate';
 import { admin, createLegacyTable, getJob, importBody, startImport, suffix, waitJob, withPg } from './backfill-helpers';
 import { ch, countEvents, createProject, getJson, postBatch, trackEvent, waitUntil } from './helpers';
@@ -212,5 +212,37 @@ describe('legacy import operations', () => {
     }
     const ok = await admin('GET', '/admin/health');
     expect(ok.body.jobs.running).toEqual(expect.any(Array));
+  });
+});
+
+describe('retrying a job beside one started while it stood', () => {
+  it('refuses with the code its start would get, and goes ahead once the other has ended', async () => {
+    const p = await createProject('retry-guards');
+    const setState = (id: string, state: string) => env.DB.prepare('UPDATE jobs SET state = ? WHERE id = ?').bind(state, id).run();
+    // Job rows as the routes write them (no chunk message sent: they stay as set here).
+    const job = async (type: string, params: unknown, state: string) => {
+      const row = await jobStore(env.DB).create(crypto.randomUUID(), type, params, Date.now());
+      await setState(row.id, state);
+      return row.id;
+    };
+    const retry = async (id: string) => {
+      const res = await admin('POST', `/admin/backfills/${id}/retry`);
+      return [res.status, res.body.error?.code ?? res.body.state];
+    };
+    const month = { projectId: p.id, month: '2025-03' };
+    const failedArchive = await job('archive', month, 'failed');
+    const restore = await job('restore', month, 'paused');
+    expect(await retry(failedArchive)).toEqual([409, 'archive_already_active']);
+    const failedErasure = await job('erasure', { projectId: p.id, deviceId: 'veh-1' }, 'failed');
+    expect(await retry(failedErasure)).toEqual([409, 'archive_active']);
+    const failedImport = await job('legacy_import', importBody(p.id, 'fleetone', 'some_table'), 'cancelled');
+    const running = await job('legacy_import', importBody(p.id, 'fleetone', 'other_table'), 'running');
+    expect(await retry(failedImport)).toEqual([409, 'import_already_active']);
+    // Nothing changed by a refusal.
+    expect((await getJob(failedArchive)).state).toBe('failed');
+    await setState(restore, 'cancelled');
+    await setState(running, 'failed');
+    expect(await retry(failedArchive)).toEqual([200, 'enqueued']);
+    expect((await waitJob(failedArchive, finished)).state).toBe('succeeded');
   });
 });

@@ -8,6 +8,7 @@ import { deleteRows } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
+import { ApiError } from '../errors';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
 import { adoptEncodedChunk, ArchiveChunkError, chunkKeyPrefix, decodeChunk, gzipBytes, parseChunkKey, sha256Hex, verifyWrittenChunk, type ArchiveRow, type WrittenText } from './chunk';
@@ -543,6 +544,23 @@ export async function assertSoleWriter(env: Env, jobId: string, p: { projectId: 
   if (erasing.length) throw new PermanentChunkError(`a ${erasing[0]!.type} job (${erasing[0]!.id}) of project ${p.projectId} is ${erasing[0]!.state}: archive the month once it has finished`);
 }
 
+/**
+ * Refuses (409) a retry of an archive or restore job while another job holds its (project, month) or
+ * an erasure of its project is under way, as their starts are refused: a job that failed may have
+ * been followed by another of its month, and two writers of one month's chunks could clear a
+ * chunk's rows twice or not at all.
+ */
+export async function refuseMonthRetry(env: Env, id: string, p: { projectId: string; month: string }): Promise<void> {
+  const holding = (await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId: p.projectId, month: p.month, holdingOnly: true })).find((j) => j.id !== id);
+  if (holding) {
+    throw new ApiError(409, 'archive_already_active', `a ${holding.type} job of ${p.projectId} ${p.month} is ${holding.state}: retry this one once it has ended`, { id: holding.id, type: holding.type, state: holding.state });
+  }
+  const [erasing] = await monthJobs(env.DB, { types: ERASURE_JOB_TYPES, projectId: p.projectId, holdingOnly: true });
+  if (erasing) {
+    throw new ApiError(409, 'erasure_active', `a ${erasing.type} job of this project is ${erasing.state}: retry once it has finished`, { id: erasing.id, type: erasing.type, state: erasing.state });
+  }
+}
+
 /** Rows of the chunks this job wrote and cleared (a retried job's earlier attempts included). */
 async function rowsArchivedByJob(run: Run): Promise<number> {
   const chunks = await run.manifests.list(run.p.projectId, run.p.month);
@@ -576,6 +594,11 @@ function openRun(env: Env, job: ChunkInput, p: ArchiveParams): Run {
 
 export const archiveRunner: JobRunner = {
   pauseMs: () => ARCHIVE_PAUSE_MS,
+
+  async refuseRetry(env, job) {
+    const p = ArchiveParams.safeParse(job.params);
+    if (p.success) await refuseMonthRetry(env, job.id, p.data);
+  },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
     const started = Date.now();

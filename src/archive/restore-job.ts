@@ -8,7 +8,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { assertSoleWriter } from './archive-job';
+import { assertSoleWriter, refuseMonthRetry } from './archive-job';
 import { ArchiveChunkError, chunkKey, decodeChunk, type ArchiveRow } from './chunk';
 import { manifestStore, type ManifestRow } from './manifest';
 import { isValidMonth } from './month';
@@ -157,6 +157,11 @@ export const RESTORE_SLICE_MS = 15_000;
 
 export const restoreRunner: JobRunner = {
   pauseMs: (params) => RestoreParams.parse(params).pauseMs,
+
+  async refuseRetry(env, job) {
+    const p = RestoreParams.safeParse(job.params);
+    if (p.success) await refuseMonthRetry(env, job.id, p.data);
+  },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
     const started = Date.now();

@@ -2,6 +2,8 @@
 import { monthJobs, MONTH_JOB_TYPES } from '../archive/listing';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome } from '../jobs/runner';
+import { ApiError } from '../errors';
+import { ACTIVE, type JobState } from '../jobs/states';
 import { jobStore } from '../jobs/store';
 import { NO_ARCHIVE_ROWS, type ArchiveCounts } from './archive-rewrite';
 import { NO_CLICKHOUSE_ROWS, type ClickHouseCounts } from './subject';
@@ -75,6 +77,24 @@ export async function committedResult(env: Env, jobId: string): Promise<ErasureR
   const cursor = row?.cursor ? (JSON.parse(row.cursor) as { result?: ErasureResult }) : null;
   if (!cursor?.result) throw new Error(`job ${jobId} has no committed result`);
   return cursor.result;
+}
+
+/** A job in one of these states is under way (a paused one resumes where it stopped). */
+export const UNDER_WAY: readonly JobState[] = [...ACTIVE, 'paused'];
+
+/**
+ * Refuses (409) an erasure or project deletion, started or retried, while a job that writes the
+ * project's rows is under way: an archive or restore run could put a subject's payloads into a new
+ * chunk after the rewrite, an import could bring its events back.
+ */
+export async function refuseProjectWriters(env: Env, projectId: string): Promise<void> {
+  const store = jobStore(env.DB);
+  for (const type of ['archive', 'restore']) {
+    const [j] = await store.others('', type, { projectId }, UNDER_WAY);
+    if (j) throw new ApiError(409, 'archive_active', `an ${type} job of this project is ${j.state}; erase once it has finished (or cancel it)`, { id: j.id, type, state: j.state });
+  }
+  const [imp] = await store.others('', 'legacy_import', { projectId }, UNDER_WAY);
+  if (imp) throw new ApiError(409, 'import_active', `a legacy import into this project is ${imp.state}; erase once it has finished (or cancel it)`, { id: imp.id, state: imp.state });
 }
 
 /**

@@ -31,6 +31,12 @@ export function runnerFor(type: string): JobRunner {
   return r;
 }
 
+/** Refuses a retry that would make the job a second writer beside one started while it stood (see JobRunner.refuseRetry). */
+export async function refuseConflictingRetry(env: Env, id: string): Promise<void> {
+  const job = await jobStore(env.DB).get(id);
+  if (job) await runnerFor(job.type).refuseRetry?.(env, { id: job.id, params: JSON.parse(job.params) as unknown });
+}
+
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

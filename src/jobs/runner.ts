@@ -74,4 +74,9 @@ export interface JobRunner {
   complete(env: Env, job: ChunkInput): Promise<unknown>;
   /** Follow-up work after success; a failure is logged and left to the watchdog. */
   afterSuccess?(env: Env, job: ChunkInput): Promise<void>;
+  /**
+   * Throws (an ApiError, 409) when a retry of this failed or cancelled job would run beside a job
+   * started while it stood, which its start would have been refused beside.
+   */
+  refuseRetry?(env: Env, job: { id: string; params: unknown }): Promise<void>;
 }

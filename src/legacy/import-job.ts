@@ -4,6 +4,8 @@ import type pg from 'pg';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import type { Env } from '../env';
+import { ApiError } from '../errors';
+import { ACTIVE } from '../jobs/states';
 import type { ChunkOutcome, ChunkPace, JobRunner } from '../jobs/runner';
 import { startJob } from '../jobs/actions';
 import { jobStore } from '../jobs/store';
@@ -100,6 +102,14 @@ async function importedSpan(ch: ClickHouse, p: LegacyImportParams): Promise<{ fr
 
 export const legacyImportRunner: JobRunner = {
   pauseMs: (params) => pacing(LegacyImportParams.parse(params)).pauseMs,
+
+  // Two imports of one dataset into one project at once would race each other's writes.
+  async refuseRetry(env, job) {
+    const p = LegacyImportParams.safeParse(job.params);
+    if (!p.success) return;
+    const [active] = await jobStore(env.DB).others(job.id, 'legacy_import', { projectId: p.data.projectId, dataset: p.data.dataset }, [...ACTIVE, 'paused']);
+    if (active) throw new ApiError(409, 'import_already_active', `an import of ${p.data.dataset} into this project is ${active.state}: retry this one once it has ended`, { id: active.id, state: active.state });
+  },
 
   throttle: {
     limits(params) {

@@ -7,6 +7,7 @@ import { getConfig } from '../config';
 import { projects } from '../db/schema';
 import { ApiError } from '../errors';
 import { applyAction, startExclusiveJob } from '../jobs/actions';
+import { refuseConflictingRetry } from '../jobs/engine';
 import { ACTIVE, JOB_STATES, type JobState } from '../jobs/states';
 import { ThrottleViewSchema } from '../jobs/throttle';
 import { jobStore, toView, type JobRow, type JobView } from '../jobs/store';
@@ -105,7 +106,7 @@ const act = createRoute({
   request: { params: ActionParam },
   responses: {
     200: json(Job, 'the job after the transition'),
-    ...errors(400, 401, { 404: '`job_not_found`' }, { 409: '`invalid_transition`: the job\'s state does not allow the action' }, { 503: ADMIN_DISABLED }),
+    ...errors(400, 401, { 404: '`job_not_found`' }, { 409: '`invalid_transition`: the job\'s state does not allow the action; on retry, what the job\'s start would answer beside a job started while it stood: `archive_already_active`, `erasure_active` (archive, restore), `archive_active`, `import_active` (erasure, project deletion), `import_already_active` (legacy import)' }, { 503: ADMIN_DISABLED }),
   },
 });
 
@@ -142,5 +143,6 @@ export const adminBackfillsRoute = router()
   })
   .openapi(act, async (c) => {
     const { id, action } = c.req.valid('param');
+    if (action === 'retry') await refuseConflictingRetry(c.env, id);
     return c.json(toView(await applyAction(c.env, id, action)), 200);
   });

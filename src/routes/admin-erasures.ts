@@ -7,9 +7,9 @@ import { requireAdmin } from '../auth';
 import { projects } from '../db/schema';
 import type { Env } from '../env';
 import { DeviceId, ProfileId, ProjectId } from '../erasure/params';
+import { refuseProjectWriters, UNDER_WAY } from '../erasure/steps';
 import { ApiError } from '../errors';
 import { startExclusiveJob } from '../jobs/actions';
-import { ACTIVE, type JobState } from '../jobs/states';
 import { jobStore } from '../jobs/store';
 import { jobStarted, JobStarted, QUEUE_UNAVAILABLE } from './admin-backfills';
 import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router } from './openapi';
@@ -22,25 +22,8 @@ export const ErasureRequest = z
 
 const ProjectParam = z.object({ id: ProjectId });
 
-/** A job in one of these states is under way (a paused one resumes where it stopped). */
-const UNDER_WAY: readonly JobState[] = [...ACTIVE, 'paused'];
-
 async function projectExists(env: Env, projectId: string): Promise<boolean> {
   return (await drizzle(env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, projectId)).get()) !== undefined;
-}
-
-/**
- * Jobs that would write the project's rows behind an erasure: an archive or restore run could put
- * a subject's payloads into a new chunk after the rewrite, an import could bring its events back.
- */
-async function refuseWriters(env: Env, projectId: string): Promise<void> {
-  const store = jobStore(env.DB);
-  for (const type of ['archive', 'restore']) {
-    const [j] = await store.others('', type, { projectId }, UNDER_WAY);
-    if (j) throw new ApiError(409, 'archive_active', `an ${type} job of this project is ${j.state}; erase once it has finished (or cancel it)`, { id: j.id, type, state: j.state });
-  }
-  const [imp] = await store.others('', 'legacy_import', { projectId }, UNDER_WAY);
-  if (imp) throw new ApiError(409, 'import_active', `a legacy import into this project is ${imp.state}; erase once it has finished (or cancel it)`, { id: imp.id, state: imp.state });
 }
 
 const erase = createRoute({
@@ -96,7 +79,7 @@ export const adminErasuresRoute = router()
     if (!(await projectExists(c.env, body.projectId))) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
     const [deletion] = await store.others('', 'project_deletion', { projectId: body.projectId }, UNDER_WAY);
     if (deletion) throw new ApiError(409, 'project_deletion_active', `this project is being deleted (job ${deletion.id})`, { id: deletion.id, state: deletion.state });
-    await refuseWriters(c.env, body.projectId);
+    await refuseProjectWriters(c.env, body.projectId);
     const job = (await startExclusiveJob(c.env, 'erasure', params, params, UNDER_WAY)) ?? (await store.others('', 'erasure', params, UNDER_WAY))[0];
     if (!job) throw new ApiError(409, 'erasure_conflict', 'another erasure of this subject started and ended meanwhile; ask again');
     return c.json(jobStarted(job), 202);
@@ -108,7 +91,7 @@ export const adminErasuresRoute = router()
     const [same] = await store.others('', 'project_deletion', match, UNDER_WAY);
     if (same) return c.json(jobStarted(same), 202);
     if (!(await projectExists(c.env, projectId))) throw new ApiError(404, 'project_not_found', `no project ${projectId}`);
-    await refuseWriters(c.env, projectId);
+    await refuseProjectWriters(c.env, projectId);
     const job = (await startExclusiveJob(c.env, 'project_deletion', match, match, UNDER_WAY)) ?? (await store.others('', 'project_deletion', match, UNDER_WAY))[0];
     if (!job) throw new ApiError(409, 'deletion_conflict', 'another deletion of this project started and ended meanwhile; ask again');
     return c.json(jobStarted(job), 202);
