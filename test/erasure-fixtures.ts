@@ -90,12 +90,12 @@ export async function insertOldEvents(projectId: string, events: readonly OldEve
 }
 
 /** Each group of old events becomes one verified, cleared chunk of `month` (numbers from 1 on); their payloads are nowhere else. */
-export async function archiveOldChunks(projectId: string, month: string, groups: readonly OldEvent[][]): Promise<ManifestRow[]> {
+export async function archiveOldChunks(projectId: string, month: string, groups: readonly OldEvent[][], lineOf: (e: OldEvent) => ArchiveRow = toArchiveRow): Promise<ManifestRow[]> {
   const store = manifestStore(env.DB);
   const out: ManifestRow[] = [];
   for (const group of groups) {
     const number = await store.nextNumber(projectId, month);
-    const chunk = await encodeChunk({ projectId, month, number, rows: [...group].sort(byTime).map(toArchiveRow) });
+    const chunk = await encodeChunk({ projectId, month, number, rows: [...group].sort(byTime).map(lineOf) });
     if ((await putChunkCreateOnly(env.ARCHIVE, chunk)) !== 'created') throw new Error(`fixture chunk ${chunk.manifest.key} exists`);
     const now = Date.now();
     await store.insert(chunk.manifest, 'fixture', now);

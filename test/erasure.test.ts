@@ -6,6 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { manifestStore, type ManifestRow } from '../src/archive/manifest';
 import type { ArchiveRow } from '../src/archive/chunk';
 import type { CrashPoint } from '../src/erasure/params';
+import { erasureRunner } from '../src/erasure/erasure-job';
+import type { ErasureResult } from '../src/erasure/steps';
+import { hash128, uuidv7At } from '../src/lib/ids';
+import { archiveMonth, insertRows } from './archive-helpers';
 import { startJob } from '../src/jobs/actions';
 import { jobStore } from '../src/jobs/store';
 import { admin } from './backfill-helpers';
@@ -400,5 +404,53 @@ describe('erasure requests', () => {
       state: 'succeeded',
       result: { clickhouse: { events: 0, payloads: 0, sessions: 0, profileOps: 0 }, r2: { chunksRewritten: 0, objectsDeleted: 0, rows: 0 }, deviceObjects: 0 },
     });
+  });
+});
+
+describe('erasure beside archive jobs', () => {
+  it('erases a device from a chunk line that names no device (a payload archived before its event reached ClickHouse)', async () => {
+    const p = await createProject('erase-deviceless-line');
+    const evA = oldEvents(p.id, A, JUNE, 3, () => '');
+    const evB = oldEvents(p.id, B, JUNE + 30_000, 2, () => '');
+    await insertOldEvents(p.id, [...evA, ...evB]);
+    await archiveOldChunks(p.id, '2025-06', [[...evA, ...evB]], (e) => ({ ...toArchiveRow(e), deviceId: e.id === evA[0]!.id ? '' : e.deviceId }));
+    const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
+    expect(job).toMatchObject({ state: 'succeeded', error: null });
+    expect((job.result as ErasureResult).r2).toEqual({ chunksRewritten: 1, objectsDeleted: 1, rows: 3 });
+    const left = (await readArchive(p.id)).flatMap((c) => c.rows);
+    expect(left.map((r) => r.id).sort()).toEqual(evB.map((e) => e.id).sort());
+  });
+
+  it('a retried erasure examines the chunks an archive job wrote while it stood failed, before it deletes anything from ClickHouse', async () => {
+    const p = await createProject('erase-retry-after-archive');
+    const evA = oldEvents(p.id, A, JUNE, 3, () => '');
+    const evB = oldEvents(p.id, B, JUNE + 30_000, 2, () => '');
+    await insertOldEvents(p.id, [...evA, ...evB]);
+    await archiveOldChunks(p.id, '2025-06', [[...evA, ...evB]]);
+    // The erasure's chunks run here one by one, as the engine runs them, until its archive step is done.
+    const params = { projectId: p.id, deviceId: A };
+    const row = await jobStore(env.DB).create(crypto.randomUUID(), 'erasure', params, Date.now());
+    const input = { id: row.id, params, cursor: null as string | null, maxKey: null, rowsTotal: null, rowsProcessed: 0, rowsSkipped: 0, verifyWrites: false };
+    const stepOf = () => (JSON.parse(input.cursor!) as { step: string }).step;
+    do input.cursor = (await erasureRunner.runChunk(env, input)).cursor;
+    while (['plan', 'archive', 'orphans'].includes(stepOf()));
+    // It fails there. Meanwhile a late payload of the device arrives for June, and an archive job puts it into a new chunk.
+    await env.DB.prepare("UPDATE jobs SET state = 'failed' WHERE id = ?").bind(row.id).run();
+    const t = JUNE + 20 * 60_000;
+    const late = { id: uuidv7At(t, hash128(`${p.id}/late`)), deviceId: A, createdAtMs: t, receivedAtMs: t + 1500, payload: '{"type":"track","payload":{"name":"late"}}' };
+    await insertRows(p.id, [late]);
+    expect(await archiveMonth(p.id, '2025-06')).toMatchObject({ state: 'succeeded' });
+    expect((await readArchive(p.id)).some((c) => c.rows.some((r) => r.id === late.id))).toBe(true);
+    // Retried, it goes on from its cursor to the end.
+    input.verifyWrites = true;
+    for (let done = false; !done; ) {
+      const out = await erasureRunner.runChunk(env, input);
+      input.cursor = out.cursor;
+      done = out.done;
+    }
+    const left = (await readArchive(p.id)).flatMap((c) => c.rows);
+    expect(left.filter((r) => r.deviceId === A)).toEqual([]);
+    expect(left.map((r) => r.id).sort()).toEqual(evB.map((e) => e.id).sort());
+    expect((JSON.parse(input.cursor!) as { result: ErasureResult }).result.r2.rows).toBe(4);
   });
 });

@@ -18,7 +18,7 @@ import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from 
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
-import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, refuseProjectWriters, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { raiseTombstone, recordErasure } from './tombstones';
 import { addCounts, countSubject, deadLetterLookup, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
@@ -34,6 +34,14 @@ interface ErasureCursor {
   stalledDevices?: string[];
   /** The last manifest row examined, in (month, number) order. */
   at: { month: string; number: number } | null;
+  /**
+   * Per month, the highest chunk number the archive step has examined. A chunk numbered above it
+   * was written after (by an archive job that ran while this erasure stood failed, before a retry):
+   * it is examined before anything leaves ClickHouse. Absent in cursors written before it was kept.
+   */
+  examined?: Record<string, number>;
+  /** The archive step runs again for chunks written after it: from it, straight back to `count`. */
+  recheck?: boolean;
   /** An old chunk whose replacement is in place, to retire before anything else. */
   retire: Retirement | null;
   deviceAt: number;
@@ -48,9 +56,19 @@ const CHUNKS_PER_STEP = 25;
 const DEVICES_PER_STEP = 25;
 const DEVICE_CALL_CONCURRENCY = 8;
 
-/** Which rows of an archive chunk are the subject's: a device's by their line, a profile's through `events`. */
+/**
+ * Which rows of an archive chunk are the subject's: a device's by their line, a profile's through
+ * `events`. A payload archived before its event reached ClickHouse has no device in its line: in a
+ * chunk with such lines, a device's rows are also found through `events`.
+ */
 function subjectRowsOf(ch: ClickHouse, s: Subject): SubjectRows {
-  if (s.kind === 'device') return async () => (row) => row.deviceId === s.deviceId;
+  if (s.kind === 'device') {
+    return async (rows, fromMs, toMs) => {
+      if (!rows.some((r) => r.deviceId === '')) return (row) => row.deviceId === s.deviceId;
+      const ids = await subjectIdsBetween(ch, s, fromMs, toMs);
+      return (row) => row.deviceId === s.deviceId || (row.deviceId === '' && ids.has(row.id));
+    };
+  }
   return async (_rows, fromMs, toMs) => {
     const ids = await subjectIdsBetween(ch, s, fromMs, toMs);
     return (row) => ids.has(row.id);
@@ -135,6 +153,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       }
       for (const chunk of next) {
         c.at = { month: chunk.month, number: chunk.number };
+        c.examined = { ...c.examined, [chunk.month]: Math.max(c.examined?.[chunk.month] ?? -1, chunk.number) };
         units.n += 1;
         // `events` says cheaply which chunks may hold the subject: only those are read.
         if (!(await subjectHasEventsBetween(ch, s, chunk.firstCreatedAtMs, chunk.lastCreatedAtMs))) continue;
@@ -153,7 +172,8 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     }
     case 'orphans': {
       for (const month of c.months) c.result.r2 = addArchiveCounts(c.result.r2, await deleteOrphansHoldingSubject(archive, month, subjectRows));
-      c.step = 'devices';
+      c.step = c.recheck ? 'count' : 'devices';
+      c.recheck = false;
       return 'continue';
     }
     case 'devices': {
@@ -190,6 +210,17 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       return 'commit';
     }
     case 'count': {
+      // Chunks written since the archive step examined the months (while this erasure stood failed,
+      // an archive job may have moved the subject's payloads into new chunks): examined first.
+      const months = new Set(c.months);
+      const chunks = (await store.list(s.projectId)).filter((r) => months.has(r.month) && r.jobId !== job.id);
+      if (chunks.some((r) => r.number > (c.examined?.[r.month] ?? -1))) {
+        c.step = 'archive';
+        c.at = null;
+        c.recheck = true;
+        c.progress.total += chunks.length;
+        return 'commit';
+      }
       // Counted and committed before anything is deleted: a re-run of the deletion counts nothing twice.
       c.result.clickhouse = await countSubject(ch, s);
       c.step = 'clickhouse';
@@ -255,6 +286,11 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
 export const erasureRunner: JobRunner = {
   pauseMs: () => 0,
 
+  async refuseRetry(env, job) {
+    const p = ErasureParams.safeParse(job.params);
+    if (p.success) await refuseProjectWriters(env, p.data.projectId);
+  },
+
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
     const p = parseParams(ErasureParams, job.params);
     const s = subjectOf(p);
@@ -270,6 +306,11 @@ export const erasureRunner: JobRunner = {
 
 export const projectDeletionRunner: JobRunner = {
   pauseMs: () => 0,
+
+  async refuseRetry(env, job) {
+    const p = ProjectDeletionParams.safeParse(job.params);
+    if (p.success) await refuseProjectWriters(env, p.data.projectId);
+  },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
     const p = parseParams(ProjectDeletionParams, job.params);
