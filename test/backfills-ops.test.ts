@@ -242,6 +242,13 @@ describe('retrying a job beside one started while it stood', () => {
     expect((await getJob(failedArchive)).state).toBe('failed');
     await setState(restore, 'cancelled');
     await setState(running, 'failed');
+    const deletion = await job('project_deletion', { projectId: p.id }, 'paused');
+    expect(await retry(failedErasure)).toEqual([409, 'project_deletion_active']);
+    expect(await retry(failedArchive)).toEqual([409, 'erasure_active']);
+    await setState(deletion, 'cancelled');
+    const sameSubject = await job('erasure', { projectId: p.id, deviceId: 'veh-1' }, 'paused');
+    expect(await retry(failedErasure)).toEqual([409, 'erasure_conflict']);
+    await setState(sameSubject, 'cancelled');
     expect(await retry(failedArchive)).toEqual([200, 'enqueued']);
     expect((await waitJob(failedArchive, finished)).state).toBe('succeeded');
   });

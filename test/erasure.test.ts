@@ -421,19 +421,19 @@ describe('erasure beside archive jobs', () => {
     expect(left.map((r) => r.id).sort()).toEqual(evB.map((e) => e.id).sort());
   });
 
-  it('a retried erasure examines the chunks an archive job wrote while it stood failed, before it deletes anything from ClickHouse', async () => {
-    const p = await createProject('erase-retry-after-archive');
+  it.each(['devices', 'clickhouse', 'verify'])('a retried erasure that stood failed at %s examines the chunks an archive job wrote meanwhile', async (failedAt) => {
+    const p = await createProject(`erase-retry-at-${failedAt}`);
     const evA = oldEvents(p.id, A, JUNE, 3, () => '');
     const evB = oldEvents(p.id, B, JUNE + 30_000, 2, () => '');
     await insertOldEvents(p.id, [...evA, ...evB]);
     await archiveOldChunks(p.id, '2025-06', [[...evA, ...evB]]);
-    // The erasure's chunks run here one by one, as the engine runs them, until its archive step is done.
+    // The erasure's chunks run here one by one, as the engine runs them, up to the step it fails at.
     const params = { projectId: p.id, deviceId: A };
     const row = await jobStore(env.DB).create(crypto.randomUUID(), 'erasure', params, Date.now());
     const input = { id: row.id, params, cursor: null as string | null, maxKey: null, rowsTotal: null, rowsProcessed: 0, rowsSkipped: 0, verifyWrites: false };
     const stepOf = () => (JSON.parse(input.cursor!) as { step: string }).step;
     do input.cursor = (await erasureRunner.runChunk(env, input)).cursor;
-    while (['plan', 'archive', 'orphans'].includes(stepOf()));
+    while (stepOf() !== failedAt);
     // It fails there. Meanwhile a late payload of the device arrives for June, and an archive job puts it into a new chunk.
     await env.DB.prepare("UPDATE jobs SET state = 'failed' WHERE id = ?").bind(row.id).run();
     const t = JUNE + 20 * 60_000;

@@ -3,11 +3,12 @@
 // then device objects, then ClickHouse — rows are found through `events`, which goes last.
 import { and, eq, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
-import { manifestStore, type ManifestRow } from '../archive/manifest';
+import { manifestStore, type ManifestRow, type ManifestStore } from '../archive/manifest';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { getConfig } from '../config';
 import { fleetCursors, heldEvents, legacyDatasets, stalledOutboxes, vehicles } from '../db/schema';
 import type { Env } from '../env';
+import { ApiError } from '../errors';
 import { deviceStub } from '../device/stub';
 import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
@@ -18,7 +19,7 @@ import { eraseDeadLetters, startDeadLetterErasure, type DeadLetterCursor } from 
 import { deleteOrphansHoldingSubject, retireChunk, rewriteChunk, type ArchiveContext, type Retirement, type SubjectRows } from './archive-rewrite';
 import { crashHook, ErasureParams, ProjectDeletionParams, subjectOf, type CrashPoint, type Subject } from './params';
 import { runProjectDeletionStep, type ProjectDeletionCursor } from './project-deletion';
-import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, refuseProjectWriters, runSteps, type ErasureResult, type Progress, type StepEnd } from './steps';
+import { addArchiveCounts, assertNoArchiveWriter, committedResult, emptyResult, parseParams, refuseProjectWriters, runSteps, UNDER_WAY, type ErasureResult, type Progress, type StepEnd } from './steps';
 import { raiseTombstone, recordErasure } from './tombstones';
 import { addCounts, countSubject, deadLetterLookup, deleteDeviceFleet, deleteSubject, profileOnDevice, remainingPositionSpans, subjectDevices, subjectHasEventsBetween, subjectIdsBetween, subjectMonths } from './subject';
 
@@ -40,8 +41,11 @@ interface ErasureCursor {
    * it is examined before anything leaves ClickHouse. Absent in cursors written before it was kept.
    */
   examined?: Record<string, number>;
-  /** The archive step runs again for chunks written after it: from it, straight back to `count`. */
-  recheck?: boolean;
+  /**
+   * The archive step runs again for chunks written after it (see `examined`): only chunks numbered
+   * above `floor` are examined, and from it the job goes straight back to `step`.
+   */
+  recheck?: { step: 'count' | 'clickhouse' | 'verify'; floor: Record<string, number> } | null;
   /** An old chunk whose replacement is in place, to retire before anything else. */
   retire: Retirement | null;
   deviceAt: number;
@@ -80,6 +84,25 @@ function chunksAfter(rows: readonly ManifestRow[], months: ReadonlySet<string>, 
   return rows.filter(
     (r) => months.has(r.month) && r.jobId !== jobId && (at === null || r.month > at.month || (r.month === at.month && r.number > at.number)),
   );
+}
+
+/**
+ * Sends the job back through its archive step when a chunk of the subject's months was written
+ * after that step examined them (not by this job): while the erasure stood failed, before a retry,
+ * an archive job may have moved the subject's payloads from ClickHouse into a new chunk. Checked
+ * before each step that touches ClickHouse, since a retry resumes at any of them; `events`, which
+ * tells the archive step which chunks to read, is deleted last.
+ */
+async function recheckNewChunks(store: ManifestStore, jobId: string, projectId: string, c: ErasureCursor, step: 'count' | 'clickhouse' | 'verify'): Promise<boolean> {
+  const months = new Set(c.months);
+  const floor = c.examined ?? {};
+  const added = (await store.list(projectId)).filter((r) => months.has(r.month) && r.jobId !== jobId && r.number > (floor[r.month] ?? -1));
+  if (!added.length) return false;
+  c.step = 'archive';
+  c.at = null;
+  c.recheck = { step, floor: { ...floor } };
+  c.progress.total += added.length;
+  return true;
 }
 
 /** The subject's held realtime legacy events (D1), with the datasets' held counts recomputed in the same transaction. */
@@ -146,7 +169,10 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
         c.retire = null;
         return 'continue';
       }
-      const next = chunksAfter(await store.list(s.projectId), new Set(c.months), c.at, job.id).slice(0, CHUNKS_PER_STEP);
+      const floor = c.recheck?.floor;
+      const next = chunksAfter(await store.list(s.projectId), new Set(c.months), c.at, job.id)
+        .filter((r) => !floor || r.number > (floor[r.month] ?? -1))
+        .slice(0, CHUNKS_PER_STEP);
       if (!next.length) {
         c.step = 'orphans';
         return 'continue';
@@ -172,8 +198,8 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
     }
     case 'orphans': {
       for (const month of c.months) c.result.r2 = addArchiveCounts(c.result.r2, await deleteOrphansHoldingSubject(archive, month, subjectRows));
-      c.step = c.recheck ? 'count' : 'devices';
-      c.recheck = false;
+      c.step = c.recheck?.step ?? 'devices';
+      c.recheck = null;
       return 'continue';
     }
     case 'devices': {
@@ -210,23 +236,14 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       return 'commit';
     }
     case 'count': {
-      // Chunks written since the archive step examined the months (while this erasure stood failed,
-      // an archive job may have moved the subject's payloads into new chunks): examined first.
-      const months = new Set(c.months);
-      const chunks = (await store.list(s.projectId)).filter((r) => months.has(r.month) && r.jobId !== job.id);
-      if (chunks.some((r) => r.number > (c.examined?.[r.month] ?? -1))) {
-        c.step = 'archive';
-        c.at = null;
-        c.recheck = true;
-        c.progress.total += chunks.length;
-        return 'commit';
-      }
+      if (await recheckNewChunks(store, job.id, s.projectId, c, 'count')) return 'commit';
       // Counted and committed before anything is deleted: a re-run of the deletion counts nothing twice.
       c.result.clickhouse = await countSubject(ch, s);
       c.step = 'clickhouse';
       return 'commit';
     }
     case 'clickhouse': {
+      if (await recheckNewChunks(store, job.id, s.projectId, c, 'clickhouse')) return 'commit';
       await deleteSubject(ch, s);
       crash('clickhouse.afterDelete');
       units.n += 1;
@@ -234,6 +251,7 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       return 'commit';
     }
     case 'verify': {
+      if (await recheckNewChunks(store, job.id, s.projectId, c, 'verify')) return 'commit';
       // Rows a device object had already handed to the ingest queue may land after the deletion.
       const late = await countSubject(ch, s);
       if (late.events + late.payloads + late.sessions + late.profileOps > 0) {
@@ -288,7 +306,16 @@ export const erasureRunner: JobRunner = {
 
   async refuseRetry(env, job) {
     const p = ErasureParams.safeParse(job.params);
-    if (p.success) await refuseProjectWriters(env, p.data.projectId);
+    if (!p.success) return;
+    const store = jobStore(env.DB);
+    const { projectId } = p.data;
+    const [deletion] = await store.others(job.id, 'project_deletion', { projectId }, UNDER_WAY);
+    if (deletion) throw new ApiError(409, 'project_deletion_active', `this project is being deleted (job ${deletion.id})`, { id: deletion.id, state: deletion.state });
+    const s = subjectOf(p.data);
+    const subject: Record<string, string> = s.kind === 'device' ? { projectId, deviceId: s.deviceId } : { projectId, profileId: s.profileId };
+    const [same] = await store.others(job.id, 'erasure', subject, UNDER_WAY);
+    if (same) throw new ApiError(409, 'erasure_conflict', `another erasure of this subject is ${same.state} (job ${same.id})`, { id: same.id, state: same.state });
+    await refuseProjectWriters(env, projectId);
   },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {
@@ -309,7 +336,10 @@ export const projectDeletionRunner: JobRunner = {
 
   async refuseRetry(env, job) {
     const p = ProjectDeletionParams.safeParse(job.params);
-    if (p.success) await refuseProjectWriters(env, p.data.projectId);
+    if (!p.success) return;
+    const [other] = await jobStore(env.DB).others(job.id, 'project_deletion', { projectId: p.data.projectId }, UNDER_WAY);
+    if (other) throw new ApiError(409, 'project_deletion_active', `this project is being deleted (job ${other.id})`, { id: other.id, state: other.state });
+    await refuseProjectWriters(env, p.data.projectId);
   },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {

@@ -106,7 +106,7 @@ const act = createRoute({
   request: { params: ActionParam },
   responses: {
     200: json(Job, 'the job after the transition'),
-    ...errors(400, 401, { 404: '`job_not_found`' }, { 409: '`invalid_transition`: the job\'s state does not allow the action; on retry, what the job\'s start would answer beside a job started while it stood: `archive_already_active`, `erasure_active` (archive, restore), `archive_active`, `import_active` (erasure, project deletion), `import_already_active` (legacy import)' }, { 503: ADMIN_DISABLED }),
+    ...errors(400, 401, { 404: '`job_not_found`' }, { 409: '`invalid_transition`: the job\'s state does not allow the action; on retry, what the job\'s start would answer beside a job started while it stood: `archive_already_active`, `erasure_active` (archive, restore), `archive_active`, `import_active`, `project_deletion_active` (erasure, project deletion), `erasure_conflict` (an erasure of the same subject), `import_already_active` (legacy import)' }, { 503: ADMIN_DISABLED }),
   },
 });
 
