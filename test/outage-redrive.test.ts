@@ -145,18 +145,26 @@ describe('outages longer than the retry budget', () => {
     expect(await countEvents(p.id)).toEqual({ rows: 20, ids: 20 });
   });
 
-  it('quarantines a message ClickHouse keeps refusing after its re-drives, instead of cycling it forever', async () => {
+  it('quarantines a message ClickHouse keeps refusing over its re-drives for a day, instead of cycling it forever; re-drives it within that day', async () => {
     const p = await createProject('refused');
     const now = Date.now();
     const before = await deadLetters();
-    // Back from its fifth re-drive and parked again: ClickHouse answered every time and refused it.
-    const refused = JSON.stringify({ ...JSON.parse(deviceMessage(p.id, 'r-1', 'refused', 2, now)), redrives: MAX_REDRIVES, parkedAtMs: now - 3_600_000 });
-    const key = `${now - 3_600_000}-refused.json`;
+    // Both back from their fifth re-drive and parked again: ClickHouse answered every time and refused them.
+    const refused = JSON.stringify({ ...JSON.parse(deviceMessage(p.id, 'r-1', 'refused', 2, now - 1000)), redrives: MAX_REDRIVES, parkedAtMs: now - 25 * 3_600_000 });
+    const key = `${now - 25 * 3_600_000}-refused.json`;
     await env.ARCHIVE.put(`dead-letters/ingest/${key}`, refused);
+    // Parked an hour ago: an outage in which ClickHouse answered pings but refused inserts may last that long.
+    const recent = JSON.stringify({ ...JSON.parse(deviceMessage(p.id, 'r-2', 'refused', 3, now)), redrives: MAX_REDRIVES, parkedAtMs: now - 3_600_000 });
+    const recentKey = `${now - 3_600_000}-refused-recent.json`;
+    await env.ARCHIVE.put(`dead-letters/ingest/${recentKey}`, recent);
     await runCron();
     expect(await deadLetters()).toMatchObject({ parked: before.parked, quarantined: before.quarantined + 1 });
     expect(await (await env.ARCHIVE.get(`dead-letters/quarantine/${key}`))!.text()).toBe(refused);
     expect(await env.ARCHIVE.head(`dead-letters/ingest/${key}`)).toBeNull();
+    // The recent one went back to the ingest queue, and ClickHouse took it this time.
+    expect(await env.ARCHIVE.head(`dead-letters/ingest/${recentKey}`)).toBeNull();
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+    expect(await countEvents(p.id)).toEqual({ rows: 3, ids: 3 });
   });
 
   it('never drops a dead letter R2 refuses: a fresh copy goes round the dead-letter queue again', async () => {

@@ -19,8 +19,14 @@ const REDRIVE_PAGE = 100;
 export const REDRIVE_MAX_PER_RUN = 500;
 /** The queue takes 128 KB per message; a re-driven body adds a few fields to what it carried before. */
 const MAX_REDRIVE_BYTES = 127 * 1024;
-/** Re-drives of one message before it is quarantined (each follows a full retry budget). */
+/** Re-drives of one message before it is quarantined (each follows a full retry budget)... */
 export const MAX_REDRIVES = 5;
+/**
+ * ...and how long it must have been parked by then: ClickHouse can answer pings while it refuses
+ * inserts (a full disk, a read-only replica, too many parts) for longer than five re-drives (about
+ * 45 minutes), and rows accepted during such an outage must not wait in quarantine for an operator.
+ */
+export const QUARANTINE_AFTER_MS = 24 * 60 * 60 * 1000;
 const STATS_MAX_PAGES = 10;
 
 /** A parked message carries, beyond its rows, how long it has been waiting across re-drives. */
@@ -94,7 +100,7 @@ async function clickhouseAnswers(env: Env): Promise<boolean> {
 }
 
 /** A parked object as the ingest queue takes it back, or why it cannot go back. */
-function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: number; projects: string[] } | { reason: string; projects?: string[] } {
+function redriveBody(key: string, bytes: ArrayBuffer, nowMs: number): { body: string; bytes: number; projects: string[] } | { reason: string; projects?: string[] } {
   let message: ParkedMessage;
   let projects: string[];
   try {
@@ -106,8 +112,11 @@ function redriveBody(key: string, bytes: ArrayBuffer): { body: string; bytes: nu
     return { reason: `does not decode: ${String(err)}`.slice(0, 500) };
   }
   const { parkedAtMs, redrives, redelivery: _flag, ...rows } = message;
-  // ClickHouse answered and still refused it this often: an operator must look, not the cron loop.
-  if ((redrives ?? 0) >= MAX_REDRIVES) return { reason: `refused by ClickHouse after ${redrives} re-drives while it answered`, projects };
+  // ClickHouse answered and still refused it this often, for a day: an operator must look, not the cron loop.
+  const firstParkedMs = parkedAtMs ?? parkedAtOf(key) ?? 0;
+  if ((redrives ?? 0) >= MAX_REDRIVES && nowMs - firstParkedMs >= QUARANTINE_AFTER_MS) {
+    return { reason: `refused by ClickHouse after ${redrives} re-drives over ${Math.floor((nowMs - firstParkedMs) / 3_600_000)} hours while it answered`, projects };
+  }
   // Flagged as a redelivery: the writer skips rows ClickHouse already holds, so a copy adds nothing.
   const body = JSON.stringify({ ...rows, redelivery: true, parkedAtMs: parkedAtMs ?? parkedAtOf(key) ?? undefined, redrives: (redrives ?? 0) + 1 });
   const size = utf8Bytes(body);
@@ -200,7 +209,7 @@ async function redrivePage(env: Env, keys: string[], nowMs: number): Promise<Omi
     const obj = await env.ARCHIVE.get(key);
     return obj ? { key, bytes: await obj.arrayBuffer() } : null; // null: a concurrent run took it
   });
-  const prepared = loaded.flatMap((item) => (item ? [{ ...item, prepared: redriveBody(item.key, item.bytes) }] : []));
+  const prepared = loaded.flatMap((item) => (item ? [{ ...item, prepared: redriveBody(item.key, item.bytes, Date.now()) }] : []));
   // A message of a deleted project (parked after its deletion cleared the dead letters) is not sent
   // back: its rows would be written for a project that no longer exists.
   const gone = await deletedProjects(env.DB, prepared.flatMap((i) => i.prepared.projects ?? []));
