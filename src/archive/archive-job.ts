@@ -545,19 +545,18 @@ export async function assertSoleWriter(env: Env, jobId: string, p: { projectId: 
 }
 
 /**
- * Refuses (409) a retry of an archive or restore job while another job holds its (project, month) or
- * an erasure of its project is under way, as their starts are refused: a job that failed may have
- * been followed by another of its month, and two writers of one month's chunks could clear a
- * chunk's rows twice or not at all.
+ * Refuses (409) an archive or restore job of (project, month), started or retried, while another
+ * holds the month or an erasure of the project is under way: one writer of a month's chunks at a
+ * time (two could clear a chunk's rows twice or not at all). `exceptId`: the job being retried.
  */
-export async function refuseMonthRetry(env: Env, id: string, p: { projectId: string; month: string }): Promise<void> {
-  const holding = (await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId: p.projectId, month: p.month, holdingOnly: true })).find((j) => j.id !== id);
+export async function refuseSecondMonthWriter(env: Env, exceptId: string, p: { projectId: string; month: string }): Promise<void> {
+  const holding = (await monthJobs(env.DB, { types: MONTH_JOB_TYPES, projectId: p.projectId, month: p.month, holdingOnly: true })).find((j) => j.id !== exceptId);
   if (holding) {
-    throw new ApiError(409, 'archive_already_active', `a ${holding.type} job of ${p.projectId} ${p.month} is ${holding.state}: retry this one once it has ended`, { id: holding.id, type: holding.type, state: holding.state });
+    throw new ApiError(409, 'archive_already_active', `a ${holding.type} job of ${p.projectId} ${p.month} is already ${holding.state}`, { id: holding.id, type: holding.type, state: holding.state });
   }
   const [erasing] = await monthJobs(env.DB, { types: ERASURE_JOB_TYPES, projectId: p.projectId, holdingOnly: true });
   if (erasing) {
-    throw new ApiError(409, 'erasure_active', `a ${erasing.type} job of this project is ${erasing.state}: retry once it has finished`, { id: erasing.id, type: erasing.type, state: erasing.state });
+    throw new ApiError(409, 'erasure_active', `a ${erasing.type} job of this project is ${erasing.state}: start or retry this one once it has finished`, { id: erasing.id, type: erasing.type, state: erasing.state });
   }
 }
 
@@ -597,7 +596,7 @@ export const archiveRunner: JobRunner = {
 
   async refuseRetry(env, job) {
     const p = ArchiveParams.safeParse(job.params);
-    if (p.success) await refuseMonthRetry(env, job.id, p.data);
+    if (p.success) await refuseSecondMonthWriter(env, job.id, p.data);
   },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {

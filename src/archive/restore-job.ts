@@ -8,7 +8,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { assertSoleWriter, refuseMonthRetry } from './archive-job';
+import { assertSoleWriter, refuseSecondMonthWriter } from './archive-job';
 import { ArchiveChunkError, chunkKey, decodeChunk, type ArchiveRow } from './chunk';
 import { manifestStore, type ManifestRow } from './manifest';
 import { isValidMonth } from './month';
@@ -160,7 +160,7 @@ export const restoreRunner: JobRunner = {
 
   async refuseRetry(env, job) {
     const p = RestoreParams.safeParse(job.params);
-    if (p.success) await refuseMonthRetry(env, job.id, p.data);
+    if (p.success) await refuseSecondMonthWriter(env, job.id, p.data);
   },
 
   async runChunk(env: Env, job: ChunkInput): Promise<ChunkOutcome> {

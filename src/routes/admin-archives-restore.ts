@@ -4,12 +4,11 @@ import { drizzle } from 'drizzle-orm/d1';
 import { z } from 'zod';
 import { requireAdmin } from '../auth';
 import { manualArchiveRefusal } from '../archive/month';
+import { refuseSecondMonthWriter } from '../archive/archive-job';
 import { RESTORE_JOB, RestoreParams, restorableChunks } from '../archive/restore-job';
 import { projects } from '../db/schema';
 import { ApiError } from '../errors';
 import { startJob } from '../jobs/actions';
-import { ACTIVE, type JobState } from '../jobs/states';
-import { jobStore } from '../jobs/store';
 import { jobStarted, JobStarted, QUEUE_UNAVAILABLE } from './admin-backfills';
 import { ADMIN_DISABLED, ADMIN_SECURITY, createRoute, errors, json, router } from './openapi';
 
@@ -21,9 +20,6 @@ const REFUSALS = {
   current_month: 'is the current UTC month, which is never archived',
   future_month: 'is in the future',
 } as const;
-
-/** Job states that hold a (project, month): a paused job resumes where it stopped. */
-const HOLDING: readonly JobState[] = [...ACTIVE, 'paused'];
 
 const route = createRoute({
   method: 'post',
@@ -54,24 +50,8 @@ export const adminArchivesRestoreRoute = router().openapi(route, async (c) => {
   const project = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
   if (!project) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
 
-  // An archive run clears what a restore writes back: one job per (project, month) at a time.
-  const store = jobStore(c.env.DB);
-  const pair = { projectId: body.projectId, month: body.month };
-  const [archiving, restoring, erasing, deleting] = await Promise.all([
-    store.others('', 'archive', pair, HOLDING),
-    store.others('', RESTORE_JOB, pair, HOLDING),
-    store.others('', 'erasure', { projectId: body.projectId }, HOLDING),
-    store.others('', 'project_deletion', { projectId: body.projectId }, HOLDING),
-  ]);
-  const busy = archiving[0] ?? restoring[0];
-  if (busy) {
-    throw new ApiError(409, 'archive_already_active', `a ${busy.type} job of ${body.month} for this project is already ${busy.state}`, { id: busy.id, type: busy.type, state: busy.state });
-  }
-  // An erasure rewrites chunks: a restore running meanwhile could write the subject's rows back.
-  const erasure = erasing[0] ?? deleting[0];
-  if (erasure) {
-    throw new ApiError(409, 'erasure_active', `a ${erasure.type} job of this project is ${erasure.state}; restore when it has finished`, { id: erasure.id, type: erasure.type, state: erasure.state });
-  }
+  // An archive run clears what a restore writes back, and an erasure rewrites chunks: one writer at a time.
+  await refuseSecondMonthWriter(c.env, '', body);
   const chunks = await restorableChunks(c.env, body.projectId, body.month);
   if (chunks.length === 0) {
     throw new ApiError(409, 'nothing_to_restore', `${body.month} of this project has no archived chunks`, { projectId: body.projectId, month: body.month });

@@ -3,8 +3,8 @@
 import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { z } from 'zod';
-import { ArchiveParams } from '../archive/archive-job';
-import { ERASURE_JOB_TYPES, listArchives, monthJobs, MONTH_JOB_TYPES, type ArchiveMonthView } from '../archive/listing';
+import { ArchiveParams, refuseSecondMonthWriter } from '../archive/archive-job';
+import { listArchives, type ArchiveMonthView } from '../archive/listing';
 import { isValidMonth, manualArchiveRefusal } from '../archive/month';
 import { requireAdmin } from '../auth';
 import { projects } from '../db/schema';
@@ -95,14 +95,7 @@ export const adminArchivesRoute = router()
     if (refusal) throw new ApiError(400, refusal, `${MONTH_REFUSALS[refusal]} (got ${JSON.stringify(body.month)})`, { month: body.month });
     const project = await drizzle(c.env.DB).select({ id: projects.id }).from(projects).where(eq(projects.id, body.projectId)).get();
     if (!project) throw new ApiError(400, 'unknown_project', `no project ${body.projectId}`);
-    const [holding] = await monthJobs(c.env.DB, { types: MONTH_JOB_TYPES, projectId: body.projectId, month: body.month, holdingOnly: true });
-    if (holding) {
-      throw new ApiError(409, 'archive_already_active', `a ${holding.type} job of ${body.projectId} ${body.month} is already ${holding.state}`, { id: holding.id, type: holding.type, state: holding.state });
-    }
-    const [erasing] = await monthJobs(c.env.DB, { types: ERASURE_JOB_TYPES, projectId: body.projectId, holdingOnly: true });
-    if (erasing) {
-      throw new ApiError(409, 'erasure_active', `a ${erasing.type} job of this project is ${erasing.state}: archive once it has finished`, { id: erasing.id, type: erasing.type, state: erasing.state });
-    }
+    await refuseSecondMonthWriter(c.env, '', body);
     const job = await startJob(c.env, 'archive', {
       projectId: body.projectId,
       month: body.month,
