@@ -180,6 +180,42 @@ describe('archive crash safety', () => {
     await expectFullyArchived(projectId, rows);
   });
 
+  it('a damaged later chunk fails the run, naming it, and none of its rows is cleared; the chunks before it stay sound', async () => {
+    const { projectId, rows } = await seed('corrupt-later');
+    // Chunk 1 is verified; the run stops after chunk 2's manifest row, before chunk 2 is verified.
+    const crashed = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, faults: { at: 'afterManifest', chunk: 2, mode: 'fail' } });
+    expect(crashed.state).toBe('failed');
+    const before = await chunksOf(projectId, MONTH);
+    expect(before.map((c) => [c.number, c.verifiedAt !== null])).toEqual([
+      [1, true],
+      [2, false],
+    ]);
+    const second = before[1]!;
+    const obj = await env.ARCHIVE.get(second.key);
+    const bytes = new Uint8Array(await obj!.arrayBuffer());
+    bytes[bytes.length - 12]! ^= 0x01;
+    await env.ARCHIVE.put(second.key, bytes);
+
+    for (let i = 0; i < 2; i++) {
+      const failed = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS });
+      expect(failed.state).toBe('failed');
+      expect(failed.error).toContain(`archive chunk ${second.key} failed verification`);
+      expect(failed.error).toContain('sha256_mismatch');
+      // Every row of the damaged chunk is still in ClickHouse, byte for byte; nothing is in a third chunk.
+      const left = await payloadsInClickHouse(projectId, MONTH);
+      for (const r of chunk2(rows).map((id) => rows.find((x) => x.id === id)!)) expect(left.get(r.id), `row ${r.id} of the damaged chunk`).toBe(r.payload);
+      await expectNothingLost(projectId, rows);
+      expect((await chunksOf(projectId, MONTH)).map((c) => c.number)).toEqual([1, 2]);
+      expect(await objectKeys(projectId, MONTH)).toEqual(before.map((c) => c.key));
+    }
+
+    const repaired = await archiveMonth(projectId, MONTH, { chunkRows: CHUNK_ROWS, discardUnverified: true });
+    expect(repaired.state, repaired.error ?? '').toBe('succeeded');
+    await expectFullyArchived(projectId, rows);
+    // Chunk numbers only grow: the discarded chunk 2 is not written again under its number.
+    expect((await chunksOf(projectId, MONTH)).map((c) => c.number)).not.toContain(2);
+  });
+
   it('a damaged upload that was never recorded is an orphan: removed, and the run writes the chunk again', async () => {
     const { projectId, rows } = await seed('corrupt-orphan');
     await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, faults: { at: 'afterUpload', chunk: 1, mode: 'fail' } });
