@@ -1,7 +1,7 @@
 // Archive jobs end to end on real ClickHouse, D1, R2 and Queues: months cut at UTC boundaries,
 // chunks that decode to exactly the payloads they replaced, re-runs that add nothing, late data in
 // a new chunk, restored months taken back without a second chunk, the listing, the sweep, bad input.
-import { env, SELF } from 'cloudflare:test';
+import { createExecutionContext, createScheduledController, env, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import { sweepArchives, maybeSweepArchives, SWEEP_MINUTE } from '../src/archive/sweep';
 import { addMonths, monthOfMs } from '../src/archive/month';
@@ -13,7 +13,7 @@ import { getConfig } from '../src/config';
 import { readObject } from '../src/archive/r2';
 import { sendChunk } from '../src/jobs/engine';
 import { jobStore } from '../src/jobs/store';
-import { app } from '../src/index';
+import worker, { app } from '../src/index';
 import type { Env } from '../src/env';
 import { ADMIN_TOKEN, ch, createProject } from './helpers';
 import { admin, getJob, waitJob } from './backfill-helpers';
@@ -481,5 +481,34 @@ describe('the archive sweep', () => {
     expect((await payloadsInClickHouse(restored.id, due)).size).toBe(2);
     // The retried month converged over what the failed run left (an unverified chunk).
     expect((await listArchives(`?projectId=${failing.id}`)).body.archives).toEqual([expect.objectContaining({ state: 'archived', lastError: null, sweepRetryAt: null })]);
+  });
+});
+
+describe('the archive sweep through the Cron handler', () => {
+  it('archives the months ARCHIVE_LAG_MONTHS allows: 3 takes none of three recent months, 1 takes two, 0 the third', async () => {
+    const current = monthOfMs(Date.now());
+    // The sweep minute of an hour mid-month, whenever the suite runs.
+    const at = Date.parse(`${current}-15T12:${String(SWEEP_MINUTE).padStart(2, '0')}:00.000Z`);
+    const months = [addMonths(current, -3), addMonths(current, -2), addMonths(current, -1)];
+    const q = await createProject('sweep-lag');
+    await insertRows(q.id, months.flatMap((m, i) => makeRows(`lag-${i}`, 2, Date.parse(`${m}-02T00:00:00.000Z`))));
+    const left = async () => Promise.all(months.map(async (m) => (await payloadsInClickHouse(q.id, m)).size));
+    const cron = async (lag: string) => {
+      await worker.scheduled!(createScheduledController({ scheduledTime: at, cron: '* * * * *' }), { ...env, ARCHIVE_RAW_PAYLOADS: 'true', ARCHIVE_LAG_MONTHS: lag } as Env, createExecutionContext());
+      // Every archive job of the project the sweeps started so far, run to its end.
+      const { results } = await env.DB.prepare("SELECT id, json_extract(params, '$.month') AS month FROM jobs WHERE type = 'archive' AND json_extract(params, '$.projectId') = ?")
+        .bind(q.id)
+        .all<{ id: string; month: string }>();
+      for (const j of results) expect((await waitJob(j.id, (v) => ['succeeded', 'failed', 'cancelled'].includes(v.state), 90_000)).state).toBe('succeeded');
+      return results.map((j) => j.month).sort();
+    };
+
+    expect(await cron('3')).toEqual([]);
+    expect(await left()).toEqual([2, 2, 2]);
+    expect(await cron('1')).toEqual(months.slice(0, 2));
+    expect(await left()).toEqual([0, 0, 2]);
+    expect(await cron('0')).toEqual(months);
+    expect(await left()).toEqual([0, 0, 0]);
+    for (const m of months) await expectConverged(q.id, m);
   });
 });
