@@ -229,7 +229,12 @@ try {
       const res = await fetch(`${gateway.url}/v1/events/${id}/payload`, { headers });
       const body = await res.json();
       if (!res.ok || body.source !== 'archive') throw new Error(`lazy read of ${id}: ${res.status} ${JSON.stringify(body).slice(0, 300)}`);
-      lazy.push({ pass, bytes: Number(res.headers.get('x-driftline-archive-bytes-read') ?? NaN), cache: res.headers.get('x-driftline-archive-cache') });
+      lazy.push({
+        pass,
+        bytes: Number(res.headers.get('x-driftline-archive-bytes-read') ?? NaN),
+        chunks: Number(res.headers.get('x-driftline-archive-chunks') ?? NaN),
+        cache: res.headers.get('x-driftline-archive-cache'),
+      });
     }
   }
 
@@ -263,6 +268,9 @@ try {
   console.log(`compression, tracker traces as stored ${fmt(tracesEntry.bytes / 1e6)} MB → ${(tracesEntry.compressedBytes / 1e6).toFixed(2)} MB = ${tracesRatio.toFixed(1)}:1 (each line carries two 128-bit ids: the event's and the fix's); target ≥ ${TARGET_RATIO}:1: ${met(tracesRatio >= TARGET_RATIO)}`);
   console.log(`lazy read, first of a chunk          ${fmt(avg(firstReads.map((l) => l.bytes)))} R2 bytes per request on average (${firstReads.filter((l) => l.cache === 'miss').length}/${firstReads.length} misses; a chunk averages ${fmt(avgChunk)} bytes)`);
   console.log(`lazy read, again                     ${fmt(avg(secondReads.map((l) => l.bytes)))} R2 bytes per request (${secondReads.filter((l) => l.cache === 'hit').length}/${secondReads.length} cache hits)`);
+  const maxFirst = Math.max(...firstReads.map((l) => l.bytes));
+  const maxChunks = Math.max(...lazy.map((l) => l.chunks));
+  console.log(`lazy read, worst request             ${fmt(maxFirst)} R2 bytes, ${maxChunks} chunk(s) searched = ${(maxFirst / avgChunk).toFixed(2)}× an average chunk; target: at most one chunk, 0 when cached: ${met(maxChunks <= 1 && secondReads.every((l) => l.bytes === 0))}`);
   result('archive_rows_per_s', archiveRate);
   floor('archive_rows_per_s', floorRate);
   result('restore_rows_per_s', restoreRate);
@@ -270,6 +278,10 @@ try {
   result('archive_compression_ratio', ratio);
   result('archive_compression_ratio_traces', tracesRatio);
   result('archive_floor_rows_per_s', floorRate);
+  result('archive_lazy_read_bytes_first', avg(firstReads.map((l) => l.bytes)));
+  result('archive_lazy_read_bytes_max', maxFirst);
+  result('archive_lazy_read_bytes_cached', avg(secondReads.map((l) => l.bytes)));
+  result('archive_lazy_read_chunk_bytes_avg', avgChunk);
 } catch (err) {
   console.error(err);
   process.exitCode = 1;
