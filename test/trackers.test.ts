@@ -545,6 +545,59 @@ describe('Traccar Client and OsmAnd as the apps really send', () => {
   });
 });
 
+describe("a position's raw payload is the app's own row", () => {
+  /** The stored payload of every position of a device, oldest first, as GET /v1/events/:id/payload answers it. */
+  async function payloadsOf(p: TestProject, deviceId: string, n: number): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for (const e of await positionsOf(p, deviceId, n)) {
+      const r = await getJson<{ id: string; payload: unknown; source: string }>(p, `/v1/events/${e.id}/payload`);
+      expect(r.status).toBe(200);
+      expect(r.body).toMatchObject({ id: e.id, source: 'clickhouse' });
+      out.push(r.body.payload);
+    }
+    return out;
+  }
+
+  it('Overland: each location feature as sent (not `current` or `trip`); OwnTracks: the location message', async () => {
+    const p = await createProject('raw-trackers');
+    const { body } = overlandBatch('raw-overland', 3, Date.now() - 3_600_000);
+    expect((await postOverland(p, body)).status).toBe(200);
+    expect(await payloadsOf(p, 'raw-overland', 3)).toEqual(body.locations);
+
+    const tst = Math.floor(Date.now() / 1000) - 600;
+    const headers = { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'raw-phone' };
+    const messages = [{ ...owntracksLocation, tst }, { ...owntracksTransition, tst: tst + 5 }, { ...owntracksLocation, tst: tst + 60, lat: 48.859 }];
+    expect((await post('/ingest/owntracks', { headers, body: JSON.stringify(messages) })).status).toBe(200);
+    expect(await payloadsOf(p, 'raw-phone', 2)).toEqual([messages[0], messages[2]]);
+  });
+
+  it('Traccar Client: the request with that one location; OsmAnd: its parameters; never the credential', async () => {
+    const p = await createProject('raw-traccar');
+    const at = Date.now() - 900_000;
+    const one = clone(traccarClient);
+    one.location.timestamp = new Date(at).toISOString();
+    one.device_id = 'raw-traccar';
+    // A token in the body is no way to authenticate, but an app could carry one there: it is not stored.
+    const withToken = { ...one, token: `${p.clientId}:${p.clientSecret}` };
+    expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(withToken) })).status).toBe(200);
+    const second = { ...clone(traccarClient).location, timestamp: new Date(at + 60_000).toISOString() };
+    const third = { ...clone(traccarClient).location, timestamp: new Date(at + 120_000).toISOString() };
+    const list = { device_id: 'raw-traccar', location: [second, third] };
+    expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(list) })).status).toBe(200);
+    expect(await payloadsOf(p, 'raw-traccar', 3)).toEqual([one, { device_id: 'raw-traccar', location: second }, { device_id: 'raw-traccar', location: third }]);
+
+    const seconds = Math.floor(at / 1000) + 300;
+    expect((await post(`/ingest/traccar?id=raw-osmand&timestamp=${seconds}&lat=52.5163&lon=13.3777&speed=10&batt=77&token=${token(p)}`, { method: 'GET' })).status).toBe(200);
+    expect(await payloadsOf(p, 'raw-osmand', 1)).toEqual([{ id: 'raw-osmand', timestamp: String(seconds), lat: '52.5163', lon: '13.3777', speed: '10', batt: '77' }]);
+
+    const [r] = await ch().query<{ leaks: number }>('SELECT countIf(position(payload, {s:String}) > 0 OR position(payload, \'token\') > 0) AS leaks FROM event_payloads WHERE project_id = {p:String}', {
+      p: p.id,
+      s: p.clientSecret,
+    });
+    expect(Number(r!.leaks)).toBe(0);
+  });
+});
+
 describe('bad requests', () => {
   it('answers 401 for missing or wrong credentials in every form an app carries them', async () => {
     const p = await createProject('trackers-401');

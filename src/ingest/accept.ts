@@ -63,12 +63,16 @@ export function toDeviceEvent(projectId: string, deviceId: string, e: Normalized
   };
 }
 
-export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonly unknown[], ctx: RequestContext): Promise<AcceptResult> {
+/**
+ * `originals`: for rows mapped from another format (tracker apps), each row as its sender wrote it,
+ * stored as the raw payload instead of the mapped row.
+ */
+export async function acceptEvents(env: Env, project: ProjectAuth, raws: readonly unknown[], ctx: RequestContext, originals?: readonly unknown[]): Promise<AcceptResult> {
   const rejected: RowRejection[] = [];
   const rows: Array<RowOutcome | null> = new Array(raws.length).fill(null);
   const valid: Array<{ index: number; event: NormalizedEvent }> = [];
   raws.forEach((raw, index) => {
-    const r = normalizeEvent(raw, ctx, index);
+    const r = normalizeEvent(raw, ctx, index, originals ? originals[index] : raw);
     if (r.ok) valid.push({ index, event: r.event });
     else rejected.push({ index, ...r.rejection });
   });

@@ -132,8 +132,9 @@ function fastReserved(props: Record<string, unknown>): Reserved | null {
 /**
  * `index` is the row's position in its request: without a client timestamp two identical rows of one
  * request are still two events, while a replay of a timestamped row is recognised as the same one.
+ * `received` is what is stored as the raw payload: the row itself, or the message it was mapped from.
  */
-export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): NormalizeResult {
+export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, received: unknown = raw): NormalizeResult {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return reject('validation', 'event must be an object');
   const type = (raw as { type?: unknown }).type;
   if (type === 'alias') return reject('unsupported', 'alias events are not supported');
@@ -195,7 +196,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0): No
   }
 
   const propertiesJson = JSON.stringify(properties);
-  const payloadJson = JSON.stringify(raw);
+  const payloadJson = JSON.stringify(received) ?? 'null';
   // UTF-8 bytes, as /track counts its body: never fewer than UTF-16 units, so the length alone
   // settles most rows.
   if (payloadJson.length > MAX_EVENT_BYTES || (payloadJson.length * 3 > MAX_EVENT_BYTES && utf8Bytes(payloadJson) > MAX_EVENT_BYTES)) {

@@ -36,7 +36,7 @@ async function deliver(c: Context<AppEnv>, source: TrackerSource, adapted: Adapt
   if (!events.length && !refused.length) return;
   const project = c.get('project');
   const context = requestContext(c.req.raw);
-  const result = events.length ? await acceptEvents(c.env, project, events, context) : { rejected: [] };
+  const result = events.length ? await acceptEvents(c.env, project, events, context, adapted.originals) : { rejected: [] };
   const retryable = result.rejected.filter((r) => r.retryable).length;
   if (retryable) throw retryLater(`${retryable} of ${events.length} positions could not be stored yet; send them again later`, { retryable });
   try {

@@ -8,6 +8,7 @@ import {
   isPlainObject,
   KMH_PER_MS,
   knownNumber,
+  originalRow,
   positionEvent,
   type AdaptedRequest,
   type PositionEvent,
@@ -27,13 +28,15 @@ export function adaptOverland(body: unknown, queryDeviceId: string | undefined):
   if (!isPlainObject(body) || !Array.isArray(body.locations)) {
     throw badRequest('invalid_request', 'the body must be Overland\'s { "locations": [GeoJSON Point Features], "current"?, "trip"? }');
   }
-  const features = body.locations.map((f) => (isPlainObject(f) ? f : {}));
+  const received: unknown[] = body.locations;
+  const features = received.map((f) => (isPlainObject(f) ? f : {}));
   const propsOf = (f: Record<string, unknown>) => (isPlainObject(f.properties) ? f.properties : {});
   const batchDevice = deviceIdOf(queryDeviceId) ?? features.map((f) => deviceIdOf(propsOf(f).device_id)).find((d) => d !== undefined);
 
   const events: PositionEvent[] = [];
+  const originals: unknown[] = [];
   let ignored = 0;
-  for (const feature of features) {
+  for (const [i, feature] of features.entries()) {
     const props = propsOf(feature);
     if (props.action !== undefined || props.type === 'trip') {
       ignored++;
@@ -60,6 +63,7 @@ export function adaptOverland(body: unknown, queryDeviceId: string | undefined):
         extra: extraFields(props, MAPPED),
       }),
     );
+    originals.push(originalRow(received[i]));
   }
-  return { events, ignored };
+  return { events, originals, ignored };
 }

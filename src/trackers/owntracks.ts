@@ -2,7 +2,7 @@
 // every other `_type` (transition, lwt, waypoint, encrypted, ...) is acknowledged and ignored.
 import { badRequest } from '../errors';
 import type { Rejection } from '../ingest/normalize';
-import { extraFields, fixTime, isPlainObject, knownNumber, positionEvent, type AdaptedRequest, type PositionEvent } from './position-event';
+import { extraFields, fixTime, isPlainObject, knownNumber, originalRow, positionEvent, type AdaptedRequest, type PositionEvent } from './position-event';
 
 /** Elements that become the position's own fields (`vel` is already km/h). */
 const MAPPED = new Set(['_type', 'lat', 'lon', 'vel', 'cog', 'acc', 'alt', 'tst']);
@@ -19,6 +19,7 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
   if (!Array.isArray(body) && !isPlainObject(body)) throw badRequest('invalid_request', NOT_A_MESSAGE);
   const messages = Array.isArray(body) ? body : [body];
   const events: PositionEvent[] = [];
+  const originals: unknown[] = [];
   const rejected: Rejection[] = [];
   let ignored = 0;
   let withoutDevice = 0;
@@ -53,7 +54,8 @@ export function adaptOwnTracks(body: unknown, limitDevice: string | undefined): 
         extra: extraFields(message, MAPPED),
       }),
     );
+    originals.push(originalRow(message));
   }
   if (withoutDevice && !events.length) throw badRequest('device_id_required', NO_DEVICE);
-  return { events, ignored, rejected };
+  return { events, originals, ignored, rejected };
 }

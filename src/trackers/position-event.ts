@@ -15,6 +15,11 @@ export interface PositionEvent {
 /** One request's events to store, and the messages acknowledged without storing (logs, other types). */
 export interface AdaptedRequest {
   events: PositionEvent[];
+  /**
+   * Each event's row as the app sent it (same order as `events`): what is stored as its raw payload,
+   * so `GET /v1/events/:id/payload` shows the app's own message, not the mapped event.
+   */
+  originals: unknown[];
   ignored: number;
   /** Messages the adapter itself refused (not an object, say): counted like rejected rows, never failing the others. */
   rejected?: Rejection[];
@@ -71,6 +76,16 @@ export function positionEvent(f: FixFields): PositionEvent {
     properties.__eventId = fixEventId(f.deviceId, timeMs, f.lat, f.lon);
   }
   return { type: 'track', payload: { name: POSITION_EVENT_NAME, properties } };
+}
+
+/**
+ * An app's row as received, for its raw payload, without a credential: a `token` field (the one
+ * name under which a secret could arrive in a row) is dropped, as it is from the properties.
+ */
+export function originalRow(row: unknown): unknown {
+  if (!isPlainObject(row) || !Object.hasOwn(row, 'token')) return row;
+  // fromEntries defines own properties: a `__proto__` key stays a key, as JSON.parse made it.
+  return Object.fromEntries(Object.entries(row).filter(([key]) => key !== 'token'));
 }
 
 /** An unreadable value as text for the row's error: JSON for objects (`String()` of `{"toString":0}` throws). */

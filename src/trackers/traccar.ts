@@ -9,6 +9,7 @@ import {
   KMH_PER_MS,
   knownNumber,
   paramNumber,
+  originalRow,
   positionEvent,
   type AdaptedRequest,
   type PositionEvent,
@@ -50,7 +51,10 @@ export function adaptTraccarJson(body: unknown, queryDeviceId: string | undefine
       extra: { ...rootExtra, ...extraFields(coords, COORDS_MAPPED), ...extraFields(location, LOCATION_MAPPED) },
     });
   });
-  return { events, ignored: 0 };
+  // One row per location: the request's other fields with that one location.
+  const root = originalRow(body) as Record<string, unknown>;
+  const originals = Array.isArray(body.location) ? locations.map((location) => ({ ...root, location })) : [root];
+  return { events, originals, ignored: 0 };
 }
 
 /** km/h per unit of the OsmAnd `speed` parameter; Traccar documents knots unless `speedUnit` says otherwise. */
@@ -71,7 +75,7 @@ export function adaptOsmAnd(params: ReadonlyMap<string, string>): AdaptedRequest
   const factor = SPEED_UNITS.get(unit);
   if (factor === undefined) throw badRequest('invalid_request', `speedUnit must be one of ${[...SPEED_UNITS.keys()].join(', ')}`, { speedUnit: unit });
   // Traccar Client's heartbeat (no fix since the last one): a sign of life with no position in it.
-  if (!params.has('lat') && !params.has('lon') && !params.has('location')) return { events: [], ignored: 1 };
+  if (!params.has('lat') && !params.has('lon') && !params.has('location')) return { events: [], originals: [], ignored: 1 };
 
   let lat = paramNumber(params.get('lat'));
   let lon = paramNumber(params.get('lon'));
@@ -97,5 +101,7 @@ export function adaptOsmAnd(params: ReadonlyMap<string, string>): AdaptedRequest
     altitudeM: paramNumber(params.get('altitude')),
     extra,
   });
-  return { events: [event], ignored: 0 };
+  // The parameters as received, but the credential.
+  const original = Object.fromEntries([...params].filter(([key]) => key !== 'token'));
+  return { events: [event], originals: [original], ignored: 0 };
 }
