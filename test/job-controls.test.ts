@@ -48,6 +48,21 @@ async function dieHoldingLease(id: string, run: (input: ReturnType<typeof chunkI
 }
 
 describe('an archive job that is running', () => {
+  it("commits its plan before its first chunk: the month's total, and so the ETA, shows from the start", async () => {
+    const p = await createProject('controls-archive-plan');
+    await insertRows(p.id, makeRows('controls-plan', 7, Date.parse(`${MONTH}-07T00:00:00.000Z`), 60_000));
+    // A job row the engine never runs: its first chunk is run here, as the engine would run it.
+    const id = crypto.randomUUID();
+    const row = await jobStore(env.DB).create(id, 'archive', { projectId: p.id, month: MONTH, chunkRows: 3 }, Date.now());
+    try {
+      const first = await archiveRunner.runChunk(env, chunkInput(row));
+      expect(first).toMatchObject({ rowsTotal: 7, rowsBefore: 0, rows: 0, done: false });
+      expect(await chunksOf(p.id, MONTH)).toEqual([]);
+    } finally {
+      await env.DB.prepare("UPDATE jobs SET state = 'cancelled', ended_at = ? WHERE id = ?").bind(Date.now(), id).run();
+    }
+  });
+
   it('pauses between job chunks, holds its month, and resumes to the same end as a clean run', async () => {
     const p = await createProject('controls-archive-pause');
     const rows = makeRows('controls-pause', 45, Date.parse(`${MONTH}-03T00:00:00.000Z`), 60_000);

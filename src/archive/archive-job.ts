@@ -632,10 +632,13 @@ export const archiveRunner: JobRunner = {
       before = await rowsArchivedByJob(run);
       if (next !== null) return outcome({ phase: 'reconcile', after: next }, before, 0, job.rowsTotal ?? before + (await countPending(run)), false);
       // Every earlier chunk is settled: what is left in ClickHouse belongs to no chunk. It is
-      // archived from here on, in this same job chunk.
+      // archived from here on.
       total = before + (await countPending(run));
       cursor = { phase: 'archive', afterMs: run.startMs - 1, afterId: '' };
       if (total === before) return outcome(cursor, before, 0, total, true);
+      // A new job commits its plan first: the month's total (and so the ETA) shows from the start,
+      // not after the first slice of up to ARCHIVE_SLICE_MS.
+      if (planning) return outcome(cursor, before, 0, total, false);
     } else {
       if (job.verifyWrites) {
         // The chunks a cut-short step of this job was writing (recorded, not yet cleared).
