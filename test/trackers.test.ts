@@ -571,18 +571,42 @@ describe("a position's raw payload is the app's own row", () => {
     expect(await payloadsOf(p, 'raw-phone', 2)).toEqual([messages[0], messages[2]]);
   });
 
+  it("refuses per row an app's row that cannot be stored as sent (nested past the limit, a number beyond a double), keeping the others", async () => {
+    const p = await createProject('raw-hostile');
+    const { body } = overlandBatch('raw-deep', 3, Date.now() - 3_600_000);
+    // Parts of a feature the mapped position never reads: a field of its geometry, a field of its own.
+    const [first, second, third] = body.locations.map((f) => JSON.stringify(f));
+    const deep = first!.replace('"geometry":{', `"geometry":{"deep":${'['.repeat(50_000)}${']'.repeat(50_000)},`);
+    const huge = second!.replace('"type":"Feature"', '"type":"Feature","x":1e400');
+    const res = await postOverland(p, `{"locations":[${deep},${huge},${third}]}`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ result: 'ok' });
+    expect(await payloadsOf(p, 'raw-deep', 1)).toEqual([body.locations[2]]);
+    const health = await (await SELF.fetch('http://gw/admin/health', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<Health>();
+    expect(health.trackers.recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'overland', count: 2, lastReason: 'validation' });
+
+    // A fix time nested past the limit: refused and counted alone, not a 500.
+    const headers = { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'raw-deep-phone' };
+    const tst = Math.floor(Date.now() / 1000) - 600;
+    const list = `[{"_type":"location","lat":48.1,"lon":2.1,"tst":${'['.repeat(50_000)}${']'.repeat(50_000)}},${JSON.stringify({ ...owntracksLocation, tst })}]`;
+    const ot = await post('/ingest/owntracks', { headers, body: list });
+    expect(ot.status).toBe(200);
+    expect(await payloadsOf(p, 'raw-deep-phone', 1)).toEqual([{ ...owntracksLocation, tst }]);
+  });
+
   it('Traccar Client: the request with that one location; OsmAnd: its parameters; never the credential', async () => {
     const p = await createProject('raw-traccar');
     const at = Date.now() - 900_000;
     const one = clone(traccarClient);
     one.location.timestamp = new Date(at).toISOString();
     one.device_id = 'raw-traccar';
-    // A token in the body is no way to authenticate, but an app could carry one there: it is not stored.
-    const withToken = { ...one, token: `${p.clientId}:${p.clientSecret}` };
+    // A token in the body is no way to authenticate, but an app could carry one there, at any depth: it is not stored.
+    const secret = `${p.clientId}:${p.clientSecret}`;
+    const withToken = { ...one, token: secret, location: { ...one.location, token: secret, coords: { ...one.location.coords, token: secret } } };
     expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(withToken) })).status).toBe(200);
     const second = { ...clone(traccarClient).location, timestamp: new Date(at + 60_000).toISOString() };
     const third = { ...clone(traccarClient).location, timestamp: new Date(at + 120_000).toISOString() };
-    const list = { device_id: 'raw-traccar', location: [second, third] };
+    const list = { device_id: 'raw-traccar', location: [{ ...second, token: secret }, third] };
     expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(list) })).status).toBe(200);
     expect(await payloadsOf(p, 'raw-traccar', 3)).toEqual([one, { device_id: 'raw-traccar', location: second }, { device_id: 'raw-traccar', location: third }]);
 

@@ -2,7 +2,10 @@
 import { z } from 'zod';
 import { checkPositionProperties, POSITION_EVENT_NAME } from '../fleet/position';
 import { hash128 } from '../lib/ids';
-import { checkPropertiesShape, MAX_EVENT_BYTES, ReservedProperties, WireEvent, type EventType } from './wire';
+import { checkPropertiesShape, MAX_EVENT_BYTES, MAX_PROPERTY_DEPTH, ReservedProperties, WireEvent, type EventType } from './wire';
+
+/** How deep an app's own row may nest: the depth properties may have, plus the levels around them in a row. */
+const MAX_ROW_DEPTH = MAX_PROPERTY_DEPTH + 3;
 import { utf8Bytes } from '../pipeline/messages';
 
 export const MAX_FUTURE_MS = 60_000;
@@ -196,7 +199,19 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
   }
 
   const propertiesJson = JSON.stringify(properties);
-  const payloadJson = JSON.stringify(received) ?? 'null';
+  // A row mapped from an app's own message is stored as that message: its other parts are checked
+  // too (depth, numbers beyond a double), or storing them could fail or change them.
+  if (received !== raw) {
+    const originalError = checkPropertiesShape(received, MAX_ROW_DEPTH, { forbidKeys: false });
+    if (originalError) return reject('validation', `the app's row: ${originalError}`);
+  }
+  let payloadJson: string;
+  try {
+    payloadJson = JSON.stringify(received) ?? 'null';
+  } catch {
+    // Beside `payload`, a row is not checked for depth: one nested past the runtime's limit is refused alone.
+    return reject('validation', 'the row is nested too deeply to be stored');
+  }
   // UTF-8 bytes, as /track counts its body: never fewer than UTF-16 units, so the length alone
   // settles most rows.
   if (payloadJson.length > MAX_EVENT_BYTES || (payloadJson.length * 3 > MAX_EVENT_BYTES && utf8Bytes(payloadJson) > MAX_EVENT_BYTES)) {

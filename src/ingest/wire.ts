@@ -7,8 +7,12 @@ export const MAX_EVENT_BYTES = 32 * 1024;
 export const MAX_PROPERTY_DEPTH = 8;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
-/** Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold, without recursion limits of the runtime. */
-export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH): string | null {
+/**
+ * Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold, without recursion
+ * limits of the runtime. `forbidKeys: false` for a value only ever stored as text (a tracker app's
+ * row as received), where such keys are harmless.
+ */
+export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH, { forbidKeys = true } = {}): string | null {
   const stack: Array<[unknown, number]> = [[value, 0]];
   while (stack.length) {
     const [v, depth] = stack.pop()!;
@@ -21,7 +25,7 @@ export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEP
       continue;
     }
     for (const key of Object.keys(v)) {
-      if (FORBIDDEN_KEYS.has(key)) return `property key "${key}" is not allowed`;
+      if (forbidKeys && FORBIDDEN_KEYS.has(key)) return `property key "${key}" is not allowed`;
       stack.push([(v as Record<string, unknown>)[key], depth + 1]);
     }
   }

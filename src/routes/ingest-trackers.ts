@@ -27,6 +27,8 @@ const retryLater = (message: string, details: Record<string, unknown> = {}) =>
  */
 async function deliver(c: Context<AppEnv>, source: TrackerSource, adapted: AdaptedRequest): Promise<void> {
   const { events } = adapted;
+  // Each event is stored with its own original: a list out of step would store rows under other ids.
+  if (adapted.originals.length !== events.length) throw new Error(`${source} adapter: ${events.length} events but ${adapted.originals.length} original rows`);
   const refused = adapted.rejected ?? [];
   // Messages refused by the adapter count too: a list of nulls is not a way past the limit.
   if (events.length + refused.length > MAX_BATCH_EVENTS) {

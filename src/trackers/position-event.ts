@@ -78,20 +78,33 @@ export function positionEvent(f: FixFields): PositionEvent {
   return { type: 'track', payload: { name: POSITION_EVENT_NAME, properties } };
 }
 
+/** Deeper than this an app's row is refused anyway (the ingest path checks its depth). */
+const MAX_TOKEN_SEARCH_DEPTH = 16;
+
 /**
- * An app's row as received, for its raw payload, without a credential: a `token` field (the one
- * name under which a secret could arrive in a row) is dropped, as it is from the properties.
+ * An app's row as received, for its raw payload, without a credential: a `token` field at any
+ * depth (the one name under which a secret could arrive in a row) is dropped, as it is from the
+ * properties.
  */
-export function originalRow(row: unknown): unknown {
-  if (!isPlainObject(row) || !Object.hasOwn(row, 'token')) return row;
+export function originalRow(row: unknown, depth = 0): unknown {
+  if (row === null || typeof row !== 'object' || depth > MAX_TOKEN_SEARCH_DEPTH) return row;
+  if (Array.isArray(row)) return row.map((item) => originalRow(item, depth + 1));
   // fromEntries defines own properties: a `__proto__` key stays a key, as JSON.parse made it.
-  return Object.fromEntries(Object.entries(row).filter(([key]) => key !== 'token'));
+  return Object.fromEntries(
+    Object.entries(row)
+      .filter(([key]) => key !== 'token')
+      .map(([key, value]) => [key, originalRow(value, depth + 1)]),
+  );
 }
 
 /** An unreadable value as text for the row's error: JSON for objects (`String()` of `{"toString":0}` throws). */
 function unreadableText(v: unknown): string {
   if (typeof v === 'string') return v;
-  return JSON.stringify(v) ?? typeof v;
+  try {
+    return JSON.stringify(v) ?? typeof v;
+  } catch {
+    return `an ${typeof v} nested too deeply to show`;
+  }
 }
 
 export const isFiniteNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);

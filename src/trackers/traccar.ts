@@ -53,7 +53,7 @@ export function adaptTraccarJson(body: unknown, queryDeviceId: string | undefine
   });
   // One row per location: the request's other fields with that one location.
   const root = originalRow(body) as Record<string, unknown>;
-  const originals = Array.isArray(body.location) ? locations.map((location) => ({ ...root, location })) : [root];
+  const originals = Array.isArray(root.location) ? root.location.map((location: unknown) => ({ ...root, location })) : [root];
   return { events, originals, ignored: 0 };
 }
 
