@@ -40,6 +40,15 @@ describe('progress', () => {
     for (let i = 1; i < etas.length; i++) expect(etas[i]!).toBeLessThanOrEqual(etas[i - 1]!);
   });
 
+  it('a first chunk that only planned leaves the rate unknown instead of starting it at 0', () => {
+    const planned = advance({ rowsProcessed: 0, rowsTotal: 10_000, ratePerSec: null, etaSec: null }, 0, 250);
+    expect(planned).toEqual({ rowsProcessed: 0, rowsTotal: 10_000, ratePerSec: null, etaSec: null });
+    // The first chunk with rows sets the rate at once, as if the plan had not been there.
+    expect(advance(planned, 1000, 100)).toEqual({ rowsProcessed: 1000, rowsTotal: 10_000, ratePerSec: 10_000, etaSec: 1 });
+    // A later chunk without rows still counts as time spent.
+    expect(advance({ rowsProcessed: 1000, rowsTotal: 10_000, ratePerSec: 10_000, etaSec: 1 }, 0, 1000).ratePerSec).toBeLessThan(10_000);
+  });
+
   it('backs off retries up to a minute', () => {
     expect([1, 2, 3, 6, 10].map(chunkRetryDelaySec)).toEqual([2, 4, 8, 60, 60]);
   });

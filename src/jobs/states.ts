@@ -45,9 +45,12 @@ const RATE_WEIGHT = 0.3;
  */
 export function advance(prev: Progress, rows: number, elapsedMs: number): Progress {
   const rowsProcessed = prev.rowsProcessed + rows;
+  const remaining = Math.max(0, prev.rowsTotal - rowsProcessed);
+  // A first chunk that only planned (no rows yet) says nothing of the rate: a 0 would drag the
+  // smoothed rate down, and the ETA up, for many chunks after it.
+  if (prev.ratePerSec === null && rows === 0) return { rowsProcessed, rowsTotal: prev.rowsTotal, ratePerSec: null, etaSec: remaining === 0 ? 0 : null };
   const instant = (rows * 1000) / Math.max(1, elapsedMs);
   const ratePerSec = prev.ratePerSec === null ? instant : prev.ratePerSec * (1 - RATE_WEIGHT) + instant * RATE_WEIGHT;
-  const remaining = Math.max(0, prev.rowsTotal - rowsProcessed);
   const etaSec = remaining === 0 ? 0 : ratePerSec > 0 ? Math.ceil(remaining / ratePerSec) : null;
   return { rowsProcessed, rowsTotal: prev.rowsTotal, ratePerSec: Math.round(ratePerSec), etaSec };
 }
