@@ -109,6 +109,9 @@ describe('restore jobs', () => {
     for (const id of back.byId.keys()) expect(badIds.has(id)).toBe(false);
     const manifest = await manifestStore(env.DB).list(p.id, month);
     expect(manifest.map((m) => m.restoredAt !== null)).toEqual([true, false]);
+    // Half restored is not restored: the listing says partial.
+    const listing = await admin('GET', `/admin/archives?projectId=${p.id}&month=${month}`);
+    expect(listing.body.archives).toEqual([expect.objectContaining({ state: 'partial', restoredAt: null, pendingRows: 5 })]);
   });
 
   it('a chunk missing from R2 fails the job before anything is written', async () => {
