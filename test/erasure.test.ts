@@ -3,7 +3,8 @@
 // anywhere in the archive rewrite converging without a duplicated row.
 import { env, SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { manifestStore, type ManifestRow } from '../src/archive/manifest';
+import { chunkCacheUrl } from '../src/archive/lazy-read';
+import { manifestStore, toChunkManifest, type ManifestRow } from '../src/archive/manifest';
 import type { ArchiveRow } from '../src/archive/chunk';
 import type { CrashPoint } from '../src/erasure/params';
 import { erasureRunner } from '../src/erasure/erasure-job';
@@ -161,6 +162,24 @@ async function checkDeviceAErased(s: Scenario, liveA: string[], others: Record<s
 }
 
 describe('device erasure', () => {
+  it('deletes an unreadable object the manifest does not name under a month of the subject: nobody can say it holds none', async () => {
+    const s = await scenario('erase-unreadable-orphan');
+    const { p } = s;
+    const liveA = await liveIds(p.id, 'device_id = {d:String}', { d: A });
+    const others = { [B]: await countRows(p.id, 'device_id = {d:String}', { d: B }), [C]: await countRows(p.id, 'device_id = {d:String}', { d: C }) };
+    // An upload cut short before it was recorded, and damaged: not gzip, so not readable.
+    const orphan = `archives/${p.id}/2025-06/000090.jsonl.gz`;
+    await env.ARCHIVE.put(orphan, new TextEncoder().encode('{"id":"half an upload'));
+
+    const job = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
+    expect(job.state, job.error ?? '').toBe('succeeded');
+    const expected = deviceAResult(s);
+    expect(job.result).toEqual({ ...expected, r2: { ...expected.r2, objectsDeleted: expected.r2.objectsDeleted + 1 } });
+    expect(await env.ARCHIVE.head(orphan)).toBeNull();
+    // Every object left decodes against its manifest row (readArchive throws on one without).
+    await checkDeviceAErased(s, liveA, others);
+  });
+
   it('removes a device from ClickHouse, the archive, its object and every read route, and nothing of anyone else', async () => {
     const s = await scenario('erase-device');
     const { p } = s;
@@ -170,6 +189,9 @@ describe('device erasure', () => {
     // The chunk of an old veh-a event is read (and cached) before the erasure.
     const oldA = s.old.find((e) => e.deviceId === A)!;
     expect((await getJson<{ source: string }>(p, `/v1/events/${oldA.id}/payload`)).body.source).toBe('archive');
+    const cachedChunk = s.chunks.find((c) => c.month === '2025-06' && c.firstCreatedAtMs <= oldA.createdAtMs && oldA.createdAtMs <= c.lastCreatedAtMs)!;
+    const cacheUrl = chunkCacheUrl(toChunkManifest(cachedChunk));
+    expect(await caches.default.match(cacheUrl)).toBeDefined();
     expect(await deviceStub(p.id, A).state()).not.toBeNull();
 
     const id = await startErasure({ projectId: p.id, deviceId: A });
@@ -177,6 +199,8 @@ describe('device erasure', () => {
     // Progress counts work units: 4 archive chunks examined, 1 device object, deletion, check.
     expect(job).toMatchObject({ type: 'erasure', state: 'succeeded', error: null, rowsProcessed: 7, rowsTotal: 7 });
     expect(job.result).toEqual(deviceAResult(s));
+    // The cached copy of the rewritten chunk is purged: no copy of the device is left to serve.
+    expect(await caches.default.match(cacheUrl)).toBeUndefined();
 
     await checkDeviceAErased(s, liveA, others);
     // The same event again is not a duplicate: the object no longer knows it.

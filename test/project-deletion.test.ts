@@ -4,7 +4,8 @@ import { env, SELF } from 'cloudflare:test';
 import { eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { describe, expect, it } from 'vitest';
-import { manifestStore } from '../src/archive/manifest';
+import { chunkCacheUrl } from '../src/archive/lazy-read';
+import { manifestStore, toChunkManifest } from '../src/archive/manifest';
 import { clients, heldEvents, idempotencyKeys, legacyDatasets, projects, rejectedRows, vehicles } from '../src/db/schema';
 import { startJob } from '../src/jobs/actions';
 import { admin } from './backfill-helpers';
@@ -95,6 +96,11 @@ describe('project deletion', () => {
     const keptBefore = { counts: await projectCounts(kept.p.id), d1: await d1Rows(kept.p.id), idMap: await countTable('legacy_id_map', kept.p.id) };
     expect(await d1Rows(doomed.p.id)).toEqual({ projects: 1, clients: 1, legacyDatasets: 1, held: 1, idempotencyKeys: 1, manifest: 3, rejectedRows: 1, vehicles: 1 });
     expect(await deviceState(doomed.p.id, 'veh-1')).not.toBeNull();
+    // Every chunk of the project is in the Cache API, as lazy reads leave them: the deletion purges them.
+    const doomedChunks = await manifestStore(env.DB).list(doomed.p.id);
+    const cacheUrl = (row: (typeof doomedChunks)[number]) => chunkCacheUrl(toChunkManifest(row));
+    for (const row of doomedChunks) await caches.default.put(cacheUrl(row), new Response('cached chunk', { headers: { 'cache-control': 'max-age=600' } }));
+    for (const row of doomedChunks) expect(await caches.default.match(cacheUrl(row))).toBeDefined();
 
     const started = await admin('DELETE', `/admin/projects/${doomed.p.id}`);
     expect(started).toMatchObject({ status: 202, body: { state: 'enqueued' } });
@@ -106,6 +112,7 @@ describe('project deletion', () => {
     expect(job).toMatchObject({ type: 'project_deletion', state: 'succeeded', error: null });
     expect(job.result).toEqual({ clickhouse: before, r2: { chunksRewritten: 0, objectsDeleted: 3, rows: doomed.old.length }, deviceObjects: 2 });
     await expectGone(doomed);
+    for (const row of doomedChunks) expect(await caches.default.match(cacheUrl(row)), `${row.key} purged from the cache`).toBeUndefined();
     expect(await admin('DELETE', `/admin/projects/${doomed.p.id}`)).toMatchObject({ status: 404, body: { error: { code: 'project_not_found' } } });
 
     // The other project: every row, object and credential as before.

@@ -129,7 +129,9 @@ export async function retireChunk(ctx: ArchiveContext, month: string, number: nu
 /**
  * Objects under a month's prefix that the manifest does not name (an upload cut short before it was
  * recorded) are no chunk of the archive, but may still hold the subject's rows: each one that does
- * is deleted (the rows it shares with recorded chunks or ClickHouse stay there).
+ * is deleted (the rows it shares with recorded chunks or ClickHouse stay there), and so is each one
+ * that cannot be read, since nobody can say it holds none. Deleting an orphan loses nothing: its
+ * payloads were never cleared on its account, and no archive job writes beside an erasure.
  */
 export async function deleteOrphansHoldingSubject(ctx: ArchiveContext, month: string, subjectRows: SubjectRows): Promise<ArchiveCounts> {
   const recorded = new Set((await ctx.store.list(ctx.projectId, month)).map((r) => r.key));
@@ -145,7 +147,9 @@ export async function deleteOrphansHoldingSubject(ctx: ArchiveContext, month: st
       try {
         rows = parseChunkText(await inflateChunk(body, { sha256Hex: await sha256Hex(body), key: obj.key }), obj.key);
       } catch (err) {
-        console.error(JSON.stringify({ msg: 'unreadable object under an archive prefix left as it is', key: obj.key, error: String(err) }));
+        console.error(JSON.stringify({ msg: 'unreadable object under an archive prefix deleted: it may hold the subject', key: obj.key, error: String(err) }));
+        await ctx.bucket.delete(obj.key);
+        counts.objectsDeleted += 1;
         continue;
       }
       if (!rows.length) continue;
