@@ -65,16 +65,16 @@ describe('an archive job that is running', () => {
 
   it('pauses between job chunks, holds its month, and resumes to the same end as a clean run', async () => {
     const p = await createProject('controls-archive-pause');
-    const rows = makeRows('controls-pause', 45, Date.parse(`${MONTH}-03T00:00:00.000Z`), 60_000);
+    const rows = makeRows('controls-pause', 15, Date.parse(`${MONTH}-03T00:00:00.000Z`), 60_000);
     await insertRows(p.id, rows);
     const job = await startJob(env, 'archive', { projectId: p.id, month: MONTH, chunkRows: 3, sliceChunks: 1 } satisfies ArchiveParams);
 
     const paused = await pauseWhenRunning(job.id, 3);
     expect(paused.rowsProcessed).toBeGreaterThanOrEqual(3);
-    expect(paused.rowsProcessed).toBeLessThan(45);
+    expect(paused.rowsProcessed).toBeLessThan(15);
     await expectHeld(job.id, paused, async () => (await chunksOf(p.id, MONTH)).length);
     // What it archived so far is cleared; the rest waits in ClickHouse. The listing shows why.
-    expect((await payloadsInClickHouse(p.id, MONTH)).size).toBe(45 - paused.rowsProcessed);
+    expect((await payloadsInClickHouse(p.id, MONTH)).size).toBe(15 - paused.rowsProcessed);
     expect((await listArchives(`?projectId=${p.id}`)).body.archives).toEqual([expect.objectContaining({ month: MONTH, state: 'partial', lastJobId: job.id, lastJobState: 'paused' })]);
     // The paused job still holds the month: a second archive of it is refused.
     const second = await postArchive({ projectId: p.id, month: MONTH });
@@ -84,15 +84,15 @@ describe('an archive job that is running', () => {
     const resume = await admin('POST', `/admin/backfills/${job.id}/resume`);
     expect(resume.status, JSON.stringify(resume.body)).toBe(200);
     const done = await waitJob(job.id, ended, 120_000);
-    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 45, error: null });
+    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 15, error: null });
     const archived = await expectConverged(p.id, MONTH);
     expect([...archived.keys()].sort()).toEqual(rows.map((r) => r.id).sort());
-    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual([1, 2, 3, 4, 5]);
   });
 
   it('a chunk that dies after verifying, before clearing and committing, is re-kicked by the watchdog; nothing is archived twice', async () => {
     const p = await createProject('controls-archive-watchdog');
-    const rows = makeRows('controls-watchdog', 30, Date.parse(`${MONTH}-05T00:00:00.000Z`), 60_000);
+    const rows = makeRows('controls-watchdog', 18, Date.parse(`${MONTH}-05T00:00:00.000Z`), 60_000);
     await insertRows(p.id, rows);
     const params = { projectId: p.id, month: MONTH, chunkRows: 3, sliceChunks: 2 } satisfies ArchiveParams;
     const job = await startJob(env, 'archive', params);
@@ -109,22 +109,68 @@ describe('an archive job that is running', () => {
     // ...and a lapsed one is re-kicked: the job runs on from its committed cursor.
     expect(await rekickStalledJobs(env, lapsed)).toContain(job.id);
     const done = await waitJob(job.id, ended, 120_000);
-    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 30, error: null });
+    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 18, error: null });
     const archived = await expectConverged(p.id, MONTH);
     expect([...archived.keys()].sort()).toEqual(rows.map((r) => r.id).sort());
-    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+});
+
+describe('an archive job cancelled or failed', () => {
+  it('cancelled while it runs, stops between job chunks with every chunk it wrote verified and cleared; a retry through the route finishes the month', async () => {
+    const p = await createProject('controls-archive-cancel');
+    const rows = makeRows('controls-cancel', 15, Date.parse(`${MONTH}-09T00:00:00.000Z`), 60_000);
+    await insertRows(p.id, rows);
+    const job = await startJob(env, 'archive', { projectId: p.id, month: MONTH, chunkRows: 3, sliceChunks: 1 } satisfies ArchiveParams);
+    await waitJob(job.id, (j) => j.rowsProcessed >= 3 || ended(j), 90_000);
+    const cancel = await admin('POST', `/admin/backfills/${job.id}/cancel`);
+    expect(cancel.status, JSON.stringify(cancel.body)).toBe(200);
+    const cancelled = await waitJob(job.id, (j) => j.state === 'cancelled', 60_000);
+    expect(cancelled.rowsProcessed).toBeLessThan(15);
+    // Whatever it wrote is whole: verified, cleared, and no payload gone without its chunk.
+    const archived = await expectConverged(p.id, MONTH);
+    expect(archived.size).toBe(cancelled.rowsProcessed);
+    expect((await payloadsInClickHouse(p.id, MONTH)).size).toBe(15 - cancelled.rowsProcessed);
+
+    const retry = await admin('POST', `/admin/backfills/${job.id}/retry`);
+    expect(retry.status, JSON.stringify(retry.body)).toBe(200);
+    const done = await waitJob(job.id, ended, 120_000);
+    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 15, error: null });
+    expect([...(await expectConverged(p.id, MONTH)).keys()].sort()).toEqual(rows.map((r) => r.id).sort());
+    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('failed by a crash after verifying, is retried through the route and converges without a second chunk', async () => {
+    const p = await createProject('controls-archive-retry');
+    const rows = makeRows('controls-retry', 7, Date.parse(`${MONTH}-11T00:00:00.000Z`), 60_000);
+    await insertRows(p.id, rows);
+    const job = await startJob(env, 'archive', { projectId: p.id, month: MONTH, chunkRows: 3, faults: { at: 'afterVerify', chunk: 2, mode: 'fail' } } satisfies ArchiveParams);
+    const failed = await waitJob(job.id, ended, 90_000);
+    expect(failed.state).toBe('failed');
+    expect(failed.error).toContain('injected crash (test seam) afterVerify of chunk 2');
+    const retry = await admin('POST', `/admin/backfills/${job.id}/retry`);
+    expect(retry.status, JSON.stringify(retry.body)).toBe(200);
+    const done = await waitJob(job.id, ended, 90_000);
+    expect(done).toMatchObject({ state: 'succeeded', rowsProcessed: 7, error: null });
+    expect([...(await expectConverged(p.id, MONTH)).keys()].sort()).toEqual(rows.map((r) => r.id).sort());
+    expect((await chunksOf(p.id, MONTH)).map((c) => c.number)).toEqual([1, 2, 3]);
   });
 });
 
 describe('an erasure job that is running', () => {
-  /** A device erased from 12 archive chunks it shares with another device: a commit after each rewrite. */
-  async function subjectInTwelveChunks(name: string) {
+  const CHUNKS = 24;
+  /**
+   * A device erased from 24 archive chunks it shares with another device: a commit after each
+   * rewrite, so the job runs long enough (an erasure does not rest between its chunks) to be
+   * paused in the middle of its rewrites on any machine.
+   */
+  async function subjectInManyChunks(name: string) {
     const p = await createProject(name);
-    const erased = oldEvents(p.id, 'veh-gone', JUNE, 24, () => '');
-    const kept = oldEvents(p.id, 'veh-kept', JUNE + 20_000, 24, () => '');
+    const erased = oldEvents(p.id, 'veh-gone', JUNE, 2 * CHUNKS, () => '');
+    const kept = oldEvents(p.id, 'veh-kept', JUNE + 20_000, 2 * CHUNKS, () => '');
     await insertOldEvents(p.id, [...erased, ...kept]);
     const all = [...erased, ...kept].sort(byTime);
-    const groups = Array.from({ length: 12 }, (_, i) => all.slice(i * 4, i * 4 + 4));
+    const groups = Array.from({ length: CHUNKS }, (_, i) => all.slice(i * 4, i * 4 + 4));
     expect(groups.every((g) => g.some((e) => e.deviceId === 'veh-gone') && g.some((e) => e.deviceId === 'veh-kept'))).toBe(true);
     await archiveOldChunks(p.id, '2025-06', groups);
     return { p, erased, kept };
@@ -137,11 +183,11 @@ describe('an erasure job that is running', () => {
     expect(lines.filter((r) => r.deviceId === 'veh-gone')).toEqual([]);
     // Every other row once, byte for byte.
     expect(lines.sort(byTime).map((r) => [r.id, r.payload])).toEqual(kept.map((e) => [e.id, e.payload]));
-    expect(result).toMatchObject({ clickhouse: { events: 24, payloads: 0, sessions: 1, profileOps: 0 }, r2: { chunksRewritten: 12, objectsDeleted: 12, rows: 24 } });
+    expect(result).toMatchObject({ clickhouse: { events: 2 * CHUNKS, payloads: 0, sessions: 1, profileOps: 0 }, r2: { chunksRewritten: CHUNKS, objectsDeleted: CHUNKS, rows: 2 * CHUNKS } });
   }
 
   it('pauses mid-rewrite, holds its subject, and resumes to a complete erasure with exact counts', async () => {
-    const { p, kept } = await subjectInTwelveChunks('controls-erasure-pause');
+    const { p, kept } = await subjectInManyChunks('controls-erasure-pause');
     const id = await startErasure({ projectId: p.id, deviceId: 'veh-gone' });
     const paused = await pauseWhenRunning(id, 1);
     expect(paused.rowsProcessed).toBeGreaterThanOrEqual(1);
@@ -158,7 +204,7 @@ describe('an erasure job that is running', () => {
   });
 
   it('a chunk that dies after writing a rewritten chunk, before committing, is re-kicked by the watchdog; no row is kept twice', async () => {
-    const { p, kept } = await subjectInTwelveChunks('controls-erasure-watchdog');
+    const { p, kept } = await subjectInManyChunks('controls-erasure-watchdog');
     const id = await startErasure({ projectId: p.id, deviceId: 'veh-gone' });
     await pauseWhenRunning(id, 1);
     const params = (await jobStore(env.DB).get(id))!.params;
