@@ -2,7 +2,9 @@
 // the two side by side, then the Node tests of the local tooling; prints which server each run used
 // and one total line.
 // DRIFTLINE_TEST_CLICKHOUSE=server|chdb runs one generation; CLICKHOUSE_URL runs against that server
-// only. Extra arguments (file filters, -t) go to every vitest run.
+// only. Extra arguments (file filters, -t) go to every vitest run. A whole run splits each
+// generation's files over DRIFTLINE_TEST_SHARDS (default 2) vitest processes, each with its own
+// servers: the suite mostly waits (on timers, job pauses, mutations), so they overlap well.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +25,8 @@ for (let i = 0; i < args.length; i++) {
   fileFilters.push(args[i]);
 }
 const onlyNode = fileFilters.length > 0 && fileFilters.every((f) => f.includes('test/node'));
+// A filtered run is small: one process per generation.
+const SHARDS = fileFilters.length ? 1 : Math.max(1, Math.min(8, Number(process.env.DRIFTLINE_TEST_SHARDS ?? 2) || 1));
 
 const runs = [];
 if (onlyNode) {
@@ -56,16 +60,17 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 }
 
 /** One vitest run; with `prefix`, its output is piped line by line behind that prefix. */
-async function runVitest(run, i, prefix) {
+async function runVitest(run, i, prefix, shard = null) {
   const report = join(outDir, `run-${i}.json`);
   const versionFile = join(outDir, `run-${i}.version`);
+  const shardArgs = shard ? [`--shard=${shard}`] : [];
   const started = Date.now();
   const code = await new Promise((resolve) => {
     // A filtered run may match nothing in one project; an unfiltered one that runs no test fails.
     const passWithNoTests = args.length ? ['--passWithNoTests'] : [];
     const child = spawn(
       process.execPath,
-      [VITEST, 'run', '--project', run.project, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...passWithNoTests, ...args],
+      [VITEST, 'run', '--project', run.project, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...shardArgs, ...passWithNoTests, ...args],
       { cwd: ROOT, stdio: prefix ? ['ignore', 'pipe', 'pipe'] : 'inherit', env: { ...process.env, ...run.env, DRIFTLINE_TEST_VERSION_FILE: versionFile } },
     );
     children.add(child);
@@ -106,11 +111,28 @@ async function runVitest(run, i, prefix) {
 // The Node tooling tests start gateways of their own and run after, on a quiet machine.
 const workerRuns = runs.filter((r) => r.project === 'workers');
 const otherRuns = runs.filter((r) => r.project !== 'workers');
-const parallel = workerRuns.length > 1 && process.env.DRIFTLINE_TEST_SERIAL !== '1';
+const parallel = (workerRuns.length > 1 || SHARDS > 1) && process.env.DRIFTLINE_TEST_SERIAL !== '1';
+
+/** One generation's files over SHARDS processes side by side, counted as one run. */
+async function runSharded(run, i, tag) {
+  if (SHARDS === 1) return runVitest(run, i, `[${tag}]`);
+  const started = Date.now();
+  const parts = await Promise.all(Array.from({ length: SHARDS }, (_, k) => runVitest(run, i * SHARDS + k, `[${tag} ${k + 1}/${SHARDS}]`, `${k + 1}/${SHARDS}`)));
+  return {
+    ...run,
+    passed: parts.reduce((n, p) => n + p.passed, 0),
+    failed: parts.reduce((n, p) => n + p.failed, 0),
+    skipped: parts.reduce((n, p) => n + p.skipped, 0),
+    version: [...new Set(parts.map((p) => p.version).filter(Boolean))].join(', '),
+    code: parts.every((p) => p.code === 0) ? 0 : 1,
+    seconds: (Date.now() - started) / 1000,
+  };
+}
+
 if (parallel) {
-  console.log(`\n=== ${workerRuns.map((r) => r.label).join(' and ')}, side by side ===`);
-  const prefixes = workerRuns.map((r) => `[${r.env.DRIFTLINE_TEST_CLICKHOUSE === 'server' ? '18.16' : r.env.DRIFTLINE_TEST_CLICKHOUSE === 'chdb' ? '26.x' : 'ch'}]`);
-  results.push(...(await Promise.all(workerRuns.map((r, i) => runVitest(r, i, prefixes[i])))));
+  console.log(`\n=== ${workerRuns.map((r) => r.label).join(' and ')}, side by side${SHARDS > 1 ? `, each in ${SHARDS} processes` : ''} ===`);
+  const tags = workerRuns.map((r) => (r.env.DRIFTLINE_TEST_CLICKHOUSE === 'server' ? '18.16' : r.env.DRIFTLINE_TEST_CLICKHOUSE === 'chdb' ? '26.x' : 'ch'));
+  results.push(...(await Promise.all(workerRuns.map((r, i) => runSharded(r, i, tags[i])))));
 } else {
   for (const [i, run] of workerRuns.entries()) {
     console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
@@ -118,7 +140,7 @@ if (parallel) {
   }
 }
 for (const [j, run] of otherRuns.entries()) {
-  const i = workerRuns.length + j;
+  const i = workerRuns.length * SHARDS + j;
   console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
   results.push(await runVitest(run, i));
 }
