@@ -573,17 +573,19 @@ describe("a position's raw payload is the app's own row", () => {
 
   it("refuses per row an app's row that cannot be stored as sent (nested past the limit, a number beyond a double), keeping the others", async () => {
     const p = await createProject('raw-hostile');
-    const { body } = overlandBatch('raw-deep', 3, Date.now() - 3_600_000);
+    const { body } = overlandBatch('raw-deep', 4, Date.now() - 3_600_000);
     // Parts of a feature the mapped position never reads: a field of its geometry, a field of its own.
-    const [first, second, third] = body.locations.map((f) => JSON.stringify(f));
+    const [first, second, third, fourth] = body.locations.map((f) => JSON.stringify(f));
     const deep = first!.replace('"geometry":{', `"geometry":{"deep":${'['.repeat(50_000)}${']'.repeat(50_000)},`);
     const huge = second!.replace('"type":"Feature"', '"type":"Feature","x":1e400');
-    const res = await postOverland(p, `{"locations":[${deep},${huge},${third}]}`);
+    // Small, but deeper than a row may nest (the properties' 8 levels and 3 around them).
+    const nested = third!.replace('"geometry":{', `"geometry":{"deep":${'['.repeat(12)}${']'.repeat(12)},`);
+    const res = await postOverland(p, `{"locations":[${deep},${huge},${nested},${fourth}]}`);
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ result: 'ok' });
-    expect(await payloadsOf(p, 'raw-deep', 1)).toEqual([body.locations[2]]);
+    expect(await payloadsOf(p, 'raw-deep', 1)).toEqual([body.locations[3]]);
     const health = await (await SELF.fetch('http://gw/admin/health', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<Health>();
-    expect(health.trackers.recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'overland', count: 2, lastReason: 'validation' });
+    expect(health.trackers.recent.find((r) => r.projectId === p.id)).toMatchObject({ source: 'overland', count: 3, lastReason: 'validation' });
 
     // A fix time nested past the limit: refused and counted alone, not a 500.
     const headers = { ...bearer(p), 'content-type': 'application/json', 'x-limit-d': 'raw-deep-phone' };
@@ -602,23 +604,27 @@ describe("a position's raw payload is the app's own row", () => {
     one.device_id = 'raw-traccar';
     // A token in the body is no way to authenticate, but an app could carry one there, at any depth: it is not stored.
     const secret = `${p.clientId}:${p.clientSecret}`;
-    const withToken = { ...one, token: secret, location: { ...one.location, token: secret, coords: { ...one.location.coords, token: secret } } };
+    const withToken = { ...one, token: secret, location: { ...one.location, token: secret, coords: { ...one.location.coords, token: secret }, extras: { token: secret, trip: 7 } } };
     expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(withToken) })).status).toBe(200);
     const second = { ...clone(traccarClient).location, timestamp: new Date(at + 60_000).toISOString() };
     const third = { ...clone(traccarClient).location, timestamp: new Date(at + 120_000).toISOString() };
     const list = { device_id: 'raw-traccar', location: [{ ...second, token: secret }, third] };
     expect((await post(`/ingest/traccar?token=${token(p)}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify(list) })).status).toBe(200);
-    expect(await payloadsOf(p, 'raw-traccar', 3)).toEqual([one, { device_id: 'raw-traccar', location: second }, { device_id: 'raw-traccar', location: third }]);
+    expect(await payloadsOf(p, 'raw-traccar', 3)).toEqual([{ ...one, location: { ...one.location, extras: { trip: 7 } } }, { device_id: 'raw-traccar', location: second }, { device_id: 'raw-traccar', location: third }]);
+    // The nested field stays in the properties, without its token.
+    expect((await positionsOf(p, 'raw-traccar', 3))[0]!.properties.extras).toEqual({ trip: 7 });
 
     const seconds = Math.floor(at / 1000) + 300;
     expect((await post(`/ingest/traccar?id=raw-osmand&timestamp=${seconds}&lat=52.5163&lon=13.3777&speed=10&batt=77&token=${token(p)}`, { method: 'GET' })).status).toBe(200);
     expect(await payloadsOf(p, 'raw-osmand', 1)).toEqual([{ id: 'raw-osmand', timestamp: String(seconds), lat: '52.5163', lon: '13.3777', speed: '10', batt: '77' }]);
 
-    const [r] = await ch().query<{ leaks: number }>('SELECT countIf(position(payload, {s:String}) > 0 OR position(payload, \'token\') > 0) AS leaks FROM event_payloads WHERE project_id = {p:String}', {
-      p: p.id,
-      s: p.clientSecret,
-    });
-    expect(Number(r!.leaks)).toBe(0);
+    for (const [table, column] of [['event_payloads', 'payload'], ['events', 'properties']]) {
+      const [r] = await ch().query<{ leaks: number }>(`SELECT countIf(position(${column}, {s:String}) > 0 OR position(${column}, 'token') > 0) AS leaks FROM ${table} WHERE project_id = {p:String}`, {
+        p: p.id,
+        s: p.clientSecret,
+      });
+      expect(Number(r!.leaks), table).toBe(0);
+    }
   });
 });
 

@@ -3,6 +3,7 @@
 // position check rejects the row and names the field.
 import { POSITION_EVENT_NAME } from '../fleet/position';
 import type { Rejection } from '../ingest/normalize';
+import { MAX_PROPERTY_DEPTH } from '../ingest/wire';
 import { hash128 } from '../lib/ids';
 
 export type TrackerSource = 'overland' | 'owntracks' | 'traccar';
@@ -56,7 +57,8 @@ export function fixEventId(deviceId: string, timeMs: number, lat: number, lon: n
 export function positionEvent(f: FixFields): PositionEvent {
   const properties: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(f.extra)) {
-    if (!isDroppedExtra(key) && value !== undefined) properties[key] = value;
+    // A nested `token` goes too: a credential is never stored, in properties or raw payload.
+    if (!isDroppedExtra(key) && value !== undefined) properties[key] = originalRow(value);
   }
   properties.lat = f.lat;
   properties.lon = f.lon;
@@ -78,8 +80,12 @@ export function positionEvent(f: FixFields): PositionEvent {
   return { type: 'track', payload: { name: POSITION_EVENT_NAME, properties } };
 }
 
-/** Deeper than this an app's row is refused anyway (the ingest path checks its depth). */
-const MAX_TOKEN_SEARCH_DEPTH = 16;
+/**
+ * Deeper than this an app's row is refused anyway: the ingest path allows a stored row
+ * MAX_PROPERTY_DEPTH + 3 levels (src/ingest/normalize.ts), and a Traccar request's rows sit one
+ * level below the request.
+ */
+const MAX_TOKEN_SEARCH_DEPTH = MAX_PROPERTY_DEPTH + 5;
 
 /**
  * An app's row as received, for its raw payload, without a credential: a `token` field at any
