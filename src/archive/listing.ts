@@ -27,12 +27,14 @@ export const SWEEP_BACKOFF_MAX_MS = 24 * 60 * 60_000;
 
 /**
  * A month's state from its manifest rows and the payloads of it still in ClickHouse (null: none
- * given, i.e. not known to be any). `restored`: a restore wrote every chunk back;
+ * given, i.e. not known to be any). `restored`: a restore wrote every verified chunk back (an
+ * unverified one was never cleared, so its payloads never left ClickHouse);
  * `archived`: every chunk verified and cleared, nothing left in ClickHouse; `partial`: anything
  * else (late data waiting, a chunk a cut-short run has not finished, or a restore cut short).
  */
 export function archiveState(chunks: ReadonlyArray<Pick<ManifestRow, 'verifiedAt' | 'clearedAt' | 'restoredAt'>>, pendingRows: number): ArchiveState {
-  if (chunks.length > 0 && chunks.every((c) => c.restoredAt !== null)) return 'restored';
+  const verified = chunks.filter((c) => c.verifiedAt !== null);
+  if (verified.length > 0 && verified.every((c) => c.restoredAt !== null)) return 'restored';
   if (pendingRows === 0 && chunks.every((c) => c.verifiedAt !== null && c.clearedAt !== null)) return 'archived';
   return 'partial';
 }
