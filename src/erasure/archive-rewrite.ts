@@ -131,7 +131,9 @@ export async function retireChunk(ctx: ArchiveContext, month: string, number: nu
  * recorded) are no chunk of the archive, but may still hold the subject's rows: each one that does
  * is deleted (the rows it shares with recorded chunks or ClickHouse stay there), and so is each one
  * that cannot be read, since nobody can say it holds none. Deleting an orphan loses nothing: its
- * payloads were never cleared on its account, and no archive job writes beside an erasure.
+ * payloads were never cleared on its account, no archive job writes beside an erasure, and the
+ * caller does not come here while another erasure of the project runs. Each object is looked up in
+ * the manifest once more just before it is deleted.
  */
 export async function deleteOrphansHoldingSubject(ctx: ArchiveContext, month: string, subjectRows: SubjectRows): Promise<ArchiveCounts> {
   const recorded = new Set((await ctx.store.list(ctx.projectId, month)).map((r) => r.key));
@@ -140,13 +142,16 @@ export async function deleteOrphansHoldingSubject(ctx: ArchiveContext, month: st
   do {
     const page = await ctx.bucket.list({ prefix: chunkKeyPrefix(ctx.projectId, month), ...(cursor ? { cursor } : {}) });
     for (const obj of page.objects) {
-      if (recorded.has(obj.key) || !parseChunkKey(obj.key)) continue;
+      const parsed = parseChunkKey(obj.key);
+      if (recorded.has(obj.key) || !parsed) continue;
+      const stillUnrecorded = async () => (await ctx.store.get(ctx.projectId, month, parsed.number))?.key !== obj.key;
       const body = await readObject(ctx.bucket, obj.key);
       if (!body) continue;
       let rows: ArchiveRow[];
       try {
         rows = parseChunkText(await inflateChunk(body, { sha256Hex: await sha256Hex(body), key: obj.key }), obj.key);
       } catch (err) {
+        if (!(await stillUnrecorded())) continue;
         console.error(JSON.stringify({ msg: 'unreadable object under an archive prefix deleted: it may hold the subject', key: obj.key, error: String(err) }));
         await ctx.bucket.delete(obj.key);
         counts.objectsDeleted += 1;
@@ -155,7 +160,7 @@ export async function deleteOrphansHoldingSubject(ctx: ArchiveContext, month: st
       if (!rows.length) continue;
       const isSubject = await subjectRows(rows, Math.min(...rows.map((r) => r.createdAtMs)), Math.max(...rows.map((r) => r.createdAtMs)));
       const held = rows.filter(isSubject).length;
-      if (!held) continue;
+      if (!held || !(await stillUnrecorded())) continue;
       await ctx.bucket.delete(obj.key);
       counts.objectsDeleted += 1;
       counts.rows += held;

@@ -12,6 +12,7 @@ import { ApiError } from '../errors';
 import { deviceStub } from '../device/stub';
 import { withFleetLeases } from '../fleet/recompute';
 import { startJob } from '../jobs/actions';
+import { ACTIVE } from '../jobs/states';
 import { jobStore } from '../jobs/store';
 import type { ChunkInput, ChunkOutcome, JobRunner } from '../jobs/runner';
 import { mapPool } from '../lib/pool';
@@ -197,7 +198,12 @@ async function erasureStep(env: Env, job: ChunkInput, s: Subject, crash: (p: Cra
       return 'continue';
     }
     case 'orphans': {
-      for (const month of c.months) c.result.r2 = addArchiveCounts(c.result.r2, await deleteOrphansHoldingSubject(archive, month, subjectRows));
+      // Another erasure of the project running now may have just uploaded a chunk it has not
+      // recorded yet: unrecorded objects are left to it (a chunk it records later that holds this
+      // subject is caught by the re-check of new chunks before the next steps).
+      const [running] = await jobStore(env.DB).others(job.id, 'erasure', { projectId: s.projectId }, ACTIVE);
+      if (running) console.log(JSON.stringify({ msg: 'unrecorded archive objects left alone: another erasure of the project is running', job: job.id, other: running.id }));
+      else for (const month of c.months) c.result.r2 = addArchiveCounts(c.result.r2, await deleteOrphansHoldingSubject(archive, month, subjectRows));
       c.step = c.recheck?.step ?? 'devices';
       c.recheck = null;
       return 'continue';
