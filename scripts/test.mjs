@@ -25,8 +25,10 @@ for (let i = 0; i < args.length; i++) {
   fileFilters.push(args[i]);
 }
 const onlyNode = fileFilters.length > 0 && fileFilters.every((f) => f.includes('test/node'));
-// A filtered run is small: one process per generation.
-const SHARDS = fileFilters.length ? 1 : Math.max(1, Math.min(8, Number(process.env.DRIFTLINE_TEST_SHARDS ?? 2) || 1));
+// A filtered run is small, a run against CLICKHOUSE_URL shares that one server, and a run given its
+// own --shard is one part already: one process per generation for those.
+const ownShard = args.some((a) => a === '--shard' || a.startsWith('--shard='));
+const SHARDS = fileFilters.length || ownShard || process.env.CLICKHOUSE_URL ? 1 : Math.max(1, Math.min(8, Number(process.env.DRIFTLINE_TEST_SHARDS ?? 2) || 1));
 
 const runs = [];
 if (onlyNode) {
@@ -141,7 +143,7 @@ if (parallel) {
 }
 for (const [j, run] of otherRuns.entries()) {
   const i = workerRuns.length * SHARDS + j;
-  console.log(`\n=== ${i + 1}/${runs.length}: ${run.label} ===`);
+  console.log(`\n=== ${workerRuns.length + j + 1}/${runs.length}: ${run.label} ===`);
   results.push(await runVitest(run, i));
 }
 rmSync(outDir, { recursive: true, force: true });
