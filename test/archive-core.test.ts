@@ -14,10 +14,10 @@ import {
   parseChunkLine,
   planChunks,
   sha256Hex,
-  verifyWrittenChunk,
   type ArchiveChunkErrorCode,
   type ArchiveRow,
 } from '../src/archive/chunk';
+import { windowMismatch, type WindowFacts } from '../src/archive/archive-job';
 import { ARCHIVE_CACHE_ORIGIN, chunkCacheUrl, chunksHoldingTime, findEventInChunkText, findEventInRows } from '../src/archive/lazy-read';
 import {
   addMonths,
@@ -353,7 +353,7 @@ describe('chunk encoding', () => {
 
 describe('chunks compressed by ClickHouse', () => {
   // The archive job's chunks: ClickHouse writes the lines (a device's together) and gzips them; the
-  // Worker checks every line before anything is uploaded.
+  // Worker checks every line of the object it reads back from R2, before the chunk is recorded.
   const t0 = at('2026-01-10T00:00:00.000Z');
   const rows = Array.from({ length: 40 }, (_, i) => row(i, t0 + i * 1000, JSON.stringify({ lat: 48.85 + i / 1e4, n: i })));
   const adopt = async (text: string, month = '2026-01') => adoptEncodedChunk({ projectId: 'p1', month, number: 3, body: await gzip(text) });
@@ -380,8 +380,6 @@ describe('chunks compressed by ClickHouse', () => {
       compressedBytes: adopted!.body.byteLength,
       sha256Hex: await sha256Hex(adopted!.body),
     });
-    // What verification compares the read-back object with: the digest of the whole text.
-    expect(adopted!.written.pieces).toEqual([{ bytes: expected.rawBytes, sha256Hex: await sha256Hex(shuffled) }]);
     expect(await decodeChunk(adopted!.body, adopted!.manifest)).toEqual(rows);
   });
 
@@ -389,7 +387,7 @@ describe('chunks compressed by ClickHouse', () => {
     expect(await adopt('')).toBeNull();
   });
 
-  it('refuses before any upload what it cannot keep: broken gzip, a bad line, a payload that is not JSON, another month, an id twice', async () => {
+  it('refuses what it cannot keep: broken gzip, a bad line, a payload that is not JSON, another month, an id twice', async () => {
     const good = await textOf(rows.slice(0, 3));
     const body = await gzip(good);
     expect(await chunkError(adoptEncodedChunk({ projectId: 'p1', month: '2026-01', number: 3, body: body.subarray(0, body.byteLength - 9) }))).toBe('not_gzip');
@@ -492,52 +490,31 @@ describe('chunks written in time order', () => {
   });
 });
 
-describe('verifying a chunk just written', () => {
+describe("a window's chunk against what ClickHouse said of the window", () => {
   const t0 = at('2026-01-15T00:00:00.000Z');
-  const rows = Array.from({ length: 2000 }, (_, i) => ({ ...row(i, t0 + i * 1000, JSON.stringify({ i, lat: 48.8 + i / 1e5, note: 'x'.repeat(i % 50) })), deviceId: `dev-${i % 13}` }));
-  const encoded = encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows });
-  const expected = (m: { sha256Hex: string; idsChecksumHex: string; rowCount: number }) => ({ sha256Hex: m.sha256Hex, idsChecksumHex: m.idsChecksumHex, rowCount: m.rowCount });
-
-  it('passes the object it wrote, with the text digests it wrote', async () => {
-    const { manifest, body, written } = await encoded;
-    expect(written.pieces.reduce((n, p) => n + p.bytes, 0)).toBe(manifest.rawBytes);
-    await verifyWrittenChunk(body, expected(manifest), written, manifest.idsChecksumHex);
+  const rows = Array.from({ length: 50 }, (_, i) => row(i, t0 + i * 1000, JSON.stringify({ i })));
+  const factsOf = async (rs: readonly ArchiveRow[]): Promise<WindowFacts> => ({
+    rows: rs.length,
+    last: { afterMs: rs.at(-1)!.createdAtMs, afterId: rs.at(-1)!.id },
+    idsChecksum: await idsChecksum(rs.map((r) => r.id)),
   });
 
-  it('fails an object that is intact as stored but not the text that was encoded', async () => {
-    const { manifest, written } = await encoded;
-    // Same ids, same count, one payload differing by a digit: its own SHA-256 recorded.
-    const altered = rows.map((r, i) => (i === 1234 ? { ...r, payload: r.payload.replace('"i":1234', '"i":1235') } : r));
-    const other = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows: altered });
-    expect(other.manifest.idsChecksumHex).toBe(manifest.idsChecksumHex);
-    expect(await chunkError(verifyWrittenChunk(other.body, expected(other.manifest), written, manifest.idsChecksumHex))).toBe('text_mismatch');
-    const fewer = await encodeChunk({ projectId: 'p1', month: '2026-01', number: 1, rows: rows.slice(0, -1) });
-    expect(await chunkError(verifyWrittenChunk(fewer.body, { ...expected(fewer.manifest), idsChecksumHex: manifest.idsChecksumHex }, written, manifest.idsChecksumHex))).toBe(
-      'text_mismatch',
-    );
+  it('passes the very rows ClickHouse described', async () => {
+    expect(windowMismatch(rows, await idsChecksum(rows.map((r) => r.id)), await factsOf(rows), 50)).toBeNull();
   });
 
-  it('fails a damaged object, broken gzip, and ids or counts that are not the source rows', async () => {
-    const { manifest, body, written } = await encoded;
-    const flipped = body.slice();
-    flipped[body.byteLength >> 1]! ^= 0x01;
-    expect(await chunkError(verifyWrittenChunk(flipped, expected(manifest), written, manifest.idsChecksumHex))).toBe('sha256_mismatch');
-    expect(await chunkError(verifyWrittenChunk(flipped, { ...expected(manifest), sha256Hex: await sha256Hex(flipped) }, written, manifest.idsChecksumHex))).toBe('not_gzip');
-    const otherIds = await idsChecksum(rows.slice(1).map((r) => r.id));
-    // The manifest row records a checksum that is not the source rows'.
-    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), idsChecksumHex: otherIds }, written, manifest.idsChecksumHex))).toBe('ids_checksum_mismatch');
-    // The source rows were not the ones encoded (the text matches, its ids do not).
-    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), idsChecksumHex: otherIds }, written, otherIds))).toBe('ids_checksum_mismatch');
-    expect(await chunkError(verifyWrittenChunk(body, { ...expected(manifest), rowCount: rows.length + 1 }, written, manifest.idsChecksumHex))).toBe('row_count_mismatch');
-  });
-
-  it('fails text that is the encoded bytes but not chunk lines', async () => {
-    const text = 'not a chunk line\n';
-    const body = await gzip(text);
-    const bytes = new TextEncoder().encode(text);
-    const written = { pieces: [{ bytes: bytes.byteLength, sha256Hex: await sha256Hex(bytes) }] };
-    const ids = await idsChecksum([]);
-    expect(await chunkError(verifyWrittenChunk(body, { sha256Hex: await sha256Hex(body), idsChecksumHex: ids, rowCount: 1 }, written, ids))).toBe('malformed_line');
+  it('names a count, a last row or ids that differ, and a window over the chunk size', async () => {
+    const sum = await idsChecksum(rows.map((r) => r.id));
+    const facts = await factsOf(rows);
+    // A row written after ClickHouse counted the window.
+    expect(windowMismatch(rows, sum, { ...facts, rows: 49 }, 50)).toMatch(/holds 50 events .* ClickHouse counted 49/);
+    expect(windowMismatch(rows, sum, { ...facts, last: { ...facts.last, afterId: rows[48]!.id } }, 50)).toMatch(/ending at/);
+    expect(windowMismatch(rows, sum, { ...facts, last: { ...facts.last, afterMs: facts.last.afterMs + 1 } }, 50)).toMatch(/ending at/);
+    expect(windowMismatch(rows, sum, facts, 49)).toMatch(/holds 50 events/);
+    // Same count, same last row, one id in the middle that ClickHouse did not select.
+    const other = rows.map((r, i) => (i === 20 ? { ...r, id: eventId(1000) } : r));
+    expect(windowMismatch(rows, sum, await factsOf(other), 50)).toMatch(/ids checksum .* ClickHouse computed/);
+    expect(windowMismatch([], await idsChecksum([]), facts, 50)).toMatch(/holds 0 events ending at none/);
   });
 });
 

@@ -320,10 +320,11 @@ describe('archive jobs', () => {
     }
   });
 
-  it('refuses a month it cannot archive exactly: nothing uploaded, recorded or cleared, the reason in the job', async () => {
+  it('refuses a month it cannot archive exactly: nothing left in R2, recorded or cleared, the reason in the job', async () => {
     const cases: Array<[string, (r: ArchiveRowLike) => ArchiveRowLike, RegExp]> = [
       ['payload not JSON', (r) => ({ ...r, payload: '{"a":1' }), /cannot be written \(invalid_payload\)/],
-      ['payload over two lines', (r) => ({ ...r, payload: '{\n"a":1}' }), /cannot be written \(invalid_payload\)/],
+      // Its line splits in two, and the first half is no chunk line.
+      ['payload over two lines', (r) => ({ ...r, payload: '{\n"a":1}' }), /cannot be written \(malformed_line\)/],
       ['receipt time no DateTime holds', (r) => ({ ...r, receivedAtMs: 5_000_000_000_000 }), /cannot be written \(malformed_line\)/],
     ];
     for (const [label, spoil, reason] of cases) {

@@ -11,7 +11,7 @@ import type { Env } from '../env';
 import { ApiError } from '../errors';
 import { PermanentChunkError, type ChunkInput, type ChunkOutcome, type JobRunner } from '../jobs/runner';
 import { jobStore } from '../jobs/store';
-import { adoptEncodedChunk, ArchiveChunkError, chunkKeyPrefix, decodeChunk, gzipBytes, parseChunkKey, sha256Hex, verifyWrittenChunk, type ArchiveRow, type WrittenText } from './chunk';
+import { adoptEncodedChunk, ArchiveChunkError, chunkKey, chunkKeyPrefix, decodeChunk, gzipBytes, parseChunkKey, sha256Hex, type ArchiveChunkManifest, type ArchiveRow } from './chunk';
 import { archiveState, ERASURE_JOB_TYPES, monthJobs, MONTH_JOB_TYPES } from './listing';
 import { manifestStore, toChunkManifest, type ManifestRow, type ManifestStore } from './manifest';
 import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
@@ -385,12 +385,13 @@ function isoTimeSql(column: string): string {
 /**
  * One chunk line per row, in the format `encodeChunk` writes (`{"id":…,"deviceId":…,"createdAt":…,
  * "receivedAt":…,"payload":<payload>}`; a control character in a device id comes out as `\u00XX`).
- * A payload over more than one line would split its line: it comes out as text that is not JSON,
- * so the chunk is refused before it is uploaded.
+ * The payload goes in as stored. One holding a raw newline splits its line, and the check of every
+ * line refuses the text before the chunk is recorded: the part before the newline is never a line
+ * whose payload is JSON. Testing for it here would cost more than the rest of the line: an `if`
+ * over the payload column copies every payload.
  */
 const CHUNK_LINE_SQL = `concat('{"id":"', p.sid, '","deviceId":"', ${jsonStringSql('d.device_id')}, '","createdAt":"', ${isoTimeSql('p.created_at_ms')},
-  '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":',
-  if(position(p.payload, '\\n') = 0, p.payload, 'a payload over more than one line'), '}')`;
+  '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":', p.payload, '}')`;
 
 /**
  * A query's answer (TabSeparatedRaw) gzipped: by ClickHouse at `level`, or here, by the Worker, when
@@ -404,10 +405,17 @@ export async function gzippedAnswer(ch: ClickHouse, sql: string, params: QueryPa
 /** How long the job waits for the next window's queries to leave before it works on a chunk. */
 const SEND_AHEAD_MS = 1;
 
-/** What ClickHouse says of a window apart from its text: how many events it holds and its last one. */
-interface WindowFacts {
+/** Windows whose queries are under way while the Worker works on a chunk. */
+const WINDOWS_AHEAD = 1;
+
+/**
+ * What ClickHouse says of a window apart from its text, computed from the rows themselves: how many
+ * events it holds, its last one, and the ids checksum of their ids (`idsChecksum`).
+ */
+export interface WindowFacts {
   rows: number;
   last: { afterMs: number; afterId: string };
+  idsChecksum: string;
 }
 
 /** The next window of the month's payloads, its queries under way. */
@@ -454,9 +462,19 @@ function readWindow(run: Run, afterMs: number, afterId: string, limit: number): 
         params,
         CHUNK_GZIP_LEVEL,
       );
+      // The same rows as the text's, without their payloads; the ids checksum as `idsChecksum` makes it.
+      const ids = `SELECT toString(id) AS sid, created_at_ms FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
       const facts = run.ch
-        .queryFields(`SELECT created_at_ms, sid, (SELECT count() FROM (${rows})) FROM (${rows}) ORDER BY created_at_ms DESC, sid DESC LIMIT 1`, params, 3)
-        .then(([row]): WindowFacts | null => (row ? { rows: Number(row[2]), last: { afterMs: Number(row[0]), afterId: row[1]! } } : null));
+        .queryFields(
+          `SELECT count(), argMax(created_at_ms, (created_at_ms, sid)), argMax(sid, (created_at_ms, sid)),
+             lower(hex(SHA256(arrayStringConcat(arraySort(groupArray(sid)), '\\n'))))
+           FROM (${ids})`,
+          params,
+          4,
+        )
+        .then(([row]): WindowFacts | null =>
+          row && Number(row[0]) > 0 ? { rows: Number(row[0]), last: { afterMs: Number(row[1]), afterId: row[2]! }, idsChecksum: row[3]! } : null,
+        );
       return { body, facts };
     });
   return {
@@ -467,64 +485,97 @@ function readWindow(run: Run, afterMs: number, afterId: string, limit: number): 
 }
 
 /**
- * Proves a freshly written chunk: its object, read back from R2, has the manifest's SHA-256 and
- * inflates to exactly the text that was checked before its upload (`written`), whose lines carry
- * the ids the manifest records (`sourceIdsChecksum`, from that check).
+ * The window after `prev`, its queries sent as soon as ClickHouse has told `prev`'s last row (long
+ * before `prev`'s text is made): ClickHouse makes two chunks' text at once. Nothing when `prev` held
+ * nothing.
  */
-async function verifyNewChunk(run: Run, row: ManifestRow, written: WrittenText, sourceIdsChecksum: string): Promise<void> {
-  const body = await readObject(run.bucket, row.key);
-  if (!body) throw new PermanentChunkError(`archive chunk ${row.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
-  try {
-    await verifyWrittenChunk(body, { sha256Hex: row.sha256, idsChecksumHex: row.idsChecksum, rowCount: row.rowCount, key: row.key }, written, sourceIdsChecksum);
-  } catch (err) {
-    if (err instanceof ArchiveChunkError) throw verificationFailed(row.key, err, 'right after its upload');
-    throw err;
-  }
-  await run.manifests.markVerified(row.projectId, row.month, row.number, Date.now());
+function readWindowAfter(run: Run, prev: Window): Window {
+  const next = prev.facts.then((f) => (f ? readWindow(run, f.last.afterMs, f.last.afterId, run.chunkRows) : null));
+  return {
+    sent: next.then((w) => w?.sent),
+    body: next.then((w) => w?.body ?? null),
+    facts: next.then((w) => w?.facts ?? null),
+  };
 }
 
 /**
- * One new chunk from a window's gzip JSON Lines: check every line and that they are the window
- * ClickHouse described (`facts`), upload create-only, record, read back and prove, then stage its
- * ids for the slice's clear (a chunk is cleared only once verified, and only by clearSlice or
- * settleChunk).
+ * Why a chunk's rows are not the window ClickHouse described (`facts`), or null when they are:
+ * their number (at most `maxRows`), their last row in (createdAt, id) order, and their ids checksum
+ * against the one ClickHouse computed from the rows it selected. Rows written or merged while the
+ * window was read are the usual cause; reading the window again settles it.
+ */
+export function windowMismatch(rows: readonly ArchiveRow[], idsChecksumHex: string, facts: WindowFacts, maxRows: number): string | null {
+  const last = rows.at(-1);
+  if (rows.length !== facts.rows || rows.length > maxRows || !last || last.createdAtMs !== facts.last.afterMs || last.id !== facts.last.afterId) {
+    return `its text holds ${rows.length} events ending at ${last?.id ?? 'none'}, ClickHouse counted ${facts.rows} ending at ${facts.last.afterId}`;
+  }
+  if (idsChecksumHex !== facts.idsChecksum) return `its ids checksum ${idsChecksumHex} is not the ${facts.idsChecksum} ClickHouse computed from the rows it selected`;
+  return null;
+}
+
+/**
+ * Reads a chunk object just uploaded back from R2 and proves it before anything records or clears
+ * it: it has the SHA-256 it was uploaded with, it inflates, every line is a chunk line of the month
+ * (as `encodeChunk` checks its rows), and its rows are the window ClickHouse described. An object
+ * that fails was never recorded, so nothing relies on it: it is deleted before the error goes up.
+ */
+async function proveUpload(run: Run, number: number, upload: { key: string; sha256Hex: string }, facts: WindowFacts): Promise<{ manifest: ArchiveChunkManifest; rows: ArchiveRow[] }> {
+  const refuse = async (err: Error): Promise<never> => {
+    await run.bucket.delete(upload.key);
+    throw err;
+  };
+  const stored = await readObject(run.bucket, upload.key);
+  if (!stored) throw new PermanentChunkError(`archive chunk ${upload.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
+  const sha = await sha256Hex(stored);
+  if (sha !== upload.sha256Hex) {
+    const err = new ArchiveChunkError('sha256_mismatch', `the object's SHA-256 ${sha} is not the ${upload.sha256Hex} it was uploaded with`);
+    return refuse(verificationFailed(upload.key, err, 'right after its upload'));
+  }
+  let chunk;
+  try {
+    chunk = await adoptEncodedChunk({ projectId: run.p.projectId, month: run.p.month, number, body: stored });
+  } catch (err) {
+    if (!(err instanceof ArchiveChunkError)) throw err;
+    // A broken transfer from ClickHouse (the object is the bytes it sent): the retry reads the window again.
+    if (err.code === 'not_gzip') return refuse(new Error(`chunk ${number} of ${run.p.month}: ${err.message}; the retry reads it again`));
+    return refuse(new PermanentChunkError(`chunk ${number} of ${run.p.month} cannot be written (${err.code}): ${err.message}`));
+  }
+  const mismatch = chunk ? windowMismatch(chunk.rows, chunk.manifest.idsChecksumHex, facts, run.chunkRows) : 'its text is empty';
+  if (mismatch || !chunk) return refuse(new Error(`chunk ${number} of ${run.p.month}: ${mismatch}; the retry reads the window again`));
+  return chunk;
+}
+
+/**
+ * One new chunk from a window's gzip JSON Lines as ClickHouse made them: uploaded create-only with
+ * their SHA-256, read back and proven (`proveUpload`), recorded, marked verified, then its ids staged
+ * for the slice's clear (a chunk is cleared only once verified, and only by clearSlice or
+ * settleChunk). The object is inflated and its lines checked once, on the copy read back from R2.
  */
 async function writeChunk(run: Run, body: Uint8Array, facts: WindowFacts, slice: Slice): Promise<void> {
   const number = await run.manifests.nextNumber(run.p.projectId, run.p.month);
-  let encoded;
-  try {
-    encoded = await adoptEncodedChunk({ projectId: run.p.projectId, month: run.p.month, number, body });
-  } catch (err) {
-    // A broken transfer: nothing was written, and the retry reads the window again.
-    if (err instanceof ArchiveChunkError && err.code === 'not_gzip') throw new Error(`chunk ${number} of ${run.p.month}: ${err.message}; the retry reads it again`);
-    if (err instanceof ArchiveChunkError) throw new PermanentChunkError(`chunk ${number} of ${run.p.month} cannot be written (${err.code}): ${err.message}`);
-    throw err;
-  }
-  const last = encoded?.rows.at(-1);
-  if (!encoded || encoded.rows.length !== facts.rows || encoded.rows.length > run.chunkRows || last!.createdAtMs !== facts.last.afterMs || last!.id !== facts.last.afterId) {
-    // Rows written or merged while the window was read; nothing was uploaded.
-    throw new Error(
-      `chunk ${number} of ${run.p.month}: its text holds ${encoded?.rows.length ?? 0} events ending at ${last?.id ?? 'none'}, ClickHouse counted ${facts.rows} ending at ${facts.last.afterId}; the retry reads the window again`,
-    );
-  }
-  // Only ids and times are needed from here on: the payload texts (slices of the whole text) go.
-  encoded.rows = encoded.rows.map((r) => ({ ...r, payload: '' }));
-  const { manifest } = encoded;
-  if ((await putChunkCreateOnly(run.bucket, encoded)) === 'exists') {
+  const upload = { key: chunkKey(run.p.projectId, run.p.month, number), sha256Hex: await sha256Hex(body), rowCount: facts.rows, idsChecksumHex: facts.idsChecksum };
+  if ((await putChunkCreateOnly(run.bucket, { manifest: upload, body })) === 'exists') {
     // Never overwritten: an object already there is reused only when it is this very chunk.
-    const there = await readObject(run.bucket, manifest.key);
-    if (!there || (await sha256Hex(there)) !== manifest.sha256Hex) {
-      throw new Error(`chunk key ${manifest.key} already holds an object that is not this chunk (an unrecorded upload of a cut-short run); the retry removes it`);
+    const there = await readObject(run.bucket, upload.key);
+    if (!there || (await sha256Hex(there)) !== upload.sha256Hex) {
+      throw new Error(`chunk key ${upload.key} already holds an object that is not this chunk (an unrecorded upload of a cut-short run); the retry removes it`);
     }
   }
   maybeCrash(run, 'afterUpload', number);
-  await run.manifests.insert(manifest, run.jobId, Date.now());
+  const proven = await proveUpload(run, number, upload, facts);
+  await run.manifests.insert(proven.manifest, run.jobId, Date.now());
   const row = await run.manifests.get(run.p.projectId, run.p.month, number);
-  if (!row || row.sha256 !== manifest.sha256Hex) throw new Error(`chunk ${manifest.key} was recorded by another writer meanwhile; the retry starts over`);
+  if (!row || row.sha256 !== proven.manifest.sha256Hex) throw new Error(`chunk ${upload.key} was recorded by another writer meanwhile; the retry starts over`);
   maybeCrash(run, 'afterManifest', number);
-  await verifyNewChunk(run, row, encoded.written, manifest.idsChecksumHex);
+  await run.manifests.markVerified(row.projectId, row.month, row.number, Date.now());
   maybeCrash(run, 'afterVerify', number);
-  await stageChunk(run, slice, number, encoded.rows);
+  // Only ids and times are needed from here on: the payload texts (slices of the whole text) go.
+  await stageChunk(
+    run,
+    slice,
+    number,
+    proven.rows.map((r) => ({ ...r, payload: '' })),
+  );
 }
 
 /**
@@ -648,34 +699,38 @@ export const archiveRunner: JobRunner = {
       total = job.rowsTotal ?? before;
     }
 
-    // Chunks one after another until the slice's time is up, ClickHouse making the next chunk's
+    // Chunks one after another until the slice's time is up, ClickHouse making the next chunks'
     // text while the one before is checked, uploaded and verified; then one clear for all.
     const deadline = started + ARCHIVE_SLICE_MS;
     const maxChunks = p.sliceChunks ?? Infinity;
     const slice = newSlice(run);
-    const goOn = () => slice.chunks.length + 1 < maxChunks && Date.now() < deadline;
-    let window = readWindow(run, cursor.afterMs, cursor.afterId, run.chunkRows);
+    const windows = [readWindow(run, cursor.afterMs, cursor.afterId, run.chunkRows)];
+    let windowsStarted = 1;
     let done = false;
     for (;;) {
-      const [body, facts] = await Promise.all([window.body, window.facts]);
+      while (windows.length <= WINDOWS_AHEAD && windowsStarted < maxChunks && Date.now() < deadline) {
+        const ahead = readWindowAfter(run, windows.at(-1)!);
+        // Awaited in turn, unless a chunk before fails first.
+        ahead.body.catch(() => {});
+        ahead.facts.catch(() => {});
+        windows.push(ahead);
+        windowsStarted += 1;
+      }
+      const [body, facts] = await Promise.all([windows[0]!.body, windows[0]!.facts]);
+      windows.shift();
       if (!body || !facts) {
         done = true;
         break;
       }
-      const ahead = goOn() ? readWindow(run, facts.last.afterMs, facts.last.afterId, run.chunkRows) : null;
-      if (ahead) {
-        // Awaited below, unless this chunk fails first.
-        ahead.body.catch(() => {});
-        ahead.facts.catch(() => {});
-        await ahead.sent;
+      if (windows.length) {
+        await windows[0]!.sent;
         // A real timer lets the requests leave now: workerd sends a subrequest only when its event
         // loop goes idle, and the chunk's checks, upload and verification never leave it idle locally.
         await scheduler.wait(SEND_AHEAD_MS);
       }
       await writeChunk(run, body, facts, slice);
       cursor = { phase: 'archive', ...facts.last };
-      if (!ahead) break;
-      window = ahead;
+      if (!windows.length) break;
     }
     await clearSlice(run, slice);
     return outcome(cursor, before, slice.rows, total, done);

@@ -40,20 +40,10 @@ export interface ArchiveChunkManifest {
   lastCreatedAtMs: number;
 }
 
-/**
- * The JSON Lines text as the encoder fed it to gzip, piece by piece (byte length and SHA-256 of
- * each): what the object read back right after its upload must inflate to, byte for byte.
- */
-export interface WrittenText {
-  pieces: Array<{ bytes: number; sha256Hex: string }>;
-}
-
 export interface EncodedArchiveChunk {
   manifest: ArchiveChunkManifest;
   /** The gzip object to put at `manifest.key`. */
   body: Uint8Array;
-  /** What went into gzip, for verifyWrittenChunk. */
-  written: WrittenText;
 }
 
 /** Rows of one month, to become the chunk with this number. */
@@ -75,7 +65,6 @@ export type ArchiveChunkErrorCode =
   | 'not_utf8'
   | 'malformed_line'
   | 'row_count_mismatch'
-  | 'text_mismatch'
   | 'ids_checksum_mismatch';
 
 /** A chunk that cannot be built, or an object that is not the chunk its manifest row describes. */
@@ -96,9 +85,6 @@ const SHA256_HEX_PATTERN = /^[0-9a-f]{64}$/;
 const CHUNK_KEY_PATTERN = /^archives\/([A-Za-z0-9][A-Za-z0-9_-]{0,127})\/(\d{4}-\d{2})\/(\d{6})\.jsonl\.gz$/;
 /** Every line is `{"id":…,"deviceId":…,"createdAt":…,"receivedAt":…,"payload":<payload text>}`. */
 const PAYLOAD_FIELD = ',"payload":';
-/** A line's first bytes up to its id (`{"id":"`), then 36 ASCII characters and `"`. */
-const ID_FIELD_BYTES = [0x7b, 0x22, 0x69, 0x64, 0x22, 0x3a, 0x22] as const;
-const UUID_LENGTH = 36;
 /** Lines are gzipped in batches of about this many UTF-16 code units. */
 const ENCODE_BATCH_CHARS = 1 << 20;
 /**
@@ -305,7 +291,7 @@ function* byDevice(rows: readonly ArchiveRow[]): Generator<ArchiveRow> {
 /**
  * Encodes one chunk: every row checked (one month, in (createdAt, id) order, payload JSON on one
  * line), written as JSON Lines (a device's lines together) through gzip (`CompressionStream`), with
- * the manifest figures of the object and the digests of the text it holds.
+ * the manifest figures of the object.
  */
 export async function encodeChunk(chunk: { projectId: string; month: string; number: number; rows: readonly ArchiveRow[] }): Promise<EncodedArchiveChunk> {
   const key = chunkKey(chunk.projectId, chunk.month, chunk.number);
@@ -328,7 +314,6 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
   const writer = gzip.writable.getWriter();
   const compressed = new Response(gzip.readable).arrayBuffer();
   const encoder = new TextEncoder();
-  const pieces: Array<Promise<{ bytes: number; sha256Hex: string }>> = [];
   let rawBytes = 0;
   try {
     let batch = '';
@@ -336,9 +321,6 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
       const bytes = encoder.encode(batch);
       rawBytes += bytes.byteLength;
       batch = '';
-      const piece = sha256Hex(bytes).then((sha) => ({ bytes: bytes.byteLength, sha256Hex: sha }));
-      piece.catch(() => {}); // awaited below, unless the write fails first
-      pieces.push(piece);
       await writer.write(bytes);
     };
     // Two formatters: created and received times each come in (nearly) ascending order per device.
@@ -368,16 +350,16 @@ export async function encodeChunk(chunk: { projectId: string; month: string; num
     firstCreatedAtMs: rows[0]!.createdAtMs,
     lastCreatedAtMs: rows[rows.length - 1]!.createdAtMs,
   };
-  return { manifest, body, written: { pieces: await Promise.all(pieces) } };
+  return { manifest, body };
 }
 
 /**
  * A chunk whose gzip JSON Lines were made elsewhere: ClickHouse formats a window's lines and
- * compresses them itself (the archive job's read). Before anything is uploaded the object is
- * inflated and every line checked as `encodeChunk` checks its rows (a chunk line, a lowercase UUID,
- * times of the month, a JSON payload, each id once); the manifest figures and the digest of the
- * text (what verification compares the read-back object with) come from what was checked. The
- * rows come back in (createdAt, id) order. Null when the text is empty (a window that held nothing).
+ * compresses them itself (the archive job's read), and the job checks the object it read back from
+ * R2 after uploading them. The object is inflated and every line checked as `encodeChunk` checks
+ * its rows (a chunk line, a lowercase UUID, times of the month, a JSON payload, each id once); the
+ * manifest figures come from what was checked. The rows come back in (createdAt, id) order. Null
+ * when the text is empty (a window that held nothing).
  */
 export async function adoptEncodedChunk(chunk: {
   projectId: string;
@@ -409,7 +391,7 @@ export async function adoptEncodedChunk(chunk: {
     const twice = ids.find((id, i) => i > 0 && ids[i - 1] === id) ?? ids.find((id, i) => ids.indexOf(id) !== i);
     throw new ArchiveChunkError('rows_out_of_order', `${key}: each id once: ${twice} is there twice`, { key, id: twice });
   }
-  const [sha, textSha, idsSum] = await Promise.all([sha256Hex(chunk.body), sha256Hex(bytes), idsChecksum(ids)]);
+  const [sha, idsSum] = await Promise.all([sha256Hex(chunk.body), idsChecksum(ids)]);
   const manifest: ArchiveChunkManifest = {
     projectId: chunk.projectId,
     month: chunk.month,
@@ -423,7 +405,7 @@ export async function adoptEncodedChunk(chunk: {
     firstCreatedAtMs: rows[0]!.createdAtMs,
     lastCreatedAtMs: rows[rows.length - 1]!.createdAtMs,
   };
-  return { manifest, body: chunk.body, written: { pieces: [{ bytes: bytes.byteLength, sha256Hex: textSha }] }, rows };
+  return { manifest, body: chunk.body, rows };
 }
 
 /** Gzips bytes with `CompressionStream` (text a server sent uncompressed). */
@@ -561,69 +543,4 @@ export async function decodeChunk(
     });
   }
   return rows;
-}
-
-/** The id of every line of a chunk's JSON Lines bytes, read from where the encoder puts it (no line is parsed). */
-function lineIds(bytes: Uint8Array, key: string | undefined): string[] {
-  const ids: string[] = [];
-  let start = 0;
-  while (start < bytes.length) {
-    const end = bytes.indexOf(0x0a, start);
-    const malformed = () => new ArchiveChunkError('malformed_line', `${where(key)}line ${ids.length + 1} does not hold an archived event`, { key, line: ids.length + 1 });
-    if (end < 0) throw malformed();
-    const idEnd = start + ID_FIELD_BYTES.length + UUID_LENGTH;
-    if (end <= idEnd + 1 || bytes[idEnd] !== 0x22 || bytes[end - 1] !== 0x7d) throw malformed();
-    for (let i = 0; i < ID_FIELD_BYTES.length; i++) if (bytes[start + i] !== ID_FIELD_BYTES[i]) throw malformed();
-    // `apply` takes the bytes as they are; spreading them would iterate each one.
-    ids.push(String.fromCharCode.apply(null, bytes.subarray(idEnd - UUID_LENGTH, idEnd) as unknown as number[]));
-    start = end + 1;
-  }
-  return ids;
-}
-
-/**
- * Proves that a chunk object just written holds the rows it was made from, before any of them is
- * cleared from ClickHouse: its SHA-256 is the manifest's; it inflates to exactly the bytes the
- * encoder wrote (`written`, digest by digest, so every payload, time and device is the one
- * encoded); and the ids on its lines, as many as the rows, have the ids checksum of the source
- * rows (`sourceIdsChecksumHex`, computed from them when the chunk was encoded), which must be the
- * manifest's. Throws an ArchiveChunkError naming what differs.
- */
-export async function verifyWrittenChunk(
-  body: ArrayBuffer | ArrayBufferView,
-  expected: { sha256Hex: string; idsChecksumHex: string; rowCount: number; key?: string },
-  written: WrittenText,
-  sourceIdsChecksumHex: string,
-): Promise<void> {
-  const { key } = expected;
-  if (sourceIdsChecksumHex !== expected.idsChecksumHex) {
-    throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}the ids checksum of the source rows ${sourceIdsChecksumHex} is not the expected ${expected.idsChecksumHex}`, {
-      key,
-      expected: expected.idsChecksumHex,
-      actual: sourceIdsChecksumHex,
-    });
-  }
-  const bytes = await inflateBytes(body, expected);
-  const textMismatch = (what: string) => new ArchiveChunkError('text_mismatch', `${where(key)}the inflated object ${what} the text that was encoded`, { key });
-  let offset = 0;
-  const digests = written.pieces.map((piece) => {
-    const at = offset;
-    offset += piece.bytes;
-    return offset <= bytes.byteLength ? sha256Hex(bytes.subarray(at, offset)) : Promise.resolve(null);
-  });
-  if (offset !== bytes.byteLength) throw textMismatch(`holds ${bytes.byteLength} bytes, not the ${offset} bytes of`);
-  const actual = await Promise.all(digests);
-  if (actual.some((sha, i) => sha !== written.pieces[i]!.sha256Hex)) throw textMismatch('differs from');
-  const ids = lineIds(bytes, key);
-  if (ids.length !== expected.rowCount) {
-    throw new ArchiveChunkError('row_count_mismatch', `${where(key)}${ids.length} rows, the chunk was made from ${expected.rowCount}`, { key, expected: expected.rowCount, actual: ids.length });
-  }
-  const idsActual = await idsChecksum(ids);
-  if (idsActual !== expected.idsChecksumHex) {
-    throw new ArchiveChunkError('ids_checksum_mismatch', `${where(key)}the ids checksum ${idsActual} of its lines is not the source rows' ${expected.idsChecksumHex}`, {
-      key,
-      expected: expected.idsChecksumHex,
-      actual: idsActual,
-    });
-  }
 }

@@ -1,5 +1,11 @@
 // Chunk objects in R2: written create-only with the SHA-256 R2 checks on upload, read back whole.
-import type { EncodedArchiveChunk } from './chunk';
+import type { ArchiveChunkManifest } from './chunk';
+
+/** A chunk object to put: its gzip body, and the figures stored beside it (the archive job gives ClickHouse's, before it reads the object back). */
+export interface ChunkUpload {
+  manifest: Pick<ArchiveChunkManifest, 'key' | 'sha256Hex' | 'rowCount' | 'idsChecksumHex'>;
+  body: Uint8Array;
+}
 
 /** What a create-only put found: `created`, or an object already at the key (an earlier attempt's, or an orphan). */
 export type PutOutcome = 'created' | 'exists';
@@ -9,7 +15,7 @@ export type PutOutcome = 'created' | 'exists';
  * R2 refuses a body damaged on the way. Never overwrites: an existing object is reported, and the
  * caller reads it back to see whether it is this very chunk (a retried upload) or another.
  */
-export async function putChunkCreateOnly(bucket: R2Bucket, chunk: EncodedArchiveChunk): Promise<PutOutcome> {
+export async function putChunkCreateOnly(bucket: R2Bucket, chunk: ChunkUpload): Promise<PutOutcome> {
   const { manifest, body } = chunk;
   const put = await bucket.put(manifest.key, body, {
     sha256: manifest.sha256Hex,
