@@ -453,16 +453,9 @@ function readWindow(run: Run, afterMs: number, afterId: string, limit: number): 
       const window = `${after} AND created_at_ms <= {toMs:Int64}`;
       const rows = `SELECT id, toString(id) AS sid, created_at_ms, received_at_ms, payload FROM event_payloads WHERE ${window}
          ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
-      const body = gzippedAnswer(
-        run.ch,
-        `SELECT ${CHUNK_LINE_SQL}
-         FROM (${rows}) AS p
-         ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${window}) AS d USING id
-         ORDER BY d.device_id, p.created_at_ms, p.sid`,
-        params,
-        CHUNK_GZIP_LEVEL,
-      );
       // The same rows as the text's, without their payloads; the ids checksum as `idsChecksum` makes it.
+      // Sent first: a server that runs one query at a time (the chDB shim) answers them before the
+      // text, so the next window's queries are queued while this text is made.
       const ids = `SELECT toString(id) AS sid, created_at_ms FROM event_payloads WHERE ${window} ORDER BY created_at_ms, sid LIMIT 1 BY id LIMIT {limit:UInt32}`;
       const facts = run.ch
         .queryFields(
@@ -475,6 +468,15 @@ function readWindow(run: Run, afterMs: number, afterId: string, limit: number): 
         .then(([row]): WindowFacts | null =>
           row && Number(row[0]) > 0 ? { rows: Number(row[0]), last: { afterMs: Number(row[1]), afterId: row[2]! }, idsChecksum: row[3]! } : null,
         );
+      const body = gzippedAnswer(
+        run.ch,
+        `SELECT ${CHUNK_LINE_SQL}
+         FROM (${rows}) AS p
+         ANY LEFT JOIN (SELECT id, device_id FROM events WHERE ${window}) AS d USING id
+         ORDER BY d.device_id, p.created_at_ms, p.sid`,
+        params,
+        CHUNK_GZIP_LEVEL,
+      );
       return { body, facts };
     });
   return {
