@@ -374,7 +374,7 @@ function jsonStringSql(column: string): string {
 
 /**
  * `column` (Int64 epoch ms) as `Date.prototype.toISOString` writes it; a time no `DateTime` holds
- * comes out as text no reader takes for a time, so the chunk is refused before it is uploaded.
+ * comes out as text no reader takes for a time, so the chunk is refused before it is recorded.
  */
 function isoTimeSql(column: string): string {
   return `if(${column} >= 0 AND ${column} <= ${MAX_DATETIME_MS},
@@ -385,10 +385,12 @@ function isoTimeSql(column: string): string {
 /**
  * One chunk line per row, in the format `encodeChunk` writes (`{"id":…,"deviceId":…,"createdAt":…,
  * "receivedAt":…,"payload":<payload>}`; a control character in a device id comes out as `\u00XX`).
- * The payload goes in as stored. One holding a raw newline splits its line, and the check of every
- * line refuses the text before the chunk is recorded: the part before the newline is never a line
- * whose payload is JSON. Testing for it here would cost more than the rest of the line: an `if`
- * over the payload column copies every payload.
+ * The payload goes in as stored. One holding a raw newline splits its line, and the text is refused
+ * before the chunk is recorded: a JSON payload's first piece never makes a line whose payload is
+ * JSON (a complete value would have to end before the newline), and whatever the pieces, the text
+ * then holds more lines than the rows ClickHouse counted for the window (`windowMismatch`). The
+ * gateway never stores such a payload (each is `JSON.stringify` output). Testing for it here would
+ * cost more than the rest of the line: an `if` over the payload column copies every payload.
  */
 const CHUNK_LINE_SQL = `concat('{"id":"', p.sid, '","deviceId":"', ${jsonStringSql('d.device_id')}, '","createdAt":"', ${isoTimeSql('p.created_at_ms')},
   '","receivedAt":"', ${isoTimeSql('p.received_at_ms')}, '","payload":', p.payload, '}')`;
@@ -435,10 +437,10 @@ interface Window {
  *
  * A small query first bounds the window on event times alone (the time of the `limit`-th stored
  * row, copies counted: a top-k integer sort whatever the month holds, so no payload outside the
- * window is read); with that one bound, the chunk's text and the window's facts (its event count
- * and last row, which the chunk's lines must match) leave side by side. The facts name the next
- * window's cursor, so the job sends the next window's queries before it works on this chunk, and
- * ClickHouse makes the next chunk meanwhile. A row written behind the cursor after its window was
+ * window is read); with that one bound, the window's facts (`WindowFacts`, which the chunk's
+ * lines must match) and the chunk's text leave side by side, the facts first. The facts name the
+ * next window's cursor, so the job sends the next window's queries as soon as they arrive, and
+ * ClickHouse makes the next chunk while the Worker works on this one. A row written behind the cursor after its window was
  * read (late data) waits in ClickHouse for the next run, like any late row.
  */
 function readWindow(run: Run, afterMs: number, afterId: string, limit: number): Window {
@@ -519,20 +521,31 @@ export function windowMismatch(rows: readonly ArchiveRow[], idsChecksumHex: stri
  * Reads a chunk object just uploaded back from R2 and proves it before anything records or clears
  * it: it has the SHA-256 it was uploaded with, it inflates, every line is a chunk line of the month
  * (as `encodeChunk` checks its rows), and its rows are the window ClickHouse described. An object
- * that fails was never recorded, so nothing relies on it: it is deleted before the error goes up.
+ * that fails was never recorded, so nothing relies on it: when this attempt created it, it is
+ * deleted before the error goes up.
  */
-async function proveUpload(run: Run, number: number, upload: { key: string; sha256Hex: string }, facts: WindowFacts): Promise<{ manifest: ArchiveChunkManifest; rows: ArchiveRow[] }> {
+async function proveUpload(
+  run: Run,
+  number: number,
+  upload: { key: string; sha256Hex: string; created: boolean },
+  facts: WindowFacts,
+): Promise<{ manifest: ArchiveChunkManifest; rows: ArchiveRow[] }> {
   const refuse = async (err: Error): Promise<never> => {
-    await run.bucket.delete(upload.key);
+    // Only an object this attempt created, and only while no manifest row names it: an object that
+    // was already there may be another run's of this very job (a watchdog re-kick beside a slow
+    // run) and is left to the next run's orphan check.
+    if (upload.created && !(await run.manifests.get(run.p.projectId, run.p.month, number))) {
+      await run.bucket.delete(upload.key).catch((deleteErr: unknown) => {
+        log('archive: a refused upload was not deleted; the next run removes it', { job: run.jobId, key: upload.key, error: String(deleteErr) });
+      });
+    }
     throw err;
   };
   const stored = await readObject(run.bucket, upload.key);
-  if (!stored) throw new PermanentChunkError(`archive chunk ${upload.key} is missing from R2 right after its upload. Nothing of it was cleared from ClickHouse`);
+  if (!stored) throw new Error(`archive chunk ${upload.key} is missing from R2 right after its upload; the retry writes it again`);
   const sha = await sha256Hex(stored);
-  if (sha !== upload.sha256Hex) {
-    const err = new ArchiveChunkError('sha256_mismatch', `the object's SHA-256 ${sha} is not the ${upload.sha256Hex} it was uploaded with`);
-    return refuse(verificationFailed(upload.key, err, 'right after its upload'));
-  }
+  // Nothing was recorded or cleared relying on it: the retry uploads it again.
+  if (sha !== upload.sha256Hex) return refuse(new Error(`archive chunk ${upload.key} read back right after its upload has SHA-256 ${sha}, not the ${upload.sha256Hex} it was uploaded with; the retry writes it again`));
   let chunk;
   try {
     chunk = await adoptEncodedChunk({ projectId: run.p.projectId, month: run.p.month, number, body: stored });
@@ -555,8 +568,9 @@ async function proveUpload(run: Run, number: number, upload: { key: string; sha2
  */
 async function writeChunk(run: Run, body: Uint8Array, facts: WindowFacts, slice: Slice): Promise<void> {
   const number = await run.manifests.nextNumber(run.p.projectId, run.p.month);
-  const upload = { key: chunkKey(run.p.projectId, run.p.month, number), sha256Hex: await sha256Hex(body), rowCount: facts.rows, idsChecksumHex: facts.idsChecksum };
+  const upload = { key: chunkKey(run.p.projectId, run.p.month, number), sha256Hex: await sha256Hex(body), rowCount: facts.rows, idsChecksumHex: facts.idsChecksum, created: true };
   if ((await putChunkCreateOnly(run.bucket, { manifest: upload, body })) === 'exists') {
+    upload.created = false;
     // Never overwritten: an object already there is reused only when it is this very chunk.
     const there = await readObject(run.bucket, upload.key);
     if (!there || (await sha256Hex(there)) !== upload.sha256Hex) {
@@ -707,12 +721,14 @@ export const archiveRunner: JobRunner = {
     const maxChunks = p.sliceChunks ?? Infinity;
     const slice = newSlice(run);
     const windows = [readWindow(run, cursor.afterMs, cursor.afterId, run.chunkRows)];
+    windows[0]!.sent.catch(() => {}); // its failure is the body's and the facts', awaited below
     let windowsStarted = 1;
     let done = false;
     for (;;) {
       while (windows.length <= WINDOWS_AHEAD && windowsStarted < maxChunks && Date.now() < deadline) {
         const ahead = readWindowAfter(run, windows.at(-1)!);
         // Awaited in turn, unless a chunk before fails first.
+        ahead.sent.catch(() => {});
         ahead.body.catch(() => {});
         ahead.facts.catch(() => {});
         windows.push(ahead);
