@@ -180,6 +180,31 @@ describe('device erasure', () => {
     await checkDeviceAErased(s, liveA, others);
   });
 
+  it('leaves an unrecorded object alone while another erasure of the project is under way; the next erasure of that month deletes it', async () => {
+    const s = await scenario('erase-orphan-beside-erasure');
+    const { p } = s;
+    // What another erasure's upload looks like before that erasure records it.
+    const orphan = `archives/${p.id}/2025-06/000090.jsonl.gz`;
+    await env.ARCHIVE.put(orphan, new TextEncoder().encode('{"id":"half an upload'));
+    // Another erasure of the project (of veh-b), enqueued: its message never sent, so it stays so.
+    const other = await jobStore(env.DB).create(crypto.randomUUID(), 'erasure', { projectId: p.id, deviceId: B }, Date.now());
+
+    const first = await waitFinished(await startErasure({ projectId: p.id, deviceId: A }));
+    expect(first.state, first.error ?? '').toBe('succeeded');
+    expect(first.result).toEqual(deviceAResult(s));
+    expect(await env.ARCHIVE.head(orphan)).not.toBeNull();
+
+    // Once no other erasure of the project is under way, the next erasure of a subject with June
+    // rows deletes it: nobody can say it holds none of veh-b.
+    await env.DB.prepare("UPDATE jobs SET state = 'cancelled' WHERE id = ?").bind(other.id).run();
+    const second = await waitFinished(await startErasure({ projectId: p.id, deviceId: B }));
+    expect(second.state, second.error ?? '').toBe('succeeded');
+    expect(await env.ARCHIVE.head(orphan)).toBeNull();
+    // With veh-a gone, one June chunk holds veh-b and veh-c (rewritten, its old object deleted),
+    // the other and July #2 veh-b alone (deleted); and the orphan.
+    expect((second.result as ErasureResult).r2).toEqual({ chunksRewritten: 1, objectsDeleted: 4, rows: s.old.filter((e) => e.deviceId === B).length });
+  });
+
   it('removes a device from ClickHouse, the archive, its object and every read route, and nothing of anyone else', async () => {
     const s = await scenario('erase-device');
     const { p } = s;
