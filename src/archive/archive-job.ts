@@ -534,18 +534,19 @@ async function proveUpload(
     // Only an object this attempt created, and only while no manifest row names it: an object that
     // was already there may be another run's of this very job (a watchdog re-kick beside a slow
     // run) and is left to the next run's orphan check.
-    if (upload.created && !(await run.manifests.get(run.p.projectId, run.p.month, number))) {
-      await run.bucket.delete(upload.key).catch((deleteErr: unknown) => {
-        log('archive: a refused upload was not deleted; the next run removes it', { job: run.jobId, key: upload.key, error: String(deleteErr) });
-      });
+    try {
+      if (upload.created && !(await run.manifests.get(run.p.projectId, run.p.month, number))) await run.bucket.delete(upload.key);
+    } catch (deleteErr) {
+      log('archive: a refused upload was not deleted; the next run removes it', { job: run.jobId, key: upload.key, error: String(deleteErr) });
     }
     throw err;
   };
   const stored = await readObject(run.bucket, upload.key);
   if (!stored) throw new Error(`archive chunk ${upload.key} is missing from R2 right after its upload; the retry writes it again`);
   const sha = await sha256Hex(stored);
-  // Nothing was recorded or cleared relying on it: the retry uploads it again.
-  if (sha !== upload.sha256Hex) return refuse(new Error(`archive chunk ${upload.key} read back right after its upload has SHA-256 ${sha}, not the ${upload.sha256Hex} it was uploaded with; the retry writes it again`));
+  // R2 checked the SHA-256 on upload, so the object is most likely another run's by now (a
+  // re-kicked run that removed this one as an orphan): left alone, and the retry starts over.
+  if (sha !== upload.sha256Hex) throw new Error(`archive chunk ${upload.key} read back right after its upload has SHA-256 ${sha}, not the ${upload.sha256Hex} it was uploaded with; the retry writes it again`);
   let chunk;
   try {
     chunk = await adoptEncodedChunk({ projectId: run.p.projectId, month: run.p.month, number, body: stored });
