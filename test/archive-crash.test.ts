@@ -87,7 +87,8 @@ async function expectFullyArchived(projectId: string, rows: readonly ArchiveRow[
 }
 
 describe('archive crash safety', () => {
-  for (const at of ARCHIVE_FAULT_POINTS) {
+  // A crash in the middle of a partition drop has its own tests (archive-partition.test.ts).
+  for (const at of ARCHIVE_FAULT_POINTS.filter((a) => a !== 'afterMove')) {
     it(`a run cut short ${at} converges on re-run, and a second re-run adds nothing`, async () => {
       const { projectId, rows } = await seed(`fail-${at}`);
       const crashed = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, faults: { at, chunk: 2, mode: 'fail' } });
@@ -141,7 +142,8 @@ describe('archive crash safety', () => {
   });
 
   it('the engine retries a chunk cut short at any point, and the same job converges', async () => {
-    for (const at of ARCHIVE_FAULT_POINTS) {
+    // A crash in the middle of a partition drop has its own tests (archive-partition.test.ts).
+    for (const at of ARCHIVE_FAULT_POINTS.filter((a) => a !== 'afterMove')) {
       const { projectId, rows } = await seed(`retry-${at}`);
       const job = await runArchiveJob({ projectId, month: MONTH, chunkRows: CHUNK_ROWS, faults: { at, mode: 'retry' } });
       expect([at, job.state, job.rowsProcessed]).toEqual([at, 'succeeded', ROWS]);

@@ -29,10 +29,13 @@ export function makeRows(tag: string, count: number, startMs: number, stepMs = 1
   });
 }
 
-/** Writes the rows' payloads and, unless `withEvents` is false, their events (so deviceId resolves). */
-export async function insertRows(projectId: string, rows: readonly ArchiveRow[], withEvents = true): Promise<void> {
+/**
+ * Writes the rows' payloads (into `payloadTable`: event_payloads, or where a partition drop parks
+ * them) and, unless `withEvents` is false, their events (so deviceId resolves).
+ */
+export async function insertRows(projectId: string, rows: readonly ArchiveRow[], withEvents = true, payloadTable: 'event_payloads' | 'event_payloads_parked' = 'event_payloads'): Promise<void> {
   await ch().insert(
-    'event_payloads',
+    payloadTable,
     rows.map((r) => ({ id: r.id, project_id: projectId, created_at_ms: r.createdAtMs, received_at_ms: r.receivedAtMs, payload: r.payload })),
   );
   if (!withEvents) return;

@@ -29,8 +29,8 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(`${v.major}.${v.minor}`).toBe(env.TEST_CLICKHOUSE_GENERATION.split('.').slice(0, 2).join('.'));
     expect(v.nativeParams).toBe(v.major >= 20);
     expect(v.lightweightDelete).toBe(v.major >= 23);
-    expect(parseVersion('18.16.1')).toMatchObject({ nativeParams: false, lightweightDelete: false });
-    expect(parseVersion('26.7.2.1')).toMatchObject({ nativeParams: true, lightweightDelete: true });
+    expect(parseVersion('18.16.1')).toMatchObject({ nativeParams: false, lightweightDelete: false, movePartition: false });
+    expect(parseVersion('26.7.2.1')).toMatchObject({ nativeParams: true, lightweightDelete: true, movePartition: true });
   });
 
   it('binds tricky scalar parameters the same way on either branch', async () => {

@@ -1,20 +1,31 @@
 // Deleting rows on both generations: a lightweight DELETE (26.x) or a mutation awaited in
-// system.mutations (18.16); when deleteRows returns, the rows are gone and nothing else is.
+// system.mutations (18.16); when deleteRows returns, the rows are gone and nothing else is. A
+// partition that holds nothing but the rows to delete is dropped instead where the server can move
+// a partition aside first (26.x), and a write that races the drop survives it.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { deleteRows } from '../src/clickhouse/mutations';
+import { deleteRows, dropPartitionsOf, unparkPartitions } from '../src/clickhouse/mutations';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { ch } from './helpers';
 
 const T0 = Date.UTC(2026, 0, 15);
 
-function payload(projectId: string, i: number) {
-  return { id: uuidv7At(T0 + i, hash128(`${projectId}:${i}`)), project_id: projectId, created_at_ms: T0 + i, received_at_ms: T0 + i, payload: `{"i":${i}}` };
+function payload(projectId: string, i: number, t0 = T0) {
+  return { id: uuidv7At(t0 + i, hash128(`${projectId}:${i}`)), project_id: projectId, created_at_ms: t0 + i, received_at_ms: t0 + i, payload: `{"i":${i}}` };
 }
 
-async function ids(projectId: string): Promise<string[]> {
-  const rows = await ch().query<{ id: string }>('SELECT toString(id) AS id FROM event_payloads WHERE project_id = {p:String} ORDER BY id', { p: projectId });
+async function ids(projectId: string, table = 'event_payloads'): Promise<string[]> {
+  const rows = await ch().query<{ id: string }>(`SELECT DISTINCT toString(id) AS id FROM ${table} WHERE project_id = {p:String} ORDER BY id`, { p: projectId });
   return rows.map((r) => r.id);
+}
+
+/** Active parts of one partition of a table (0 once the partition is dropped). */
+async function activeParts(table: string, partition: number): Promise<number> {
+  const [row] = await ch().query<{ n: number | string }>(
+    'SELECT count() AS n FROM system.parts WHERE database = currentDatabase() AND table = {t:String} AND partition = {p:String} AND active AND rows > 0',
+    { t: table, p: String(partition) },
+  );
+  return Number(row?.n ?? 0);
 }
 
 describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
@@ -36,6 +47,82 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     await deleteRows(ch(), 'event_payloads', 'project_id = {p:String} AND created_at_ms >= {from:Int64} AND created_at_ms < {to:Int64}', { p: a, from: T0 + 4, to: T0 + 8 });
     expect(await ids(a)).toEqual(rowsA.slice(8).map((r) => r.id).sort());
     expect(await ids(b)).toHaveLength(5);
+  });
+
+  it('deletes parked rows of the table too: a partition moved aside and left there by a crash cannot bring them back', async () => {
+    const a = `mut-park-${crypto.randomUUID()}`;
+    const rows = Array.from({ length: 4 }, (_, i) => payload(a, i));
+    await ch().insert('event_payloads_parked', rows);
+    await deleteRows(ch(), 'event_payloads', 'project_id = {p:String} AND created_at_ms < {to:Int64}', { p: a, to: T0 + 2 });
+    const v = await ch().version();
+    // 18.16 never parks anything (it cannot move a partition), so nothing there is touched.
+    expect(await ids(a, 'event_payloads_parked')).toEqual((v.movePartition ? rows.slice(2) : rows).map((r) => r.id).sort());
+    await ch().command('ALTER TABLE event_payloads_parked DELETE WHERE project_id = {p:String}', { p: a }, v.lightweightDelete ? { mutations_sync: 2 } : undefined);
+  });
+
+  it('drops a partition that holds nothing but the rows to delete (26.x), keeps a row written during the drop, and leaves a shared partition to a row delete', async () => {
+    // Months no other test writes: their partitions hold only what this test puts there.
+    const soloT0 = Date.UTC(2017, 2, 10);
+    const sharedT0 = Date.UTC(2017, 3, 10);
+    const a = `mut-drop-a-${crypto.randomUUID()}`;
+    const b = `mut-drop-b-${crypto.randomUUID()}`;
+    const soloA = Array.from({ length: 6 }, (_, i) => payload(a, i, soloT0));
+    const raceB = payload(b, 100, soloT0);
+    const sharedA = Array.from({ length: 3 }, (_, i) => payload(a, i, sharedT0));
+    const sharedB = Array.from({ length: 2 }, (_, i) => payload(b, i, sharedT0));
+    await ch().insert('event_payloads', [...soloA, ...sharedA, ...sharedB]);
+    const v = await ch().version();
+    const ofA = 'project_id = {p:String} AND created_at_ms >= {from:Int64} AND created_at_ms < {to:Int64}';
+
+    // The shared month: another project's rows are there, so no partition is touched.
+    const shared = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: sharedT0, to: sharedT0 + 1000 });
+    expect(shared).toEqual({ dropped: null, reason: v.movePartition ? 'shared' : 'unsupported' });
+    expect(await activeParts('event_payloads', 201704)).toBeGreaterThan(0);
+
+    // The solo month: b's row lands in the partition after the check, while it is moved aside.
+    let moved: number[] = [];
+    const solo = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 }, async (partitions) => {
+      moved = partitions;
+      await ch().insert('event_payloads_parked', [raceB]);
+    });
+    if (!v.movePartition) {
+      expect(solo).toEqual({ dropped: null, reason: 'unsupported' });
+      expect(await ids(a)).toEqual([...soloA, ...sharedA].map((r) => r.id).sort());
+      return;
+    }
+    expect(solo).toEqual({ dropped: [201703] });
+    expect(moved).toEqual([201703]);
+    expect(await ids(a)).toEqual(sharedA.map((r) => r.id).sort());
+    expect(await ids(b)).toEqual([raceB, ...sharedB].map((r) => r.id).sort());
+    const [back] = await ch().query<{ payload: string }>('SELECT payload FROM event_payloads WHERE id = {id:UUID}', { id: raceB.id });
+    expect(back?.payload).toBe(raceB.payload);
+    expect(await ids(a, 'event_payloads_parked')).toEqual([]);
+    expect(await ids(b, 'event_payloads_parked')).toEqual([]);
+    // The partition now holds b's row alone: a's rows went with a drop, not with a delete.
+    expect(await activeParts('event_payloads', 201703)).toBe(1);
+
+    // Nothing of a's left in that month: no partition to drop.
+    expect(await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 })).toEqual({ dropped: null, reason: 'empty' });
+  });
+
+  it('moves back what a cut-short drop left parked, only in the partitions asked for', async () => {
+    const a = `mut-unpark-${crypto.randomUUID()}`;
+    const june = Array.from({ length: 3 }, (_, i) => payload(a, i, Date.UTC(2017, 5, 3)));
+    const july = Array.from({ length: 2 }, (_, i) => payload(a, i, Date.UTC(2017, 6, 3)));
+    await ch().insert('event_payloads_parked', [...june, ...july]);
+    const v = await ch().version();
+    const back = await unparkPartitions(ch(), 'event_payloads', { fromSec: Date.UTC(2017, 5, 1) / 1000, toSec: Date.UTC(2017, 6, 1) / 1000 - 1 });
+    if (!v.movePartition) {
+      expect(back).toBe(0);
+      await ch().command('ALTER TABLE event_payloads_parked DELETE WHERE project_id = {p:String}', { p: a });
+      return;
+    }
+    expect(back).toBe(3);
+    expect(await ids(a)).toEqual(june.map((r) => r.id).sort());
+    expect(await ids(a, 'event_payloads_parked')).toEqual(july.map((r) => r.id).sort());
+    expect(await unparkPartitions(ch(), 'event_payloads', { partitions: [201707] })).toBe(2);
+    expect(await ids(a)).toEqual([...june, ...july].map((r) => r.id).sort());
+    expect(await ids(a, 'event_payloads_parked')).toEqual([]);
   });
 
   it('refuses a table outside the list', async () => {

@@ -1,4 +1,4 @@
--- Raw payload of each event as received, by month: archived to R2, then deleted by id (never by partition).
+-- Raw payload of each event as received, by month: archived to R2, then deleted by id, or by partition when a month holds nothing else (see 0014).
 CREATE TABLE IF NOT EXISTS event_payloads (
   id UUID,
   project_id String,

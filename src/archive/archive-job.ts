@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import type { QueryParams } from '../clickhouse/params';
-import { deleteRows } from '../clickhouse/mutations';
+import { deleteRows, dropPartitionsOf, unparkPartitions } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
@@ -18,14 +18,16 @@ import { isValidMonth, manualArchiveRefusal, monthBoundsMs } from './month';
 import { putChunkCreateOnly, readObject } from './r2';
 
 /** Where the test-only crash seam can stop a chunk: each is a point a real crash may hit. */
-export const ARCHIVE_FAULT_POINTS = ['afterUpload', 'afterManifest', 'afterVerify', 'midClear'] as const;
+export const ARCHIVE_FAULT_POINTS = ['afterUpload', 'afterManifest', 'afterVerify', 'midClear', 'afterMove'] as const;
 
 /**
  * TEST-ONLY crash seam, accepted in job params but never from the admin route: the job stops at
  * `at` while writing chunk `chunk` (default: the first it writes), leaving R2, D1 and ClickHouse
  * exactly as a crash there would. `midClear` stops in the clear that covers chunk `chunk` (one
  * delete for every chunk its job chunk verified): it deletes the first half of those payloads (by
- * event time), then stops. It fires on a job's first attempt only (before any retry): `fail` fails the job at once
+ * event time), then stops. `afterMove` stops a clear by partition drop (`dropPartitionsOf`) right
+ * after the month's partition was moved aside, before anything went back or was dropped (servers
+ * that cannot move a partition never get there). It fires on a job's first attempt only (before any retry): `fail` fails the job at once
  * (re-run it with a new job or a retry), `retry` throws an ordinary error the engine retries.
  */
 export const ArchiveFaults = z.object({
@@ -157,6 +159,22 @@ async function idsInClickHouse(run: Run, ids: readonly string[], fromMs: number,
 }
 
 /**
+ * Deletes the payloads `where` names (verified chunks' rows). A month that holds nothing else
+ * (every project's payloads of it archived) loses its whole partition at once where the server can
+ * do that without racing a writer; one shared with other rows loses just these. `chunks`: the
+ * chunks whose clear this is, for the test seam.
+ */
+async function clearPayloads(run: Run, where: string, params: QueryParams, chunks: readonly number[] = []): Promise<void> {
+  const afterMove = () => {
+    const message = chunks.map((n) => crashPoint(run, 'afterMove', n)).find((m) => m !== null);
+    if (message) crash(run, message);
+  };
+  const drop = await dropPartitionsOf(run.ch, 'event_payloads', where, params, afterMove);
+  if (drop.dropped) log('archive: partition dropped, it held nothing but archived payloads', { job: run.jobId, month: run.p.month, partitions: drop.dropped });
+  else await deleteRows(run.ch, 'event_payloads', where, params);
+}
+
+/**
  * Deletes exactly `ids` (events of `[fromMs, toMs]`) from event_payloads: the ids go to the
  * `archive_ids` scratch table first, since a mutation cannot read the request's external data, and
  * the delete checks that none is left. Deleting an id that is already gone is a no-op.
@@ -171,7 +189,7 @@ async function clearIds(run: Run, number: number, ids: readonly string[], fromMs
     ids.map((id) => ({ batch, id })),
   );
   const w = timeWhere(fromMs, toMs);
-  await deleteRows(run.ch, 'event_payloads', `${w.sql} AND id IN (SELECT id FROM archive_ids WHERE batch = {b:String})`, { p: run.p.projectId, ...w.params, b: batch });
+  await clearPayloads(run, `${w.sql} AND id IN (SELECT id FROM archive_ids WHERE batch = {b:String})`, { p: run.p.projectId, ...w.params, b: batch });
   await run.ch.command('ALTER TABLE archive_ids DROP PARTITION {b:String}', { b: batch });
   const left = await idsInClickHouse(run, ids, fromMs, toMs);
   if (left.length) throw new Error(`${left.length} payloads of chunk ${batch} are still in ClickHouse after their delete; the retry clears them`);
@@ -238,7 +256,7 @@ async function clearSlice(run: Run, slice: Slice): Promise<void> {
     await deleteRows(run.ch, 'event_payloads', `${w.sql} AND ${inBatch} AND created_at_ms <= {cut:Int64}`, { ...params, cut });
     crash(run, midClear);
   }
-  await deleteRows(run.ch, 'event_payloads', `${w.sql} AND ${inBatch}`, params);
+  await clearPayloads(run, `${w.sql} AND ${inBatch}`, params, slice.chunks.map((c) => c.number));
   const [left] = await run.ch.query<{ n: number }>(`SELECT count() AS n FROM event_payloads WHERE ${w.sql} AND ${inBatch}`, params);
   if (Number(left?.n ?? 0) > 0) {
     throw new Error(`${left!.n} payloads of chunks ${slice.chunks.map((c) => c.number).join(', ')} are still in ClickHouse after their delete; the retry clears them`);
@@ -690,8 +708,13 @@ export const archiveRunner: JobRunner = {
       done,
     });
 
-    // A cut-short step may have left an object it never recorded.
-    if (planning || job.verifyWrites) await removeOrphans(run);
+    // A cut-short step may have left an object it never recorded, or the month's payloads parked
+    // in the middle of a partition drop (back they go: the chunks' clear deletes them again).
+    if (planning || job.verifyWrites) {
+      const unparked = await unparkPartitions(run.ch, 'event_payloads', dateTimeBounds(run.startMs, run.endMs - 1));
+      if (unparked) log('archive: payloads a cut-short partition drop left parked were moved back', { job: run.jobId, month: p.month, rows: unparked });
+      await removeOrphans(run);
+    }
 
     let before: number;
     let total: number;

@@ -80,6 +80,8 @@ export interface ServerVersion {
   nativeParams: boolean;
   /** `DELETE FROM` (lightweight delete) and `mutations_sync`. */
   lightweightDelete: boolean;
+  /** `ALTER TABLE … MOVE PARTITION … TO TABLE` (20.1+). */
+  movePartition: boolean;
 }
 
 export function parseVersion(text: string): ServerVersion {
@@ -89,6 +91,7 @@ export function parseVersion(text: string): ServerVersion {
     minor,
     nativeParams: major > 19 || (major === 19 && minor >= 15),
     lightweightDelete: major > 22 || (major === 22 && minor >= 8),
+    movePartition: major >= 20,
   };
 }
 

@@ -1,6 +1,8 @@
 // Deleting rows, the one place where the two ClickHouse generations differ in kind: a lightweight
 // `DELETE FROM` that returns when done (22.8+), or an `ALTER TABLE … DELETE` mutation (18.16) whose
-// end is awaited in `system.mutations`. Either way the caller's rows are gone when this returns.
+// end is awaited in `system.mutations`. Either way the caller's rows are gone when this returns. A
+// partition that holds nothing but the rows to delete is dropped instead where that can be done
+// without racing a writer (20.1+: `MOVE PARTITION … TO TABLE`).
 import type { ClickHouse } from './client';
 import type { QueryParams } from './params';
 
@@ -34,17 +36,94 @@ const POLL_MAX_MS = 1000;
 export async function deleteRows(ch: ClickHouse, table: DeletableTable, where: string, params: QueryParams, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
   if (!DELETABLE_TABLES.includes(table)) throw new TypeError(`rows cannot be deleted from ${table}`);
   const v = await ch.version();
-  if (v.lightweightDelete) {
-    // Synchronous on every replica before the statement returns.
-    await ch.command(`DELETE FROM ${table} WHERE ${where}`, params, { lightweight_deletes_sync: 2, mutations_sync: 2 });
-    return;
+  // A parked partition is still the table's (it goes back unless it is dropped): its rows go too.
+  const parking = v.movePartition ? PARKING[table as PartitionedTable] : undefined;
+  for (const t of parking ? [table, parking] : [table]) {
+    if (v.lightweightDelete) {
+      // Synchronous on every replica before the statement returns.
+      await ch.command(`DELETE FROM ${t} WHERE ${where}`, params, { lightweight_deletes_sync: 2, mutations_sync: 2 });
+    } else {
+      await ch.command(`ALTER TABLE ${t} DELETE WHERE ${where}`, params);
+      await waitForMutations(ch, t, timeoutMs);
+    }
   }
-  await ch.command(`ALTER TABLE ${table} DELETE WHERE ${where}`, params);
-  await waitForMutations(ch, table, timeoutMs);
+}
+
+/** Tables whose partitions `dropPartitionsOf` may drop, each with the table where a partition waits meanwhile. */
+const PARKING = { event_payloads: 'event_payloads_parked' } as const;
+export type PartitionedTable = keyof typeof PARKING;
+/** The partition key of each such table (as its DDL declares it). */
+const PARTITION_KEY: Record<PartitionedTable, string> = { event_payloads: 'toYYYYMM(created_at)' };
+
+/** What `dropPartitionsOf` did: the partitions it dropped, or why it dropped none (the caller deletes rows instead). */
+export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'unsupported' | 'shared' | 'empty' };
+
+/**
+ * Deletes the rows of `table` matching `where` by dropping their partitions, when each partition
+ * holding one of them holds nothing else; otherwise does nothing and says why. A drop is never raced
+ * by a writer: each partition is first moved, at once, to the table's parking table (a write that
+ * lands after the check goes into a new part of `table`, or was moved with the rest), the moved rows
+ * that do not match `where` go back, and only then is the parked partition dropped. `afterMove` runs
+ * between the move and the rest (a crash there leaves the rows parked: `unparkPartitions` brings
+ * them back, and deleteRows deletes parked rows too). `where` may name other tables, not external data.
+ */
+export async function dropPartitionsOf(
+  ch: ClickHouse,
+  table: PartitionedTable,
+  where: string,
+  params: QueryParams,
+  afterMove?: (partitions: number[]) => Promise<void> | void,
+): Promise<PartitionDrop> {
+  const parking = PARKING[table];
+  if (!parking) throw new TypeError(`partitions of ${table} cannot be dropped`);
+  if (!(await ch.version()).movePartition) return { dropped: null, reason: 'unsupported' };
+  const key = PARTITION_KEY[table];
+  const parts = await ch.query<{ part: number | string; rows: number | string; matching: number | string }>(
+    `SELECT ${key} AS part, count() AS rows, countIf(${where}) AS matching FROM ${table}
+      WHERE ${key} IN (SELECT DISTINCT ${key} FROM ${table} WHERE ${where}) GROUP BY part ORDER BY part`,
+    params,
+  );
+  if (!parts.length) return { dropped: null, reason: 'empty' };
+  if (parts.some((p) => Number(p.rows) !== Number(p.matching))) return { dropped: null, reason: 'shared' };
+  const partitions = parts.map((p) => Number(p.part));
+  // A move cut short earlier: its rows go back first, so that what this one parks is all it checked.
+  await unparkPartitions(ch, table, { partitions });
+  for (const part of partitions) await ch.command(`ALTER TABLE ${table} MOVE PARTITION {part:UInt32} TO TABLE ${parking}`, { part });
+  await afterMove?.(partitions);
+  for (const part of partitions) {
+    // Written between the check and the move: not the caller's to delete.
+    await ch.command(`INSERT INTO ${table} SELECT * FROM ${parking} WHERE ${key} = {part:UInt32} AND NOT (${where})`, { ...params, part });
+    await ch.command(`ALTER TABLE ${parking} DROP PARTITION {part:UInt32}`, { part });
+  }
+  return { dropped: partitions };
+}
+
+/** Which parked partitions `unparkPartitions` moves back: these, or those holding rows of an event-time range (epoch seconds). */
+export type ParkedScope = { partitions: readonly number[] } | { fromSec: number; toSec: number };
+
+/**
+ * Moves back every row of the parked partitions in `scope` that a cut-short `dropPartitionsOf` left
+ * there: nothing parked is lost, and what should have gone is deleted again by the caller's next
+ * run. Returns the rows moved back.
+ */
+export async function unparkPartitions(ch: ClickHouse, table: PartitionedTable, scope: ParkedScope): Promise<number> {
+  if (!(await ch.version()).movePartition) return 0;
+  const parking = PARKING[table];
+  const key = PARTITION_KEY[table];
+  const where = 'partitions' in scope ? `${key} IN {parts:Array(UInt32)}` : 'created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})';
+  const params = 'partitions' in scope ? { parts: [...scope.partitions] } : scope;
+  const left = await ch.query<{ part: number | string; rows: number | string }>(`SELECT ${key} AS part, count() AS rows FROM ${parking} WHERE ${where} GROUP BY part`, params);
+  let moved = 0;
+  for (const { part, rows } of left) {
+    await ch.command(`INSERT INTO ${table} SELECT * FROM ${parking} WHERE ${key} = {part:UInt32}`, { part: Number(part) });
+    await ch.command(`ALTER TABLE ${parking} DROP PARTITION {part:UInt32}`, { part: Number(part) });
+    moved += Number(rows);
+  }
+  return moved;
 }
 
 /** Waits until `table` has no unfinished mutation (18.16 has no `mutations_sync`). */
-export async function waitForMutations(ch: ClickHouse, table: DeletableTable, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
+export async function waitForMutations(ch: ClickHouse, table: string, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
   const started = Date.now();
   const deadline = started + timeoutMs;
   for (let delay = POLL_FIRST_MS; ; delay = Math.min(delay * 2, Date.now() - started < QUICK_POLL_FOR_MS ? QUICK_POLL_MAX_MS : POLL_MAX_MS)) {
