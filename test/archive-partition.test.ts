@@ -6,7 +6,8 @@
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import type { ArchiveRow } from '../src/archive/chunk';
-import { archiveMonth, chunksOf, expectConverged, insertRows, makeRows, payloadsInClickHouse, runArchiveJob } from './archive-helpers';
+import { archiveMonth, chunksOf, expectConverged, insertRows, listArchives, makeRows, payloadsInClickHouse, runArchiveJob } from './archive-helpers';
+import { startErasure, waitFinished } from './erasure-fixtures';
 import { ch, createProject } from './helpers';
 
 /** Live rows of one partition of a table, and its active parts (none once it was dropped). */
@@ -86,6 +87,9 @@ describe(`archive clears by partition on ClickHouse ${env.TEST_CLICKHOUSE_GENERA
     ]);
     expect((await payloadsInClickHouse(projectId, '2019-05')).size).toBe(0);
     expect(await partition('event_payloads_parked', '2019-05')).toMatchObject({ rows: 7 });
+    // Parked payloads still count as the month's, waiting: the month shows partial, and the sweep sees it.
+    const listed = await listArchives(`?projectId=${projectId}&month=2019-05`);
+    expect(listed.body.archives).toEqual([expect.objectContaining({ state: 'partial', chunks: 3, pendingRows: 7 })]);
     // Rows written between the check and the move went aside with the rest: a late one of this
     // project (in no chunk) and one of another project.
     const late = makeRows('part-crash-late', 1, Date.parse('2019-05-20T00:00:00.000Z'));
@@ -111,5 +115,29 @@ describe(`archive clears by partition on ClickHouse ${env.TEST_CLICKHOUSE_GENERA
     expect(await expectConverged(projectId, '2019-06')).toEqual(byId(rows));
     expect(await partition('event_payloads', '2019-06')).toMatchObject({ rows: 0 });
     expect(await partition('event_payloads_parked', '2019-06')).toEqual({ rows: 0, parts: 0 });
+  });
+
+  it('an erasure finds, counts and removes a subject\'s payloads that a cut-short drop left parked (26.x)', async () => {
+    const { projectId, rows } = await seed('erase', '2019-07', 9);
+    const movable = (await ch().version()).movePartition;
+    const crashed = await runArchiveJob({ projectId, month: '2019-07', chunkRows: 3, faults: { at: 'afterMove', mode: 'fail' } });
+    if (!movable) {
+      expect(crashed).toMatchObject({ state: 'succeeded', result: { rows: 9 } });
+      return;
+    }
+    expect(crashed).toMatchObject({ state: 'failed', error: expect.stringContaining('afterMove') });
+    expect(await partition('event_payloads_parked', '2019-07')).toMatchObject({ rows: 9 });
+    const gone = rows.filter((r) => r.deviceId === 'dev-1');
+    const erasure = await waitFinished(await startErasure({ projectId, deviceId: 'dev-1' }));
+    expect(erasure).toMatchObject({ state: 'succeeded', result: { clickhouse: { payloads: gone.length }, r2: { rows: gone.length } } });
+    const [left] = await ch().query<{ n: number | string }>(
+      `SELECT count() AS n FROM event_payloads_parked WHERE project_id = {p:String} AND id IN {ids:Array(UUID)}`,
+      { p: projectId, ids: gone.map((r) => r.id) },
+    );
+    expect(Number(left?.n)).toBe(0);
+    // The rest of the month archives as usual afterwards.
+    expect(await archiveMonth(projectId, '2019-07', { chunkRows: 3 })).toMatchObject({ state: 'succeeded' });
+    expect(await expectConverged(projectId, '2019-07')).toEqual(byId(rows.filter((r) => r.deviceId !== 'dev-1')));
+    expect(await partition('event_payloads_parked', '2019-07')).toEqual({ rows: 0, parts: 0 });
   });
 });

@@ -60,14 +60,14 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     await ch().command('ALTER TABLE event_payloads_parked DELETE WHERE project_id = {p:String}', { p: a }, v.lightweightDelete ? { mutations_sync: 2 } : undefined);
   });
 
-  it('drops a partition that holds nothing but the rows to delete (26.x), keeps a row written during the drop, and leaves a shared partition to a row delete', async () => {
+  it('drops a partition that holds nothing but the rows to delete (26.x), keeps a row written after the move, and leaves a shared partition to a row delete', async () => {
     // Months no other test writes: their partitions hold only what this test puts there.
     const soloT0 = Date.UTC(2017, 2, 10);
     const sharedT0 = Date.UTC(2017, 3, 10);
     const a = `mut-drop-a-${crypto.randomUUID()}`;
     const b = `mut-drop-b-${crypto.randomUUID()}`;
     const soloA = Array.from({ length: 6 }, (_, i) => payload(a, i, soloT0));
-    const raceB = payload(b, 100, soloT0);
+    const afterB = payload(b, 100, soloT0);
     const sharedA = Array.from({ length: 3 }, (_, i) => payload(a, i, sharedT0));
     const sharedB = Array.from({ length: 2 }, (_, i) => payload(b, i, sharedT0));
     await ch().insert('event_payloads', [...soloA, ...sharedA, ...sharedB]);
@@ -79,30 +79,55 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(shared).toEqual({ dropped: null, reason: v.movePartition ? 'shared' : 'unsupported' });
     expect(await activeParts('event_payloads', 201704)).toBeGreaterThan(0);
 
-    // The solo month: b's row lands in the partition after the check, while it is moved aside.
+    // The solo month: b's row is written once the partition was moved aside, into a new part.
     let moved: number[] = [];
     const solo = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 }, async (partitions) => {
       moved = partitions;
-      await ch().insert('event_payloads_parked', [raceB]);
+      await ch().insert('event_payloads', [afterB]);
     });
     if (!v.movePartition) {
       expect(solo).toEqual({ dropped: null, reason: 'unsupported' });
+      expect(moved).toEqual([]);
       expect(await ids(a)).toEqual([...soloA, ...sharedA].map((r) => r.id).sort());
       return;
     }
     expect(solo).toEqual({ dropped: [201703] });
     expect(moved).toEqual([201703]);
     expect(await ids(a)).toEqual(sharedA.map((r) => r.id).sort());
-    expect(await ids(b)).toEqual([raceB, ...sharedB].map((r) => r.id).sort());
-    const [back] = await ch().query<{ payload: string }>('SELECT payload FROM event_payloads WHERE id = {id:UUID}', { id: raceB.id });
-    expect(back?.payload).toBe(raceB.payload);
+    expect(await ids(b)).toEqual([afterB, ...sharedB].map((r) => r.id).sort());
     expect(await ids(a, 'event_payloads_parked')).toEqual([]);
-    expect(await ids(b, 'event_payloads_parked')).toEqual([]);
-    // The partition now holds b's row alone: a's rows went with a drop, not with a delete.
+    // The partition holds b's new part alone: a's rows went with their parts, not with a delete.
     expect(await activeParts('event_payloads', 201703)).toBe(1);
+    expect(await activeParts('event_payloads_parked', 201703)).toBe(0);
 
     // Nothing of a's left in that month: no partition to drop.
     expect(await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 })).toEqual({ dropped: null, reason: 'empty' });
+  });
+
+  it('a row written between the check and the move goes aside with the partition and comes back; only the matching rows are gone (26.x)', async () => {
+    const t0 = Date.UTC(2017, 4, 10);
+    const a = `mut-race-a-${crypto.randomUUID()}`;
+    const b = `mut-race-b-${crypto.randomUUID()}`;
+    const rowsA = Array.from({ length: 5 }, (_, i) => payload(a, i, t0));
+    const racing = payload(b, 7, t0);
+    await ch().insert('event_payloads', rowsA);
+    const v = await ch().version();
+    const ofA = 'project_id = {p:String}';
+    // In the parking table the moved parts and the racing row's part look alike: this is what a
+    // write between the check and the move leaves there.
+    const result = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, () => ch().insert('event_payloads_parked', [racing]));
+    if (!v.movePartition) {
+      expect(result).toEqual({ dropped: null, reason: 'unsupported' });
+      expect(await ids(a)).toEqual(rowsA.map((r) => r.id).sort());
+      return;
+    }
+    expect(result).toEqual({ dropped: null, reason: 'raced' });
+    expect(await ids(a)).toEqual([]);
+    expect(await ids(a, 'event_payloads_parked')).toEqual([]);
+    expect(await ids(b)).toEqual([racing.id]);
+    expect(await ids(b, 'event_payloads_parked')).toEqual([]);
+    const [back] = await ch().query<{ payload: string }>('SELECT payload FROM event_payloads WHERE id = {id:UUID}', { id: racing.id });
+    expect(back?.payload).toBe(racing.payload);
   });
 
   it('moves back what a cut-short drop left parked, only in the partitions asked for', async () => {

@@ -169,9 +169,20 @@ async function clearPayloads(run: Run, where: string, params: QueryParams, chunk
     const message = chunks.map((n) => crashPoint(run, 'afterMove', n)).find((m) => m !== null);
     if (message) crash(run, message);
   };
-  const drop = await dropPartitionsOf(run.ch, 'event_payloads', where, params, afterMove);
-  if (drop.dropped) log('archive: partition dropped, it held nothing but archived payloads', { job: run.jobId, month: run.p.month, partitions: drop.dropped });
+  const drop = (await aloneOnMonth(run)) ? await dropPartitionsOf(run.ch, 'event_payloads', where, params, afterMove) : null;
+  if (drop?.dropped) log('archive: partition dropped, it held nothing but archived payloads', { job: run.jobId, month: run.p.month, partitions: drop.dropped });
   else await deleteRows(run.ch, 'event_payloads', where, params);
+}
+
+/**
+ * A partition drop moves the month's rows of every project for a moment: it is tried only while no
+ * other archive or restore job of the month (any project) and no erasure or project deletion (any
+ * project) is under way, so that no two drops of one partition, and no erasure's count, meet.
+ */
+async function aloneOnMonth(run: Run): Promise<boolean> {
+  const monthHolders = await monthJobs(run.env.DB, { types: MONTH_JOB_TYPES, month: run.p.month, holdingOnly: true, limit: 2 });
+  if (monthHolders.some((j) => j.id !== run.jobId)) return false;
+  return (await monthJobs(run.env.DB, { types: ERASURE_JOB_TYPES, holdingOnly: true, limit: 1 })).length === 0;
 }
 
 /**

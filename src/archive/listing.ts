@@ -4,6 +4,7 @@ import { and, desc, gt, inArray, or, sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
+import { withParked } from '../clickhouse/mutations';
 import { getConfig } from '../config';
 import { jobs } from '../db/schema';
 import type { Env } from '../env';
@@ -122,10 +123,13 @@ export async function pendingPayloads(ch: ClickHouse, projectIds: readonly strin
   const endMs = monthBoundsMs(toMonth).endMs;
   const rows = await ch.query<{ project_id: string; ym: number; n: number }>(
     `SELECT project_id, toYYYYMM(toDateTime(intDiv(created_at_ms, 1000), 'UTC')) AS ym, uniqExact(id) AS n
-       FROM event_payloads
-      WHERE project_id IN (SELECT value FROM projects)
-        AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
-        AND created_at_ms >= {startMs:Int64} AND created_at_ms < {endMs:Int64}
+       FROM ${withParked(
+         'event_payloads',
+         'project_id, created_at_ms, id',
+         `project_id IN (SELECT value FROM projects)
+          AND created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})
+          AND created_at_ms >= {startMs:Int64} AND created_at_ms < {endMs:Int64}`,
+       )} AS payloads
       GROUP BY project_id, ym`,
     { ...dateTimeBounds(startMs, endMs - 1), startMs, endMs },
     { projects: projectIds },

@@ -4,6 +4,7 @@ import { inArray, isNotNull } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { clickhouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
+import { withParked } from '../clickhouse/mutations';
 import { getConfig } from '../config';
 import { archiveChunks, projects } from '../db/schema';
 import type { Env } from '../env';
@@ -39,8 +40,7 @@ async function duePairs(env: Env, cutoffMs: number): Promise<Array<{ projectId: 
   // Times before 1970 wrap in a DateTime: the sweep leaves them to an archive by hand.
   const rows = await clickhouse(getConfig(env).clickhouse).query<{ project_id: string; ym: number }>(
     `SELECT project_id, toYYYYMM(toDateTime(intDiv(created_at_ms, 1000), 'UTC')) AS ym
-       FROM event_payloads
-      WHERE created_at <= toDateTime({toSec:Int64}) AND created_at_ms >= 0 AND created_at_ms < {cutoffMs:Int64}
+       FROM ${withParked('event_payloads', 'project_id, created_at_ms', 'created_at <= toDateTime({toSec:Int64}) AND created_at_ms >= 0 AND created_at_ms < {cutoffMs:Int64}')} AS payloads
       GROUP BY project_id, ym
       ORDER BY ym, project_id
       LIMIT 5000`,

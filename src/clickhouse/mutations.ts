@@ -36,17 +36,20 @@ const POLL_MAX_MS = 1000;
 export async function deleteRows(ch: ClickHouse, table: DeletableTable, where: string, params: QueryParams, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
   if (!DELETABLE_TABLES.includes(table)) throw new TypeError(`rows cannot be deleted from ${table}`);
   const v = await ch.version();
-  // A parked partition is still the table's (it goes back unless it is dropped): its rows go too.
+  // A parked partition is still the table's (it goes back unless it is dropped): its rows go too,
+  // first, so that none can be moved back behind this delete.
   const parking = v.movePartition ? PARKING[table as PartitionedTable] : undefined;
-  for (const t of parking ? [table, parking] : [table]) {
-    if (v.lightweightDelete) {
-      // Synchronous on every replica before the statement returns.
-      await ch.command(`DELETE FROM ${t} WHERE ${where}`, params, { lightweight_deletes_sync: 2, mutations_sync: 2 });
-    } else {
-      await ch.command(`ALTER TABLE ${t} DELETE WHERE ${where}`, params);
-      await waitForMutations(ch, t, timeoutMs);
-    }
+  for (const t of parking ? [parking, table] : [table]) await deleteFrom(ch, t, where, params, timeoutMs);
+}
+
+async function deleteFrom(ch: ClickHouse, table: string, where: string, params: QueryParams, timeoutMs = MUTATION_TIMEOUT_MS): Promise<void> {
+  if ((await ch.version()).lightweightDelete) {
+    // Synchronous on every replica before the statement returns.
+    await ch.command(`DELETE FROM ${table} WHERE ${where}`, params, { lightweight_deletes_sync: 2, mutations_sync: 2 });
+    return;
   }
+  await ch.command(`ALTER TABLE ${table} DELETE WHERE ${where}`, params);
+  await waitForMutations(ch, table, timeoutMs);
 }
 
 /** Tables whose partitions `dropPartitionsOf` may drop, each with the table where a partition waits meanwhile. */
@@ -55,17 +58,34 @@ export type PartitionedTable = keyof typeof PARKING;
 /** The partition key of each such table (as its DDL declares it). */
 const PARTITION_KEY: Record<PartitionedTable, string> = { event_payloads: 'toYYYYMM(created_at)' };
 
+/**
+ * `table`'s rows that match `where` as a FROM source, parked ones included: a row waits in the
+ * parking table only while a partition drop is under way or after one was cut short, and is still
+ * the table's. (The parking table exists, empty, on servers that never park.) `where` goes into
+ * each branch, where the table's sorting key and partitions serve it.
+ */
+export function withParked(table: PartitionedTable, columns: string, where: string): string {
+  return `(SELECT ${columns} FROM ${table} WHERE ${where} UNION ALL SELECT ${columns} FROM ${PARKING[table]} WHERE ${where})`;
+}
+
 /** What `dropPartitionsOf` did: the partitions it dropped, or why it dropped none (the caller deletes rows instead). */
-export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'unsupported' | 'shared' | 'empty' };
+export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'unsupported' | 'shared' | 'empty' | 'raced' };
 
 /**
  * Deletes the rows of `table` matching `where` by dropping their partitions, when each partition
- * holding one of them holds nothing else; otherwise does nothing and says why. A drop is never raced
- * by a writer: each partition is first moved, at once, to the table's parking table (a write that
- * lands after the check goes into a new part of `table`, or was moved with the rest), the moved rows
- * that do not match `where` go back, and only then is the parked partition dropped. `afterMove` runs
- * between the move and the rest (a crash there leaves the rows parked: `unparkPartitions` brings
- * them back, and deleteRows deletes parked rows too). `where` may name other tables, not external data.
+ * holding one of them holds nothing else; otherwise does nothing and says why. Nothing but rows
+ * matching `where` is ever destroyed, whatever writes or other drops run beside it:
+ *
+ * 1. each such partition is moved, at once, to the table's parking table (`MOVE PARTITION … TO
+ *    TABLE`: a write that lands after the move goes into a new part of `table`);
+ * 2. the parts that arrived there are read by name, and dropped part by part (`DROP PART`) only if
+ *    none of their rows fails `where` (a write that landed between the check and the move would);
+ * 3. otherwise (or when a part changed meanwhile) the matching rows are deleted from the parking
+ *    table and the partition is moved back, at once.
+ *
+ * `afterMove` runs between 1 and 2; a crash anywhere leaves rows parked, and `unparkPartitions`
+ * (run first by every drop, and by the caller's next run) moves them back. `where` may name other
+ * tables, not external data.
  */
 export async function dropPartitionsOf(
   ch: ClickHouse,
@@ -78,33 +98,54 @@ export async function dropPartitionsOf(
   if (!parking) throw new TypeError(`partitions of ${table} cannot be dropped`);
   if (!(await ch.version()).movePartition) return { dropped: null, reason: 'unsupported' };
   const key = PARTITION_KEY[table];
-  const parts = await ch.query<{ part: number | string; rows: number | string; matching: number | string }>(
-    `SELECT ${key} AS part, count() AS rows, countIf(${where}) AS matching FROM ${table}
-      WHERE ${key} IN (SELECT DISTINCT ${key} FROM ${table} WHERE ${where}) GROUP BY part ORDER BY part`,
-    params,
-  );
-  if (!parts.length) return { dropped: null, reason: 'empty' };
-  if (parts.some((p) => Number(p.rows) !== Number(p.matching))) return { dropped: null, reason: 'shared' };
-  const partitions = parts.map((p) => Number(p.part));
-  // A move cut short earlier: its rows go back first, so that what this one parks is all it checked.
+  const holding = await ch.query<{ part: number | string }>(`SELECT DISTINCT ${key} AS part FROM ${table} WHERE ${where}`, params);
+  if (!holding.length) return { dropped: null, reason: 'empty' };
+  const partitions = holding.map((p) => Number(p.part)).sort((a, b) => a - b);
+  // Rows a cut-short drop left parked come back first, and count in the check like any other.
   await unparkPartitions(ch, table, { partitions });
+  const parts = await ch.query<{ part: number | string; rows: number | string; matching: number | string }>(
+    `SELECT ${key} AS part, count() AS rows, countIf(${where}) AS matching FROM ${table} WHERE ${key} IN {parts:Array(UInt32)} GROUP BY part`,
+    { ...params, parts: partitions },
+  );
+  if (parts.some((p) => Number(p.rows) !== Number(p.matching))) return { dropped: null, reason: 'shared' };
   for (const part of partitions) await ch.command(`ALTER TABLE ${table} MOVE PARTITION {part:UInt32} TO TABLE ${parking}`, { part });
   await afterMove?.(partitions);
+  let raced = false;
   for (const part of partitions) {
-    // Written between the check and the move: not the caller's to delete.
-    await ch.command(`INSERT INTO ${table} SELECT * FROM ${parking} WHERE ${key} = {part:UInt32} AND NOT (${where})`, { ...params, part });
-    await ch.command(`ALTER TABLE ${parking} DROP PARTITION {part:UInt32}`, { part });
+    const names = (
+      await ch.query<{ name: string }>(
+        `SELECT name FROM system.parts WHERE database = currentDatabase() AND table = {t:String} AND partition_id = toString({part:UInt32}) AND active`,
+        { t: parking, part },
+      )
+    ).map((r) => r.name);
+    const [other] = names.length
+      ? await ch.query<{ n: number | string }>(`SELECT count() AS n FROM ${parking} WHERE _part IN {names:Array(String)} AND NOT (${where})`, { ...params, names })
+      : [{ n: 0 }];
+    let dropped = Number(other?.n ?? 0) === 0;
+    if (dropped) {
+      try {
+        for (const name of names) await ch.command(`ALTER TABLE ${parking} DROP PART {name:String}`, { name });
+      } catch {
+        // A part merged or rewritten since it was read: left to the way back below.
+        dropped = false;
+      }
+    }
+    if (!dropped) {
+      raced = true;
+      await deleteFrom(ch, parking, where, params);
+      await ch.command(`ALTER TABLE ${parking} MOVE PARTITION {part:UInt32} TO TABLE ${table}`, { part });
+    }
   }
-  return { dropped: partitions };
+  return raced ? { dropped: null, reason: 'raced' } : { dropped: partitions };
 }
 
 /** Which parked partitions `unparkPartitions` moves back: these, or those holding rows of an event-time range (epoch seconds). */
 export type ParkedScope = { partitions: readonly number[] } | { fromSec: number; toSec: number };
 
 /**
- * Moves back every row of the parked partitions in `scope` that a cut-short `dropPartitionsOf` left
- * there: nothing parked is lost, and what should have gone is deleted again by the caller's next
- * run. Returns the rows moved back.
+ * Moves back, at once (`MOVE PARTITION`), every parked partition in `scope` that holds rows: a
+ * cut-short `dropPartitionsOf` left them there. Nothing parked is lost, and what should have gone
+ * is deleted again by the caller's next run. Returns the rows moved back.
  */
 export async function unparkPartitions(ch: ClickHouse, table: PartitionedTable, scope: ParkedScope): Promise<number> {
   if (!(await ch.version()).movePartition) return 0;
@@ -115,8 +156,7 @@ export async function unparkPartitions(ch: ClickHouse, table: PartitionedTable, 
   const left = await ch.query<{ part: number | string; rows: number | string }>(`SELECT ${key} AS part, count() AS rows FROM ${parking} WHERE ${where} GROUP BY part`, params);
   let moved = 0;
   for (const { part, rows } of left) {
-    await ch.command(`INSERT INTO ${table} SELECT * FROM ${parking} WHERE ${key} = {part:UInt32}`, { part: Number(part) });
-    await ch.command(`ALTER TABLE ${parking} DROP PARTITION {part:UInt32}`, { part: Number(part) });
+    await ch.command(`ALTER TABLE ${parking} MOVE PARTITION {part:UInt32} TO TABLE ${table}`, { part: Number(part) });
     moved += Number(rows);
   }
   return moved;

@@ -2,7 +2,7 @@
 // names both device and profile), counted and deleted, and what its device objects are told to clear.
 import { monthOfMs } from '../archive/month';
 import type { ClickHouse } from '../clickhouse/client';
-import { deleteRows, type DeletableTable } from '../clickhouse/mutations';
+import { deleteRows, withParked, type DeletableTable } from '../clickhouse/mutations';
 import type { QueryParams } from '../clickhouse/params';
 import { dateTimeBounds } from '../clickhouse/time';
 import type { SubjectLookup } from '../pipeline/dead-letter-erasure';
@@ -68,7 +68,9 @@ function tableWhere(s: Subject, table: EventTable): string {
 const DELETE_ORDER: readonly EventTable[] = ['event_payloads', 'profile_ops', 'sessions', 'legacy_id_map', 'events'];
 
 async function countWhere(ch: ClickHouse, table: string, where: string, params: QueryParams): Promise<number> {
-  const [row] = await ch.query<{ n: number | string }>(`SELECT uniqExact(id) AS n FROM ${table} WHERE ${where}`, params);
+  // Payloads moved aside by a partition drop under way (or cut short) are still there to erase.
+  const from = table === 'event_payloads' ? `${withParked('event_payloads', 'id', where)} AS rows` : `${table} WHERE ${where}`;
+  const [row] = await ch.query<{ n: number | string }>(`SELECT uniqExact(id) AS n FROM ${from}`, params);
   return Number(row?.n ?? 0);
 }
 
