@@ -5,7 +5,7 @@ import { parseVersion } from '../src/clickhouse/client';
 import { bindParams } from '../src/clickhouse/params';
 import { correctClockSkew, normalizeEvent, NO_GEO } from '../src/ingest/normalize';
 import { checkPropertiesShape } from '../src/ingest/wire';
-import { hash128, uuidv7At, uuidv7Time } from '../src/lib/ids';
+import { hash128, hash128Joined, uuidv7At, uuidv7Time } from '../src/lib/ids';
 import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 
 describe('typed query parameters', () => {
@@ -72,6 +72,28 @@ describe('ids and property shape', () => {
     expect(uuidv7At(t, hash128('citylens:42'))).toBe(id);
     expect(uuidv7At(t, hash128('citylens:43'))).not.toBe(id);
     expect(uuidv7Time(id)).toBe(t);
+  });
+
+  it('keeps the hash and the UUIDv7 of stored ids exactly as they were (the values are part of stored ids)', () => {
+    expect(hash128('')).toBe('1aee8d83488bdcb8583afc3ba650c329');
+    expect(hash128('citylens:42')).toBe('3daea090260cbbb64f88ef78df9079a3');
+    expect(hash128('e:evt-1')).toBe('ac5e7809b8572f3f815a58edee7d2518');
+    expect(hash128('h:track\u0000page_view\u00001764000000000\u0000\u0000{"a":1,"é":"😀"}')).toBe('1cb26eaae831911308f23c5e771db4e6');
+    expect(hash128('x'.repeat(1000))).toBe('aee5273b819a79420a49135554ec196d');
+    expect(uuidv7At(1764000000123, hash128('citylens:42'))).toBe('019ab697-e87b-73da-aea0-90260cbbb64f');
+    expect(uuidv7At(0, 'f'.repeat(32))).toBe('00000000-0000-7fff-bfff-ffffffffffff');
+    expect(uuidv7At(2 ** 48 + 5, '0123456789abcdef0123456789abcdef')).toBe('ffffffff-ffff-7012-b345-6789abcdef01');
+    expect(uuidv7At(1764000000123.7, 'abc')).toBe('019ab697-e87b-7abc-8000-000000000000');
+    expect(uuidv7At(-5, '0123456789ABCDEF0123456789abcdef')).toBe('00000000-0000-7012-b345-6789ABCDEF01');
+  });
+
+  it('hashes parts as their U+0000-joined text, without joining them', () => {
+    const samples = [[''], ['', ''], ['a', 'b'], ['track', 'page_view', '1764000000000', '', '{"a":1,"é":"😀"}'], ['p', 'd\u0000x', 'e:1'], ['x'.repeat(300), '', 'y']];
+    for (const parts of samples) expect(hash128Joined(parts)).toBe(hash128(parts.join('\u0000')));
+    for (let n = 0; n < 200; n++) {
+      const parts = Array.from({ length: 1 + (n % 5) }, (_, i) => String.fromCharCode(...Array.from({ length: (n * 7 + i * 13) % 40 }, (_, j) => (n * 31 + i * 17 + j * 101) % 0xffff)));
+      expect(hash128Joined(parts)).toBe(hash128(parts.join('\u0000')));
+    }
   });
 
   it('refuses prototype keys and deep nesting at any depth', () => {

@@ -1,7 +1,7 @@
 // Pure core of the ingestion path: one wire row in, one normalised event or a per-row rejection out.
 import { z } from 'zod';
 import { checkPositionProperties, POSITION_EVENT_NAME } from '../fleet/position';
-import { hash128 } from '../lib/ids';
+import { hash128Joined } from '../lib/ids';
 import { checkPropertiesShape, MAX_EVENT_BYTES, MAX_PROPERTY_DEPTH, ReservedProperties, WireEvent, type EventType } from './wire';
 
 /** How deep an app's own row may nest: the depth properties may have, plus the levels around them in a row. */
@@ -226,7 +226,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
   const profileId = 'profileId' in event.payload && event.payload.profileId !== undefined ? event.payload.profileId : '';
   const dedupKey = __eventId
     ? `e:${__eventId}`
-    : `h:${hash128(`${event.type}\u0000${name}\u0000${clientTimeMs ?? `r${ctx.receivedAtMs}:${index}`}\u0000${profileId}\u0000${propertiesJson}`)}`;
+    : `h:${hash128Joined([event.type, name, clientTimeMs === undefined ? `r${ctx.receivedAtMs}:${index}` : String(clientTimeMs), profileId, propertiesJson])}`;
 
   return {
     ok: true,

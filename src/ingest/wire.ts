@@ -8,26 +8,32 @@ export const MAX_PROPERTY_DEPTH = 8;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
 /**
- * Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold, without recursion
- * limits of the runtime. `forbidKeys: false` for a value only ever stored as text (a tracker app's
+ * Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold; it never goes more
+ * than `maxDepth` + 1 levels down, however deep the value. `forbidKeys: false` for a value only ever stored as text (a tracker app's
  * row as received), where such keys are harmless.
  */
-export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH, { forbidKeys = true } = {}): string | null {
-  const stack: Array<[unknown, number]> = [[value, 0]];
-  while (stack.length) {
-    const [v, depth] = stack.pop()!;
-    // JSON.parse reads 1e400 as Infinity, which would be stored as null: refused, not changed.
-    if (typeof v === 'number' && !Number.isFinite(v)) return 'a number beyond the range of a double (about ±1.8e308) cannot be stored';
-    if (v === null || typeof v !== 'object') continue;
-    if (depth > maxDepth) return `properties nested deeper than ${maxDepth} levels`;
-    if (Array.isArray(v)) {
-      for (const item of v) stack.push([item, depth + 1]);
-      continue;
+export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH, options?: { forbidKeys?: boolean }): string | null {
+  return shapeError(value, 0, maxDepth, options?.forbidKeys ?? true);
+}
+
+/** Depth first, by recursion (bounded by `maxDepth`), allocating nothing per value. */
+function shapeError(v: unknown, depth: number, maxDepth: number, forbidKeys: boolean): string | null {
+  // JSON.parse reads 1e400 as Infinity, which would be stored as null: refused, not changed.
+  if (typeof v === 'number') return Number.isFinite(v) ? null : 'a number beyond the range of a double (about ±1.8e308) cannot be stored';
+  if (v === null || typeof v !== 'object') return null;
+  if (depth > maxDepth) return `properties nested deeper than ${maxDepth} levels`;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const err = shapeError(v[i], depth + 1, maxDepth, forbidKeys);
+      if (err) return err;
     }
-    for (const key of Object.keys(v)) {
-      if (forbidKeys && FORBIDDEN_KEYS.has(key)) return `property key "${key}" is not allowed`;
-      stack.push([(v as Record<string, unknown>)[key], depth + 1]);
-    }
+    return null;
+  }
+  for (const key in v) {
+    if (!Object.prototype.hasOwnProperty.call(v, key)) continue;
+    if (forbidKeys && FORBIDDEN_KEYS.has(key)) return `property key "${key}" is not allowed`;
+    const err = shapeError((v as Record<string, unknown>)[key], depth + 1, maxDepth, forbidKeys);
+    if (err) return err;
   }
   return null;
 }
