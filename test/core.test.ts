@@ -6,6 +6,7 @@ import { bindParams } from '../src/clickhouse/params';
 import { correctClockSkew, normalizeEvent, NO_GEO } from '../src/ingest/normalize';
 import { checkPropertiesShape } from '../src/ingest/wire';
 import { hash128, hash128Joined, uuidv7At, uuidv7Time } from '../src/lib/ids';
+import { parseIsoTime } from '../src/lib/iso-time';
 import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
 
 describe('typed query parameters', () => {
@@ -85,6 +86,17 @@ describe('ids and property shape', () => {
     expect(uuidv7At(2 ** 48 + 5, '0123456789abcdef0123456789abcdef')).toBe('ffffffff-ffff-7012-b345-6789abcdef01');
     expect(uuidv7At(1764000000123.7, 'abc')).toBe('019ab697-e87b-7abc-8000-000000000000');
     expect(uuidv7At(-5, '0123456789ABCDEF0123456789abcdef')).toBe('00000000-0000-7012-b345-6789ABCDEF01');
+  });
+
+  it('reads ISO 8601 times exactly as Date.parse does, the common form and every other', () => {
+    const texts = [
+      '2026-11-29T10:11:12.123Z', '2024-02-29T12:00:00.000Z', '2026-02-28T23:59:59.999Z', '2026-03-31T00:00:00.000Z', '1000-01-01T00:00:00.000Z',
+      '0999-11-29T10:11:12.123Z', '0001-01-01T00:00:00.000Z', '9999-12-31T23:59:59.999Z', '2026-11-29T10:11:12Z', '2026-11-29T10:11:12.123+01:00',
+      '2026-11-29T10:11:12.1234Z', '2026-13-01T00:00:00.000Z', '2026-11-29T10:60:00.000Z', '2026-11-29T24:00:00.000Z', '2026x11-29T10:11:12.123Z',
+      '2026-11-29 10:11:12.123Z', '2026-11-29T10:11:12,123Z', '2026-11-29T10:11:12.12aZ', '', 'not a time',
+    ];
+    for (let i = 0; i < 5000; i++) texts.push(new Date(-62e9 + i * 1_299_817_019_101 + (i % 997)).toISOString());
+    for (const t of texts) expect([t, parseIsoTime(t)]).toEqual([t, Date.parse(t)]);
   });
 
   it('hashes parts as their U+0000-joined text, without joining them', () => {

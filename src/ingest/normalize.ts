@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { checkPositionProperties, POSITION_EVENT_NAME } from '../fleet/position';
 import { hash128Joined } from '../lib/ids';
+import { parseIsoTime } from '../lib/iso-time';
 import { checkPropertiesShape, MAX_EVENT_BYTES, MAX_PROPERTY_DEPTH, ReservedProperties, WireEvent, type EventType } from './wire';
 
 /** How deep an app's own row may nest: the depth properties may have, plus the levels around them in a row. */
@@ -189,7 +190,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
 
   let clientTimeMs: number | undefined;
   if (__timestamp !== undefined) {
-    clientTimeMs = typeof __timestamp === 'number' ? __timestamp : Date.parse(__timestamp);
+    clientTimeMs = typeof __timestamp === 'number' ? __timestamp : parseIsoTime(__timestamp);
     if (!Number.isFinite(clientTimeMs)) return reject('validation', '__timestamp is not a valid time');
   }
   let createdAtMs = correctClockSkew(clientTimeMs, ctx);
