@@ -81,9 +81,11 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
 
     // The solo month: b's row is written once the partition was moved aside, into a new part.
     let moved: number[] = [];
-    const solo = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 }, async (partitions) => {
-      moved = partitions;
-      await ch().insert('event_payloads', [afterB]);
+    const solo = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a, from: soloT0, to: soloT0 + 1000 }, {
+      afterMove: async (partitions) => {
+        moved = partitions;
+        await ch().insert('event_payloads', [afterB]);
+      },
     });
     if (!v.movePartition) {
       expect(solo).toEqual({ dropped: null, reason: 'unsupported' });
@@ -115,7 +117,7 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     const ofA = 'project_id = {p:String}';
     // In the parking table the moved parts and the racing row's part look alike: this is what a
     // write between the check and the move leaves there.
-    const result = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, () => ch().insert('event_payloads_parked', [racing]));
+    const result = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, { afterMove: () => ch().insert('event_payloads_parked', [racing]) });
     if (!v.movePartition) {
       expect(result).toEqual({ dropped: null, reason: 'unsupported' });
       expect(await ids(a)).toEqual(rowsA.map((r) => r.id).sort());
@@ -128,6 +130,41 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(await ids(b, 'event_payloads_parked')).toEqual([]);
     const [back] = await ch().query<{ payload: string }>('SELECT payload FROM event_payloads WHERE id = {id:UUID}', { id: racing.id });
     expect(back?.payload).toBe(racing.payload);
+  });
+
+  it('drops only the parts it checked: a part merged meanwhile sends the clear the long way, a part that arrives meanwhile stays parked until moved back (26.x)', async () => {
+    const v = await ch().version();
+    const a = `mut-parts-a-${crypto.randomUUID()}`;
+    const b = `mut-parts-b-${crypto.randomUUID()}`;
+    const ofA = 'project_id = {p:String}';
+
+    // A merge of the parked parts between the check and the drop: no part of that name is left.
+    const merged = Array.from({ length: 4 }, (_, i) => payload(a, i, Date.UTC(2017, 7, 10)));
+    await ch().insert('event_payloads', merged.slice(0, 2));
+    await ch().insert('event_payloads', merged.slice(2));
+    const first = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, {
+      beforeDrop: (part) => ch().command('OPTIMIZE TABLE event_payloads_parked PARTITION {part:UInt32} FINAL', { part }),
+    });
+    if (!v.movePartition) {
+      expect(first).toEqual({ dropped: null, reason: 'unsupported' });
+      return;
+    }
+    expect(first).toEqual({ dropped: null, reason: 'raced' });
+    expect(await ids(a)).toEqual([]);
+    expect(await ids(a, 'event_payloads_parked')).toEqual([]);
+
+    // A part that lands in the parking table after the parts were read (another drop's move) is not dropped.
+    const c = `mut-parts-c-${crypto.randomUUID()}`;
+    const mine = Array.from({ length: 3 }, (_, i) => payload(c, i, Date.UTC(2017, 8, 10)));
+    const theirs = payload(b, 9, Date.UTC(2017, 8, 10));
+    await ch().insert('event_payloads', mine);
+    const second = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: c }, { beforeDrop: () => ch().insert('event_payloads_parked', [theirs]) });
+    expect(second).toEqual({ dropped: [201709] });
+    expect(await ids(c)).toEqual([]);
+    expect(await ids(b, 'event_payloads_parked')).toEqual([theirs.id]);
+    expect(await unparkPartitions(ch(), 'event_payloads', { partitions: [201709] })).toBe(1);
+    expect(await ids(b)).toEqual([theirs.id]);
+    expect(await ids(b, 'event_payloads_parked')).toEqual([]);
   });
 
   it('moves back what a cut-short drop left parked, only in the partitions asked for', async () => {

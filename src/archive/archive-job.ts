@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { clickhouse, type ClickHouse } from '../clickhouse/client';
 import type { QueryParams } from '../clickhouse/params';
-import { deleteRows, dropPartitionsOf, unparkPartitions } from '../clickhouse/mutations';
+import { deleteRows, dropPartitionsOf, unparkPartitions, withParked } from '../clickhouse/mutations';
 import { dateTimeBounds } from '../clickhouse/time';
 import { getConfig } from '../config';
 import type { Env } from '../env';
@@ -142,7 +142,7 @@ function timeWhere(fromMs: number, toMs: number) {
 /** Distinct payload ids of the month still in ClickHouse. */
 async function countPending(run: Run, fromMs = run.startMs, toMs = run.endMs - 1): Promise<number> {
   const w = timeWhere(fromMs, toMs);
-  const [r] = await run.ch.query<{ n: number }>(`SELECT uniqExact(id) AS n FROM event_payloads WHERE ${w.sql}`, { p: run.p.projectId, ...w.params });
+  const [r] = await run.ch.query<{ n: number }>(`SELECT uniqExact(id) AS n FROM ${withParked('event_payloads', 'id', w.sql)} AS payloads`, { p: run.p.projectId, ...w.params });
   return Number(r?.n ?? 0);
 }
 
@@ -151,7 +151,7 @@ async function idsInClickHouse(run: Run, ids: readonly string[], fromMs: number,
   if (!ids.length) return [];
   const w = timeWhere(fromMs, toMs);
   const rows = await run.ch.query<{ id: string }>(
-    `SELECT DISTINCT toString(id) AS id FROM event_payloads WHERE ${w.sql} AND toString(id) IN (SELECT value FROM ids)`,
+    `SELECT DISTINCT toString(id) AS id FROM ${withParked('event_payloads', 'id', `${w.sql} AND toString(id) IN (SELECT value FROM ids)`)} AS payloads`,
     { p: run.p.projectId, ...w.params },
     { ids },
   );
@@ -169,7 +169,7 @@ async function clearPayloads(run: Run, where: string, params: QueryParams, chunk
     const message = chunks.map((n) => crashPoint(run, 'afterMove', n)).find((m) => m !== null);
     if (message) crash(run, message);
   };
-  const drop = (await aloneOnMonth(run)) ? await dropPartitionsOf(run.ch, 'event_payloads', where, params, afterMove) : null;
+  const drop = (await aloneOnMonth(run)) ? await dropPartitionsOf(run.ch, 'event_payloads', where, params, { afterMove }) : null;
   if (drop?.dropped) log('archive: partition dropped, it held nothing but archived payloads', { job: run.jobId, month: run.p.month, partitions: drop.dropped });
   else await deleteRows(run.ch, 'event_payloads', where, params);
 }
@@ -268,7 +268,7 @@ async function clearSlice(run: Run, slice: Slice): Promise<void> {
     crash(run, midClear);
   }
   await clearPayloads(run, `${w.sql} AND ${inBatch}`, params, slice.chunks.map((c) => c.number));
-  const [left] = await run.ch.query<{ n: number }>(`SELECT count() AS n FROM event_payloads WHERE ${w.sql} AND ${inBatch}`, params);
+  const [left] = await run.ch.query<{ n: number }>(`SELECT count() AS n FROM ${withParked('event_payloads', 'id', `${w.sql} AND ${inBatch}`)} AS payloads`, params);
   if (Number(left?.n ?? 0) > 0) {
     throw new Error(`${left!.n} payloads of chunks ${slice.chunks.map((c) => c.number).join(', ')} are still in ClickHouse after their delete; the retry clears them`);
   }

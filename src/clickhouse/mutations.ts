@@ -55,6 +55,8 @@ async function deleteFrom(ch: ClickHouse, table: string, where: string, params: 
 /** Tables whose partitions `dropPartitionsOf` may drop, each with the table where a partition waits meanwhile. */
 const PARKING = { event_payloads: 'event_payloads_parked' } as const;
 export type PartitionedTable = keyof typeof PARKING;
+/** Where `event_payloads` rows wait while a partition drop is under way. */
+export const PARKED_PAYLOADS = PARKING.event_payloads;
 /** The partition key of each such table (as its DDL declares it). */
 const PARTITION_KEY: Record<PartitionedTable, string> = { event_payloads: 'toYYYYMM(created_at)' };
 
@@ -83,7 +85,7 @@ export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'un
  * 3. otherwise (or when a part changed meanwhile) the matching rows are deleted from the parking
  *    table and the partition is moved back, at once.
  *
- * `afterMove` runs between 1 and 2; a crash anywhere leaves rows parked, and `unparkPartitions`
+ * `hooks` (tests) run after 1 and just before the parts are dropped; a crash anywhere leaves rows parked, and `unparkPartitions`
  * (run first by every drop, and by the caller's next run) moves them back. `where` may name other
  * tables, not external data.
  */
@@ -92,7 +94,7 @@ export async function dropPartitionsOf(
   table: PartitionedTable,
   where: string,
   params: QueryParams,
-  afterMove?: (partitions: number[]) => Promise<void> | void,
+  hooks: { afterMove?: (partitions: number[]) => Promise<void> | void; beforeDrop?: (part: number, names: readonly string[]) => Promise<void> | void } = {},
 ): Promise<PartitionDrop> {
   const parking = PARKING[table];
   if (!parking) throw new TypeError(`partitions of ${table} cannot be dropped`);
@@ -103,13 +105,14 @@ export async function dropPartitionsOf(
   const partitions = holding.map((p) => Number(p.part)).sort((a, b) => a - b);
   // Rows a cut-short drop left parked come back first, and count in the check like any other.
   await unparkPartitions(ch, table, { partitions });
-  const parts = await ch.query<{ part: number | string; rows: number | string; matching: number | string }>(
-    `SELECT ${key} AS part, count() AS rows, countIf(${where}) AS matching FROM ${table} WHERE ${key} IN {parts:Array(UInt32)} GROUP BY part`,
-    { ...params, parts: partitions },
-  );
-  if (parts.some((p) => Number(p.rows) !== Number(p.matching))) return { dropped: null, reason: 'shared' };
+  // One row outside the clear is enough to say no, and in a shared partition one comes soon.
+  const other = await ch.query<{ one: number }>(`SELECT 1 AS one FROM ${table} WHERE ${key} IN {parts:Array(UInt32)} AND NOT (${where}) LIMIT 1`, {
+    ...params,
+    parts: partitions,
+  });
+  if (other.length) return { dropped: null, reason: 'shared' };
   for (const part of partitions) await ch.command(`ALTER TABLE ${table} MOVE PARTITION {part:UInt32} TO TABLE ${parking}`, { part });
-  await afterMove?.(partitions);
+  await hooks.afterMove?.(partitions);
   let raced = false;
   for (const part of partitions) {
     const names = (
@@ -118,11 +121,13 @@ export async function dropPartitionsOf(
         { t: parking, part },
       )
     ).map((r) => r.name);
-    const [other] = names.length
+    // No part: another run of the same clear moved the partition back meanwhile.
+    const [outside] = names.length
       ? await ch.query<{ n: number | string }>(`SELECT count() AS n FROM ${parking} WHERE _part IN {names:Array(String)} AND NOT (${where})`, { ...params, names })
-      : [{ n: 0 }];
-    let dropped = Number(other?.n ?? 0) === 0;
+      : [{ n: 1 }];
+    let dropped = Number(outside?.n ?? 1) === 0;
     if (dropped) {
+      await hooks.beforeDrop?.(part, names);
       try {
         for (const name of names) await ch.command(`ALTER TABLE ${parking} DROP PART {name:String}`, { name });
       } catch {

@@ -2,7 +2,7 @@
 // names both device and profile), counted and deleted, and what its device objects are told to clear.
 import { monthOfMs } from '../archive/month';
 import type { ClickHouse } from '../clickhouse/client';
-import { deleteRows, withParked, type DeletableTable } from '../clickhouse/mutations';
+import { deleteRows, PARKED_PAYLOADS, type DeletableTable } from '../clickhouse/mutations';
 import type { QueryParams } from '../clickhouse/params';
 import { dateTimeBounds } from '../clickhouse/time';
 import type { SubjectLookup } from '../pipeline/dead-letter-erasure';
@@ -68,10 +68,14 @@ function tableWhere(s: Subject, table: EventTable): string {
 const DELETE_ORDER: readonly EventTable[] = ['event_payloads', 'profile_ops', 'sessions', 'legacy_id_map', 'events'];
 
 async function countWhere(ch: ClickHouse, table: string, where: string, params: QueryParams): Promise<number> {
+  const count = async (from: string) => Number((await ch.query<{ n: number | string }>(`SELECT uniqExact(id) AS n FROM ${from} WHERE ${where}`, params))[0]?.n ?? 0);
+  if (table !== 'event_payloads') return count(table);
   // Payloads moved aside by a partition drop under way (or cut short) are still there to erase.
-  const from = table === 'event_payloads' ? `${withParked('event_payloads', 'id', where)} AS rows` : `${table} WHERE ${where}`;
-  const [row] = await ch.query<{ n: number | string }>(`SELECT uniqExact(id) AS n FROM ${from}`, params);
-  return Number(row?.n ?? 0);
+  // Read main, parked, main: a row that goes aside and back meanwhile is seen in one of them.
+  const before = await count(table);
+  const parked = await count(PARKED_PAYLOADS);
+  const after = await count(table);
+  return Math.max(before, after) + parked;
 }
 
 /** The subject's rows in each table, before they are deleted (the job's result). */
