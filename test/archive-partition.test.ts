@@ -117,7 +117,7 @@ describe(`archive clears by partition on ClickHouse ${env.TEST_CLICKHOUSE_GENERA
     expect(await partition('event_payloads_parked', '2019-06')).toEqual({ rows: 0, parts: 0 });
   });
 
-  it('an erasure finds, counts and removes a subject\'s payloads that a cut-short drop left parked (26.x)', async () => {
+  it('an erasure moves back what a cut-short drop left parked, then counts and removes the subject\'s payloads (26.x)', async () => {
     const { projectId, rows } = await seed('erase', '2019-07', 9);
     const movable = (await ch().version()).movePartition;
     const crashed = await runArchiveJob({ projectId, month: '2019-07', chunkRows: 3, faults: { at: 'afterMove', mode: 'fail' } });
@@ -135,6 +135,9 @@ describe(`archive clears by partition on ClickHouse ${env.TEST_CLICKHOUSE_GENERA
       { p: projectId, ids: gone.map((r) => r.id) },
     );
     expect(Number(left?.n)).toBe(0);
+    // The erasure moved the parked partition back before it counted: the others' payloads wait in ClickHouse.
+    expect(await partition('event_payloads_parked', '2019-07')).toEqual({ rows: 0, parts: 0 });
+    expect(new Set((await payloadsInClickHouse(projectId, '2019-07')).keys())).toEqual(new Set(rows.filter((r) => r.deviceId !== 'dev-1').map((r) => r.id)));
     // The rest of the month archives as usual afterwards.
     expect(await archiveMonth(projectId, '2019-07', { chunkRows: 3 })).toMatchObject({ state: 'succeeded' });
     expect(await expectConverged(projectId, '2019-07')).toEqual(byId(rows.filter((r) => r.deviceId !== 'dev-1')));

@@ -144,8 +144,8 @@ export async function dropPartitionsOf(
   return raced ? { dropped: null, reason: 'raced' } : { dropped: partitions };
 }
 
-/** Which parked partitions `unparkPartitions` moves back: these, or those holding rows of an event-time range (epoch seconds). */
-export type ParkedScope = { partitions: readonly number[] } | { fromSec: number; toSec: number };
+/** Which parked partitions `unparkPartitions` moves back: these, those holding rows of an event-time range (epoch seconds), or all. */
+export type ParkedScope = { partitions: readonly number[] } | { fromSec: number; toSec: number } | 'all';
 
 /**
  * Moves back, at once (`MOVE PARTITION`), every parked partition in `scope` that holds rows: a
@@ -156,8 +156,12 @@ export async function unparkPartitions(ch: ClickHouse, table: PartitionedTable, 
   if (!(await ch.version()).movePartition) return 0;
   const parking = PARKING[table];
   const key = PARTITION_KEY[table];
-  const where = 'partitions' in scope ? `${key} IN {parts:Array(UInt32)}` : 'created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})';
-  const params = 'partitions' in scope ? { parts: [...scope.partitions] } : scope;
+  const [where, params] =
+    scope === 'all'
+      ? ['1', {}]
+      : 'partitions' in scope
+        ? [`${key} IN {parts:Array(UInt32)}`, { parts: [...scope.partitions] }]
+        : ['created_at >= toDateTime({fromSec:Int64}) AND created_at <= toDateTime({toSec:Int64})', scope];
   const left = await ch.query<{ part: number | string; rows: number | string }>(`SELECT ${key} AS part, count() AS rows FROM ${parking} WHERE ${where} GROUP BY part`, params);
   let moved = 0;
   for (const { part, rows } of left) {

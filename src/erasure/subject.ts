@@ -2,7 +2,7 @@
 // names both device and profile), counted and deleted, and what its device objects are told to clear.
 import { monthOfMs } from '../archive/month';
 import type { ClickHouse } from '../clickhouse/client';
-import { deleteRows, PARKED_PAYLOADS, type DeletableTable } from '../clickhouse/mutations';
+import { deleteRows, PARKED_PAYLOADS, unparkPartitions, type DeletableTable } from '../clickhouse/mutations';
 import type { QueryParams } from '../clickhouse/params';
 import { dateTimeBounds } from '../clickhouse/time';
 import type { SubjectLookup } from '../pipeline/dead-letter-erasure';
@@ -78,8 +78,18 @@ async function countWhere(ch: ClickHouse, table: string, where: string, params: 
   return Math.max(before, after) + parked;
 }
 
-/** The subject's rows in each table, before they are deleted (the job's result). */
+/**
+ * Payloads a partition drop left parked (cut short) come back to `event_payloads` before an erasure
+ * counts: moving them back never loses a row, and a drop under way that meets it takes its long,
+ * safe way. (A drop does not start while an erasure or project deletion is under way.)
+ */
+async function unparkAll(ch: ClickHouse): Promise<void> {
+  await unparkPartitions(ch, 'event_payloads', 'all');
+}
+
+/** The subject's rows in each table, before they are deleted (the job's result), and again to verify. */
 export async function countSubject(ch: ClickHouse, s: Subject): Promise<ClickHouseCounts> {
+  await unparkAll(ch);
   const params = subjectParams(s);
   const [events, payloads, sessions, profileOps] = await Promise.all([
     countWhere(ch, 'events', tableWhere(s, 'events'), params),
@@ -200,6 +210,7 @@ export function deadLetterLookup(ch: ClickHouse, s: Subject): SubjectLookup {
 
 /** Everything of a project in one table (project deletion). */
 export async function countProject(ch: ClickHouse, projectId: string): Promise<ClickHouseCounts> {
+  await unparkAll(ch);
   const params = { projectId };
   const where = 'project_id = {projectId:String}';
   const [events, payloads, sessions, profileOps] = await Promise.all([
