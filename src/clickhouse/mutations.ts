@@ -85,9 +85,9 @@ export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'un
  * 3. otherwise (or when a part changed meanwhile) the matching rows are deleted from the parking
  *    table and the partition is moved back, at once.
  *
- * `hooks` (tests) run after 1 and just before the parts are dropped; a crash anywhere leaves rows parked, and `unparkPartitions`
- * (run first by every drop, and by the caller's next run) moves them back. `where` may name other
- * tables, not external data.
+ * `hooks` (tests) run after 1 and just before the parts are dropped. A crash anywhere leaves rows
+ * parked, and `unparkPartitions` (run first by every drop, by the caller's next run and by every
+ * erasure's count) moves them back. `where` may name other tables, not external data.
  */
 export async function dropPartitionsOf(
   ch: ClickHouse,

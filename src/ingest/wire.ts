@@ -9,8 +9,8 @@ const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
 /**
  * Checks nesting depth, prototype-polluting keys and numbers JSON cannot hold; it never goes more
- * than `maxDepth` + 1 levels down, however deep the value. `forbidKeys: false` for a value only ever stored as text (a tracker app's
- * row as received), where such keys are harmless.
+ * than `maxDepth` + 1 levels down, however deep the value. `forbidKeys: false` for a value only
+ * ever stored as text (a tracker app's row as received), where such keys are harmless.
  */
 export function checkPropertiesShape(value: unknown, maxDepth = MAX_PROPERTY_DEPTH, options?: { forbidKeys?: boolean }): string | null {
   return shapeError(value, 0, maxDepth, options?.forbidKeys ?? true);
