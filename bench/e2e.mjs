@@ -11,6 +11,7 @@ import { printCost, queueOperationsPerMessage } from './lib/cost.mjs';
 import { startDeviceProfile } from './lib/device-profile.mjs';
 import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
 import { floor, result } from './lib/results.mjs';
+import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 
 const TARGET_RATIO = 0.5;
 const BATCHES = Number(process.env.BENCH_E2E_BATCHES ?? 50);
@@ -250,7 +251,16 @@ async function main() {
     await breakdown(label, startedSec, nowSec());
     return measured;
   }
+  const profiling = process.env.BENCH_E2E_PROFILE ? await startInspectorProfile(gateway.inspectorPort) : null;
   const mix = await throughGateway('default mix', bodies);
+  if (profiling) {
+    const profiles = await profiling.stop(process.env.BENCH_E2E_PROFILE);
+    for (const p of profiles) {
+      const { total, rows } = selfTimeByFunction(p);
+      console.log(`  workerd profile (default mix), ${total} samples, self time:`);
+      for (const [fn, n] of rows) console.log(`    ${((100 * n) / total).toFixed(1).padStart(5)}%  ${fn}`);
+    }
+  }
   const singleBodies = Array.from({ length: SINGLE_BATCHES }, (_, b) => JSON.stringify(singleBody(b, nowMs)));
   const single = await throughGateway('one device per batch', singleBodies);
   const gatewaySec = mix.sec;

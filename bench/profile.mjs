@@ -3,6 +3,7 @@
 // batches over 100 of 1000 devices) and for one device per batch. Runs the real DeviceObject in workerd.
 import { printCost, queueOperationsPerMessage } from './lib/cost.mjs';
 import { startDeviceProfile } from './lib/device-profile.mjs';
+import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 import { result } from './lib/results.mjs';
 
 const BATCHES = Number(process.env.BENCH_PROFILE_BATCHES ?? 4);
@@ -28,12 +29,37 @@ function report(label, p) {
   }
 }
 
-const profile = await startDeviceProfile();
+// BENCH_PROFILE_CPU=<file>: a CPU profile of the isolates (DevTools protocol) around the warm default mix.
+const inspectorPort = process.env.BENCH_PROFILE_CPU ? 9300 + Math.floor(Math.random() * 500) : undefined;
+const profile = await startDeviceProfile({ inspectorPort });
 try {
   // Every device once, so no table creation or first load is in the figures.
   await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
+  if (process.env.BENCH_PROFILE_STATEMENTS) await profile.byQuery(true);
+  const recording = inspectorPort ? await startInspectorProfile(inspectorPort) : null;
   const warm = await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
+  if (process.env.BENCH_PROFILE_STATEMENTS) {
+    const q = await profile.byQuery(false);
+    console.log('  statements of the warm default mix, time per run (its rows read included), runs:');
+    for (const [k, v] of Object.entries(q).sort((a, b) => b[1].ms - a[1].ms).slice(0, 20)) console.log(`  ${(v.ms * 1000 / v.n).toFixed(1).padStart(7)} µs × ${v.n}  ${k}`);
+  }
+  if (recording) {
+    for (const [i, p] of (await recording.stop(process.env.BENCH_PROFILE_CPU)).entries()) {
+      const { total, rows } = selfTimeByFunction(p);
+      console.log(`  CPU profile of ${recording.targets[i]} (warm default mix), ${total} samples, self time:`);
+      for (const [fn, n] of rows) console.log(`    ${((100 * n) / total).toFixed(1).padStart(5)}%  ${fn}`);
+    }
+  }
   report(`default mix (2000-event batches over 100 of ${FLEET} devices), objects still in memory`, warm);
+  // Floors in the same run: the local queue alone (the same messages through the same broker and
+  // consumer) and the device calls' RPC alone (objects that answer at once).
+  const entries = Math.round(warm.consumed.entries / warm.consumed.messages);
+  const queueOnly = await profile.queueOnly({ messages: warm.consumed.messages, entries, entryBytes: Math.round(warm.consumed.bytes / warm.consumed.messages / entries) });
+  const rpcOnly = await profile.rpcOnly({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET });
+  const perCallUs = (sec) => fmt((sec * 1e6) / warm.calls, 0);
+  console.log(`  floors, workerd CPU per call: local queue alone ${perCallUs(queueOnly.workerdCpuSec)} µs (${warm.consumed.messages} messages), RPC alone ${perCallUs(rpcOnly.workerdCpuSec)} µs; the rest ${perCallUs(warm.workerdCpuSec - queueOnly.workerdCpuSec - rpcOnly.workerdCpuSec)} µs`);
+  result('device_call_local_queue_cpu_us', (queueOnly.workerdCpuSec * 1e6) / warm.calls);
+  result('device_call_rpc_cpu_us', (rpcOnly.workerdCpuSec * 1e6) / warm.calls);
   // As in production, where a device sends a batch every minute or so and its object was idle since.
   const mix = await profile.run({ batches: BATCHES, devicesPerBatch: 100, fleet: FLEET, cold: true });
   report(`default mix, each object cold (out of memory since its last call)`, mix);

@@ -17,6 +17,7 @@ function newTally() {
     ingestMs: 0, alarmMs: 0, afterCallMs: 0, sendMs: 0, sendBatches: 0, constructed: 0, stages: {} as Record<string, Stage> };
 }
 
+let BY_QUERY: Record<string, { n: number; ms: number }> | null = null;
 // One tally for every object of the isolate (an idle object may be evicted; its counts must stay).
 let TALLY = newTally();
 
@@ -50,7 +51,21 @@ export class ProfiledDevice extends DeviceObject {
     const sql: any = ctx.storage.sql;
     const exec = sql.exec.bind(sql);
     sql.exec = (query: string, ...args: unknown[]) => {
+      const t0 = performance.now();
       const cursor = exec(query, ...args);
+      if (BY_QUERY) {
+        // A SELECT's rows are read as its cursor is: time the reading too.
+        const first = cursor.toArray();
+        const q = (BY_QUERY[query.slice(0, 90)] ??= { n: 0, ms: 0 });
+        q.n++;
+        q.ms += performance.now() - t0;
+        const rows = first;
+        const c: any = { toArray: () => rows, one: () => rows[0], [Symbol.iterator]: () => rows[Symbol.iterator](), get rowsWritten() { return cursor.rowsWritten; }, get rowsRead() { return cursor.rowsRead; }, raw: () => cursor.raw(), next: () => rows.length ? { done: false, value: rows.shift() } : { done: true, value: undefined } };
+        self.tally.statements++;
+        if (self.stage) self.stage.statements++;
+        queueMicrotask(() => { self.tally.rowsWritten += cursor.rowsWritten; self.tally.rowsRead += cursor.rowsRead; });
+        return c;
+      }
       self.tally.statements++;
       if (self.stage) self.stage.statements++;
       // Counted once the statement ran: INSERT/UPDATE/DELETE run on exec, SELECTs as they are read.
@@ -143,6 +158,12 @@ export class ProfiledDevice extends DeviceObject {
     }
   }
 
+  /** Answers a call at once (the RPC floor): the same shape of answer as ingest gives. */
+  echo(input: any) {
+    const n = Array.isArray(input.events) ? input.events.length : input.events.rp.length;
+    return { results: Array.from({ length: n }, () => ({ status: 'accepted', sessionId: '01234567-89ab-cdef-0123-456789abcdef', eventId: '01234567-89ab-cdef-0123-456789abcdef' })) };
+  }
+
   /** Drops this object from memory (its storage stays): its next call finds it cold. */
   evict() {
     this.ctx.abort('bench: evicted');
@@ -222,6 +243,37 @@ export default {
       }
       return Response.json({ ok: true });
     }
+    if (url.pathname === '/queue-only') {
+      // The local queue alone: as many messages of the same size as the objects sent, one sendBatch
+      // each, through the same broker to the same consumer (its CPU is the machine's, not the gateway's).
+      const body = JSON.stringify({ events: [], payloads: [], sessions: [], entries: Array.from({ length: q('entries') }, () => ({ pad: 'x'.repeat(Math.max(0, q('entryBytes') - 12)) })) });
+      await mapPool(Array.from({ length: q('messages') }, (_, i) => i), 16, async () => {
+        await env.INGEST_QUEUE.sendBatch([{ body, contentType: 'text' }]);
+      });
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === '/rpc-only') {
+      // RPC alone: the same calls with the same packed events to objects that answer at once.
+      const nowMs = Date.now();
+      const ctx = { receivedAtMs: nowMs, sentAtMs: nowMs, ip: '203.0.113.7', userAgent: 'bench', geo: { country: 'FR', region: 'IDF', city: 'Paris', timezone: 'Europe/Paris', latitude: 48.85, longitude: 2.35 } };
+      const projectId = 'bench-project';
+      const raws = rawBatch(0, q('events'), q('devicesPerBatch'), q('fleet'), nowMs);
+      const byDevice = new Map<string, any[]>();
+      raws.forEach((raw, i) => {
+        const r: any = normalizeEvent(raw, ctx, i);
+        let list = byDevice.get(r.event.deviceId);
+        if (!list) byDevice.set(r.event.deviceId, (list = []));
+        list.push(toDeviceEvent(projectId, r.event.deviceId, r.event));
+      });
+      const calls = [...byDevice].map(([deviceId, list]) => ({ deviceId, packed: packDeviceEvents(list) }));
+      for (let b = 0; b < q('batches'); b++) {
+        await mapPool(calls, 16, async ({ deviceId, packed }) => {
+          const stub = env.DEVICE.get(env.DEVICE.idFromName('rpc-only:' + deviceId));
+          for (const events of packed) await stub.echo({ projectId, deviceId, gapMs: 30 * 60 * 1000, events });
+        });
+      }
+      return Response.json({ ok: true });
+    }
     if (url.pathname === '/evict') {
       // Every object of the fleet out of memory, so the next calls each find their object cold.
       const projectId = 'bench-project';
@@ -230,6 +282,11 @@ export default {
         await stub.evict().catch(() => undefined);
       });
       return Response.json({ ok: true });
+    }
+    if (url.pathname === '/by-query') {
+      const out = BY_QUERY;
+      BY_QUERY = url.searchParams.get('on') ? {} : null;
+      return Response.json(out ?? {});
     }
     if (url.pathname === '/take') {
       // Waits until every event reached the queue consumer, then collects the objects' tallies.
@@ -265,8 +322,8 @@ export default {
 `;
 
 /** Starts the profiled worker; `run(shape)` drives batches through it and answers the tallies. */
-export async function startDeviceProfile() {
-  const mf = await startDeviceWorker({ name: 'bench-profile', source: entry, className: 'ProfiledDevice' });
+export async function startDeviceProfile({ inspectorPort } = {}) {
+  const mf = await startDeviceWorker({ name: 'bench-profile', source: entry, className: 'ProfiledDevice', inspectorPort });
   let offset = 0;
   return {
     /**
@@ -285,6 +342,35 @@ export async function startDeviceProfile() {
       offset += batches;
       const taken = await get(`/take?events=${batches * events}&fleet=${fleet}`);
       return { ...summarize(taken), workerdCpuSec: cpuSeconds({ ppid: process.pid }) - cpu };
+    },
+    /** workerd CPU of the local queue alone: `messages` messages of `entries` entries of about `entryBytes` each. */
+    async queueOnly({ messages, entries, entryBytes }) {
+      const cpu = cpuSeconds({ ppid: process.pid });
+      const get = async (path) => {
+        const res = await mf.dispatchFetch(`http://bench${path}`);
+        if (!res.ok) throw new Error(`${path}: ${res.status} ${(await res.text()).slice(0, 300)}`);
+        return res.json();
+      };
+      await get(`/queue-only?messages=${messages}&entries=${entries}&entryBytes=${entryBytes}`);
+      await get(`/take?events=${messages * entries}&fleet=0`);
+      return { workerdCpuSec: cpuSeconds({ ppid: process.pid }) - cpu };
+    },
+    /** workerd CPU of the device calls' RPC alone (objects that answer at once). */
+    async rpcOnly({ batches, events = 2000, devicesPerBatch, fleet }) {
+      const call = async (n) => {
+        const res = await mf.dispatchFetch(`http://bench/rpc-only?batches=${n}&events=${events}&devicesPerBatch=${devicesPerBatch}&fleet=${fleet}`);
+        if (!res.ok) throw new Error(`rpc-only: ${res.status} ${(await res.text()).slice(0, 300)}`);
+        await res.json();
+      };
+      // Once unmeasured: the answering objects are created, as the profiled ones were before.
+      await call(1);
+      const cpu = cpuSeconds({ ppid: process.pid });
+      await call(batches);
+      return { workerdCpuSec: cpuSeconds({ ppid: process.pid }) - cpu };
+    },
+    async byQuery(on) {
+      const res = await mf.dispatchFetch(`http://bench/by-query${on ? '?on=1' : ''}`);
+      return res.json();
     },
     dispose: () => mf.dispose(),
   };

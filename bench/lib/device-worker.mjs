@@ -9,7 +9,7 @@ import { ROOT } from './batch.mjs';
  * Starts `source` (a worker module exporting the Durable Object class `className`, bound as DEVICE,
  * with an INGEST_QUEUE whose consumer is the worker's own `queue` handler).
  */
-export async function startDeviceWorker({ name, source, className }) {
+export async function startDeviceWorker({ name, source, className, inspectorPort }) {
   const esbuild = await import(pathToFileURL(join(ROOT, 'node_modules', 'esbuild', 'lib', 'main.js')).href);
   const built = await esbuild.build({
     stdin: { contents: source, loader: 'ts', resolveDir: ROOT, sourcefile: `${name}-worker.ts` },
@@ -25,6 +25,7 @@ export async function startDeviceWorker({ name, source, className }) {
   const miniflarePath = existsSync(wranglerMiniflare) ? wranglerMiniflare : join(ROOT, 'node_modules', 'miniflare', 'dist', 'src', 'index.js');
   const { Miniflare, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
   const options = {
+    ...(inspectorPort ? { inspectorPort } : {}),
     workers: [
       {
         name,
