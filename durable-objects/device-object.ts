@@ -35,6 +35,13 @@ export class DeviceObject extends DurableObject<Env> {
   private schemaReady = false;
   /** The erase() under way: flushes hold off (what they would send is being deleted). */
   private eraseRun: Promise<DeviceErasureResult> | null = null;
+  /**
+   * The alarm as this life planned it: standing at `atMs`, no later than the idle time of any open
+   * session under `gapMs`. Lets a call skip the planning (two reads and a getAlarm) when that alarm
+   * already does what the call needs. Null when unknown: not planned yet this life, being run, or
+   * set or deleted by anything but the planning (a back-off, an erasure).
+   */
+  private plannedAlarm: { atMs: number; gapMs: number } | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -98,6 +105,8 @@ export class DeviceObject extends DurableObject<Env> {
     } catch (err) {
       this.meta.clear();
       this.stores.dedup.forgetIndex();
+      this.stores.outbox.forgetWritten();
+      this.stores.sessions.forgetAliases();
       this.schemaReady = false; // the tables of a first, rolled-back write are gone too
       throw err;
     }
@@ -110,12 +119,14 @@ export class DeviceObject extends DurableObject<Env> {
     const input = { ...request, events, base };
     // Outside the ingest transaction: an older layout is upgraded in its own.
     if (this.hasSchema() && this.stores.dedup.hasLegacyRows) this.transaction(() => this.stores.dedup.migrateLegacyRows());
-    const results = this.transaction(() => this.ingestSync(input, nowMs));
+    const { results, firstIdleAtMs } = this.transaction(() => this.ingestSync(input, nowMs));
     // The rows are committed: a failure to set the alarm must not make the caller resend them
     // (the next call or alarm schedules it again).
-    await this.scheduleAlarm(nowMs, true).catch((err: unknown) =>
-      console.error(JSON.stringify({ msg: 'device alarm could not be set', error: String(err) })),
-    );
+    if (!this.alarmStandsFor(request.nowMs === undefined ? firstIdleAtMs : -Infinity)) {
+      await this.scheduleAlarm(nowMs, true).catch((err: unknown) =>
+        console.error(JSON.stringify({ msg: 'device alarm could not be set', error: String(err) })),
+      );
+    }
     this.flushAfterCall();
     return { results };
   }
@@ -169,7 +180,7 @@ export class DeviceObject extends DurableObject<Env> {
       // An earlier alarm still standing (a session's end) is kept; one past or running is not.
       const standing = await this.ctx.storage.getAlarm();
       const retryAt = Date.now() + delayMs;
-      await this.ctx.storage.setAlarm(standing !== null && standing > Date.now() ? Math.min(standing, retryAt) : retryAt);
+      await this.setAlarmAt(standing !== null && standing > Date.now() ? Math.min(standing, retryAt) : retryAt);
       await outbox.reportStall(this.env.DB, live.ident(), failures, err);
       return null;
     }
@@ -180,8 +191,36 @@ export class DeviceObject extends DurableObject<Env> {
     return { flushed, cleared };
   }
 
+  /**
+   * Whether the alarm planned earlier this life already does what planning after a call would: it
+   * stands in the future within FLUSH_SAFETY_MS (so within reach of any row waiting), planned with
+   * today's gap, and before `firstIdleAtMs`, the earliest idle time of the open sessions the call
+   * changed (the others were planned for). Planning after a call only ever pulls the alarm earlier,
+   * so it would keep this one.
+   */
+  private alarmStandsFor(firstIdleAtMs: number): boolean {
+    const planned = this.plannedAlarm;
+    const now = Date.now();
+    return (
+      planned !== null &&
+      planned.atMs > now &&
+      planned.atMs <= now + FLUSH_SAFETY_MS &&
+      planned.gapMs === this.stores.live.gapMs() &&
+      firstIdleAtMs >= planned.atMs &&
+      this.stores.outbox.failures() === 0
+    );
+  }
+
+  private async setAlarmAt(atMs: number): Promise<void> {
+    this.plannedAlarm = null;
+    await this.ctx.storage.setAlarm(atMs);
+  }
+
   /** Dedup, sessions, then the new events' ids, outbox rows and live state: all in the caller's transaction. */
-  private ingestSync(input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[]; base: string | null }, nowMs: number): DeviceIngestResult['results'] {
+  private ingestSync(
+    input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[]; base: string | null },
+    nowMs: number,
+  ): { results: DeviceIngestResult['results']; firstIdleAtMs: number } {
     const { dedup, sessions, outbox, live } = this.stores;
     this.ensureSchema();
     this.meta.drop(RETIRED_META_KEYS);
@@ -211,9 +250,16 @@ export class DeviceObject extends DurableObject<Env> {
     outbox.appendEvents(freshEvents, freshSessions, assigned.rows, input.base);
     live.record(freshEvents, freshSessions, nowMs);
 
+    // When the open sessions this call changed go idle (sessions it took in from ClickHouse were
+    // not planned for: -Infinity sends the call through the planning).
+    let firstIdleAtMs = input.knownSessions?.length ? -Infinity : Infinity;
+    for (const row of assigned.rows) {
+      if (row.ended === 0 && row.merged_into === '') firstIdleAtMs = Math.min(firstIdleAtMs, row.ended_at_ms + input.gapMs);
+    }
+
     const freshSet = new Set(fresh);
     const priorSession = sessions.at(input.events.filter((e) => e.t === 'track' && seen.has(e.k)).map((e) => seen.get(e.k)!.createdAtMs));
-    return input.events.map((e, i) => {
+    const results = input.events.map((e, i) => {
       if (freshSet.has(i)) return { status: 'accepted' as const, sessionId: sessionOf.get(i) ?? '', eventId: e.id };
       const prior = seen.get(e.k);
       if (prior) {
@@ -223,6 +269,7 @@ export class DeviceObject extends DurableObject<Env> {
       const first = firstIndexOfKey.get(e.k)!;
       return { status: 'duplicate' as const, sessionId: sessionOf.get(first) ?? '', eventId: input.events[first]!.id };
     });
+    return { results, firstIdleAtMs };
   }
 
   /**
@@ -230,6 +277,8 @@ export class DeviceObject extends DurableObject<Env> {
    * flush it waited for failed: that flush's back-off alarm is the next run).
    */
   override async alarm(): Promise<void> {
+    // This alarm is spent: until planned again, calls plan for themselves.
+    this.plannedAlarm = null;
     await this.maintain(Date.now());
   }
 
@@ -258,7 +307,7 @@ export class DeviceObject extends DurableObject<Env> {
     if (run === null) return { ended, pruned, flushed: 0 };
     await this.scheduleAlarm(nowMs, false);
     // Should D1 refuse, the row stays visible until an alarm soon takes it back.
-    if (!run.cleared) await this.ctx.storage.setAlarm(Math.min((await this.ctx.storage.getAlarm()) ?? Infinity, Date.now() + STALL_CLEAR_RETRY_MS));
+    if (!run.cleared) await this.setAlarmAt(Math.min((await this.ctx.storage.getAlarm()) ?? Infinity, Date.now() + STALL_CLEAR_RETRY_MS));
     return { ended, pruned, flushed: run.flushed };
   }
 
@@ -307,7 +356,10 @@ export class DeviceObject extends DurableObject<Env> {
     // While flushes fail, the back-off alarm stands: new rows wait for it rather than pulling it
     // earlier on every call (which would send a retry per request into the outage).
     if (afterCall && current !== null && outbox.failures() > 0) return;
-    if (current === null || next < current || !afterCall) await this.ctx.storage.setAlarm(next);
+    const atMs = current === null || next < current || !afterCall ? next : current;
+    if (atMs !== current) await this.setAlarmAt(atMs);
+    // No later than `next`, which is no later than any open session's idle time.
+    if (gapMs !== null) this.plannedAlarm = { atMs, gapMs };
   }
 
   /** Live state for GET /v1/devices/:deviceId; null for a device that never sent an event. */
@@ -372,6 +424,7 @@ export class DeviceObject extends DurableObject<Env> {
   private async eraseHeld(profile?: ProfileErasure): Promise<DeviceErasureResult> {
     // (Its failure handling too: a back-off alarm set after the deletion would outlive it.)
     while (this.flushRun || this.stores.outbox.inFlight) await (this.flushRun ?? this.stores.outbox.inFlight)!.catch(() => 0);
+    this.plannedAlarm = null;
     if (!this.hasSchema()) {
       await this.ctx.storage.deleteAlarm();
       return { held: false, whole: true, outboxEvents: 0, seenIds: 0, sessions: 0 };
@@ -382,11 +435,13 @@ export class DeviceObject extends DurableObject<Env> {
       if (partial.othersRemain) return { held: partial.held, whole: false, ...partial.removed };
     }
     const removed = partial?.removed ?? heldCounts(this.stores);
+    this.plannedAlarm = null;
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
     this.meta.clear();
     this.stores.dedup.reset();
     this.stores.outbox.reset();
+    this.stores.sessions.forgetAliases();
     this.schemaReady = false;
     return { held: partial ? partial.held : true, whole: true, ...removed };
   }
