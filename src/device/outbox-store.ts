@@ -14,6 +14,10 @@ const OUTBOX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 12 * 1024;
 /** Merge aliases travel with a chunk up to this size; beyond it the chunk is rewritten at flush. */
 const MAX_ALIAS_BYTES = 8 * 1024;
 const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
+/** Text of rows written this life kept for their flush, at most this many UTF-16 units in all. */
+const WRITTEN_KEEP_UNITS = 4 * 1024 * 1024;
+
+type OutboxText = { kind: string; body: string; payload: string | null; base: string | null };
 
 /** A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed. */
 export type OutboxInput = { rp: string; b?: number };
@@ -44,6 +48,15 @@ export class OutboxStore {
    * (until the object is erased whole). null until this life first writes or flushes.
    */
   private highSeq: number | null = null;
+  /**
+   * The text of rows this life wrote, by seq, until a flush deletes them: the flush after a call
+   * takes its rows from here instead of reading back what the call just wrote (an event chunk is
+   * most of a call's bytes). Only an exact copy is kept: a row changed in place (an erasure) drops
+   * out, and a flush that meets a seq not held (an earlier life's row, one over the bound) reads
+   * its rows from storage as before.
+   */
+  private written = new Map<number, OutboxText>();
+  private writtenUnits = 0;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -54,9 +67,11 @@ export class OutboxStore {
   enqueueSessions(rows: readonly SessionRow[]): void {
     for (const row of rows) {
       this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
-      this.inserted(
-        this.sql.exec<{ seq: number }>(`INSERT INTO outbox (seq, kind, ref, body) VALUES (${OutboxStore.NEXT_SEQ}, 'session', ?, ?) RETURNING seq`, this.highSeq ?? 0, row.id, JSON.stringify(row)),
+      const body = JSON.stringify(row);
+      const seq = this.inserted(
+        this.sql.exec<{ seq: number }>(`INSERT INTO outbox (seq, kind, ref, body) VALUES (${OutboxStore.NEXT_SEQ}, 'session', ?, ?) RETURNING seq`, this.highSeq ?? 0, row.id, body),
       );
+      this.keep(seq, { kind: 'session', body, payload: null, base: null });
     }
   }
 
@@ -64,16 +79,43 @@ export class OutboxStore {
   private static readonly NEXT_SEQ = '(SELECT max(coalesce(max(seq), 0), ?) + 1 FROM outbox)';
 
   /** Notes the first seq this life writes (every row below it is an earlier life's) and the highest. */
-  private inserted(cursor: SqlStorageCursor<{ seq: number }>): void {
+  private inserted(cursor: SqlStorageCursor<{ seq: number }>): number {
     const seq = cursor.one().seq;
     this.highSeq = Math.max(this.highSeq ?? 0, seq);
     this.attemptedThrough ??= seq - 1;
+    return seq;
+  }
+
+  private keep(seq: number, text: OutboxText): void {
+    const units = text.body.length + (text.payload?.length ?? 0) + (text.base?.length ?? 0);
+    if (this.writtenUnits + units > WRITTEN_KEEP_UNITS) return;
+    this.written.set(seq, text);
+    this.writtenUnits += units;
+  }
+
+  private dropWritten(upToSeq = Infinity): void {
+    if (upToSeq === Infinity) {
+      this.written.clear();
+      this.writtenUnits = 0;
+      return;
+    }
+    for (const [seq, t] of this.written) {
+      if (seq > upToSeq) continue;
+      this.written.delete(seq);
+      this.writtenUnits -= t.body.length + (t.payload?.length ?? 0) + (t.base?.length ?? 0);
+    }
+  }
+
+  /** Forgets the rows' text it holds: a transaction that wrote them was rolled back. */
+  forgetWritten(): void {
+    this.dropWritten();
   }
 
   /** Forgets what it holds in memory once storage is deleted (seqs start over). */
   reset(): void {
     this.attemptedThrough = null;
     this.highSeq = null;
+    this.dropWritten();
   }
 
   /**
@@ -95,15 +137,17 @@ export class OutboxStore {
     let chunkBytes = ridingBytes + baseBytes;
     const writeChunk = () => {
       if (!chunk.length) return;
-      this.inserted(
+      const body = `[${chunk.join(',')}]`;
+      const seq = this.inserted(
         this.sql.exec<{ seq: number }>(
           `INSERT INTO outbox (seq, kind, ref, body, payload, base) VALUES (${OutboxStore.NEXT_SEQ}, 'events', '', ?, ?, ?) RETURNING seq`,
           this.highSeq ?? 0,
-          `[${chunk.join(',')}]`,
+          body,
           riding,
           base,
         ),
       );
+      this.keep(seq, { kind: 'events', body, payload: riding, base });
       riding = null;
       chunk = [];
       chunkBytes = baseBytes;
@@ -156,10 +200,14 @@ export class OutboxStore {
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
-    const rows = this.sql
-      .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>('SELECT seq, kind, body, payload, base FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
-      .toArray();
-    if (!rows.length) return 0;
+    const seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS).toArray();
+    if (!seqs.length) return 0;
+    // The rows' text as this life wrote it when it holds all of them; else as storage has it.
+    const rows: Array<OutboxText & { seq: number }> = seqs.every((r) => this.written.has(r.seq))
+      ? seqs.map((r) => ({ seq: r.seq, ...this.written.get(r.seq)! }))
+      : this.sql
+          .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>('SELECT seq, kind, body, payload, base FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
+          .toArray();
     const maxSeq = rows[rows.length - 1]!.seq;
     this.highSeq = Math.max(this.highSeq ?? 0, maxSeq);
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
@@ -224,6 +272,7 @@ export class OutboxStore {
     pushSessions();
     await sendMessages(queue, messages);
     this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
+    this.dropWritten(maxSeq);
     return rows.length;
   }
 
@@ -299,6 +348,8 @@ export class OutboxStore {
    * `keptSessions` the sessions of the unsent events of others. Returns how many events went.
    */
   eraseProfileEvents(profileId: string, ids: Set<string>, times: Set<number>, bySession?: Map<string, number>, keptSessions?: Set<string>): number {
+    // Rows are changed in place below: the flush reads them from storage from now on.
+    this.dropWritten();
     let removed = 0;
     for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
@@ -323,6 +374,7 @@ export class OutboxStore {
 
   /** Drops the unsent rows of these sessions, riding ones included. */
   dropSessionRows(sessionIds: readonly string[]): void {
+    this.dropWritten();
     const ids = [...new Set(sessionIds)];
     for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
       const part = ids.slice(i, i + PARAMS_PER_STATEMENT / 2);

@@ -10,6 +10,9 @@ import type { DeviceIdent, DeviceState, SessionRecord } from './types';
 export const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 
 export class SessionStore {
+  /** aliases() as last read, until a merge, a prune or an erasure changes them (null: read again). */
+  private aliasCache: Record<string, string> | null = null;
+
   constructor(
     private readonly sql: SqlStorage,
     private readonly meta: MetaStore,
@@ -86,6 +89,7 @@ export class SessionStore {
           mergedId,
         )
         .toArray();
+      this.aliasCache = null;
       for (const a of absorbed) {
         const version = this.nextVersion(a.version, nowMs);
         this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
@@ -146,17 +150,24 @@ export class SessionStore {
 
   /** Forgets ended and merged sessions past their retention. */
   prune(nowMs: number): void {
+    this.aliasCache = null;
     this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
   }
 
   /** Merged session → the session that absorbed it (events written before a merge still name the former). */
-  aliases(): Record<string, string> {
+  aliases(): Readonly<Record<string, string>> {
+    if (this.aliasCache) return this.aliasCache;
     const aliases: Record<string, string> = {};
     for (const r of this.sql.exec<{ id: string; merged_into: string }>('SELECT id, merged_into FROM sessions WHERE merged_into IS NOT NULL')) {
       aliases[r.id] = r.merged_into;
     }
-    return aliases;
+    return (this.aliasCache = aliases);
+  }
+
+  /** Forgets what it holds in memory: a transaction was rolled back, or storage deleted. */
+  forgetAliases(): void {
+    this.aliasCache = null;
   }
 
   /** The session a (possibly merged) session id now is. */
@@ -232,6 +243,7 @@ export class SessionStore {
 
   /** Deletes these sessions and those merged into them; returns how many rows went. */
   erase(sessionIds: readonly string[]): number {
+    this.aliasCache = null;
     let removed = 0;
     const ids = [...new Set(sessionIds)];
     for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
