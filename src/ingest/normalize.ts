@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { checkPositionProperties, POSITION_EVENT_NAME } from '../fleet/position';
 import { hash128Joined } from '../lib/ids';
-import { parseIsoTime } from '../lib/iso-time';
+import { commonIsoTime, parseIsoTime } from '../lib/iso-time';
 import { checkPropertiesShape, MAX_EVENT_BYTES, MAX_PROPERTY_DEPTH, ReservedProperties, WireEvent, type EventType } from './wire';
 
 /** How deep an app's own row may nest: the depth properties may have, plus the levels around them in a row. */
@@ -126,12 +126,15 @@ function fastReserved(props: Record<string, unknown>): Reserved | null {
   if (t !== undefined) {
     if (typeof t === 'number') {
       if (!Number.isSafeInteger(t) || t < 0) return null;
-    } else if (typeof t !== 'string' || !IsoDateTime.safeParse(t).success) {
+      // The common form is valid by its own check; the schema decides every other.
+    } else if (typeof t !== 'string' || (commonIsoTime(t) === null && !IsoDateTime.safeParse(t).success)) {
       return null;
     }
   }
   return { __timestamp: t as string | number | undefined, __deviceId: d as string | undefined, __eventId: e as string | undefined };
 }
+
+const isReservedKey = (key: string) => key === '__timestamp' || key === '__deviceId' || key === '__ip' || key === '__eventId';
 
 /**
  * `index` is the row's position in its request: without a client timestamp two identical rows of one
@@ -166,7 +169,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
 
   const properties: Record<string, unknown> = {};
   for (const key of Object.keys(allProps)) {
-    if (key === '__timestamp' || key === '__deviceId' || key === '__ip' || key === '__eventId') continue;
+    if (isReservedKey(key)) continue;
     properties[key] = allProps[key];
   }
   if (event.type === 'identify') {

@@ -7,14 +7,15 @@ const digitAt = (s: string, i: number): number => {
 };
 
 /**
- * `Date.parse` of an ISO 8601 time (already checked against the datetime schema), read directly
- * when it is the common `YYYY-MM-DDTHH:MM:SS.sssZ` (what `toISOString` writes); any other form goes
- * to `Date.parse`. Same value either way.
+ * The time of `YYYY-MM-DDTHH:MM:SS.sssZ` (what `toISOString` writes) read by hand, when its fields
+ * are ones every month and every parser agree on; null for anything else (a day past the 28th, a
+ * stray character, years 0–999, which Date.UTC reads differently), which is Date.parse's to decide.
+ * Such a text is also a valid ISO 8601 date-time by any stricter check (the wire schema's included).
  */
-export function parseIsoTime(text: string): number {
+export function commonIsoTime(text: string): number | null {
   const c = (i: number) => text.charCodeAt(i);
   // YYYY-MM-DDTHH:MM:SS.sssZ, separators by their codes.
-  if (text.length !== 24 || c(4) !== 45 || c(7) !== 45 || c(10) !== 84 || c(13) !== 58 || c(16) !== 58 || c(19) !== 46 || c(23) !== 90) return Date.parse(text);
+  if (text.length !== 24 || c(4) !== 45 || c(7) !== 45 || c(10) !== 84 || c(13) !== 58 || c(16) !== 58 || c(19) !== 46 || c(23) !== 90) return null;
   const n = (at: number, digits: number): number => {
     let v = 0;
     for (let i = 0; i < digits; i++) v = v * 10 + digitAt(text, at + i);
@@ -26,9 +27,16 @@ export function parseIsoTime(text: string): number {
   const hour = n(11, 2);
   const minute = n(14, 2);
   const second = n(17, 2);
-  // Only fields every month and every parser agree on; anything else (a day past the 28th, a
-  // stray character, years 0–999, which Date.UTC reads differently) is Date.parse's to decide.
-  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= 28 && hour <= 23 && minute <= 59 && second <= 59)) return Date.parse(text);
-  const ms = Date.UTC(year, month - 1, day, hour, minute, second, n(20, 3));
-  return Number.isFinite(ms) ? ms : Date.parse(text);
+  const millis = n(20, 3);
+  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= 28 && hour <= 23 && minute <= 59 && second <= 59 && millis >= 0)) return null;
+  const ms = Date.UTC(year, month - 1, day, hour, minute, second, millis);
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/**
+ * `Date.parse` of an ISO 8601 time (already checked against the datetime schema): the common form
+ * read directly (commonIsoTime), any other by `Date.parse`. Same value either way.
+ */
+export function parseIsoTime(text: string): number {
+  return commonIsoTime(text) ?? Date.parse(text);
 }
