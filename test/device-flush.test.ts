@@ -79,6 +79,68 @@ describe('device outbox flush from the call', () => {
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
   });
 
+  it('plans the alarm once, leaves it for calls that need nothing sooner, and pulls it for a session that goes idle first', async () => {
+    const p = await createProject();
+    const id = 'planned-1';
+    const stub = deviceStub(env, p.id, id);
+    const gapMs = 30 * 60 * 1000;
+    const post = (atMs: number) => postBatch(p, { events: [trackEvent('planned', { __deviceId: id, __timestamp: atMs })] });
+    // Hours-old events: their sessions end at once, so only the safety minute for the rows stands.
+    expect((await post(Date.now() - 3 * 3_600_000)).status).toBe(202);
+    const planned = await alarmOf(stub);
+    expect(planned).not.toBeNull();
+    expect(planned! - Date.now()).toBeGreaterThan(FLUSH_SAFETY_MS / 2);
+    expect((await post(Date.now() - 2 * 3_600_000)).status).toBe(202);
+    expect(await alarmOf(stub)).toBe(planned);
+    // A session that goes idle in 15 s: the planned alarm would be too late for its end.
+    expect((await post(Date.now() - gapMs + 15_000)).status).toBe(202);
+    const pulled = await alarmOf(stub);
+    expect(pulled).toBeLessThan(planned!);
+    expect(pulled! - Date.now()).toBeLessThanOrEqual(15_000);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+  });
+
+  it('plans a new alarm after an erasure deleted the one it had planned', async () => {
+    const p = await createProject();
+    const id = 'planned-erased';
+    const stub = deviceStub(env, p.id, id);
+    const post = () => postBatch(p, { events: [trackEvent('planned', { __deviceId: id, __timestamp: Date.now() - 1000 })] });
+    expect((await post()).status).toBe(202);
+    expect(await alarmOf(stub)).not.toBeNull();
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    expect((await stub.erase()).whole).toBe(true);
+    expect(await alarmOf(stub)).toBeNull();
+    // The object's memory still knew the alarm it planned: the erasure must have made it forget.
+    expect((await post()).status).toBe(202);
+    const alarm = await alarmOf(stub);
+    expect(alarm).not.toBeNull();
+    expect(alarm! - Date.now()).toBeLessThanOrEqual(FLUSH_SAFETY_MS);
+  });
+
+  it("sends an unsent chunk as a profile erasure left it, not as the call wrote it", async () => {
+    const p = await createProject();
+    const id = 'erased-unsent';
+    const stub = deviceStub(env, p.id, id);
+    const real = await useQueue(stub, { send: () => Promise.reject(new Error('queue down')), sendBatch: () => Promise.reject(new Error('queue down')) } as unknown as Queue);
+    const at = Date.now() - 1000;
+    const r = await postBatch(p, {
+      events: [
+        { type: 'track', payload: { name: 'mine', profileId: 'prof-gone', properties: { __deviceId: id, __timestamp: at } } },
+        trackEvent('theirs', { __deviceId: id, __timestamp: at + 1 }),
+      ],
+    });
+    expect(r.status).toBe(202);
+    // The call's own flush failed: both events wait in one outbox chunk written this life.
+    await waitUntil(async () => (await stub.state())?.pendingRows ?? 0, (n) => n === 1);
+    const erased = await stub.erase({ profileId: 'prof-gone', eventIds: [], eventTimesMs: [], sessionIds: [] });
+    expect(erased.outboxEvents).toBe(1);
+    await useQueue(stub, real);
+    await runDurableObjectAlarm(stub);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    const names = await ch().query<{ name: string }>('SELECT name FROM events WHERE project_id = {p:String}', { p: p.id });
+    expect(names.map((n) => n.name)).toEqual(['theirs']);
+  });
+
   it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'direct-lost');

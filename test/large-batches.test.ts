@@ -176,6 +176,32 @@ describe('the hand-off to a device object', () => {
     rows.forEach((r, i) => expect({ ...base, ...r }).toEqual(events[i]!.row));
   });
 
+  it('writes the same text as stringifying each row and each event\'s fields whole', () => {
+    // Quotes, escapes, astral characters, numbers of every kind, a profile, a position, a property
+    // that is itself JSON text: the hand-written JSON must be JSON.stringify's, byte for byte.
+    const rows = [
+      trackEvent('say "hi"\\', { __eventId: 'e"1', text: 'Łódź 😀 \u0007', nested: { a: [1, 2.5, -0, 1e21, null, true] } }),
+      { type: 'track', payload: { name: 'position', profileId: 42, properties: { lat: 48.8566, lon: -2.3522e-7, speed: 0 } } },
+      { type: 'identify', payload: { profileId: 'u-1', email: 'a@b.c', properties: { plan: '{"not":"parsed"}' } } },
+      trackEvent('plain'),
+    ];
+    const events = deviceEvents(rows);
+    events[1] = { ...events[1]!, row: { ...events[1]!.row, ip: '198.51.100.4', latitude: 45.76, longitude: -0.5 } };
+    const shared = callBaseOf(events.map((e) => e.row));
+    const [call] = packDeviceEvents(events);
+    events.forEach((e, i) => {
+      const own = Object.fromEntries(Object.entries(e.row).filter(([k, v]) => !shared || !(k in shared) || (shared as Record<string, unknown>)[k] !== v));
+      expect(call!.rp[i]).toBe(`"r":${JSON.stringify(own)},"p":${JSON.stringify(e.payload.payload)}`);
+    });
+    const fields = events.map((e) => {
+      const { rp: _rp, ...rest } = packEvent(e, shared);
+      return JSON.stringify(rest);
+    });
+    expect(call!.fields).toBe(`[${fields.join(',')}]`);
+    // Without a base (a legacy call's rows), each row whole.
+    expect(packEvent(events[3]!).rp).toBe(`"r":${JSON.stringify(events[3]!.row)},"p":${JSON.stringify(events[3]!.payload.payload)}`);
+  });
+
   it('sends an event larger than a call\'s budget on its own', () => {
     const events = deviceEvents([trackEvent('a', { n: 1 }), telemetryRow(MAX_EVENT_BYTES - 100, {}), trackEvent('b', { n: 2 })]);
     expect(packDeviceEvents(events, 1000).map((c) => c.rp.length)).toEqual([1, 1, 1]);
