@@ -106,7 +106,7 @@ export class DeviceObject extends DurableObject<Env> {
       this.meta.clear();
       this.stores.dedup.forgetIndex();
       this.stores.outbox.forgetWritten();
-      this.stores.sessions.forgetAliases();
+      this.stores.sessions.forget();
       this.schemaReady = false; // the tables of a first, rolled-back write are gone too
       throw err;
     }
@@ -441,7 +441,7 @@ export class DeviceObject extends DurableObject<Env> {
     this.meta.clear();
     this.stores.dedup.reset();
     this.stores.outbox.reset();
-    this.stores.sessions.forgetAliases();
+    this.stores.sessions.forget();
     this.schemaReady = false;
     return { held: partial ? partial.held : true, whole: true, ...removed };
   }

@@ -305,6 +305,19 @@ describe('session_end and late data', () => {
     expect(markers[0]!.properties).toMatchObject({ durationMs: 30 * MIN, eventCount: 6 });
   });
 
+  it('a session the alarm ended and a call extends in the same millisecond gets a newer version', async () => {
+    const projectId = `same-ms-${Date.now()}`;
+    const stub = deviceStub(env, projectId, 'same-ms');
+    const t0 = Date.now() - 2 * GAP_MS;
+    await ingest(projectId, 'same-ms', [trackEvent('a', { __deviceId: 'same-ms', __timestamp: t0 })], t0 + 1000);
+    // The object keeps its sessions in memory between calls: the alarm's end must reach them too.
+    const endAt = t0 + GAP_MS + 5000;
+    expect((await stub.maintain(endAt)).ended).toBe(1);
+    await ingest(projectId, 'same-ms', [trackEvent('b', { __deviceId: 'same-ms', __timestamp: t0 + 10_000 })], endAt);
+    const versions = await runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ version: number; event_count: number }>('SELECT version, event_count FROM sessions').toArray());
+    expect(versions).toEqual([{ version: endAt * 1000 + 1, event_count: 2 }]);
+  });
+
   it('a historical session older than the gap is ended at once', async () => {
     const projectId = `hist-${Date.now()}`;
     const now = Date.now();

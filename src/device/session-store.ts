@@ -8,10 +8,18 @@ import type { DeviceIdent, DeviceState, SessionRecord } from './types';
 
 /** Sessions are kept past the dedup window; the route refuses events older than 5 days. */
 export const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
+/** How much further back than a call asks the sessions held in memory reach (see SessionStore.recent). */
+const RECENT_MARGIN_MS = 60 * 60 * 1000;
 
 export class SessionStore {
   /** aliases() as last read, until a merge, a prune or an erasure changes them (null: read again). */
   private aliasCache: Record<string, string> | null = null;
+  /**
+   * Every current (unmerged) session that ends after `fromMs`, as storage holds it, kept in step by
+   * each write below: a call on live data finds its sessions here instead of a read. A call that
+   * reaches further back reads storage (and keeps that wider window). Null: read again.
+   */
+  private recent: { fromMs: number; byId: Map<string, SessionRecord> } | null = null;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -41,19 +49,37 @@ export class SessionStore {
     };
   }
 
+  /** The current sessions overlapping (fromMs, toMs). */
   private load(fromMs: number, toMs: number): SessionRecord[] {
-    return this.sql
-      .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number; version: number }>(
-        'SELECT id, start_ms, end_ms, event_count, ended, version FROM sessions WHERE merged_into IS NULL AND start_ms < ? AND end_ms > ?',
-        toMs,
-        fromMs,
-      )
-      .toArray()
-      .map((r) => ({ id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }));
+    if (!this.recent || fromMs < this.recent.fromMs) {
+      // A gap's width more than asked: the next calls of a live device start a little later.
+      const windowFromMs = fromMs - RECENT_MARGIN_MS;
+      const rows = this.sql
+        .exec<{ id: string; start_ms: number; end_ms: number; event_count: number; ended: number; version: number }>(
+          'SELECT id, start_ms, end_ms, event_count, ended, version FROM sessions WHERE merged_into IS NULL AND end_ms > ?',
+          windowFromMs,
+        )
+        .toArray();
+      this.recent = {
+        fromMs: windowFromMs,
+        byId: new Map(rows.map((r) => [r.id, { id: r.id, startMs: r.start_ms, endMs: r.end_ms, eventCount: r.event_count, ended: r.ended, version: r.version }])),
+      };
+    }
+    const out: SessionRecord[] = [];
+    for (const s of this.recent.byId.values()) if (s.startMs < toMs && s.endMs > fromMs) out.push({ ...s });
+    return out;
+  }
+
+  /** Forgets the sessions it holds in memory (a rolled-back transaction, deleted storage). */
+  forget(): void {
+    this.recent = null;
+    this.aliasCache = null;
   }
 
   /** Takes in the sessions ClickHouse holds that the object has no row of (it keeps its own). */
   takeKnown(known: readonly SessionRecord[]): void {
+    // Kept or not depending on rows the memory does not hold (merged ones): read again next time.
+    if (known.length) this.recent = null;
     for (const k of known) {
       this.sql.exec(
         'INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO NOTHING',
@@ -93,6 +119,7 @@ export class SessionStore {
       for (const a of absorbed) {
         const version = this.nextVersion(a.version, nowMs);
         this.sql.exec('UPDATE sessions SET merged_into = ?, version = ? WHERE id = ?', survivorId, version, a.id);
+        this.recent?.byId.delete(a.id);
         rows.push(this.row(ident, { id: a.id, startMs: a.start_ms, endMs: a.end_ms, eventCount: a.event_count, ended: a.ended, version }, survivorId, nowMs));
       }
     }
@@ -110,6 +137,7 @@ export class SessionStore {
         ended,
         version,
       );
+      this.recent?.byId.set(s.id, { id: s.id, startMs: s.startMs, endMs: s.endMs, eventCount: s.eventCount, ended, version });
       rows.push(this.row(ident, { ...s, ended, version }, '', nowMs));
     }
     return { sessionIds: assignment.sessionIds, rows };
@@ -143,6 +171,8 @@ export class SessionStore {
     for (const s of idle) {
       const version = this.nextVersion(s.version, nowMs);
       this.sql.exec('UPDATE sessions SET ended = 1, version = ? WHERE id = ?', version, s.id);
+      const held = this.recent?.byId.get(s.id);
+      if (held) Object.assign(held, { ended: 1, version });
       rows.push(this.row(ident, { id: s.id, startMs: s.start_ms, endMs: s.end_ms, eventCount: s.event_count, ended: 1, version }, '', nowMs));
     }
     return rows;
@@ -151,6 +181,9 @@ export class SessionStore {
   /** Forgets ended and merged sessions past their retention. */
   prune(nowMs: number): void {
     this.aliasCache = null;
+    if (this.recent) {
+      for (const [id, s] of this.recent.byId) if (s.ended === 1 && s.endMs < nowMs - SESSION_RETENTION_MS) this.recent.byId.delete(id);
+    }
     this.sql.exec('DELETE FROM sessions WHERE ended = 1 AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
     this.sql.exec('DELETE FROM sessions WHERE merged_into IS NOT NULL AND end_ms < ?', nowMs - SESSION_RETENTION_MS);
   }
@@ -165,10 +198,7 @@ export class SessionStore {
     return (this.aliasCache = aliases);
   }
 
-  /** Forgets what it holds in memory: a transaction was rolled back, or storage deleted. */
-  forgetAliases(): void {
-    this.aliasCache = null;
-  }
+
 
   /** The session a (possibly merged) session id now is. */
   current(id: string): string {
@@ -244,6 +274,7 @@ export class SessionStore {
   /** Deletes these sessions and those merged into them; returns how many rows went. */
   erase(sessionIds: readonly string[]): number {
     this.aliasCache = null;
+    this.recent = null;
     let removed = 0;
     const ids = [...new Set(sessionIds)];
     for (let i = 0; i < ids.length; i += PARAMS_PER_STATEMENT / 2) {
