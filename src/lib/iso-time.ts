@@ -13,24 +13,37 @@ const digitAt = (s: string, i: number): number => {
  * Such a text is also a valid ISO 8601 date-time by any stricter check (the wire schema's included).
  */
 export function commonIsoTime(text: string): number | null {
-  const c = (i: number) => text.charCodeAt(i);
-  // YYYY-MM-DDTHH:MM:SS.sssZ, separators by their codes.
-  if (text.length !== 24 || c(4) !== 45 || c(7) !== 45 || c(10) !== 84 || c(13) !== 58 || c(16) !== 58 || c(19) !== 46 || c(23) !== 90) return null;
-  const n = (at: number, digits: number): number => {
-    let v = 0;
-    for (let i = 0; i < digits; i++) v = v * 10 + digitAt(text, at + i);
-    return v;
-  };
-  const year = n(0, 4);
-  const month = n(5, 2);
-  const day = n(8, 2);
-  const hour = n(11, 2);
-  const minute = n(14, 2);
-  const second = n(17, 2);
-  const millis = n(20, 3);
+  // YYYY-MM-DDTHH:MM:SS.sssZ, separators by their codes. (No closures here: a bundle that keeps
+  // function names wraps each one made per call, once per event.)
+  if (
+    text.length !== 24 ||
+    text.charCodeAt(4) !== 45 ||
+    text.charCodeAt(7) !== 45 ||
+    text.charCodeAt(10) !== 84 ||
+    text.charCodeAt(13) !== 58 ||
+    text.charCodeAt(16) !== 58 ||
+    text.charCodeAt(19) !== 46 ||
+    text.charCodeAt(23) !== 90
+  ) {
+    return null;
+  }
+  const year = digits(text, 0, 4);
+  const month = digits(text, 5, 2);
+  const day = digits(text, 8, 2);
+  const hour = digits(text, 11, 2);
+  const minute = digits(text, 14, 2);
+  const second = digits(text, 17, 2);
+  const millis = digits(text, 20, 3);
   if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= 28 && hour <= 23 && minute <= 59 && second <= 59 && millis >= 0)) return null;
   const ms = Date.UTC(year, month - 1, day, hour, minute, second, millis);
   return Number.isFinite(ms) ? ms : null;
+}
+
+/** The number written by `count` digits of `text` from `at`, or NaN. */
+function digits(text: string, at: number, count: number): number {
+  let v = 0;
+  for (let i = 0; i < count; i++) v = v * 10 + digitAt(text, at + i);
+  return v;
 }
 
 /**

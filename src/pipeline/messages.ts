@@ -112,7 +112,8 @@ export function expandMessage(m: IngestMessage, syncedAtMs: number): { events: E
   // `chunk` is the earlier form of `entries` (a JSON string inside a json message); both may be in flight.
   const entries = m.entries ?? (m.chunk ? (JSON.parse(m.chunk) as OutboxEvent[]) : []);
   for (const entry of entries) {
-    const row: EventRow = { ...entryRow(entry, m.base), session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs };
+    // entryRow's object and this row's in one copy (a row per event of every message).
+    const row = { ...m.base, ...entry.r, session_id: aliases[entry.s] ?? entry.s, synced_at_ms: syncedAtMs } as EventRow;
     events.push(row);
     payloads.push({ id: row.id, project_id: row.project_id, created_at_ms: row.created_at_ms, received_at_ms: row.received_at_ms, payload: entry.p });
   }
