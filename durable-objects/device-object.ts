@@ -42,6 +42,8 @@ export class DeviceObject extends DurableObject<Env> {
    * set or deleted by anything but the planning (a back-off, an erasure).
    */
   private plannedAlarm: { atMs: number; gapMs: number } | null = null;
+  /** Counts what made the object forget its plan: a planning that awaited across one does not note its own. */
+  private alarmEpoch = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -211,8 +213,13 @@ export class DeviceObject extends DurableObject<Env> {
     );
   }
 
-  private async setAlarmAt(atMs: number): Promise<void> {
+  private forgetPlannedAlarm(): void {
     this.plannedAlarm = null;
+    this.alarmEpoch++;
+  }
+
+  private async setAlarmAt(atMs: number): Promise<void> {
+    this.forgetPlannedAlarm();
     await this.ctx.storage.setAlarm(atMs);
   }
 
@@ -278,7 +285,7 @@ export class DeviceObject extends DurableObject<Env> {
    */
   override async alarm(): Promise<void> {
     // This alarm is spent: until planned again, calls plan for themselves.
-    this.plannedAlarm = null;
+    this.forgetPlannedAlarm();
     await this.maintain(Date.now());
   }
 
@@ -334,6 +341,12 @@ export class DeviceObject extends DurableObject<Env> {
    */
   private async scheduleAlarm(nowMs: number, afterCall: boolean): Promise<void> {
     const { dedup, sessions, outbox, live } = this.stores;
+    // Whatever was planned no longer covers this call's sessions until this planning ends; one that
+    // throws or returns early leaves nothing planned (the next call plans again).
+    this.forgetPlannedAlarm();
+    const epoch = this.alarmEpoch;
+    // Planned against an injected clock (tests, maintain(nowMs)) the alarm is not one a call can trust.
+    const realClock = Math.abs(nowMs - Date.now()) < 1000;
     // Rows still waiting were committed by calls whose own flushes come next (after a call, or after
     // an alarm's flush that succeeded), or wait for the back-off alarm that stands while sends fail:
     // this alarm only stands by for them.
@@ -357,9 +370,11 @@ export class DeviceObject extends DurableObject<Env> {
     // earlier on every call (which would send a retry per request into the outage).
     if (afterCall && current !== null && outbox.failures() > 0) return;
     const atMs = current === null || next < current || !afterCall ? next : current;
-    if (atMs !== current) await this.setAlarmAt(atMs);
-    // No later than `next`, which is no later than any open session's idle time.
-    if (gapMs !== null) this.plannedAlarm = { atMs, gapMs };
+    if (atMs !== current) await this.ctx.storage.setAlarm(atMs);
+    // No later than `next`, which is no later than any open session's idle time; unless something
+    // touched the alarm or the object's storage while this planning awaited (an erasure deleting
+    // both, an alarm run, a back-off), in which case nothing is noted.
+    if (gapMs !== null && realClock && this.alarmEpoch === epoch) this.plannedAlarm = { atMs, gapMs };
   }
 
   /** Live state for GET /v1/devices/:deviceId; null for a device that never sent an event. */
@@ -424,9 +439,10 @@ export class DeviceObject extends DurableObject<Env> {
   private async eraseHeld(profile?: ProfileErasure): Promise<DeviceErasureResult> {
     // (Its failure handling too: a back-off alarm set after the deletion would outlive it.)
     while (this.flushRun || this.stores.outbox.inFlight) await (this.flushRun ?? this.stores.outbox.inFlight)!.catch(() => 0);
-    this.plannedAlarm = null;
+    this.forgetPlannedAlarm();
     if (!this.hasSchema()) {
       await this.ctx.storage.deleteAlarm();
+      this.forgetPlannedAlarm();
       return { held: false, whole: true, outboxEvents: 0, seenIds: 0, sessions: 0 };
     }
     let partial: ReturnType<typeof eraseProfile> | null = null;
@@ -435,9 +451,11 @@ export class DeviceObject extends DurableObject<Env> {
       if (partial.othersRemain) return { held: partial.held, whole: false, ...partial.removed };
     }
     const removed = partial?.removed ?? heldCounts(this.stores);
-    this.plannedAlarm = null;
+    this.forgetPlannedAlarm();
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
+    // Again once deleted: a planning that noted an alarm meanwhile noted one that is gone.
+    this.forgetPlannedAlarm();
     this.meta.clear();
     this.stores.dedup.reset();
     this.stores.outbox.reset();

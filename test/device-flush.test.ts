@@ -117,6 +117,58 @@ describe('device outbox flush from the call', () => {
     expect(alarm! - Date.now()).toBeLessThanOrEqual(FLUSH_SAFETY_MS);
   });
 
+  it('a planning that failed leaves nothing planned: the next call plans again and pulls the alarm for a session going idle first', async () => {
+    const p = await createProject();
+    const id = 'planned-failed';
+    const stub = deviceStub(env, p.id, id);
+    const gapMs = 30 * 60 * 1000;
+    const post = (atMs: number) => postBatch(p, { events: [trackEvent('planned', { __deviceId: id, __timestamp: atMs })] });
+    expect((await post(Date.now() - 3 * 3_600_000)).status).toBe(202);
+    const planned = await alarmOf(stub);
+    expect(planned! - Date.now()).toBeGreaterThan(FLUSH_SAFETY_MS / 2);
+    // The next planning fails once (its getAlarm), for a call whose session goes idle in 15 s.
+    await runInDurableObject(stub, (_o, state) => {
+      const storage = state.storage as unknown as { getAlarm: () => Promise<number | null> };
+      const real = storage.getAlarm.bind(storage);
+      storage.getAlarm = () => {
+        storage.getAlarm = real;
+        return Promise.reject(new Error('getAlarm failed'));
+      };
+    });
+    expect((await post(Date.now() - gapMs + 15_000)).status).toBe(202);
+    expect(await alarmOf(stub)).toBe(planned);
+    // A call that needs nothing sooner itself: it must not trust the plan made before that session.
+    expect((await post(Date.now() - 2 * 3_600_000)).status).toBe(202);
+    const pulled = await alarmOf(stub);
+    expect(pulled! - Date.now()).toBeLessThanOrEqual(15_000);
+  });
+
+  it('a planning that an erasure overtook notes nothing', async () => {
+    const p = await createProject();
+    const id = 'planned-overtaken';
+    const stub = deviceStub(env, p.id, id);
+    expect((await postBatch(p, { events: [trackEvent('seed', { __deviceId: id, __timestamp: Date.now() - 3 * 3_600_000 })] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+    const planned = await runInDurableObject(stub, async (o: DeviceObject, state) => {
+      const self = o as unknown as { scheduleAlarm: (nowMs: number, afterCall: boolean) => Promise<void>; plannedAlarm: unknown };
+      // A planning that waits on its getAlarm while the object's whole erasure runs.
+      const storage = state.storage as unknown as { getAlarm: () => Promise<number | null> };
+      const real = storage.getAlarm.bind(storage);
+      let release = () => {};
+      storage.getAlarm = () => {
+        storage.getAlarm = real;
+        return new Promise((resolve) => (release = () => void real().then(resolve)));
+      };
+      const planning = self.scheduleAlarm(Date.now(), true);
+      expect((await o.erase()).whole).toBe(true);
+      release();
+      await planning;
+      return self.plannedAlarm;
+    });
+    // Noting the alarm it set would let later calls trust an alarm the erasure may have deleted.
+    expect(planned).toBeNull();
+  });
+
   it("sends an unsent chunk as a profile erasure left it, not as the call wrote it", async () => {
     const p = await createProject();
     const id = 'erased-unsent';

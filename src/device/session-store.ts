@@ -198,8 +198,6 @@ export class SessionStore {
     return (this.aliasCache = aliases);
   }
 
-
-
   /** The session a (possibly merged) session id now is. */
   current(id: string): string {
     return this.sql.exec<{ m: string | null }>('SELECT merged_into AS m FROM sessions WHERE id = ?', id).toArray()[0]?.m ?? id;
