@@ -359,33 +359,6 @@ describe('device storage keys', () => {
       return sql.exec<{ n: number }>("SELECT count(*) AS n FROM sqlite_sequence WHERE name IN ('outbox', 'seen_chunks')").one().n;
     });
 
-  it("drops an older object's index on the sessions' end, and a session change then writes one row", async () => {
-    const p = await createProject();
-    const id = 'old-index';
-    const stub = deviceStub(env, p.id, id);
-    const post = (atMs: number) => postBatch(p, { events: [trackEvent('i', { __deviceId: id, __timestamp: atMs })] });
-    expect((await post(Date.now() - 60_000)).status).toBe(202);
-    const indexes = () =>
-      runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions' AND sql IS NOT NULL").toArray().map((r) => r.name));
-    expect(await indexes()).toEqual([]);
-    // The older layout, and a new life of the object.
-    await runInDurableObject(stub, (o: DeviceObject, state) => {
-      state.storage.sql.exec('CREATE INDEX sessions_end_idx ON sessions (end_ms)');
-      (o as unknown as Internals).schemaReady = false;
-    });
-    expect(await indexes()).toEqual(['sessions_end_idx']);
-    expect((await post(Date.now() - 30_000)).status).toBe(202);
-    expect(await indexes()).toEqual([]);
-    // Extending the session rewrites its row only (an index entry was a second billed row).
-    const written = await runInDurableObject(stub, (_o, state) => {
-      const c = state.storage.sql.exec("UPDATE sessions SET end_ms = end_ms + 1, version = version + 1 WHERE merged_into IS NULL");
-      c.toArray();
-      return c.rowsWritten;
-    });
-    expect(written).toBe(1);
-    await waitUntil(() => countEvents(p.id), (c) => c.ids === 2);
-  });
-
   it("rebuilds an older object's AUTOINCREMENT keys with every row kept, and a new object has none", async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'old-keys');
