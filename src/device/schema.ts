@@ -14,17 +14,12 @@ const REKEYED_TABLES: Record<string, string> = {
     session_id TEXT NOT NULL DEFAULT '', body TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0, base TEXT)`,
 };
 
-/**
- * The object's tables; every statement is idempotent, so it also completes an older layout. The
- * sessions had an index on `end_ms`: a second billed row written with every session a call creates
- * or extends, for reads that scan a few hundred rows at most (sessions are kept 8 days) and that a
- * live object mostly answers from memory. An older object loses it on its next life.
- */
+/** The object's tables; every statement is idempotent, so it also completes an older layout. */
 const SCHEMA_SQL = `
   ${REKEYED_TABLES.seen_chunks};
   CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
     event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
-  DROP INDEX IF EXISTS sessions_end_idx;
+  CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);
   ${REKEYED_TABLES.outbox};
   CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
