@@ -366,14 +366,17 @@ export class DeviceObject extends DurableObject<Env> {
     }
     if (next === null) return;
     const current = await this.ctx.storage.getAlarm();
+    // Overtaken while it read the alarm (another planning, the alarm's run, a back-off, an
+    // erasure): whatever overtook it planned from a state that includes this one's, or must leave
+    // no alarm at all. Setting this planning's alarm now would undo that.
+    if (this.alarmEpoch !== epoch) return;
     // While flushes fail, the back-off alarm stands: new rows wait for it rather than pulling it
     // earlier on every call (which would send a retry per request into the outage).
     if (afterCall && current !== null && outbox.failures() > 0) return;
     const atMs = current === null || next < current || !afterCall ? next : current;
     if (atMs !== current) await this.ctx.storage.setAlarm(atMs);
-    // No later than `next`, which is no later than any open session's idle time; unless something
-    // touched the alarm or the object's storage while this planning awaited (an erasure deleting
-    // both, an alarm run, a back-off), in which case nothing is noted.
+    // No later than `next`, which is no later than any open session's idle time (unless something
+    // overtook this planning while it set the alarm: then nothing is noted).
     if (gapMs !== null && realClock && this.alarmEpoch === epoch) this.plannedAlarm = { atMs, gapMs };
   }
 

@@ -163,10 +163,11 @@ describe('device outbox flush from the call', () => {
       expect((await o.erase()).whole).toBe(true);
       release();
       await planning;
-      return self.plannedAlarm;
+      return { noted: self.plannedAlarm, alarm: await state.storage.getAlarm() };
     });
-    // Noting the alarm it set would let later calls trust an alarm the erasure may have deleted.
-    expect(planned).toBeNull();
+    // Setting its alarm would leave one on the erased object; noting it would let later calls trust
+    // an alarm the erasure may have deleted.
+    expect(planned).toEqual({ noted: null, alarm: null });
   });
 
   it("sends an unsent chunk as a profile erasure left it, not as the call wrote it", async () => {
