@@ -79,23 +79,30 @@ describe('device outbox flush from the call', () => {
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
   });
 
-  it('plans the alarm once, leaves it for calls that need nothing sooner, and pulls it for a session that goes idle first', async () => {
+  const gapMs = 30 * 60 * 1000;
+  /**
+   * A device whose first call, an hours-old event (its session ends at once), left only the safety
+   * minute's alarm, planned; `post(atMs)` sends it one more event.
+   */
+  async function plannedDevice(id: string) {
     const p = await createProject();
-    const id = 'planned-1';
     const stub = deviceStub(env, p.id, id);
-    const gapMs = 30 * 60 * 1000;
     const post = (atMs: number) => postBatch(p, { events: [trackEvent('planned', { __deviceId: id, __timestamp: atMs })] });
-    // Hours-old events: their sessions end at once, so only the safety minute for the rows stands.
     expect((await post(Date.now() - 3 * 3_600_000)).status).toBe(202);
     const planned = await alarmOf(stub);
     expect(planned).not.toBeNull();
     expect(planned! - Date.now()).toBeGreaterThan(FLUSH_SAFETY_MS / 2);
+    return { p, stub, post, planned: planned! };
+  }
+
+  it('plans the alarm once, leaves it for calls that need nothing sooner, and pulls it for a session that goes idle first', async () => {
+    const { p, stub, post, planned } = await plannedDevice('planned-1');
     expect((await post(Date.now() - 2 * 3_600_000)).status).toBe(202);
     expect(await alarmOf(stub)).toBe(planned);
     // A session that goes idle in 15 s: the planned alarm would be too late for its end.
     expect((await post(Date.now() - gapMs + 15_000)).status).toBe(202);
     const pulled = await alarmOf(stub);
-    expect(pulled).toBeLessThan(planned!);
+    expect(pulled).toBeLessThan(planned);
     expect(pulled! - Date.now()).toBeLessThanOrEqual(15_000);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
   });
@@ -118,14 +125,7 @@ describe('device outbox flush from the call', () => {
   });
 
   it('a planning that failed leaves nothing planned: the next call plans again and pulls the alarm for a session going idle first', async () => {
-    const p = await createProject();
-    const id = 'planned-failed';
-    const stub = deviceStub(env, p.id, id);
-    const gapMs = 30 * 60 * 1000;
-    const post = (atMs: number) => postBatch(p, { events: [trackEvent('planned', { __deviceId: id, __timestamp: atMs })] });
-    expect((await post(Date.now() - 3 * 3_600_000)).status).toBe(202);
-    const planned = await alarmOf(stub);
-    expect(planned! - Date.now()).toBeGreaterThan(FLUSH_SAFETY_MS / 2);
+    const { stub, post, planned } = await plannedDevice('planned-failed');
     // The next planning fails once (its getAlarm), for a call whose session goes idle in 15 s.
     await runInDurableObject(stub, (_o, state) => {
       const storage = state.storage as unknown as { getAlarm: () => Promise<number | null> };
