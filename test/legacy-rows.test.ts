@@ -1,7 +1,7 @@
 // Legacy rows as they really are: some without a device, a time or a key (skipped and counted, the
 // import goes on), and timestamps a microsecond apart (two rows, two ids, never one).
 import { describe, expect, it } from 'vitest';
-import { parsePgTimestamp } from '../src/legacy/translate';
+import { commonPgTimestamp, legacyPayloadJson, parsePgTimestamp, patternPgTimestamp, translateRow } from '../src/legacy/translate';
 import { admin, importBody, startImport, suffix, waitJob, withPg } from './backfill-helpers';
 import { ch, countEvents, createProject } from './helpers';
 
@@ -15,6 +15,60 @@ describe('legacy rows', () => {
     expect(parsePgTimestamp('2024-01-01 12:00:00.000001-03')).toMatchObject({ iso: '2024-01-01T15:00:00.000001Z' });
     expect(parsePgTimestamp('infinity')).toBeNull();
     expect(parsePgTimestamp('2024-01-01 12:00:00 BC')).toBeNull();
+  });
+
+  it('reads the common UTC form by hand to the same time and text as the pattern, and leaves every other form to it', () => {
+    const pad = (n: number, w: number) => String(n).padStart(w, '0');
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    for (let i = 0; i < 2000; i++) {
+      const y = 1000 + rnd(9000);
+      const mo = 1 + rnd(12);
+      const d = 1 + rnd(mo === 2 ? (y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28) : [4, 6, 9, 11].includes(mo) ? 30 : 31);
+      const frac = rnd(3) === 0 ? '' : `.${pad(rnd(10 ** 6), 6).slice(0, 1 + rnd(6))}`;
+      const text = `${pad(y, 4)}-${pad(mo, 2)}-${pad(d, 2)} ${pad(rnd(24), 2)}:${pad(rnd(60), 2)}:${pad(rnd(60), 2)}${frac}${rnd(2) ? '+00' : ''}`;
+      const byHand = commonPgTimestamp(text);
+      expect(byHand, text).not.toBeNull();
+      expect(byHand, text).toEqual(patternPgTimestamp(text));
+    }
+    // Leap days and month ends, by hand
+    for (const text of ['2024-02-29 23:59:59.999999+00', '2000-02-29 00:00:00', '2023-12-31 23:59:59.5', '2023-04-30 12:00:00.05+00']) {
+      expect(commonPgTimestamp(text), text).toEqual(patternPgTimestamp(text));
+    }
+    // Every other form is the pattern's: a day the month lacks, another zone, a 5-digit or 3-digit
+    // year, a bare or 7-digit fraction, spaces, a fraction without digits.
+    for (const text of [
+      '2023-02-29 12:00:00',
+      '1900-02-29 12:00:00',
+      '2023-04-31 12:00:00',
+      '2024-01-01 12:00:00+01',
+      '2024-01-01 12:00:00.5-00',
+      '2024-01-01 12:00:00+00:00',
+      '12024-01-01 12:00:00+00',
+      '0999-01-01 12:00:00+00',
+      '2024-01-01 12:00:00.+00',
+      '2024-01-01 12:00:00.1234567',
+      ' 2024-01-01 12:00:00',
+      '2024-01-01 12:00:00 ',
+      '2024-01-01 24:00:00',
+      '2024-13-01 12:00:00',
+      '2024-01-01T12:00:00',
+    ]) {
+      expect(commonPgTimestamp(text), text).toBeNull();
+      expect(parsePgTimestamp(text), text).toEqual(patternPgTimestamp(text));
+    }
+    expect(parsePgTimestamp('2023-02-29 12:00:00')).toEqual({ ms: Date.UTC(2023, 2, 1, 12), iso: '2023-03-01T12:00:00.000Z' });
+    expect(parsePgTimestamp(' 2024-01-01 12:00:00 ')).toEqual({ ms: Date.UTC(2024, 0, 1, 12), iso: '2024-01-01T12:00:00.000Z' });
+  });
+
+  it('stores every column as the raw payload and all but the time and device as properties, a `__proto__` column included in the payload', () => {
+    const row = JSON.parse('{"id":7,"device_id":"veh-1","created_at":"2024-05-01T00:00:00.000Z","__proto__":"p","speed":3.5,"tags":{"a":[1,2]}}') as Record<string, unknown>;
+    const source = { table: 't', key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy_track' };
+    const t = translateRow({ projectId: 'p1', dataset: 'ds', source }, row, 5);
+    expect(t.payload.payload).toBe('{"id":7,"device_id":"veh-1","created_at":"2024-05-01T00:00:00.000Z","__proto__":"p","speed":3.5,"tags":{"a":[1,2]}}');
+    expect(t.payload.payload).toBe(legacyPayloadJson(row));
+    expect(JSON.parse(t.event.properties)).toEqual({ id: 7, speed: 3.5, tags: { a: [1, 2] } });
+    expect(t.event).toMatchObject({ device_id: 'veh-1', created_at_ms: Date.UTC(2024, 4, 1), name: 'legacy_track' });
   });
 
   it('skips rows without a device, a time or a key, counts them, and imports the rest', async () => {

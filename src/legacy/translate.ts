@@ -34,8 +34,55 @@ export class LegacyTimestamp {
 
 const PG_TIMESTAMP = /^(\d{4,})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(?:([+-])(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?)?$/;
 
+/** Days in a month of the proleptic Gregorian calendar (month 1-12). */
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
+}
+
+/** The number written by `count` ASCII digits of `text` from `at`, or NaN. */
+function digitsAt(text: string, at: number, count: number): number {
+  let v = 0;
+  for (let i = at; i < at + count; i++) {
+    const c = text.charCodeAt(i) - 48;
+    if (!(c >= 0 && c <= 9)) return NaN;
+    v = v * 10 + c;
+  }
+  return v;
+}
+
+/**
+ * What Postgres writes for a UTC time, `YYYY-MM-DD HH:MM:SS[.f{1,6}][+00]`, read by hand: the same
+ * value and text as the pattern below, without a match array and a Date per row. Null for any other
+ * form (a zone, a 5-digit year, a field out of range), which the pattern decides.
+ */
+export function commonPgTimestamp(text: string): LegacyTimestamp | null {
+  let end = text.length;
+  if (end >= 22 && text.charCodeAt(end - 3) === 43 && text.charCodeAt(end - 2) === 48 && text.charCodeAt(end - 1) === 48) end -= 3; // "+00"
+  if (end < 19 || text.charCodeAt(4) !== 45 || text.charCodeAt(7) !== 45 || text.charCodeAt(10) !== 32 || text.charCodeAt(13) !== 58 || text.charCodeAt(16) !== 58) return null;
+  const fracDigits = end > 19 ? end - 20 : 0;
+  if (end > 19 && (text.charCodeAt(19) !== 46 || fracDigits < 1 || fracDigits > 6)) return null;
+  const frac = fracDigits === 0 ? 0 : digitsAt(text, 20, fracDigits);
+  const y = digitsAt(text, 0, 4);
+  const mo = digitsAt(text, 5, 2);
+  const d = digitsAt(text, 8, 2);
+  const h = digitsAt(text, 11, 2);
+  const mi = digitsAt(text, 14, 2);
+  const sec = digitsAt(text, 17, 2);
+  if (!(y >= 1000 && mo >= 1 && mo <= 12 && d >= 1 && d <= daysInMonth(y, mo) && h <= 23 && mi <= 59 && sec <= 59 && frac >= 0)) return null;
+  // Fractions as the pattern pads them: 3 digits (milliseconds), or 6 when more than 3 were given.
+  const fracText = fracDigits === 0 ? '000' : fracDigits <= 3 ? text.slice(20, end).padEnd(3, '0') : text.slice(20, end).padEnd(6, '0');
+  const ms = Date.UTC(y, mo - 1, d, h, mi, sec) + Number(fracText.slice(0, 3));
+  return new LegacyTimestamp(ms, `${text.slice(0, 10)}T${text.slice(11, 19)}.${fracText}Z`);
+}
+
 /** Postgres' text output of a timestamp (without a zone it is taken as UTC); null for infinity or BC. */
 export function parsePgTimestamp(text: string): LegacyTimestamp | null {
+  return commonPgTimestamp(text) ?? patternPgTimestamp(text);
+}
+
+/** parsePgTimestamp by the pattern alone (every form); exported for the test that holds the hand reader to it. */
+export function patternPgTimestamp(text: string): LegacyTimestamp | null {
   const m = PG_TIMESTAMP.exec(text.trim());
   if (!m) return null;
   const [, y, mo, d, h, mi, s, frac = '', sign, oh = '0', om = '0', os = '0'] = m;
@@ -85,10 +132,23 @@ export class UnusableLegacyRow extends Error {
  * included) in the source's column order, as JSON, so imported history archives like any other.
  */
 export function legacyPayloadJson(row: LegacyRow): string {
+  return JSON.stringify(legacyColumns(row, null).columns);
+}
+
+/**
+ * A row's columns as JSON values, in one pass: all of them (the raw payload), and all but `omit`'s
+ * (the event's properties).
+ */
+function legacyColumns(row: LegacyRow, omit: { createdAt: string; deviceId: string } | null): { columns: Record<string, unknown>; properties: Record<string, unknown> } {
   // No prototype: a column named `__proto__` is a column like any other.
   const columns: Record<string, unknown> = Object.create(null);
-  for (const [col, v] of Object.entries(row)) columns[col] = propertyValue(v);
-  return JSON.stringify(columns);
+  const properties: Record<string, unknown> = {};
+  for (const col of Object.keys(row)) {
+    const v = propertyValue(row[col]);
+    columns[col] = v;
+    if (omit && col !== omit.createdAt && col !== omit.deviceId) properties[col] = v;
+  }
+  return { columns, properties };
 }
 
 export interface TranslatedRow {
@@ -110,10 +170,7 @@ export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset'
   }
   const device = row[s.deviceId];
   if (device === null || device === undefined || device === '') throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.deviceId} is empty`);
-  const properties: Record<string, unknown> = {};
-  for (const [col, v] of Object.entries(row)) {
-    if (col !== s.createdAt && col !== s.deviceId) properties[col] = propertyValue(v);
-  }
+  const { columns, properties } = legacyColumns(row, s);
   const id = legacyEventId(p.dataset, legacyId, createdAtMs);
   return {
     event: {
@@ -138,6 +195,6 @@ export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset'
       longitude: null,
     },
     map: { dataset: p.dataset, legacy_id: legacyId, new_id: id, project_id: p.projectId, created_at_ms: createdAtMs },
-    payload: { id, project_id: p.projectId, created_at_ms: createdAtMs, received_at_ms: importedAtMs, payload: legacyPayloadJson(row) },
+    payload: { id, project_id: p.projectId, created_at_ms: createdAtMs, received_at_ms: importedAtMs, payload: JSON.stringify(columns) },
   };
 }
