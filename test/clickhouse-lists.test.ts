@@ -66,6 +66,22 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(parseTabSeparated('a\\tb\\\\c\\\'d\tx\n', 2)).toEqual([["a\tb\\c'd", 'x']]);
   });
 
+  it('inserts rows already encoded as JSON lines as they are, and names only the code of a refused one (insertJsonLines)', async () => {
+    const p = await createProject();
+    const texts = ['plain', 'new\nline', 'back\\slash', '"quoted"', '中文 ✓ 😀', '', '{"a":[1,2]}'];
+    const base = Date.UTC(2026, 0, 6);
+    const rows = texts.map((t, i) => ({ id: uuidv7At(base + i, hash128(`jl:${i}`)), project_id: p.id, created_at_ms: base + i, received_at_ms: base + i + 1, payload: t }));
+    await ch().insertJsonLines('event_payloads', rows.map((r) => `${JSON.stringify(r)}\n`).join(''));
+    const back = await ch().queryFields('SELECT toString(id), payload FROM event_payloads WHERE project_id = {p:String} ORDER BY created_at_ms', { p: p.id }, 2);
+    expect(back).toEqual(rows.map((r) => [r.id, r.payload]));
+    await expect(ch().insertJsonLines('event_payloads', '{"id":"x"}')).rejects.toThrow(/end with a line feed/);
+    const refused = await ch()
+      .insertJsonLines('event_payloads', '{"id":"not a uuid","payload":"secret payload"}\n')
+      .then(() => null, (e: unknown) => e);
+    expect(String(refused)).toMatch(/ClickHouse refused the insert into event_payloads \(\d+\): Code: \d+/);
+    expect(String(refused)).not.toContain('secret payload');
+  });
+
   it('never takes an error met in the middle of a TabSeparated answer for rows', async () => {
     // More than the server's first output buffer goes out before the error, so on 18.16 the answer
     // is a 200 whose text ends with the exception (the chDB test server holds answers whole and

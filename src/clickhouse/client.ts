@@ -69,6 +69,11 @@ export interface ClickHouse {
    * than JSON when a column holds long text.
    */
   insertTabSeparated(table: string, columns: readonly string[], text: string): Promise<void>;
+  /**
+   * `insert` of rows already encoded as JSONEachRow lines (each ending with a line feed): a caller
+   * that encodes a large insert in slices, yielding between them, sends the text as it is.
+   */
+  insertJsonLines(table: string, text: string): Promise<void>;
   ping(): Promise<boolean>;
   version(): Promise<ServerVersion>;
 }
@@ -235,33 +240,37 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       if (rows.length === 0) return;
       await client.insert({ table, values: rows as object[], format: 'JSONEachRow' });
     },
-    async insertTabSeparated(table: string, columns: readonly string[], text: string) {
-      if (!text) return;
-      for (const name of [table, ...columns]) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`${name} is not an identifier`);
-      if (!text.endsWith('\n')) throw new TypeError('TabSeparated rows end with a line feed');
-      const url = new URL(config.url);
-      url.searchParams.set('query', `INSERT INTO ${table} (${columns.join(', ')}) FORMAT TabSeparated`);
-      url.searchParams.set('database', config.database);
-      for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
-      const res = await fetch(url, {
-        method: 'POST',
-        body: text,
-        headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
-        signal: AbortSignal.timeout(timeoutMs),
-      });
-      const answer = await res.text();
-      // A parse error quotes the rows (payloads): only its code and name go into the message.
-      if (!res.ok) {
-        const code = /Code: \d+/.exec(answer)?.[0] ?? 'no error code';
-        const name = /\([A-Z][A-Z_]+\)/.exec(answer)?.[0];
-        throw new Error(`ClickHouse refused the insert into ${table} (${res.status}): ${code}${name ? ` ${name}` : ''}`);
-      }
-    },
+    insertTabSeparated: (table: string, columns: readonly string[], text: string) => insertText(table, columns, 'TabSeparated', text),
+    insertJsonLines: (table: string, text: string) => insertText(table, null, 'JSONEachRow', text),
     async ping() {
       const r = await client.ping();
       return r.success;
     },
   };
+
+  /** Rows already written in `format` (each line ending with a line feed), sent as they are. */
+  async function insertText(table: string, columns: readonly string[] | null, format: 'TabSeparated' | 'JSONEachRow', text: string) {
+    if (!text) return;
+    for (const name of [table, ...(columns ?? [])]) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`${name} is not an identifier`);
+    if (!text.endsWith('\n')) throw new TypeError(`${format} rows end with a line feed`);
+    const url = new URL(config.url);
+    url.searchParams.set('query', `INSERT INTO ${table}${columns ? ` (${columns.join(', ')})` : ''} FORMAT ${format}`);
+    url.searchParams.set('database', config.database);
+    for (const [k, value] of Object.entries(settings)) url.searchParams.set(k, String(value));
+    const res = await fetch(url, {
+      method: 'POST',
+      body: text,
+      headers: { authorization: `Basic ${btoa(`${config.username}:${config.password}`)}` },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const answer = await res.text();
+    // A parse error quotes the rows (payloads): only its code and name go into the message.
+    if (!res.ok) {
+      const code = /Code: \d+/.exec(answer)?.[0] ?? 'no error code';
+      const name = /\([A-Z][A-Z_]+\)/.exec(answer)?.[0];
+      throw new Error(`ClickHouse refused the insert into ${table} (${res.status}): ${code}${name ? ` ${name}` : ''}`);
+    }
+  }
 }
 
 /** Query parameters travel in the URL: a list longer than a handful belongs in a ValueLists body. */

@@ -20,10 +20,10 @@ import { keyText, translateRow, UnusableLegacyRow, type TranslatedRow } from './
 /** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
 /**
- * Rows translated between two yields to the event loop while paced: a request the isolate serves
- * meanwhile waits a few milliseconds, not for a whole page.
+ * Rows translated, or encoded for ClickHouse, between two yields to the event loop while paced: a
+ * request the isolate serves meanwhile waits a millisecond or two, not for a whole page.
  */
-const PACED_TRANSLATE_ROWS = 500;
+const PACED_TRANSLATE_ROWS = 100;
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
@@ -75,7 +75,7 @@ async function importPages(
       // Time is up: this page was read but is not written; the next chunk reads it again.
       if (pace && !(await pace.rest())) return { cursor, rows, skipped, exhausted: false };
     }
-    writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
+    writing = writeImportedChunk(ch, p.projectId, translated, verify, pace ? { yieldEvery: PACED_TRANSLATE_ROWS } : {}).then(() => null, (err: unknown) => err);
     rows += page.length;
     skipped += pageSkipped;
     const last = page.at(-1);

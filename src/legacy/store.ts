@@ -52,7 +52,7 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', p
  * again); for an event not yet present, a payload that a failed attempt already wrote is not
  * written twice.
  */
-export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: readonly TranslatedRow[], verify: boolean): Promise<number> {
+export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: readonly TranslatedRow[], verify: boolean, opts: WriteOptions = {}): Promise<number> {
   if (rows.length === 0) return 0;
   const have = verify
     ? await existingIds(
@@ -64,23 +64,40 @@ export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows
     : new Set<string>();
   const fresh = rows.filter((r) => !have.has(r.event.id));
   const havePayloads = verify && fresh.length ? await existingIds(ch, 'event_payloads', projectId, fresh.map((r) => r.payload)) : new Set<string>();
-  // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
-  const settled = await Promise.allSettled([
-    ch.insert(
-      'legacy_id_map',
-      rows.map((r) => r.map),
-    ),
-    ch.insert(
-      'event_payloads',
-      fresh.filter((r) => !havePayloads.has(r.payload.id)).map((r) => r.payload),
-    ),
-  ]);
-  for (const s of settled) if (s.status === 'rejected') throw s.reason;
-  await ch.insert(
-    'events',
-    fresh.map((r) => r.event),
+  const maps = await jsonLines(rows, (r) => r.map, opts.yieldEvery);
+  const payloads = await jsonLines(
+    fresh.filter((r) => !havePayloads.has(r.payload.id)),
+    (r) => r.payload,
+    opts.yieldEvery,
   );
+  const events = await jsonLines(fresh, (r) => r.event, opts.yieldEvery);
+  // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
+  const settled = await Promise.allSettled([ch.insertJsonLines('legacy_id_map', maps), ch.insertJsonLines('event_payloads', payloads)]);
+  for (const s of settled) if (s.status === 'rejected') throw s.reason;
+  await ch.insertJsonLines('events', events);
   return fresh.length;
+}
+
+export interface WriteOptions {
+  /**
+   * Rows encoded between two yields to the event loop: a paced import keeps each stretch of its
+   * work short, so a request the isolate serves meanwhile waits a few milliseconds, not for a
+   * whole step's encoding. Absent: encoded at once.
+   */
+  yieldEvery?: number;
+}
+
+const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+/** JSONEachRow text of `pick` of each row ('' for none), in slices of `yieldEvery` rows. */
+async function jsonLines<R>(rows: readonly R[], pick: (r: R) => object, yieldEvery: number | undefined): Promise<string> {
+  if (rows.length === 0) return '';
+  const lines = new Array<string>(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    if (yieldEvery && i > 0 && i % yieldEvery === 0) await yieldToEventLoop();
+    lines[i] = JSON.stringify(pick(rows[i]!));
+  }
+  return `${lines.join('\n')}\n`;
 }
 
 /** New ids of a project's legacy rows of a dataset (the same name in another project is another dataset). */
