@@ -30,8 +30,12 @@ export const START_STEP_ROWS = 2500;
 export const START_DUTY = 0.5;
 /** The smallest share of wall time the job keeps working, however loaded the readers are. */
 export const MIN_DUTY = 0.02;
-/** After the first back-off the duty cycle grows by this much per quiet window (additive increase), by a quarter at most. */
-export const DUTY_STEP = 0.1;
+/**
+ * After the first back-off the duty cycle grows by this much per quiet window, by half at most: a
+ * back-off answers a burst others may have caused too (a merge, a chunk's start), and a quarter
+ * per window took a 300k-row import most of its run to climb back from 0.02.
+ */
+export const DUTY_STEP = 0.15;
 /** Rests shorter than this are not worth their timer. */
 export const MIN_PAUSE_MS = 5;
 /** Probes per judgement: the controller re-judges its pace whenever this many have answered. */
@@ -154,7 +158,7 @@ export function restFor(workedMs: number, duty: number, maxPauseMs: number): num
  * included (what readers saw), against the same with the job quiet. Readers slowed beyond
  * BACKOFF_ABOVE: halve the duty cycle and the step (multiplicative decrease). Readers unbothered
  * (below GROW_BELOW): double both until the first back-off (slow start), then raise the duty cycle
- * additively (by a quarter at most) and the step by a quarter. In between, or with nothing
+ * by DUTY_STEP (by half at most) and the step by a quarter. In between, or with nothing
  * measured, hold. Both directions start from the duty cycle the window actually had where rests
  * were cut to the operator's bound.
  */
@@ -179,8 +183,8 @@ export function nextThrottle(s: ThrottleState, w: ProbeWindow, limits: ThrottleL
         stepRows *= 2;
         duty = from * 2;
       } else {
-        // A fixed step would overshoot a small duty cycle many times over: at most a quarter more.
-        duty = from + Math.min(DUTY_STEP, from / 4);
+        // A fixed step would overshoot a small duty cycle many times over: at most half as much again.
+        duty = from + Math.min(DUTY_STEP, from / 2);
         stepRows += Math.ceil(stepRows / 4);
       }
     }
