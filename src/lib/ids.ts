@@ -6,6 +6,17 @@ const hex8 = (n: number) => HEX_BYTE[n >>> 24]! + HEX_BYTE[(n >>> 16) & 255]! + 
 const M1 = 2654435761;
 const M2 = 1597334677;
 
+const HEX_CODE = Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
+/** Char codes of the 32 hex digits being written: one string made from them, not sixteen joined. */
+const hexCodes: number[] = new Array<number>(32).fill(48);
+
+function putHex8(n: number, at: number): void {
+  for (let i = at + 7; i >= at; i--) {
+    hexCodes[i] = HEX_CODE[n & 15]!;
+    n >>>= 4;
+  }
+}
+
 function finish128(a1: number, a2: number, b1: number, b2: number): string {
   a1 = Math.imul(a1 ^ (a1 >>> 16), 2246822507);
   a1 ^= Math.imul(a2 ^ (a2 >>> 13), 3266489909);
@@ -15,7 +26,11 @@ function finish128(a1: number, a2: number, b1: number, b2: number): string {
   b1 ^= Math.imul(b2 ^ (b2 >>> 13), 3266489909);
   b2 = Math.imul(b2 ^ (b2 >>> 16), 2246822507);
   b2 ^= Math.imul(b1 ^ (b1 >>> 13), 3266489909);
-  return hex8(a1 >>> 0) + hex8(a2 >>> 0) + hex8(b1 >>> 0) + hex8(b2 >>> 0);
+  putHex8(a1 >>> 0, 0);
+  putHex8(a2 >>> 0, 8);
+  putHex8(b1 >>> 0, 16);
+  putHex8(b2 >>> 0, 24);
+  return String.fromCharCode.apply(null, hexCodes);
 }
 
 /**
