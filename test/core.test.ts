@@ -4,6 +4,7 @@ import { ch, collidingKeys } from './helpers';
 import { parseVersion } from '../src/clickhouse/client';
 import { bindParams } from '../src/clickhouse/params';
 import { correctClockSkew, normalizeEvent, NO_GEO } from '../src/ingest/normalize';
+import { WireEvent } from '../src/ingest/wire';
 import { checkPropertiesShape } from '../src/ingest/wire';
 import { hash128, hash128Joined, uuidv7At, uuidv7Time } from '../src/lib/ids';
 import { commonIsoTime, parseIsoTime } from '../src/lib/iso-time';
@@ -63,6 +64,24 @@ describe('event time', () => {
     const u1 = normalizeEvent(untimed, ctx, 0);
     const u2 = normalizeEvent(untimed, ctx, 1);
     expect(u1.ok && u2.ok && u1.event.dedupKey !== u2.event.dedupKey).toBe(true);
+  });
+
+  it('builds from a track row as it came the same event as from the row the schemas make of it', () => {
+    const t = ctx.receivedAtMs - 1000;
+    const rows = [
+      { type: 'track', payload: { name: 'n', profileId: 42, properties: { __timestamp: t, a: 1 } } },
+      { type: 'track', payload: { name: 'n', profileId: 'p-1', groups: ['g'], extra: { x: 1 }, properties: { __timestamp: new Date(t).toISOString(), __eventId: 'e1' } } },
+      { type: 'track', payload: { name: 'n', sdk: 'web', properties: { __timestamp: '2023-11-14T22:13:19+00:00', b: [1, 'x'] } } },
+      { type: 'track', payload: { name: 'n', profileId: 7.5, properties: { __deviceId: 'd' } } },
+    ];
+    for (const [i, row] of rows.entries()) {
+      const parsed = WireEvent.parse(row);
+      const fromRow = normalizeEvent(row, ctx, i);
+      expect(fromRow.ok, JSON.stringify(row)).toBe(true);
+      // The parsed row stores the same payload (the row as it came): only the parsing differs.
+      expect(fromRow).toEqual(normalizeEvent(parsed, ctx, i, row));
+      expect(fromRow.ok && typeof fromRow.event.profileId).toBe('string');
+    }
   });
 });
 

@@ -109,6 +109,9 @@ function fastTrack(raw: unknown): WireEvent | null {
   if (p.groups !== undefined) {
     if (!Array.isArray(p.groups) || p.groups.length > 100 || !p.groups.every((g) => typeof g === 'string' && g.length <= 256)) return null;
   }
+  // The row's own payload serves as it is (only the fields above are read from it), unless a numeric
+  // profileId must become text.
+  if (profileId === p.profileId) return { type: 'track', payload: p } as WireEvent;
   const payload: Record<string, unknown> = { name: p.name };
   if (p.properties !== undefined) payload.properties = p.properties;
   if (profileId !== undefined) payload.profileId = profileId;
@@ -116,22 +119,29 @@ function fastTrack(raw: unknown): WireEvent | null {
   return { type: 'track', payload } as WireEvent;
 }
 
-type Reserved = { __timestamp?: string | number; __deviceId?: string; __ip?: string; __eventId?: string };
+/** `timeMs`: the time `__timestamp` gives, when already read (the common ISO form, or epoch ms). */
+type Reserved = { __timestamp?: string | number; __deviceId?: string; __ip?: string; __eventId?: string; timeMs?: number };
 
 function fastReserved(props: Record<string, unknown>): Reserved | null {
   const { __timestamp: t, __deviceId: d, __ip: ip, __eventId: e } = props;
   if (ip !== undefined) return null;
   if (d !== undefined && (typeof d !== 'string' || d.length < 1 || d.length > 128)) return null;
   if (e !== undefined && (typeof e !== 'string' || e.length < 1 || e.length > 128)) return null;
+  let timeMs: number | undefined;
   if (t !== undefined) {
     if (typeof t === 'number') {
       if (!Number.isSafeInteger(t) || t < 0) return null;
-      // The common form is valid by its own check; the schema decides every other.
-    } else if (typeof t !== 'string' || (commonIsoTime(t) === null && !IsoDateTime.safeParse(t).success)) {
+      timeMs = t;
+    } else if (typeof t !== 'string') {
       return null;
+    } else {
+      // The common form is valid by its own check; the schema decides every other.
+      const common = commonIsoTime(t);
+      if (common !== null) timeMs = common;
+      else if (!IsoDateTime.safeParse(t).success) return null;
     }
   }
-  return { __timestamp: t as string | number | undefined, __deviceId: d as string | undefined, __eventId: e as string | undefined };
+  return { __timestamp: t as string | number | undefined, __deviceId: d as string | undefined, __eventId: e as string | undefined, timeMs };
 }
 
 const isReservedKey = (key: string) => key === '__timestamp' || key === '__deviceId' || key === '__ip' || key === '__eventId';
@@ -165,7 +175,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
     if (!reserved.success) return reject('validation', describeZodError(reserved.error));
     reservedData = reserved.data;
   }
-  const { __timestamp, __deviceId, __ip, __eventId } = reservedData;
+  const { __timestamp, __deviceId, __ip, __eventId, timeMs } = reservedData;
 
   const properties: Record<string, unknown> = {};
   for (const key of Object.keys(allProps)) {
@@ -193,7 +203,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
 
   let clientTimeMs: number | undefined;
   if (__timestamp !== undefined) {
-    clientTimeMs = typeof __timestamp === 'number' ? __timestamp : parseIsoTime(__timestamp);
+    clientTimeMs = timeMs ?? (typeof __timestamp === 'number' ? __timestamp : parseIsoTime(__timestamp));
     if (!Number.isFinite(clientTimeMs)) return reject('validation', '__timestamp is not a valid time');
   }
   let createdAtMs = correctClockSkew(clientTimeMs, ctx);
