@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion, tsvField } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
-import { writeImportedChunk, lookupNewIds } from '../src/legacy/store';
+import { encodeImportedRow, writeImportedChunk, lookupNewIds } from '../src/legacy/store';
 import { translateRow } from '../src/legacy/translate';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { EventRow, PayloadRow, SessionRow } from '../src/pipeline/messages';
@@ -212,9 +212,10 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     const rows = Array.from({ length: N }, (_, i) =>
       translateRow({ projectId: p.id, dataset, source }, { id: `legacy-${i}`, created_at: new Date(base + i).toISOString(), device_id: `dev-${i % 7}` }, Date.now()),
     );
-    expect(await writeImportedChunk(ch(), p.id, rows, true)).toBe(N);
+    const encoded = rows.map(encodeImportedRow);
+    expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(N);
     // A replay of the same chunk checks all N ids and writes no event twice.
-    expect(await writeImportedChunk(ch(), p.id, rows, true)).toBe(0);
+    expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(0);
     expect(await countEvents(p.id)).toEqual({ rows: N, ids: N });
     const mapped = await lookupNewIds(ch(), { projectId: p.id, dataset }, rows.map((r) => r.map.legacy_id));
     expect(mapped.size).toBe(N);

@@ -14,14 +14,14 @@ import { LegacyImportParams, pacing } from './params';
 import { eventsProbe } from './probe';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
-import { writeImportedChunk } from './store';
-import { keyText, translateRow, UnusableLegacyRow, type TranslatedRow } from './translate';
+import { encodeImportedRow, writeImportedChunk, type EncodedImportRow } from './store';
+import { keyText, translateRow, UnusableLegacyRow } from './translate';
 
 /** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
 /**
- * Rows translated, or encoded for ClickHouse, between two yields to the event loop while paced: a
- * request the isolate serves meanwhile waits a millisecond or two, not for a whole page.
+ * Rows translated (and encoded for ClickHouse) between two yields to the event loop while paced: a
+ * request the isolate serves meanwhile waits about a millisecond, not for a whole page.
  */
 const PACED_TRANSLATE_ROWS = 100;
 
@@ -57,12 +57,12 @@ async function importPages(
     const pageSize = Math.min(pace ? pace.stepRows() : fixedPage, chunkRows - rows);
     const page = await readPage(pg, p.source, cursor, maxKey, pageSize);
     const now = Date.now();
-    const translated: TranslatedRow[] = [];
+    const translated: EncodedImportRow[] = [];
     let pageSkipped = 0;
     for (const [i, row] of page.entries()) {
       if (pace && i > 0 && i % PACED_TRANSLATE_ROWS === 0) await yieldToEventLoop();
       try {
-        translated.push(translateRow(p, row, now));
+        translated.push(encodeImportedRow(translateRow(p, row, now)));
       } catch (err) {
         // A row the source cannot supply (no device or time) is counted, never a reason to stop.
         if (!(err instanceof UnusableLegacyRow)) throw err;
@@ -75,7 +75,7 @@ async function importPages(
       // Time is up: this page was read but is not written; the next chunk reads it again.
       if (pace && !(await pace.rest())) return { cursor, rows, skipped, exhausted: false };
     }
-    writing = writeImportedChunk(ch, p.projectId, translated, verify, pace ? { yieldEvery: PACED_TRANSLATE_ROWS } : {}).then(() => null, (err: unknown) => err);
+    writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
     rows += page.length;
     skipped += pageSkipped;
     const last = page.at(-1);

@@ -12,6 +12,24 @@ import type { TranslatedRow } from './translate';
  */
 const ID_CHECK_BATCH = 2000;
 
+/**
+ * An imported row as it is written: its id and time (for the existence checks), and its lines of
+ * `events`, `legacy_id_map` and `event_payloads` already encoded. Encoded as soon as it is
+ * translated, a row's objects die young instead of living through a step's reads and writes, which
+ * keeps the isolate's garbage collections short while an import runs beside readers.
+ */
+export interface EncodedImportRow {
+  id: string;
+  created_at_ms: number;
+  event: string;
+  map: string;
+  payload: string;
+}
+
+export function encodeImportedRow(t: TranslatedRow): EncodedImportRow {
+  return { id: t.event.id, created_at_ms: t.event.created_at_ms, event: JSON.stringify(t.event), map: JSON.stringify(t.map), payload: JSON.stringify(t.payload) };
+}
+
 /** Ids among `rows` that the project's `table` already holds (a chunk written before a crash, or a re-run). */
 async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', projectId: string, rows: ReadonlyArray<{ id: string; created_at_ms: number }>): Promise<Set<string>> {
   const batches: Array<ReadonlyArray<{ id: string; created_at_ms: number }>> = [];
@@ -52,52 +70,33 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', p
  * again); for an event not yet present, a payload that a failed attempt already wrote is not
  * written twice.
  */
-export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: readonly TranslatedRow[], verify: boolean, opts: WriteOptions = {}): Promise<number> {
+export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows: readonly EncodedImportRow[], verify: boolean): Promise<number> {
   if (rows.length === 0) return 0;
-  const have = verify
-    ? await existingIds(
-        ch,
-        'events',
-        projectId,
-        rows.map((r) => r.event),
-      )
-    : new Set<string>();
-  const fresh = rows.filter((r) => !have.has(r.event.id));
-  const havePayloads = verify && fresh.length ? await existingIds(ch, 'event_payloads', projectId, fresh.map((r) => r.payload)) : new Set<string>();
-  const maps = await jsonLines(rows, (r) => r.map, opts.yieldEvery);
-  const payloads = await jsonLines(
-    fresh.filter((r) => !havePayloads.has(r.payload.id)),
-    (r) => r.payload,
-    opts.yieldEvery,
-  );
-  const events = await jsonLines(fresh, (r) => r.event, opts.yieldEvery);
+  const have = verify ? await existingIds(ch, 'events', projectId, rows) : new Set<string>();
+  const fresh = have.size ? rows.filter((r) => !have.has(r.id)) : rows;
+  const havePayloads = verify && fresh.length ? await existingIds(ch, 'event_payloads', projectId, fresh) : new Set<string>();
   // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
-  const settled = await Promise.allSettled([ch.insertJsonLines('legacy_id_map', maps), ch.insertJsonLines('event_payloads', payloads)]);
+  const settled = await Promise.allSettled([
+    ch.insertJsonLines('legacy_id_map', jsonLines(rows, (r) => r.map)),
+    ch.insertJsonLines(
+      'event_payloads',
+      jsonLines(
+        havePayloads.size ? fresh.filter((r) => !havePayloads.has(r.id)) : fresh,
+        (r) => r.payload,
+      ),
+    ),
+  ]);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
-  await ch.insertJsonLines('events', events);
+  await ch.insertJsonLines(
+    'events',
+    jsonLines(fresh, (r) => r.event),
+  );
   return fresh.length;
 }
 
-export interface WriteOptions {
-  /**
-   * Rows encoded between two yields to the event loop: a paced import keeps each stretch of its
-   * work short, so a request the isolate serves meanwhile waits a few milliseconds, not for a
-   * whole step's encoding. Absent: encoded at once.
-   */
-  yieldEvery?: number;
-}
-
-const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
-
-/** JSONEachRow text of `pick` of each row ('' for none), in slices of `yieldEvery` rows. */
-async function jsonLines<R>(rows: readonly R[], pick: (r: R) => object, yieldEvery: number | undefined): Promise<string> {
-  if (rows.length === 0) return '';
-  const lines = new Array<string>(rows.length);
-  for (let i = 0; i < rows.length; i++) {
-    if (yieldEvery && i > 0 && i % yieldEvery === 0) await yieldToEventLoop();
-    lines[i] = JSON.stringify(pick(rows[i]!));
-  }
-  return `${lines.join('\n')}\n`;
+/** JSONEachRow text of one table's lines ('' for none). */
+function jsonLines(rows: readonly EncodedImportRow[], line: (r: EncodedImportRow) => string): string {
+  return rows.length ? `${rows.map(line).join('\n')}\n` : '';
 }
 
 /** New ids of a project's legacy rows of a dataset (the same name in another project is another dataset). */
