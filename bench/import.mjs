@@ -1,7 +1,9 @@
 // Legacy import: rows/s from Postgres into ClickHouse through a local gateway (target ≥ 50k/s),
 // and the read API's p95 idle versus during an import (target ≤ 2×): unthrottled, hand-tuned, and
 // throttling itself with no pacing given (its rows/s as a share of the unthrottled rate, target
-// ≥ 0.5, with readers at p95 ≤ 2× idle). Prints figures, asserts nothing.
+// ≥ 0.5, with readers at p95 ≤ 2× idle). Beside the readers, the same query straight to ClickHouse
+// and a request the gateway answers without I/O show where a read's extra time comes from.
+// BENCH_IMPORT_PROFILE=<file> records workerd CPU profiles of two imports. Prints figures, asserts nothing.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +12,7 @@ import pg from 'pg';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { startPostgres } from '../scripts/lib/services.mjs';
 import { makeBatch } from './lib/batch.mjs';
+import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 
 const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
 const FAST_CHUNK = Number(process.env.BENCH_IMPORT_CHUNK ?? 50_000);
@@ -104,17 +107,50 @@ async function readLoop(headers, until, out) {
   }
 }
 
+/**
+ * The read API's events query sent straight to ClickHouse, one after another like a reader: what
+ * ClickHouse itself answers in while an import runs, apart from the gateway's thread.
+ */
+async function directReadLoop(until, out) {
+  let i = 0;
+  while (!until() && !stopping) {
+    const url = new URL(gateway.clickhouse.url);
+    url.searchParams.set('database', database);
+    // The bench's own ids (no query parameters on 18.16's HTTP interface)
+    url.searchParams.set(
+      'query',
+      `SELECT toString(id) AS event_id, name, properties FROM events
+        WHERE project_id = '${gateway.project.id}' AND device_id = 'live-${i++ % 20}' AND created_at >= now() - 604800
+        ORDER BY created_at_ms DESC, event_id DESC LIMIT 100 FORMAT JSONEachRow`,
+    );
+    const t = performance.now();
+    const res = await fetch(url, { method: 'POST' });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`ClickHouse answered ${res.status}`);
+    out.push(performance.now() - t);
+    // A request the gateway answers without any I/O (a 404): what its one thread and the local
+    // proxy add to every request, apart from ClickHouse.
+    const t2 = performance.now();
+    await (await fetch(`${gateway.url}/no-such-route`)).arrayBuffer();
+    out.noop.push(performance.now() - t2);
+    await sleep(READ_GAP_MS);
+  }
+}
+
 async function readFor(headers, count) {
   const lat = [];
-  await Promise.all(Array.from({ length: READERS }, () => readLoop(headers, () => lat.length >= count, lat)));
-  return lat;
+  const direct = Object.assign([], { noop: [] });
+  await Promise.all([...Array.from({ length: READERS }, () => readLoop(headers, () => lat.length >= count, lat)), directReadLoop(() => lat.length >= count, direct)]);
+  return Object.assign(lat, { direct });
 }
 
 /** Runs one import; readers (if any) measure the read API until it ends. */
 async function runImport(label, body, headers) {
-  const lat = [];
+  const lat = Object.assign([], { direct: Object.assign([], { noop: [] }) });
   let done = false;
-  const readers = headers ? Promise.all(Array.from({ length: READERS }, () => readLoop(headers, () => done, lat))) : Promise.resolve();
+  const readers = headers
+    ? Promise.all([...Array.from({ length: READERS }, () => readLoop(headers, () => done, lat)), directReadLoop(() => done, lat.direct)])
+    : Promise.resolve();
   // A reader's failure is reported once the import ends (below), not as an unhandled rejection that
   // would end the process before it cleans up.
   readers.catch(() => {});
@@ -141,6 +177,15 @@ async function runImport(label, body, headers) {
   if (job.state !== 'succeeded') throw new Error(`${label}: job ${job.state}: ${job.error}`);
   const runMs = Date.parse(job.endedAt) - Date.parse(job.startedAt);
   return { job, wallMs, runMs, rowsPerSec: (job.rowsProcessed * 1000) / runMs, lat };
+}
+
+/** BENCH_IMPORT_PROFILE=<file>: where the workerd thread went during the import alone and the self-throttled one. */
+function printProfile(profiles, label) {
+  for (const p of profiles) {
+    const { total, rows } = selfTimeByFunction(p, 25);
+    console.log(`  workerd profile (${label}), ${total} samples, self time:`);
+    for (const [fn, n] of rows) console.log(`    ${((100 * n) / total).toFixed(1).padStart(5)}%  ${fn}`);
+  }
 }
 
 try {
@@ -183,7 +228,9 @@ try {
   const body = (dataset, pacing) => ({ type: 'legacy_import', projectId: project.id, dataset, source: source(dataset), ...pacing });
   const unthrottled = { chunkSize: FAST_CHUNK, pauseMs: 0, throttle: false };
   console.log(`\nimport 1: throughput alone (throttle off, chunkSize ${fmt(FAST_CHUNK)}, pauseMs 0), no readers`);
+  const profiling = process.env.BENCH_IMPORT_PROFILE ? await startInspectorProfile(gateway.inspectorPort) : null;
   const alone = await runImport('alone', body('bench_alone', unthrottled), null);
+  if (profiling) printProfile(await profiling.stop(process.env.BENCH_IMPORT_PROFILE), 'import alone');
   console.log(`\nimport 2: unthrottled (throttle off, chunkSize ${fmt(FAST_CHUNK)}, pauseMs 0), readers running`);
   const fast = await runImport('unthrottled', body('bench_fast', unthrottled), headers);
   let handTuned = null;
@@ -192,7 +239,9 @@ try {
     handTuned = await runImport('hand-tuned', body('bench_yield', { chunkSize: YIELD_CHUNK, pauseMs: YIELD_PAUSE_MS, throttle: false }), headers);
   }
   console.log('\nimport 4: throttling itself (no chunkSize or pauseMs given), readers running');
+  const profilingAuto = process.env.BENCH_IMPORT_PROFILE ? await startInspectorProfile(gateway.inspectorPort) : null;
   const auto = await runImport('self-throttled', body('bench_auto', {}), headers);
+  if (profilingAuto) printProfile(await profilingAuto.stop(`${process.env.BENCH_IMPORT_PROFILE}.throttled`), 'self-throttled import, readers running');
   const idleAgain = await readFor(headers, IDLE_READS);
 
   const [{ n }] = await fetch(`${gateway.clickhouse.url}/?database=${database}&query=${encodeURIComponent("SELECT count() AS n FROM events WHERE name = 'legacy_track' FORMAT JSONEachRow")}`, { method: 'POST' })
@@ -219,6 +268,19 @@ try {
     const ratio = p95(r.lat) / idleP95;
     console.log(`during ${label.replace(', readers running', '').padEnd(29)} p50 ${median(r.lat).toFixed(1)} ms, p95 ${p95(r.lat).toFixed(1)} ms (${r.lat.length} reads) → ${ratio.toFixed(2)}× idle (target ≤ ${TARGET_P95_RATIO}×: ${ratio <= TARGET_P95_RATIO ? 'met' : 'NOT met'})`);
   }
+  const idleDirect = [...idle.direct, ...idleAgain.direct];
+  console.log(`\n--- the same query straight to ClickHouse (one reader beside them, bypassing the gateway) ---`);
+  console.log(`idle                                 p50 ${median(idleDirect).toFixed(1)} ms, p95 ${p95(idleDirect).toFixed(1)} ms (${idleDirect.length} reads)`);
+  for (const [label, r] of runs.slice(1)) {
+    console.log(`during ${label.replace(', readers running', '').padEnd(29)} p50 ${median(r.lat.direct).toFixed(1)} ms, p95 ${p95(r.lat.direct).toFixed(1)} ms (${r.lat.direct.length} reads) → ${(p95(r.lat.direct) / p95(idleDirect)).toFixed(2)}× idle`);
+  }
+  const idleNoop = [...idle.direct.noop, ...idleAgain.direct.noop];
+  console.log(`\n--- a request the gateway answers without I/O (a 404), beside the direct reader ---`);
+  console.log(`idle                                 p50 ${median(idleNoop).toFixed(1)} ms, p95 ${p95(idleNoop).toFixed(1)} ms, longest ${Math.max(...idleNoop).toFixed(1)} ms`);
+  for (const [label, r] of runs.slice(1)) {
+    const xs = r.lat.direct.noop;
+    console.log(`during ${label.replace(', readers running', '').padEnd(29)} p50 ${median(xs).toFixed(1)} ms, p95 ${p95(xs).toFixed(1)} ms, longest ${Math.max(...xs).toFixed(1)} ms`);
+  }
 
   const share = auto.rowsPerSec / alone.rowsPerSec;
   const p95Ratio = p95(auto.lat) / idleP95;
@@ -227,6 +289,7 @@ try {
   console.log(`import_read_p95_ratio    ${p95Ratio.toFixed(2)}× idle (target ≤ ${TARGET_P95_RATIO}×: ${p95Ratio <= TARGET_P95_RATIO ? 'met' : 'NOT met'})`);
   console.log(`RESULT import_throttled_share ${share.toFixed(3)}`);
   console.log(`RESULT import_read_p95_ratio ${p95Ratio.toFixed(3)}`);
+  console.log(`RESULT import_direct_read_p95_ratio ${(p95(auto.lat.direct) / p95([...idle.direct, ...idleAgain.direct])).toFixed(3)}`);
 } catch (err) {
   console.error(err);
   process.exitCode = 1;
