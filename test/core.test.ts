@@ -133,6 +133,14 @@ describe('ids and property shape', () => {
       expect([t, schema.safeParse(t).success, ms]).toEqual([t, true, Date.parse(t)]);
     }
     expect(taken).toBeGreaterThan(1000);
+    // Month ends and leap days by hand (the end of every month must not fall back to the regex),
+    // days a month lacks to the schema, which refuses them.
+    for (const t of ['2024-02-29T12:00:00.000Z', '2000-02-29T00:00:00.000Z', '2026-03-31T23:59:59.999Z', '2026-04-30T00:00:00.000Z', '2026-12-31T10:00:00.000Z']) {
+      expect([t, commonIsoTime(t)]).toEqual([t, Date.parse(t)]);
+    }
+    for (const t of ['2026-02-29T00:00:00.000Z', '1900-02-29T00:00:00.000Z', '2026-04-31T00:00:00.000Z', '2026-06-31T00:00:00.000Z', '2026-12-32T00:00:00.000Z']) {
+      expect([t, commonIsoTime(t), schema.safeParse(t).success]).toEqual([t, null, false]);
+    }
     // Through the route's check: a time the hand path refuses still meets the schema, or is refused.
     const ctx = { receivedAtMs: Date.parse('2026-11-30T00:00:00.000Z'), ip: '203.0.113.1', userAgent: 'ua', geo: NO_GEO };
     const at = (t: string) => normalizeEvent({ type: 'track', payload: { name: 'x', properties: { __timestamp: t } } }, ctx, 0);

@@ -8,8 +8,9 @@ const digitAt = (s: string, i: number): number => {
 
 /**
  * The time of `YYYY-MM-DDTHH:MM:SS.sssZ` (what `toISOString` writes) read by hand, when its fields
- * are ones every month and every parser agree on; null for anything else (a day past the 28th, a
- * stray character, years 0–999, which Date.UTC reads differently), which is Date.parse's to decide.
+ * are in range (a day the month has, leap years counted); null for anything else (a day the month
+ * lacks, a stray character, years 0–999, which Date.UTC reads differently), which is Date.parse's
+ * to decide.
  * Such a text is also a valid ISO 8601 date-time by any stricter check (the wire schema's included).
  */
 export function commonIsoTime(text: string): number | null {
@@ -34,9 +35,15 @@ export function commonIsoTime(text: string): number | null {
   const minute = digits(text, 14, 2);
   const second = digits(text, 17, 2);
   const millis = digits(text, 20, 3);
-  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= 28 && hour <= 23 && minute <= 59 && second <= 59 && millis >= 0)) return null;
+  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth(year, month) && hour <= 23 && minute <= 59 && second <= 59 && millis >= 0)) return null;
   const ms = Date.UTC(year, month - 1, day, hour, minute, second, millis);
   return Number.isFinite(ms) ? ms : null;
+}
+
+/** Days in a month (1-12) of the proleptic Gregorian calendar, as the datetime schema counts them. */
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }
 
 /** The number written by `count` digits of `text` from `at`, or NaN. */
