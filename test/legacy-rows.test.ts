@@ -59,6 +59,9 @@ describe('legacy rows', () => {
     }
     expect(parsePgTimestamp('2023-02-29 12:00:00')).toEqual({ ms: Date.UTC(2023, 2, 1, 12), iso: '2023-03-01T12:00:00.000Z' });
     expect(parsePgTimestamp(' 2024-01-01 12:00:00 ')).toEqual({ ms: Date.UTC(2024, 0, 1, 12), iso: '2024-01-01T12:00:00.000Z' });
+    // Years below 100 are those years (Date.UTC alone would read 0050 as 1950).
+    expect(parsePgTimestamp('0050-03-01 10:00:00.25+00')).toEqual({ ms: Date.parse('0050-03-01T10:00:00.250Z'), iso: '0050-03-01T10:00:00.250Z' });
+    expect(parsePgTimestamp('0001-01-01 00:00:00')).toEqual({ ms: Date.parse('0001-01-01T00:00:00.000Z'), iso: '0001-01-01T00:00:00.000Z' });
   });
 
   it('stores every column as the raw payload and all but the time and device as properties, a `__proto__` column included in the payload', () => {

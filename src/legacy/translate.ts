@@ -1,5 +1,6 @@
 // Pure core of the legacy import: one legacy row becomes one event with a deterministic UUIDv7.
 import { hash128, uuidv7At } from '../lib/ids';
+import { daysInMonth, digits } from '../lib/iso-time';
 import type { EventRow, PayloadRow } from '../pipeline/messages';
 import type { LegacyImportParams } from './params';
 import type { LegacyRow } from './source';
@@ -34,23 +35,6 @@ export class LegacyTimestamp {
 
 const PG_TIMESTAMP = /^(\d{4,})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(?:([+-])(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?)?$/;
 
-/** Days in a month of the proleptic Gregorian calendar (month 1-12). */
-function daysInMonth(year: number, month: number): number {
-  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
-  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
-}
-
-/** The number written by `count` ASCII digits of `text` from `at`, or NaN. */
-function digitsAt(text: string, at: number, count: number): number {
-  let v = 0;
-  for (let i = at; i < at + count; i++) {
-    const c = text.charCodeAt(i) - 48;
-    if (!(c >= 0 && c <= 9)) return NaN;
-    v = v * 10 + c;
-  }
-  return v;
-}
-
 /**
  * What Postgres writes for a UTC time, `YYYY-MM-DD HH:MM:SS[.f{1,6}][+00]`, read by hand: the same
  * value and text as the pattern below, without a match array and a Date per row. Null for any other
@@ -62,18 +46,27 @@ export function commonPgTimestamp(text: string): LegacyTimestamp | null {
   if (end < 19 || text.charCodeAt(4) !== 45 || text.charCodeAt(7) !== 45 || text.charCodeAt(10) !== 32 || text.charCodeAt(13) !== 58 || text.charCodeAt(16) !== 58) return null;
   const fracDigits = end > 19 ? end - 20 : 0;
   if (end > 19 && (text.charCodeAt(19) !== 46 || fracDigits < 1 || fracDigits > 6)) return null;
-  const frac = fracDigits === 0 ? 0 : digitsAt(text, 20, fracDigits);
-  const y = digitsAt(text, 0, 4);
-  const mo = digitsAt(text, 5, 2);
-  const d = digitsAt(text, 8, 2);
-  const h = digitsAt(text, 11, 2);
-  const mi = digitsAt(text, 14, 2);
-  const sec = digitsAt(text, 17, 2);
+  const frac = fracDigits === 0 ? 0 : digits(text, 20, fracDigits);
+  const y = digits(text, 0, 4);
+  const mo = digits(text, 5, 2);
+  const d = digits(text, 8, 2);
+  const h = digits(text, 11, 2);
+  const mi = digits(text, 14, 2);
+  const sec = digits(text, 17, 2);
   if (!(y >= 1000 && mo >= 1 && mo <= 12 && d >= 1 && d <= daysInMonth(y, mo) && h <= 23 && mi <= 59 && sec <= 59 && frac >= 0)) return null;
   // Fractions as the pattern pads them: 3 digits (milliseconds), or 6 when more than 3 were given.
   const fracText = fracDigits === 0 ? '000' : fracDigits <= 3 ? text.slice(20, end).padEnd(3, '0') : text.slice(20, end).padEnd(6, '0');
   const ms = Date.UTC(y, mo - 1, d, h, mi, sec) + Number(fracText.slice(0, 3));
   return new LegacyTimestamp(ms, `${text.slice(0, 10)}T${text.slice(11, 19)}.${fracText}Z`);
+}
+
+/** Date.UTC, but years 0-99 are those years, not 1900-1999. */
+function utcMs(year: number, month: number, day: number, h: number, mi: number, s: number): number {
+  if (year >= 100) return Date.UTC(year, month, day, h, mi, s);
+  const t = new Date(0);
+  t.setUTCFullYear(year, month, day);
+  t.setUTCHours(h, mi, s, 0);
+  return t.getTime();
 }
 
 /** Postgres' text output of a timestamp (without a zone it is taken as UTC); null for infinity or BC. */
@@ -87,7 +80,7 @@ export function patternPgTimestamp(text: string): LegacyTimestamp | null {
   if (!m) return null;
   const [, y, mo, d, h, mi, s, frac = '', sign, oh = '0', om = '0', os = '0'] = m;
   const offsetSec = sign ? (sign === '-' ? -1 : 1) * (Number(oh) * 3600 + Number(om) * 60 + Number(os)) : 0;
-  const wholeMs = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s)) - offsetSec * 1000;
+  const wholeMs = utcMs(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s)) - offsetSec * 1000;
   const digits = frac.length > 3 ? frac.padEnd(6, '0') : frac.padEnd(3, '0');
   const ms = wholeMs + Number(digits.slice(0, 3));
   if (!Number.isFinite(ms)) return null;

@@ -41,13 +41,13 @@ export function commonIsoTime(text: string): number | null {
 }
 
 /** Days in a month (1-12) of the proleptic Gregorian calendar, as the datetime schema counts them. */
-function daysInMonth(year: number, month: number): number {
+export function daysInMonth(year: number, month: number): number {
   if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
   return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }
 
-/** The number written by `count` digits of `text` from `at`, or NaN. */
-function digits(text: string, at: number, count: number): number {
+/** The number written by `count` ASCII digits of `text` from `at`, or NaN. */
+export function digits(text: string, at: number, count: number): number {
   let v = 0;
   for (let i = 0; i < count; i++) v = v * 10 + digitAt(text, at + i);
   return v;
