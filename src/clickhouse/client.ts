@@ -70,8 +70,9 @@ export interface ClickHouse {
    */
   insertTabSeparated(table: string, columns: readonly string[], text: string): Promise<void>;
   /**
-   * `insert` of rows already encoded as JSONEachRow lines (each ending with a line feed): a caller
-   * that encodes a large insert in slices, yielding between them, sends the text as it is.
+   * `insert` of rows already encoded as JSONEachRow lines (each ending with a line feed), sent as
+   * they are: a caller that encoded its rows earlier (the legacy import, as it translates them)
+   * keeps only their text, not their objects, until the insert.
    */
   insertJsonLines(table: string, text: string): Promise<void>;
   ping(): Promise<boolean>;
