@@ -108,8 +108,9 @@ async function readLoop(headers, until, out) {
 }
 
 /**
- * The read API's events query sent straight to ClickHouse, one after another like a reader: what
- * ClickHouse itself answers in while an import runs, apart from the gateway's thread.
+ * The read API's events query (not its sessions query) sent straight to ClickHouse, one after
+ * another like a reader: what ClickHouse itself answers in while an import runs, apart from the
+ * gateway's thread.
  */
 async function directReadLoop(until, out) {
   let i = 0;
@@ -119,9 +120,11 @@ async function directReadLoop(until, out) {
     // The bench's own ids (no query parameters on 18.16's HTTP interface)
     url.searchParams.set(
       'query',
-      `SELECT toString(id) AS event_id, name, properties FROM events
-        WHERE project_id = '${gateway.project.id}' AND device_id = 'live-${i++ % 20}' AND created_at >= now() - 604800
-        ORDER BY created_at_ms DESC, event_id DESC LIMIT 100 FORMAT JSONEachRow`,
+      `SELECT toString(id) AS event_id, type, name, device_id, session_id, profile_id, created_at_ms, received_at_ms, synced_at_ms, properties, ref_id
+         FROM events
+        WHERE project_id = '${gateway.project.id}' AND device_id = 'live-${i++ % 20}'
+          AND created_at >= now() - 604800 AND created_at_ms >= (toUnixTimestamp(now()) - 604800) * 1000
+        ORDER BY created_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT 100 FORMAT JSONEachRow`,
     );
     const t = performance.now();
     const res = await fetch(url, { method: 'POST' });
