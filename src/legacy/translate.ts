@@ -1,6 +1,6 @@
 // Pure core of the legacy import: one legacy row becomes one event with a deterministic UUIDv7.
 import { hash128, uuidv7At } from '../lib/ids';
-import { daysInMonth, digits } from '../lib/iso-time';
+import { dateTimeAtStart, digits } from '../lib/iso-time';
 import type { EventRow, PayloadRow } from '../pipeline/messages';
 import type { LegacyImportParams } from './params';
 import type { LegacyRow } from './source';
@@ -43,20 +43,14 @@ const PG_TIMESTAMP = /^(\d{4,})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(
 export function commonPgTimestamp(text: string): LegacyTimestamp | null {
   let end = text.length;
   if (end >= 22 && text.charCodeAt(end - 3) === 43 && text.charCodeAt(end - 2) === 48 && text.charCodeAt(end - 1) === 48) end -= 3; // "+00"
-  if (end < 19 || text.charCodeAt(4) !== 45 || text.charCodeAt(7) !== 45 || text.charCodeAt(10) !== 32 || text.charCodeAt(13) !== 58 || text.charCodeAt(16) !== 58) return null;
   const fracDigits = end > 19 ? end - 20 : 0;
   if (end > 19 && (text.charCodeAt(19) !== 46 || fracDigits < 1 || fracDigits > 6)) return null;
   const frac = fracDigits === 0 ? 0 : digits(text, 20, fracDigits);
-  const y = digits(text, 0, 4);
-  const mo = digits(text, 5, 2);
-  const d = digits(text, 8, 2);
-  const h = digits(text, 11, 2);
-  const mi = digits(text, 14, 2);
-  const sec = digits(text, 17, 2);
-  if (!(y >= 1000 && mo >= 1 && mo <= 12 && d >= 1 && d <= daysInMonth(y, mo) && h <= 23 && mi <= 59 && sec <= 59 && frac >= 0)) return null;
+  const whole = dateTimeAtStart(text, 32);
+  if (whole === null || !(frac >= 0)) return null;
   // Fractions as the pattern pads them: 3 digits (milliseconds), or 6 when more than 3 were given.
   const fracText = fracDigits === 0 ? '000' : fracDigits <= 3 ? text.slice(20, end).padEnd(3, '0') : text.slice(20, end).padEnd(6, '0');
-  const ms = Date.UTC(y, mo - 1, d, h, mi, sec) + Number(fracText.slice(0, 3));
+  const ms = whole + Number(fracText.slice(0, 3));
   return new LegacyTimestamp(ms, `${text.slice(0, 10)}T${text.slice(11, 19)}.${fracText}Z`);
 }
 

@@ -16,15 +16,25 @@ const digitAt = (s: string, i: number): number => {
 export function commonIsoTime(text: string): number | null {
   // YYYY-MM-DDTHH:MM:SS.sssZ, separators by their codes. (No closures here: a bundle that keeps
   // function names wraps each one made per call, once per event.)
+  if (text.length !== 24 || text.charCodeAt(19) !== 46 || text.charCodeAt(23) !== 90) return null;
+  const millis = digits(text, 20, 3);
+  const whole = dateTimeAtStart(text, 84);
+  return whole === null || !(millis >= 0) ? null : whole + millis;
+}
+
+/**
+ * The UTC time (ms) of the `YYYY-MM-DD?HH:MM:SS` that starts `text`, `?` being the char code
+ * `separator`, when every field is in range (a day the month has, leap years counted) and the year
+ * is 1000 or later; null for anything else. Shared by the readers of ISO and of Postgres times.
+ */
+export function dateTimeAtStart(text: string, separator: number): number | null {
   if (
-    text.length !== 24 ||
+    text.length < 19 ||
     text.charCodeAt(4) !== 45 ||
     text.charCodeAt(7) !== 45 ||
-    text.charCodeAt(10) !== 84 ||
+    text.charCodeAt(10) !== separator ||
     text.charCodeAt(13) !== 58 ||
-    text.charCodeAt(16) !== 58 ||
-    text.charCodeAt(19) !== 46 ||
-    text.charCodeAt(23) !== 90
+    text.charCodeAt(16) !== 58
   ) {
     return null;
   }
@@ -34,14 +44,12 @@ export function commonIsoTime(text: string): number | null {
   const hour = digits(text, 11, 2);
   const minute = digits(text, 14, 2);
   const second = digits(text, 17, 2);
-  const millis = digits(text, 20, 3);
-  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth(year, month) && hour <= 23 && minute <= 59 && second <= 59 && millis >= 0)) return null;
-  const ms = Date.UTC(year, month - 1, day, hour, minute, second, millis);
-  return Number.isFinite(ms) ? ms : null;
+  if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth(year, month) && hour <= 23 && minute <= 59 && second <= 59)) return null;
+  return Date.UTC(year, month - 1, day, hour, minute, second);
 }
 
 /** Days in a month (1-12) of the proleptic Gregorian calendar, as the datetime schema counts them. */
-export function daysInMonth(year: number, month: number): number {
+function daysInMonth(year: number, month: number): number {
   if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
   return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }
