@@ -21,7 +21,7 @@ import { keyText, translateRow, UnusableLegacyRow } from './translate';
 const PAGES_PER_CHUNK = 2;
 /**
  * Rows translated (and encoded for ClickHouse) between two yields to the event loop while paced: a
- * request the isolate serves meanwhile waits about a millisecond, not for a whole page.
+ * request the isolate serves meanwhile waits about half a millisecond, not for a whole page.
  */
 const PACED_TRANSLATE_ROWS = 100;
 
