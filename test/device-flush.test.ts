@@ -406,6 +406,47 @@ describe('device storage keys', () => {
     );
   });
 
+  it("writes a session row once per call that extends it, and drops an older object's end_ms index", async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'session-rows');
+    const t = Date.now() - 600_000;
+    const ev = (name: string, at: number) => trackEvent(name, { __deviceId: 'session-rows', __timestamp: at });
+    expect((await postBatch(p, { events: [ev('one', t)] })).status).toBe(202);
+    const indexes = () =>
+      runInDurableObject(stub, (_o, state) =>
+        state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions' AND sql IS NOT NULL").toArray().map((r) => r.name),
+      );
+    expect(await indexes()).toEqual([]);
+
+    // The older layout indexed end_ms; the object's next life drops the index.
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      state.storage.sql.exec('CREATE INDEX sessions_end_idx ON sessions (end_ms)');
+      (o as unknown as Internals).schemaReady = false;
+    });
+    expect(await indexes()).toEqual(['sessions_end_idx']);
+    // Rows the session upsert writes, counted from here on (the object keeps its `sql` for its life).
+    await runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql as SqlStorage & { counted?: { rows: number; statements: number } };
+      const exec = sql.exec.bind(sql);
+      const counted = (sql.counted = { rows: 0, statements: 0 });
+      sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
+        const cursor = exec(query, ...args);
+        if (query.startsWith('INSERT INTO sessions')) {
+          counted.statements++;
+          counted.rows += cursor.rowsWritten;
+        }
+        return cursor;
+      }) as typeof sql.exec;
+    });
+    expect((await postBatch(p, { events: [ev('two', t + 60_000)] })).status).toBe(202);
+    expect(await indexes()).toEqual([]);
+    expect((await postBatch(p, { events: [ev('three', t + 120_000)] })).status).toBe(202);
+    const counted = await runInDurableObject(stub, (_o, state) => (state.storage.sql as SqlStorage & { counted: { rows: number; statements: number } }).counted);
+    // Two calls, each extending the one session: one row each (an index entry was a second).
+    expect(counted).toEqual({ rows: 2, statements: 2 });
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 3);
+  });
+
   it("sends the fields a call's events share once per message, and brings an older outbox's held chunks out whole", async () => {
     const p = await createProject();
     const stub = deviceStub(env, p.id, 'old-outbox');
