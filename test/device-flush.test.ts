@@ -170,6 +170,50 @@ describe('device outbox flush from the call', () => {
     expect(planned).toEqual({ noted: null, alarm: null });
   });
 
+  it("takes a warm call's rows from memory without reading the outbox, and never sends a rolled-back call's", async () => {
+    const p = await createProject();
+    const id = 'outbox-known';
+    const stub = deviceStub(env, p.id, id);
+    const at = Date.now() - 60_000;
+    const post = (name: string, i: number) => postBatch(p, { events: [trackEvent(name, { __deviceId: id, __timestamp: at + i })] });
+    expect((await post('one', 0)).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
+
+    // Outbox reads from here on, and one failing statement on demand (the call's last write, after its outbox row).
+    type Counting = SqlStorage & { outboxReads?: number; failMeta?: boolean };
+    await runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql as Counting;
+      const exec = sql.exec.bind(sql);
+      sql.outboxReads = 0;
+      sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
+        if (/^SELECT seq\b.* FROM outbox ORDER BY seq/.test(query)) sql.outboxReads!++;
+        if (sql.failMeta && query.startsWith('INSERT INTO meta')) {
+          sql.failMeta = false;
+          throw new Error('storage failed mid-call');
+        }
+        return exec(query, ...args);
+      }) as typeof sql.exec;
+    });
+    const reads = () => runInDurableObject(stub, (_o, state) => (state.storage.sql as Counting).outboxReads!);
+
+    expect((await post('two', 1)).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 2);
+    expect(await reads()).toBe(0);
+
+    // A call whose transaction rolls back after writing its outbox row: refused, and nothing of it sent.
+    await runInDurableObject(stub, (_o, state) => void ((state.storage.sql as Counting).failMeta = true));
+    const failed = await post('rolled-back', 2);
+    expect(await failed.json()).toMatchObject({ accepted: 0, rejected: [{ index: 0, reason: 'internal', retryable: true }] });
+    expect((await post('three', 3)).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+    // Its rows were forgotten with the rollback: the flushes after it read the table.
+    expect(await reads()).toBeGreaterThan(0);
+    await runDurableObjectAlarm(stub);
+    const names = await ch().query<{ name: string }>('SELECT name FROM events WHERE project_id = {p:String} ORDER BY created_at_ms', { p: p.id });
+    expect(names.map((n) => n.name)).toEqual(['one', 'two', 'three']);
+    expect((await stub.state())?.pendingRows).toBe(0);
+  });
+
   it("sends an unsent chunk as a profile erasure left it, not as the call wrote it", async () => {
     const p = await createProject();
     const id = 'erased-unsent';
@@ -348,7 +392,7 @@ describe('device outbox resends', () => {
 });
 
 describe('device storage keys', () => {
-  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void } } };
+  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void }; outbox: { forgetWritten(): void } } };
   const keyDdl = (stub: DurableObjectStub<DeviceObject>) =>
     runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('outbox', 'seen_chunks') ORDER BY name").toArray().map((r) => r.sql),
@@ -388,6 +432,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
+      self.stores.outbox.forgetWritten();
     });
     expect((await keyDdl(stub)).every((ddl) => /AUTOINCREMENT/i.test(ddl))).toBe(true);
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
@@ -469,6 +514,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
+      self.stores.outbox.forgetWritten();
     });
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
 

@@ -50,8 +50,10 @@ describe('the ingest backlog in /admin/health', () => {
     await stub.maintain(Date.now());
     expect((await health()).body.ingest.stalled?.some((s) => s.deviceId === deviceId)).toBe(false);
 
-    await runInDurableObject(stub, (_o, state) => {
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
       state.storage.sql.exec("INSERT INTO outbox (kind, ref, body) VALUES ('session', 'poison', ?)", POISON);
+      // Written behind the object's back: what it holds of its outbox in memory is stale now.
+      (o as unknown as { stores: { outbox: { forgetWritten(): void } } }).stores.outbox.forgetWritten();
     });
     expect((await stub.maintain(Date.now())).flushed).toBe(0);
     const stalled = await health();

@@ -57,6 +57,15 @@ export class OutboxStore {
    */
   private written = new Map<number, OutboxText>();
   private writtenUnits = 0;
+  /**
+   * Whether `written` holds every row the table holds, and no other: a flush then takes its seqs
+   * from memory instead of a SELECT. Set by a flush that saw the whole table (fewer rows than it
+   * takes), with `writtenEpoch` unchanged meanwhile; cleared (and the epoch moved) by anything that
+   * changes rows other than an insert kept here: a rollback, an erasure, a session row replaced, a
+   * row over the bound, storage deleted.
+   */
+  private allWritten = false;
+  private writtenEpoch = 0;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -65,6 +74,8 @@ export class OutboxStore {
 
   /** Replaces any unsent row of the same session: only the newest state matters. */
   enqueueSessions(rows: readonly SessionRow[]): void {
+    // The replaced row's text may be held: the next flush reads the table.
+    if (rows.length) this.notAllWritten();
     for (const row of rows) {
       this.sql.exec("DELETE FROM outbox WHERE kind = 'session' AND ref = ?", row.id);
       const body = JSON.stringify(row);
@@ -88,15 +99,24 @@ export class OutboxStore {
 
   private keep(seq: number, text: OutboxText): void {
     const units = text.body.length + (text.payload?.length ?? 0) + (text.base?.length ?? 0);
-    if (this.writtenUnits + units > WRITTEN_KEEP_UNITS) return;
+    if (this.writtenUnits + units > WRITTEN_KEEP_UNITS) {
+      this.notAllWritten();
+      return;
+    }
     this.written.set(seq, text);
     this.writtenUnits += units;
+  }
+
+  private notAllWritten(): void {
+    this.allWritten = false;
+    this.writtenEpoch++;
   }
 
   private dropWritten(upToSeq = Infinity): void {
     if (upToSeq === Infinity) {
       this.written.clear();
       this.writtenUnits = 0;
+      this.notAllWritten();
       return;
     }
     for (const [seq, t] of this.written) {
@@ -200,8 +220,28 @@ export class OutboxStore {
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
   private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
-    const seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS).toArray();
-    if (!seqs.length) return 0;
+    const known = this.allWritten;
+    const epoch = this.writtenEpoch;
+    let seqs: Array<{ seq: number }> = [];
+    if (known) {
+      // Held in seq order: seqs only grow within a life.
+      for (const seq of this.written.keys()) {
+        if (seqs.length === FLUSH_OUTBOX_ROWS) break;
+        seqs.push({ seq });
+      }
+    } else {
+      seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS).toArray();
+    }
+    if (!seqs.length) {
+      if (!known) {
+        // An empty table: whatever is held is no row of it, and from here on every row is.
+        this.dropWritten();
+        this.allWritten = true;
+      }
+      return 0;
+    }
+    // The table as read holds no row beyond these: once they are deleted, only rows written since remain.
+    const sawAll = known || seqs.length < FLUSH_OUTBOX_ROWS;
     // The rows' text as this life wrote it when it holds all of them; else as storage has it.
     const rows: Array<OutboxText & { seq: number }> = seqs.every((r) => this.written.has(r.seq))
       ? seqs.map((r) => ({ seq: r.seq, ...this.written.get(r.seq)! }))
@@ -273,6 +313,7 @@ export class OutboxStore {
     await sendMessages(queue, messages);
     this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
     this.dropWritten(maxSeq);
+    if (sawAll && this.writtenEpoch === epoch) this.allWritten = true;
     return rows.length;
   }
 
