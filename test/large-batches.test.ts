@@ -145,13 +145,27 @@ describe('the hand-off to a device object', () => {
     const calls = packDeviceEvents(events);
     expect(calls.length).toBeGreaterThan(1);
     for (const call of calls) {
-      const bytes = 2 * (call.fields.length + call.rp.reduce((n, rp) => n + rp.length, 0) + (call.base?.length ?? 0));
+      const strings = [call.k!, call.id!, call.t!, call.n!, call.pr!, call.rp].flat();
+      const bytes = 2 * (strings.reduce((n, text) => n + text.length, 0) + (call.base?.length ?? 0)) + 3 * 8 * call.rp.length;
       expect(bytes).toBeLessThanOrEqual(MAX_HANDOFF_BYTES);
-      // Rows travel as strings of their own, not escaped again inside the fields' JSON.
-      expect(call.fields).not.toContain('Łódź');
+      // Rows travel as strings of their own, never inside another field.
+      expect([call.k!, call.id!, call.t!, call.n!, call.pr!].flat().join('')).not.toContain('Łódź');
+      expect(call.c!.length).toBe(call.rp.length);
+      expect(call.pos!.length).toBe(2 * call.rp.length);
     }
     const base = callBaseOf(events.map((e) => e.row));
     expect(calls.flatMap(unpackEvents)).toEqual(events.map((e) => packEvent(e, base)));
+  });
+
+  it('unpacks a call in the earlier form (the fields as one JSON array), and refuses columns that disagree', () => {
+    const events = deviceEvents([trackEvent('position', { lat: 48.85, lon: 2.35 }), trackEvent('plain', { n: 1 })]);
+    const [call] = packDeviceEvents(events);
+    const unpacked = unpackEvents(call!);
+    expect(unpacked.map((e) => e.pos)).toEqual([[48.85, 2.35], null]);
+    const earlier = { fields: JSON.stringify(unpacked.map(({ rp: _rp, ...fields }) => fields)), rp: call!.rp, base: call!.base };
+    expect(unpackEvents(earlier)).toEqual(unpacked);
+    expect(() => unpackEvents({ ...call!, n: call!.n!.slice(1) })).toThrow(/columns/);
+    expect(() => unpackEvents({ rp: call!.rp })).toThrow(/column/);
   });
 
   it('sends the fields a call\'s events share once, and only those all of them share', () => {
@@ -176,7 +190,7 @@ describe('the hand-off to a device object', () => {
     rows.forEach((r, i) => expect({ ...base, ...r }).toEqual(events[i]!.row));
   });
 
-  it('writes the same text as stringifying each row and each event\'s fields whole', () => {
+  it('writes the same text as stringifying each row whole, and carries each event\'s fields as they were', () => {
     // Quotes, escapes, astral characters, numbers of every kind, a profile, a position, a property
     // that is itself JSON text: the hand-written JSON must be JSON.stringify's, byte for byte.
     const rows = [
@@ -193,11 +207,8 @@ describe('the hand-off to a device object', () => {
       const own = Object.fromEntries(Object.entries(e.row).filter(([k, v]) => !shared || !(k in shared) || (shared as Record<string, unknown>)[k] !== v));
       expect(call!.rp[i]).toBe(`"r":${JSON.stringify(own)},"p":${JSON.stringify(e.payload.payload)}`);
     });
-    const fields = events.map((e) => {
-      const { rp: _rp, ...rest } = packEvent(e, shared);
-      return JSON.stringify(rest);
-    });
-    expect(call!.fields).toBe(`[${fields.join(',')}]`);
+    // The fields cross as columns and come back as packing each event alone gives them.
+    expect(unpackEvents(call!)).toEqual(events.map((e) => packEvent(e, shared)));
     // Without a base (a legacy call's rows), each row whole.
     expect(packEvent(events[3]!).rp).toBe(`"r":${JSON.stringify(events[3]!.row)},"p":${JSON.stringify(events[3]!.payload.payload)}`);
   });

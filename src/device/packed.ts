@@ -88,15 +88,6 @@ function valueJson(v: unknown): string {
 }
 
 /**
- * JSON.stringify of a packed event's fields without its `rp` (what crosses the RPC boundary as
- * `fields`), written field by field: no copy of the event without `rp`, no stringify call per number.
- */
-function fieldsJson(e: PackedEvent): string {
-  const pos = e.pos === null ? 'null' : `[${valueJson(e.pos[0])},${valueJson(e.pos[1])}]`;
-  return `{"k":${valueJson(e.k)},"id":${valueJson(e.id)},"t":${valueJson(e.t)},"n":${valueJson(e.n)},"c":${valueJson(e.c)},"pr":${valueJson(e.pr)},"pos":${pos},"b":${valueJson(e.b)}}`;
-}
-
-/**
  * A device's events, in order, as calls of at most `maxBytes` each (an event larger than that goes
  * alone). The caller makes them one after another, so each call sees the ids and sessions the
  * earlier ones stored, as a single call would.
@@ -105,33 +96,68 @@ export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_
   const calls: PackedEvents[] = [];
   const shared = callBaseOf(events.map((e) => e.row));
   const base = shared ? JSON.stringify(shared) : undefined;
-  let fields: string[] = [];
-  let rp: string[] = [];
+  let cols = newColumns();
   let bytes = base ? 2 * base.length : 0;
-  const call = () => ({ fields: `[${fields.join(',')}]`, rp, ...(base ? { base } : {}) });
+  const call = (): PackedEvents => ({
+    k: cols.k,
+    id: cols.id,
+    t: cols.t,
+    n: cols.n,
+    pr: cols.pr,
+    // Numbers as typed arrays: one copy each across the boundary, no tag per element.
+    c: Float64Array.from(cols.c),
+    pos: Float64Array.from(cols.pos),
+    b: Float64Array.from(cols.b),
+    rp: cols.rp,
+    ...(base ? { base } : {}),
+  });
   for (const e of events) {
     const packed = packEvent(e, shared);
-    const json = packed.rp;
-    const f = fieldsJson(packed);
-    const size = 2 * (f.length + json.length) + 16;
-    if (rp.length && bytes + size > maxBytes) {
+    const size = 2 * (packed.rp.length + packed.k.length + packed.id.length + packed.t.length + packed.n.length + packed.pr.length) + 64;
+    if (cols.rp.length && bytes + size > maxBytes) {
       calls.push(call());
-      fields = [];
-      rp = [];
+      cols = newColumns();
       bytes = base ? 2 * base.length : 0;
     }
-    fields.push(f);
-    rp.push(json);
+    cols.k.push(packed.k);
+    cols.id.push(packed.id);
+    cols.t.push(packed.t);
+    cols.n.push(packed.n);
+    cols.pr.push(packed.pr);
+    cols.c.push(packed.c);
+    if (packed.pos) cols.pos.push(packed.pos[0], packed.pos[1]);
+    else cols.pos.push(NaN, NaN);
+    cols.b.push(packed.b);
+    cols.rp.push(packed.rp);
     bytes += size;
   }
-  if (rp.length) calls.push(call());
+  if (cols.rp.length) calls.push(call());
   return calls;
 }
 
+function newColumns() {
+  return { k: [] as string[], id: [] as string[], t: [] as string[], n: [] as string[], pr: [] as string[], c: [] as number[], pos: [] as number[], b: [] as number[], rp: [] as string[] };
+}
+
+/** The events of a call as packDeviceEvents cut them (or, from an older caller, as a JSON `fields` array). */
 export function unpackEvents(packed: PackedEvents): PackedEvent[] {
-  const events = JSON.parse(packed.fields) as PackedEvent[];
-  if (events.length !== packed.rp.length) throw new Error(`packed events: ${events.length} fields for ${packed.rp.length} rows`);
-  events.forEach((e, i) => (e.rp = packed.rp[i]!));
+  const count = packed.rp.length;
+  if (typeof packed.fields === 'string') {
+    const events = JSON.parse(packed.fields) as PackedEvent[];
+    if (events.length !== count) throw new Error(`packed events: ${events.length} fields for ${count} rows`);
+    events.forEach((e, i) => (e.rp = packed.rp[i]!));
+    return events;
+  }
+  const { k, id, t, n, pr, c, pos, b, rp } = packed;
+  if (!k || !id || !t || !n || !pr || !c || !pos || !b) throw new Error('packed events: a column is missing');
+  if (k.length !== count || id.length !== count || t.length !== count || n.length !== count || pr.length !== count || c.length !== count || b.length !== count || pos.length !== 2 * count) {
+    throw new Error(`packed events: columns of other lengths than its ${count} rows`);
+  }
+  const events: PackedEvent[] = new Array(count);
+  for (let i = 0; i < count; i++) {
+    const lat = pos[2 * i]!;
+    events[i] = { k: k[i]!, id: id[i]!, t: t[i]!, n: n[i]!, c: c[i]!, pr: pr[i]!, pos: Number.isNaN(lat) ? null : [lat, pos[2 * i + 1]!], rp: rp[i]!, b: b[i]! };
+  }
   return events;
 }
 

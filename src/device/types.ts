@@ -32,19 +32,31 @@ export interface PackedEvent {
 }
 
 /**
- * One call's worth of packed events as it crosses the RPC boundary: the small fields of every event
- * as one JSON array, and each event's `rp` as a string of its own. `rp` is already JSON: nested in
- * another JSON string it was escaped a second time (a property's quote became four characters),
- * which took a 10 MB batch past the 32 MiB RPC limit.
+ * One call's worth of packed events as it crosses the RPC boundary, a column per field: the small
+ * fields as arrays of strings and typed arrays of numbers (no JSON to write and parse again per
+ * event), and each event's `rp` as a string of its own. `rp` is already JSON: nested in another JSON
+ * string it was escaped a second time (a property's quote became four characters), which took a
+ * 10 MB batch past the 32 MiB RPC limit.
  */
 export interface PackedEvents {
-  fields: string;
+  k?: string[];
+  id?: string[];
+  t?: string[];
+  n?: string[];
+  pr?: string[];
+  /** `c` of each event (its time, ms). */
+  c?: Float64Array;
+  /** `[lat, lon]` of each event in turn, NaN for an event without a position. */
+  pos?: Float64Array;
+  b?: Float64Array;
   rp: string[];
   /**
    * The row fields all the events agree on (JSON of a partial CallBase), left out of each `rp` row:
    * kept once per outbox chunk and sent once per message. Absent: every `rp` row is whole.
    */
   base?: string;
+  /** The earlier form of the columns: every event's fields but `rp` as one JSON array. */
+  fields?: string;
 }
 
 /** A session as the object stores it: its ClickHouse `ended` flag and row version too. */
