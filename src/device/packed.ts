@@ -19,14 +19,26 @@ const BASE_KEYS: ReadonlySet<string> = new Set(CALL_BASE_FIELDS);
  * events never leaves a value that only they had; null when the events agree on none.
  */
 export function callBaseOf(rows: ReadonlyArray<DeviceEvent['row']>): Partial<CallBase> | null {
-  const [first, ...rest] = rows;
+  const first = rows[0];
   if (!first) return null;
-  const base: Record<string, unknown> = {};
-  for (const key of CALL_BASE_FIELDS) base[key] = first[key];
-  for (const row of rest) {
-    for (const key of Object.keys(base)) if (row[key as keyof CallBase] !== base[key]) delete base[key];
+  // Which fields every row so far agrees on: no key list or object per row.
+  const agreed = CALL_BASE_FIELDS.map(() => true);
+  let left = agreed.length;
+  for (let r = 1; r < rows.length && left > 0; r++) {
+    const row = rows[r]!;
+    for (let f = 0; f < CALL_BASE_FIELDS.length; f++) {
+      if (agreed[f] && row[CALL_BASE_FIELDS[f]!] !== first[CALL_BASE_FIELDS[f]!]) {
+        agreed[f] = false;
+        left--;
+      }
+    }
   }
-  return Object.keys(base).length ? (base as Partial<CallBase>) : null;
+  if (!left) return null;
+  const base: Record<string, unknown> = {};
+  CALL_BASE_FIELDS.forEach((key, f) => {
+    if (agreed[f]) base[key] = first[key];
+  });
+  return base as Partial<CallBase>;
 }
 
 /** The row's fields in the order its JSON has always had them (an object literal's in toDeviceEvent). */
