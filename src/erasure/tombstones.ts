@@ -86,7 +86,16 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
   };
   try {
     for (const r of m.events) event(r);
-    for (const e of m.entries ?? []) event(entryRow(e, m.base));
+    // An entry's own fields over its chunk's base (entryRow's merge, for these three fields only).
+    const base = m.base;
+    for (const e of m.entries ?? []) {
+      const r = e.r;
+      event({
+        project_id: ('project_id' in r ? r.project_id : base?.project_id) as string,
+        device_id: ('device_id' in r ? r.device_id : base?.device_id) as string,
+        profile_id: r.profile_id,
+      });
+    }
     for (const r of m.payloads) into.projects.add(r.project_id);
     for (const r of m.sessions) {
       into.projects.add(r.project_id);
