@@ -80,7 +80,9 @@ export class DeviceObject extends DurableObject<Env> {
       const exists = hasTables(this.sql);
       if (exists) {
         this.transaction(() => {
-          createOrUpgradeTables(this.sql, true);
+          // The sessions' end_ms index as the gap last stored wants it, with the schema's statements.
+          const gapMs = this.stores.live.gapMs();
+          createOrUpgradeTables(this.sql, true, gapMs === null ? '' : this.stores.sessions.endIndexSql(gapMs));
           this.stores.dedup.detectLegacyTable();
         });
       }
@@ -89,9 +91,10 @@ export class DeviceObject extends DurableObject<Env> {
     return this.schemaReady;
   }
 
-  private ensureSchema(): void {
+  /** `gapMs`: the session gap of the call that creates the tables, when it is a call with events. */
+  private ensureSchema(gapMs?: number): void {
     if (this.hasSchema()) return;
-    createOrUpgradeTables(this.sql, false);
+    createOrUpgradeTables(this.sql, false, gapMs === undefined ? '' : this.stores.sessions.endIndexSql(gapMs));
     this.schemaReady = true;
   }
 
@@ -229,9 +232,10 @@ export class DeviceObject extends DurableObject<Env> {
     nowMs: number,
   ): { results: DeviceIngestResult['results']; firstIdleAtMs: number } {
     const { dedup, sessions, outbox, live } = this.stores;
-    this.ensureSchema();
+    this.ensureSchema(input.gapMs);
     this.meta.drop(RETIRED_META_KEYS);
     live.identify(input.projectId, input.deviceId, input.gapMs);
+    sessions.indexEnds(input.gapMs);
     sessions.takeKnown(input.knownSessions ?? []);
 
     // Dedup against the window and within the request itself.

@@ -451,27 +451,11 @@ describe('device storage keys', () => {
     );
   });
 
-  it("writes a session row once per call that extends it, and drops an older object's end_ms index", async () => {
-    const p = await createProject();
-    const stub = deviceStub(env, p.id, 'session-rows');
-    const t = Date.now() - 600_000;
-    const ev = (name: string, at: number) => trackEvent(name, { __deviceId: 'session-rows', __timestamp: at });
-    expect((await postBatch(p, { events: [ev('one', t)] })).status).toBe(202);
-    const indexes = () =>
-      runInDurableObject(stub, (_o, state) =>
-        state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions' AND sql IS NOT NULL").toArray().map((r) => r.name),
-      );
-    expect(await indexes()).toEqual([]);
-
-    // The older layout indexed end_ms; the object's next life drops the index.
-    await runInDurableObject(stub, (o: DeviceObject, state) => {
-      state.storage.sql.exec('CREATE INDEX sessions_end_idx ON sessions (end_ms)');
-      (o as unknown as Internals).schemaReady = false;
-    });
-    expect(await indexes()).toEqual(['sessions_end_idx']);
-    // Rows the session upsert writes, counted from here on (the object keeps its `sql` for its life).
-    await runInDurableObject(stub, (_o, state) => {
-      const sql = state.storage.sql as SqlStorage & { counted?: { rows: number; statements: number } };
+  // Rows the session upsert writes from here on (the object keeps its `sql` for its life).
+  type Counted = SqlStorage & { counted?: { rows: number; statements: number } };
+  const countSessionWrites = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql as Counted;
       const exec = sql.exec.bind(sql);
       const counted = (sql.counted = { rows: 0, statements: 0 });
       sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
@@ -483,12 +467,51 @@ describe('device storage keys', () => {
         return cursor;
       }) as typeof sql.exec;
     });
+  const sessionWrites = (stub: DurableObjectStub<DeviceObject>) => runInDurableObject(stub, (_o, state) => (state.storage.sql as Counted).counted);
+  const endIndexes = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions' AND sql IS NOT NULL").toArray().map((r) => r.name),
+    );
+
+  it("writes a session row once per call that extends it, and drops an older object's end_ms index", async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'session-rows');
+    const t = Date.now() - 600_000;
+    const ev = (name: string, at: number) => trackEvent(name, { __deviceId: 'session-rows', __timestamp: at });
+    expect((await postBatch(p, { events: [ev('one', t)] })).status).toBe(202);
+    expect(await endIndexes(stub)).toEqual([]);
+
+    // The older layout indexed end_ms; the object's next life drops the index.
+    await runInDurableObject(stub, (o: DeviceObject, state) => {
+      state.storage.sql.exec('CREATE INDEX sessions_end_idx ON sessions (end_ms)');
+      const self = o as unknown as Internals & { stores: { sessions: { forget(): void } } };
+      self.schemaReady = false;
+      self.stores.sessions.forget();
+    });
+    expect(await endIndexes(stub)).toEqual(['sessions_end_idx']);
+    await countSessionWrites(stub);
     expect((await postBatch(p, { events: [ev('two', t + 60_000)] })).status).toBe(202);
-    expect(await indexes()).toEqual([]);
+    expect(await endIndexes(stub)).toEqual([]);
     expect((await postBatch(p, { events: [ev('three', t + 120_000)] })).status).toBe(202);
-    const counted = await runInDurableObject(stub, (_o, state) => (state.storage.sql as SqlStorage & { counted: { rows: number; statements: number } }).counted);
     // Two calls, each extending the one session: one row each (an index entry was a second).
-    expect(counted).toEqual({ rows: 2, statements: 2 });
+    expect(await sessionWrites(stub)).toEqual({ rows: 2, statements: 2 });
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 3);
+  });
+
+  it('keeps the end_ms index for a gap short enough to pile up sessions', async () => {
+    const p = await createProject('short-gap', { sessionGapMs: 60_000 });
+    const stub = deviceStub(env, p.id, 'short-gap');
+    const t = Date.now() - 600_000;
+    const ev = (name: string, at: number) => trackEvent(name, { __deviceId: 'short-gap', __timestamp: at });
+    expect((await postBatch(p, { events: [ev('one', t)] })).status).toBe(202);
+    expect(await endIndexes(stub)).toEqual(['sessions_end_idx']);
+    await countSessionWrites(stub);
+    expect((await postBatch(p, { events: [ev('two', t + 30_000)] })).status).toBe(202);
+    // The extension moves the index entry too.
+    expect(await sessionWrites(stub)).toEqual({ rows: 2, statements: 1 });
+    // An event 4.5 minutes after the last opens a second session.
+    expect((await postBatch(p, { events: [ev('three', t + 300_000)] })).status).toBe(202);
+    expect((await stub.sessions()).length).toBe(2);
     await waitUntil(() => countEvents(p.id), (n) => n.ids === 3);
   });
 

@@ -146,7 +146,7 @@ describe('the hand-off to a device object', () => {
     expect(calls.length).toBeGreaterThan(1);
     for (const call of calls) {
       const strings = [call.k!, call.id!, call.t!, call.n!, call.pr!, call.rp].flat();
-      const bytes = 2 * (strings.reduce((n, text) => n + text.length, 0) + (call.base?.length ?? 0)) + 3 * 8 * call.rp.length;
+      const bytes = 2 * (strings.reduce((n, text) => n + text.length, 0) + (call.base?.length ?? 0)) + 4 * 8 * call.rp.length;
       expect(bytes).toBeLessThanOrEqual(MAX_HANDOFF_BYTES);
       // Rows travel as strings of their own, never inside another field.
       expect([call.k!, call.id!, call.t!, call.n!, call.pr!].flat().join('')).not.toContain('Łódź');

@@ -16,15 +16,13 @@ const REKEYED_TABLES: Record<string, string> = {
 
 /**
  * The object's tables; every statement is idempotent, so it also completes an older layout. The
- * sessions table has no index on `end_ms` any more (older layouts' is dropped): gaps of 30 minutes
- * over the 8 days kept bound a device to a few hundred rows, which a scan reads at once, while the
- * index cost a billed row write with every call that extended a session.
+ * sessions' `end_ms` index is the session store's to keep or drop, by the device's gap (see
+ * SessionStore.indexEnds).
  */
 const SCHEMA_SQL = `
   ${REKEYED_TABLES.seen_chunks};
   CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
     event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
-  DROP INDEX IF EXISTS sessions_end_idx;
   ${REKEYED_TABLES.outbox};
   CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,10 +54,11 @@ export function hasTables(sql: SqlStorage): boolean {
 
 /**
  * Creates the tables, or brings an older layout up to date (idempotent; run in a transaction).
- * `existing`: the object had tables already (a new one needs no look at older layouts).
+ * `existing`: the object had tables already (a new one needs no look at older layouts). `extra`:
+ * statements run with the schema's, in the same exec (the sessions' index for the device's gap).
  */
-export function createOrUpgradeTables(sql: SqlStorage, existing: boolean): void {
-  sql.exec(SCHEMA_SQL);
+export function createOrUpgradeTables(sql: SqlStorage, existing: boolean, extra = ''): void {
+  sql.exec(SCHEMA_SQL + extra);
   if (!existing) return;
   const rekeyed = new Set<string>();
   let outboxDdl = '';

@@ -10,6 +10,13 @@ import type { DeviceIdent, DeviceState, SessionRecord } from './types';
 export const SESSION_RETENTION_MS = DEDUP_WINDOW_MS + 24 * 60 * 60 * 1000;
 /** How much further back than a call asks the sessions held in memory reach (see SessionStore.recent). */
 const RECENT_MARGIN_MS = 60 * 60 * 1000;
+/**
+ * Session gaps from this one up leave the sessions unindexed by `end_ms`: sessions at least a gap
+ * apart over the days kept bound a device to about 1 200 rows, which a scan reads at once (the
+ * alarm's idle sessions and planning, the prune, a life's first read), while the index cost a
+ * billed row write with every call that extended a session. Shorter gaps keep the index.
+ */
+export const UNINDEXED_GAP_MIN_MS = 10 * 60 * 1000;
 
 export class SessionStore {
   /** aliases() as last read, until a merge, a prune or an erasure changes them (null: read again). */
@@ -20,6 +27,8 @@ export class SessionStore {
    * reaches further back reads storage (and keeps that wider window). Null: read again.
    */
   private recent: { fromMs: number; byId: Map<string, SessionRecord> } | null = null;
+  /** Whether the `end_ms` index was made to stand (true) or gone (false) this life; null: not yet. */
+  private endIndexed: boolean | null = null;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -74,6 +83,25 @@ export class SessionStore {
   forget(): void {
     this.recent = null;
     this.aliasCache = null;
+    this.endIndexed = null;
+  }
+
+  /**
+   * The statement that keeps the sessions' `end_ms` index for a gap under UNINDEXED_GAP_MIN_MS, or
+   * drops it (an older layout's too) for a longer one; '' when this life has made it so already.
+   * The caller runs it in its transaction (a rollback forgets it: see forget).
+   */
+  endIndexSql(gapMs: number): string {
+    const indexed = gapMs < UNINDEXED_GAP_MIN_MS;
+    if (this.endIndexed === indexed) return '';
+    this.endIndexed = indexed;
+    return indexed ? 'CREATE INDEX IF NOT EXISTS sessions_end_idx ON sessions (end_ms);' : 'DROP INDEX IF EXISTS sessions_end_idx;';
+  }
+
+  /** endIndexSql, run (a statement only when the gap crossed the line since the schema check). */
+  indexEnds(gapMs: number): void {
+    const statement = this.endIndexSql(gapMs);
+    if (statement) this.sql.exec(statement);
   }
 
   /** Takes in the sessions ClickHouse holds that the object has no row of (it keeps its own). */

@@ -90,6 +90,8 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
     const base = m.base;
     for (const e of m.entries ?? []) {
       const r = e.r;
+      // A malformed entry (no row object) adds nothing, and the rest are still read.
+      if (typeof r !== 'object' || r === null) continue;
       event({
         project_id: ('project_id' in r ? r.project_id : base?.project_id) as string,
         device_id: ('device_id' in r ? r.device_id : base?.device_id) as string,
