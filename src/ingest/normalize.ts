@@ -48,7 +48,7 @@ export interface NormalizedEvent {
   propertiesJson: string;
   payloadJson: string;
   dedupKey: string;
-  /** The parsed event's own properties (no reserved keys). */
+  /** The row's properties as parsed, reserved keys included (read for a position's lat/lon and legacy references). */
   properties: Record<string, unknown>;
 }
 
@@ -109,9 +109,9 @@ function fastTrack(raw: unknown): WireEvent | null {
   if (p.groups !== undefined) {
     if (!Array.isArray(p.groups) || p.groups.length > 100 || !p.groups.every((g) => typeof g === 'string' && g.length <= 256)) return null;
   }
-  // The row's own payload serves as it is (only the fields above are read from it), unless a numeric
-  // profileId must become text.
-  if (profileId === p.profileId) return { type: 'track', payload: p } as WireEvent;
+  // The row serves as it is (only the fields above are read from it), unless a numeric profileId
+  // must become text.
+  if (profileId === p.profileId) return r as WireEvent;
   const payload: Record<string, unknown> = { name: p.name };
   if (p.properties !== undefined) payload.properties = p.properties;
   if (profileId !== undefined) payload.profileId = profileId;
@@ -146,6 +146,98 @@ function fastReserved(props: Record<string, unknown>): Reserved | null {
 
 const isReservedKey = (key: string) => key === '__timestamp' || key === '__deviceId' || key === '__ip' || key === '__eventId';
 
+/** The event's own properties: all but the reserved keys, in their order. */
+function ownProperties(allProps: Record<string, unknown>): Record<string, unknown> {
+  const own: Record<string, unknown> = {};
+  for (const key of Object.keys(allProps)) {
+    if (!isReservedKey(key)) own[key] = allProps[key];
+  }
+  return own;
+}
+
+const PROPERTIES_KEY = '"properties":';
+
+/**
+ * The length of the entry `"key":<JSON of value>` when `json` holds it at `at`, else -1. A string
+ * is compared as it is: if JSON.stringify had to escape any of it, the text after its raw length
+ * is still inside the escaped string (a backslash), never its closing quote.
+ */
+function entryLength(json: string, at: number, key: string, value: unknown): number {
+  if (at < 0 || json.charCodeAt(at) !== 34 || !json.startsWith(key, at + 1) || json.charCodeAt(at + key.length + 1) !== 34 || json.charCodeAt(at + key.length + 2) !== 58) return -1;
+  const v = at + key.length + 3;
+  if (typeof value === 'string') {
+    return json.charCodeAt(v) === 34 && json.startsWith(value, v + 1) && json.charCodeAt(v + value.length + 1) === 34 ? key.length + value.length + 5 : -1;
+  }
+  const text = JSON.stringify(value);
+  return text !== undefined && json.startsWith(text, v) ? key.length + 3 + text.length : -1;
+}
+
+/**
+ * Where JSON.stringify(ownProperties(props)) stands in `rowJson` (JSON.stringify of `row`), so it
+ * is cut out rather than written again: [from, to] pairs whose pieces make it. For a row `{type,
+ * payload: {…, properties}}` whose other payload fields are not objects and whose reserved keys
+ * lead or trail the others. Each reserved entry is checked where it must stand; null for any other
+ * shape or any mismatch (the caller then stringifies a copy).
+ */
+export function ownPropertiesInRow(rowJson: string, row: Record<string, unknown>, props: Record<string, unknown>): number[] | null {
+  // Walked with for…in, which allocates no key list (parsed JSON has no inherited keys to skip).
+  let n = 0;
+  for (const key in row) {
+    if (key !== (n === 0 ? 'type' : n === 1 ? 'payload' : '')) return null;
+    n++;
+  }
+  if (n !== 2) return null;
+  const payload = row.payload as Record<string, unknown>;
+  let last = '';
+  for (const key in payload) {
+    // Each field before `properties` a scalar.
+    if (last !== '' && typeof payload[last] === 'object' && payload[last] !== null) return null;
+    last = key;
+  }
+  if (last !== 'properties' || payload.properties !== props) return null;
+  // Strings before it cannot hold the key's text (their quotes are escaped), nor can other scalars.
+  const at = rowJson.indexOf(PROPERTIES_KEY);
+  if (at < 0 || !rowJson.endsWith('}}}')) return null;
+  const start = at + PROPERTIES_KEY.length;
+  // The properties' text runs from `start` to before the payload's and the row's closing braces.
+  const end = rowJson.length - 2;
+  const keys = Object.keys(props);
+  let lead = 0;
+  while (lead < keys.length && isReservedKey(keys[lead]!)) lead++;
+  let trail = keys.length;
+  while (trail > lead && isReservedKey(keys[trail - 1]!)) trail--;
+  for (let i = lead; i < trail; i++) if (isReservedKey(keys[i]!)) return null;
+  // The opening brace, then each leading reserved entry and its comma.
+  let from = start + 1;
+  for (let i = 0; i < lead; i++) {
+    const length = entryLength(rowJson, from, keys[i]!, props[keys[i]!]);
+    // Followed by its comma (by the closing brace when it is the last key): a number's text is whole.
+    if (length < 0 || rowJson.charCodeAt(from + length) !== (i === keys.length - 1 ? 125 : 44)) return null;
+    from += length + 1;
+  }
+  // Back from the closing brace over each trailing reserved entry and the comma before it.
+  let to = end - 1;
+  for (let i = keys.length - 1; i >= trail; i--) {
+    const key = keys[i]!;
+    const value = props[key];
+    // Its length does not depend on where it stands: find it, then check it there.
+    const length = typeof value === 'string' ? key.length + value.length + 5 : key.length + 3 + JSON.stringify(value).length;
+    if (entryLength(rowJson, to - length, key, value) !== length || rowJson.charCodeAt(to - length - 1) !== (i === 0 ? 123 : 44)) return null;
+    to -= length + 1;
+  }
+  if (rowJson.charCodeAt(start) !== 123 /* { */ || rowJson.charCodeAt(end - 1) !== 125 /* } */) return null;
+  if (lead === 0 && trail === keys.length) return [start, end];
+  // Its braces, and between them the entries from the first own key to the last (none: `{}`).
+  return lead === trail ? [start, start + 1, end - 1, end] : [start, start + 1, from, to, end - 1, end];
+}
+
+/** The text `pieces` (see ownPropertiesInRow) make of `text`. */
+export function piecesText(text: string, pieces: readonly number[]): string {
+  let out = '';
+  for (let k = 0; k < pieces.length; k += 2) out += text.slice(pieces[k], pieces[k + 1]);
+  return out;
+}
+
 /**
  * `index` is the row's position in its request: without a client timestamp two identical rows of one
  * request are still two events, while a replay of a timestamped row is recognised as the same one.
@@ -177,11 +269,10 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
   }
   const { __timestamp, __deviceId, __ip, __eventId, timeMs } = reservedData;
 
-  const properties: Record<string, unknown> = {};
-  for (const key of Object.keys(allProps)) {
-    if (isReservedKey(key)) continue;
-    properties[key] = allProps[key];
-  }
+  // A track row without groups stores its properties as they came, less the reserved keys: their
+  // JSON is then cut out of the row's own (below) rather than copied and written a second time.
+  const asSent = event.type === 'track' && event.payload.groups === undefined && received === raw && event.payload === (raw as { payload?: unknown }).payload;
+  const properties: Record<string, unknown> = asSent ? allProps : ownProperties(allProps);
   if (event.type === 'identify') {
     for (const key of ['firstName', 'lastName', 'email', 'avatar'] as const) {
       if (event.payload[key] !== undefined) properties[key] = event.payload[key];
@@ -212,7 +303,6 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
     return reject('too_old', 'event is older than 5 days; send older history through a backfill');
   }
 
-  const propertiesJson = JSON.stringify(properties);
   // A row mapped from an app's own message is stored as that message: its other parts are checked
   // too (depth, numbers beyond a double), or storing them could fail or change them.
   if (received !== raw) {
@@ -226,6 +316,8 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
     // Beside `payload`, a row is not checked for depth: one nested past the runtime's limit is refused alone.
     return reject('validation', 'the row is nested too deeply to be stored');
   }
+  const pieces = asSent ? ownPropertiesInRow(payloadJson, raw as Record<string, unknown>, allProps) : null;
+  const propertiesJson = pieces ? piecesText(payloadJson, pieces) : JSON.stringify(asSent ? ownProperties(allProps) : properties);
   // UTF-8 bytes, as /track counts its body: never fewer than UTF-16 units, so the length alone
   // settles most rows.
   if (payloadJson.length > MAX_EVENT_BYTES || (payloadJson.length * 3 > MAX_EVENT_BYTES && utf8Bytes(payloadJson) > MAX_EVENT_BYTES)) {
@@ -240,7 +332,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
   const profileId = 'profileId' in event.payload && event.payload.profileId !== undefined ? event.payload.profileId : '';
   const dedupKey = __eventId
     ? `e:${__eventId}`
-    : `h:${hash128Joined([event.type, name, clientTimeMs === undefined ? `r${ctx.receivedAtMs}:${index}` : String(clientTimeMs), profileId, propertiesJson])}`;
+    : `h:${hash128Joined([event.type, name, clientTimeMs === undefined ? `r${ctx.receivedAtMs}:${index}` : String(clientTimeMs), profileId, pieces ? { text: payloadJson, pieces } : propertiesJson])}`;
 
   return {
     ok: true,
@@ -256,7 +348,7 @@ export function normalizeEvent(raw: unknown, ctx: RequestContext, index = 0, rec
       propertiesJson,
       payloadJson,
       dedupKey,
-      properties,
+      properties: allProps,
     },
   };
 }

@@ -42,11 +42,18 @@ export function hash128(str: string): string {
   return hash128Joined([str]);
 }
 
+/** Pieces of one text taken as one string: `text.slice(from, to)` for each [from, to] pair of `pieces`, joined. */
+export interface TextPieces {
+  text: string;
+  pieces: readonly number[];
+}
+
 /**
  * `hash128(parts.join('\u0000'))`, without building the joined string (a per-event key made of a
- * few fields, one of them the event's whole properties text).
+ * few fields, one of them the event's whole properties text, which may be given as pieces of the
+ * row's text it was cut from).
  */
-export function hash128Joined(parts: readonly string[]): string {
+export function hash128Joined(parts: ReadonlyArray<string | TextPieces>): string {
   const seed = 0x9e3779b9;
   let a1 = 0xdeadbeef;
   let a2 = 0x41c6ce57;
@@ -60,13 +67,28 @@ export function hash128Joined(parts: readonly string[]): string {
       b1 = Math.imul(b1, M1);
       b2 = Math.imul(b2, M2);
     }
-    const str = parts[p]!;
-    for (let i = 0; i < str.length; i++) {
-      const ch = str.charCodeAt(i);
-      a1 = Math.imul(a1 ^ ch, M1);
-      a2 = Math.imul(a2 ^ ch, M2);
-      b1 = Math.imul(b1 ^ ch, M1);
-      b2 = Math.imul(b2 ^ ch, M2);
+    const part = parts[p]!;
+    if (typeof part === 'string') {
+      for (let i = 0; i < part.length; i++) {
+        const ch = part.charCodeAt(i);
+        a1 = Math.imul(a1 ^ ch, M1);
+        a2 = Math.imul(a2 ^ ch, M2);
+        b1 = Math.imul(b1 ^ ch, M1);
+        b2 = Math.imul(b2 ^ ch, M2);
+      }
+      continue;
+    }
+    // The same loop over each piece of the text in turn (kept apart: the plain loop stays as tight).
+    const { text, pieces } = part;
+    for (let k = 0; k < pieces.length; k += 2) {
+      const to = pieces[k + 1]!;
+      for (let i = pieces[k]!; i < to; i++) {
+        const ch = text.charCodeAt(i);
+        a1 = Math.imul(a1 ^ ch, M1);
+        a2 = Math.imul(a2 ^ ch, M2);
+        b1 = Math.imul(b1 ^ ch, M1);
+        b2 = Math.imul(b2 ^ ch, M2);
+      }
     }
   }
   return finish128(a1, a2, b1, b2);

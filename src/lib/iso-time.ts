@@ -45,7 +45,20 @@ export function dateTimeAtStart(text: string, separator: number): number | null 
   const minute = digits(text, 14, 2);
   const second = digits(text, 17, 2);
   if (!(year >= 1000 && month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth(year, month) && hour <= 23 && minute <= 59 && second <= 59)) return null;
-  return Date.UTC(year, month - 1, day, hour, minute, second);
+  return daysFromCivil(year, month, day) * 86_400_000 + hour * 3_600_000 + minute * 60_000 + second * 1000;
+}
+
+/**
+ * Days from 1970-01-01 to a proleptic Gregorian date (month 1–12), as Date.UTC counts them: H.
+ * Hinnant's `days_from_civil`, in plain arithmetic (Date.UTC is a call into the runtime per event).
+ */
+function daysFromCivil(year: number, month: number, day: number): number {
+  const y = month <= 2 ? year - 1 : year;
+  const era = Math.floor(y / 400);
+  const yearOfEra = y - era * 400;
+  const dayOfYear = Math.floor((153 * (month + (month > 2 ? -3 : 9)) + 2) / 5) + day - 1;
+  const dayOfEra = yearOfEra * 365 + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100) + dayOfYear;
+  return era * 146_097 + dayOfEra - 719_468;
 }
 
 /** Days in a month (1-12) of the proleptic Gregorian calendar, as the datetime schema counts them. */
