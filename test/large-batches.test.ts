@@ -211,6 +211,13 @@ describe('the hand-off to a device object', () => {
     expect(unpackEvents(call!)).toEqual(events.map((e) => packEvent(e, shared)));
     // Without a base (a legacy call's rows), each row whole.
     expect(packEvent(events[3]!).rp).toBe(`"r":${JSON.stringify(events[3]!.row)},"p":${JSON.stringify(events[3]!.payload.payload)}`);
+    // A row with a field beyond the usual ones keeps it, whole base or not.
+    const plain = deviceEvents([trackEvent('a'), trackEvent('b')]);
+    const wider = { ...plain[0]!, row: { ...plain[0]!.row, extra: 1 } as (typeof plain)[0]['row'] };
+    const base = callBaseOf(plain.map((e) => e.row));
+    expect(Object.keys(base!)).toHaveLength(10);
+    expect(JSON.parse(`{${packEvent(wider, base).rp}}`).r).toMatchObject({ id: wider.row.id, extra: 1 });
+    expect(JSON.parse(`{${packEvent(plain[0]!, base).rp}}`).r).not.toHaveProperty('extra');
   });
 
   it('sends an event larger than a call\'s budget on its own', () => {

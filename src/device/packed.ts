@@ -47,7 +47,17 @@ export function callBaseOf(rows: ReadonlyArray<DeviceEvent['row']>): Partial<Cal
  * braces. A flat string made in one native pass: no field-by-field concatenation to flatten later.
  */
 function rowAndPayloadJson(row: DeviceEvent['row'], payload: string, base: Partial<CallBase> | null): string {
-  return JSON.stringify({ r: base ? (holdsWholeBase(row, base) ? ownFields(row) : withoutBase(row, base)) : row, p: payload }).slice(1, -1);
+  return JSON.stringify({ r: base ? (holdsWholeBase(row, base) && fieldCount(row) === ROW_FIELD_COUNT ? ownFields(row) : withoutBase(row, base)) : row, p: payload }).slice(1, -1);
+}
+
+/** The fields of a row as toDeviceEvent makes it; one with any other keeps them all (withoutBase). */
+const ROW_FIELD_COUNT = 17;
+
+/** Own keys of a row, counted without a key list. */
+function fieldCount(row: object): number {
+  let n = 0;
+  for (const key in row) if (Object.prototype.hasOwnProperty.call(row, key)) n++;
+  return n;
 }
 
 /** Whether `base` holds every base field, each with the row's value (what a call of one request gives). */

@@ -48,7 +48,10 @@ export interface NormalizedEvent {
   propertiesJson: string;
   payloadJson: string;
   dedupKey: string;
-  /** The row's properties as parsed, reserved keys included (read for a position's lat/lon and legacy references). */
+  /**
+   * The row's properties as parsed, reserved keys included: the caller's own object, read (never
+   * changed) for a position's lat/lon and legacy references.
+   */
   properties: Record<string, unknown>;
 }
 
@@ -221,7 +224,9 @@ export function ownPropertiesInRow(rowJson: string, row: Record<string, unknown>
     const key = keys[i]!;
     const value = props[key];
     // Its length does not depend on where it stands: find it, then check it there.
-    const length = typeof value === 'string' ? key.length + value.length + 5 : key.length + 3 + JSON.stringify(value).length;
+    const text = typeof value === 'string' ? null : (JSON.stringify(value) as string | undefined);
+    if (text === undefined) return null;
+    const length = text === null ? key.length + (value as string).length + 5 : key.length + 3 + text.length;
     if (entryLength(rowJson, to - length, key, value) !== length || rowJson.charCodeAt(to - length - 1) !== (i === 0 ? 123 : 44)) return null;
     to -= length + 1;
   }
