@@ -6,7 +6,7 @@ import { bindParams } from '../src/clickhouse/params';
 import { correctClockSkew, normalizeEvent, NO_GEO, ownPropertiesInRow, piecesText } from '../src/ingest/normalize';
 import { WireEvent } from '../src/ingest/wire';
 import { checkPropertiesShape } from '../src/ingest/wire';
-import { hash128, hash128Joined, uuidv7At, uuidv7Time } from '../src/lib/ids';
+import { hash128, hash128Joined, uuidv7At, uuidv7OfParts, uuidv7Time } from '../src/lib/ids';
 import { commonIsoTime, parseIsoTime } from '../src/lib/iso-time';
 import { z } from 'zod';
 import { decodeFingerprints, encodeFingerprints, fingerprint, SeenIndex } from '../src/device/seen-index';
@@ -208,6 +208,14 @@ describe('ids and property shape', () => {
     expect(uuidv7At(2 ** 48 + 5, '0123456789abcdef0123456789abcdef')).toBe('ffffffff-ffff-7012-b345-6789abcdef01');
     expect(uuidv7At(1764000000123.7, 'abc')).toBe('019ab697-e87b-7abc-8000-000000000000');
     expect(uuidv7At(-5, '0123456789ABCDEF0123456789abcdef')).toBe('00000000-0000-7012-b345-6789ABCDEF01');
+    // An event's id written straight from the hash: the same text as through the hash's hex.
+    expect(uuidv7OfParts(1764000000123, ['citylens:42'])).toBe('019ab697-e87b-73da-aea0-90260cbbb64f');
+    const times = [0, -5, 1.5, 1764000000123.7, 2 ** 48 - 1, 2 ** 48 + 5, 65535, 65536];
+    for (let n = 0; n < 3000; n++) {
+      const parts = [`project-${n % 7}`, `device-${n}`, n % 2 ? `e:${n}` : `h:${hash128(String(n))}`];
+      const t = times[n % times.length]! + (n > 100 ? n * 7919 : 0);
+      expect(uuidv7OfParts(t, parts)).toBe(uuidv7At(t, hash128Joined(parts)));
+    }
   });
 
   it('reads ISO 8601 times exactly as Date.parse does, the common form and every other', () => {

@@ -6,7 +6,7 @@ import { deviceStub } from '../device/stub';
 import type { DeviceEvent } from '../device/types';
 import type { Env } from '../env';
 import { divertLegacyEvents } from '../legacy/realtime';
-import { hash128Joined, uuidv7At } from '../lib/ids';
+import { uuidv7OfParts } from '../lib/ids';
 import { mapPool } from '../lib/pool';
 import { dailySalt, deriveDeviceId, utcDay } from './device-id';
 import { normalizeEvent, type NormalizedEvent, type Rejection, type RequestContext } from './normalize';
@@ -35,7 +35,7 @@ export interface AcceptResult {
 }
 
 export function toDeviceEvent(projectId: string, deviceId: string, e: NormalizedEvent): DeviceEvent {
-  const id = uuidv7At(e.createdAtMs, hash128Joined([projectId, deviceId, e.dedupKey]));
+  const id = uuidv7OfParts(e.createdAtMs, [projectId, deviceId, e.dedupKey]);
   return {
     dedupKey: e.dedupKey,
     row: {

@@ -17,7 +17,15 @@ function putHex8(n: number, at: number): void {
   }
 }
 
-function finish128(a1: number, a2: number, b1: number, b2: number): string {
+/** The four 32-bit words of the last hash absorbed (absorb), then mixed (mix128): one hash at a time. */
+const words = new Int32Array(4);
+
+/** The final avalanche of the four lanes, in place. */
+function mix128(): void {
+  let a1 = words[0]!;
+  let a2 = words[1]!;
+  let b1 = words[2]!;
+  let b2 = words[3]!;
   a1 = Math.imul(a1 ^ (a1 >>> 16), 2246822507);
   a1 ^= Math.imul(a2 ^ (a2 >>> 13), 3266489909);
   a2 = Math.imul(a2 ^ (a2 >>> 16), 2246822507);
@@ -26,11 +34,10 @@ function finish128(a1: number, a2: number, b1: number, b2: number): string {
   b1 ^= Math.imul(b2 ^ (b2 >>> 13), 3266489909);
   b2 = Math.imul(b2 ^ (b2 >>> 16), 2246822507);
   b2 ^= Math.imul(b1 ^ (b1 >>> 13), 3266489909);
-  putHex8(a1 >>> 0, 0);
-  putHex8(a2 >>> 0, 8);
-  putHex8(b1 >>> 0, 16);
-  putHex8(b2 >>> 0, 24);
-  return String.fromCharCode.apply(null, hexCodes);
+  words[0] = a1;
+  words[1] = a2;
+  words[2] = b1;
+  words[3] = b2;
 }
 
 /**
@@ -54,6 +61,17 @@ export interface TextPieces {
  * row's text it was cut from).
  */
 export function hash128Joined(parts: ReadonlyArray<string | TextPieces>): string {
+  absorb(parts);
+  mix128();
+  putHex8(words[0]! >>> 0, 0);
+  putHex8(words[1]! >>> 0, 8);
+  putHex8(words[2]! >>> 0, 16);
+  putHex8(words[3]! >>> 0, 24);
+  return String.fromCharCode.apply(null, hexCodes);
+}
+
+/** The lanes of the U+0000-joined parts, into `words` (before the final mix). */
+function absorb(parts: ReadonlyArray<string | TextPieces>): void {
   const seed = 0x9e3779b9;
   let a1 = 0xdeadbeef;
   let a2 = 0x41c6ce57;
@@ -91,7 +109,10 @@ export function hash128Joined(parts: ReadonlyArray<string | TextPieces>): string
       }
     }
   }
-  return finish128(a1, a2, b1, b2);
+  words[0] = a1;
+  words[1] = a2;
+  words[2] = b1;
+  words[3] = b2;
 }
 
 /** The RFC 9562 variant digit for a seed's 16th hex digit (its two low bits kept); '8' for a non-hex one, as parseInt's NaN gave. */
@@ -113,6 +134,41 @@ export function uuidv7At(timeMs: number, seedHex: string): string {
   const s = seedHex.length >= 32 ? seedHex : seedHex.padEnd(32, '0');
   const variant = VARIANT_DIGIT[s[15]!] ?? '8';
   return `${hex8(high)}-${HEX_BYTE[low >>> 8]}${HEX_BYTE[low & 255]}-7${s.slice(0, 3)}-${variant}${s.slice(3, 6)}-${s.slice(6, 18)}`;
+}
+
+/** Char codes of a UUID being written (see uuidv7OfParts). */
+const uuidCodes: number[] = new Array<number>(36).fill(45);
+uuidCodes[14] = 55; // '7'
+
+/** Writes the `count` low hex digits of `n` at `at`. */
+function putHex(codes: number[], n: number, at: number, count: number): void {
+  for (let i = at + count - 1; i >= at; i--) {
+    codes[i] = HEX_CODE[n & 15]!;
+    n >>>= 4;
+  }
+}
+
+/**
+ * `uuidv7At(timeMs, hash128Joined(parts))`, written straight from the hash's words: no 32-digit
+ * text to cut up (an event's id, once per event).
+ */
+export function uuidv7OfParts(timeMs: number, parts: ReadonlyArray<string | TextPieces>): string {
+  absorb(parts);
+  mix128();
+  const ms = Math.max(0, Math.min(Math.floor(timeMs), 2 ** 48 - 1));
+  const a1 = words[0]! >>> 0;
+  const a2 = words[1]! >>> 0;
+  const b1 = words[2]! >>> 0;
+  putHex(uuidCodes, Math.floor(ms / 65536), 0, 8);
+  putHex(uuidCodes, ms % 65536, 9, 4);
+  // The seed's digits 0–2, then the variant from digit 15 and digits 3–5, then digits 6–17.
+  putHex(uuidCodes, a1 >>> 20, 15, 3);
+  uuidCodes[19] = HEX_CODE[(a2 & 3) | 8]!;
+  putHex(uuidCodes, (a1 >>> 8) & 0xfff, 20, 3);
+  putHex(uuidCodes, a1 & 0xff, 24, 2);
+  putHex(uuidCodes, a2, 26, 8);
+  putHex(uuidCodes, b1 >>> 24, 34, 2);
+  return String.fromCharCode.apply(null, uuidCodes);
 }
 
 /** Milliseconds carried by a UUIDv7. */
