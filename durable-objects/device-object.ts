@@ -3,7 +3,7 @@
 import { DurableObject } from 'cloudflare:workers';
 import { DedupStore } from '../src/device/dedup-store';
 import { eraseProfile, heldCounts, type DeviceStores } from '../src/device/erase';
-import { LiveStore } from '../src/device/live-store';
+import { LiveStore, type LiveChange } from '../src/device/live-store';
 import { OutboxStore } from '../src/device/outbox-store';
 import { packEvent, unpackEvents } from '../src/device/packed';
 import { createOrUpgradeTables, databaseBytes, hasTables, MetaStore, RETIRED_META_KEYS } from '../src/device/schema';
@@ -49,11 +49,12 @@ export class DeviceObject extends DurableObject<Env> {
     super(ctx, env);
     this.sql = ctx.storage.sql;
     this.meta = new MetaStore(this.sql);
+    const sessions = new SessionStore(this.sql, this.meta);
     this.stores = {
       dedup: new DedupStore(this.sql, this.meta),
-      sessions: new SessionStore(this.sql, this.meta),
+      sessions,
       outbox: new OutboxStore(this.sql, this.meta),
-      live: new LiveStore(this.meta),
+      live: new LiveStore(this.meta, () => sessions.latestLive()),
     };
   }
 
@@ -112,6 +113,7 @@ export class DeviceObject extends DurableObject<Env> {
       this.stores.dedup.forgetIndex();
       this.stores.outbox.forgetWritten();
       this.stores.sessions.forget();
+      this.stores.live.forget();
       this.schemaReady = false; // the tables of a first, rolled-back write are gone too
       throw err;
     }
@@ -248,18 +250,27 @@ export class DeviceObject extends DurableObject<Env> {
       fresh.push(i);
     });
 
-    // Sessions: only `track` events make or extend them. Their rows go out before the events.
+    // Sessions: only `track` events make or extend them. Their rows go out before the events. The
+    // device's new live state rides in the last session row the call writes (a call of other
+    // events only writes it to `meta`).
     const tracked = fresh.filter((i) => input.events[i]!.t === 'track');
-    const assigned = sessions.assign(live.ident()!, tracked.map((i) => input.events[i]!.c), input.gapMs, nowMs);
-    const sessionOf = new Map<number, string>();
-    tracked.forEach((i, k) => sessionOf.set(i, assigned.sessionIds[k]!));
-
     const freshEvents = fresh.map((i) => input.events[i]!);
-    const freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
+    const sessionOf = new Map<number, string>();
+    let freshSessions: string[] = [];
+    let change: LiveChange | null = null;
+    const settle = (sessionIds: readonly string[]) => {
+      tracked.forEach((i, k) => sessionOf.set(i, sessionIds[k]!));
+      freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
+      change = live.change(freshEvents, freshSessions, nowMs);
+      return change;
+    };
+    const assigned = sessions.assign(live.ident()!, tracked.map((i) => input.events[i]!.c), input.gapMs, nowMs, settle);
+    if (!tracked.length) settle([]);
+
     dedup.record(freshEvents, nowMs);
     // The changed session rows ride with the events' chunk, ahead of them in its message.
     outbox.appendEvents(freshEvents, freshSessions, assigned.rows, input.base);
-    live.record(freshEvents, freshSessions, nowMs);
+    live.record(change, assigned.liveHolder);
 
     // When the open sessions this call changed go idle (sessions it took in from ClickHouse were
     // not planned for: -Infinity sends the call through the planning).
@@ -334,6 +345,8 @@ export class DeviceObject extends DurableObject<Env> {
     }
     const pruned = dedup.sweep(nowMs);
     dedup.compact();
+    // The session row carrying the live state may be among those pruned: `meta` takes it first.
+    if (live.heldBefore(nowMs - SESSION_RETENTION_MS)) live.persist();
     sessions.prune(nowMs);
     return { ended, pruned };
   }
@@ -467,6 +480,7 @@ export class DeviceObject extends DurableObject<Env> {
     this.stores.dedup.reset();
     this.stores.outbox.reset();
     this.stores.sessions.forget();
+    this.stores.live.forget();
     this.schemaReady = false;
     return { held: partial ? partial.held : true, whole: true, ...removed };
   }

@@ -179,20 +179,25 @@ describe('device outbox flush from the call', () => {
     expect((await post('one', 0)).status).toBe(202);
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
 
-    // Outbox reads from here on, and one failing statement on demand (the call's last write, after its outbox row).
+    // Outbox reads from here on, and one failure on demand in the call's last step, after its outbox row.
     type Counting = SqlStorage & { outboxReads?: number; failMeta?: boolean };
-    await runInDurableObject(stub, (_o, state) => {
+    await runInDurableObject(stub, (o, state) => {
       const sql = state.storage.sql as Counting;
       const exec = sql.exec.bind(sql);
       sql.outboxReads = 0;
       sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
         if (/^SELECT seq\b.* FROM outbox ORDER BY seq/.test(query)) sql.outboxReads!++;
-        if (sql.failMeta && query.startsWith('INSERT INTO meta')) {
+        return exec(query, ...args);
+      }) as typeof sql.exec;
+      const live = (o as unknown as { stores: { live: { record(...args: unknown[]): void } } }).stores.live;
+      const record = live.record.bind(live);
+      live.record = (...args: unknown[]) => {
+        if (sql.failMeta) {
           sql.failMeta = false;
           throw new Error('storage failed mid-call');
         }
-        return exec(query, ...args);
-      }) as typeof sql.exec;
+        record(...args);
+      };
     });
     const reads = () => runInDurableObject(stub, (_o, state) => (state.storage.sql as Counting).outboxReads!);
 

@@ -94,12 +94,15 @@ describe('GET /v1/devices/:deviceId', () => {
     // The older layout: each field in a row of its own, and keys nothing reads any more.
     await runInDurableObject(stub, (o: DeviceObject, state) => {
       const sql = state.storage.sql;
-      const live = JSON.parse(sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = 'live'").one().value) as Record<string, unknown>;
+      // The call's live state rides in its session row; an older object kept it in `meta`.
+      const live = JSON.parse(sql.exec<{ live: string }>('SELECT live FROM sessions WHERE live_v IS NOT NULL').one().live) as Record<string, unknown>;
       for (const [key, value] of [...Object.entries(live), ['version', 1], ['smallSeenChunks', 3], ['flushAttemptedThrough', 7]]) {
         sql.exec('INSERT INTO meta (key, value) VALUES (?, ?)', key, JSON.stringify(value));
       }
       sql.exec("DELETE FROM meta WHERE key = 'live'");
+      sql.exec('UPDATE sessions SET live = NULL, live_v = NULL');
       (o as unknown as { meta: MetaStore }).meta.clear();
+      (o as unknown as { stores: { live: { forget(): void } } }).stores.live.forget();
     });
     expect(await metaKeys()).toContain('lastPosition');
     expect((await getJson<DeviceBody>(p, '/v1/devices/bike-old')).body).toEqual(before);
@@ -109,7 +112,112 @@ describe('GET /v1/devices/:deviceId', () => {
     expect(after.lastPosition).toEqual({ lat: 48.9, lon: 2.35, at: new Date(now - MIN).toISOString() });
     expect(after.lastEvent).toMatchObject({ name: 'fix', createdAt: new Date(now - MIN).toISOString() });
     expect(after.liveSession).toMatchObject({ startedAt: new Date(now - 2 * MIN).toISOString(), eventCount: 2 });
-    expect(await metaKeys()).toEqual(['gapMs', 'ident', 'live', 'nextSeenSweepMs']);
+    // The new state rides in the session row the call wrote; the older rows are gone.
+    expect(await metaKeys()).toEqual(['gapMs', 'ident', 'nextSeenSweepMs']);
+  });
+});
+
+describe('live state storage', () => {
+  type Internals = { meta: MetaStore; schemaReady: boolean; stores: { live: { forget(): void }; sessions: { forget(): void } } };
+  /** What a new life of the object starts with: nothing in memory. */
+  const newLife = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as Internals;
+      self.meta.clear();
+      self.stores.live.forget();
+      self.stores.sessions.forget();
+      self.schemaReady = false;
+    });
+  const metaWrites = (stub: DurableObjectStub<DeviceObject>) =>
+    runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql as SqlStorage & { metaWrites?: number };
+      const exec = sql.exec.bind(sql);
+      sql.metaWrites = 0;
+      sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
+        if (query.startsWith('INSERT INTO meta')) sql.metaWrites!++;
+        return exec(query, ...args);
+      }) as typeof sql.exec;
+    });
+  const countedMetaWrites = (stub: DurableObjectStub<DeviceObject>) => runInDurableObject(stub, (_o, state) => (state.storage.sql as SqlStorage & { metaWrites?: number }).metaWrites);
+  const fix = (device: string, atMs: number, lat: number, extra: Record<string, unknown> = {}) => ({
+    type: 'track',
+    payload: { name: 'fix', ...extra, properties: { __deviceId: device, __timestamp: atMs, lat, lon: 2.35 } },
+  });
+
+  it("rides in the session row a call writes (no row of its own per call), and a new life reads it back", async () => {
+    const p = await createProject('live-in-session');
+    const stub = deviceStub(env, p.id, 'van-1');
+    const now = Date.now();
+    expect((await postBatch(p, { events: [fix('van-1', now - 3 * MIN, 48.8)] })).status).toBe(202);
+    await metaWrites(stub);
+    expect((await postBatch(p, { events: [fix('van-1', now - 2 * MIN, 48.9), fix('van-1', now - 2.5 * MIN, 48.7)] })).status).toBe(202);
+    expect(await countedMetaWrites(stub)).toBe(0);
+    const before = (await getJson<DeviceBody>(p, '/v1/devices/van-1')).body;
+    expect(before.lastPosition).toEqual({ lat: 48.9, lon: 2.35, at: new Date(now - 2 * MIN).toISOString() });
+    await newLife(stub);
+    expect((await getJson<DeviceBody>(p, '/v1/devices/van-1')).body).toEqual(before);
+    // A call of other events only (no session row) writes the state to `meta`: still the newest.
+    expect((await track(p, { type: 'identify', payload: { profileId: 'driver-7', properties: { __deviceId: 'van-1', __timestamp: now - MIN } } })).status).toBe(200);
+    await newLife(stub);
+    const after = (await getJson<DeviceBody>(p, '/v1/devices/van-1')).body;
+    expect(after.lastEvent).toMatchObject({ type: 'identify', createdAt: new Date(now - MIN).toISOString() });
+    expect(after.lastPosition).toEqual(before.lastPosition);
+    expect(after.profile?.id).toBe('driver-7');
+  });
+
+  it('gives an older object\'s sessions the columns, and its state in `meta` stays current until a call carries a newer one', async () => {
+    const p = await createProject('live-upgrade');
+    const stub = deviceStub(env, p.id, 'van-4');
+    const now = Date.now();
+    expect((await postBatch(p, { events: [fix('van-4', now - 3 * MIN, 48.8)] })).status).toBe(202);
+    const before = (await getJson<DeviceBody>(p, '/v1/devices/van-4')).body;
+    // The layout before: the state in one `meta` row, sessions without the two columns.
+    await runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql;
+      const live = sql.exec<{ live: string }>('SELECT live FROM sessions WHERE live_v IS NOT NULL').one().live;
+      sql.exec("INSERT INTO meta (key, value) VALUES ('live', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", live);
+      sql.exec('ALTER TABLE sessions DROP COLUMN live_v');
+      sql.exec('ALTER TABLE sessions DROP COLUMN live');
+    });
+    await newLife(stub);
+    expect((await getJson<DeviceBody>(p, '/v1/devices/van-4')).body).toEqual(before);
+    await metaWrites(stub);
+    expect((await postBatch(p, { events: [fix('van-4', now - 2 * MIN, 48.9)] })).status).toBe(202);
+    expect(await countedMetaWrites(stub)).toBe(0);
+    await newLife(stub);
+    expect((await getJson<DeviceBody>(p, '/v1/devices/van-4')).body.lastPosition).toEqual({ lat: 48.9, lon: 2.35, at: new Date(now - 2 * MIN).toISOString() });
+  });
+
+  it('keeps the live state once the session row carrying it is pruned', async () => {
+    const p = await createProject('live-pruned');
+    const stub = deviceStub(env, p.id, 'van-2');
+    const now = Date.now();
+    expect((await postBatch(p, { events: [fix('van-2', now - MIN, 48.8)] })).status).toBe(202);
+    // Nine days on: the session ends and is pruned, the ids leave their window.
+    await runInDurableObject(stub, (o: DeviceObject) => o.maintain(now + 9 * 24 * 60 * MIN));
+    expect(await stub.sessions()).toEqual([]);
+    await newLife(stub);
+    const state = await stub.state(now + 9 * 24 * 60 * MIN);
+    expect(state?.lastPosition).toEqual({ lat: 48.8, lon: 2.35, atMs: now - MIN });
+    expect(state?.lastEvent).toMatchObject({ name: 'fix', createdAtMs: now - MIN });
+  });
+
+  it("leaves no live state of an erased profile in any session row", async () => {
+    const p = await createProject('live-erased');
+    const stub = deviceStub(env, p.id, 'van-3');
+    const now = Date.now();
+    // Two sessions, each row carrying the state of its call: the profile's, then another driver's.
+    expect((await postBatch(p, { events: [fix('van-3', now - 120 * MIN, 48.8, { profileId: 'gone' })] })).status).toBe(202);
+    expect((await postBatch(p, { events: [fix('van-3', now - MIN, 48.9, { profileId: 'kept' })] })).status).toBe(202);
+    const carried = () => runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ live: string }>('SELECT live FROM sessions WHERE live IS NOT NULL').toArray().map((r) => r.live));
+    expect((await carried()).some((l) => l.includes('gone'))).toBe(true);
+    const erased = await stub.erase({ profileId: 'gone', eventIds: [], eventTimesMs: [now - 120 * MIN], sessionIds: [] });
+    expect(erased.whole).toBe(false);
+    expect(await carried()).toEqual([]);
+    await newLife(stub);
+    const state = await stub.state();
+    expect(state?.profileId).toBe('kept');
+    expect(state?.lastPosition).toEqual({ lat: 48.9, lon: 2.35, atMs: now - MIN });
   });
 });
 

@@ -140,7 +140,7 @@ export class ProfiledDevice extends DeviceObject {
     wrap(stores.outbox, 'enqueueSessions', 'outbox: session rows');
     wrap(stores.dedup, 'record', 'dedup record');
     wrap(stores.outbox, 'appendEvents', 'outbox: event chunk');
-    wrap(stores.live, 'record', 'live state (meta)');
+    wrap(stores.live, 'record', 'live state');
     wrap(stores.sessions, 'at', 'duplicates\\' sessions');
     wrap(this, 'scheduleAlarm', 'alarm scheduling');
     wrap(this, 'endAndPrune', 'alarm: end idle + prune');

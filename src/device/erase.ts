@@ -28,6 +28,8 @@ export function heldCounts(s: DeviceStores): ErasedCounts {
  * what it removed, whether it removed anything, and whether anything of anyone else is left.
  */
 export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolean; othersRemain: boolean; removed: ErasedCounts } {
+  // The current live state into `meta` first: the session row carrying it may be among those erased.
+  s.live.persist();
   const ids = new Set(p.eventIds.map((id) => id.toLowerCase()));
   const times = new Set(p.eventTimesMs);
   const bySession = new Map<string, number>();
@@ -43,6 +45,8 @@ export function eraseProfile(s: DeviceStores, p: ProfileErasure): { held: boolea
   const sessions = s.sessions.erase(sessionIds);
   s.outbox.dropSessionRows(sessionIds);
   const cleared = s.live.eraseProfile(p.profileId, ids, times);
+  // Older live states in session rows may name the profile's events, position or id.
+  s.sessions.clearLives();
   const othersRemain = s.dedup.holdsAny() || s.sessions.countAll() > 0 || s.outbox.pendingRows() > 0 || s.live.hasLastEvent() || s.live.fleetLive()?.live != null;
   return {
     held: outboxEvents + seenIds + sessions > 0 || cleared.profile || cleared.lastEvent || cleared.position || cleared.fleet,

@@ -1,11 +1,13 @@
-// The device's identity and live state in `meta` (ids, session gap, last event, position, profile,
-// last seen), and the state() answer built from it and the other stores' figures.
+// The device's identity and live state (ids, session gap, last event, position, profile, last
+// seen), and the state() answer built from it and the other stores' figures. A call's live state
+// rides in the session row the call writes anyway (see SessionStore.assign); `meta` holds it when
+// no session row is written, and before the row that holds it may go.
 import type { MetaStore } from './schema';
 import type { DeviceIdent, DeviceState, FleetLiveUpdate, PackedEvent, StoredFleetLive, StoredLastEvent } from './types';
 
 type LastProfile = { id: string; atMs: number };
 
-/** What a call changes, kept in one `meta` row (`live`): one row written per call, not one per field. */
+/** What a call changes, kept as one value: one row written per call, not one per field. */
 type LiveState = {
   lastEvent: StoredLastEvent | null;
   lastPosition: DeviceState['lastPosition'];
@@ -16,19 +18,83 @@ type LiveState = {
 /** The keys an older layout kept the same fields in, one a row: read until `live` is first written. */
 const FIELD_KEYS = ['lastEvent', 'lastPosition', 'lastProfile', 'lastSeenMs'] as const;
 
-export class LiveStore {
-  constructor(private readonly meta: MetaStore) {}
+/** A live state a call makes, numbered: the highest number, in `meta` or in a session row, is current. */
+export interface LiveChange {
+  state: LiveState;
+  v: number;
+  /** The state as JSON, for the session row that carries it. */
+  json: string;
+}
 
-  private live(): LiveState {
-    const live = this.meta.get<LiveState>('live');
-    if (live) return live;
-    const [lastEvent, lastPosition, lastProfile, lastSeenMs] = FIELD_KEYS.map((k) => this.meta.get(k));
-    return { lastEvent, lastPosition, lastProfile, lastSeenMs } as LiveState;
+/** A session row carrying a live state (SessionStore.latestLive). */
+export interface CarriedLive {
+  json: string;
+  v: number;
+  sessionId: string;
+  endMs: number;
+}
+
+/** The session row the current live state rides in, while no `meta` row holds it as well. */
+type Holder = { sessionId: string; endMs: number };
+
+export class LiveStore {
+  /** The current live state, its number and where it is held; null: read again. */
+  private current: { state: LiveState; v: number; holder: Holder | null } | null = null;
+
+  constructor(
+    private readonly meta: MetaStore,
+    /** The session row with the highest-numbered live state, if any. */
+    private readonly carried: () => CarriedLive | null,
+  ) {}
+
+  /** Forgets what it holds in memory: after a rollback, or once storage is deleted. */
+  forget(): void {
+    this.current = null;
   }
 
-  private setLive(live: LiveState): void {
-    this.meta.set('live', live);
+  private load(): { state: LiveState; v: number; holder: Holder | null } {
+    if (this.current) return this.current;
+    const stored = this.meta.get<LiveState & { v?: number }>('live');
+    let state: LiveState;
+    let v = 0;
+    if (stored) {
+      const { v: n, ...rest } = stored;
+      state = rest;
+      v = n ?? 0;
+    } else {
+      const [lastEvent, lastPosition, lastProfile, lastSeenMs] = FIELD_KEYS.map((k) => this.meta.get(k));
+      state = { lastEvent, lastPosition, lastProfile, lastSeenMs } as LiveState;
+    }
+    const row = this.carried();
+    if (row && row.v > v) return (this.current = { state: JSON.parse(row.json) as LiveState, v: row.v, holder: { sessionId: row.sessionId, endMs: row.endMs } });
+    return (this.current = { state, v, holder: null });
+  }
+
+  private live(): LiveState {
+    return this.load().state;
+  }
+
+  /** Writes `state` to `meta` under the next number: it is then the current one wherever rows go. */
+  private setLive(state: LiveState): void {
+    const v = this.load().v + 1;
+    this.meta.set('live', { ...state, v });
     this.meta.drop(FIELD_KEYS);
+    this.current = { state, v, holder: null };
+  }
+
+  /**
+   * Copies the current state into `meta` when only a session row holds it: before that row may be
+   * deleted (a prune, an erasure). Nothing to write otherwise.
+   */
+  persist(): void {
+    const c = this.load();
+    if (c.holder) this.setLive(c.state);
+  }
+
+  /** Whether pruning sessions that ended before `cutoffMs` could delete the row holding the live state. */
+  heldBefore(cutoffMs: number): boolean {
+    const holder = this.load().holder;
+    return holder !== null && holder.endMs < cutoffMs;
   }
 
   ident(): DeviceIdent | null {
@@ -58,10 +124,14 @@ export class LiveStore {
     return this.meta.get<number>('gapMs');
   }
 
-  /** Takes in new events (with their sessions): the latest by event time wins; `nowMs` is their receipt. */
-  record(events: readonly PackedEvent[], sessionIds: readonly string[], nowMs: number): void {
-    if (!events.length) return;
-    let { lastEvent: last, lastPosition, lastProfile, lastSeenMs } = this.live();
+  /**
+   * The live state after new events (with their sessions): the latest by event time wins; `nowMs`
+   * is their receipt. Null without events. Nothing is written until record().
+   */
+  change(events: readonly PackedEvent[], sessionIds: readonly string[], nowMs: number): LiveChange | null {
+    if (!events.length) return null;
+    const current = this.load();
+    let { lastEvent: last, lastPosition, lastProfile, lastSeenMs } = current.state;
     events.forEach((e, i) => {
       if (!last || e.c >= last.createdAtMs) {
         last = { id: e.id, type: e.t, name: e.n, createdAtMs: e.c, sessionId: sessionIds[i]! };
@@ -73,7 +143,20 @@ export class LiveStore {
         lastProfile = { id: e.pr, atMs: e.c };
       }
     });
-    this.setLive({ lastEvent: last, lastPosition, lastProfile, lastSeenMs: Math.max(lastSeenMs ?? 0, nowMs) });
+    const state = { lastEvent: last, lastPosition, lastProfile, lastSeenMs: Math.max(lastSeenMs ?? 0, nowMs) };
+    return { state, v: current.v + 1, json: JSON.stringify(state) };
+  }
+
+  /**
+   * Takes a change as current: carried by the session row `holder` (written by the caller in the
+   * same transaction), or, with none, written to `meta`.
+   */
+  record(change: LiveChange | null, holder: Holder | null): void {
+    if (!change) return;
+    if (!holder) return this.setLive(change.state);
+    this.current = { state: change.state, v: change.v, holder };
+    // An older layout's rows (once): the session row now holds what they did.
+    this.meta.drop(FIELD_KEYS);
   }
 
   hasLastEvent(): boolean {

@@ -22,7 +22,8 @@ const REKEYED_TABLES: Record<string, string> = {
 const SCHEMA_SQL = `
   ${REKEYED_TABLES.seen_chunks};
   CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
-    event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL);
+    event_count INTEGER NOT NULL, ended INTEGER NOT NULL DEFAULT 0, merged_into TEXT, version INTEGER NOT NULL,
+    live TEXT, live_v INTEGER);
   ${REKEYED_TABLES.outbox};
   CREATE INDEX IF NOT EXISTS outbox_session_idx ON outbox (ref) WHERE kind = 'session';
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +73,9 @@ export function createOrUpgradeTables(sql: SqlStorage, existing: boolean, extra 
   // An outbox from before its event chunks kept their calls' shared fields apart gains the column
   // (NULL in the chunks it holds: their entries carry every field). A rebuilt one has it already.
   if (!rekeyed.has('outbox') && !/[(,]\s*base\s/i.test(outboxDdl)) sql.exec('ALTER TABLE outbox ADD COLUMN base TEXT');
+  // Sessions from before a call's live state rode in its session row gain the two columns (NULL).
+  const [sessions] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sessions'").toArray();
+  if (sessions && !/[(,]\s*live_v\s/i.test(sessions.sql)) sql.exec('ALTER TABLE sessions ADD COLUMN live TEXT; ALTER TABLE sessions ADD COLUMN live_v INTEGER');
 }
 
 /**

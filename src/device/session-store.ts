@@ -3,6 +3,7 @@
 import type { SessionRow } from '../pipeline/messages';
 import { DEDUP_WINDOW_MS } from './dedup-store';
 import { marks, PARAMS_PER_STATEMENT, type MetaStore } from './schema';
+import type { CarriedLive, LiveChange } from './live-store';
 import { assignSessions, type Session } from './sessions';
 import type { DeviceIdent, DeviceState, SessionRecord } from './types';
 
@@ -124,9 +125,17 @@ export class SessionStore {
   /**
    * Places new event times into the sessions, extending, back-dating, creating or merging them.
    * Returns each time's session, and the changed session rows in the order they must be sent.
+   * `carry`, given each time's session, makes the device's new live state: the last session row
+   * written carries it (`liveHolder`), so the call writes no row of its own for it.
    */
-  assign(ident: DeviceIdent, times: readonly number[], gapMs: number, nowMs: number): { sessionIds: string[]; rows: SessionRow[] } {
-    if (!times.length) return { sessionIds: [], rows: [] };
+  assign(
+    ident: DeviceIdent,
+    times: readonly number[],
+    gapMs: number,
+    nowMs: number,
+    carry?: (sessionIds: readonly string[]) => LiveChange | null,
+  ): { sessionIds: string[]; rows: SessionRow[]; liveHolder: { sessionId: string; endMs: number } | null } {
+    if (!times.length) return { sessionIds: [], rows: [], liveHolder: null };
     const rows: SessionRow[] = [];
     const existing = this.load(Math.min(...times) - gapMs, Math.max(...times) + gapMs);
     const byId = new Map(existing.map((s) => [s.id, s]));
@@ -151,24 +160,48 @@ export class SessionStore {
         rows.push(this.row(ident, { id: a.id, startMs: a.start_ms, endMs: a.end_ms, eventCount: a.event_count, ended: a.ended, version }, survivorId, nowMs));
       }
     }
+    const live = carry?.(assignment.sessionIds) ?? null;
+    let liveHolder: { sessionId: string; endMs: number } | null = null;
+    let left = assignment.changed.size;
     for (const s of assignment.changed.values()) {
       const version = this.nextVersion(byId.get(s.id)?.version, nowMs);
       const ended = s.endMs + gapMs <= nowMs ? 1 : 0;
+      const carries = live !== null && --left === 0;
       this.sql.exec(
-        `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?)
-         ON CONFLICT(id) DO UPDATE SET start_ms = excluded.start_ms, end_ms = excluded.end_ms,
-           event_count = excluded.event_count, ended = excluded.ended, version = excluded.version`,
+        carries
+          ? `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version, live, live_v) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET start_ms = excluded.start_ms, end_ms = excluded.end_ms,
+               event_count = excluded.event_count, ended = excluded.ended, version = excluded.version,
+               live = excluded.live, live_v = excluded.live_v`
+          : `INSERT INTO sessions (id, start_ms, end_ms, event_count, ended, merged_into, version) VALUES (?, ?, ?, ?, ?, NULL, ?)
+             ON CONFLICT(id) DO UPDATE SET start_ms = excluded.start_ms, end_ms = excluded.end_ms,
+               event_count = excluded.event_count, ended = excluded.ended, version = excluded.version`,
         s.id,
         s.startMs,
         s.endMs,
         s.eventCount,
         ended,
         version,
+        ...(carries ? [live.json, live.v] : []),
       );
+      if (carries) liveHolder = { sessionId: s.id, endMs: s.endMs };
       this.recent?.byId.set(s.id, { id: s.id, startMs: s.startMs, endMs: s.endMs, eventCount: s.eventCount, ended, version });
       rows.push(this.row(ident, { ...s, ended, version }, '', nowMs));
     }
-    return { sessionIds: assignment.sessionIds, rows };
+    return { sessionIds: assignment.sessionIds, rows, liveHolder };
+  }
+
+  /** The session row carrying the highest-numbered live state (see LiveStore), if any. */
+  latestLive(): CarriedLive | null {
+    const [r] = this.sql
+      .exec<{ live: string; live_v: number; id: string; end_ms: number }>('SELECT live, live_v, id, end_ms FROM sessions WHERE live_v IS NOT NULL ORDER BY live_v DESC LIMIT 1')
+      .toArray();
+    return r ? { json: r.live, v: r.live_v, sessionId: r.id, endMs: r.end_ms } : null;
+  }
+
+  /** Forgets the live states session rows carry (an erasure, once `meta` holds the current one). */
+  clearLives(): void {
+    this.sql.exec('UPDATE sessions SET live = NULL, live_v = NULL WHERE live_v IS NOT NULL');
   }
 
   /** The current session covering each time ('' when none): sessions are disjoint, so this is exact. */
