@@ -62,11 +62,14 @@ export function createOrUpgradeTables(sql: SqlStorage, existing: boolean, extra 
   sql.exec(SCHEMA_SQL + extra);
   if (!existing) return;
   const rekeyed = new Set<string>();
-  let outboxDdl = '';
+  // The tables' statements as created, read at once.
+  const ddlOf = new Map(
+    sql.exec<{ name: string; sql: string }>("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name IN ('seen_chunks', 'outbox', 'sessions')").toArray().map((r) => [r.name, r.sql]),
+  );
+  const outboxDdl = ddlOf.get('outbox') ?? '';
   for (const [table, ddl] of Object.entries(REKEYED_TABLES)) {
-    const [found] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table).toArray();
-    if (table === 'outbox') outboxDdl = found?.sql ?? '';
-    if (found && dropAutoincrement(sql, table, ddl, found.sql)) rekeyed.add(table);
+    const found = ddlOf.get(table);
+    if (found && dropAutoincrement(sql, table, ddl, found)) rekeyed.add(table);
   }
   // A dropped table takes its indexes with it.
   if (rekeyed.size) sql.exec(SCHEMA_SQL);
@@ -74,8 +77,8 @@ export function createOrUpgradeTables(sql: SqlStorage, existing: boolean, extra 
   // (NULL in the chunks it holds: their entries carry every field). A rebuilt one has it already.
   if (!rekeyed.has('outbox') && !/[(,]\s*base\s/i.test(outboxDdl)) sql.exec('ALTER TABLE outbox ADD COLUMN base TEXT');
   // Sessions from before a call's live state rode in its session row gain the two columns (NULL).
-  const [sessions] = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sessions'").toArray();
-  if (sessions && !/[(,]\s*live_v\s/i.test(sessions.sql)) sql.exec('ALTER TABLE sessions ADD COLUMN live TEXT; ALTER TABLE sessions ADD COLUMN live_v INTEGER');
+  const sessionsDdl = ddlOf.get('sessions');
+  if (sessionsDdl && !/[(,]\s*live_v\s/i.test(sessionsDdl)) sql.exec('ALTER TABLE sessions ADD COLUMN live TEXT; ALTER TABLE sessions ADD COLUMN live_v INTEGER');
 }
 
 /**
