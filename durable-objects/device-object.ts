@@ -257,15 +257,15 @@ export class DeviceObject extends DurableObject<Env> {
     const freshEvents = fresh.map((i) => input.events[i]!);
     const sessionOf = new Map<number, string>();
     let freshSessions: string[] = [];
-    let change: LiveChange | null = null;
-    const settle = (sessionIds: readonly string[]) => {
+    // Each event's session, then the live state they make: called once, by assign (when there are
+    // sessions to place) or below.
+    const settle = (sessionIds: readonly string[]): LiveChange | null => {
       tracked.forEach((i, k) => sessionOf.set(i, sessionIds[k]!));
       freshSessions = fresh.map((i) => sessionOf.get(i) ?? '');
-      change = live.change(freshEvents, freshSessions, nowMs);
-      return change;
+      return live.change(freshEvents, freshSessions, nowMs);
     };
     const assigned = sessions.assign(live.ident()!, tracked.map((i) => input.events[i]!.c), input.gapMs, nowMs, settle);
-    if (!tracked.length) settle([]);
+    const change = tracked.length ? assigned.live : settle([]);
 
     dedup.record(freshEvents, nowMs);
     // The changed session rows ride with the events' chunk, ahead of them in its message.

@@ -180,7 +180,7 @@ describe('device outbox flush from the call', () => {
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
 
     // Outbox reads from here on, and one failure on demand in the call's last step, after its outbox row.
-    type Counting = SqlStorage & { outboxReads?: number; failMeta?: boolean };
+    type Counting = SqlStorage & { outboxReads?: number; failCall?: boolean };
     await runInDurableObject(stub, (o, state) => {
       const sql = state.storage.sql as Counting;
       const exec = sql.exec.bind(sql);
@@ -192,8 +192,8 @@ describe('device outbox flush from the call', () => {
       const live = (o as unknown as { stores: { live: { record(...args: unknown[]): void } } }).stores.live;
       const record = live.record.bind(live);
       live.record = (...args: unknown[]) => {
-        if (sql.failMeta) {
-          sql.failMeta = false;
+        if (sql.failCall) {
+          sql.failCall = false;
           throw new Error('storage failed mid-call');
         }
         record(...args);
@@ -206,7 +206,7 @@ describe('device outbox flush from the call', () => {
     expect(await reads()).toBe(0);
 
     // A call whose transaction rolls back after writing its outbox row: refused, and nothing of it sent.
-    await runInDurableObject(stub, (_o, state) => void ((state.storage.sql as Counting).failMeta = true));
+    await runInDurableObject(stub, (_o, state) => void ((state.storage.sql as Counting).failCall = true));
     const failed = await post('rolled-back', 2);
     expect(await failed.json()).toMatchObject({ accepted: 0, rejected: [{ index: 0, reason: 'internal', retryable: true }] });
     expect((await post('three', 3)).status).toBe(202);

@@ -202,6 +202,45 @@ describe('live state storage', () => {
     expect(state?.lastEvent).toMatchObject({ name: 'fix', createdAtMs: now - MIN });
   });
 
+  it('forgets what a rolled-back prune noted, so the next one keeps the state again', async () => {
+    const p = await createProject('live-rollback');
+    const stub = deviceStub(env, p.id, 'van-5');
+    const now = Date.now();
+    const later = now + 9 * 24 * 60 * MIN;
+    expect((await postBatch(p, { events: [fix('van-5', now - MIN, 48.8)] })).status).toBe(202);
+    // The state goes to `meta`, then the prune fails: both roll back, the row still holds it.
+    await runInDurableObject(stub, async (o: DeviceObject) => {
+      const sessions = (o as unknown as { stores: { sessions: { prune(nowMs: number): void } } }).stores.sessions;
+      const prune = sessions.prune.bind(sessions);
+      sessions.prune = () => {
+        sessions.prune = prune;
+        throw new Error('storage failed mid-prune');
+      };
+      await o.maintain(later);
+    });
+    expect((await stub.sessions()).length).toBe(1);
+    await runInDurableObject(stub, (o: DeviceObject) => o.maintain(later));
+    expect(await stub.sessions()).toEqual([]);
+    await newLife(stub);
+    expect((await stub.state(later))?.lastPosition).toEqual({ lat: 48.8, lon: 2.35, atMs: now - MIN });
+  });
+
+  it('takes a `meta` state written without a number (a release before) over older session rows', async () => {
+    const p = await createProject('live-unnumbered');
+    const stub = deviceStub(env, p.id, 'van-6');
+    const now = Date.now();
+    expect((await postBatch(p, { events: [fix('van-6', now - 3 * MIN, 48.8)] })).status).toBe(202);
+    // A release before this layout took a later call: its state in `meta`, with no number.
+    await runInDurableObject(stub, (_o, state) => {
+      const sql = state.storage.sql;
+      const live = JSON.parse(sql.exec<{ live: string }>('SELECT live FROM sessions WHERE live_v IS NOT NULL').one().live) as { lastSeenMs: number; lastPosition: unknown };
+      const newer = { ...live, lastSeenMs: live.lastSeenMs + 1000, lastPosition: { lat: 49.1, lon: 2.35, atMs: now - MIN } };
+      sql.exec("INSERT INTO meta (key, value) VALUES ('live', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", JSON.stringify(newer));
+    });
+    await newLife(stub);
+    expect((await stub.state())?.lastPosition).toEqual({ lat: 49.1, lon: 2.35, atMs: now - MIN });
+  });
+
   it("leaves no live state of an erased profile in any session row", async () => {
     const p = await createProject('live-erased');
     const stub = deviceStub(env, p.id, 'van-3');

@@ -37,6 +37,17 @@ export interface CarriedLive {
 /** The session row the current live state rides in, while no `meta` row holds it as well. */
 type Holder = { sessionId: string; endMs: number };
 
+/**
+ * Whether state `a` (numbered `av`) is newer than `b`: seen later, or seen at the same time and
+ * numbered higher. Every change keeps or raises the time last seen and raises the number; the time
+ * also puts a `meta` row written by a release before this layout (no number) after older rows.
+ */
+function newer(a: LiveState, av: number, b: LiveState, bv: number): boolean {
+  const at = a.lastSeenMs ?? 0;
+  const bt = b.lastSeenMs ?? 0;
+  return at > bt || (at === bt && av > bv);
+}
+
 export class LiveStore {
   /** The current live state, its number and where it is held; null: read again. */
   private current: { state: LiveState; v: number; holder: Holder | null } | null = null;
@@ -66,7 +77,10 @@ export class LiveStore {
       state = { lastEvent, lastPosition, lastProfile, lastSeenMs } as LiveState;
     }
     const row = this.carried();
-    if (row && row.v > v) return (this.current = { state: JSON.parse(row.json) as LiveState, v: row.v, holder: { sessionId: row.sessionId, endMs: row.endMs } });
+    if (row) {
+      const carried = JSON.parse(row.json) as LiveState;
+      if (newer(carried, row.v, state, v)) return (this.current = { state: carried, v: row.v, holder: { sessionId: row.sessionId, endMs: row.endMs } });
+    }
     return (this.current = { state, v, holder: null });
   }
 

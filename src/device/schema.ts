@@ -78,7 +78,7 @@ export function createOrUpgradeTables(sql: SqlStorage, existing: boolean, extra 
   if (!rekeyed.has('outbox') && !/[(,]\s*base\s/i.test(outboxDdl)) sql.exec('ALTER TABLE outbox ADD COLUMN base TEXT');
   // Sessions from before a call's live state rode in its session row gain the two columns (NULL).
   const sessionsDdl = ddlOf.get('sessions');
-  if (sessionsDdl && !/[(,]\s*live_v\s/i.test(sessionsDdl)) sql.exec('ALTER TABLE sessions ADD COLUMN live TEXT; ALTER TABLE sessions ADD COLUMN live_v INTEGER');
+  if (sessionsDdl && !/\blive_v\b/i.test(sessionsDdl)) sql.exec('ALTER TABLE sessions ADD COLUMN live TEXT; ALTER TABLE sessions ADD COLUMN live_v INTEGER');
 }
 
 /**

@@ -134,8 +134,8 @@ export class SessionStore {
     gapMs: number,
     nowMs: number,
     carry?: (sessionIds: readonly string[]) => LiveChange | null,
-  ): { sessionIds: string[]; rows: SessionRow[]; liveHolder: { sessionId: string; endMs: number } | null } {
-    if (!times.length) return { sessionIds: [], rows: [], liveHolder: null };
+  ): { sessionIds: string[]; rows: SessionRow[]; live: LiveChange | null; liveHolder: { sessionId: string; endMs: number } | null } {
+    if (!times.length) return { sessionIds: [], rows: [], live: null, liveHolder: null };
     const rows: SessionRow[] = [];
     const existing = this.load(Math.min(...times) - gapMs, Math.max(...times) + gapMs);
     const byId = new Map(existing.map((s) => [s.id, s]));
@@ -188,7 +188,7 @@ export class SessionStore {
       this.recent?.byId.set(s.id, { id: s.id, startMs: s.startMs, endMs: s.endMs, eventCount: s.eventCount, ended, version });
       rows.push(this.row(ident, { ...s, ended, version }, '', nowMs));
     }
-    return { sessionIds: assignment.sessionIds, rows, liveHolder };
+    return { sessionIds: assignment.sessionIds, rows, live, liveHolder };
   }
 
   /** The session row carrying the highest-numbered live state (see LiveStore), if any. */
