@@ -10,12 +10,6 @@ const HEX_CODE = Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
 /** Char codes of the 32 hex digits being written: one string made from them, not sixteen joined. */
 const hexCodes: number[] = new Array<number>(32).fill(48);
 
-function putHex8(n: number, at: number): void {
-  for (let i = at + 7; i >= at; i--) {
-    hexCodes[i] = HEX_CODE[n & 15]!;
-    n >>>= 4;
-  }
-}
 
 /** The four 32-bit words of the last hash absorbed (absorb), then mixed (mix128): one hash at a time. */
 const words = new Int32Array(4);
@@ -63,10 +57,10 @@ export interface TextPieces {
 export function hash128Joined(parts: ReadonlyArray<string | TextPieces>): string {
   absorb(parts);
   mix128();
-  putHex8(words[0]! >>> 0, 0);
-  putHex8(words[1]! >>> 0, 8);
-  putHex8(words[2]! >>> 0, 16);
-  putHex8(words[3]! >>> 0, 24);
+  putHex(hexCodes, words[0]! >>> 0, 0, 8);
+  putHex(hexCodes, words[1]! >>> 0, 8, 8);
+  putHex(hexCodes, words[2]! >>> 0, 16, 8);
+  putHex(hexCodes, words[3]! >>> 0, 24, 8);
   return String.fromCharCode.apply(null, hexCodes);
 }
 
