@@ -3,7 +3,8 @@
 import { and, eq } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/d1';
 import { stalledOutboxes } from '../db/schema';
-import { entryRow, MAX_MESSAGE_BYTES, sendMessages, utf8Bytes, type CallBase, type EventRow, type IngestBody, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
+import { POSITION_EVENT_NAME } from '../fleet/position';
+import { entryRow, LINED_ENTRIES, MAX_MESSAGE_BYTES, sendMessages, utf8Bytes, type CallBase, type EventRow, type IngestBody, type LinedHeader, type OutboxEvent, type PayloadRow, type SessionRow } from '../pipeline/messages';
 import { marks, PARAMS_PER_STATEMENT, type MetaStore } from './schema';
 import type { DeviceIdent } from './types';
 
@@ -17,10 +18,20 @@ const FLUSH_RETRY_MAX_MS = 5 * 60 * 1000;
 /** Text of rows written this life kept for their flush, at most this many UTF-16 units in all. */
 const WRITTEN_KEEP_UNITS = 4 * 1024 * 1024;
 
-type OutboxText = { kind: string; body: string; payload: string | null; base: string | null };
+type OutboxText = { kind: string; body: string; payload: string | null; base: string | null; lined?: LinedChunk };
 
-/** A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed. */
-export type OutboxInput = { rp: string; b?: number };
+/**
+ * What a flush needs to send an event chunk lined (see IngestMessage.lined), kept with the text of
+ * a chunk this life wrote: each entry's session and row-and-payload JSON apart, the entries'
+ * profiles and the span of their positions.
+ */
+type LinedChunk = { sessions: string[]; rps: string[]; prs: string[]; pos: [number, number] | null };
+
+/**
+ * A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed;
+ * with its type, name, time and profile, its chunk can go out lined.
+ */
+export type OutboxInput = { rp: string; b?: number; t?: string; n?: string; c?: number; pr?: string };
 /**
  * Session rows up to this size ride in the call's first event chunk (its `payload` column) instead
  * of rows of their own: a session row, its index entry and its delete at flush were a third of the
@@ -98,7 +109,7 @@ export class OutboxStore {
   }
 
   private keep(seq: number, text: OutboxText): void {
-    const units = text.body.length + (text.payload?.length ?? 0) + (text.base?.length ?? 0);
+    const units = unitsOf(text);
     if (this.writtenUnits + units > WRITTEN_KEEP_UNITS) {
       this.notAllWritten();
       return;
@@ -122,7 +133,7 @@ export class OutboxStore {
     for (const [seq, t] of this.written) {
       if (seq > upToSeq) continue;
       this.written.delete(seq);
-      this.writtenUnits -= t.body.length + (t.payload?.length ?? 0) + (t.base?.length ?? 0);
+      this.writtenUnits -= unitsOf(t);
     }
   }
 
@@ -155,6 +166,9 @@ export class OutboxStore {
     let chunk: string[] = [];
     const baseBytes = base === null ? 0 : utf8Bytes(base);
     let chunkBytes = ridingBytes + baseBytes;
+    // A lined message takes the project, device and receipt time of its payload lines from the base.
+    const linable = base !== null && base.includes('"project_id":') && base.includes('"device_id":') && base.includes('"received_at_ms":');
+    let lined = linable ? newLinedChunk() : null;
     const writeChunk = () => {
       if (!chunk.length) return;
       const body = `[${chunk.join(',')}]`;
@@ -167,18 +181,29 @@ export class OutboxStore {
           base,
         ),
       );
-      this.keep(seq, { kind: 'events', body, payload: riding, base });
+      this.keep(seq, { kind: 'events', body, payload: riding, base, ...(lined ? { lined } : {}) });
       riding = null;
       chunk = [];
       chunkBytes = baseBytes;
+      lined = linable ? newLinedChunk() : null;
     };
+    let sessionId = '';
+    let sessionJson = '""';
     events.forEach((e, i) => {
       // One OutboxEvent ({ s, r, p }) as JSON, built around the row and payload JSON as they came.
-      const entry = `{"s":${JSON.stringify(sessionIds[i]!)},${e.rp}}`;
+      if (sessionIds[i] !== sessionId) sessionJson = JSON.stringify((sessionId = sessionIds[i]!));
+      const entry = `{"s":${sessionJson},${e.rp}}`;
       const size = (e.b ?? utf8Bytes(entry)) + 1;
       if (chunkBytes + size > OUTBOX_CHUNK_BYTES) writeChunk();
       chunk.push(entry);
       chunkBytes += size;
+      if (lined && (e.t === undefined || e.n === undefined || e.c === undefined || e.pr === undefined)) lined = null;
+      if (lined) {
+        lined.sessions.push(sessionId);
+        lined.rps.push(e.rp);
+        if (e.pr && !lined.prs.includes(e.pr)) lined.prs.push(e.pr);
+        if (e.t === 'track' && e.n === POSITION_EVENT_NAME) lined.pos = lined.pos ? [Math.min(lined.pos[0], e.c!), Math.max(lined.pos[1], e.c!)] : [e.c!, e.c!];
+      }
     });
     writeChunk();
   }
@@ -285,6 +310,18 @@ export class OutboxStore {
       if (r.kind === 'events') {
         // Session rows riding with the chunk (a JSON array) are spliced in as rows written just before it.
         if (r.payload !== null && r.payload.length > 2) takeSessions(r.payload.slice(1, -1), redelivery);
+        // A chunk this life wrote goes out lined when it fits: the consumer writes it without parsing it.
+        const tail = r.lined && r.base !== null ? linedTail(r.lined, r.base, aliases) : null;
+        const tailBytes = tail === null ? 0 : utf8Bytes(tail) + 128;
+        if (tail !== null && tailBytes <= MAX_MESSAGE_BYTES) {
+          if (sessionBytes + tailBytes > MAX_MESSAGE_BYTES) pushSessions();
+          const flag = redelivery || sessionsRedelivery ? ',"redelivery":true' : '';
+          messages.push({ body: `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${flag}${tail}`, bytes: sessionBytes + tailBytes });
+          sessions = [];
+          sessionBytes = 0;
+          sessionsRedelivery = false;
+          continue;
+        }
         // A stored chunk is spliced into a text message as it is; in the rare case of many merges the
         // chunk's session ids are rewritten here instead, so the message stays within its size limit.
         let chunk = r.body;
@@ -436,6 +473,32 @@ export class OutboxStore {
       else this.sql.exec('UPDATE outbox SET payload = NULL WHERE seq = ?', r.seq);
     }
   }
+}
+
+/** A chunk's text held in memory, in UTF-16 units (a lined chunk's entries held apart count again). */
+function unitsOf(t: OutboxText): number {
+  return t.body.length * (t.lined ? 2 : 1) + (t.payload?.length ?? 0) + (t.base?.length ?? 0);
+}
+
+function newLinedChunk(): LinedChunk {
+  return { sessions: [], rps: [], prs: [], pos: null };
+}
+
+/**
+ * A lined message's part from its base on (`,"base":…,"lined":…,"entries":[` … `]}`): its entries one
+ * per line with their sessions resolved (see IngestMessage.lined).
+ */
+function linedTail(lined: LinedChunk, base: string, aliases: Readonly<Record<string, string>>): string {
+  const entries = new Array<string>(lined.rps.length);
+  let sessionId = '';
+  let sessionJson = '""';
+  for (let i = 0; i < entries.length; i++) {
+    const s = lined.sessions[i]!;
+    if (s !== sessionId) sessionJson = JSON.stringify(aliases[(sessionId = s)] ?? s);
+    entries[i] = `{"s":${sessionJson},${lined.rps[i]!}}`;
+  }
+  const header: LinedHeader = { n: entries.length, prs: lined.prs, pos: lined.pos };
+  return `,"base":${base},"lined":${JSON.stringify(header)}${LINED_ENTRIES}${entries.join(',\n')}\n]}`;
 }
 
 /**

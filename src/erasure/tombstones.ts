@@ -98,6 +98,12 @@ export function addSubjects(into: Subjects, m: IngestMessage): Subjects {
         profile_id: r.profile_id,
       });
     }
+    // A lined message's entries are text (see decodeIngestBody): its base and header name them.
+    if (m.lined && !m.entries && m.base) {
+      into.projects.add(m.base.project_id as string);
+      into.devices.add(m.base.device_id as string);
+      for (const pr of m.lined.prs) if (pr) into.profiles.add(pr);
+    }
     for (const r of m.payloads) into.projects.add(r.project_id);
     for (const r of m.sessions) {
       into.projects.add(r.project_id);

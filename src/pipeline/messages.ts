@@ -89,7 +89,29 @@ export interface IngestMessage {
    * two messages), so that an erasure's tombstone can be applied to them too.
    */
   owner?: { device_id: string; profile_id: string };
+  /**
+   * Set on a device object's message whose `entries` stand one per line (see LINED_ENTRIES), each
+   * with its session already resolved: the consumer writes their ClickHouse lines from the text
+   * without parsing them. What it still needs of them rides here.
+   */
+  lined?: LinedHeader;
 }
+
+/** What a lined message tells of its entries: how many, their profiles, the span of their positions. */
+export interface LinedHeader {
+  n: number;
+  /** The distinct non-empty profile ids of the entries (an erasure's tombstones are looked up by them). */
+  prs: string[];
+  /** The first and last event time of its `position` events, or null (the fleet's recompute span). */
+  pos: [number, number] | null;
+}
+
+/**
+ * Where a lined message's entries begin: each entry is followed by `,\n` but the last, and the array
+ * closes with `\n]}` (JSON all the same, for any reader that parses it whole). No entry holds a line
+ * feed: JSON text escapes one inside a string. The header before it holds no key `entries`.
+ */
+export const LINED_ENTRIES = ',"entries":[\n';
 
 /**
  * An ingest-queue message body: an IngestMessage (content type `json`), or its JSON text (content
@@ -101,7 +123,115 @@ export type IngestBody = IngestMessage | string;
 export function decodeMessage(body: IngestBody): IngestMessage {
   const m: unknown = typeof body === 'string' ? JSON.parse(body) : body;
   if (typeof m !== 'object' || m === null || !Array.isArray((m as IngestMessage).sessions)) throw new Error('not an ingest message');
+  // Parsed whole, its entries are objects: what `lined` says of their text no longer applies.
+  if ('lined' in m) delete (m as IngestMessage).lined;
   return m as IngestMessage;
+}
+
+/**
+ * A message as the writer reads it: a lined one as its header and its entries' texts (`pieces`),
+ * anything else parsed whole (decodeMessage). A lined body whose entries do not split into the
+ * count its header gives is parsed whole too.
+ */
+export function decodeIngestBody(body: IngestBody): ReadMessage {
+  if (typeof body === 'string') {
+    const at = body.indexOf(LINED_ENTRIES);
+    if (at > 0 && body.endsWith('\n]}')) {
+      const m = JSON.parse(`${body.slice(0, at)}}`) as IngestMessage;
+      const lined = m?.lined;
+      if (Array.isArray(m.sessions) && lined && Number.isInteger(lined.n) && lined.n > 0 && Array.isArray(lined.prs) && linedBase(m.base)) {
+        const pieces = body.slice(at + LINED_ENTRIES.length, -3).split(',\n');
+        if (pieces.length === lined.n) return Object.assign(m, { pieces });
+      }
+    }
+  }
+  return decodeMessage(body);
+}
+
+/** A message as the writer holds it: a lined one with its entries' texts (see decodeIngestBody). */
+export type ReadMessage = IngestMessage & { pieces?: readonly string[] };
+
+/** Whether a base holds what a lined message's payload lines take from it. */
+function linedBase(base: Partial<CallBase> | undefined): boolean {
+  return typeof base === 'object' && base !== null && typeof base.project_id === 'string' && typeof base.device_id === 'string' && typeof base.received_at_ms === 'number';
+}
+
+/** A lined message's entries parsed, as a message of any other kind has them (see IngestMessage.entries). */
+export function parsePieces(m: ReadMessage): IngestMessage {
+  if (!m.pieces) return m;
+  const { lined: _, pieces, ...rest } = m;
+  return { ...rest, entries: pieces.map((p) => JSON.parse(p) as OutboxEvent) };
+}
+
+/** A row on its way to ClickHouse: its JSONEachRow line (no line feed) and what the writer checks it by. */
+export interface RowLine {
+  id: string;
+  project_id: string;
+  device_id: string;
+  created_at_ms: number;
+  line: string;
+}
+
+const R_KEY = ',"r":{';
+const P_KEY = '},"p":';
+const ID_KEY = '"id":"';
+const CREATED_KEY = '"created_at_ms":';
+const UUID_LENGTH = 36;
+
+/**
+ * The ClickHouse lines of a lined message's entries, cut from their text: an entry is
+ * `{"s":<session>,"r":{<row>},"p":<payload>}`, its row without the fields of the message's base.
+ * The events line is the session and sync time, the base's fields and the row's, as JSON text as
+ * it came; the payload line takes the payload's JSON string as it came. Nothing is parsed or
+ * escaped again. An entry of any other layout is parsed and written as an object would be.
+ */
+export function linesOfPieces(m: IngestMessage, pieces: readonly string[], syncedAtMs: number): { events: RowLine[]; payloads: RowLine[] } {
+  const base = m.base!;
+  const baseJson = JSON.stringify(base);
+  const baseInner = baseJson.length > 2 ? `${baseJson.slice(1, -1)},` : '';
+  const projectId = base.project_id!;
+  const deviceId = base.device_id!;
+  const payloadMid = `","project_id":${JSON.stringify(projectId)},"created_at_ms":`;
+  const payloadEnd = `,"received_at_ms":${JSON.stringify(base.received_at_ms)},"payload":`;
+  const synced = `,"synced_at_ms":${syncedAtMs},`;
+  const events: RowLine[] = new Array(pieces.length);
+  const payloads: RowLine[] = new Array(pieces.length);
+  for (let i = 0; i < pieces.length; i++) {
+    const piece = pieces[i]!;
+    const r = piece.indexOf(R_KEY);
+    const p = piece.lastIndexOf(P_KEY);
+    const row = r + R_KEY.length;
+    const created = p > row ? piece.indexOf(CREATED_KEY, row) : -1;
+    const createdAt = created > 0 && created < p ? numberAt(piece, created + CREATED_KEY.length, p) : NaN;
+    if (
+      !piece.startsWith('{"s":"') ||
+      r < 0 ||
+      piece.charCodeAt(r - 1) !== 34 ||
+      !piece.startsWith(ID_KEY, row) ||
+      piece.charCodeAt(row + ID_KEY.length + UUID_LENGTH) !== 34 ||
+      !piece.endsWith('"}') ||
+      Number.isNaN(createdAt)
+    ) {
+      const e = JSON.parse(piece) as OutboxEvent;
+      const object = { ...base, ...e.r, session_id: e.s, synced_at_ms: syncedAtMs } as EventRow;
+      const payload: PayloadRow = { id: object.id, project_id: object.project_id, created_at_ms: object.created_at_ms, received_at_ms: object.received_at_ms, payload: e.p };
+      events[i] = { id: object.id, project_id: object.project_id, device_id: object.device_id, created_at_ms: object.created_at_ms, line: JSON.stringify(object) };
+      payloads[i] = { id: payload.id, project_id: payload.project_id, device_id: object.device_id, created_at_ms: payload.created_at_ms, line: JSON.stringify(payload) };
+      continue;
+    }
+    const id = piece.slice(row + ID_KEY.length, row + ID_KEY.length + UUID_LENGTH);
+    events[i] = { id, project_id: projectId, device_id: deviceId, created_at_ms: createdAt, line: `{"session_id":${piece.slice(5, r)}${synced}${baseInner}${piece.slice(row, p)}}` };
+    payloads[i] = { id, project_id: projectId, device_id: deviceId, created_at_ms: createdAt, line: `{"id":"${id}${payloadMid}${createdAt}${payloadEnd}${piece.slice(p + P_KEY.length, -1)}}` };
+  }
+  return { events, payloads };
+}
+
+/** The integer JSON number at `at` (up to the next `,`, else `end`), NaN when there is none. */
+function numberAt(text: string, at: number, end: number): number {
+  const comma = text.indexOf(',', at);
+  const digits = text.slice(at, comma > 0 && comma < end ? comma : end);
+  const n = digits.length ? Number(digits) : NaN;
+  return Number.isSafeInteger(n) ? n : NaN;
 }
 
 /** The rows a message carries, with its outbox entries expanded and merged sessions resolved. */

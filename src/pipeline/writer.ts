@@ -5,7 +5,7 @@ import { getConfig } from '../config';
 import type { Env } from '../env';
 import { claimPositions, FLEET_DEFER_MAX_MS, markPending, positionSpans, recomputeAfterWrite, recomputeClaimed, type PositionSpan } from '../fleet/recompute';
 import { addSubjects, Forgotten, noSubjects, tombstonesOf } from '../erasure/tombstones';
-import { decodeMessage, expandMessage, type EventRow, type IngestBody, type IngestMessage, type PayloadRow, type SessionRow } from './messages';
+import { decodeIngestBody, expandMessage, linesOfPieces, parsePieces, type EventRow, type IngestBody, type PayloadRow, type ReadMessage, type RowLine, type SessionRow } from './messages';
 
 const ID_CHECK_CHUNK = 5000;
 
@@ -47,7 +47,7 @@ async function existingIds(ch: ClickHouse, table: 'events' | 'event_payloads', r
   return found;
 }
 
-/** Within one delivery the same row can appear twice (an outbox resend batched with the original). */
+/** Within one delivery the same row can appear twice (an outbox resend batched with the original, which it is flagged as). */
 const dedupeById = <T extends { id: string }>(rows: readonly T[]) => [...new Map(rows.map((r) => [r.id, r])).values()];
 
 /**
@@ -64,47 +64,73 @@ function latestSessions(rows: readonly SessionRow[]): SessionRow[] {
   return [...latest.values()];
 }
 
+/** A row of an object message as a line for ClickHouse (what the client's JSONEachRow encoding writes). */
+const lineOf = (row: EventRow | PayloadRow, deviceId: string): RowLine => ({ id: row.id, project_id: row.project_id, device_id: deviceId, created_at_ms: row.created_at_ms, line: JSON.stringify(row) });
+
 /**
  * `mayBeRedelivery`: for all messages, or one flag per message. Only the rows of a message that may
  * have been written before (a platform redelivery, a device object's resend, a retry of ours) are
  * checked against ClickHouse; a first delivery's rows cannot be there, so they cost no read.
  * `positions`: the devices with `position` events in the messages and the span of their times — all
  * of them, new or already stored (a redelivery after a crash before the recompute redoes it).
+ * A lined message (see decodeIngestBody) is written from its text; one with rows an erasure may
+ * have forgotten is parsed first, so that its rows can be judged one by one.
  */
 export async function writeRows(
   ch: ClickHouse,
-  messages: readonly IngestMessage[],
+  messages: readonly ReadMessage[],
   syncedAtMs: number,
   mayBeRedelivery: boolean | readonly boolean[],
   forgotten?: Forgotten,
 ): Promise<{ events: number; sessions: number; positions: PositionSpan[] }> {
-  const events: EventRow[] = [];
-  const payloads: PayloadRow[] = [];
+  const events: RowLine[] = [];
+  const payloads: RowLine[] = [];
   const sessions: SessionRow[] = [];
-  const checkEvents: EventRow[] = [];
+  const checkEvents: RowLine[] = [];
   // Payloads of checked messages, each with whether its own message also carries its event.
-  const checkPayloads: Array<{ row: PayloadRow; withEvent: boolean }> = [];
+  const checkPayloads: Array<{ row: RowLine; withEvent: boolean }> = [];
+  const spans: PositionSpan[] = [];
   let dropped = 0;
-  messages.forEach((m, i) => {
-    let rows = expandMessage(m, syncedAtMs);
-    if (forgotten && !forgotten.empty) {
-      const kept = forgotten.keep(m, rows);
-      dropped += kept.dropped;
-      rows = kept;
+  messages.forEach((read, i) => {
+    const erasing = forgotten !== undefined && !forgotten.empty;
+    let lines: { events: RowLine[]; payloads: RowLine[]; sessions: SessionRow[] };
+    if (read.pieces && read.lined && !erasing) {
+      lines = { ...linesOfPieces(read, read.pieces, syncedAtMs), sessions: read.sessions };
+      const pos = read.lined.pos;
+      if (pos) spans.push({ projectId: read.base!.project_id!, deviceId: read.base!.device_id!, fromMs: pos[0], toMs: pos[1] });
+    } else {
+      const m = parsePieces(read);
+      let rows = expandMessage(m, syncedAtMs);
+      if (erasing) {
+        const kept = forgotten.keep(m, rows);
+        dropped += kept.dropped;
+        rows = kept;
+      }
+      spans.push(...positionSpans(rows.events));
+      // A payload's device, for the checks: its event's (payloads only sent apart from it have none here).
+      const deviceOf = new Map(rows.events.map((e) => [e.id, e.device_id]));
+      lines = {
+        events: rows.events.map((e) => lineOf(e, e.device_id)),
+        payloads: rows.payloads.map((p) => lineOf(p, deviceOf.get(p.id) ?? '')),
+        sessions: rows.sessions,
+      };
     }
-    events.push(...rows.events);
-    payloads.push(...rows.payloads);
-    sessions.push(...rows.sessions);
+    events.push(...lines.events);
+    payloads.push(...lines.payloads);
+    sessions.push(...lines.sessions);
     if (typeof mayBeRedelivery === 'boolean' ? mayBeRedelivery : mayBeRedelivery[i] !== false) {
-      checkEvents.push(...rows.events);
-      const carried = new Set(rows.events.map((e) => e.id));
-      for (const row of rows.payloads) checkPayloads.push({ row, withEvent: carried.has(row.id) });
+      checkEvents.push(...lines.events);
+      const carried = new Set(lines.events.map((e) => e.id));
+      for (const row of lines.payloads) checkPayloads.push({ row, withEvent: carried.has(row.id) });
     }
   });
   if (dropped) console.log(JSON.stringify({ msg: 'rows of an erased subject dropped on their way to ClickHouse', rows: dropped }));
-  let newEvents = dedupeById(events);
-  let newPayloads = dedupeById(payloads);
-  if (checkEvents.length || checkPayloads.length) {
+  // A row comes twice in one delivery only with a resend, and a resend is checked: a delivery of
+  // first sends only holds each row once.
+  const checking = checkEvents.length > 0 || checkPayloads.length > 0;
+  let newEvents = checking ? dedupeById(events) : events;
+  let newPayloads = checking ? dedupeById(payloads) : payloads;
+  if (checking) {
     // A message's payloads are inserted before its events: a stored event vouches for the payload
     // (or its archived copy) that came in the same message. A payload sent apart from its event (an
     // oversized chunk goes out a row per message, and one of those sends may have failed) is looked
@@ -120,20 +146,44 @@ export async function writeRows(
   // start) it belongs to and its raw payload.
   // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
   const writtenSessions = latestSessions(sessions);
-  const settled = await Promise.allSettled([ch.insert('sessions', writtenSessions), ch.insert('event_payloads', newPayloads)]);
+  const settled = await Promise.allSettled([ch.insert('sessions', writtenSessions), ch.insertJsonLines('event_payloads', textOf(newPayloads))]);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
-  await ch.insert('events', newEvents);
-  return { events: newEvents.length, sessions: writtenSessions.length, positions: positionSpans(events) };
+  await ch.insertJsonLines('events', textOf(newEvents));
+  return { events: newEvents.length, sessions: writtenSessions.length, positions: mergeSpans(spans) };
+}
+
+/** Rows' lines as one JSONEachRow text ('' for none: no insert). */
+function textOf(rows: readonly RowLine[]): string {
+  if (!rows.length) return '';
+  const lines = new Array<string>(rows.length + 1);
+  for (let i = 0; i < rows.length; i++) lines[i] = rows[i]!.line;
+  lines[rows.length] = '';
+  return lines.join('\n');
+}
+
+/** One span per device: the messages of a delivery can hold several of the same device. */
+function mergeSpans(spans: readonly PositionSpan[]): PositionSpan[] {
+  const merged = new Map<string, PositionSpan>();
+  for (const s of spans) {
+    const key = `${s.projectId}\u0000${s.deviceId}`;
+    const seen = merged.get(key);
+    if (!seen) merged.set(key, { ...s });
+    else {
+      seen.fromMs = Math.min(seen.fromMs, s.fromMs);
+      seen.toMs = Math.max(seen.toMs, s.toMs);
+    }
+  }
+  return [...merged.values()];
 }
 
 export async function handleIngestBatch(batch: MessageBatch<IngestBody>, env: Env): Promise<void> {
   const ch = clickhouse(getConfig(env).clickhouse);
   // A body that does not decode is retried alone (parked as it is in the end, then quarantined by the
   // re-drive: see dead-letters.ts); the rest go on.
-  const decoded: Array<{ m: Message<IngestBody>; body: IngestMessage }> = [];
+  const decoded: Array<{ m: Message<IngestBody>; body: ReadMessage }> = [];
   for (const m of batch.messages) {
     try {
-      decoded.push({ m, body: decodeMessage(m.body) });
+      decoded.push({ m, body: decodeIngestBody(m.body) });
     } catch (err) {
       console.error(JSON.stringify({ msg: 'ingest message could not be decoded; retrying later', id: m.id, attempts: m.attempts, error: String(err) }));
       m.retry({ delaySeconds: retryDelaySeconds(m.attempts) });
