@@ -53,12 +53,12 @@ describe('lined ingest messages', () => {
     const stub = deviceStub(env, p.id, deviceId);
     const sent = await captureSends(stub);
     const t0 = Date.now() - 60_000;
-    const events = awkward.flatMap((text, i) => [
+    const events: unknown[] = awkward.flatMap((text, i) => [
       trackEvent(text, { __deviceId: deviceId, __timestamp: t0 + i * 10, note: text, nested: { [text]: [text, i, null, true] } }),
       trackEvent('position', { __deviceId: deviceId, __timestamp: t0 + i * 10 + 5, lat: 52.5 + i / 100, lon: 13.4, speed: 30 }),
     ]);
     events.push({ type: 'track', payload: { name: 'with profile', profileId: 'prof "1"', properties: { __deviceId: deviceId, __timestamp: t0 + 500 } } });
-    events.push({ type: 'identify', payload: { profileId: 'prof-2', properties: { __deviceId: deviceId, __timestamp: t0 + 600 } } } as never);
+    events.push({ type: 'identify', payload: { profileId: 'prof-2', properties: { __deviceId: deviceId, __timestamp: t0 + 600 } } });
     const res = await postBatch(p, { events });
     expect(res.status).toBe(202);
     const answer = (await res.json()) as { accepted: number; rejected: unknown[] };

@@ -25,7 +25,7 @@ type OutboxText = { kind: string; body: string; payload: string | null; base: st
  * a chunk this life wrote: each entry's session and row-and-payload JSON apart, the entries'
  * profiles and the span of their positions.
  */
-type LinedChunk = { sessions: string[]; rps: string[]; prs: string[]; pos: [number, number] | null };
+type LinedChunk = { sessions: string[]; rps: string[]; prs: Set<string>; pos: [number, number] | null };
 
 /**
  * A new event for the outbox: its row and payload JSON (`rp`) and its size bound (`b`), as packed;
@@ -201,7 +201,7 @@ export class OutboxStore {
       if (lined) {
         lined.sessions.push(sessionId);
         lined.rps.push(e.rp);
-        if (e.pr && !lined.prs.includes(e.pr)) lined.prs.push(e.pr);
+        if (e.pr) lined.prs.add(e.pr);
         if (e.t === 'track' && e.n === POSITION_EVENT_NAME) lined.pos = lined.pos ? [Math.min(lined.pos[0], e.c!), Math.max(lined.pos[1], e.c!)] : [e.c!, e.c!];
       }
     });
@@ -481,7 +481,7 @@ function unitsOf(t: OutboxText): number {
 }
 
 function newLinedChunk(): LinedChunk {
-  return { sessions: [], rps: [], prs: [], pos: null };
+  return { sessions: [], rps: [], prs: new Set(), pos: null };
 }
 
 /**
@@ -497,7 +497,7 @@ function linedTail(lined: LinedChunk, base: string, aliases: Readonly<Record<str
     if (s !== sessionId) sessionJson = JSON.stringify(aliases[(sessionId = s)] ?? s);
     entries[i] = `{"s":${sessionJson},${lined.rps[i]!}}`;
   }
-  const header: LinedHeader = { n: entries.length, prs: lined.prs, pos: lined.pos };
+  const header: LinedHeader = { n: entries.length, prs: [...lined.prs], pos: lined.pos };
   return `,"base":${base},"lined":${JSON.stringify(header)}${LINED_ENTRIES}${entries.join(',\n')}\n]}`;
 }
 
