@@ -123,7 +123,9 @@ export class DeviceObject extends DurableObject<Env> {
     const nowMs = request.nowMs ?? Date.now();
     const events = Array.isArray(request.events) ? request.events.map((e) => packEvent(e)) : unpackEvents(request.events);
     const base = Array.isArray(request.events) ? null : (request.events.base ?? null);
-    const input = { ...request, events, base };
+    // Rows of the current packing only (an older caller's rows may repeat base fields): see PackedEvents.own.
+    const own = !Array.isArray(request.events) && request.events.own === true && typeof request.events.fields !== 'string';
+    const input = { ...request, events, base, own };
     // Outside the ingest transaction: an older layout is upgraded in its own.
     if (this.hasSchema() && this.stores.dedup.hasLegacyRows) this.transaction(() => this.stores.dedup.migrateLegacyRows());
     const { results, firstIdleAtMs } = this.transaction(() => this.ingestSync(input, nowMs));
@@ -230,7 +232,7 @@ export class DeviceObject extends DurableObject<Env> {
 
   /** Dedup, sessions, then the new events' ids, outbox rows and live state: all in the caller's transaction. */
   private ingestSync(
-    input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[]; base: string | null },
+    input: Omit<DeviceIngest, 'events'> & { events: PackedEvent[]; base: string | null; own: boolean },
     nowMs: number,
   ): { results: DeviceIngestResult['results']; firstIdleAtMs: number } {
     const { dedup, sessions, outbox, live } = this.stores;
@@ -269,7 +271,7 @@ export class DeviceObject extends DurableObject<Env> {
 
     dedup.record(freshEvents, nowMs);
     // The changed session rows ride with the events' chunk, ahead of them in its message.
-    outbox.appendEvents(freshEvents, freshSessions, assigned.rows, input.base);
+    outbox.appendEvents(freshEvents, freshSessions, assigned.rows, input.base, input.own);
     live.record(change, assigned.liveHolder);
 
     // When the open sessions this call changed go idle (sessions it took in from ClickHouse were

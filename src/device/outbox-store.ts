@@ -153,7 +153,7 @@ export class OutboxStore {
    * New events go in a chunk at a time: one row per chunk, not per event, keeps the object's writes
    * close to the bytes it must store. Session ids are resolved again at flush.
    */
-  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[], sessionRows: readonly SessionRow[] = [], base: string | null = null): void {
+  appendEvents(events: readonly OutboxInput[], sessionIds: readonly string[], sessionRows: readonly SessionRow[] = [], base: string | null = null, own = false): void {
     // The session rows the events changed go out with them, in the message of their first chunk,
     // ahead of the events (as rows of their own written just before the chunk would).
     let riding: string | null = sessionRows.length ? JSON.stringify(sessionRows) : null;
@@ -166,8 +166,9 @@ export class OutboxStore {
     let chunk: string[] = [];
     const baseBytes = base === null ? 0 : utf8Bytes(base);
     let chunkBytes = ridingBytes + baseBytes;
-    // A lined message takes the project, device and receipt time of its payload lines from the base.
-    const linable = base !== null && base.includes('"project_id":') && base.includes('"device_id":') && base.includes('"received_at_ms":');
+    // A lined message puts the base around each row's text as it is (rows packed as their own
+    // fields alone: `own`), and takes its payload lines' project, device and receipt time from it.
+    const linable = own && base !== null && base.includes('"project_id":') && base.includes('"device_id":') && base.includes('"received_at_ms":');
     let lined = linable ? newLinedChunk() : null;
     const writeChunk = () => {
       if (!chunk.length) return;

@@ -46,8 +46,13 @@ export function callBaseOf(rows: ReadonlyArray<DeviceEvent['row']>): Partial<Cal
  * JSON.stringify of a small object (the row's own fields in its key order), sliced out of its
  * braces. A flat string made in one native pass: no field-by-field concatenation to flatten later.
  */
-function rowAndPayloadJson(row: DeviceEvent['row'], payload: string, base: Partial<CallBase> | null): string {
-  return JSON.stringify({ r: base ? (holdsWholeBase(row, base) && fieldCount(row) === ROW_FIELD_COUNT ? ownFields(row) : withoutBase(row, base)) : row, p: payload }).slice(1, -1);
+function rowAndPayloadJson(row: DeviceEvent['row'], payload: string, base: Partial<CallBase> | null, own: boolean): string {
+  return JSON.stringify({ r: own ? ownFields(row) : base ? withoutBase(row, base) : row, p: payload }).slice(1, -1);
+}
+
+/** Whether a row is packed as its own fields alone (ownFields): the base holds all the others. */
+function isOwnRow(row: DeviceEvent['row'], base: Partial<CallBase> | null): boolean {
+  return base !== null && holdsWholeBase(row, base) && fieldCount(row) === ROW_FIELD_COUNT;
 }
 
 /** The fields of a row as toDeviceEvent makes it; one with any other keeps them all (withoutBase). */
@@ -84,11 +89,15 @@ function withoutBase(row: DeviceEvent['row'], base: Partial<CallBase>): Record<s
 
 /** One event packed; with `base`, its row leaves out what the base holds (see callBaseOf). */
 export function packEvent(e: DeviceEvent, base: Partial<CallBase> | null = null): PackedEvent {
+  return packOne(e, base, isOwnRow(e.row, base));
+}
+
+function packOne(e: DeviceEvent, base: Partial<CallBase> | null, own: boolean): PackedEvent {
   const p = e.payload;
   if (p.id !== e.row.id || p.project_id !== e.row.project_id || p.created_at_ms !== e.row.created_at_ms || p.received_at_ms !== e.row.received_at_ms) {
     throw new Error(`payload row of event ${e.row.id} does not match the event row`);
   }
-  const rp = rowAndPayloadJson(e.row, p.payload, base);
+  const rp = rowAndPayloadJson(e.row, p.payload, base, own);
   return {
     k: e.dedupKey,
     id: e.row.id,
@@ -114,6 +123,8 @@ export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_
   const base = shared ? JSON.stringify(shared) : undefined;
   let cols = newColumns();
   let bytes = base ? 2 * base.length : 0;
+  // Whether every row of the call so far was packed as its own fields alone.
+  let own = shared !== null;
   const call = (): PackedEvents => ({
     k: cols.k,
     id: cols.id,
@@ -126,15 +137,19 @@ export function packDeviceEvents(events: readonly DeviceEvent[], maxBytes = MAX_
     b: Float64Array.from(cols.b),
     rp: cols.rp,
     ...(base ? { base } : {}),
+    ...(own ? { own: true as const } : {}),
   });
   for (const e of events) {
-    const packed = packEvent(e, shared);
+    const ownRow = isOwnRow(e.row, shared);
+    const packed = packOne(e, shared, ownRow);
     const size = 2 * (packed.rp.length + packed.k.length + packed.id.length + packed.t.length + packed.n.length + packed.pr.length) + 64;
     if (cols.rp.length && bytes + size > maxBytes) {
       calls.push(call());
       cols = newColumns();
       bytes = base ? 2 * base.length : 0;
+      own = shared !== null;
     }
+    own &&= ownRow;
     cols.k.push(packed.k);
     cols.id.push(packed.id);
     cols.t.push(packed.t);

@@ -55,6 +55,12 @@ export interface PackedEvents {
    * kept once per outbox chunk and sent once per message. Absent: every `rp` row is whole.
    */
   base?: string;
+  /**
+   * Set when every `rp` row holds exactly the fields `base` leaves to it (the id first), none of
+   * the base's: the object may then send its chunk lined (see IngestMessage.lined), the consumer
+   * putting the base around each row's text as it is.
+   */
+  own?: true;
   /** The earlier form of the columns: every event's fields but `rp` as one JSON array. */
   fields?: string;
 }

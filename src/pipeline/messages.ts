@@ -139,7 +139,9 @@ export function decodeIngestBody(body: IngestBody): ReadMessage {
     if (at > 0 && body.endsWith('\n]}')) {
       const m = JSON.parse(`${body.slice(0, at)}}`) as IngestMessage;
       const lined = m?.lined;
-      if (Array.isArray(m.sessions) && lined && Number.isInteger(lined.n) && lined.n > 0 && Array.isArray(lined.prs) && linedBase(m.base)) {
+      // Rows a lined message carries anywhere but its entries would be missed: none may (nor aliases).
+      const plain = Array.isArray(m.events) && !m.events.length && Array.isArray(m.payloads) && !m.payloads.length && m.chunk === undefined && m.aliases === undefined && m.owner === undefined;
+      if (plain && Array.isArray(m.sessions) && lined && Number.isInteger(lined.n) && lined.n > 0 && Array.isArray(lined.prs) && linedBase(m.base)) {
         const pieces = body.slice(at + LINED_ENTRIES.length, -3).split(',\n');
         if (pieces.length === lined.n) return Object.assign(m, { pieces });
       }
