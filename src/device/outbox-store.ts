@@ -172,7 +172,11 @@ export class OutboxStore {
     let lined = linable ? newLinedChunk() : null;
     const writeChunk = () => {
       if (!chunk.length) return;
-      const body = `[${chunk.join(',')}]`;
+      // The brackets go on the first and last entries: one join makes the whole text as one flat
+      // string (a template around the join would be copied again when SQLite takes it).
+      chunk[0] = `[${chunk[0]!}`;
+      chunk[chunk.length - 1] += ']';
+      const body = chunk.join(',');
       const seq = this.inserted(
         this.sql.exec<{ seq: number }>(
           `INSERT INTO outbox (seq, kind, ref, body, payload, base) VALUES (${OutboxStore.NEXT_SEQ}, 'events', '', ?, ?, ?) RETURNING seq`,
@@ -311,17 +315,26 @@ export class OutboxStore {
       if (r.kind === 'events') {
         // Session rows riding with the chunk (a JSON array) are spliced in as rows written just before it.
         if (r.payload !== null && r.payload.length > 2) takeSessions(r.payload.slice(1, -1), redelivery);
-        // A chunk this life wrote goes out lined when it fits: the consumer writes it without parsing it.
-        const tail = r.lined && r.base !== null ? linedTail(r.lined, r.base, aliases) : null;
-        const tailBytes = tail === null ? 0 : utf8Bytes(tail) + 128;
-        if (tail !== null && tailBytes <= MAX_MESSAGE_BYTES) {
-          if (sessionBytes + tailBytes > MAX_MESSAGE_BYTES) pushSessions();
-          const flag = redelivery || sessionsRedelivery ? ',"redelivery":true' : '';
-          messages.push({ body: `{"events":[],"payloads":[],"sessions":[${sessions.join(',')}]${flag}${tail}`, bytes: sessionBytes + tailBytes });
-          sessions = [];
-          sessionBytes = 0;
-          sessionsRedelivery = false;
-          continue;
+        // A chunk this life wrote goes out lined when it fits: the consumer writes it without parsing
+        // it. The session rows written just before it ride along when they fit too.
+        if (r.lined && r.base !== null) {
+          const lined = (withSessions: boolean) => {
+            const flag = redelivery || (withSessions && sessionsRedelivery) ? ',"redelivery":true' : '';
+            const body = linedMessage(`{"events":[],"payloads":[],"sessions":[${withSessions ? sessions.join(',') : ''}]${flag}`, r.lined!, r.base!, aliases);
+            return { body, bytes: utf8Bytes(body) };
+          };
+          let m = lined(true);
+          if (m.bytes > MAX_MESSAGE_BYTES && sessions.length) {
+            pushSessions();
+            m = lined(false);
+          }
+          if (m.bytes <= MAX_MESSAGE_BYTES) {
+            messages.push(m);
+            sessions = [];
+            sessionBytes = 0;
+            sessionsRedelivery = false;
+            continue;
+          }
         }
         // A stored chunk is spliced into a text message as it is; in the rare case of many merges the
         // chunk's session ids are rewritten here instead, so the message stays within its size limit.
@@ -486,20 +499,27 @@ function newLinedChunk(): LinedChunk {
 }
 
 /**
- * A lined message's part from its base on (`,"base":…,"lined":…,"entries":[` … `]}`): its entries one
- * per line with their sessions resolved (see IngestMessage.lined).
+ * A lined message: `head` (its fields up to the session rows), then `,"base":…,"lined":…,"entries":[`
+ * and its entries one per line with their sessions resolved (see IngestMessage.lined). Made by one
+ * join, so the message is one flat string, measured and sent as it is.
  */
-function linedTail(lined: LinedChunk, base: string, aliases: Readonly<Record<string, string>>): string {
-  const entries = new Array<string>(lined.rps.length);
+function linedMessage(head: string, lined: LinedChunk, base: string, aliases: Readonly<Record<string, string>>): string {
+  const n = lined.rps.length;
+  const header: LinedHeader = { n, prs: [...lined.prs], pos: lined.pos };
+  const parts = new Array<string>(4 * n + 2);
+  parts[0] = `${head},"base":${base},"lined":${JSON.stringify(header)}${LINED_ENTRIES}`;
   let sessionId = '';
-  let sessionJson = '""';
-  for (let i = 0; i < entries.length; i++) {
+  let opening = '{"s":"",';
+  for (let i = 0; i < n; i++) {
     const s = lined.sessions[i]!;
-    if (s !== sessionId) sessionJson = JSON.stringify(aliases[(sessionId = s)] ?? s);
-    entries[i] = `{"s":${sessionJson},${lined.rps[i]!}}`;
+    if (s !== sessionId) opening = `{"s":${JSON.stringify(aliases[(sessionId = s)] ?? s)},`;
+    parts[4 * i + 1] = i === 0 ? '' : ',\n';
+    parts[4 * i + 2] = opening;
+    parts[4 * i + 3] = lined.rps[i]!;
+    parts[4 * i + 4] = '}';
   }
-  const header: LinedHeader = { n: entries.length, prs: [...lined.prs], pos: lined.pos };
-  return `,"base":${base},"lined":${JSON.stringify(header)}${LINED_ENTRIES}${entries.join(',\n')}\n]}`;
+  parts[4 * n + 1] = '\n]}';
+  return parts.join('');
 }
 
 /**
