@@ -182,8 +182,10 @@ describe('lined ingest messages', () => {
     const stub = deviceStub(env, p.id, deviceId);
     const sent = await captureSends(stub);
     const t0 = Date.now() - 60_000;
+    // One receipt time for all, as one request has: the call's base then holds every shared field.
+    const receivedAtMs = Date.now();
     const events = [0, 1, 2].map((i) => {
-      const r = normalizeEvent(trackEvent(`e${i}`, { __deviceId: deviceId, __timestamp: t0 + i }), { receivedAtMs: Date.now(), ip: '203.0.113.9', userAgent: 'test', geo: NO_GEO }, i);
+      const r = normalizeEvent(trackEvent(`e${i}`, { __deviceId: deviceId, __timestamp: t0 + i }), { receivedAtMs, ip: '203.0.113.9', userAgent: 'test', geo: NO_GEO }, i);
       if (!r.ok) throw new Error(r.rejection.error);
       return toDeviceEvent(p.id, deviceId, r.event);
     });
