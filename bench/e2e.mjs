@@ -11,7 +11,7 @@ import { printCost, queueOperationsPerMessage } from './lib/cost.mjs';
 import { startDeviceProfile } from './lib/device-profile.mjs';
 import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
 import { floor, result } from './lib/results.mjs';
-import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
+import { allocationByFunction, selfTimeByFunction, startInspectorHeapSampling, startInspectorProfile } from './lib/inspector-profile.mjs';
 
 const TARGET_RATIO = 0.5;
 const BATCHES = Number(process.env.BENCH_E2E_BATCHES ?? 50);
@@ -251,7 +251,9 @@ async function main() {
     await breakdown(label, startedSec, nowSec());
     return measured;
   }
+  // One profile at a time: each one's sampling would distort the other's.
   const profiling = process.env.BENCH_E2E_PROFILE ? await startInspectorProfile(gateway.inspectorPort) : null;
+  const heapSampling = !profiling && process.env.BENCH_E2E_HEAP ? await startInspectorHeapSampling(gateway.inspectorPort) : null;
   const mix = await throughGateway('default mix', bodies);
   if (profiling) {
     const profiles = await profiling.stop(process.env.BENCH_E2E_PROFILE);
@@ -259,6 +261,13 @@ async function main() {
       const { total, rows } = selfTimeByFunction(p);
       console.log(`  workerd profile (default mix), ${total} samples, self time:`);
       for (const [fn, n] of rows) console.log(`    ${((100 * n) / total).toFixed(1).padStart(5)}%  ${fn}`);
+    }
+  }
+  if (heapSampling) {
+    for (const p of await heapSampling.stop(process.env.BENCH_E2E_HEAP)) {
+      const { total, rows } = allocationByFunction(p);
+      console.log(`  workerd allocations (default mix): ${(total / 1e6).toFixed(0)} MB sampled, ${Math.round(total / TOTAL).toLocaleString('en-US')} bytes per event; by function:`);
+      for (const [fn, n] of rows) console.log(`    ${((100 * n) / total).toFixed(1).padStart(5)}%  ${(n / 1e6).toFixed(0).padStart(5)} MB  ${fn}`);
     }
   }
   const singleBodies = Array.from({ length: SINGLE_BATCHES }, (_, b) => JSON.stringify(singleBody(b, nowMs)));
