@@ -41,19 +41,19 @@ export async function startInspectorProfile(inspectorPort) {
     await send('Profiler.setSamplingInterval', { interval: 200 });
     await send('Profiler.start');
   }
-  return {
-    targets: sessions.map((s) => s.title),
-    async stop(file) {
-      const out = [];
-      for (const s of sessions) {
-        const r = await s.send('Profiler.stop');
-        s.ws.close();
-        if (r.result?.profile) out.push(r.result.profile);
-      }
-      out.forEach((p, i) => writeFileSync(out.length === 1 ? file : `${file}.${i}`, JSON.stringify(p)));
-      return out;
-    },
-  };
+  return { targets: sessions.map((s) => s.title), stop: (file) => stopAll(sessions, 'Profiler.stop', file) };
+}
+
+/** Sends `method` to every session, closes it, and writes the profiles it answered to `file` (`file.<n>` for several). */
+async function stopAll(sessions, method, file) {
+  const out = [];
+  for (const s of sessions) {
+    const r = await s.send(method);
+    s.ws.close();
+    if (r.result?.profile) out.push(r.result.profile);
+  }
+  out.forEach((p, i) => writeFileSync(out.length === 1 ? file : `${file}.${i}`, JSON.stringify(p)));
+  return out;
 }
 
 /** Self time by function (and by file:line of the function) over a profile's samples, top first. */
@@ -83,18 +83,7 @@ export async function startInspectorHeapSampling(inspectorPort, intervalBytes = 
     await send('HeapProfiler.enable');
     await send('HeapProfiler.startSampling', { samplingInterval: intervalBytes, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
   }
-  return {
-    async stop(file) {
-      const out = [];
-      for (const s of sessions) {
-        const r = await s.send('HeapProfiler.stopSampling');
-        s.ws.close();
-        if (r.result?.profile) out.push(r.result.profile);
-      }
-      out.forEach((p, i) => writeFileSync(out.length === 1 ? file : `${file}.${i}`, JSON.stringify(p)));
-      return out;
-    },
-  };
+  return { stop: (file) => stopAll(sessions, 'HeapProfiler.stopSampling', file) };
 }
 
 /** Bytes allocated by function (self: the function's own allocations), top first, over a heap-sampling profile. */
