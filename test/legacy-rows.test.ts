@@ -1,9 +1,28 @@
 // Legacy rows as they really are: some without a device, a time or a key (skipped and counted, the
 // import goes on), and timestamps a microsecond apart (two rows, two ids, never one).
 import { describe, expect, it } from 'vitest';
-import { commonPgTimestamp, legacyPayloadJson, parsePgTimestamp, patternPgTimestamp, translateRow } from '../src/legacy/translate';
+import { parseTabSeparated } from '../src/clickhouse/client';
+import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, importEncoder, writeImportedChunk } from '../src/legacy/store';
+import { commonPgTimestamp, LegacyTimestamp, legacyPayloadJson, parsePgTimestamp, patternPgTimestamp, translateRow, UnusableLegacyRow } from '../src/legacy/translate';
 import { admin, importBody, startImport, suffix, waitJob, withPg } from './backfill-helpers';
 import { ch, countEvents, createProject } from './helpers';
+
+/** Legacy rows as the driver may hand them over, with every kind of value and text TabSeparated must escape. */
+function awkwardRows(): Array<Record<string, unknown>> {
+  const base = Date.UTC(2024, 4, 1);
+  const texts = ['plain', 'tab\there', 'line\nfeed\r\nand cr', 'back\\slash \\t not a tab', 'quote " and \' apostrophe', 'nul \u0000 byte', 'ünïcödé ✓ 𝄞', '\\N', '', '{"json":"in text"}'];
+  return texts.map((text, i) => {
+    const row: Record<string, unknown> = { id: i, device_id: `veh\t${i}\n${text}`, created_at: null, 2: 'integer-like name', note: text, speed: i / 3, empty: null, tags: { a: [1, text], b: null } };
+    // An own column named `__proto__`, as a driver's row may have it.
+    Object.defineProperty(row, '__proto__', { value: text, enumerable: true, writable: true, configurable: true });
+    row.created_at = i % 2 ? new LegacyTimestamp(base + i, new Date(base + i).toISOString().replace('Z', '123Z')) : new Date(base + i);
+    row.big = BigInt(2) ** BigInt(60) + BigInt(i);
+    row.bytes = new Uint8Array([0, 15, 255, i]);
+    row.when = new LegacyTimestamp(base, '2024-05-01T00:00:00.000001Z');
+    row.gone = undefined;
+    return row;
+  });
+}
 
 const finished = (j: { state: string }) => ['succeeded', 'failed', 'cancelled'].includes(j.state);
 
@@ -72,6 +91,68 @@ describe('legacy rows', () => {
     expect(t.payload.payload).toBe(legacyPayloadJson(row));
     expect(JSON.parse(t.event.properties)).toEqual({ id: 7, speed: 3.5, tags: { a: [1, 2] } });
     expect(t.event).toMatchObject({ device_id: 'veh-1', created_at_ms: Date.UTC(2024, 4, 1), name: 'legacy_track' });
+  });
+
+  it("encodes each row straight to TabSeparated lines holding exactly translateRow's row, and ClickHouse stores them so", async () => {
+    const source = { table: 't', key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy\ttrack \\ name' };
+    const p = await createProject('encoder');
+    const dataset = `enc_${suffix()}`;
+    const params = { projectId: p.id, dataset, source };
+    const now = Date.now();
+    const rows = awkwardRows();
+    const encode = importEncoder(params, now);
+    const encoded = rows.map(encode);
+    const translated = rows.map((r) => translateRow(params, r, now));
+    // Each field unescaped, NULL as TabSeparated writes it (`\N`, which the unescaping alone would read as `N`).
+    const fieldsOf = (line: string, columns: readonly string[]) => {
+      const [fields] = parseTabSeparated(line, columns.length);
+      const raw = line.slice(0, -1).split('\t');
+      return Object.fromEntries(columns.map((c, i) => [c, raw[i] === '\\N' ? null : fields![i]]));
+    };
+    const text = (v: unknown) => (v === null ? null : String(v));
+    for (const [i, t] of translated.entries()) {
+      const e = encoded[i]!;
+      expect(e).toMatchObject({ id: t.event.id, created_at_ms: t.event.created_at_ms });
+      for (const [line, columns, row] of [
+        [e.event, IMPORT_EVENT_COLUMNS, t.event],
+        [e.map, IMPORT_MAP_COLUMNS, t.map],
+        [e.payload, IMPORT_PAYLOAD_COLUMNS, t.payload],
+      ] as const) {
+        expect(line.endsWith('\n') && line.indexOf('\n') === line.length - 1, line).toBe(true);
+        // Every column of the table's row, in the encoder's order, and nothing else.
+        expect(Object.keys(row).sort()).toEqual([...columns].sort());
+        expect(fieldsOf(line, columns)).toEqual(Object.fromEntries(columns.map((c) => [c, text((row as unknown as Record<string, unknown>)[c])])));
+      }
+    }
+    // The payload keeps the `__proto__` column and the properties leave it out, as translateRow does.
+    expect(JSON.parse(translated[0]!.payload.payload)).toHaveProperty(['__proto__'], 'plain');
+    expect(Object.keys(JSON.parse(translated[0]!.event.properties) as object)).not.toContain('__proto__');
+    // A row without a device or time is refused the same way.
+    expect(() => encode({ id: 1, device_id: '', created_at: new Date() })).toThrow(UnusableLegacyRow);
+    expect(() => encode({ id: 1, device_id: 'd', created_at: null })).toThrow(UnusableLegacyRow);
+
+    expect(await writeImportedChunk(ch(), p.id, encoded, false)).toBe(rows.length);
+    const byId = <T extends { id: string }>(xs: T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
+    const events = await ch().query<{ id: string } & Record<string, unknown>>(
+      `SELECT toString(id) AS id, project_id, device_id, session_id, profile_id, type, name, created_at_ms, received_at_ms, synced_at_ms, properties,
+              ref_id, ip, country, region, city, timezone, latitude, longitude
+         FROM events WHERE project_id = {p:String}`,
+      { p: p.id },
+    );
+    expect(byId(events.map((r) => ({ ...r, created_at_ms: Number(r.created_at_ms), received_at_ms: Number(r.received_at_ms), synced_at_ms: Number(r.synced_at_ms) })))).toEqual(
+      byId(translated.map((t) => ({ ...t.event }))),
+    );
+    const payloads = await ch().query<{ id: string; payload: string; created_at_ms: string | number; received_at_ms: string | number; project_id: string }>(
+      'SELECT toString(id) AS id, project_id, created_at_ms, received_at_ms, payload FROM event_payloads WHERE project_id = {p:String}',
+      { p: p.id },
+    );
+    expect(byId(payloads.map((r) => ({ ...r, created_at_ms: Number(r.created_at_ms), received_at_ms: Number(r.received_at_ms) })))).toEqual(byId(translated.map((t) => ({ ...t.payload }))));
+    const maps = await ch().query<{ dataset: string; legacy_id: string; new_id: string; project_id: string; created_at_ms: string | number }>(
+      'SELECT dataset, legacy_id, toString(new_id) AS new_id, project_id, created_at_ms FROM legacy_id_map WHERE project_id = {p:String}',
+      { p: p.id },
+    );
+    const byLegacy = <T extends { legacy_id: string }>(xs: T[]) => [...xs].sort((a, b) => (a.legacy_id < b.legacy_id ? -1 : 1));
+    expect(byLegacy(maps.map((r) => ({ ...r, created_at_ms: Number(r.created_at_ms) })))).toEqual(byLegacy(translated.map((t) => ({ ...t.map }))));
   });
 
   it('skips rows without a device, a time or a key, counts them, and imports the rest', async () => {

@@ -14,8 +14,8 @@ import { LegacyImportParams, pacing } from './params';
 import { eventsProbe } from './probe';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
-import { encodeImportedRow, writeImportedChunk, type EncodedImportRow } from './store';
-import { keyText, translateRow, UnusableLegacyRow } from './translate';
+import { importEncoder, writeImportedChunk, type EncodedImportRow } from './store';
+import { keyText, UnusableLegacyRow } from './translate';
 
 /** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */
 const PAGES_PER_CHUNK = 2;
@@ -56,13 +56,13 @@ async function importPages(
   while (rows < chunkRows) {
     const pageSize = Math.min(pace ? pace.stepRows() : fixedPage, chunkRows - rows);
     const page = await readPage(pg, p.source, cursor, maxKey, pageSize);
-    const now = Date.now();
+    const encode = importEncoder(p, Date.now());
     const translated: EncodedImportRow[] = [];
     let pageSkipped = 0;
     for (const [i, row] of page.entries()) {
       if (pace && i > 0 && i % PACED_TRANSLATE_ROWS === 0) await yieldToEventLoop();
       try {
-        translated.push(encodeImportedRow(translateRow(p, row, now)));
+        translated.push(encode(row));
       } catch (err) {
         // A row the source cannot supply (no device or time) is counted, never a reason to stop.
         if (!(err instanceof UnusableLegacyRow)) throw err;

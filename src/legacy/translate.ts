@@ -144,7 +144,16 @@ export interface TranslatedRow {
   payload: PayloadRow;
 }
 
-export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): TranslatedRow {
+/** What makes a legacy row an event: its key, time and device, and its new id. */
+export interface LegacyIdentity {
+  legacyId: string;
+  createdAtMs: number;
+  deviceId: string;
+  id: string;
+}
+
+/** A row's key, time and device, or UnusableLegacyRow when one is missing or unreadable. */
+export function legacyIdentity(p: Pick<LegacyImportParams, 'dataset' | 'source'>, row: LegacyRow): LegacyIdentity {
   const s = p.source;
   const key = row[s.key];
   if (key === null || key === undefined) throw new UnusableLegacyRow(`legacy row without a key (${s.key} is NULL)`);
@@ -157,8 +166,36 @@ export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset'
   }
   const device = row[s.deviceId];
   if (device === null || device === undefined || device === '') throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.deviceId} is empty`);
+  return { legacyId, createdAtMs, deviceId: String(device), id: legacyEventId(p.dataset, legacyId, createdAtMs) };
+}
+
+/**
+ * A row's raw payload and its event's properties as JSON text, made from each column's JSON once
+ * (`keys` keeps each column name's quoted form across rows): the same text as JSON.stringify of
+ * legacyColumns' two objects, without building them. A column named `__proto__` is in the
+ * payload, not in the properties (legacyColumns' plain object drops it, as ingestion refuses that
+ * key).
+ */
+export function legacyColumnsJson(row: LegacyRow, omit: { createdAt: string; deviceId: string }, keys: Map<string, string>): { payload: string; properties: string } {
+  const all: string[] = [];
+  const own: string[] = [];
+  for (const col of Object.keys(row)) {
+    const json = JSON.stringify(propertyValue(row[col])) as string | undefined;
+    if (json === undefined) continue;
+    let key = keys.get(col);
+    if (key === undefined) keys.set(col, (key = `${JSON.stringify(col)}:`));
+    const piece = key + json;
+    all.push(piece);
+    if (col !== omit.createdAt && col !== omit.deviceId && col !== '__proto__') own.push(piece);
+  }
+  return { payload: `{${all.join(',')}}`, properties: `{${own.join(',')}}` };
+}
+
+/** One legacy row as the rows it becomes, as objects: the reference that importEncoder's lines are held to. */
+export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): TranslatedRow {
+  const s = p.source;
+  const { legacyId, createdAtMs, deviceId: device, id } = legacyIdentity(p, row);
   const { columns, properties } = legacyColumns(row, s);
-  const id = legacyEventId(p.dataset, legacyId, createdAtMs);
   return {
     event: {
       id,
