@@ -12,6 +12,7 @@ import pg from 'pg';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { startPostgres } from '../scripts/lib/services.mjs';
 import { makeBatch } from './lib/batch.mjs';
+import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
 import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 
 const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
@@ -157,6 +158,7 @@ async function runImport(label, body, headers) {
   // A reader's failure is reported once the import ends (below), not as an unhandled rejection that
   // would end the process before it cleans up.
   readers.catch(() => {});
+  const cpuBefore = cpuNow();
   const wallStart = Date.now();
   const { id } = await admin('POST', '/admin/backfills', body);
   let job;
@@ -175,11 +177,18 @@ async function runImport(label, body, headers) {
   } finally {
     done = true;
   }
+  const cpuAfter = cpuNow();
   await readers;
   const wallMs = Date.now() - wallStart;
   if (job.state !== 'succeeded') throw new Error(`${label}: job ${job.state}: ${job.error}`);
   const runMs = Date.parse(job.endedAt) - Date.parse(job.startedAt);
-  return { job, wallMs, runMs, rowsPerSec: (job.rowsProcessed * 1000) / runMs, lat };
+  const cpuUsPerRow = (k) => (cpuBefore[k] === null ? NaN : ((cpuAfter[k] - cpuBefore[k]) * 1e6) / job.rowsProcessed);
+  return { job, wallMs, runMs, rowsPerSec: (job.rowsProcessed * 1000) / runMs, lat, cpu: { workerd: cpuUsPerRow('workerd'), clickhouse: cpuUsPerRow('clickhouse') } };
+}
+
+/** CPU seconds so far of the gateway's workerd and of ClickHouse (null without a process of its own). */
+function cpuNow() {
+  return { workerd: cpuByCommand(gateway.wranglerPid).workerd ?? null, clickhouse: gateway.clickhousePid ? cpuSeconds({ pid: gateway.clickhousePid }) : null };
 }
 
 /** BENCH_IMPORT_PROFILE=<file>: where the workerd thread went during the import alone and the self-throttled one. */
@@ -264,6 +273,9 @@ try {
     const share = r.rowsPerSec / alone.rowsPerSec;
     console.log(`${label.padEnd(36)} ${fmt(r.rowsPerSec)} rows/s, ${share.toFixed(2)} of unthrottled (job ${(r.runMs / 1000).toFixed(1)} s, wall ${(r.wallMs / 1000).toFixed(1)} s; target ≥ ${fmt(TARGET_ROWS_PER_SEC)}: ${r.rowsPerSec >= TARGET_ROWS_PER_SEC ? 'met' : 'NOT met'})`);
   }
+  console.log(
+    `CPU per imported row, import alone         workerd ${alone.cpu.workerd.toFixed(1)} µs, ClickHouse ${alone.cpu.clickhouse.toFixed(1)} µs (the whole import: Postgres reads, translation, inserts and their merges)`,
+  );
   if (auto.job.throttle) console.log(`self-throttled controller at the end ${JSON.stringify(auto.job.throttle)}`);
   console.log(`\n--- read API /v1/events (one device, limit 100), ${READERS} readers, ${READ_GAP_MS} ms between a reader's reads ---`);
   console.log(`idle                                 p50 ${median([...idle, ...idleAgain]).toFixed(1)} ms, p95 ${idleP95.toFixed(1)} ms (${idle.length + idleAgain.length} reads)`);
@@ -291,6 +303,10 @@ try {
   console.log(`import_throttled_share   ${share.toFixed(2)} of the unthrottled rate (target ≥ ${TARGET_THROTTLED_SHARE}: ${share >= TARGET_THROTTLED_SHARE ? 'met' : 'NOT met'})`);
   console.log(`import_read_p95_ratio    ${p95Ratio.toFixed(2)}× idle (target ≤ ${TARGET_P95_RATIO}×: ${p95Ratio <= TARGET_P95_RATIO ? 'met' : 'NOT met'})`);
   console.log(`RESULT import_throttled_share ${share.toFixed(3)}`);
+  console.log(`RESULT import_rows_per_s ${Math.round(alone.rowsPerSec)}`);
+  console.log(`RESULT import_throttled_rows_per_s ${Math.round(auto.rowsPerSec)}`);
+  if (Number.isFinite(alone.cpu.workerd)) console.log(`RESULT import_workerd_cpu_us_per_row ${alone.cpu.workerd.toFixed(2)}`);
+  if (Number.isFinite(alone.cpu.clickhouse)) console.log(`RESULT import_clickhouse_cpu_us_per_row ${alone.cpu.clickhouse.toFixed(2)}`);
   console.log(`RESULT import_read_p95_ratio ${p95Ratio.toFixed(3)}`);
   console.log(`RESULT import_direct_read_p95_ratio ${(p95(auto.lat.direct) / p95([...idle.direct, ...idleAgain.direct])).toFixed(3)}`);
 } catch (err) {
