@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion, tsvField } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
-import { importEncoder, writeImportedChunk, lookupNewIds } from '../src/legacy/store';
+import { ImportEncoder, writeImportedChunk, lookupNewIds } from '../src/legacy/store';
 import { translateRow } from '../src/legacy/translate';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { EventRow, PayloadRow, SessionRow } from '../src/pipeline/messages';
@@ -212,7 +212,9 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     const legacy = Array.from({ length: N }, (_, i) => ({ id: `legacy-${i}`, created_at: new Date(base + i).toISOString(), device_id: `dev-${i % 7}` }));
     const now = Date.now();
     const rows = legacy.map((r) => translateRow({ projectId: p.id, dataset, source }, r, now));
-    const encoded = legacy.map(importEncoder({ projectId: p.id, dataset, source }, now));
+    const encoder = new ImportEncoder({ projectId: p.id, dataset, source }, now);
+    for (const r of legacy) encoder.add(r);
+    const encoded = encoder.finish();
     expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(N);
     // A replay of the same chunk checks all N ids and writes no event twice.
     expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(0);

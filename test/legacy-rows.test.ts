@@ -2,16 +2,17 @@
 // import goes on), and timestamps a microsecond apart (two rows, two ids, never one).
 import { describe, expect, it } from 'vitest';
 import { parseTabSeparated } from '../src/clickhouse/client';
-import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, importEncoder, writeImportedChunk } from '../src/legacy/store';
+import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, ImportEncoder, writeImportedChunk } from '../src/legacy/store';
 import { commonPgTimestamp, LegacyTimestamp, legacyPayloadJson, parsePgTimestamp, patternPgTimestamp, translateRow, UnusableLegacyRow } from '../src/legacy/translate';
 import { admin, importBody, startImport, suffix, waitJob, withPg } from './backfill-helpers';
 import { ch, countEvents, createProject } from './helpers';
 
 /** Legacy rows as the driver may hand them over, with every kind of value and text TabSeparated must escape. */
-function awkwardRows(): Array<Record<string, unknown>> {
+function awkwardRows(count: number): Array<Record<string, unknown>> {
   const base = Date.UTC(2024, 4, 1);
   const texts = ['plain', 'tab\there', 'line\nfeed\r\nand cr', 'back\\slash \\t not a tab', 'quote " and \' apostrophe', 'nul \u0000 byte', 'ünïcödé ✓ 𝄞', '\\N', '', '{"json":"in text"}'];
-  return texts.map((text, i) => {
+  return Array.from({ length: count }, (_, i) => {
+    const text = texts[i % texts.length]!;
     const row: Record<string, unknown> = { id: i, device_id: `veh\t${i}\n${text}`, created_at: null, 2: 'integer-like name', note: text, speed: i / 3, empty: null, tags: { a: [1, text], b: null } };
     // An own column named `__proto__`, as a driver's row may have it.
     Object.defineProperty(row, '__proto__', { value: text, enumerable: true, writable: true, configurable: true });
@@ -93,45 +94,70 @@ describe('legacy rows', () => {
     expect(t.event).toMatchObject({ device_id: 'veh-1', created_at_ms: Date.UTC(2024, 4, 1), name: 'legacy_track' });
   });
 
-  it("encodes each row straight to TabSeparated lines holding exactly translateRow's row, and ClickHouse stores them so", async () => {
+  it("encodes each row straight to TabSeparated lines holding exactly translateRow's row, and ClickHouse stores them once", async () => {
     const source = { table: 't', key: 'id', createdAt: 'created_at', deviceId: 'device_id', name: 'legacy\ttrack \\ name' };
     const p = await createProject('encoder');
     const dataset = `enc_${suffix()}`;
     const params = { projectId: p.id, dataset, source };
     const now = Date.now();
-    const rows = awkwardRows();
-    const encode = importEncoder(params, now);
-    const encoded = rows.map(encode);
+    // More rows than the encoder joins into one piece at a time, so pieces are joined too.
+    const rows = awkwardRows(250);
+    const encoder = new ImportEncoder(params, now);
+    for (const [i, row] of rows.entries()) {
+      encoder.add(row);
+      // A row without a device or time is refused as translateRow refuses it, and adds no line.
+      if (i === 99) expect(() => encoder.add({ id: 1, device_id: '', created_at: new Date() })).toThrow(UnusableLegacyRow);
+      if (i === 100) expect(() => encoder.add({ id: 1, device_id: 'd', created_at: null })).toThrow(UnusableLegacyRow);
+    }
+    expect(encoder.length).toBe(rows.length);
+    const encoded = encoder.finish();
+    expect(encoder.finish()).toEqual({ ids: [], createdAtMs: [], events: '', maps: '', payloads: '' });
     const translated = rows.map((r) => translateRow(params, r, now));
+    expect(encoded.ids).toEqual(translated.map((t) => t.event.id));
+    expect(encoded.createdAtMs).toEqual(translated.map((t) => t.event.created_at_ms));
+    const linesOf = (text: string) => {
+      expect(text.endsWith('\n')).toBe(true);
+      return text.slice(0, -1).split('\n');
+    };
     // Each field unescaped, NULL as TabSeparated writes it (`\N`, which the unescaping alone would read as `N`).
     const fieldsOf = (line: string, columns: readonly string[]) => {
-      const [fields] = parseTabSeparated(line, columns.length);
-      const raw = line.slice(0, -1).split('\t');
+      const [fields] = parseTabSeparated(`${line}\n`, columns.length);
+      const raw = line.split('\t');
       return Object.fromEntries(columns.map((c, i) => [c, raw[i] === '\\N' ? null : fields![i]]));
     };
     const text = (v: unknown) => (v === null ? null : String(v));
-    for (const [i, t] of translated.entries()) {
-      const e = encoded[i]!;
-      expect(e).toMatchObject({ id: t.event.id, created_at_ms: t.event.created_at_ms });
-      for (const [line, columns, row] of [
-        [e.event, IMPORT_EVENT_COLUMNS, t.event],
-        [e.map, IMPORT_MAP_COLUMNS, t.map],
-        [e.payload, IMPORT_PAYLOAD_COLUMNS, t.payload],
-      ] as const) {
-        expect(line.endsWith('\n') && line.indexOf('\n') === line.length - 1, line).toBe(true);
+    for (const [lines, columns, rowOf] of [
+      [linesOf(encoded.events), IMPORT_EVENT_COLUMNS, (i: number) => translated[i]!.event],
+      [linesOf(encoded.maps), IMPORT_MAP_COLUMNS, (i: number) => translated[i]!.map],
+      [linesOf(encoded.payloads), IMPORT_PAYLOAD_COLUMNS, (i: number) => translated[i]!.payload],
+    ] as const) {
+      expect(lines).toHaveLength(rows.length);
+      for (const [i, line] of lines.entries()) {
+        const row = rowOf(i) as unknown as Record<string, unknown>;
         // Every column of the table's row, in the encoder's order, and nothing else.
         expect(Object.keys(row).sort()).toEqual([...columns].sort());
-        expect(fieldsOf(line, columns)).toEqual(Object.fromEntries(columns.map((c) => [c, text((row as unknown as Record<string, unknown>)[c])])));
+        expect(fieldsOf(line, columns)).toEqual(Object.fromEntries(columns.map((c) => [c, text(row[c])])));
       }
     }
     // The payload keeps the `__proto__` column and the properties leave it out, as translateRow does.
     expect(JSON.parse(translated[0]!.payload.payload)).toHaveProperty(['__proto__'], 'plain');
     expect(Object.keys(JSON.parse(translated[0]!.event.properties) as object)).not.toContain('__proto__');
-    // A row without a device or time is refused the same way.
-    expect(() => encode({ id: 1, device_id: '', created_at: new Date() })).toThrow(UnusableLegacyRow);
-    expect(() => encode({ id: 1, device_id: 'd', created_at: null })).toThrow(UnusableLegacyRow);
 
-    expect(await writeImportedChunk(ch(), p.id, encoded, false)).toBe(rows.length);
+    // A step written before (every third row), and payloads a failed attempt left without their
+    // event (every fifth of the rest): the step written again with `verify` adds each row once.
+    const written = new ImportEncoder(params, now);
+    rows.forEach((r, i) => i % 3 === 0 && written.add(r));
+    const before = written.finish();
+    expect(await writeImportedChunk(ch(), p.id, before, false)).toBe(before.ids.length);
+    const orphans = linesOf(encoded.payloads).filter((_, i) => i % 3 !== 0 && i % 5 === 0);
+    await ch().insertTabSeparated('event_payloads', IMPORT_PAYLOAD_COLUMNS, `${orphans.join('\n')}\n`);
+    expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(rows.length - before.ids.length);
+    expect(await writeImportedChunk(ch(), p.id, encoded, true)).toBe(0);
+    for (const table of ['events', 'event_payloads']) {
+      const [n] = await ch().query<{ rows: string; ids: string }>(`SELECT toString(count()) AS rows, toString(uniqExact(id)) AS ids FROM ${table} WHERE project_id = {p:String}`, { p: p.id });
+      expect(n, table).toEqual({ rows: String(rows.length), ids: String(rows.length) });
+    }
+
     const byId = <T extends { id: string }>(xs: T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
     const events = await ch().query<{ id: string } & Record<string, unknown>>(
       `SELECT toString(id) AS id, project_id, device_id, session_id, profile_id, type, name, created_at_ms, received_at_ms, synced_at_ms, properties,
@@ -148,7 +174,7 @@ describe('legacy rows', () => {
     );
     expect(byId(payloads.map((r) => ({ ...r, created_at_ms: Number(r.created_at_ms), received_at_ms: Number(r.received_at_ms) })))).toEqual(byId(translated.map((t) => ({ ...t.payload }))));
     const maps = await ch().query<{ dataset: string; legacy_id: string; new_id: string; project_id: string; created_at_ms: string | number }>(
-      'SELECT dataset, legacy_id, toString(new_id) AS new_id, project_id, created_at_ms FROM legacy_id_map WHERE project_id = {p:String}',
+      'SELECT dataset, legacy_id, toString(new_id) AS new_id, project_id, created_at_ms FROM legacy_id_map WHERE project_id = {p:String} LIMIT 1 BY legacy_id',
       { p: p.id },
     );
     const byLegacy = <T extends { legacy_id: string }>(xs: T[]) => [...xs].sort((a, b) => (a.legacy_id < b.legacy_id ? -1 : 1));

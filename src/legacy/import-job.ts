@@ -14,7 +14,7 @@ import { LegacyImportParams, pacing } from './params';
 import { eventsProbe } from './probe';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
-import { importEncoder, writeImportedChunk, type EncodedImportRow } from './store';
+import { ImportEncoder, writeImportedChunk } from './store';
 import { keyText, UnusableLegacyRow } from './translate';
 
 /** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */
@@ -56,13 +56,12 @@ async function importPages(
   while (rows < chunkRows) {
     const pageSize = Math.min(pace ? pace.stepRows() : fixedPage, chunkRows - rows);
     const page = await readPage(pg, p.source, cursor, maxKey, pageSize);
-    const encode = importEncoder(p, Date.now());
-    const translated: EncodedImportRow[] = [];
+    const encoder = new ImportEncoder(p, Date.now());
     let pageSkipped = 0;
     for (const [i, row] of page.entries()) {
       if (pace && i > 0 && i % PACED_TRANSLATE_ROWS === 0) await yieldToEventLoop();
       try {
-        translated.push(encode(row));
+        encoder.add(row);
       } catch (err) {
         // A row the source cannot supply (no device or time) is counted, never a reason to stop.
         if (!(err instanceof UnusableLegacyRow)) throw err;
@@ -75,7 +74,7 @@ async function importPages(
       // Time is up: this page was read but is not written; the next chunk reads it again.
       if (pace && !(await pace.rest())) return { cursor, rows, skipped, exhausted: false };
     }
-    writing = writeImportedChunk(ch, p.projectId, translated, verify).then(() => null, (err: unknown) => err);
+    writing = writeImportedChunk(ch, p.projectId, encoder.finish(), verify).then(() => null, (err: unknown) => err);
     rows += page.length;
     skipped += pageSkipped;
     const last = page.at(-1);
