@@ -2,7 +2,8 @@
 // import goes on), and timestamps a microsecond apart (two rows, two ids, never one).
 import { describe, expect, it } from 'vitest';
 import { parseTabSeparated } from '../src/clickhouse/client';
-import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, ImportEncoder, writeImportedChunk } from '../src/legacy/store';
+import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, ImportEncoder } from '../src/legacy/encode';
+import { writeImportedChunk } from '../src/legacy/store';
 import { commonPgTimestamp, LegacyTimestamp, legacyPayloadJson, parsePgTimestamp, patternPgTimestamp, translateRow, UnusableLegacyRow } from '../src/legacy/translate';
 import { admin, importBody, startImport, suffix, waitJob, withPg } from './backfill-helpers';
 import { ch, countEvents, createProject } from './helpers';

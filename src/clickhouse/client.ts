@@ -71,8 +71,8 @@ export interface ClickHouse {
   insertTabSeparated(table: string, columns: readonly string[], text: string): Promise<void>;
   /**
    * `insert` of rows already encoded as JSONEachRow lines (each ending with a line feed), sent as
-   * they are: a caller that encoded its rows earlier (the legacy import, as it translates them)
-   * keeps only their text, not their objects, until the insert.
+   * they are: a caller that has its rows as text already (the queue consumer, cutting them out of
+   * a lined message) never parses or encodes them.
    */
   insertJsonLines(table: string, text: string): Promise<void>;
   ping(): Promise<boolean>;

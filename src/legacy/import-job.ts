@@ -14,7 +14,8 @@ import { LegacyImportParams, pacing } from './params';
 import { eventsProbe } from './probe';
 import { releaseHeldEvents } from './realtime';
 import { planImport, readPage, withLegacyDb } from './source';
-import { ImportEncoder, writeImportedChunk } from './store';
+import { ImportEncoder } from './encode';
+import { writeImportedChunk } from './store';
 import { keyText, UnusableLegacyRow } from './translate';
 
 /** Pages per chunk at a fixed pace: the next page is read from Postgres while the previous one goes to ClickHouse. */

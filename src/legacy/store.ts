@@ -1,11 +1,9 @@
 // Where imported history lands: ClickHouse `events`, `event_payloads` and `legacy_id_map`, written
 // exactly once per row.
-import { tsvField, type ClickHouse } from '../clickhouse/client';
+import type { ClickHouse } from '../clickhouse/client';
 import { dateTimeBounds } from '../clickhouse/time';
 import type { DatasetKey } from './datasets';
-import type { LegacyImportParams } from './params';
-import type { LegacyRow } from './source';
-import { legacyColumnsJson, legacyIdentity } from './translate';
+import { IMPORT_EVENT_COLUMNS, IMPORT_MAP_COLUMNS, IMPORT_PAYLOAD_COLUMNS, type EncodedRows } from './encode';
 
 /**
  * Ids per existence check. The ids travel as external data and are read through `IN (SELECT value
@@ -14,119 +12,12 @@ import { legacyColumnsJson, legacyIdentity } from './translate';
  */
 const ID_CHECK_BATCH = 2000;
 
-/**
- * A step's imported rows as they are written: their ids and times (for the existence checks), and
- * each table's TabSeparated text, one line per row in the rows' order (TabSeparated escapes line
- * feeds, so line i is row i).
- */
-export interface EncodedRows {
-  ids: string[];
-  createdAtMs: number[];
-  events: string;
-  maps: string;
-  payloads: string;
-}
-
-export const IMPORT_EVENT_COLUMNS = [
-  'id',
-  'project_id',
-  'device_id',
-  'session_id',
-  'profile_id',
-  'type',
-  'name',
-  'created_at_ms',
-  'received_at_ms',
-  'synced_at_ms',
-  'properties',
-  'ref_id',
-  'ip',
-  'country',
-  'region',
-  'city',
-  'timezone',
-  'latitude',
-  'longitude',
-] as const;
-export const IMPORT_MAP_COLUMNS = ['dataset', 'legacy_id', 'new_id', 'project_id', 'created_at_ms'] as const;
-export const IMPORT_PAYLOAD_COLUMNS = ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'] as const;
-
-/**
- * Rows the encoder joins into one piece of text per table at a time: what a step keeps until its
- * insert is a few flat strings per table, not three strings per row that would outlive a young
- * collection or two and be copied into the old generation.
- */
-const PIECE_ROWS = 100;
-
-/**
- * The encoder of one step's rows, imported at `importedAtMs`: each row straight to its three
- * TabSeparated lines, the same rows as translateRow's (test/legacy-rows.test.ts holds them equal).
- * TabSeparated rather than JSONEachRow: no field names, and the properties and payload JSON only
- * escaped where they hold a backslash, never quoted again; both cheaper to make here and for
- * ClickHouse to read. `add` throws UnusableLegacyRow as translateRow does, and adds nothing then.
- */
-export class ImportEncoder {
-  private readonly ids: string[] = [];
-  private readonly createdAtMs: number[] = [];
-  private readonly lines = { events: [] as string[], maps: [] as string[], payloads: [] as string[] };
-  private readonly pieces = { events: [] as string[], maps: [] as string[], payloads: [] as string[] };
-  private readonly project: string;
-  private readonly dataset: string;
-  private readonly kind: string;
-  private readonly imported: string;
-  private readonly keys = new Map<string, string>();
-
-  constructor(
-    private readonly p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>,
-    private readonly importedAtMs: number,
-  ) {
-    this.project = tsvField(p.projectId);
-    this.dataset = tsvField(p.dataset);
-    // After the device: no session or profile, a track named by the source.
-    this.kind = `\t\ttrack\t${tsvField(p.source.name)}`;
-    this.imported = `${importedAtMs}\t${importedAtMs}`;
-  }
-
-  get length(): number {
-    return this.ids.length;
-  }
-
-  add(row: LegacyRow): void {
-    const { legacyId, createdAtMs, deviceId, id } = legacyIdentity(this.p, row);
-    const { payload, properties } = legacyColumnsJson(row, this.p.source, this.keys);
-    const { project } = this;
-    this.ids.push(id);
-    this.createdAtMs.push(createdAtMs);
-    // No ref_id, ip or place; no coordinates (NULL).
-    this.lines.events.push([id, project, tsvField(deviceId), this.kind, createdAtMs, this.imported, tsvField(properties), '\t\t\t\t\t\t\\N\t\\N\n'].join('\t'));
-    this.lines.maps.push([this.dataset, tsvField(legacyId), id, project, `${createdAtMs}\n`].join('\t'));
-    this.lines.payloads.push([id, project, createdAtMs, this.importedAtMs, `${tsvField(payload)}\n`].join('\t'));
-    if (this.lines.events.length === PIECE_ROWS) this.join();
-  }
-
-  /** The rows added, each table's lines as one text; the encoder starts empty again. */
-  finish(): EncodedRows {
-    this.join();
-    const out = { ids: this.ids.splice(0), createdAtMs: this.createdAtMs.splice(0), events: this.pieces.events.join(''), maps: this.pieces.maps.join(''), payloads: this.pieces.payloads.join('') };
-    this.pieces.events = [];
-    this.pieces.maps = [];
-    this.pieces.payloads = [];
-    return out;
-  }
-
-  private join() {
-    for (const t of ['events', 'maps', 'payloads'] as const) {
-      if (this.lines[t].length === 0) continue;
-      this.pieces[t].push(this.lines[t].join(''));
-      this.lines[t].length = 0;
-    }
-  }
-}
-
-/** The lines of `text` (each ending with a line feed) whose index `keep` accepts. */
-function keepLines(text: string, keep: (i: number) => boolean): string {
+/** The lines of `text` (`count` of them, each ending with a line feed) whose index `keep` accepts. */
+function keepLines(text: string, count: number, keep: (i: number) => boolean): string {
   const lines = text.split('\n');
   lines.pop();
+  // Line i must be row i: a text of another length would drop the wrong rows.
+  if (lines.length !== count) throw new Error(`an encoded step has ${lines.length} lines for ${count} rows`);
   const kept = lines.filter((_, i) => keep(i));
   return kept.length ? `${kept.join('\n')}\n` : '';
 }
@@ -175,25 +66,26 @@ export async function writeImportedChunk(ch: ClickHouse, projectId: string, rows
   const { ids, createdAtMs } = rows;
   if (ids.length === 0) return 0;
   const have = verify ? await existingIds(ch, 'events', projectId, ids, createdAtMs) : new Set<string>();
-  const isFresh = (i: number) => !have.has(ids[i]!);
-  let payloads = rows.payloads;
-  let events = rows.events;
-  let fresh = ids.length;
+  let { events, payloads } = rows;
+  let freshIds = ids;
+  let freshTimes = createdAtMs;
   if (have.size) {
-    events = keepLines(events, isFresh);
-    payloads = keepLines(payloads, isFresh);
-    fresh = ids.filter((_, i) => isFresh(i)).length;
+    const isFresh = (i: number) => !have.has(ids[i]!);
+    events = keepLines(events, ids.length, isFresh);
+    payloads = keepLines(payloads, ids.length, isFresh);
+    freshIds = ids.filter((_, i) => isFresh(i));
+    freshTimes = createdAtMs.filter((_, i) => isFresh(i));
   }
-  if (verify && fresh > 0) {
-    const freshIds = ids.filter((_, i) => isFresh(i));
-    const havePayloads = await existingIds(ch, 'event_payloads', projectId, freshIds, createdAtMs.filter((_, i) => isFresh(i)));
-    if (havePayloads.size) payloads = keepLines(payloads, (i) => !havePayloads.has(freshIds[i]!));
+  if (verify && freshIds.length > 0) {
+    const havePayloads = await existingIds(ch, 'event_payloads', projectId, freshIds, freshTimes);
+    if (havePayloads.size) payloads = keepLines(payloads, freshIds.length, (i) => !havePayloads.has(freshIds[i]!));
   }
+  const inserted = [ch.insertTabSeparated('legacy_id_map', IMPORT_MAP_COLUMNS, rows.maps), ch.insertTabSeparated('event_payloads', IMPORT_PAYLOAD_COLUMNS, payloads)];
   // Both settle before a failure is reported: a retry's id check must not race an insert in flight.
-  const settled = await Promise.allSettled([ch.insertTabSeparated('legacy_id_map', IMPORT_MAP_COLUMNS, rows.maps), ch.insertTabSeparated('event_payloads', IMPORT_PAYLOAD_COLUMNS, payloads)]);
+  const settled = await Promise.allSettled(inserted);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;
   await ch.insertTabSeparated('events', IMPORT_EVENT_COLUMNS, events);
-  return fresh;
+  return freshIds.length;
 }
 
 /** New ids of a project's legacy rows of a dataset (the same name in another project is another dataset). */

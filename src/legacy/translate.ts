@@ -191,7 +191,10 @@ export function legacyColumnsJson(row: LegacyRow, omit: { createdAt: string; dev
   return { payload: `{${all.join(',')}}`, properties: `{${own.join(',')}}` };
 }
 
-/** One legacy row as the rows it becomes, as objects: the reference that importEncoder's lines are held to. */
+/**
+ * One legacy row as the rows it becomes, as objects. The import writes ImportEncoder's lines
+ * (encode.ts); this stays as the plain statement of those rows that the tests hold the lines to.
+ */
 export function translateRow(p: Pick<LegacyImportParams, 'projectId' | 'dataset' | 'source'>, row: LegacyRow, importedAtMs: number): TranslatedRow {
   const s = p.source;
   const { legacyId, createdAtMs, deviceId: device, id } = legacyIdentity(p, row);
