@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { advance, chunkRetryDelaySec, JOB_STATES, nextState, type JobAction } from '../src/jobs/states';
 import { LegacyImportParams, pacing } from '../src/legacy/params';
 import { legacyRef } from '../src/legacy/realtime';
-import { keyText, legacyEventId, translateRow } from '../src/legacy/translate';
+import { keyText, legacyEventId, translateRow, UnusableLegacyRow } from '../src/legacy/translate';
 import { uuidv7Time } from '../src/lib/ids';
 
 describe('job transitions', () => {
@@ -89,6 +89,14 @@ describe('legacy rows', () => {
   it('refuses rows without a time or a device', () => {
     expect(() => translateRow(params, { id: 1, device_id: 'd', created_at: null }, 0)).toThrow(/created_at/);
     expect(() => translateRow(params, { id: 1, device_id: null, created_at: new Date() }, 0)).toThrow(/device_id/);
+  });
+
+  it('stores an epoch time as whole milliseconds, and skips one no double holds exactly', () => {
+    expect(translateRow(params, { id: 1, device_id: 'd', created_at: 1714521600000.7 }, 0).event.created_at_ms).toBe(1714521600000);
+    expect(translateRow(params, { id: 1, device_id: 'd', created_at: '1714521600123' }, 0).event.created_at_ms).toBe(1714521600123);
+    for (const created_at of [1e300, -1e300, '99999999999999999999', 2 ** 53]) {
+      expect(() => translateRow(params, { id: 1, device_id: 'd', created_at }, 0), String(created_at)).toThrow(UnusableLegacyRow);
+    }
   });
 
   it('writes cursors the same way whatever the driver returned', () => {

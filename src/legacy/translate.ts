@@ -164,6 +164,12 @@ export function legacyIdentity(p: Pick<LegacyImportParams, 'dataset' | 'source'>
   } catch (err) {
     throw new UnusableLegacyRow((err as Error).message);
   }
+  // Stored as whole milliseconds (Int64): a fractional epoch is floored, one past a double's whole
+  // numbers is no time (and would fail the step's insert).
+  if (!Number.isSafeInteger(createdAtMs)) {
+    if (!(Math.abs(createdAtMs) <= Number.MAX_SAFE_INTEGER)) throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.createdAt} is out of range (${createdAtMs})`);
+    createdAtMs = Math.floor(createdAtMs);
+  }
   const device = row[s.deviceId];
   if (device === null || device === undefined || device === '') throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.deviceId} is empty`);
   return { legacyId, createdAtMs, deviceId: String(device), id: legacyEventId(p.dataset, legacyId, createdAtMs) };
