@@ -101,7 +101,6 @@ describe('legacy rows', () => {
     const dataset = `enc_${suffix()}`;
     const params = { projectId: p.id, dataset, source };
     const now = Date.now();
-    // More rows than the encoder joins into one piece at a time, so pieces are joined too.
     const rows = awkwardRows(250);
     const encoder = new ImportEncoder(params, now);
     for (const [i, row] of rows.entries()) {

@@ -42,13 +42,6 @@ export const IMPORT_EVENT_COLUMNS = [
 export const IMPORT_MAP_COLUMNS = ['dataset', 'legacy_id', 'new_id', 'project_id', 'created_at_ms'] as const;
 export const IMPORT_PAYLOAD_COLUMNS = ['id', 'project_id', 'created_at_ms', 'received_at_ms', 'payload'] as const;
 
-/**
- * Rows the encoder joins into one piece of text per table at a time: what a step keeps until its
- * insert is a few flat strings per table, not three strings per row that would outlive a young
- * collection or two and be copied into the old generation.
- */
-const PIECE_ROWS = 100;
-
 /** An event line's last fields: no ref_id, ip or place (six empty fields), no coordinates (NULL). */
 const NO_REF_PLACE_OR_COORDINATES = '\t\t\t\t\t\t\\N\t\\N\n';
 
@@ -62,8 +55,7 @@ const NO_REF_PLACE_OR_COORDINATES = '\t\t\t\t\t\t\\N\t\\N\n';
 export class ImportEncoder {
   private readonly ids: string[] = [];
   private readonly createdAtMs: number[] = [];
-  private readonly lines = { events: [] as string[], maps: [] as string[], payloads: [] as string[] };
-  private readonly pieces = { events: [] as string[], maps: [] as string[], payloads: [] as string[] };
+  private lines = { events: [] as string[], maps: [] as string[], payloads: [] as string[] };
   private readonly project: string;
   private readonly dataset: string;
   private readonly afterDevice: string;
@@ -95,25 +87,12 @@ export class ImportEncoder {
     this.lines.events.push([id, project, device, this.afterDevice, createdAtMs, this.receivedSynced, tsvField(properties), NO_REF_PLACE_OR_COORDINATES].join('\t'));
     this.lines.maps.push([this.dataset, tsvField(legacyId), id, project, `${createdAtMs}\n`].join('\t'));
     this.lines.payloads.push([id, project, createdAtMs, this.importedAtMs, `${tsvField(payload)}\n`].join('\t'));
-    if (this.lines.events.length === PIECE_ROWS) this.join();
   }
 
   /** The rows added, each table's lines as one text; the encoder starts empty again. */
   finish(): EncodedRows {
-    this.join();
-    const { events, maps, payloads } = this.pieces;
-    const out = { ids: this.ids.splice(0), createdAtMs: this.createdAtMs.splice(0), events: events.join(''), maps: maps.join(''), payloads: payloads.join('') };
-    this.pieces.events = [];
-    this.pieces.maps = [];
-    this.pieces.payloads = [];
-    return out;
-  }
-
-  private join() {
-    for (const t of ['events', 'maps', 'payloads'] as const) {
-      if (this.lines[t].length === 0) continue;
-      this.pieces[t].push(this.lines[t].join(''));
-      this.lines[t].length = 0;
-    }
+    const { events, maps, payloads } = this.lines;
+    this.lines = { events: [], maps: [], payloads: [] };
+    return { ids: this.ids.splice(0), createdAtMs: this.createdAtMs.splice(0), events: events.join(''), maps: maps.join(''), payloads: payloads.join('') };
   }
 }
