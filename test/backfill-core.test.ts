@@ -91,7 +91,7 @@ describe('legacy rows', () => {
     expect(() => translateRow(params, { id: 1, device_id: null, created_at: new Date() }, 0)).toThrow(/device_id/);
   });
 
-  it('stores an epoch time as whole milliseconds, and skips one no double holds exactly', () => {
+  it('stores an epoch time as whole milliseconds, and skips one beyond a double\'s safe integers', () => {
     expect(translateRow(params, { id: 1, device_id: 'd', created_at: 1714521600000.7 }, 0).event.created_at_ms).toBe(1714521600000);
     expect(translateRow(params, { id: 1, device_id: 'd', created_at: '1714521600123' }, 0).event.created_at_ms).toBe(1714521600123);
     for (const created_at of [1e300, -1e300, '99999999999999999999', 2 ** 53]) {

@@ -164,8 +164,8 @@ export function legacyIdentity(p: Pick<LegacyImportParams, 'dataset' | 'source'>
   } catch (err) {
     throw new UnusableLegacyRow((err as Error).message);
   }
-  // Stored as whole milliseconds (Int64): a fractional epoch is floored, one past a double's whole
-  // numbers is no time (and would fail the step's insert).
+  // Stored as whole milliseconds (Int64): a fractional epoch is floored; one at or beyond ±2^53 is
+  // no exact time (and a replay's id check could not bound it).
   if (!Number.isSafeInteger(createdAtMs)) {
     if (!(Math.abs(createdAtMs) <= Number.MAX_SAFE_INTEGER)) throw new UnusableLegacyRow(`legacy row ${legacyId}: column ${s.createdAt} is out of range (${createdAtMs})`);
     createdAtMs = Math.floor(createdAtMs);
