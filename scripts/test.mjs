@@ -88,6 +88,7 @@ async function runVitest(run, i, prefix, shard = null) {
     child.on('error', () => resolve(1));
   });
   let counts = { passed: 0, failed: 0, skipped: 0 };
+  let failures = [];
   try {
     const json = JSON.parse(readFileSync(report, 'utf8'));
     counts = {
@@ -95,6 +96,7 @@ async function runVitest(run, i, prefix, shard = null) {
       failed: json.numFailedTests + (json.numFailedTestSuites && !json.numFailedTests ? json.numFailedTestSuites : 0),
       skipped: json.numPendingTests + json.numTodoTests,
     };
+    failures = failuresOf(json);
   } catch {
     counts.failed = Math.max(1, counts.failed); // no report: the run itself failed
   }
@@ -105,7 +107,20 @@ async function runVitest(run, i, prefix, shard = null) {
   } catch {
     /* the node project starts no ClickHouse */
   }
-  return { ...run, ...counts, version, code, seconds: (Date.now() - started) / 1000 };
+  return { ...run, ...counts, failures, version, code, seconds: (Date.now() - started) / 1000 };
+}
+
+/** Each failed test (or file that failed outside its tests) with the first line of its error. */
+function failuresOf(json) {
+  const firstLine = (message) => String(message ?? '').replace(/\x1b\[[0-9;]*m/g, '').split('\n').find((l) => l.trim())?.trim().slice(0, 300) ?? '';
+  const out = [];
+  for (const file of json.testResults ?? []) {
+    const path = String(file.name ?? '').replace(`${ROOT}/`, '');
+    const failed = (file.assertionResults ?? []).filter((a) => a.status === 'failed');
+    for (const a of failed) out.push({ test: `${path} > ${a.fullName ?? a.title}`, error: firstLine(a.failureMessages?.[0]) });
+    if (!failed.length && file.status === 'failed') out.push({ test: path, error: firstLine(file.message) });
+  }
+  return out;
 }
 
 // The two generations use separate servers and storage, and a run mostly waits on them: side by
@@ -124,6 +139,7 @@ async function runSharded(run, i, tag) {
     ...run,
     passed: parts.reduce((n, p) => n + p.passed, 0),
     failed: parts.reduce((n, p) => n + p.failed, 0),
+    failures: parts.flatMap((p) => p.failures),
     skipped: parts.reduce((n, p) => n + p.skipped, 0),
     version: [...new Set(parts.map((p) => p.version).filter(Boolean))].join(', '),
     code: parts.every((p) => p.code === 0) ? 0 : 1,
@@ -151,6 +167,7 @@ rmSync(outDir, { recursive: true, force: true });
 console.log('\n=== summary ===');
 for (const r of results) {
   console.log(`${r.code === 0 ? 'ok  ' : 'FAIL'} ${r.label}${r.version ? ` [version ${r.version}]` : ''}: ${r.passed} passed, ${r.failed} failed${r.skipped ? `, ${r.skipped} skipped` : ''} in ${r.seconds.toFixed(0)} s`);
+  for (const f of r.failures) console.log(`     failed: ${f.test}${f.error ? `\n       ${f.error}` : ''}`);
 }
 const total = results.reduce((t, r) => ({ passed: t.passed + r.passed, failed: t.failed + r.failed, skipped: t.skipped + r.skipped }), { passed: 0, failed: 0, skipped: 0 });
 console.log(`${total.passed} passed, ${total.failed} failed${total.skipped ? `, ${total.skipped} skipped` : ''}`);
