@@ -2,7 +2,7 @@
 // generations; the version-specific branches of src/clickhouse are the ones under test.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseTabSeparated, parseVersion, tsvField } from '../src/clickhouse/client';
+import { clickhouse, ClickHouseUnavailable, MAX_URL_LIST, parseJsonEachRow, parseTabSeparated, parseVersion, tsvField } from '../src/clickhouse/client';
 import { getConfig } from '../src/config';
 import { bindParams, formatParam } from '../src/clickhouse/params';
 import { ImportEncoder } from '../src/legacy/encode';
@@ -99,6 +99,26 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(() => parseTabSeparated('17\nCode: 241, e.displayText() = DB::Exception: Memory limit exceeded\n', 1)).toThrow(/Code: 241/);
     const block = '17\n\r\n__exception__\r\nAbCdEfGh\r\nCode: 395. DB::Exception: Value passed to throwIf function is non-zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)\n95 AbCdEfGh\r\n__exception__\r\n';
     expect(() => parseTabSeparated(block, 1)).toThrow(/ended its answer with an error: .*Code: 395\. DB::Exception/);
+  });
+
+  it('never takes an error met in the middle of a JSON answer for rows, and puts no row text in the message', async () => {
+    const sql = "SELECT toString(number) AS n, concat('row ', toString(number), ' of padding padding padding padding') AS pad FROM numbers(400000) WHERE throwIf(number = 300000) = 0 SETTINGS max_block_size = 4096";
+    for (const run of [() => ch().query(sql), () => ch().queryStats(sql)]) {
+      const err = await run().then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      // ClickHouse's own words: a fault of the query, not an unreachable server
+      expect(err).not.toBeInstanceOf(ClickHouseUnavailable);
+      expect(String(err)).toMatch(/Code: 395/);
+      expect(String(err)).not.toMatch(/padding/);
+    }
+    expect(parseJsonEachRow('{"a":1}\n\n{"a":2}\n')).toEqual([{ a: 1 }, { a: 2 }]);
+    expect(parseJsonEachRow('')).toEqual([]);
+    // 18.16 appends its exception; a current server ends with its error block.
+    expect(() => parseJsonEachRow('{"p":"secret"}\nCode: 395, e.displayText() = DB::Exception: boom\n')).toThrow(/^ClickHouse ended its answer with an error: Code: 395, e\.displayText\(\) = DB::Exception: boom$/);
+    const block = '{"p":"secret"}\n\r\n__exception__\r\nAbCdEfGh\r\nCode: 395. DB::Exception: Value passed to throwIf function is non-zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)\n95 AbCdEfGh\r\n__exception__\r\n';
+    expect(() => parseJsonEachRow(block)).toThrow(/ended its answer with an error: Code: 395\. DB::Exception/);
+    // Cut short: no row text in the message.
+    expect(() => parseJsonEachRow('{"p":"secret"}\n{"p":"sec')).toThrow(/^ClickHouse's answer is not whole JSON \(cut short\)$/);
   });
 
   it('refuses a long list as a URL parameter', async () => {
@@ -251,7 +271,7 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION} errors`, () => {
     expect(err).toBeInstanceOf(Error);
     // ClickHouse answered (Code: 47): a fault of the query, not a 503 storage_unavailable.
     expect(err).not.toBeInstanceOf(ClickHouseUnavailable);
-    // client-web parses the code out (26.x); 18.16's older text keeps it in the message.
+    // The code is in the message on both generations (26.x: `Code: 47.`, 18.16: `Code: 47,`).
     expect(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`).toMatch(/^47 |Code: 47/);
     const listed = await ch().query('SELECT no_such_column FROM events WHERE id IN (SELECT value FROM ids)', {}, { ids: ['x'] }).then(
       () => null,

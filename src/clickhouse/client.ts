@@ -141,9 +141,10 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
   };
 
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  // The client has no external data: a multipart request of our own (see `request`).
-  const queryWithLists = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> =>
-    (await request(sql, params, lists, 'JSONEachRow')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
+  // Lists go as external data, a multipart request client-web cannot make; without lists the same
+  // request of our own answers a read for less than the client's row-by-row stream decoding.
+  const queryRows = async <T>(sql: string, params: QueryParams | undefined, lists: ValueLists): Promise<T[]> =>
+    parseJsonEachRow<T>(await request(sql, params, lists, 'JSONEachRow'));
   /**
    * A query as a request of our own, with lists multipart with the query in the URL; else the
    * query is the body. `gzipLevel`: ClickHouse compresses its answer (HTTP compression) and it is
@@ -202,11 +203,7 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
   return {
     version,
     async query<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
-      if (lists && Object.keys(lists).length) return read(() => queryWithLists<T>(sql, params, lists));
-      return read(async () => {
-        const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSONEachRow' });
-        return rs.json<T>();
-      });
+      return read(() => queryRows<T>(sql, params, lists ?? {}));
     },
     async queryFields(sql: string, params: QueryParams | undefined, columns: number) {
       return read(async () => parseTabSeparated(await request(sql, params, {}, 'TabSeparated'), columns));
@@ -228,11 +225,7 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       });
     },
     async queryStats<T>(sql: string, params?: QueryParams, lists?: ValueLists) {
-      if (lists && Object.keys(lists).length) return read(async () => statsOf<T>(JSON.parse(await request(sql, params, lists, 'JSON'))));
-      return read(async () => {
-        const rs = await client.query({ ...(await prepare(sql, params)), format: 'JSON' });
-        return statsOf(await rs.json<T>());
-      });
+      return read(async () => statsOf(parseJsonAnswer<{ data: T[]; statistics?: { rows_read?: number | string } }>(await request(sql, params, lists ?? {}, 'JSON'))));
     },
     async command(sql: string, params?: QueryParams, settings?: Record<string, string | number>) {
       await client.command({ ...(await prepare(sql, params)), ...(settings ? { clickhouse_settings: settings } : {}) });
@@ -271,6 +264,47 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
       const name = /\([A-Z][A-Z_]+\)/.exec(answer)?.[0];
       throw new Error(`ClickHouse refused the insert into ${table} (${res.status}): ${code}${name ? ` ${name}` : ''}`);
     }
+  }
+}
+
+/**
+ * What ClickHouse says of an error it met after it began to answer (it ends the text with it): the
+ * `Code: N … DB::Exception` line alone, never the rows before it (payloads may end up in a job's error).
+ */
+function answerError(text: string): Error {
+  const said = /Code: \d+[.,][^\n]*?DB::Exception[^\n]*/.exec(text)?.[0];
+  return new Error(said ? `ClickHouse ended its answer with an error: ${said.slice(0, 1000)}` : "ClickHouse's answer is not whole JSON (cut short)");
+}
+
+/**
+ * Rows of a JSONEachRow answer. An error ClickHouse met after it began to answer ends the text
+ * instead of a row: it fails the whole answer with ClickHouse's own words (a server error, not
+ * retried), never a row short.
+ */
+export function parseJsonEachRow<T>(text: string): T[] {
+  const rows: T[] = [];
+  let start = 0;
+  while (start < text.length) {
+    let end = text.indexOf('\n', start);
+    if (end < 0) end = text.length;
+    if (end > start) {
+      try {
+        rows.push(JSON.parse(text.slice(start, end)) as T);
+      } catch {
+        throw answerError(text.slice(start));
+      }
+    }
+    start = end + 1;
+  }
+  return rows;
+}
+
+/** A FORMAT JSON answer, with the same care for an error met after it began. */
+function parseJsonAnswer<T>(text: string): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw answerError(text);
   }
 }
 
