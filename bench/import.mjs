@@ -13,6 +13,7 @@ import { startGateway } from '../scripts/lib/gateway.mjs';
 import { startPostgres } from '../scripts/lib/services.mjs';
 import { makeBatch } from './lib/batch.mjs';
 import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
+import { directEventsRequest } from './lib/direct-read.mjs';
 import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 
 const ROWS = Number(process.env.BENCH_IMPORT_ROWS ?? 300_000);
@@ -116,17 +117,7 @@ async function readLoop(headers, until, out) {
 async function directReadLoop(until, out) {
   let i = 0;
   while (!until() && !stopping) {
-    const url = new URL(gateway.clickhouse.url);
-    url.searchParams.set('database', database);
-    // The bench's own ids (no query parameters on 18.16's HTTP interface)
-    url.searchParams.set(
-      'query',
-      `SELECT toString(id) AS event_id, type, name, device_id, session_id, profile_id, created_at_ms, received_at_ms, synced_at_ms, properties, ref_id
-         FROM events
-        WHERE project_id = '${gateway.project.id}' AND device_id = 'live-${i++ % 20}'
-          AND created_at >= now() - 604800 AND created_at_ms >= (toUnixTimestamp(now()) - 604800) * 1000
-        ORDER BY created_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT 100 FORMAT JSONEachRow`,
-    );
+    const url = directEventsRequest(gateway.clickhouse.url, database, gateway.project.id, `live-${i++ % 20}`);
     const t = performance.now();
     const res = await fetch(url, { method: 'POST' });
     await res.arrayBuffer();

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { startGateway } from '../scripts/lib/gateway.mjs';
 import { makeBatch } from './lib/batch.mjs';
 import { cpuByCommand } from './lib/cpu.mjs';
+import { directEventsRequest } from './lib/direct-read.mjs';
 import { selfTimeByFunction, startInspectorProfile } from './lib/inspector-profile.mjs';
 import { floor, result } from './lib/results.mjs';
 
@@ -84,16 +85,7 @@ try {
     if (res.status !== 404) throw new Error(`the 404 answered ${res.status}`);
   };
   const direct = async (i) => {
-    const url = new URL(gateway.clickhouse.url);
-    url.searchParams.set('database', database);
-    url.searchParams.set(
-      'query',
-      `SELECT toString(id) AS event_id, type, name, device_id, session_id, profile_id, created_at_ms, received_at_ms, synced_at_ms, properties, ref_id
-         FROM events
-        WHERE project_id = '${project.id}' AND device_id = 'live-${i % DEVICES}'
-          AND created_at >= now() - 604800 AND created_at_ms >= (toUnixTimestamp(now()) - 604800) * 1000
-        ORDER BY created_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT 100 FORMAT JSONEachRow`,
-    );
+    const url = directEventsRequest(gateway.clickhouse.url, database, project.id, `live-${i % DEVICES}`);
     const res = await fetch(url, { method: 'POST' });
     await res.arrayBuffer();
     if (!res.ok) throw new Error(`ClickHouse answered ${res.status}`);
