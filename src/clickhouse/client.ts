@@ -154,13 +154,13 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     const v = await version();
     const url = new URL(config.url);
     const names = Object.keys(lists);
-    const form = new FormData();
+    const form = names.length ? new FormData() : null;
     for (const name of names) {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new TypeError(`list name ${name} is not an identifier`);
       const values = lists[name]!;
       url.searchParams.set(`${name}_structure`, 'value String');
       url.searchParams.set(`${name}_format`, 'TabSeparated');
-      form.append(name, new Blob([values.map(tsvEscape).join('\n') + (values.length ? '\n' : '')]), name);
+      form!.append(name, new Blob([values.map(tsvEscape).join('\n') + (values.length ? '\n' : '')]), name);
     }
     const scalar = params ?? {};
     assertShortParams(scalar);
@@ -185,7 +185,7 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
     }
     return fetch(url, {
       method: 'POST',
-      body: names.length ? form : query,
+      body: form ?? query,
       headers,
       signal: AbortSignal.timeout(timeoutMs),
       ...(gzipLevel !== undefined ? { encodeResponseBody: 'manual' as const } : {}),
