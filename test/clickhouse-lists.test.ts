@@ -11,6 +11,7 @@ import { translateRow } from '../src/legacy/translate';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import type { EventRow, PayloadRow, SessionRow } from '../src/pipeline/messages';
 import { writeRows } from '../src/pipeline/writer';
+import { listEvents } from '../src/read/events';
 import { resolveMergedSessions } from '../src/read/sessions';
 import { ch, countEvents, createProject } from './helpers';
 
@@ -259,6 +260,30 @@ describe(`ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(resolved.get('s-0')).toBe('survivor-0');
     expect(resolved.get('s-19999')).toBe('survivor-9');
     expect(resolved.has('survivor-1')).toBe(false);
+  });
+
+  it("bounds a page's merge lookup by its devices, not by the project's sessions (max_rows_to_read)", async () => {
+    const p = await createProject();
+    const now = Date.now();
+    const session = (deviceId: string, id: string, mergedInto: string, version: number): SessionRow => ({
+      project_id: p.id, device_id: deviceId, id, started_at_ms: now, ended_at_ms: now, event_count: 1, ended: 0,
+      merged_into: mergedInto, version, updated_at_ms: now,
+    });
+    // 60 000 sessions of 6 000 other devices sort before the reader's (the key is project, device,
+    // id), their random ids spread over every granule: only the device bounds the read.
+    const crowd = Array.from({ length: 60_000 }, (_, i) => session(`a-${String(i % 6000).padStart(4, '0')}`, crypto.randomUUID(), '', 1));
+    await ch().insert('sessions', [...crowd, session('reader', 'r-1', '', 1), session('reader', 'r-1', 'r-2', 2), session('reader', 'r-2', 'r-3', 2), session('reader', 'r-3', '', 1)]);
+    const capped = clickhouse(getConfig(env).clickhouse, { settings: { max_rows_to_read: 30_000 } });
+    const resolved = await resolveMergedSessions(capped, p.id, ['r-1', 'r-3', 'r-1'], ['reader', 'reader']);
+    expect([...resolved].sort()).toEqual([['r-1', 'r-3'], ['r-2', 'r-3']]);
+    // Several devices (a project's page) go as a list; the answer is the same.
+    expect([...(await resolveMergedSessions(ch(), p.id, ['r-1', crowd[7]!.id], ['reader', crowd[7]!.device_id]))].sort()).toEqual([['r-1', 'r-3'], ['r-2', 'r-3']]);
+    // Without the device the same lookup reads the project's sessions, over the cap.
+    await expect(resolveMergedSessions(capped, p.id, ['r-1', 'r-3'])).rejects.toThrow(/Code: 158/);
+    // A device's page of the read API looks its merges up within that device.
+    await ch().insert('events', [{ ...eventRow(p.id, 1, now), device_id: 'reader', session_id: 'r-1' }]);
+    const page = await listEvents(capped, { projectId: p.id, window: { deviceId: 'reader', sinceMs: now - 3_600_000, untilMs: now + 3_600_000 }, after: null, limit: 100 });
+    expect(page.events.filter((e) => e.name === 'bulk').map((e) => e.sessionId)).toEqual(['r-3']);
   });
 });
 

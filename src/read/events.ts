@@ -60,6 +60,8 @@ interface Item {
   pos: EventPosition;
   /** A stored event's session as written, resolved through merges once the page is known. */
   sessionId?: string;
+  /** The stored event's device: its session's merges are looked up within it. */
+  deviceId?: string;
   view: (merged: Map<string, string>) => EventView;
 }
 
@@ -115,6 +117,7 @@ export async function listEvents(
   const items: Item[] = rows.map((r) => ({
     pos: { atMs: Number(r.created_at_ms), rank: RANK_EVENT, key: r.event_id },
     sessionId: r.session_id,
+    deviceId: r.device_id,
     view: (merged) => ({
       id: r.event_id,
       type: r.type,
@@ -136,7 +139,13 @@ export async function listEvents(
   }
   items.sort((a, b) => compareEventPositions(a.pos, b.pos));
   const page = items.slice(0, q.limit);
-  const merged = await resolveMergedSessions(ch, q.projectId, page.flatMap((i) => (i.sessionId ? [i.sessionId] : [])));
+  const withSession = page.filter((i) => i.sessionId);
+  const merged = await resolveMergedSessions(
+    ch,
+    q.projectId,
+    withSession.map((i) => i.sessionId!),
+    withSession.map((i) => i.deviceId!),
+  );
   return { events: page.map((i) => i.view(merged)), next: items.length > q.limit ? page[page.length - 1]!.pos : null };
 }
 

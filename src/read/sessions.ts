@@ -94,17 +94,27 @@ export async function listSessions(
   return { sessions, next: rows.length > q.limit && last ? { startedAtMs: last.startedAtMs, id: last.id } : null };
 }
 
-/** Maps session ids to the session that absorbed them (following chains of merges). */
-export async function resolveMergedSessions(ch: ClickHouse, projectId: string, ids: string[]): Promise<Map<string, string>> {
+/**
+ * Maps session ids to the session that absorbed them (following chains of merges). `deviceIds`, the
+ * devices the sessions belong to (a session merges only into one of its own device), bounds the
+ * lookup by the table's key (project, device, id): without them 18.16 reads every session row of
+ * the project (26.x prunes by the ids alone).
+ */
+export async function resolveMergedSessions(ch: ClickHouse, projectId: string, ids: string[], deviceIds?: readonly string[]): Promise<Map<string, string>> {
   const resolved = new Map<string, string>();
   let frontier = [...new Set(ids.filter(Boolean))];
+  const devices = deviceIds ? [...new Set(deviceIds)] : [];
+  // One device (a device's page, the common read) as a scalar: 18.16 bounds the read by an
+  // equality on the key, not by a set from external data; several as a list in the body.
+  const byDevice = devices.length === 1 ? 'AND device_id = {deviceId:String}' : devices.length > 1 ? 'AND device_id IN (SELECT value FROM devices)' : '';
   for (let hop = 0; hop < 8 && frontier.length; hop++) {
     const rows = await ch.query<{ id: string; merged: string }>(
       `SELECT id, argMax(merged_into, version) AS merged FROM sessions
-        WHERE project_id = {projectId:String} AND id IN (SELECT value FROM ids)
+        WHERE project_id = {projectId:String} ${byDevice}
+          AND id IN (SELECT value FROM ids)
         GROUP BY id HAVING merged != ''`,
-      { projectId },
-      { ids: frontier },
+      devices.length === 1 ? { projectId, deviceId: devices[0]! } : { projectId },
+      devices.length > 1 ? { ids: frontier, devices } : { ids: frontier },
     );
     frontier = [];
     for (const r of rows) {
