@@ -268,12 +268,26 @@ export function clickhouse(config: Config['clickhouse'], opts: { timeoutMs?: num
 }
 
 /**
- * What ClickHouse says of an error it met after it began to answer (it ends the text with it): the
- * `Code: N … DB::Exception` line alone, never the rows before it (payloads may end up in a job's error).
+ * What ClickHouse says of an error it met after it began to answer (it ends the text with it): its
+ * code and name alone, from the last such line, never the rows before it nor the values its message
+ * may quote (payloads may end up in a job's error), as for a refused insert.
  */
 function answerError(text: string): Error {
-  const said = /Code: \d+[.,][^\n]*?DB::Exception[^\n]*/.exec(text)?.[0];
-  return new Error(said ? `ClickHouse ended its answer with an error: ${said.slice(0, 1000)}` : "ClickHouse's answer is not whole JSON (cut short)");
+  const said = [...text.matchAll(/Code: (\d+)([.,])[^\n]*?DB::Exception[^\n]*/g)].at(-1);
+  if (!said) return new Error("ClickHouse's answer is not whole JSON (cut short)");
+  const name = /\(([A-Z][A-Z0-9_]+)\)/.exec(said[0])?.[1];
+  return new Error(`ClickHouse ended its answer with an error: Code: ${said[1]}${said[2]} DB::Exception${name ? ` (${name})` : ''}`);
+}
+
+/**
+ * A server that writes an error into the answer's own format (`http_write_exception_in_output_format`)
+ * ends JSONEachRow with a row holding only `exception`, and FORMAT JSON with an `exception` key:
+ * neither is taken for rows.
+ */
+function exceptionIn(value: unknown, only: boolean): Error | null {
+  if (value === null || typeof value !== 'object' || !Object.hasOwn(value, 'exception')) return null;
+  if (only && Object.keys(value).length !== 1) return null;
+  return answerError(String((value as { exception: unknown }).exception));
 }
 
 /**
@@ -288,11 +302,18 @@ export function parseJsonEachRow<T>(text: string): T[] {
     let end = text.indexOf('\n', start);
     if (end < 0) end = text.length;
     if (end > start) {
+      let row: T;
       try {
-        rows.push(JSON.parse(text.slice(start, end)) as T);
+        row = JSON.parse(text.slice(start, end)) as T;
       } catch {
         throw answerError(text.slice(start));
       }
+      // Such a row is the answer's last: checking that one keeps the check off every other row.
+      if (end >= text.length - 1) {
+        const err = exceptionIn(row, true);
+        if (err) throw err;
+      }
+      rows.push(row);
     }
     start = end + 1;
   }
@@ -300,12 +321,16 @@ export function parseJsonEachRow<T>(text: string): T[] {
 }
 
 /** A FORMAT JSON answer, with the same care for an error met after it began. */
-function parseJsonAnswer<T>(text: string): T {
+export function parseJsonAnswer<T>(text: string): T {
+  let answer: T;
   try {
-    return JSON.parse(text) as T;
+    answer = JSON.parse(text) as T;
   } catch {
     throw answerError(text);
   }
+  const err = exceptionIn(answer, false);
+  if (err) throw err;
+  return answer;
 }
 
 /** Query parameters travel in the URL: a list longer than a handful belongs in a ValueLists body. */

@@ -97,8 +97,8 @@ export async function listSessions(
 /**
  * Maps session ids to the session that absorbed them (following chains of merges). `deviceIds`, the
  * devices the sessions belong to (a session merges only into one of its own device), bounds the
- * lookup by the table's key (project, device, id): without them 18.16 reads every session row of
- * the project (26.x prunes by the ids alone).
+ * lookup by the table's key (project, device, id): by ids alone it reads every session row of the
+ * project wherever a granule holds several devices (ids prune only within one device's rows).
  */
 export async function resolveMergedSessions(ch: ClickHouse, projectId: string, ids: string[], deviceIds?: readonly string[]): Promise<Map<string, string>> {
   const resolved = new Map<string, string>();
