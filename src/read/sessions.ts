@@ -104,8 +104,8 @@ export async function resolveMergedSessions(ch: ClickHouse, projectId: string, i
   const resolved = new Map<string, string>();
   let frontier = [...new Set(ids.filter(Boolean))];
   const devices = deviceIds ? [...new Set(deviceIds)] : [];
-  // One device (a device's page, the common read) as a scalar: 18.16 bounds the read by an
-  // equality on the key, not by a set from external data; several as a list in the body.
+  // One device (a device's page, the common read) as a scalar, an equality on the key that both
+  // generations bound the read by (test/clickhouse-lists.test.ts); several as a list in the body.
   const byDevice = devices.length === 1 ? 'AND device_id = {deviceId:String}' : devices.length > 1 ? 'AND device_id IN (SELECT value FROM devices)' : '';
   for (let hop = 0; hop < 8 && frontier.length; hop++) {
     const rows = await ch.query<{ id: string; merged: string }>(
