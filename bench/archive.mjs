@@ -4,11 +4,7 @@
 // them, in drives, archived in a second project; also printed for a worst-case mix), and the R2 bytes a lazy read costs
 // (at most one chunk; 0 when cached). Each rate is printed beside a floor measured in the same run:
 // reading the same rows out of ClickHouse and gzipping them in this process. Prints, asserts nothing.
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startGateway } from '../scripts/lib/gateway.mjs';
+import { benchGateway } from './lib/bench-gateway.mjs';
 import { floor, result } from './lib/results.mjs';
 // The gateway's own parameter layer, for servers without native query parameters (18.16).
 import { bindParams } from '../src/clickhouse/params.ts';
@@ -23,22 +19,9 @@ const TARGET_ARCHIVE = 50_000;
 const TARGET_RESTORE = 100_000;
 const TARGET_RATIO = 10;
 
-const dataDir = mkdtempSync(join(tmpdir(), 'driftline-archive-bench-'));
-const database = `bench_archive_${randomBytes(4).toString('hex')}`;
+const bench = benchGateway('archive');
+const { database } = bench;
 let gateway = null;
-let cleaning = null;
-
-async function cleanup() {
-  cleaning ??= (async () => {
-    if (gateway) {
-      await fetch(`${gateway.clickhouse.url}/?query=${encodeURIComponent(`DROP DATABASE IF EXISTS ${database}`)}`, { method: 'POST' }).catch(() => {});
-      await gateway.stop();
-    }
-    rmSync(dataDir, { recursive: true, force: true });
-  })();
-  return cleaning;
-}
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => void cleanup().then(() => process.exit(130)));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
@@ -195,17 +178,7 @@ async function measureFloor() {
 }
 
 try {
-  gateway = await startGateway({
-    localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
-    port: 0,
-    localObservability: false,
-    dataDir,
-    quiet: !process.env.BENCH_VERBOSE,
-    clickhouseDatabase: database,
-    adminToken: randomBytes(16).toString('hex'),
-    vars: { ARCHIVE_CHUNK_ROWS: String(CHUNK_ROWS) },
-    log: (line) => console.log(`  ${line}`),
-  });
+  gateway = await bench.start({ quiet: !process.env.BENCH_VERBOSE, vars: { ARCHIVE_CHUNK_ROWS: String(CHUNK_ROWS) } });
   const project = gateway.project;
   const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret };
   console.log(`seeding ${fmt(ROWS)} payloads of ${MONTH} (OwnTracks, Overland, analytics) on ${gateway.clickhouse.kind}`);
@@ -287,5 +260,5 @@ try {
   console.error(err);
   process.exitCode = 1;
 } finally {
-  await cleanup();
+  await bench.cleanup();
 }

@@ -4,12 +4,9 @@
 // ≥ 0.5, with readers at p95 ≤ 2× idle). Beside the readers, the same query straight to ClickHouse
 // and a request the gateway answers without I/O show where a read's extra time comes from.
 // BENCH_IMPORT_PROFILE=<file> records workerd CPU profiles of two imports. Prints figures, asserts nothing.
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { startGateway } from '../scripts/lib/gateway.mjs';
+import { benchGateway } from './lib/bench-gateway.mjs';
 import { startPostgres } from '../scripts/lib/services.mjs';
 import { makeBatch } from './lib/batch.mjs';
 import { cpuByCommand, cpuSeconds } from './lib/cpu.mjs';
@@ -31,30 +28,13 @@ const TARGET_ROWS_PER_SEC = 50_000;
 const TARGET_P95_RATIO = 2;
 const TARGET_THROTTLED_SHARE = 0.5;
 
-const dataDir = mkdtempSync(join(tmpdir(), 'driftline-import-bench-'));
-const database = `bench_import_${randomBytes(4).toString('hex')}`;
+const bench = benchGateway('import');
+const { dataDir, database } = bench;
 let gateway = null;
 let postgres = null;
-let cleaning = null;
-
-async function cleanup() {
-  cleaning ??= (async () => {
-    if (gateway) {
-      await fetch(`${gateway.clickhouse.url}/?query=${encodeURIComponent(`DROP DATABASE IF EXISTS ${database}`)}`, { method: 'POST' }).catch(() => {});
-      await gateway.stop();
-    }
-    if (postgres) await postgres.stop();
-    rmSync(dataDir, { recursive: true, force: true });
-  })();
-  return cleaning;
-}
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    stopping = true;
-    void cleanup().then(() => process.exit(130));
-  });
-}
+bench.onCleanup(async () => {
+  if (postgres) await postgres.stop();
+});
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const p95 = (xs) => {
@@ -94,7 +74,7 @@ async function seedLegacy(table, rows) {
 /** One reader: the read API for one device's recent events, one read after another, until `until()` is true. */
 async function readLoop(headers, until, out) {
   let i = 0;
-  while (!until() && !stopping) {
+  while (!until() && !bench.stopping) {
     const t = performance.now();
     const res = await fetch(`${gateway.url}/v1/events?deviceId=live-${i++ % 20}&limit=100`, { headers });
     await res.arrayBuffer();
@@ -116,7 +96,7 @@ async function readLoop(headers, until, out) {
  */
 async function directReadLoop(until, out) {
   let i = 0;
-  while (!until() && !stopping) {
+  while (!until() && !bench.stopping) {
     const url = directEventsRequest(gateway.clickhouse.url, database, gateway.project.id, `live-${i++ % 20}`);
     const t = performance.now();
     const res = await fetch(url, { method: 'POST' });
@@ -198,18 +178,7 @@ try {
   console.log(`Postgres: ${postgres.url}; generating ${fmt(ROWS)} legacy rows in each of ${tables.length} tables`);
   await Promise.all(tables.map((t) => seedLegacy(t, ROWS)));
 
-  gateway = await startGateway({
-    // a ClickHouse process of its own, so its CPU is measured apart (LOCAL_CLICKHOUSE=chdb for 26.x)
-    localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
-    port: 0,
-    localObservability: false,
-    dataDir,
-    quiet: true,
-    clickhouseDatabase: database,
-    adminToken: randomBytes(16).toString('hex'),
-    vars: { LEGACY_DATASETS: tables.join(',') },
-    log: (line) => console.log(`  ${line}`),
-  });
+  gateway = await bench.start({ vars: { LEGACY_DATASETS: tables.join(',') } });
   const project = gateway.project;
   const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret, 'content-type': 'application/json' };
 
@@ -304,5 +273,5 @@ try {
   console.error(err);
   process.exitCode = 1;
 } finally {
-  await cleanup();
+  await bench.cleanup();
 }

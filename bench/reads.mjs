@@ -4,11 +4,7 @@
 // straight to ClickHouse (what the storage itself takes). A read's CPU is what an import running
 // beside it on the same workerd thread stretches (bench/import.mjs). BENCH_READS_PROFILE=<file>
 // records a workerd CPU profile of the reads and prints where they spent it. Prints figures, asserts nothing.
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startGateway } from '../scripts/lib/gateway.mjs';
+import { benchGateway } from './lib/bench-gateway.mjs';
 import { makeBatch } from './lib/batch.mjs';
 import { cpuByCommand } from './lib/cpu.mjs';
 import { directEventsRequest } from './lib/direct-read.mjs';
@@ -18,21 +14,9 @@ import { floor, result } from './lib/results.mjs';
 const READS = Number(process.env.BENCH_READS ?? 1500);
 const DEVICES = 20;
 
-const dataDir = mkdtempSync(join(tmpdir(), 'driftline-reads-bench-'));
-const database = `bench_reads_${randomBytes(4).toString('hex')}`;
+const bench = benchGateway('reads');
+const { database } = bench;
 let gateway = null;
-let cleaning = null;
-async function cleanup() {
-  cleaning ??= (async () => {
-    if (gateway) {
-      await fetch(`${gateway.clickhouse.url}/?query=${encodeURIComponent(`DROP DATABASE IF EXISTS ${database}`)}`, { method: 'POST' }).catch(() => {});
-      await gateway.stop();
-    }
-    rmSync(dataDir, { recursive: true, force: true });
-  })();
-  return cleaning;
-}
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => void cleanup().then(() => process.exit(130)));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const quantile = (xs, q) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))];
@@ -51,16 +35,7 @@ async function measure(count, send) {
 }
 
 try {
-  gateway = await startGateway({
-    localClickHouse: process.env.LOCAL_CLICKHOUSE || 'server',
-    port: 0,
-    localObservability: false,
-    dataDir,
-    quiet: true,
-    clickhouseDatabase: database,
-    adminToken: randomBytes(16).toString('hex'),
-    log: (line) => console.log(`  ${line}`),
-  });
+  gateway = await bench.start();
   const project = gateway.project;
   const headers = { 'openpanel-client-id': project.clientId, 'openpanel-client-secret': project.clientSecret, 'content-type': 'application/json' };
   // 2000 recent events on 20 devices, as bench/import.mjs reads them.
@@ -131,5 +106,5 @@ try {
   console.error(err);
   process.exitCode = 1;
 } finally {
-  await cleanup();
+  await bench.cleanup();
 }
