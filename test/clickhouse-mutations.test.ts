@@ -4,7 +4,7 @@
 // a partition aside first (26.x), and a write that races the drop survives it.
 import { env } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import { deleteRows, dropPartitionsOf, unparkPartitions } from '../src/clickhouse/mutations';
+import { PART_DROP_TRIES, deleteRows, dropPartitionsOf, unparkPartitions } from '../src/clickhouse/mutations';
 import { hash128, uuidv7At } from '../src/lib/ids';
 import { ch } from './helpers';
 
@@ -132,24 +132,50 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
     expect(back?.payload).toBe(racing.payload);
   });
 
-  it('drops only the parts it checked: a part merged meanwhile sends the clear the long way, a part that arrives meanwhile stays parked until moved back (26.x)', async () => {
+  it('drops only the parts it checked: a part merged meanwhile is read and checked again, one that keeps changing sends the clear the long way, a part that arrives meanwhile stays parked until moved back (26.x)', async () => {
     const v = await ch().version();
     const a = `mut-parts-a-${crypto.randomUUID()}`;
     const b = `mut-parts-b-${crypto.randomUUID()}`;
     const ofA = 'project_id = {p:String}';
+    const merge = (part: number) => ch().command('OPTIMIZE TABLE event_payloads_parked PARTITION {part:UInt32} FINAL', { part });
 
-    // A merge of the parked parts between the check and the drop: no part of that name is left.
+    // A merge of the parked parts between the check and the first drop (as a background merge
+    // does): the part read by name is gone, the merged one is read, checked and dropped.
     const merged = Array.from({ length: 4 }, (_, i) => payload(a, i, Date.UTC(2017, 7, 10)));
     await ch().insert('event_payloads', merged.slice(0, 2));
     await ch().insert('event_payloads', merged.slice(2));
+    const seen: string[][] = [];
     const first = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, {
-      beforeDrop: (part) => ch().command('OPTIMIZE TABLE event_payloads_parked PARTITION {part:UInt32} FINAL', { part }),
+      beforeDrop: async (part, names) => {
+        seen.push([...names]);
+        if (seen.length === 1) await merge(part);
+      },
     });
     if (!v.movePartition) {
       expect(first).toEqual({ dropped: null, reason: 'unsupported' });
       return;
     }
-    expect(first).toEqual({ dropped: null, reason: 'raced' });
+    expect(first).toEqual({ dropped: [201708] });
+    expect(seen.map((names) => names.length)).toEqual([2, 1]);
+    expect(seen[0]).not.toContain(seen[1]![0]);
+    expect(await ids(a)).toEqual([]);
+    expect(await ids(a, 'event_payloads_parked')).toEqual([]);
+    expect(await activeParts('event_payloads', 201708)).toBe(0);
+    expect(await activeParts('event_payloads_parked', 201708)).toBe(0);
+
+    // Parts rewritten before every drop: after PART_DROP_TRIES reads the rows are deleted and the partition moved back.
+    const churned = Array.from({ length: 4 }, (_, i) => payload(a, i, Date.UTC(2017, 9, 10)));
+    await ch().insert('event_payloads', churned.slice(0, 2));
+    await ch().insert('event_payloads', churned.slice(2));
+    let tries = 0;
+    const longWay = await dropPartitionsOf(ch(), 'event_payloads', ofA, { p: a }, {
+      beforeDrop: async (part) => {
+        tries++;
+        await merge(part);
+      },
+    });
+    expect(longWay).toEqual({ dropped: null, reason: 'raced' });
+    expect(tries).toBe(PART_DROP_TRIES);
     expect(await ids(a)).toEqual([]);
     expect(await ids(a, 'event_payloads_parked')).toEqual([]);
 

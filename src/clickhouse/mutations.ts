@@ -81,9 +81,11 @@ export type PartitionDrop = { dropped: number[] } | { dropped: null; reason: 'un
  * 1. each such partition is moved, at once, to the table's parking table (`MOVE PARTITION … TO
  *    TABLE`: a write that lands after the move goes into a new part of `table`);
  * 2. the parts that arrived there are read by name, and dropped part by part (`DROP PART`) only if
- *    none of their rows fails `where` (a write that landed between the check and the move would);
- * 3. otherwise (or when a part changed meanwhile) the matching rows are deleted from the parking
- *    table and the partition is moved back, at once.
+ *    none of their rows fails `where` (a write that landed between the check and the move would).
+ *    A part merged meanwhile (no longer there by its name) sends the drop back to reading and
+ *    checking the parts, up to `PART_DROP_TRIES` times in all;
+ * 3. otherwise the matching rows are deleted from the parking table and the partition is moved
+ *    back, at once.
  *
  * `hooks` (tests) run after 1 and just before the parts are dropped. A crash anywhere leaves rows
  * parked, and `unparkPartitions` (run first by every drop, by the caller's next run and by every
@@ -115,33 +117,60 @@ export async function dropPartitionsOf(
   await hooks.afterMove?.(partitions);
   let raced = false;
   for (const part of partitions) {
-    const names = (
-      await ch.query<{ name: string }>(
-        `SELECT name FROM system.parts WHERE database = currentDatabase() AND table = {t:String} AND partition_id = toString({part:UInt32}) AND active`,
-        { t: parking, part },
-      )
-    ).map((r) => r.name);
-    // No part: another run of the same clear moved the partition back meanwhile.
-    const [outside] = names.length
-      ? await ch.query<{ n: number | string }>(`SELECT count() AS n FROM ${parking} WHERE _part IN {names:Array(String)} AND NOT (${where})`, { ...params, names })
-      : [{ n: 1 }];
-    let dropped = Number(outside?.n ?? 1) === 0;
-    if (dropped) {
-      await hooks.beforeDrop?.(part, names);
-      try {
-        for (const name of names) await ch.command(`ALTER TABLE ${parking} DROP PART {name:String}`, { name });
-      } catch {
-        // A part merged or rewritten since it was read: left to the way back below.
-        dropped = false;
-      }
-    }
-    if (!dropped) {
+    if (!(await dropParkedParts(ch, parking, part, where, params, hooks.beforeDrop))) {
       raced = true;
       await deleteFrom(ch, parking, where, params);
       await ch.command(`ALTER TABLE ${parking} MOVE PARTITION {part:UInt32} TO TABLE ${table}`, { part });
     }
   }
   return raced ? { dropped: null, reason: 'raced' } : { dropped: partitions };
+}
+
+/**
+ * A background merge of the parked parts may replace a part between the read of its name and its
+ * drop; the parts are then read and checked again, up to this many times in all, before the clear
+ * goes the long way. Parked parts are merged like any others, so a single try loses the drop now
+ * and then for nothing.
+ */
+export const PART_DROP_TRIES = 3;
+
+/**
+ * Drops the parts of partition `part` in `parking` when none of their rows fails `where`; true
+ * when the parts read last are all gone. False (nothing outside the clear dropped; the caller goes
+ * the long way) when a row fails `where`, when no part is there (the partition was moved back
+ * meanwhile), or when parts kept changing under the drop.
+ */
+async function dropParkedParts(
+  ch: ClickHouse,
+  parking: string,
+  part: number,
+  where: string,
+  params: QueryParams,
+  beforeDrop?: (part: number, names: readonly string[]) => Promise<void> | void,
+): Promise<boolean> {
+  for (let attempt = 1; attempt <= PART_DROP_TRIES; attempt++) {
+    const names = (
+      await ch.query<{ name: string }>(
+        `SELECT name FROM system.parts WHERE database = currentDatabase() AND table = {t:String} AND partition_id = toString({part:UInt32}) AND active`,
+        { t: parking, part },
+      )
+    ).map((r) => r.name);
+    // No part: another run of the same clear (or an erasure) moved the partition back meanwhile.
+    if (!names.length) return false;
+    const [outside] = await ch.query<{ n: number | string }>(`SELECT count() AS n FROM ${parking} WHERE _part IN {names:Array(String)} AND NOT (${where})`, {
+      ...params,
+      names,
+    });
+    if (Number(outside?.n ?? 1) !== 0) return false;
+    await beforeDrop?.(part, names);
+    try {
+      for (const name of names) await ch.command(`ALTER TABLE ${parking} DROP PART {name:String}`, { name });
+      return true;
+    } catch {
+      // A part merged or rewritten since it was read: what is there now is read and checked again.
+    }
+  }
+  return false;
 }
 
 /** Which parked partitions `unparkPartitions` moves back: these, those holding rows of an event-time range (epoch seconds), or all. */
