@@ -104,10 +104,16 @@ export class DeviceObject extends DurableObject<Env> {
     this.meta.set(key, value);
   }
 
-  /** Runs `fn` in one storage transaction, keeping what the stores hold in memory true to what was committed. */
+  /**
+   * Runs `fn` in one storage transaction, keeping what the stores hold in memory true to what was
+   * committed. The rows a call's flush sent are deleted in it first (see OutboxStore.sentThrough).
+   */
   private transaction<T>(fn: () => T): T {
     try {
-      return this.ctx.storage.transactionSync(fn);
+      return this.ctx.storage.transactionSync(() => {
+        this.stores.outbox.deleteSent();
+        return fn();
+      });
     } catch (err) {
       this.meta.clear();
       this.stores.dedup.forgetIndex();
@@ -155,7 +161,8 @@ export class DeviceObject extends DurableObject<Env> {
       while (this.flushRun) await this.flushRun.catch(() => null);
       // An erasure may be under way or have run in between, or a flush just failed.
       if (this.eraseRun || outbox.failures() > 0 || !this.hasSchema()) return;
-      await this.flushOutbox();
+      // What it sends is deleted by the next call's transaction: one commit per call, not two.
+      await this.flushOutbox(true);
     })().catch((err: unknown) => console.error(JSON.stringify({ msg: 'flush after a call failed', error: String(err) })));
   }
 
@@ -166,8 +173,8 @@ export class DeviceObject extends DurableObject<Env> {
    * Drains the outbox and takes back a reported stall; on failure backs off (an alarm) and reports
    * the stall. Null when it failed; `cleared: false` when D1 would not take the stall back.
    */
-  private flushOutbox(): Promise<FlushRun | null> {
-    const run = this.flushOutboxOnce();
+  private flushOutbox(keepSent = false): Promise<FlushRun | null> {
+    const run = this.flushOutboxOnce(keepSent);
     this.flushRun = run;
     const done = () => {
       if (this.flushRun === run) this.flushRun = null;
@@ -176,11 +183,11 @@ export class DeviceObject extends DurableObject<Env> {
     return run;
   }
 
-  private async flushOutboxOnce(): Promise<FlushRun | null> {
+  private async flushOutboxOnce(keepSent: boolean): Promise<FlushRun | null> {
     const { sessions, outbox, live } = this.stores;
     let flushed: number;
     try {
-      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
+      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases(), keepSent);
     } catch (err) {
       // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
       // try again for as long as it takes.

@@ -186,7 +186,7 @@ describe('device outbox flush from the call', () => {
       const exec = sql.exec.bind(sql);
       sql.outboxReads = 0;
       sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
-        if (/^SELECT seq\b.* FROM outbox ORDER BY seq/.test(query)) sql.outboxReads!++;
+        if (/^SELECT seq\b.* FROM outbox WHERE seq > \? ORDER BY seq/.test(query)) sql.outboxReads!++;
         return exec(query, ...args);
       }) as typeof sql.exec;
       const live = (o as unknown as { stores: { live: { record(...args: unknown[]): void } } }).stores.live;
@@ -241,6 +241,56 @@ describe('device outbox flush from the call', () => {
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
     const names = await ch().query<{ name: string }>('SELECT name FROM events WHERE project_id = {p:String}', { p: p.id });
     expect(names.map((n) => n.name)).toEqual(['theirs']);
+  });
+
+  it("leaves the rows a call's flush sent for the next write to delete: none sent twice, and a new life sends what was left once more, flagged, stored once", async () => {
+    const p = await createProject();
+    const id = 'sent-kept';
+    const stub = deviceStub(env, p.id, id);
+    const sent: string[] = [];
+    const real = await useQueue(stub, {
+      send: () => Promise.reject(new Error('unused')),
+      sendBatch: async (messages: Array<{ body: unknown }>) => {
+        sent.push(...messages.map((m) => m.body as string));
+        await real.sendBatch(messages as Parameters<Queue['sendBatch']>[0]);
+      },
+    } as unknown as Queue);
+    const post = (name: string) => postBatch(p, { events: [trackEvent(name, { __deviceId: id, __timestamp: Date.now() - 1000 })] });
+    const names = (body: string) => [...body.matchAll(/"name":"([^"]+)"/g)].map((m) => m[1]);
+    const outboxRows = () => runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n);
+
+    expect((await post('one')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 1);
+    // Sent, so not waiting: the row stays in the table until the object's next write transaction.
+    expect((await stub.state())?.pendingRows).toBe(0);
+    expect(await outboxRows()).toBe(1);
+    expect((await post('two')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 2);
+    expect(names(sent[1]!)).toEqual(['two']);
+    expect(await outboxRows()).toBe(1);
+    // The alarm deletes what it finds sent, and sends nothing again.
+    await runDurableObjectAlarm(stub);
+    expect(sent).toHaveLength(2);
+    expect(await outboxRows()).toBe(0);
+
+    // Evicted before a write deleted them: the next life cannot tell them from unsent rows.
+    expect((await post('three')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 3);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+    await runInDurableObject(stub, (o: DeviceObject) => {
+      const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
+      self.stores.outbox = new OutboxStore(self.sql, self.meta);
+    });
+    expect((await stub.state())?.pendingRows).toBe(1);
+    await runDurableObjectAlarm(stub);
+    expect(sent).toHaveLength(4);
+    expect(names(sent[3]!)).toEqual(['three']);
+    expect((JSON.parse(sent[3]!) as { redelivery?: boolean }).redelivery).toBe(true);
+    expect(await outboxRows()).toBe(0);
+    // The writer stores it once: an event sent after it is stored after it (the local queue keeps order).
+    expect((await post('four')).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
+    expect(await countEvents(p.id)).toEqual({ rows: 4, ids: 4 });
   });
 
   it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
@@ -397,7 +447,7 @@ describe('device outbox resends', () => {
 });
 
 describe('device storage keys', () => {
-  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void }; outbox: { forgetWritten(): void } } };
+  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void }; outbox: { reset(): void } } };
   const keyDdl = (stub: DurableObjectStub<DeviceObject>) =>
     runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('outbox', 'seen_chunks') ORDER BY name").toArray().map((r) => r.sql),
@@ -437,7 +487,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
-      self.stores.outbox.forgetWritten();
+      self.stores.outbox.reset();
     });
     expect((await keyDdl(stub)).every((ddl) => /AUTOINCREMENT/i.test(ddl))).toBe(true);
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
@@ -542,7 +592,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
-      self.stores.outbox.forgetWritten();
+      self.stores.outbox.reset();
     });
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
 

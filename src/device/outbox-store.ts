@@ -77,6 +77,16 @@ export class OutboxStore {
    */
   private allWritten = false;
   private writtenEpoch = 0;
+  /**
+   * Rows at or below this seq were sent by a call's flush and wait to be deleted by the object's
+   * next write transaction (`deleteSent`), not by a commit of their own: a call then costs one
+   * storage commit instead of two. Every read of what waits skips them. Should the object be
+   * evicted first, its next life sends them again, flagged as possible redeliveries (they are an
+   * earlier life's rows), and the writer stores them once. null: none waiting this life.
+   */
+  private sentThrough: number | null = null;
+  /** Whether rows up to `sentThrough` may still be in the table (no delete of them run yet). */
+  private sentUndeleted = false;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -137,15 +147,23 @@ export class OutboxStore {
     }
   }
 
-  /** Forgets the rows' text it holds: a transaction that wrote them was rolled back. */
+  /**
+   * Forgets the rows' text it holds: a transaction that wrote them was rolled back (or rows were
+   * written behind its back). Which rows were sent is forgotten too, should the delete of them
+   * have rolled back with it: they go out again, flagged, and the writer stores them once.
+   */
   forgetWritten(): void {
     this.dropWritten();
+    this.sentThrough = null;
+    this.sentUndeleted = false;
   }
 
   /** Forgets what it holds in memory once storage is deleted (seqs start over). */
   reset(): void {
     this.attemptedThrough = null;
     this.highSeq = null;
+    this.sentThrough = null;
+    this.sentUndeleted = false;
     this.dropWritten();
   }
 
@@ -215,7 +233,7 @@ export class OutboxStore {
 
   /** Outbox rows waiting (event chunks and session rows). */
   pendingRows(): number {
-    const n = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
+    const n = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox WHERE seq > ?', this.unsentAfter).one().n;
     // A table that disagrees with what the flush believes it holds is read by the next flush.
     if (this.allWritten && n !== this.written.size) this.notAllWritten();
     return n;
@@ -223,19 +241,41 @@ export class OutboxStore {
 
   /** Events waiting (each chunk is a JSON array of them). */
   pendingEvents(): number {
-    return this.sql.exec<{ n: number }>("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events'").one().n;
+    return this.sql.exec<{ n: number }>("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events' AND seq > ?", this.unsentAfter).one().n;
   }
 
-  /** Drains the outbox to `queue`; a flush already under way is joined first, never run alongside. */
-  async flush(queue: Queue<IngestBody>, aliases: () => Record<string, string>): Promise<number> {
+  /** Seqs above this wait to be sent; those at or below it were sent and wait only to be deleted. */
+  private get unsentAfter(): number {
+    return this.sentThrough ?? 0;
+  }
+
+  /**
+   * Deletes the rows a call's flush sent, inside the caller's write transaction (see `sentThrough`).
+   * Should that transaction roll back, `forgetWritten` forgets them as sent.
+   */
+  deleteSent(): void {
+    if (!this.sentUndeleted || this.sentThrough === null) return;
+    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', this.sentThrough);
+    this.sentUndeleted = false;
+  }
+
+  /**
+   * Drains the outbox to `queue`; a flush already under way is joined first, never run alongside.
+   * `keepSent` (a call's flush): the sent rows are deleted by the next write transaction instead of
+   * at once; otherwise (the alarm's) they go at once, with any an earlier flush left.
+   */
+  async flush(queue: Queue<IngestBody>, aliases: () => Record<string, string>, keepSent = false): Promise<number> {
     // No await between the last check and taking the slot: a second caller must see it taken.
     while (this.flushing) await this.flushing.catch(() => 0);
     const run = (async () => {
       let flushed = 0;
       for (;;) {
-        const n = await this.flushOnce(queue, aliases);
+        const n = await this.flushOnce(queue, aliases, keepSent);
         flushed += n;
-        if (n < FLUSH_OUTBOX_ROWS) return flushed;
+        if (n < FLUSH_OUTBOX_ROWS) {
+          if (!keepSent) this.deleteSent();
+          return flushed;
+        }
       }
     })();
     this.flushing = run;
@@ -252,7 +292,7 @@ export class OutboxStore {
   }
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
-  private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
+  private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>, keepSent: boolean): Promise<number> {
     const known = this.allWritten;
     const epoch = this.writtenEpoch;
     let seqs: Array<{ seq: number }> = [];
@@ -263,7 +303,7 @@ export class OutboxStore {
         seqs.push({ seq });
       }
     } else {
-      seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS).toArray();
+      seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?', this.unsentAfter, FLUSH_OUTBOX_ROWS).toArray();
     }
     if (!seqs.length) {
       if (!known) {
@@ -279,7 +319,11 @@ export class OutboxStore {
     const rows: Array<OutboxText & { seq: number }> = seqs.every((r) => this.written.has(r.seq))
       ? seqs.map((r) => ({ seq: r.seq, ...this.written.get(r.seq)! }))
       : this.sql
-          .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>('SELECT seq, kind, body, payload, base FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
+          .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>(
+            'SELECT seq, kind, body, payload, base FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?',
+            this.unsentAfter,
+            FLUSH_OUTBOX_ROWS,
+          )
           .toArray();
     const maxSeq = rows[rows.length - 1]!.seq;
     this.highSeq = Math.max(this.highSeq ?? 0, maxSeq);
@@ -365,7 +409,9 @@ export class OutboxStore {
     }
     pushSessions();
     await sendMessages(queue, messages);
-    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
+    this.sentThrough = Math.max(this.sentThrough ?? 0, maxSeq);
+    this.sentUndeleted = true;
+    if (!keepSent) this.deleteSent();
     this.dropWritten(maxSeq);
     if (sawAll && this.writtenEpoch === epoch) this.allWritten = true;
     return rows.length;
@@ -405,7 +451,8 @@ export class OutboxStore {
       // Events (each chunk is a JSON array of them, with the session rows riding along) and session rows waiting.
       const pendingRows = this.sql
         .exec<{ n: number }>(
-          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox",
+          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox WHERE seq > ?",
+          this.unsentAfter,
         )
         .one().n;
       const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
@@ -446,7 +493,8 @@ export class OutboxStore {
     // Rows are changed in place below: the flush reads them from storage from now on.
     this.dropWritten();
     let removed = 0;
-    for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
+    const unsent = this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND seq > ?", this.unsentAfter);
+    for (const r of unsent.toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
       const keep = entries.filter((e) => e.r.profile_id !== profileId);
       if (keptSessions) for (const e of keep) if (e.s) keptSessions.add(e.s);
@@ -477,7 +525,9 @@ export class OutboxStore {
     }
     if (!ids.length) return;
     const drop = new Set(ids);
-    const chunks = this.sql.exec<{ seq: number; body: string; payload: string }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND payload IS NOT NULL").toArray();
+    const chunks = this.sql
+      .exec<{ seq: number; body: string; payload: string }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND payload IS NOT NULL AND seq > ?", this.unsentAfter)
+      .toArray();
     for (const r of chunks) {
       const rows = JSON.parse(r.payload) as SessionRow[];
       const keep = rows.filter((row) => !drop.has(row.id));
