@@ -243,7 +243,7 @@ describe('device outbox flush from the call', () => {
     expect(names.map((n) => n.name)).toEqual(['theirs']);
   });
 
-  it("leaves the rows a call's flush sent for the next write to delete: none sent twice, and a new life sends what was left once more, flagged, stored once", async () => {
+  it("leaves the rows a call's flush sent for the next write to delete, or its own a few seconds later: none sent twice, and a new life sends what was left once more, flagged, stored once", async () => {
     const p = await createProject();
     const id = 'sent-kept';
     const stub = deviceStub(env, p.id, id);
@@ -251,10 +251,13 @@ describe('device outbox flush from the call', () => {
     const real = await useQueue(stub, {
       send: () => Promise.reject(new Error('unused')),
       sendBatch: async (messages: Array<{ body: unknown }>) => {
-        sent.push(...messages.map((m) => m.body as string));
         await real.sendBatch(messages as Parameters<Queue['sendBatch']>[0]);
+        sent.push(...messages.map((m) => m.body as string));
       },
     } as unknown as Queue);
+    const deleteDelay = (ms: number) => runInDurableObject(stub, (o: DeviceObject) => void (o.sentDeleteDelayMs = ms));
+    // No delete of their own while the test looks: only writes delete sent rows.
+    await deleteDelay(10 * 60_000);
     const post = (name: string) => postBatch(p, { events: [trackEvent(name, { __deviceId: id, __timestamp: Date.now() - 1000 })] });
     const names = (body: string) => [...body.matchAll(/"name":"([^"]+)"/g)].map((m) => m[1]);
     const outboxRows = () => runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n);
@@ -273,24 +276,33 @@ describe('device outbox flush from the call', () => {
     expect(sent).toHaveLength(2);
     expect(await outboxRows()).toBe(0);
 
+    // With no write coming, they go in a delete of their own once the delay is up, nothing sent again.
+    await deleteDelay(50);
+    expect((await post('two-b')).status).toBe(202);
+    await waitUntil(async () => sent.length, (n) => n === 3);
+    // Well before the safety alarm (a minute out), which would delete them too.
+    await waitUntil(outboxRows, (n) => n === 0, { timeoutMs: 15_000 });
+    expect(sent).toHaveLength(3);
+    await deleteDelay(10 * 60_000);
+
     // Evicted before a write deleted them: the next life cannot tell them from unsent rows.
     expect((await post('three')).status).toBe(202);
-    await waitUntil(async () => sent.length, (n) => n === 3);
-    await waitUntil(() => countEvents(p.id), (c) => c.ids === 3);
+    await waitUntil(async () => sent.length, (n) => n === 4);
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
     await runInDurableObject(stub, (o: DeviceObject) => {
       const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
       self.stores.outbox = new OutboxStore(self.sql, self.meta);
     });
     expect((await stub.state())?.pendingRows).toBe(1);
     await runDurableObjectAlarm(stub);
-    expect(sent).toHaveLength(4);
-    expect(names(sent[3]!)).toEqual(['three']);
-    expect((JSON.parse(sent[3]!) as { redelivery?: boolean }).redelivery).toBe(true);
+    expect(sent).toHaveLength(5);
+    expect(names(sent[4]!)).toEqual(['three']);
+    expect((JSON.parse(sent[4]!) as { redelivery?: boolean }).redelivery).toBe(true);
     expect(await outboxRows()).toBe(0);
     // The writer stores it once: an event sent after it is stored after it (the local queue keeps order).
     expect((await post('four')).status).toBe(202);
-    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
-    expect(await countEvents(p.id)).toEqual({ rows: 4, ids: 4 });
+    await waitUntil(() => countEvents(p.id), (c) => c.ids === 5);
+    expect(await countEvents(p.id)).toEqual({ rows: 5, ids: 5 });
   });
 
   it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
@@ -443,6 +455,37 @@ describe('device outbox resends', () => {
     await runInDurableObject(stub, restart);
     await runDurableObjectAlarm(stub);
     expect(flagOf('fifth')).toEqual([false, true]);
+  });
+});
+
+describe('device outbox resends across lives', () => {
+  it('a new life that flushes before it writes flags every row an earlier life left, more than one flush takes included', async () => {
+    const p = await createProject();
+    const stub = deviceStub(env, p.id, 'resend-many');
+    expect((await postBatch(p, { events: [trackEvent('seed', { __deviceId: 'resend-many', __timestamp: Date.now() - 1000 })] })).status).toBe(202);
+    await waitUntil(() => countEvents(p.id), (n) => n.ids === 1);
+    const flags = await runInDurableObject(stub, async (o: DeviceObject, state) => {
+      const self = o as unknown as { sql: SqlStorage; meta: MetaStore };
+      const sent: string[] = [];
+      const queue = { send: () => Promise.reject(new Error('unused')), sendBatch: async (messages: Array<{ body: unknown }>) => void sent.push(...messages.map((m) => m.body as string)) };
+      const session = (i: number) => ({ project_id: p.id, device_id: 'resend-many', id: `sess-${i}`, started_at_ms: 1, ended_at_ms: 2, event_count: 1, ended: 1, merged_into: '', version: 1, updated_at_ms: 3 });
+      // From an empty outbox (the seed's sent row may still wait for its delete), a life writes 100
+      // rows (more than one flush takes) and sends them all, keeping them for a later delete.
+      state.storage.sql.exec('DELETE FROM outbox');
+      const first = new OutboxStore(self.sql, self.meta);
+      state.storage.transactionSync(() => first.enqueueSessions(Array.from({ length: 100 }, (_, i) => session(i))));
+      await first.flush(queue as unknown as typeof env.INGEST_QUEUE, () => ({}), true);
+      const firstLife = sent.length;
+      // Its next life flushes first: every message it sends again is flagged.
+      const next = new OutboxStore(self.sql, self.meta);
+      await next.flush(queue as unknown as typeof env.INGEST_QUEUE, () => ({}));
+      const rows = state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
+      return { firstLife, again: sent.slice(firstLife).map((b) => (JSON.parse(b) as { redelivery?: boolean; sessions: unknown[] })), rows };
+    });
+    expect(flags.firstLife).toBeGreaterThan(0);
+    expect(flags.again.reduce((n, m) => n + m.sessions.length, 0)).toBe(100);
+    expect(flags.again.map((m) => m.redelivery ?? false)).toEqual(flags.again.map(() => true));
+    expect(flags.rows).toBe(0);
   });
 });
 

@@ -78,14 +78,15 @@ export class OutboxStore {
   private allWritten = false;
   private writtenEpoch = 0;
   /**
-   * Rows at or below this seq were sent by a call's flush and wait to be deleted by the object's
-   * next write transaction (`deleteSent`), not by a commit of their own: a call then costs one
-   * storage commit instead of two. Every read of what waits skips them. Should the object be
-   * evicted first, its next life sends them again, flagged as possible redeliveries (they are an
-   * earlier life's rows), and the writer stores them once. null: none waiting this life.
+   * Rows at or below this seq were sent by a call's flush and wait to be deleted (`deleteSent`) by
+   * the object's next write transaction, or by one of their own a few seconds later should none
+   * come (the object's `sentDeleteDelayMs`): a device calling that often costs one storage commit
+   * per call instead of two. Every read of what waits skips them. Should the object be evicted
+   * before the delete, its next life sends them again, flagged as possible redeliveries (they are
+   * an earlier life's rows), and the writer stores them once. null: none this life.
    */
   private sentThrough: number | null = null;
-  /** Whether rows up to `sentThrough` may still be in the table (no delete of them run yet). */
+  /** Whether rows up to `sentThrough` may still be in the table (no delete of them committed yet). */
   private sentUndeleted = false;
 
   constructor(
@@ -147,15 +148,25 @@ export class OutboxStore {
     }
   }
 
+  /** Forgets the rows' text it holds: a transaction that wrote them was rolled back, a delete of sent rows with it. */
+  rolledBack(): void {
+    this.dropWritten();
+    if (this.sentThrough !== null) this.sentUndeleted = true;
+  }
+
   /**
-   * Forgets the rows' text it holds: a transaction that wrote them was rolled back (or rows were
-   * written behind its back). Which rows were sent is forgotten too, should the delete of them
-   * have rolled back with it: they go out again, flagged, and the writer stores them once.
+   * Forgets all it knows of the table's rows: they were written behind its back (an operator's
+   * repair, a test). Rows it sent go out again, flagged, and the writer stores them once.
    */
   forgetWritten(): void {
     this.dropWritten();
     this.sentThrough = null;
     this.sentUndeleted = false;
+  }
+
+  /** Whether rows a call's flush sent still wait for their delete. */
+  holdsSent(): boolean {
+    return this.sentUndeleted;
   }
 
   /** Forgets what it holds in memory once storage is deleted (seqs start over). */
@@ -251,7 +262,7 @@ export class OutboxStore {
 
   /**
    * Deletes the rows a call's flush sent, inside the caller's write transaction (see `sentThrough`).
-   * Should that transaction roll back, `forgetWritten` forgets them as sent.
+   * Should that transaction roll back, `rolledBack` marks them undeleted again.
    */
   deleteSent(): void {
     if (!this.sentUndeleted || this.sentThrough === null) return;
@@ -329,7 +340,9 @@ export class OutboxStore {
     this.highSeq = Math.max(this.highSeq ?? 0, maxSeq);
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
     // writing them. Taken before the send, so a failed or partial send marks these rows too.
-    const attemptedThrough = this.attemptedThrough ?? maxSeq;
+    // A life that flushes before it writes: every row there is an earlier life's, and that life may
+    // have sent any of them (a call's flush leaves what it sent for a later delete).
+    const attemptedThrough = this.attemptedThrough ?? Math.max(maxSeq, this.sql.exec<{ top: number | null }>('SELECT max(seq) AS top FROM outbox').one().top ?? 0);
     this.attemptedThrough = Math.max(attemptedThrough, maxSeq);
 
     // Events written before a merge still name the absorbed session: the consumer maps them.
