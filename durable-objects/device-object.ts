@@ -24,15 +24,6 @@ const STALL_CLEAR_RETRY_MS = 60 * 1000;
  */
 export const FLUSH_SAFETY_MS = 60 * 1000;
 
-/**
- * The rows a call's flush sent are deleted by the object's next write (the next call's
- * transaction) when one comes within this long, else by a commit of their own then. Under the
- * runtime's 10 s of inactivity before an idle object may leave memory, so the timer keeps no
- * object in memory longer than its last call does, and a device calling more often than this pays
- * one storage commit per call instead of two.
- */
-export const SENT_DELETE_DELAY_MS = 5_000;
-
 type FlushRun = { flushed: number; cleared: boolean };
 
 const afterThisTask = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
@@ -53,8 +44,6 @@ export class DeviceObject extends DurableObject<Env> {
   private plannedAlarm: { atMs: number; gapMs: number } | null = null;
   /** Counts what made the object forget its plan: a planning that awaited across one does not note its own. */
   private alarmEpoch = 0;
-  private sentDeleteAfterMs = SENT_DELETE_DELAY_MS;
-  private sentDeleteTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -67,18 +56,6 @@ export class DeviceObject extends DurableObject<Env> {
       outbox: new OutboxStore(this.sql, this.meta),
       live: new LiveStore(this.meta, () => sessions.latestLive()),
     };
-  }
-
-  /** How long sent rows wait for a write to delete them with; tests change it (a pending delete is timed again). */
-  get sentDeleteDelayMs(): number {
-    return this.sentDeleteAfterMs;
-  }
-  set sentDeleteDelayMs(ms: number) {
-    this.sentDeleteAfterMs = ms;
-    if (this.sentDeleteTimer === null) return;
-    clearTimeout(this.sentDeleteTimer);
-    this.sentDeleteTimer = null;
-    this.deleteSentSoon();
   }
 
   /** Bounds that tests lower to reach the dedup fallbacks without millions of rows. */
@@ -127,20 +104,14 @@ export class DeviceObject extends DurableObject<Env> {
     this.meta.set(key, value);
   }
 
-  /**
-   * Runs `fn` in one storage transaction, keeping what the stores hold in memory true to what was
-   * committed. The rows a call's flush sent are deleted in it first (see OutboxStore.sentThrough).
-   */
+  /** Runs `fn` in one storage transaction, keeping what the stores hold in memory true to what was committed. */
   private transaction<T>(fn: () => T): T {
     try {
-      return this.ctx.storage.transactionSync(() => {
-        this.stores.outbox.deleteSent();
-        return fn();
-      });
+      return this.ctx.storage.transactionSync(fn);
     } catch (err) {
       this.meta.clear();
       this.stores.dedup.forgetIndex();
-      this.stores.outbox.rolledBack();
+      this.stores.outbox.forgetWritten();
       this.stores.sessions.forget();
       this.stores.live.forget();
       this.schemaReady = false; // the tables of a first, rolled-back write are gone too
@@ -184,28 +155,8 @@ export class DeviceObject extends DurableObject<Env> {
       while (this.flushRun) await this.flushRun.catch(() => null);
       // An erasure may be under way or have run in between, or a flush just failed.
       if (this.eraseRun || outbox.failures() > 0 || !this.hasSchema()) return;
-      // What it sends is deleted by the next call's transaction: one commit per call, not two.
-      await this.flushOutbox(true);
-      this.deleteSentSoon();
+      await this.flushOutbox();
     })().catch((err: unknown) => console.error(JSON.stringify({ msg: 'flush after a call failed', error: String(err) })));
-  }
-
-  /**
-   * Deletes the rows a call's flush sent within `sentDeleteDelayMs`, in a transaction of their own
-   * unless a write (the next call's) has deleted them by then.
-   */
-  private deleteSentSoon(): void {
-    if (this.sentDeleteTimer !== null || !this.stores.outbox.holdsSent()) return;
-    this.sentDeleteTimer = setTimeout(() => {
-      this.sentDeleteTimer = null;
-      if (!this.stores.outbox.holdsSent() || !this.schemaReady) return;
-      try {
-        this.transaction(() => {});
-      } catch (err) {
-        // They stay, skipped by every read, for the next write or the alarm's housekeeping.
-        console.error(JSON.stringify({ msg: 'sent outbox rows could not be deleted', error: String(err) }));
-      }
-    }, this.sentDeleteAfterMs);
   }
 
   /** The flushOutbox() under way, failure handling and stall clearing included. */
@@ -215,8 +166,8 @@ export class DeviceObject extends DurableObject<Env> {
    * Drains the outbox and takes back a reported stall; on failure backs off (an alarm) and reports
    * the stall. Null when it failed; `cleared: false` when D1 would not take the stall back.
    */
-  private flushOutbox(keepSent = false): Promise<FlushRun | null> {
-    const run = this.flushOutboxOnce(keepSent);
+  private flushOutbox(): Promise<FlushRun | null> {
+    const run = this.flushOutboxOnce();
     this.flushRun = run;
     const done = () => {
       if (this.flushRun === run) this.flushRun = null;
@@ -225,11 +176,11 @@ export class DeviceObject extends DurableObject<Env> {
     return run;
   }
 
-  private async flushOutboxOnce(keepSent: boolean): Promise<FlushRun | null> {
+  private async flushOutboxOnce(): Promise<FlushRun | null> {
     const { sessions, outbox, live } = this.stores;
     let flushed: number;
     try {
-      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases(), keepSent);
+      flushed = await outbox.flush(this.env.INGEST_QUEUE, () => sessions.aliases());
     } catch (err) {
       // The runtime gives up on an alarm that keeps throwing; the outbox must not. Back off and
       // try again for as long as it takes.

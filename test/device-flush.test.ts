@@ -186,7 +186,7 @@ describe('device outbox flush from the call', () => {
       const exec = sql.exec.bind(sql);
       sql.outboxReads = 0;
       sql.exec = ((query: string, ...args: SqlStorageValue[]) => {
-        if (/^SELECT seq\b.* FROM outbox WHERE seq > \? ORDER BY seq/.test(query)) sql.outboxReads!++;
+        if (/^SELECT seq\b.* FROM outbox ORDER BY seq/.test(query)) sql.outboxReads!++;
         return exec(query, ...args);
       }) as typeof sql.exec;
       const live = (o as unknown as { stores: { live: { record(...args: unknown[]): void } } }).stores.live;
@@ -241,68 +241,6 @@ describe('device outbox flush from the call', () => {
     await waitUntil(() => countEvents(p.id), (c) => c.ids === 1);
     const names = await ch().query<{ name: string }>('SELECT name FROM events WHERE project_id = {p:String}', { p: p.id });
     expect(names.map((n) => n.name)).toEqual(['theirs']);
-  });
-
-  it("leaves the rows a call's flush sent for the next write to delete, or its own a few seconds later: none sent twice, and a new life sends what was left once more, flagged, stored once", async () => {
-    const p = await createProject();
-    const id = 'sent-kept';
-    const stub = deviceStub(env, p.id, id);
-    const sent: string[] = [];
-    const real = await useQueue(stub, {
-      send: () => Promise.reject(new Error('unused')),
-      sendBatch: async (messages: Array<{ body: unknown }>) => {
-        await real.sendBatch(messages as Parameters<Queue['sendBatch']>[0]);
-        sent.push(...messages.map((m) => m.body as string));
-      },
-    } as unknown as Queue);
-    const deleteDelay = (ms: number) => runInDurableObject(stub, (o: DeviceObject) => void (o.sentDeleteDelayMs = ms));
-    // No delete of their own while the test looks: only writes delete sent rows.
-    await deleteDelay(10 * 60_000);
-    const post = (name: string) => postBatch(p, { events: [trackEvent(name, { __deviceId: id, __timestamp: Date.now() - 1000 })] });
-    const names = (body: string) => [...body.matchAll(/"name":"([^"]+)"/g)].map((m) => m[1]);
-    const outboxRows = () => runInDurableObject(stub, (_o, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n);
-
-    expect((await post('one')).status).toBe(202);
-    await waitUntil(async () => sent.length, (n) => n === 1);
-    // Sent, so not waiting: the row stays in the table until the object's next write transaction.
-    expect((await stub.state())?.pendingRows).toBe(0);
-    expect(await outboxRows()).toBe(1);
-    expect((await post('two')).status).toBe(202);
-    await waitUntil(async () => sent.length, (n) => n === 2);
-    expect(names(sent[1]!)).toEqual(['two']);
-    expect(await outboxRows()).toBe(1);
-    // The alarm deletes what it finds sent, and sends nothing again.
-    await runDurableObjectAlarm(stub);
-    expect(sent).toHaveLength(2);
-    expect(await outboxRows()).toBe(0);
-
-    // With no write coming, they go in a delete of their own once the delay is up, nothing sent again.
-    await deleteDelay(50);
-    expect((await post('two-b')).status).toBe(202);
-    await waitUntil(async () => sent.length, (n) => n === 3);
-    // Well before the safety alarm (a minute out), which would delete them too.
-    await waitUntil(outboxRows, (n) => n === 0, { timeoutMs: 15_000 });
-    expect(sent).toHaveLength(3);
-    await deleteDelay(10 * 60_000);
-
-    // Evicted before a write deleted them: the next life cannot tell them from unsent rows.
-    expect((await post('three')).status).toBe(202);
-    await waitUntil(async () => sent.length, (n) => n === 4);
-    await waitUntil(() => countEvents(p.id), (c) => c.ids === 4);
-    await runInDurableObject(stub, (o: DeviceObject) => {
-      const self = o as unknown as { sql: SqlStorage; meta: MetaStore; stores: { outbox: OutboxStore } };
-      self.stores.outbox = new OutboxStore(self.sql, self.meta);
-    });
-    expect((await stub.state())?.pendingRows).toBe(1);
-    await runDurableObjectAlarm(stub);
-    expect(sent).toHaveLength(5);
-    expect(names(sent[4]!)).toEqual(['three']);
-    expect((JSON.parse(sent[4]!) as { redelivery?: boolean }).redelivery).toBe(true);
-    expect(await outboxRows()).toBe(0);
-    // The writer stores it once: an event sent after it is stored after it (the local queue keeps order).
-    expect((await post('four')).status).toBe(202);
-    await waitUntil(() => countEvents(p.id), (c) => c.ids === 5);
-    expect(await countEvents(p.id)).toEqual({ rows: 5, ids: 5 });
   });
 
   it('a flush lost mid-send (the object restarted) is sent by the alarm that stood within a minute', async () => {
@@ -458,39 +396,8 @@ describe('device outbox resends', () => {
   });
 });
 
-describe('device outbox resends across lives', () => {
-  it('a new life that flushes before it writes flags every row an earlier life left, more than one flush takes included', async () => {
-    const p = await createProject();
-    const stub = deviceStub(env, p.id, 'resend-many');
-    expect((await postBatch(p, { events: [trackEvent('seed', { __deviceId: 'resend-many', __timestamp: Date.now() - 1000 })] })).status).toBe(202);
-    await waitUntil(() => countEvents(p.id), (n) => n.ids === 1);
-    const flags = await runInDurableObject(stub, async (o: DeviceObject, state) => {
-      const self = o as unknown as { sql: SqlStorage; meta: MetaStore };
-      const sent: string[] = [];
-      const queue = { send: () => Promise.reject(new Error('unused')), sendBatch: async (messages: Array<{ body: unknown }>) => void sent.push(...messages.map((m) => m.body as string)) };
-      const session = (i: number) => ({ project_id: p.id, device_id: 'resend-many', id: `sess-${i}`, started_at_ms: 1, ended_at_ms: 2, event_count: 1, ended: 1, merged_into: '', version: 1, updated_at_ms: 3 });
-      // From an empty outbox (the seed's sent row may still wait for its delete), a life writes 100
-      // rows (more than one flush takes) and sends them all, keeping them for a later delete.
-      state.storage.sql.exec('DELETE FROM outbox');
-      const first = new OutboxStore(self.sql, self.meta);
-      state.storage.transactionSync(() => first.enqueueSessions(Array.from({ length: 100 }, (_, i) => session(i))));
-      await first.flush(queue as unknown as typeof env.INGEST_QUEUE, () => ({}), true);
-      const firstLife = sent.length;
-      // Its next life flushes first: every message it sends again is flagged.
-      const next = new OutboxStore(self.sql, self.meta);
-      await next.flush(queue as unknown as typeof env.INGEST_QUEUE, () => ({}));
-      const rows = state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
-      return { firstLife, again: sent.slice(firstLife).map((b) => (JSON.parse(b) as { redelivery?: boolean; sessions: unknown[] })), rows };
-    });
-    expect(flags.firstLife).toBeGreaterThan(0);
-    expect(flags.again.reduce((n, m) => n + m.sessions.length, 0)).toBe(100);
-    expect(flags.again.map((m) => m.redelivery ?? false)).toEqual(flags.again.map(() => true));
-    expect(flags.rows).toBe(0);
-  });
-});
-
 describe('device storage keys', () => {
-  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void }; outbox: { reset(): void } } };
+  type Internals = { schemaReady: boolean; stores: { dedup: { reset(): void }; outbox: { forgetWritten(): void } } };
   const keyDdl = (stub: DurableObjectStub<DeviceObject>) =>
     runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('outbox', 'seen_chunks') ORDER BY name").toArray().map((r) => r.sql),
@@ -530,7 +437,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
-      self.stores.outbox.reset();
+      self.stores.outbox.forgetWritten();
     });
     expect((await keyDdl(stub)).every((ddl) => /AUTOINCREMENT/i.test(ddl))).toBe(true);
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
@@ -635,7 +542,7 @@ describe('device storage keys', () => {
       const self = o as unknown as Internals;
       self.schemaReady = false;
       self.stores.dedup.reset();
-      self.stores.outbox.reset();
+      self.stores.outbox.forgetWritten();
     });
     expect((await keyDdl(stub)).find((ddl) => ddl.includes('outbox'))).not.toMatch(/\bbase\b/);
 

@@ -391,11 +391,7 @@ describe('an outbox chunk a profile erasure empties', () => {
       const { project_id, device_id, received_at_ms, ip: _ip, country, region, city: _city, timezone, latitude, longitude, ...own } = mine.r;
       const base = { project_id, device_id, received_at_ms, ip: '198.51.100.9', country, region, city: 'Lyon', timezone, latitude, longitude };
       const rp = `"r":${JSON.stringify(own)},"p":${JSON.stringify(mine.p)}`;
-      // As the object's transaction does: the chunk its call's flush sent goes first.
-      state.storage.transactionSync(() => {
-        outbox.deleteSent();
-        outbox.appendEvents([{ rp }], [''], [session(p.id, 'base-e', 'sess-other', Date.now(), 2)], JSON.stringify(base));
-      });
+      state.storage.transactionSync(() => outbox.appendEvents([{ rp }], [''], [session(p.id, 'base-e', 'sess-other', Date.now(), 2)], JSON.stringify(base)));
       const removed = state.storage.transactionSync(() => outbox.eraseProfileEvents('prof-p', new Set(), new Set()));
       return { removed, left: state.storage.sql.exec<{ body: string; payload: string | null; base: string | null }>("SELECT body, payload, base FROM outbox WHERE kind = 'events'").toArray() };
     });

@@ -123,11 +123,11 @@ export class ProfiledDevice extends DeviceObject {
     // (Absent from objects older than it, which a paired run may profile.)
     const flushOutbox = (this as any).flushOutbox?.bind(this);
     if (flushOutbox) {
-      (this as any).flushOutbox = async (...a: unknown[]) => {
-        if (self.inAlarm) return flushOutbox(...a);
+      (this as any).flushOutbox = async () => {
+        if (self.inAlarm) return flushOutbox();
         const t = performance.now();
         try {
-          return await flushOutbox(...a);
+          return await flushOutbox();
         } finally {
           self.tally.afterCallMs += performance.now() - t;
         }
@@ -145,8 +145,6 @@ export class ProfiledDevice extends DeviceObject {
     wrap(this, 'scheduleAlarm', 'alarm scheduling');
     wrap(this, 'endAndPrune', 'alarm: end idle + prune');
     wrap(stores.outbox, 'flush', 'flush to queue');
-    // The sent rows' delete, in the next write transaction (absent from objects older than it).
-    if (stores.outbox.deleteSent) wrap(stores.outbox, 'deleteSent', 'outbox: delete sent');
   }
 
   override async ingest(input: any) {

@@ -77,17 +77,6 @@ export class OutboxStore {
    */
   private allWritten = false;
   private writtenEpoch = 0;
-  /**
-   * Rows at or below this seq were sent by a call's flush and wait to be deleted (`deleteSent`) by
-   * the object's next write transaction, or by one of their own a few seconds later should none
-   * come (the object's `sentDeleteDelayMs`): a device calling that often costs one storage commit
-   * per call instead of two. Every read of what waits skips them. Should the object be evicted
-   * before the delete, its next life sends them again, flagged as possible redeliveries (they are
-   * an earlier life's rows), and the writer stores them once. null: none this life.
-   */
-  private sentThrough: number | null = null;
-  /** Whether rows up to `sentThrough` may still be in the table (no delete of them committed yet). */
-  private sentUndeleted = false;
 
   constructor(
     private readonly sql: SqlStorage,
@@ -148,33 +137,15 @@ export class OutboxStore {
     }
   }
 
-  /** Forgets the rows' text it holds: a transaction that wrote them was rolled back, a delete of sent rows with it. */
-  rolledBack(): void {
-    this.dropWritten();
-    if (this.sentThrough !== null) this.sentUndeleted = true;
-  }
-
-  /**
-   * Forgets all it knows of the table's rows: they were written behind its back (an operator's
-   * repair, a test). Rows it sent go out again, flagged, and the writer stores them once.
-   */
+  /** Forgets the rows' text it holds: a transaction that wrote them was rolled back. */
   forgetWritten(): void {
     this.dropWritten();
-    this.sentThrough = null;
-    this.sentUndeleted = false;
-  }
-
-  /** Whether rows a call's flush sent still wait for their delete. */
-  holdsSent(): boolean {
-    return this.sentUndeleted;
   }
 
   /** Forgets what it holds in memory once storage is deleted (seqs start over). */
   reset(): void {
     this.attemptedThrough = null;
     this.highSeq = null;
-    this.sentThrough = null;
-    this.sentUndeleted = false;
     this.dropWritten();
   }
 
@@ -244,7 +215,7 @@ export class OutboxStore {
 
   /** Outbox rows waiting (event chunks and session rows). */
   pendingRows(): number {
-    const n = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox WHERE seq > ?', this.unsentAfter).one().n;
+    const n = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM outbox').one().n;
     // A table that disagrees with what the flush believes it holds is read by the next flush.
     if (this.allWritten && n !== this.written.size) this.notAllWritten();
     return n;
@@ -252,41 +223,19 @@ export class OutboxStore {
 
   /** Events waiting (each chunk is a JSON array of them). */
   pendingEvents(): number {
-    return this.sql.exec<{ n: number }>("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events' AND seq > ?", this.unsentAfter).one().n;
+    return this.sql.exec<{ n: number }>("SELECT coalesce(sum(json_array_length(body)), 0) AS n FROM outbox WHERE kind = 'events'").one().n;
   }
 
-  /** Seqs above this wait to be sent; those at or below it were sent and wait only to be deleted. */
-  private get unsentAfter(): number {
-    return this.sentThrough ?? 0;
-  }
-
-  /**
-   * Deletes the rows a call's flush sent, inside the caller's write transaction (see `sentThrough`).
-   * Should that transaction roll back, `rolledBack` marks them undeleted again.
-   */
-  deleteSent(): void {
-    if (!this.sentUndeleted || this.sentThrough === null) return;
-    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', this.sentThrough);
-    this.sentUndeleted = false;
-  }
-
-  /**
-   * Drains the outbox to `queue`; a flush already under way is joined first, never run alongside.
-   * `keepSent` (a call's flush): the sent rows are deleted by the next write transaction instead of
-   * at once; otherwise (the alarm's) they go at once, with any an earlier flush left.
-   */
-  async flush(queue: Queue<IngestBody>, aliases: () => Record<string, string>, keepSent = false): Promise<number> {
+  /** Drains the outbox to `queue`; a flush already under way is joined first, never run alongside. */
+  async flush(queue: Queue<IngestBody>, aliases: () => Record<string, string>): Promise<number> {
     // No await between the last check and taking the slot: a second caller must see it taken.
     while (this.flushing) await this.flushing.catch(() => 0);
     const run = (async () => {
       let flushed = 0;
       for (;;) {
-        const n = await this.flushOnce(queue, aliases, keepSent);
+        const n = await this.flushOnce(queue, aliases);
         flushed += n;
-        if (n < FLUSH_OUTBOX_ROWS) {
-          if (!keepSent) this.deleteSent();
-          return flushed;
-        }
+        if (n < FLUSH_OUTBOX_ROWS) return flushed;
       }
     })();
     this.flushing = run;
@@ -303,7 +252,7 @@ export class OutboxStore {
   }
 
   /** Sends up to FLUSH_OUTBOX_ROWS outbox rows; marks them attempted first so a resend is flagged. */
-  private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>, keepSent: boolean): Promise<number> {
+  private async flushOnce(queue: Queue<IngestBody>, aliasesNow: () => Record<string, string>): Promise<number> {
     const known = this.allWritten;
     const epoch = this.writtenEpoch;
     let seqs: Array<{ seq: number }> = [];
@@ -314,7 +263,7 @@ export class OutboxStore {
         seqs.push({ seq });
       }
     } else {
-      seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?', this.unsentAfter, FLUSH_OUTBOX_ROWS).toArray();
+      seqs = this.sql.exec<{ seq: number }>('SELECT seq FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS).toArray();
     }
     if (!seqs.length) {
       if (!known) {
@@ -330,19 +279,13 @@ export class OutboxStore {
     const rows: Array<OutboxText & { seq: number }> = seqs.every((r) => this.written.has(r.seq))
       ? seqs.map((r) => ({ seq: r.seq, ...this.written.get(r.seq)! }))
       : this.sql
-          .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>(
-            'SELECT seq, kind, body, payload, base FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?',
-            this.unsentAfter,
-            FLUSH_OUTBOX_ROWS,
-          )
+          .exec<{ seq: number; kind: string; body: string; payload: string | null; base: string | null }>('SELECT seq, kind, body, payload, base FROM outbox ORDER BY seq LIMIT ?', FLUSH_OUTBOX_ROWS)
           .toArray();
     const maxSeq = rows[rows.length - 1]!.seq;
     this.highSeq = Math.max(this.highSeq ?? 0, maxSeq);
     // A watermark, not a per-row counter: rewriting large rows per flush would cost as much as
     // writing them. Taken before the send, so a failed or partial send marks these rows too.
-    // A life that flushes before it writes: every row there is an earlier life's, and that life may
-    // have sent any of them (a call's flush leaves what it sent for a later delete).
-    const attemptedThrough = this.attemptedThrough ?? Math.max(maxSeq, this.sql.exec<{ top: number | null }>('SELECT max(seq) AS top FROM outbox').one().top ?? 0);
+    const attemptedThrough = this.attemptedThrough ?? maxSeq;
     this.attemptedThrough = Math.max(attemptedThrough, maxSeq);
 
     // Events written before a merge still name the absorbed session: the consumer maps them.
@@ -422,9 +365,7 @@ export class OutboxStore {
     }
     pushSessions();
     await sendMessages(queue, messages);
-    this.sentThrough = Math.max(this.sentThrough ?? 0, maxSeq);
-    this.sentUndeleted = true;
-    if (!keepSent) this.deleteSent();
+    this.sql.exec('DELETE FROM outbox WHERE seq <= ?', maxSeq);
     this.dropWritten(maxSeq);
     if (sawAll && this.writtenEpoch === epoch) this.allWritten = true;
     return rows.length;
@@ -464,8 +405,7 @@ export class OutboxStore {
       // Events (each chunk is a JSON array of them, with the session rows riding along) and session rows waiting.
       const pendingRows = this.sql
         .exec<{ n: number }>(
-          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox WHERE seq > ?",
-          this.unsentAfter,
+          "SELECT coalesce(sum(CASE kind WHEN 'events' THEN json_array_length(body) + coalesce(json_array_length(payload), 0) ELSE 1 END), 0) AS n FROM outbox",
         )
         .one().n;
       const row = { ...ident, pendingRows, since, failures, lastError: String(err).slice(0, 1000), updatedAt: now };
@@ -506,8 +446,7 @@ export class OutboxStore {
     // Rows are changed in place below: the flush reads them from storage from now on.
     this.dropWritten();
     let removed = 0;
-    const unsent = this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND seq > ?", this.unsentAfter);
-    for (const r of unsent.toArray()) {
+    for (const r of this.sql.exec<{ seq: number; body: string; payload: string | null }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events'").toArray()) {
       const entries = JSON.parse(r.body) as OutboxEvent[];
       const keep = entries.filter((e) => e.r.profile_id !== profileId);
       if (keptSessions) for (const e of keep) if (e.s) keptSessions.add(e.s);
@@ -538,9 +477,7 @@ export class OutboxStore {
     }
     if (!ids.length) return;
     const drop = new Set(ids);
-    const chunks = this.sql
-      .exec<{ seq: number; body: string; payload: string }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND payload IS NOT NULL AND seq > ?", this.unsentAfter)
-      .toArray();
+    const chunks = this.sql.exec<{ seq: number; body: string; payload: string }>("SELECT seq, body, payload FROM outbox WHERE kind = 'events' AND payload IS NOT NULL").toArray();
     for (const r of chunks) {
       const rows = JSON.parse(r.payload) as SessionRow[];
       const keep = rows.filter((row) => !drop.has(row.id));
