@@ -156,7 +156,10 @@ describe(`deleteRows on ClickHouse ${env.TEST_CLICKHOUSE_GENERATION}`, () => {
       return;
     }
     expect(first).toEqual({ dropped: [201708] });
-    expect(seen.map((names) => names.length)).toEqual([2, 1]);
+    // Read twice, the second time a part the first read did not name (the merge's); how many parts
+    // the first read found depends on whether the server merged the two inserts already.
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toHaveLength(1);
     expect(seen[0]).not.toContain(seen[1]![0]);
     expect(await ids(a)).toEqual([]);
     expect(await ids(a, 'event_payloads_parked')).toEqual([]);
